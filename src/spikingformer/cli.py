@@ -1,0 +1,88 @@
+"""The ``spikingformer`` command line.
+
+Each feature module contributes its own subcommands through a ``register_cli(subparsers)``
+function (listed in ``_COMMAND_MODULES``) and keeps heavy imports inside the command body,
+so ``spikingformer --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+_COMMAND_MODULES: tuple[str, ...] = ()
+
+SPEC_PARAMS_M = {  # SPEC §6: parameter counts (millions) the named models must match within 0.5 %
+    "spikingformer_4_256": 4.15, "spikingformer_2_384": 5.76, "spikingformer_4_384": 9.32,
+    "spikingformer_8_384": 16.81, "spikingformer_8_512": 29.68, "spikingformer_8_768": 66.34,
+    "spikingformer_dvs_2_256": 2.57, "spikingformer_dagger_4_384": 9.32,
+    "spikingformer_dagger_8_512": 29.68, "spikingformer_dagger_8_768": 66.34,
+    "spikformer_4_384": 9.32, "spikformer_8_512": 29.68, "spikformer_8_768": 66.34,
+    "spikformer_v2_8_384": 29.11, "spikformer_v2_8_512": 51.55, "spikformer_v2_12_512": 64.18,
+    "spikformer_v2_12_768": 143.89, "spikformer_v2_16_768": 172.28,
+}
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import create_model, list_models
+    from .probe import SynapticProbe
+
+    torch.manual_seed(args.seed)
+    rows = []
+    names = list_models(args.pattern)
+    if not names:
+        print(f"no model matches {args.pattern!r}; available: {', '.join(list_models())}", file=sys.stderr)
+        return 2
+    print(f"{'model':28s} {'params':>10s} {'paper':>8s} {'input':>12s}  spike-driven  (non-spike inputs)")
+    for name in names:
+        model = create_model(name, T=args.t).train()  # batch statistics: BN at init then makes neurons fire
+        n_params = sum(p.numel() for p in model.parameters())
+        c, h, w = model.default_input_size
+        with SynapticProbe(model) as probe, torch.no_grad():
+            model(torch.randn(args.batch_size, c, h, w))
+        bad = probe.violations
+        row = dict(model=name, params=n_params, paper_params_M=SPEC_PARAMS_M.get(name),
+                   input_size=[c, h, w], T=args.t, spike_driven=probe.spike_driven,
+                   encoding_layer=probe.encoding_layer.name, non_spike_layers=[r.name for r in bad])
+        rows.append(row)
+        paper = f"{row['paper_params_M']:.2f}M" if row["paper_params_M"] else "-"
+        print(f"{name:28s} {n_params / 1e6:9.2f}M {paper:>8s} {f'{c}x{h}x{w}':>12s}  "
+              f"{'yes' if probe.spike_driven else 'NO':12s}  {f'({len(bad)} layers)' if bad else ''}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spikingformer",
+        description="Spike-driven transformer SNNs: build, train, evaluate and audit "
+                    "Spikingformer, Spikingformer-dagger and Spikformer V1/V2.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    p = sub.add_parser("models", help="list every named model with its parameter count and spike-driven verdict",
+                       description="Build every named model (or those matching PATTERN), print its parameter "
+                                   "count beside the paper's, and probe one forward pass on random input to say "
+                                   "whether every synaptic layer after the encoding conv receives only spikes.")
+    p.add_argument("pattern", nargs="?", default=None, help="shell glob over model names, e.g. 'spikingformer_*'")
+    p.add_argument("--t", type=int, default=1, help="time steps for the probe pass (default 1: fast)")
+    p.add_argument("--batch-size", type=int, default=2, help="batch size of the probe pass (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for weights and input")
+    p.add_argument("--json", metavar="FILE", help="also write the table as JSON")
+    p.set_defaults(func=_cmd_models)
+    for modname in _COMMAND_MODULES:
+        importlib.import_module(modname).register_cli(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Building blocks shared by every model family (SPEC §1, §3).
+
+Spiking tensors are time-major ``[T, B, C, H, W]``.  Convolutions, norms and pools
+merge ``T*B`` into the batch axis; neurons (``MultiStepLIF``) run over ``T``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .neuron import MultiStepLIF
+
+__all__ = ["ConvBN", "LinearBN", "SeqMaxPool", "SpikeQKV", "ClassifierHead", "HEADS", "seq_apply"]
+
+
+def seq_apply(fn, x: Tensor) -> Tensor:
+    """Apply a per-sample module ``fn`` to ``[T, B, ...]`` by merging ``T*B`` into the batch."""
+    t, b = x.shape[:2]
+    y = fn(x.flatten(0, 1))
+    return y.reshape(t, b, *y.shape[1:])
+
+
+class ConvBN(nn.Module):
+    """``Conv2d`` + ``BatchNorm2d`` over ``[T, B, C, H, W]`` (SPEC §3).
+
+    The BN is kept separate during training and folds into the conv at deployment,
+    which is why the energy model counts only the conv.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 1, stride: int = 1,
+                 padding: int = 0, bias: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding, bias=bias)
+        self.bn = nn.BatchNorm2d(out_ch)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return seq_apply(lambda z: self.bn(self.conv(z)), x)
+
+
+class LinearBN(nn.Module):
+    """``Linear`` over the channel axis + ``BatchNorm1d``, on token tensors ``[T, B, N, D]``.
+
+    Spikformer V1/V2 write their attention and MLP this way (SPEC §5).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features, bias=bias)
+        self.bn = nn.BatchNorm1d(out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        t, b, n, _ = x.shape
+        y = self.linear(x.flatten(0, 1))                 # [TB, N, D']
+        y = self.bn(y.transpose(1, 2)).transpose(1, 2)   # BN over channels
+        return y.reshape(t, b, n, -1)
+
+
+class SeqMaxPool(nn.Module):
+    """``MaxPool2d(3, stride 2, padding 1)`` over ``[T, B, C, H, W]``; the max of spikes is a spike."""
+
+    def __init__(self, kernel_size: int = 3, stride: int = 2, padding: int = 1):
+        super().__init__()
+        self.pool = nn.MaxPool2d(kernel_size, stride, padding)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return seq_apply(self.pool, x)
+
+
+class SpikeQKV(nn.Module):
+    """The attention product ``Q K^T V * s`` of SSA / PSSA (Eq. 14), without softmax.
+
+    ``q, k, v``: ``[..., N, d]`` per head.  Matrix products are associative, so when the
+    token count ``N`` exceeds the head dim ``d`` we compute ``Q (K^T V)`` (``O(N d^2)``)
+    instead of ``(Q K^T) V`` (``O(N^2 d)``): the same numbers, less work (SPEC §4).
+    It is a module, not a function, so analysis hooks see Q, K and V as fed to it.
+    """
+
+    def __init__(self, scale: float = 0.125):
+        super().__init__()
+        self.scale = scale
+
+    @staticmethod
+    def kv_first(n_tokens: int, head_dim: int) -> bool:
+        return n_tokens > head_dim
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        if self.kv_first(q.shape[-2], q.shape[-1]):
+            out = q @ (k.transpose(-2, -1) @ v)
+        else:
+            out = (q @ k.transpose(-2, -1)) @ v
+        return out * self.scale
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}"
+
+
+HEADS = ("avgpool_fc", "sn_avgpool_fc", "fc_avgpool", "sn_fc_avgpool")
+
+
+class ClassifierHead(nn.Module):
+    """The four classification heads of Eq. 15-18 on token features ``[T, B, N, D]``.
+
+    - ``avgpool_fc``    (Eq. 15, default): ``FC(AvgPool(X))``
+    - ``sn_avgpool_fc`` (Eq. 16): ``FC(AvgPool(SN(X)))``
+    - ``fc_avgpool``    (Eq. 17): ``AvgPool(FC(X))``
+    - ``sn_fc_avgpool`` (Eq. 18): ``AvgPool(FC(SN(X)))``
+
+    AvgPool averages over tokens and over time.  The paper treats the head as the
+    read-out (Eq. 20 leaves it out); only Eq. 18 feeds the FC spikes.
+    """
+
+    def __init__(self, dim: int, num_classes: int, kind: str = "avgpool_fc", tau: float = 2.0):
+        super().__init__()
+        if kind not in HEADS:
+            raise ValueError(f"unknown head {kind!r}; valid heads: {', '.join(HEADS)}")
+        self.kind = kind
+        self.sn = MultiStepLIF(tau) if kind.startswith("sn_") else None
+        self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.sn is not None:
+            x = self.sn(x)
+        if self.kind.endswith("avgpool_fc"):
+            return self.fc(x.mean(dim=(0, 2)))
+        return self.fc(x).mean(dim=(0, 2))  # FC per token and step, then average

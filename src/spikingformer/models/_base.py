@@ -1,0 +1,98 @@
+"""What every model family shares: input checks, direct encoding, forward split, init."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import Tensor, nn
+
+from ..layers import ClassifierHead
+
+
+def build_config(cls, defaults: dict, overrides: dict):
+    """Make a config dataclass from a named size's ``defaults`` and a user's ``overrides``.
+
+    Unknown keys raise a ``TypeError`` that lists every valid key, instead of the
+    dataclass's terse message.
+    """
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown} for {cls.__name__}; valid options: {', '.join(valid)}")
+    return cls(**{**defaults, **overrides})
+
+
+class SpikingVisionModel(nn.Module):
+    """Base for the vision models.  Subclasses set ``cfg`` (with ``T``, ``in_chans``,
+    ``img_size``, ``num_classes``, ``head``, ``tau``) and ``patch_size``, build
+    ``self.head = ClassifierHead(...)`` and implement ``forward_features``.
+
+    Inputs: a static batch ``[B, C, H, W]`` is repeated ``T`` times (direct encoding,
+    SPEC §1); a sequence ``[T, B, C, H, W]`` (event frames, time-major) is used as is.
+    """
+
+    cfg: object
+    patch_size: int
+
+    @property
+    def T(self) -> int:
+        return self.cfg.T
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.num_classes
+
+    @property
+    def default_input_size(self) -> tuple[int, int, int]:
+        return (self.cfg.in_chans, self.cfg.img_size, self.cfg.img_size)
+
+    def check_input(self, x: Tensor) -> Tensor:
+        """Validate ``x`` and return it as a time-major sequence ``[T, B, C, H, W]``."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
+        if x.dim() not in (4, 5):
+            raise ValueError(
+                f"{type(self).__name__} expects [B, C, H, W] images or [T, B, C, H, W] sequences, "
+                f"got a tensor of rank {x.dim()} with shape {tuple(x.shape)}")
+        c, h, w = x.shape[-3:]
+        if c != self.cfg.in_chans:
+            raise ValueError(f"{type(self).__name__} was built for {self.cfg.in_chans} input channels, "
+                             f"got {c} (input shape {tuple(x.shape)})")
+        p = self.patch_size
+        if h < p or w < p or h % p or w % p:
+            raise ValueError(f"spatial size {h}x{w} must be a positive multiple of the tokenizer's "
+                             f"patch size {p} (input shape {tuple(x.shape)})")
+        if x.dim() == 4:
+            return x.unsqueeze(0).expand(self.cfg.T, *x.shape)
+        if x.shape[0] < 1:
+            raise ValueError("a sequence input needs at least one time step")
+        return x
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``[T, B, C, H, W]`` -> token features ``[T, B, N, D]`` (the residual stream)."""
+        raise NotImplementedError
+
+    def forward_head(self, x: Tensor) -> Tensor:
+        return self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(self.check_input(x)))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.cfg = dataclasses.replace(self.cfg, num_classes=num_classes)
+        self.head = ClassifierHead(self.cfg.dim, num_classes, self.cfg.head, self.cfg.tau)
+        self.head.apply(self._init_module)
+
+    @staticmethod
+    def _init_module(m: nn.Module) -> None:
+        # As the official code: truncated-normal Linear weights, zero biases, unit BN.
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def init_weights(self) -> None:
+        self.apply(self._init_module)

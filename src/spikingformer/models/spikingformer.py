@@ -1,0 +1,224 @@
+"""Spikingformer and Spikingformer-dagger (Spikingformer paper, Eq. 6-18; SPEC §4-5).
+
+Spike-driven: every block branch starts with ``SN``, so every ConvBN after the encoding
+conv sees spikes; the residual stream itself stays real-valued (MS residual, Eq. 5).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from ..layers import ClassifierHead, ConvBN, SeqMaxPool, SpikeQKV
+from ..neuron import MultiStepLIF
+from ._base import SpikingVisionModel, build_config
+from ._registry import register_model
+
+__all__ = ["SpikingformerConfig", "SpikingTokenizer", "PSSA", "SMLP", "MSBlock", "Spikingformer"]
+
+
+@dataclass(frozen=True)
+class SpikingformerConfig:
+    depth: int = 4
+    dim: int = 384
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    in_chans: int = 3
+    num_classes: int = 10
+    img_size: int = 32
+    T: int = 4
+    tau: float = 2.0
+    # One flag per tokenizer transition (stage i -> i+1): halve the resolution there.
+    downsample: tuple[bool, bool, bool, bool] = (False, False, True, True)
+    cml: bool = False  # Spikingformer-dagger: ConvBN-MaxPool-LIF instead of LIF-MaxPool-ConvBN
+    head: str = "avgpool_fc"
+    attn_scale: float = 0.125
+    attn_threshold: float = 0.5
+
+    def __post_init__(self):
+        if self.dim % 8:
+            raise ValueError(f"dim must be a multiple of 8 (the tokenizer starts at dim/8), got {self.dim}")
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        if len(self.downsample) != 4:
+            raise ValueError(f"downsample needs 4 flags (one per tokenizer stage), got {self.downsample}")
+        if self.T < 1 or self.depth < 1:
+            raise ValueError(f"T and depth must be >= 1, got T={self.T}, depth={self.depth}")
+
+
+class SpikingTokenizer(nn.Module):
+    """Spiking Tokenizer (ST): five 3x3 ConvBNs, ``C_in -> D/8 -> D/4 -> D/2 -> D -> D``.
+
+    Stage 0 is the encoding layer on the raw input.  Stages 1-4 are SPE (Eq. 10,
+    ``ConvBN(SN(I))``) or, where ``downsample`` says so, SPED (Eq. 11,
+    ``ConvBN(MP(SN(I)))``).  With ``cml=True`` (Spikingformer-dagger) the pool moves in
+    front of the neuron, right after the previous ConvBN (ConvBN-MaxPool-LIF).
+    Output: the real-valued residual stream ``[T, B, D, H/p, W/p]``.
+    """
+
+    def __init__(self, in_chans: int, dim: int, downsample=(False, False, True, True),
+                 cml: bool = False, tau: float = 2.0):
+        super().__init__()
+        chans = [in_chans, dim // 8, dim // 4, dim // 2, dim, dim]
+        self.cml = cml
+        self.encode = ConvBN(chans[0], chans[1], 3, 1, 1)
+        self.sn = nn.ModuleList(MultiStepLIF(tau) for _ in range(4))
+        self.pool = nn.ModuleList(SeqMaxPool() if d else nn.Identity() for d in downsample)
+        self.convs = nn.ModuleList(ConvBN(chans[i + 1], chans[i + 2], 3, 1, 1) for i in range(4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.encode(x)
+        for sn, pool, conv in zip(self.sn, self.pool, self.convs):
+            x = sn(pool(x)) if self.cml else pool(sn(x))
+            x = conv(x)
+        return x
+
+
+class PSSA(nn.Module):
+    """Pre-activation Spiking Self-Attention (Eq. 12-14).
+
+    ``X' = SN(X)``; ``Q, K, V = SN(ConvBN(X'))`` with 1x1 convs; per head
+    ``A = Q K^T V * s``; output ``ConvBN(SN_attn(A))`` with ``SN_attn`` at ``V_th = 0.5``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, tau: float = 2.0, scale: float = 0.125,
+                 attn_threshold: float = 0.5):
+        super().__init__()
+        self.num_heads = num_heads
+        self.sn_in = MultiStepLIF(tau)
+        self.q, self.k, self.v = (ConvBN(dim, dim) for _ in range(3))
+        self.sn_q, self.sn_k, self.sn_v = (MultiStepLIF(tau) for _ in range(3))
+        self.qkv = SpikeQKV(scale)
+        self.sn_attn = MultiStepLIF(tau, v_threshold=attn_threshold)
+        self.proj = ConvBN(dim, dim, bias=True)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        t, b, c, h, w = x.shape  # channel c belongs to head c // (C / heads), as in the official code
+        return x.reshape(t, b, self.num_heads, c // self.num_heads, h * w).transpose(-2, -1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        t, b, c, h, w = x.shape
+        xs = self.sn_in(x)
+        q = self._heads(self.sn_q(self.q(xs)))
+        k = self._heads(self.sn_k(self.k(xs)))
+        v = self._heads(self.sn_v(self.v(xs)))
+        a = self.qkv(q, k, v).transpose(-2, -1).reshape(t, b, c, h, w)
+        return self.proj(self.sn_attn(a))
+
+
+class SMLP(nn.Module):
+    """Spiking MLP: ``ConvBN_2(SN(ConvBN_1(SN(X))))`` with 1x1 convs and hidden ``4D``."""
+
+    def __init__(self, dim: int, hidden: int, tau: float = 2.0):
+        super().__init__()
+        self.sn1 = MultiStepLIF(tau)
+        self.fc1 = ConvBN(dim, hidden, bias=True)
+        self.sn2 = MultiStepLIF(tau)
+        self.fc2 = ConvBN(hidden, dim, bias=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.sn2(self.fc1(self.sn1(x))))
+
+
+class MSBlock(nn.Module):
+    """Spiking Transformer block with MS residual (Eq. 7-8): ``X += PSSA(X)``; ``X += SMLP(X)``."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, tau: float = 2.0,
+                 attn_scale: float = 0.125, attn_threshold: float = 0.5):
+        super().__init__()
+        self.attn = PSSA(dim, num_heads, tau, attn_scale, attn_threshold)
+        self.mlp = SMLP(dim, int(dim * mlp_ratio), tau)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(x)
+        return x + self.mlp(x)
+
+
+class Spikingformer(SpikingVisionModel):
+    """Spikingformer (Eq. 6-9): tokenizer, ``depth`` MS blocks, one of the heads of Eq. 15-18."""
+
+    def __init__(self, cfg: SpikingformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.patch_size = 2 ** sum(map(bool, cfg.downsample))
+        self.tokenizer = SpikingTokenizer(cfg.in_chans, cfg.dim, cfg.downsample, cfg.cml, cfg.tau)
+        self.blocks = nn.ModuleList(
+            MSBlock(cfg.dim, cfg.num_heads, cfg.mlp_ratio, cfg.tau, cfg.attn_scale, cfg.attn_threshold)
+            for _ in range(cfg.depth))
+        self.head = ClassifierHead(cfg.dim, cfg.num_classes, cfg.head, cfg.tau)
+        self.init_weights()
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = self.tokenizer(x)
+        for blk in self.blocks:
+            x = blk(x)
+        return x.flatten(3).transpose(2, 3)  # [T, B, N, D]
+
+
+_CIFAR = dict(in_chans=3, num_classes=10, img_size=32, downsample=(False, False, True, True))
+_IMAGENET = dict(in_chans=3, num_classes=1000, img_size=224, downsample=(True, True, True, True))
+_DVS = dict(in_chans=2, num_classes=10, img_size=128, downsample=(True, True, True, True), tau=1.5, T=16)
+
+
+def _create(defaults: dict, overrides: dict) -> Spikingformer:
+    return Spikingformer(build_config(SpikingformerConfig, defaults, overrides))
+
+
+@register_model
+def spikingformer_4_256(**kw):
+    """CIFAR, 4.15M parameters."""
+    return _create(dict(_CIFAR, depth=4, dim=256, num_heads=8), kw)
+
+
+@register_model
+def spikingformer_2_384(**kw):
+    """CIFAR, 5.76M parameters."""
+    return _create(dict(_CIFAR, depth=2, dim=384, num_heads=12), kw)
+
+
+@register_model
+def spikingformer_4_384(**kw):
+    """CIFAR, 9.32M parameters (95.81 % CIFAR-10, 79.21 % CIFAR-100 in the paper)."""
+    return _create(dict(_CIFAR, depth=4, dim=384, num_heads=12), kw)
+
+
+@register_model
+def spikingformer_8_384(**kw):
+    """ImageNet, 16.81M parameters."""
+    return _create(dict(_IMAGENET, depth=8, dim=384, num_heads=8), kw)
+
+
+@register_model
+def spikingformer_8_512(**kw):
+    """ImageNet, 29.68M parameters (74.79 % top-1 in the paper)."""
+    return _create(dict(_IMAGENET, depth=8, dim=512, num_heads=8), kw)
+
+
+@register_model
+def spikingformer_8_768(**kw):
+    """ImageNet, 66.34M parameters (75.85 % top-1 in the paper)."""
+    return _create(dict(_IMAGENET, depth=8, dim=768, num_heads=12), kw)
+
+
+@register_model
+def spikingformer_dvs_2_256(**kw):
+    """DVS128 Gesture / CIFAR10-DVS at 128x128, 2.57M parameters, tau 1.5, T 16 (use 11 classes for Gesture)."""
+    return _create(dict(_DVS, depth=2, dim=256, num_heads=16), kw)
+
+
+@register_model
+def spikingformer_dagger_4_384(**kw):
+    """Spikingformer-dagger (CML downsampling), CIFAR, 9.32M parameters."""
+    return _create(dict(_CIFAR, depth=4, dim=384, num_heads=12, cml=True), kw)
+
+
+@register_model
+def spikingformer_dagger_8_512(**kw):
+    """Spikingformer-dagger (CML downsampling), ImageNet, 29.68M parameters."""
+    return _create(dict(_IMAGENET, depth=8, dim=512, num_heads=8, cml=True), kw)
+
+
+@register_model
+def spikingformer_dagger_8_768(**kw):
+    """Spikingformer-dagger (CML downsampling), ImageNet, 66.34M parameters."""
+    return _create(dict(_IMAGENET, depth=8, dim=768, num_heads=12, cml=True), kw)

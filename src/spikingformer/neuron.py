@@ -1,0 +1,88 @@
+"""Multistep leaky integrate-and-fire neuron (SPEC §2, Eq. 1-3).
+
+Every spiking tensor is time-major ``[T, ...]``.  The neuron starts each call from
+``V[-1] = V_reset``, so no membrane state survives between forward calls and users
+never call ``reset_net``.  Outputs and gradients match SpikingJelly's
+``LIFNode(tau, detach_reset=True, step_mode="m")`` with its default surrogate
+(``Sigmoid(alpha=4)``).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["SigmoidSurrogateSpike", "multistep_lif", "MultiStepLIF"]
+
+
+class SigmoidSurrogateSpike(torch.autograd.Function):
+    """Heaviside step ``S = (x >= 0)`` forward; ``d sigmoid(alpha x) / dx`` backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, alpha: float) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.alpha = alpha
+        return (x >= 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        (x,) = ctx.saved_tensors
+        sg = torch.sigmoid(ctx.alpha * x)
+        return grad_out * (ctx.alpha * sg * (1.0 - sg)), None
+
+
+def multistep_lif(
+    x: Tensor,
+    tau: float = 2.0,
+    v_threshold: float = 1.0,
+    v_reset: float = 0.0,
+    alpha: float = 4.0,
+    detach_reset: bool = True,
+) -> Tensor:
+    """Run a LIF neuron over the leading time axis of ``x`` and return its spikes.
+
+    Charge (Eq. 1) ``H[t] = V[t-1] + (X[t] - (V[t-1] - V_reset)) / tau``;
+    fire (Eq. 2) ``S[t] = H[t] >= V_th``; hard reset (Eq. 3)
+    ``V[t] = H[t] (1 - S[t]) + V_reset S[t]``, with ``V[-1] = V_reset``.
+    The loop over ``T`` is plain tensor code with no Python-side state, so
+    ``torch.compile`` traces and fuses it whole.
+    """
+    if x.dim() < 1:
+        raise ValueError(f"multistep_lif expects a time-major tensor [T, ...], got a scalar")
+    v = torch.full_like(x[0], v_reset)
+    spikes = []
+    for t in range(x.shape[0]):
+        # Same operation order as SpikingJelly's neuronal_charge, so results agree bit for bit.
+        h = v + (x[t] - (v - v_reset)) / tau
+        s = SigmoidSurrogateSpike.apply(h - v_threshold, alpha)
+        s_reset = s.detach() if detach_reset else s
+        v = h * (1.0 - s_reset) + v_reset * s_reset
+        spikes.append(s)
+    return torch.stack(spikes)
+
+
+class MultiStepLIF(nn.Module):
+    """LIF layer in multistep mode (the paper's ``SN``): ``[T, ...] -> [T, ...]`` spikes in {0, 1}."""
+
+    def __init__(
+        self,
+        tau: float = 2.0,
+        v_threshold: float = 1.0,
+        v_reset: float = 0.0,
+        alpha: float = 4.0,
+        detach_reset: bool = True,
+    ):
+        super().__init__()
+        if tau <= 1.0:
+            raise ValueError(f"tau must be > 1 for a leaky neuron, got {tau}")
+        self.tau = float(tau)
+        self.v_threshold = float(v_threshold)
+        self.v_reset = float(v_reset)
+        self.alpha = float(alpha)
+        self.detach_reset = bool(detach_reset)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return multistep_lif(x, self.tau, self.v_threshold, self.v_reset, self.alpha, self.detach_reset)
+
+    def extra_repr(self) -> str:
+        return (f"tau={self.tau}, v_threshold={self.v_threshold}, v_reset={self.v_reset}, "
+                f"alpha={self.alpha}, detach_reset={self.detach_reset}")

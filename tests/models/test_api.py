@@ -1,0 +1,74 @@
+"""The public model API: registry, overrides, input checks, timm."""
+import importlib.util
+
+import pytest
+import torch
+
+import spikingformer as sf
+from spikingformer.probe import SynapticProbe
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(ValueError, match="unknown model 'spikingformer_9_999'.*spikingformer_8_512"):
+        sf.create_model("spikingformer_9_999")
+
+
+def test_bad_override_lists_valid_options():
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['depht'\].*depth"):
+        sf.create_model("spikingformer_4_384", depht=2)
+
+
+@pytest.mark.parametrize("kw,msg", [(dict(dim=100), "multiple of 8"), (dict(num_heads=7), "divisible"),
+                                    (dict(head="softmax"), "unknown head"), (dict(T=0), "T and depth")])
+def test_bad_config_values(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        sf.create_model("spikingformer_4_384", **kw)
+
+
+def test_overrides_apply():
+    m = sf.create_model("spikingformer_4_384", num_classes=100, depth=2, T=2)
+    assert m.head.fc.out_features == 100 and len(m.blocks) == 2 and m.T == 2
+
+
+@pytest.mark.parametrize("shape,msg", [
+    ((3, 32, 32), "rank 3"),
+    ((2, 1, 3, 4, 32, 32), "rank 6"),
+    ((2, 1, 32, 32), "3 input channels, got 1"),
+    ((2, 3, 30, 32), "multiple of the tokenizer's patch size 4"),
+    ((2, 3, 2, 2), "multiple"),
+])
+def test_bad_input_fails_before_any_compute(shape, msg):
+    model = sf.create_model("spikingformer_4_384", depth=1)
+    with SynapticProbe(model) as probe, pytest.raises(ValueError, match=msg):
+        model(torch.randn(shape))
+    assert not probe.layers  # nothing ran
+
+
+def test_imagenet_model_needs_multiple_of_16():
+    model = sf.create_model("spikformer_v2_8_384", depth=1)
+    with pytest.raises(ValueError, match="patch size 16"):
+        model(torch.randn(1, 3, 40, 40))
+
+
+def test_reset_classifier():
+    m = sf.create_model("spikingformer_4_256", depth=1)
+    m.reset_classifier(3)
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+
+
+def test_forward_features_and_head():
+    m = sf.create_model("spikingformer_4_256", depth=1, T=3)
+    feats = m.forward_features(m.check_input(torch.randn(2, 3, 32, 32)))
+    assert feats.shape == (3, 2, 64, 256)  # [T, B, N, D]: 8x8 tokens
+    assert m.forward_head(feats).shape == (2, 10)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm not installed")
+def test_registered_with_timm():
+    import timm
+
+    assert set(sf.list_models()) <= set(timm.list_models("spik*"))
+    m = timm.create_model("spikingformer_4_256", num_classes=5, depth=1)
+    assert m(torch.randn(1, 3, 32, 32)).shape == (1, 5)
+    with pytest.raises(ValueError, match="pretrained"):
+        timm.create_model("spikingformer_4_256", pretrained=True)
