@@ -1,0 +1,61 @@
+"""The fast path computes what the eager path computes (CPU inductor stands in for the GPU)."""
+import pytest
+import torch
+
+import spikingformer as sf
+from spikingformer.fast import FastPath, default_fast_path
+from spikingformer.neuron import MultiStepLIF, multistep_lif
+
+
+def record_spikes(model):
+    spikes = []
+    for m in model.modules():
+        if isinstance(m, MultiStepLIF):
+            m.register_forward_hook(lambda mod, inp, out: spikes.append(out.detach().clone()))
+    return spikes
+
+
+@pytest.mark.parametrize("tau,v_th", [(2.0, 1.0), (1.5, 1.0), (2.0, 0.5)])
+def test_compiled_neuron_is_bitwise_equal(tau, v_th):
+    fn = torch.compile(multistep_lif)
+    x = (torch.randn(4, 8, 300) * 2).requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    s, s2 = fn(x, tau, v_th), multistep_lif(x2, tau, v_th)
+    g = torch.randn_like(s)
+    (s * g).sum().backward()
+    (s2 * g).sum().backward()
+    assert torch.equal(s, s2)
+    torch.testing.assert_close(x.grad, x2.grad, atol=1e-6, rtol=1e-6)
+
+
+def test_fast_path_spikes_equal_eager_in_fp32():
+    torch.manual_seed(0)
+    model = sf.create_model("spikingformer_4_256", depth=1, dim=32, num_heads=4, T=2, num_classes=5)
+    spikes = record_spikes(model)
+    x = torch.randn(4, 3, 16, 16)
+    y = torch.arange(4) % 5
+    eager_out = model(x)
+    torch.nn.functional.cross_entropy(eager_out, y).backward()
+    eager_spikes, spikes[:] = spikes[:], []
+    eager_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    fast = FastPath(amp_dtype=None).prepare(model)  # fp32, channels-last, compiled
+    assert fast is not model
+    out = fast(x.contiguous(memory_format=torch.channels_last))
+    torch.nn.functional.cross_entropy(out, y).backward()
+    assert len(spikes) == len(eager_spikes) == 11
+    for a, b in zip(spikes, eager_spikes):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(out, eager_out, atol=1e-4, rtol=1e-4)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, eager_grads[n], atol=1e-4, rtol=1e-3, msg=n)
+
+
+def test_switches():
+    model = torch.nn.Linear(2, 2)
+    assert FastPath.off().prepare(model) is model
+    assert default_fast_path("cpu") == FastPath.off()
+    assert default_fast_path("cuda").compile and default_fast_path("cuda").amp_dtype == torch.bfloat16
+    opt = FastPath().adamw(model.parameters(), lr=1e-3)
+    assert opt.defaults["fused"]
