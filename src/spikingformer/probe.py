@@ -3,11 +3,13 @@
 A synaptic layer is any ``nn.Conv*``/``nn.Linear`` and the attention product
 ``SpikeQKV``.  ``SynapticProbe`` hooks them all, runs nothing itself, and accumulates,
 per layer and per input tensor, whether every value was 0/1 (spikes), an integer, or
-real, plus the firing rate.  Nothing is tied to one architecture: any module tree
-built from PyTorch layers works.
+real, plus the firing rate; and, per layer, the dense multiply-accumulate count of each
+matrix product it performs (``LayerProbe.stages``), from which ``energy`` derives Eq. 19.
+Nothing is tied to one architecture: any module tree built from PyTorch layers works.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -15,15 +17,21 @@ from torch import Tensor, nn
 
 from .layers import ClassifierHead, SpikeQKV
 
-__all__ = ["TensorStats", "LayerProbe", "SynapticProbe", "SYNAPTIC_TYPES"]
+__all__ = ["TensorStats", "Stage", "LayerProbe", "SynapticProbe", "SYNAPTIC_TYPES"]
 
 SYNAPTIC_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, SpikeQKV)
-_MAX_DISTINCT = 16
+# Enough for the SEW residual sums of a 16-block Spikformer ({0, ..., 34}); beyond it only the range is kept.
+_MAX_DISTINCT = 64
 
 
 @dataclass
 class TensorStats:
-    """Running statistics of one input tensor of a layer, over every call seen."""
+    """Running statistics of one input tensor of a layer, over every call seen.
+
+    ``counts`` is the histogram of values (value -> how many elements) while the input is
+    integer-valued with at most ``_MAX_DISTINCT`` distinct values; after that
+    ``distinct_overflow`` is set, ``counts`` is cleared and only ``min``/``max`` describe it.
+    """
 
     numel: int = 0
     nonzero: int = 0
@@ -32,24 +40,43 @@ class TensorStats:
     max: float = float("-inf")
     binary: bool = True
     integer: bool = True
-    distinct: set = field(default_factory=set)  # at most _MAX_DISTINCT values, then stops growing
+    counts: dict[float, int] = field(default_factory=dict)
     distinct_overflow: bool = False
 
     @torch.no_grad()
     def update(self, x: Tensor) -> None:
         x = x.detach().float()
+        nonzero = int(torch.count_nonzero(x))
         self.numel += x.numel()
-        self.nonzero += int(torch.count_nonzero(x))
+        self.nonzero += nonzero
         self.total += float(x.sum())
         self.min = min(self.min, float(x.min()))
         self.max = max(self.max, float(x.max()))
-        self.binary = self.binary and bool(((x == 0) | (x == 1)).all())
-        self.integer = self.integer and bool((x == x.round()).all())
-        if not self.distinct_overflow:
-            vals = torch.unique(x) if self.integer else x.flatten()[: _MAX_DISTINCT + 1].unique()
-            self.distinct.update(float(v) for v in vals[: _MAX_DISTINCT + 1])
-            if len(self.distinct) > _MAX_DISTINCT or not self.integer:
-                self.distinct_overflow = len(self.distinct) > _MAX_DISTINCT or not self.integer
+        binary = bool(((x == 0) | (x == 1)).all())
+        self.binary = self.binary and binary
+        self.integer = self.integer and (binary or bool((x == x.round()).all()))
+        if self.distinct_overflow:
+            return
+        if not self.integer:
+            self.distinct_overflow = True
+            self.counts.clear()
+            return
+        if binary:  # the common case: no sort needed
+            pairs = [(0.0, x.numel() - nonzero), (1.0, nonzero)]
+        else:
+            vals, cnt = torch.unique(x, return_counts=True)
+            pairs = zip(vals.tolist(), cnt.tolist())
+        for v, c in pairs:
+            if c:
+                self.counts[v] = self.counts.get(v, 0) + c
+        if len(self.counts) > _MAX_DISTINCT:
+            self.distinct_overflow = True
+            self.counts.clear()
+
+    @property
+    def distinct(self) -> set[float]:
+        """The distinct values seen (empty once ``distinct_overflow``)."""
+        return set(self.counts)
 
     @property
     def kind(self) -> str:
@@ -61,6 +88,50 @@ class TensorStats:
         """Mean value: for spikes, the fraction of ones."""
         return self.total / self.numel if self.numel else 0.0
 
+    @property
+    def nonzero_rate(self) -> float:
+        return self.nonzero / self.numel if self.numel else 0.0
+
+
+@dataclass
+class Stage:
+    """One matrix product a synaptic layer performs, in the order it is computed.
+
+    ``operands`` index ``LayerProbe.inputs``: the inputs that multiply into this product.
+    The other factor is the weight (conv/linear) or an intermediate product of the same
+    layer (the ``K^T V`` inside ``Q (K^T V)``), never an observed tensor.
+    ``macs`` is the dense multiply-accumulate count summed over every call, as if every
+    operand element were non-zero.
+    """
+
+    label: str
+    operands: tuple[int, ...]
+    macs: int = 0
+
+
+def _tensors(args: tuple, kwargs: dict) -> list[Tensor]:
+    return [a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)]
+
+
+def _stages(mod: nn.Module, inputs: list[Tensor], out) -> list[tuple[str, tuple[int, ...], int]]:
+    """``(label, operands, dense MACs)`` of each product one call of ``mod`` computes."""
+    if isinstance(mod, SpikeQKV):
+        q, k, v = inputs[:3]
+        lead = q.numel() // (q.shape[-2] * q.shape[-1])  # T * B * heads
+        n_q, d = q.shape[-2:]
+        n_k, d_v = k.shape[-2], v.shape[-1]
+        if mod.kv_first(n_q, d):  # same test the forward uses, so the count follows the computed order
+            return [("K^T V", (1, 2), lead * d * n_k * d_v), ("Q (K^T V)", (0,), lead * n_q * d * d_v)]
+        return [("Q K^T", (0, 1), lead * n_q * d * n_k), ("(Q K^T) V", (2,), lead * n_q * n_k * d_v)]
+    if isinstance(mod, nn.Linear):
+        return [("linear", (0,), out.numel() * mod.in_features)]
+    # Conv: every output element is one dot product over (C_in / groups) x kernel.
+    fan_in = mod.in_channels // mod.groups * math.prod(mod.kernel_size)
+    return [("conv", (0,), out.numel() * fan_in)]
+
+
+_INPUT_NAMES = {SpikeQKV: ("q", "k", "v")}
+
 
 @dataclass
 class LayerProbe:
@@ -70,11 +141,20 @@ class LayerProbe:
     readout: bool         # inside the classification head (excluded from the spike-driven verdict)
     inputs: list[TensorStats] = field(default_factory=list)
     calls: int = 0
+    stages: list[Stage] = field(default_factory=list)
 
     @property
     def kind(self) -> str:
         kinds = {s.kind for s in self.inputs}
         return "real" if "real" in kinds else "integer" if "integer" in kinds else "spike"
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """``("q", "k", "v")`` for the attention product, ``("input",)`` / ``("input0", ...)`` otherwise."""
+        names = _INPUT_NAMES.get(type(self.module))
+        if names is None:
+            names = ("input",) if len(self.inputs) == 1 else tuple(f"input{i}" for i in range(len(self.inputs)))
+        return names[:len(self.inputs)]
 
 
 class SynapticProbe:
@@ -93,8 +173,10 @@ class SynapticProbe:
         readout = {id(m) for h in self.model.modules() if isinstance(h, ClassifierHead) for m in h.modules()}
         for name, mod in self.model.named_modules():
             if isinstance(mod, SYNAPTIC_TYPES):
-                self._handles.append(mod.register_forward_pre_hook(self._hook(name or type(mod).__name__,
-                                                                              id(mod) in readout)))
+                name = name or type(mod).__name__
+                self._handles.append(mod.register_forward_pre_hook(self._input_hook(name, id(mod) in readout),
+                                                                   with_kwargs=True))
+                self._handles.append(mod.register_forward_hook(self._count_hook(name), with_kwargs=True))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -102,16 +184,26 @@ class SynapticProbe:
             h.remove()
         self._handles.clear()
 
-    def _hook(self, name: str, readout: bool):
-        def hook(mod, args):
+    def _input_hook(self, name: str, readout: bool):
+        def hook(mod, args, kwargs):
+            tensors = _tensors(args, kwargs)
             rec = self.layers.get(name)
             if rec is None:
-                tensors = [a for a in args if isinstance(a, Tensor)]
                 rec = self.layers[name] = LayerProbe(name, mod, len(self.layers), readout,
                                                      [TensorStats() for _ in tensors])
             rec.calls += 1
-            for stats, a in zip(rec.inputs, (a for a in args if isinstance(a, Tensor))):
+            for stats, a in zip(rec.inputs, tensors):
                 stats.update(a)
+        return hook
+
+    def _count_hook(self, name: str):
+        # A forward (post) hook: a conv's MAC count needs its output size.
+        def hook(mod, args, kwargs, out):
+            rec = self.layers[name]
+            for i, (label, operands, macs) in enumerate(_stages(mod, _tensors(args, kwargs), out)):
+                if i == len(rec.stages):
+                    rec.stages.append(Stage(label, operands))
+                rec.stages[i].macs += macs
         return hook
 
     @property

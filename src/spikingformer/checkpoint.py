@@ -1,0 +1,122 @@
+"""Checkpoints that lose nothing and trust nothing.
+
+Writing is atomic: the state goes to a temporary file in the same directory, is fsynced, and
+replaces the target with ``os.replace`` (then the directory is fsynced), so a crash at any
+instant leaves either the old checkpoint or the new one, never half of one.  Reading uses
+``torch.load(weights_only=True)``: a checkpoint holds only tensors and plain Python values
+(RNG states and the config included), so no arbitrary object is ever unpickled, and a
+truncated or foreign file is reported as such.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "atomic_copy", "remove_partial_writes",
+           "rng_state", "set_rng_state", "FORMAT", "VERSION"]
+
+FORMAT = "spikingformer.checkpoint"
+VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated, foreign, or from an incompatible version."""
+
+
+def _atomic(path: Path, write: Callable) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a checkpoint is an ordinary file
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:  # make the rename itself durable
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_checkpoint(state: dict, path: str | Path) -> None:
+    """Atomically write ``state`` (tensors and plain values only) as a spikingformer checkpoint."""
+    _atomic(Path(path), lambda f: torch.save({"format": FORMAT, "version": VERSION, **state}, f))
+
+
+def atomic_copy(src: str | Path, dst: str | Path) -> None:
+    """Copy a finished checkpoint (``last`` -> ``best``) with the same all-or-nothing guarantee."""
+    with open(src, "rb") as s:
+        _atomic(Path(dst), lambda f: shutil.copyfileobj(s, f, 1 << 22))
+
+
+def remove_partial_writes(folder: str | Path) -> None:
+    """Delete temporary files of writes a crash interrupted (the checkpoints they were replacing are intact)."""
+    for tmp in Path(folder).glob(".*.pt.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Read a checkpoint written by ``save_checkpoint``; anything else raises ``CheckpointError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # the parser meets arbitrary bytes: any error means "not a checkpoint we can read"
+        msg = str(e)
+        if isinstance(e, pickle.UnpicklingError) and ("Unsupported global" in msg or "unsupported GLOBAL" in msg):
+            raise CheckpointError(f"{path} contains arbitrary Python objects; they are never unpickled "
+                                  f"(weights_only=True), so this is not a spikingformer checkpoint") from None
+        first = msg.splitlines()[0] if msg else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a PyTorch file): "
+                              f"{first}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path} is a PyTorch file but not a spikingformer checkpoint "
+                              f"(expected a dict with format={FORMAT!r}; found {found})")
+    if state.get("version") != VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {state.get('version')}; this spikingformer "
+                              f"reads version {VERSION}")
+    return state
+
+
+def rng_state() -> dict:
+    """Python, NumPy, torch CPU and CUDA generator states as tensors and plain values."""
+    version, internal, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

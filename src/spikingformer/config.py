@@ -1,0 +1,235 @@
+"""Training configuration: one flat dataclass, loaded from YAML plus ``--set key=value`` overrides.
+
+Every key is checked: an unknown key (in the file or on the command line) is an error that
+lists the valid keys, and every value is checked against the field's type, so a typo never
+silently trains with a default.  Field names follow timm's ``train.py`` (``lr``, ``min_lr``,
+``warmup_epochs``, ``aa``, ``reprob``, ``mixup``, ``smoothing``, ...), as do their meanings.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "from_dict", "apply_overrides"]
+
+DATASETS = ("cifar10", "cifar100", "folder", "digits")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message says which and what is valid."""
+
+
+@dataclass
+class TrainConfig:
+    # --- model: any name of spikingformer.list_models(); model_args override its config fields
+    model: str = "spikingformer_4_384"
+    model_args: dict = field(default_factory=dict)
+    # --- data
+    dataset: str = "cifar10"          # cifar10 | cifar100 (torchvision format) | folder (class folders) | digits
+    data_dir: str = "data"
+    download: bool = False            # CIFAR only: fetch it when missing (needs internet)
+    val_split: str = "auto"           # auto: the dataset's own val/test split if it has one; holdout: always hold out
+    holdout: int = 5000               # images held out of train (seeded, class-balanced) when holding out
+    limit_train: int = 0              # >0: train on a seeded class-balanced subset of this size (smoke tests)
+    limit_val: int = 0                # >0: likewise for the validation split
+    img_size: int = 0                 # 0: the model's img_size
+    mean: typing.Optional[tuple[float, ...]] = None  # None: the dataset's own statistics
+    std: typing.Optional[tuple[float, ...]] = None
+    interpolation: str = "bicubic"
+    scale: tuple[float, float] = (0.08, 1.0)         # RandomResizedCrop area range
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)      # RandomResizedCrop aspect range
+    hflip: float = 0.5
+    color_jitter: float = 0.0
+    aa: typing.Optional[str] = None   # timm RandAugment string, e.g. rand-m9-n1-mstd0.4-inc1
+    reprob: float = 0.0               # random erasing probability
+    remode: str = "const"
+    crop_pct: float = 1.0             # eval: resize to img_size / crop_pct, then center-crop
+    workers: int = 4
+    # --- mixup / cutmix / loss
+    mixup: float = 0.0                # mixup alpha (0: off)
+    cutmix: float = 0.0               # cutmix alpha (0: off)
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    mixup_mode: str = "batch"
+    mixup_off_epoch: int = 0          # >0: disable mixup/cutmix from this epoch on
+    smoothing: float = 0.1
+    # --- optimization (batch_size is per process; the global batch is batch_size * world size)
+    opt: str = "adamw"
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    clip_grad: float = 0.0            # >0: clip the global gradient norm to this value
+    batch_size: int = 64
+    val_batch_size: int = 128
+    # --- schedule (timm.scheduler); the run lasts epochs + cooldown_epochs epochs, as in timm
+    sched: str = "cosine"
+    epochs: int = 300
+    warmup_epochs: int = 20
+    warmup_lr: float = 1e-5
+    min_lr: float = 1e-5
+    cooldown_epochs: int = 10
+    sched_on_updates: bool = False    # update the lr every step instead of every epoch
+    # --- engine
+    device: str = "auto"              # auto: cuda when available (cuda:LOCAL_RANK under torchrun), else cpu
+    amp: str = "auto"                 # auto: bf16 autocast on CUDA, fp32 on CPU | bf16 | fp16 | off
+    compile: bool = False             # torch.compile the model
+    channels_last: bool = False
+    sync_bn: bool = False             # synchronize BatchNorm statistics across processes
+    seed: int = 0
+    output: str = "runs/train"
+    ckpt_every: int = 0               # >0: also checkpoint every this many steps inside an epoch
+    progress: bool = True             # tqdm progress bar (main process only)
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        checks = [
+            (self.dataset in DATASETS, f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}"),
+            (self.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}"),
+            (self.val_split in ("auto", "holdout"), f"val_split must be 'auto' or 'holdout', got {self.val_split!r}"),
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1 and self.val_batch_size >= 1, "batch_size and val_batch_size must be >= 1"),
+            (min(self.holdout, self.limit_train, self.limit_val, self.warmup_epochs, self.cooldown_epochs,
+                 self.ckpt_every, self.workers, self.mixup_off_epoch, self.img_size) >= 0,
+             "holdout, limit_*, warmup_epochs, cooldown_epochs, ckpt_every, workers, mixup_off_epoch and "
+             "img_size must be >= 0"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (not self.mixup_active or self.batch_size % 2 == 0,
+             f"mixup/cutmix needs an even batch_size (timm pairs samples), got {self.batch_size}"),
+            ((self.mean is None) == (self.std is None), "give both mean and std, or neither"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+
+    @property
+    def mixup_active(self) -> bool:
+        return self.mixup > 0 or self.cutmix > 0
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs actually run: the schedule's epochs plus its cool-down at ``min_lr`` (timm)."""
+        return self.epochs + self.cooldown_epochs
+
+    def to_dict(self) -> dict:
+        """Plain types only (dicts, lists, numbers, strings): safe to store in a checkpoint."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _plain(v):
+    if isinstance(v, (tuple, list)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    return v
+
+
+def _coerce(name: str, typ, value):
+    """Check ``value`` against the annotation ``typ`` and convert what is unambiguous (list -> tuple, int -> float)."""
+    origin, args = typing.get_origin(typ), typing.get_args(typ)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(name, inner, value)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {name!r} expects a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(name, args[0], v) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"config key {name!r} expects {len(args)} values, got {value!r}")
+        return tuple(_coerce(name, a, v) for a, v in zip(args, value))
+    if typ is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {name!r} expects a mapping, got {value!r}")
+        return dict(value)
+    if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if typ is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if typ is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if typ is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"config key {name!r} expects {getattr(typ, '__name__', typ)}, got {value!r}")
+
+
+def from_dict(cls, data: dict, source: str = "config"):
+    """Build the dataclass ``cls`` from ``data``; unknown keys and ill-typed values are errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must be a mapping of keys to values, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(valid), key=str)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown} in {source}; valid keys: {', '.join(valid)}")
+    try:
+        return cls(**{k: _coerce(k, hints[k], v) for k, v in data.items()})
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["lr=1e-3", "model_args.depth=2"]`` -> ``{"lr": 1e-3, "model_args": {"depth": 2}}`` (values parsed as YAML)."""
+    import yaml
+
+    out: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        head, dot, sub = key.partition(".")
+        if dot:
+            out.setdefault(head, {})
+            if not isinstance(out[head], dict):
+                raise ConfigError(f"--set {item!r}: {head!r} was already set to a non-mapping value")
+            out[head][sub] = value
+        else:
+            out[key] = value
+    return out
+
+
+def apply_overrides(base: dict, overrides: dict) -> dict:
+    """Merge overrides into a config dict; dotted (``model_args.x``) overrides merge into the mapping."""
+    merged = dict(base)
+    for k, v in overrides.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = {**merged[k], **v}
+        else:
+            merged[k] = v
+    return merged
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), cls=TrainConfig):
+    """Read a YAML config (or start from the defaults when ``path`` is None) and apply ``--set`` overrides."""
+    import yaml
+
+    data: dict = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
+        source = str(path)
+    cli = parse_overrides(list(overrides))
+    if cli:
+        source += " + --set " + " ".join(overrides)
+    return from_dict(cls, apply_overrides(data, cli), source)

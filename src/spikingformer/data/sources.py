@@ -1,0 +1,160 @@
+"""Where images come from: CIFAR-10/100 (torchvision's format), class-folder trees, scikit-learn's digits.
+
+Each loader returns raw datasets of ``(image, class_index)`` (PIL images, or tensors for
+digits) with a ``targets`` list, so splits can be class-balanced without decoding anything.
+Missing or malformed data raises ``DataError`` naming what was expected where.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+__all__ = ["DataError", "RawData", "load_raw", "Subset", "DATASET_STATS"]
+
+# Per-channel mean/std over each training set (CIFAR values as in the official configs).
+DATASET_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "folder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet's, timm's default
+}
+_CIFAR_LAYOUT = {
+    "cifar10": ("CIFAR10", "cifar-10-batches-py", "data_batch_1..5, test_batch, batches.meta"),
+    "cifar100": ("CIFAR100", "cifar-100-python", "train, test, meta"),
+}
+
+
+class DataError(RuntimeError):
+    """Data missing or malformed; the message says what was expected where."""
+
+
+class Subset(Dataset):
+    """``base`` restricted to ``indices``, keeping ``targets`` (for further balanced splits)."""
+
+    def __init__(self, base: Dataset, indices: list[int]):
+        self.base, self.indices = base, list(indices)
+        self.targets = [base.targets[i] for i in self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.base[self.indices[i]]
+
+
+@dataclass
+class RawData:
+    train: Dataset
+    val: Dataset | None          # the dataset's own validation/test split, if it has one
+    val_name: str | None
+    classes: list[str]
+    in_chans: int
+    native_size: int | None      # every image's side, when fixed (CIFAR 32, digits 8)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    tensor_images: bool = False  # images are already tensors in [0, 1] (no PIL transforms)
+
+
+def load_raw(dataset: str, data_dir: str, download: bool = False) -> RawData:
+    if dataset in _CIFAR_LAYOUT:
+        return _cifar(dataset, Path(data_dir), download)
+    if dataset == "folder":
+        return _folder(Path(data_dir))
+    if dataset == "digits":
+        return _digits()
+    raise DataError(f"unknown dataset {dataset!r}")
+
+
+def _cifar(name: str, root: Path, download: bool) -> RawData:
+    import torchvision
+
+    cls_name, folder, files = _CIFAR_LAYOUT[name]
+    cls = getattr(torchvision.datasets, cls_name)
+    try:
+        train = cls(str(root), train=True, download=download)
+        test = cls(str(root), train=False, download=download)
+    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
+        hint = "download failed or files are corrupt" if download else "set download: true to fetch it"
+        raise DataError(f"{cls_name} not found or corrupt at {root}: expected torchvision's layout "
+                        f"{root / folder}/ ({files}); {hint} ({e})") from None
+    except OSError as e:  # no network, no permission
+        raise DataError(f"could not download {cls_name} to {root}: {e}") from None
+    mean, std = DATASET_STATS[name]
+    return RawData(train, test, f"test (official {cls_name} test split, {len(test)} images)",
+                   list(train.classes), 3, 32, mean, std)
+
+
+def _load_rgb(path: str):
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except OSError as e:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+        raise DataError(f"cannot decode image {path}: {e} (expected a readable image file)") from None
+
+
+def _image_folder(path: Path):
+    from torchvision.datasets import ImageFolder
+
+    try:
+        return ImageFolder(str(path), loader=_load_rgb)
+    except FileNotFoundError as e:  # no class folders, or class folders without images
+        raise DataError(f"{path}: expected one folder per class holding images "
+                        f"({path}/<class>/<image>.jpg|png|...): {e}") from None
+
+
+def _folder(root: Path) -> RawData:
+    """``root/train/<class>/...`` (+ optional ``root/val/<class>/...``, as ImageNet), or ``root/<class>/...``."""
+    if not root.is_dir():
+        raise DataError(f"data_dir {root} does not exist: expected a class-folder tree "
+                        f"({root}/train/<class>/*.jpg, optionally {root}/val/<class>/*.jpg)")
+    train_dir = root / "train" if (root / "train").is_dir() else root
+    train = _image_folder(train_dir)
+    val, val_name = None, None
+    if (root / "val").is_dir() and train_dir != root:
+        val = _image_folder(root / "val")
+        if val.classes != train.classes:
+            missing = sorted(set(train.classes) ^ set(val.classes))
+            raise DataError(f"{root}/val and {train_dir} must hold the same class folders; "
+                            f"these are in only one of them: {missing[:10]}")
+        val_name = f"val ({root / 'val'}, {len(val)} images)"
+    _probe(train, train_dir)
+    if val is not None:
+        _probe(val, root / "val")
+    mean, std = DATASET_STATS["folder"]
+    return RawData(train, val, val_name, list(train.classes), 3, None, mean, std)
+
+
+def _probe(ds, where: Path) -> None:
+    """Decode the first image now, so a wrong tree fails before training starts."""
+    if len(ds) == 0:
+        raise DataError(f"{where}: no images found")
+    ds[0]
+
+
+class _Digits(Dataset):
+    """scikit-learn's bundled 8x8 digits (1797 images, 10 classes): ``[1, 8, 8]`` tensors in ``[0, 1]``."""
+
+    def __init__(self):
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        self.images = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+        self.targets = [int(t) for t in d.target]
+        self.classes = [str(c) for c in range(10)]  # as ImageFolder/CIFAR name theirs
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        return self.images[i], self.targets[i]
+
+
+def _digits() -> RawData:
+    ds = _Digits()
+    # One fixed statistic of the whole bundled set (a dataset constant, as CIFAR's are).
+    mean, std = ds.images.mean().item(), ds.images.std().item()
+    return RawData(ds, None, None, ds.classes, 1, 8, (mean,), (std,), tensor_images=True)

@@ -1,0 +1,41 @@
+"""Seeded, class-balanced subsets: the held-out validation split and smoke-test limits."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+__all__ = ["balanced_split", "holdout_name"]
+
+
+def balanced_split(targets: Sequence[int], n_pick: int, seed: int) -> tuple[list[int], list[int]]:
+    """Pick ``n_pick`` indices with every class in proportion to its share; return ``(rest, picked)``.
+
+    Each class gets ``n_pick * count_c / N`` rounded by largest remainder (ties to the
+    smaller class index), so a balanced dataset yields exactly equal shares.  Within a
+    class the choice is a seeded permutation: the same ``(targets, n_pick, seed)`` gives
+    the same split on every machine.  Both lists are sorted.
+    """
+    t = torch.as_tensor(list(targets), dtype=torch.long)
+    n = len(t)
+    if not 0 < n_pick < n:
+        raise ValueError(f"cannot pick {n_pick} of {n} images: need 0 < count < {n}")
+    classes, counts = torch.unique(t, return_counts=True)
+    exact = counts.double() * n_pick / n
+    share = exact.floor().long()
+    short = n_pick - int(share.sum())
+    order = sorted(range(len(classes)), key=lambda i: (-(exact[i] - share[i]).item(), i))
+    for i in order[:short]:
+        share[i] += 1
+    g = torch.Generator().manual_seed(seed)
+    picked: list[int] = []
+    for c, k in zip(classes.tolist(), share.tolist()):
+        idx = torch.nonzero(t == c).flatten()
+        picked += idx[torch.randperm(len(idx), generator=g)[:k]].tolist()
+    chosen = set(picked)
+    return [i for i in range(n) if i not in chosen], sorted(picked)
+
+
+def holdout_name(n_val: int, n_total: int, seed: int) -> str:
+    """The name every report gives a held-out split, so nobody mistakes it for an official one."""
+    return f"val (held-out {n_val} of {n_total} train images, class-balanced, seed {seed})"

@@ -1,0 +1,366 @@
+"""Theoretical energy per image (Spikingformer Eq. 19-20, SPEC §7), measured from real forward passes.
+
+Every synaptic product the model performs is recorded by ``SynapticProbe``: each
+Conv/Linear and the two matrix products of the attention ``Q K^T V`` (``SpikeQKV``), in
+the order actually computed.  A product whose input is binary spikes costs
+``SOP = fr * T * FLOPs`` accumulates (Eq. 19); any other product costs ``T * FLOPs``
+multiply-accumulates.  ``FLOPs`` is the dense MAC count of one time step for one image
+and ``fr`` the measured firing rate of the input.  Energy
+``E = E_AC * sum(ACs) + E_MAC * sum(MACs)`` (Eq. 20) with ``E_AC = 0.9 pJ`` and
+``E_MAC = 4.6 pJ`` (45 nm).  BatchNorm is not counted: it folds into the preceding
+conv/linear at deployment (see ``deploy.fold_bn``), and the elementwise scale ``s`` of
+the attention folds into the next neuron's threshold.
+
+Counting the attention product (``Q``, ``K``, ``V`` spike matrices of ``N`` tokens x ``d``
+channels per head; ``SpikeQKV.kv_first`` picks the order):
+
+- ``K^T V`` (computed first when ``N > d``): a product of two spike matrices.  An
+  event-driven core walks the spikes of one factor and accumulates the matching row of
+  the other, so it walks the sparser one: ``min(fr_K, fr_V) * T * FLOPs`` ACs, ``FLOPs =
+  d * N * d`` per head.  As for a conv's weights, the other factor is counted dense.
+  This is also the official Spikingformer energy script's choice.
+- ``Q (K^T V)``: ``K^T V`` is a matrix of integer counts, ``Q`` is spikes: every spike of
+  ``Q`` adds one integer row, ``fr_Q * T * FLOPs`` ACs with ``FLOPs = N * d * d``.
+- The other order, ``(Q K^T) V``: ``min(fr_Q, fr_K)`` for ``Q K^T`` and ``fr_V`` for the
+  product of the integer ``Q K^T`` with ``V``, each over ``N * N * d`` per head.
+
+In general a product costs ACs when at least one factor is observed to be binary (driven
+by the sparsest binary factor) and MACs otherwise; the intermediate product is never
+assumed binary.
+
+The classification head (the read-out, left out of Eq. 20) is reported as its own rows
+(``readout``) and *included* in ``total_mJ``, as MACs unless its input is spikes (only the
+SN-FC-AvgPooling head of Eq. 18): deployed hardware does run it.  ``backbone_mJ`` is the
+total without it, the quantity Eq. 20 defines, and ``readout_mJ`` the difference.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from .probe import LayerProbe, Stage, SynapticProbe
+
+__all__ = ["E_MAC_PJ", "E_AC_PJ", "LayerEnergy", "EnergyReport", "estimate_energy", "energy_from_probe",
+           "stage_energy", "load_checkpoint", "calibrate_bn", "register_cli"]
+
+E_MAC_PJ = 4.6  # 45 nm, Horowitz 2014, as the paper
+E_AC_PJ = 0.9
+COLUMNS = ("name", "op", "kind", "readout", "fr", "nonzero", "flops", "ac", "mac", "uJ")
+
+
+@dataclass
+class LayerEnergy:
+    """One synaptic product: a conv/linear, or one of the two products of ``Q K^T V``."""
+
+    name: str
+    op: str                 # "conv", "linear", "K^T V", "Q (K^T V)", "Q K^T", "(Q K^T) V"
+    kind: str               # "spike" (counted as ACs), "integer" or "real" (counted as MACs)
+    readout: bool           # inside the classification head (Eq. 20 leaves it out)
+    fr: float | None        # firing rate of the spike input driving the ACs; None for a MAC product
+    nonzero: float          # fraction of non-zero elements of that input
+    flops: float            # dense MACs per image and time step (Eq. 19's FLOPs)
+    ac: float               # accumulates per image: fr * T * FLOPs
+    mac: float              # multiply-accumulates per image: T * FLOPs
+    uJ: float               # energy per image, microjoules
+
+
+def stage_energy(rec: LayerProbe, stage: Stage, images: int, T: int,
+                 e_mac: float = E_MAC_PJ, e_ac: float = E_AC_PJ) -> LayerEnergy:
+    """Eq. 19 for one product of one layer, per image (see the module docstring for the rule)."""
+    flops = stage.macs / (images * T)  # a layer run once per image (e.g. AvgPool-FC) shows its count / T
+    operands = [rec.inputs[i] for i in stage.operands]
+    spikes = [s for s in operands if s.binary]
+    if spikes:
+        driver = min(spikes, key=lambda s: s.firing_rate)
+        fr, kind = driver.firing_rate, "spike"
+        ac, mac = fr * T * flops, 0.0
+    else:
+        driver = min(operands, key=lambda s: s.kind != "real")  # a real factor makes the product real-valued
+        fr, kind = None, driver.kind
+        ac, mac = 0.0, T * flops
+    return LayerEnergy(rec.name, stage.label, kind, rec.readout, fr, driver.nonzero_rate, flops, ac, mac,
+                       (e_ac * ac + e_mac * mac) * 1e-6)
+
+
+@dataclass
+class EnergyReport:
+    """Per-layer and total energy per image.  ``mac``/``ac`` are operation counts per image."""
+
+    model: str
+    T: int
+    images: int
+    e_mac: float
+    e_ac: float
+    layers: list[LayerEnergy]
+    spike_driven: bool
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def mac(self) -> float:
+        return sum(r.mac for r in self.layers)
+
+    @property
+    def ac(self) -> float:
+        return sum(r.ac for r in self.layers)
+
+    @property
+    def total_mJ(self) -> float:
+        return (self.e_ac * self.ac + self.e_mac * self.mac) * 1e-9  # pJ -> mJ
+
+    @property
+    def readout_mJ(self) -> float:
+        return sum(r.uJ for r in self.layers if r.readout) * 1e-3
+
+    @property
+    def backbone_mJ(self) -> float:
+        """Without the read-out head: the quantity of Eq. 20."""
+        return self.total_mJ - self.readout_mJ
+
+    def to_dict(self) -> dict:
+        return dict(model=self.model, T=self.T, images=self.images, e_mac_pJ=self.e_mac, e_ac_pJ=self.e_ac,
+                    mac=self.mac, ac=self.ac, total_mJ=self.total_mJ, backbone_mJ=self.backbone_mJ,
+                    readout_mJ=self.readout_mJ, spike_driven=self.spike_driven, notes=self.notes,
+                    layers=[asdict(r) for r in self.layers])
+
+    def table(self) -> str:
+        width = max([len("layer")] + [len(r.name) for r in self.layers])
+        lines = [f"{'layer':{width}s}  {'op':10s} {'kind':7s} {'fr':>6s} {'FLOPs/step':>10s} "
+                 f"{'AC':>10s} {'MAC':>10s} {'uJ':>10s}"]
+        for r in self.layers:
+            fr = f"{r.fr:.4f}" if r.fr is not None else "-"
+            lines.append(f"{r.name:{width}s}  {r.op:10s} {r.kind:7s} {fr:>6s} {_si(r.flops):>10s} "
+                         f"{_si(r.ac):>10s} {_si(r.mac):>10s} {r.uJ:10.3f}" + ("  (readout)" if r.readout else ""))
+        lines += [
+            f"total per image: {self.ac / 1e9:.6g} G AC x {self.e_ac:g} pJ + {self.mac / 1e9:.6g} G MAC x "
+            f"{self.e_mac:g} pJ = {self.total_mJ:.6g} mJ",
+            f"  of which read-out head {self.readout_mJ:.6g} mJ; without it (Eq. 20) {self.backbone_mJ:.6g} mJ",
+            f"  T={self.T}, {self.images} image(s), spike-driven: {'yes' if self.spike_driven else 'NO'}"]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def write_json(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+
+    def write_csv(self, path: str) -> None:
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS)
+            w.writeheader()
+            w.writerows(asdict(r) for r in self.layers)
+
+
+def _si(x: float) -> str:
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3f}{suffix}"
+    return f"{x:.0f}"
+
+
+def energy_from_probe(probe: SynapticProbe, images: int, T: int, e_mac: float = E_MAC_PJ,
+                      e_ac: float = E_AC_PJ, model_name: str = "") -> EnergyReport:
+    """Turn what ``probe`` recorded over ``images`` images at ``T`` steps into an ``EnergyReport``."""
+    if not probe.layers:
+        raise RuntimeError("the probe saw no synaptic layer: run a forward pass inside the `with` block")
+    rows = [stage_energy(rec, st, images, T, e_mac, e_ac) for rec in probe.ordered for st in rec.stages]
+    return EnergyReport(model_name, T, images, e_mac, e_ac, rows, probe.spike_driven)
+
+
+def _split(x: Tensor, T: int | None, time_major: bool | None, model: nn.Module) -> tuple[int, int]:
+    """``(T, images)`` of one input batch: ``[T, B, ...]`` if time-major, else ``[B, ...]`` repeated T times."""
+    time_major = x.dim() == 5 if time_major is None else time_major  # SPEC §1: 5-d inputs are [T, B, C, H, W]
+    if time_major:
+        if T is not None and T != x.shape[0]:
+            raise ValueError(f"T={T} but the time-major input has {x.shape[0]} steps (shape {tuple(x.shape)})")
+        return x.shape[0], x.shape[1]
+    model_T = getattr(model, "T", None)
+    if T and model_T and T != model_T:
+        raise ValueError(f"T={T} but {type(model).__name__} runs {model_T} steps on a static input: "
+                         f"build it with T={T}")
+    T = T or model_T
+    if not T:
+        raise ValueError(f"cannot tell the number of time steps of {type(model).__name__}: pass T=")
+    return T, x.shape[0]
+
+
+@torch.no_grad()
+def estimate_energy(model: nn.Module, inputs: Tensor | Iterable, *, T: int | None = None,
+                    time_major: bool | None = None, e_mac: float = E_MAC_PJ, e_ac: float = E_AC_PJ,
+                    model_name: str | None = None) -> EnergyReport:
+    """Run ``model`` on ``inputs`` (a tensor, or an iterable of tensors or ``(x, y)`` pairs) and
+    return its energy per image (Eq. 19-20).
+
+    The model runs in the mode it is in: call ``model.eval()`` first for deployment
+    figures.  ``T`` defaults to the input's time axis (5-d inputs, or ``time_major=True``)
+    or to ``model.T`` for static images.
+    """
+    batches = [inputs] if isinstance(inputs, Tensor) else inputs
+    images, steps = 0, set()
+    with SynapticProbe(model) as probe:
+        for x in batches:
+            x = x[0] if isinstance(x, (tuple, list)) else x
+            t, b = _split(x, T, time_major, model)
+            steps.add(t)
+            images += b
+            model(x)
+    if not images:
+        raise ValueError("no input: give at least one non-empty batch")
+    if len(steps) > 1:
+        raise ValueError(f"batches with different numbers of time steps {sorted(steps)}: estimate them apart")
+    return energy_from_probe(probe, images, steps.pop(), e_mac, e_ac, model_name or type(model).__name__)
+
+
+# ---------------------------------------------------------------- model and input set-up (shared with verify)
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def load_checkpoint(model: nn.Module, path: str) -> nn.Module:
+    """Load a state_dict saved with ``torch.save`` (read with ``weights_only=True``) or ``.safetensors``.
+
+    A dict holding the state_dict under ``"model"``, ``"state_dict"`` or ``"model_state_dict"``
+    is accepted too, and ``module.`` (DDP) / ``_orig_mod.`` (torch.compile) prefixes are stripped.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            state = load_file(path, device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt, truncated, or pickles arbitrary objects
+        raise ValueError(f"could not read checkpoint {path}: {type(e).__name__}: {e}") from e
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"checkpoint {path} holds no state_dict of tensors")
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"checkpoint {path} does not fit {type(model).__name__} "
+                         f"(wrong model, --num-classes or --t?): {e}") from e
+    return model
+
+
+@torch.no_grad()
+def calibrate_bn(model: nn.Module, batches: list[Tensor]) -> nn.Module:
+    """Give an untrained model BN running statistics from ``batches`` (train-mode passes), then ``eval()``.
+
+    At initialisation the running statistics are 0/1 and most neurons of an eval-mode
+    model never fire, which would make every energy figure meaningless.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches
+    model.train()
+    for x in batches:
+        model(x)
+    return model.eval()
+
+
+def _image_folder(root: str, size: int, batch_size: int, n_batches: int) -> list[Tensor]:
+    from torchvision import datasets, transforms
+
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"--data: no such directory: {root}")
+    tf = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(),
+                             transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    try:
+        ds = datasets.ImageFolder(root, transform=tf)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise ValueError(f"--data {root} is not a class-folder image directory (root/CLASS/IMAGE): {e}") from e
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
+    return [x for x, _ in itertools.islice(loader, n_batches)]
+
+
+def add_input_args(p: argparse.ArgumentParser) -> None:
+    """The options ``energy`` and ``verify`` share: which model, which weights, which input."""
+    p.add_argument("--model", required=True, help="a name from `spikingformer models` / list_models()")
+    p.add_argument("--checkpoint", metavar="FILE",
+                   help="state_dict saved with torch.save (.pt/.pth) or .safetensors; without it the model "
+                        "has random weights and every figure is for an untrained model")
+    p.add_argument("--num-classes", type=int, help="classifier size, to match a checkpoint (default: the model's)")
+    p.add_argument("--t", type=int, help="time steps T (default: the model's)")
+    p.add_argument("--data", metavar="DIR", help="class-folder image directory (torchvision ImageFolder), "
+                   "resized to the input size and normalised with ImageNet mean/std; default: random N(0,1) "
+                   "input, whose firing rates are not those of real images")
+    p.add_argument("--batches", type=int, default=1, help="number of batches to run (default 1)")
+    p.add_argument("--batch-size", type=int, default=2, help="images per batch (default 2)")
+    p.add_argument("--input-size", type=int, metavar="H", help="square input size (default: the model's)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for weights and random input")
+
+
+def prepare(args: argparse.Namespace) -> tuple[nn.Module, list[Tensor], list[str]]:
+    """Build ``args.model``, load weights, make the input batches; returns notes for the output."""
+    from . import create_model
+
+    if args.batches < 1 or args.batch_size < 1:
+        raise ValueError("--batches and --batch-size must be >= 1")
+    torch.manual_seed(args.seed)
+    overrides = {k: v for k, v in (("T", args.t), ("num_classes", args.num_classes)) if v is not None}
+    model = create_model(args.model, **overrides)
+    c, h, _ = model.default_input_size
+    size = args.input_size or h
+    notes = []
+    if args.data:
+        if c != 3:
+            raise ValueError(f"--data loads RGB images; {args.model} expects {c} input channels")
+        batches = _image_folder(args.data, size, args.batch_size, args.batches)
+    else:
+        batches = [torch.randn(args.batch_size, c, size, size) for _ in range(args.batches)]
+        notes.append("random N(0,1) input (no --data): firing rates are not those of real images")
+    if args.checkpoint:
+        load_checkpoint(model, args.checkpoint).eval()
+    else:
+        calibrate_bn(model, batches)
+        notes.append("random weights (no --checkpoint): figures are for an untrained model "
+                     "(BN statistics calibrated on the input so that neurons fire)")
+    return model, batches, notes
+
+
+def _cmd_energy(args: argparse.Namespace) -> int:
+    try:
+        model, batches, notes = prepare(args)
+        report = estimate_energy(model, batches, e_mac=args.e_mac, e_ac=args.e_ac, model_name=args.model)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    report.notes += notes
+    print(f"{args.model}: input {tuple(batches[0].shape[1:])}, T={report.T}, {report.images} image(s)")
+    print(report.table())
+    for path, write in ((args.json, report.write_json), (args.csv, report.write_csv)):
+        if path:
+            write(path)
+            print(f"wrote {path}")
+    return 0
+
+
+def register_cli(sub) -> None:
+    p = sub.add_parser(
+        "energy", help="theoretical energy per image (Eq. 19-20) from real forward passes",
+        description="Run a model, record every synaptic operation (conv, linear, the two products of "
+                    "Q K^T V in the order computed) and classify each one's input as binary spikes "
+                    "(fr * T * FLOPs accumulates, E_AC) or not (T * FLOPs multiply-accumulates, E_MAC). "
+                    "Prints a per-layer table and the total in mJ per image; the read-out head is "
+                    "included in the total and also shown apart (Eq. 20 leaves it out).",
+        epilog="example: spikingformer energy --model spikingformer_8_512 --json e.json")
+    add_input_args(p)
+    p.add_argument("--e-mac", type=float, default=E_MAC_PJ, help=f"pJ per MAC (default {E_MAC_PJ}, 45 nm)")
+    p.add_argument("--e-ac", type=float, default=E_AC_PJ, help=f"pJ per AC (default {E_AC_PJ}, 45 nm)")
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    p.add_argument("--csv", metavar="FILE", help="also write the per-layer table as CSV")
+    p.set_defaults(func=_cmd_energy)

@@ -1,0 +1,128 @@
+"""Evaluation: accuracy and loss over a split, firing rates and the spike-driven verdict, checkpoints.
+
+``spikingformer eval --checkpoint FILE`` rebuilds the model a checkpoint was trained as and
+evaluates it on the validation split it was trained with: the same seeded held-out split when
+the dataset has none of its own, so numbers stay comparable across runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+
+__all__ = ["amp_dtype", "autocast", "to_device", "evaluate", "spike_stats", "evaluate_checkpoint"]
+
+
+def amp_dtype(amp: str, device: torch.device):
+    """``None`` (fp32) or the autocast dtype: bf16 on CUDA for ``auto``; CPU autocast is slow, so fp32."""
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+
+
+def autocast(device: torch.device, dtype):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, dtype=None, channels_last: bool = False) -> dict:
+    """Mean cross-entropy, top-1 and top-5 accuracy over ``loader``, summed over every process."""
+    from .distributed import all_reduce_sum
+
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, n
+    for x, y in loader:
+        x, y = to_device(x, device, channels_last), y.to(device, non_blocking=True)
+        with autocast(device, dtype):
+            logits = model(x)
+        logits = logits.float()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        sums += torch.stack([nn.functional.cross_entropy(logits, y, reduction="sum").double(),
+                             (top[:, 0] == y).sum().double(), (top == y[:, None]).any(1).sum().double(),
+                             torch.tensor(float(len(y)), dtype=torch.float64, device=device)])
+    loss, top1, top5, n = all_reduce_sum(sums).tolist()
+    if n == 0:
+        raise RuntimeError("the validation split is empty")
+    return {"val_loss": loss / n, "val_acc": top1 / n, "val_acc5": top5 / n, "val_images": int(n)}
+
+
+@torch.no_grad()
+def spike_stats(model: nn.Module, loader, device: torch.device, max_batches: int = 4) -> dict:
+    """Mean firing rate of every spike input to a synaptic layer (encoding layer and read-out excluded)
+    and the spike-driven verdict, from ``SynapticProbe`` on up to ``max_batches`` eval batches."""
+    from .probe import SynapticProbe
+
+    model.eval()
+    images = 0
+    with SynapticProbe(model) as probe:
+        for i, (x, _) in enumerate(loader):
+            if i == max_batches:
+                break
+            model(x.to(device))
+            images += len(x)
+    spiking = [s for r in probe.ordered[1:] if not r.readout for s in r.inputs if s.kind == "spike"]
+    total, numel = sum(s.total for s in spiking), sum(s.numel for s in spiking)
+    return {"firing_rate": total / numel if numel else 0.0, "spike_driven": probe.spike_driven,
+            "non_spike_layers": [r.name for r in probe.violations], "probe_images": images}
+
+
+def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "auto", batch_size: int = 0,
+                        workers: int | None = None) -> dict:
+    """Rebuild the model a checkpoint was trained as, and evaluate it on its validation split (or ``data_dir``'s)."""
+    from torch.utils.data import DataLoader
+
+    from . import create_model
+    from .config import TrainConfig, from_dict
+    from .data import DataError, build_data
+
+    state = ckpt.load_checkpoint(path)
+    conf = dict(state["config"], device=device)
+    if data_dir is not None:
+        conf["data_dir"] = data_dir
+    if batch_size:
+        conf["val_batch_size"] = batch_size
+    if workers is not None:
+        conf["workers"] = workers
+    cfg = from_dict(TrainConfig, conf, f"{path} config")
+    meta = state["meta"]
+    data = build_data(cfg, meta["img_size"])
+    if data.classes != meta["classes"]:
+        raise DataError(f"{cfg.data_dir} has classes {data.classes[:5]}... but {path} was trained on "
+                        f"{meta['classes'][:5]}... ({len(meta['classes'])} classes)")
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       "cpu" if device == "auto" else device)
+    model = create_model(meta["model"], **meta["model_args"])
+    model.load_state_dict(state["model"])
+    model.to(dev)
+    loader = DataLoader(data.val, cfg.val_batch_size, num_workers=cfg.workers)
+    result = evaluate(model, loader, dev, amp_dtype(cfg.amp, dev))
+    return {"checkpoint": str(path), "epoch": state["progress"]["epoch"], "val_split": data.val_name, **result,
+            **spike_stats(model, loader, dev)}
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .data import DataError
+
+    try:
+        r = evaluate_checkpoint(args.checkpoint, args.data, args.device, args.batch_size, args.workers)
+    except (ckpt.CheckpointError, DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{r['checkpoint']} (after epoch {r['epoch']}) on {r['val_split']}: top-1 {100 * r['val_acc']:.2f} %, "
+          f"top-5 {100 * r['val_acc5']:.2f} %, loss {r['val_loss']:.4f}; firing rate {r['firing_rate']:.3f}; "
+          f"spike-driven: {'yes' if r['spike_driven'] else 'NO'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=2) + "\n")
+    return 0

@@ -1,0 +1,351 @@
+"""Training engine: ``spikingformer train`` / ``spikingformer eval`` (timm's recipe pieces, nanoGPT's loop).
+
+``run(cfg)`` trains one model end to end: data (``spikingformer.data``), timm's optimizer,
+scheduler, Mixup/CutMix and losses, bf16 autocast on CUDA, optional ``torch.compile`` and
+SyncBatchNorm, DDP under ``torchrun``.  Each epoch appends to ``metrics.jsonl`` and redraws
+``metrics.png``; ``summary.json`` closes the run.  ``last.pt`` (every epoch, and every
+``ckpt_every`` steps) and ``best.pt`` hold everything a resume needs, so a run killed at any
+point and restarted with ``--resume`` ends with the same weights as one never interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .distributed import DistInfo
+from .evaluation import amp_dtype, autocast, evaluate, spike_stats, to_device
+
+__all__ = ["TrainConfig", "Progress", "run", "register_cli", "RESUME_MUTABLE"]
+
+# Keys that may change between a run and its resumption without changing the result.
+RESUME_MUTABLE = {"progress", "workers", "ckpt_every", "device", "val_batch_size", "output"}
+
+
+@dataclass
+class Progress:
+    """Where a run stands; stored in every checkpoint."""
+    epoch: int = 0           # the epoch in progress (or next to start)
+    step: int = 0            # optimizer steps already done in that epoch
+    global_step: int = 0
+    best_acc: float = -1.0
+    best_epoch: int = -1
+    history: list = field(default_factory=list)  # one metrics dict per finished epoch
+    epoch_sums: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # this epoch so far: loss * n, correct, n
+
+
+def model_kwargs(cfg: TrainConfig, num_classes: int, in_chans: int) -> dict:
+    """``cfg.model_args`` plus what the data decides; a contradiction is an error, not a silent override."""
+    args = dict(cfg.model_args)
+    for key, value in (("num_classes", num_classes), ("in_chans", in_chans)):
+        if key in args and args[key] != value:
+            raise ValueError(f"model_args.{key}={args[key]} but the dataset has {key}={value}")
+        args[key] = value
+    if cfg.img_size:
+        args["img_size"] = cfg.img_size
+    return args
+
+
+def resolve_img_size(cfg: TrainConfig) -> int:
+    if cfg.img_size:
+        return cfg.img_size
+    from . import create_model
+
+    with torch.device("meta"):  # read the named size's default without allocating it
+        return create_model(cfg.model, **cfg.model_args).cfg.img_size
+
+
+def build_training(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int):
+    """timm's AdamW (no decay on norms/biases), cosine schedule with warm-up and cool-down, Mixup, loss."""
+    from timm.data import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+
+    opt = create_optimizer_v2(model, cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+    sched, _ = create_scheduler_v2(opt, cfg.sched, num_epochs=cfg.epochs, cooldown_epochs=cfg.cooldown_epochs,
+                                   warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr,
+                                   step_on_epochs=not cfg.sched_on_updates, updates_per_epoch=steps_per_epoch)
+    mixup = None
+    if cfg.mixup_active:
+        mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
+                      switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode, label_smoothing=cfg.smoothing,
+                      num_classes=model.num_classes)
+        criterion = SoftTargetCrossEntropy()  # mixup already smoothed the targets
+    elif cfg.smoothing > 0:
+        criterion = LabelSmoothingCrossEntropy(cfg.smoothing)
+    else:
+        criterion = nn.CrossEntropyLoss()
+    return opt, sched, mixup, criterion
+
+
+def seed_all(seed: int, rank: int) -> None:
+    """Weights start identical on every process; Python/NumPy streams (Mixup) differ per process, as in timm."""
+    torch.manual_seed(seed)
+    random.seed(seed + rank)
+    np.random.seed(seed + rank)
+
+
+def train_one_epoch(cfg, state: Progress, model, loader, opt, sched, scaler, mixup, criterion, info: DistInfo,
+                    dtype, save_mid_epoch) -> dict:
+    """One pass over ``loader`` from ``state.step``; returns the epoch's mean train loss (and accuracy without mixup)."""
+    from tqdm import tqdm
+
+    from .distributed import all_reduce_sum
+
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    # Resumed mid-epoch: the main process carries the totals of the steps already done (all processes').
+    sums = torch.tensor(state.epoch_sums if info.is_main else [0.0] * 3, dtype=torch.float64, device=info.device)
+    bar = tqdm(loader, total=len(loader), desc=f"epoch {state.epoch + 1}/{cfg.total_epochs}", leave=False,
+               disable=None if info.is_main and cfg.progress else True, dynamic_ncols=True)  # None: off without a TTY
+    for x, y in bar:
+        x, y = to_device(x, info.device, cfg.channels_last), y.to(info.device, non_blocking=True)
+        labels = y
+        if mixup is not None:
+            x, y = mixup(x, y)
+        with autocast(info.device, dtype):
+            logits = model(x)
+            loss = criterion(logits, y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.clip_grad > 0:
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+        scaler.step(opt)
+        scaler.update()
+        state.step += 1
+        state.global_step += 1
+        if cfg.sched_on_updates:
+            sched.step_update(state.global_step)
+        correct = (logits.argmax(1) == labels).sum() if mixup is None else torch.zeros((), device=info.device)
+        sums += torch.stack([loss.detach().double() * len(labels), correct.double(),
+                             torch.tensor(float(len(labels)), dtype=torch.float64, device=info.device)])
+        if state.step % 10 == 0:  # look at the loss only now and then: reading it waits for the GPU
+            if not math.isfinite(float(sums[0])):
+                raise FloatingPointError(f"the training loss became {float(sums[0])} by epoch {state.epoch + 1} "
+                                         f"step {state.step}: lower lr or set clip_grad")
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{opt.param_groups[0]['lr']:.2e}", refresh=False)
+        if cfg.ckpt_every and state.step % cfg.ckpt_every == 0 and state.step < loader.sampler.steps_per_epoch:
+            state.epoch_sums = all_reduce_sum(sums.clone()).tolist()
+            save_mid_epoch()  # the epoch's end writes its own checkpoint
+    loss_sum, correct, n = all_reduce_sum(sums).tolist()
+    state.epoch_sums = [0.0, 0.0, 0.0]
+    out = {"train_loss": loss_sum / n}
+    if mixup is None:
+        out["train_acc"] = correct / n
+    return out
+
+
+def _config_diff(old: dict, new: dict) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if k not in RESUME_MUTABLE and old.get(k) != new.get(k))
+
+
+def run(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Train ``cfg`` to the end (or continue ``cfg.output``'s run with ``resume``); return the summary."""
+    from .distributed import cleanup, init_distributed
+
+    info = init_distributed(cfg.device)
+    try:
+        return _run(cfg, resume, info)
+    finally:
+        cleanup(info)
+
+
+def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> dict:
+    from torch.utils.data import DataLoader
+
+    from . import create_model
+    from .data import EpochSampler, ShardSampler, build_data
+    from .distributed import barrier, convert_sync_batchnorm, gather_objects
+    from .metrics import MetricsLog
+
+    t_start = time.time()
+    out = Path(cfg.output)
+    last, best = out / "last.pt", out / "best.pt"
+    resume_state = None
+    if resume and last.exists():
+        resume_state = ckpt.load_checkpoint(last)
+        diff = _config_diff(resume_state["config"], cfg.to_dict())
+        if diff:
+            raise ValueError(f"--resume: the config differs from the checkpoint's in {diff}; resume with the "
+                             f"original config (only {sorted(RESUME_MUTABLE)} may change)")
+    elif last.exists():
+        raise FileExistsError(f"{out} already holds a run ({last}); pass --resume to continue it, "
+                              "or choose another output")
+    seed_all(cfg.seed, info.rank)
+    if cfg.download and not info.is_main:
+        barrier()  # let the main process download alone, then read what it wrote
+    data = build_data(cfg, resolve_img_size(cfg))
+    if cfg.download and info.is_main:
+        barrier()
+    margs = model_kwargs(cfg, len(data.classes), data.in_chans)
+    model = create_model(cfg.model, **margs)
+    if cfg.sync_bn and info.world > 1:
+        model = convert_sync_batchnorm(model, info.device)
+    model.to(info.device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    sampler = EpochSampler(len(data.train), cfg.batch_size, cfg.seed, info.rank, info.world)
+    pin = info.device.type == "cuda"
+    train_loader = DataLoader(data.train, cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                              pin_memory=pin, drop_last=True, persistent_workers=cfg.workers > 0)
+    val_loader = DataLoader(data.val, cfg.val_batch_size, sampler=ShardSampler(len(data.val), info.rank, info.world),
+                            num_workers=cfg.workers, pin_memory=pin)
+    opt, sched, mixup, criterion = build_training(cfg, model, sampler.steps_per_epoch)
+    dtype = amp_dtype(cfg.amp, info.device)
+    scaler = torch.amp.GradScaler(info.device.type, enabled=dtype == torch.float16)
+    state = Progress()
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        opt.load_state_dict(resume_state["optimizer"])
+        sched.load_state_dict(resume_state["scheduler"])
+        scaler.load_state_dict(resume_state["scaler"])
+        state = Progress(**resume_state["progress"])
+        if state.step and resume_state["world_size"] != info.world:
+            raise ValueError(f"{last} was written mid-epoch by {resume_state['world_size']} process(es); resume it "
+                             f"with as many (the data order is sharded by process), not {info.world}")
+        rngs = resume_state["rng"]
+        if len(rngs) == info.world:
+            ckpt.set_rng_state(rngs[info.rank])
+        elif info.is_main:
+            print(f"note: checkpoint has RNG states of {len(rngs)} processes, this run has {info.world}; "
+                  "continuing with fresh RNG streams", file=sys.stderr)
+    fast = torch.compile(model) if cfg.compile else model
+    train_model = fast
+    if info.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_model = DDP(fast, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    log = MetricsLog(out, enabled=info.is_main, title=f"{cfg.model} on {cfg.dataset}: {data.val_name}")
+    log.restore(state.history)
+    meta = {"model": cfg.model, "model_args": margs,
+            "classes": data.classes, "val_name": data.val_name, "mean": list(data.mean), "std": list(data.std),
+            "img_size": data.img_size}
+    n_params = sum(p.numel() for p in model.parameters())
+
+    def save(path: Path) -> None:
+        rngs = gather_objects(ckpt.rng_state())  # every process's streams, so each resumes its own
+        if info.is_main:
+            ckpt.save_checkpoint({
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "scaler": scaler.state_dict(), "progress": vars(state).copy(), "rng": rngs,
+                "config": cfg.to_dict(), "meta": meta, "world_size": info.world}, path)
+
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt.remove_partial_writes(out)
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        where = f"resuming at epoch {state.epoch + 1} step {state.step}" if resume_state else "starting"
+        print(f"{cfg.model}: {n_params / 1e6:.2f}M params, {len(data.train)} train images, "
+              f"{data.val_name}; {info.world} process(es) on {info.device}, amp={dtype or 'fp32'}; {where}",
+              flush=True)
+    while state.epoch < cfg.total_epochs:
+        epoch_start = time.time()
+        sampler.set_epoch(state.epoch, state.step)
+        sched.step(state.epoch)
+        if cfg.sched_on_updates:
+            sched.step_update(state.global_step)
+        if mixup is not None and cfg.mixup_off_epoch and state.epoch >= cfg.mixup_off_epoch:
+            mixup.mixup_enabled = False  # Mixup still smooths the one-hot targets, as in timm
+        lr = opt.param_groups[0]["lr"]
+        metrics = train_one_epoch(cfg, state, train_model, train_loader, opt, sched, scaler, mixup, criterion,
+                                  info, dtype, lambda: save(last))
+        metrics.update(evaluate(fast, val_loader, info.device, dtype, cfg.channels_last))
+        metrics = {"epoch": state.epoch + 1, "lr": lr, **metrics, "val_split": data.val_name,
+                   "epoch_seconds": time.time() - epoch_start, "elapsed_seconds": time.time() - t_start}
+        state.history.append(metrics)
+        state.epoch, state.step = state.epoch + 1, 0
+        improved = metrics["val_acc"] > state.best_acc
+        if improved:
+            state.best_acc, state.best_epoch = metrics["val_acc"], metrics["epoch"]
+        save(last)
+        if improved and info.is_main:
+            ckpt.atomic_copy(last, best)
+        log.write(state.history)
+        if info.is_main:
+            print(f"epoch {metrics['epoch']}/{cfg.total_epochs}  lr {lr:.2e}  train_loss {metrics['train_loss']:.4f}"
+                  f"  val_loss {metrics['val_loss']:.4f}  val_acc {100 * metrics['val_acc']:.2f} %"
+                  f"  ({metrics['epoch_seconds']:.1f} s)", flush=True)
+    spikes = spike_stats(model, val_loader, info.device)
+    final = state.history[-1]
+    summary = {"model": cfg.model, "params": n_params, "dataset": cfg.dataset, "val_split": data.val_name,
+               "final_val_acc": final["val_acc"], "final_val_acc5": final["val_acc5"],
+               "final_val_loss": final["val_loss"], "best_val_acc": state.best_acc, "best_epoch": state.best_epoch,
+               "epochs": cfg.total_epochs, "world_size": info.world, "device": str(info.device),
+               "amp": str(dtype or "fp32"), "seconds": time.time() - t_start, **spikes, "config": cfg.to_dict()}
+    log.summary(summary)
+    return summary
+
+
+# ----------------------------------------------------------------------------- command line
+
+def _fail(e: Exception) -> int:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError
+    from .config import load_config
+    from .data import DataError
+
+    try:
+        cfg = load_config(args.config, args.set)
+        resolve_img_size(cfg)  # unknown model names and model_args fail here, before any data loads
+    except (ValueError, TypeError) as e:
+        return _fail(e)
+    try:
+        s = run(cfg, resume=args.resume)
+    except (DataError, CheckpointError, FileExistsError, ValueError) as e:
+        return _fail(e)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"{s['val_split']}: final top-1 {100 * s['final_val_acc']:.2f} %, best {100 * s['best_val_acc']:.2f} % "
+              f"(epoch {s['best_epoch']}); firing rate {s['firing_rate']:.3f}; spike-driven: "
+              f"{'yes' if s['spike_driven'] else 'NO'}; {s['seconds']:.0f} s -> {cfg.output}/summary.json")
+    return 0
+
+
+def _eval_entry(args: argparse.Namespace) -> int:
+    from .evaluation import _cmd_eval
+
+    return _cmd_eval(args)
+
+
+def register_cli(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a model from a YAML recipe (configs/*.yaml); resumable, torchrun-ready",
+        description="Train from a YAML config (see configs/ for the paper recipes). Every key of the config "
+                    "can be overridden with --set key=value (model_args.depth=2 reaches into the model's "
+                    "overrides); unknown keys are errors. Several GPUs: torchrun --nproc_per_node=N -m "
+                    "spikingformer.cli train --config FILE.")
+    p.add_argument("--config", required=True, metavar="FILE", help="YAML file of TrainConfig keys")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key (repeatable); values are parsed as YAML")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in the config's output folder from last.pt (starts fresh if none)")
+    p.set_defaults(func=_cmd_train)
+    p = sub.add_parser(
+        "eval", help="evaluate a checkpoint on its validation split",
+        description="Rebuild the model stored in a checkpoint and report top-1/top-5 accuracy, loss, mean firing "
+                    "rate and the spike-driven verdict on the validation split it was trained with (the same "
+                    "seeded held-out split when it had one), or on --data.")
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="best.pt or last.pt of a run")
+    p.add_argument("--data", metavar="DIR", help="data_dir to evaluate on instead of the checkpoint's")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--batch-size", type=int, default=0, help="evaluation batch size (default: the config's)")
+    p.add_argument("--workers", type=int, default=None, help="data-loading worker processes")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.set_defaults(func=_eval_entry)

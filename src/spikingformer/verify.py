@@ -1,0 +1,286 @@
+"""Spike-driven certificate and the paper's Fig. 3, from what every synaptic layer is actually fed.
+
+SPEC §3: a model is spike-driven when every Conv/Linear (and the ``Q K^T V`` product)
+except the encoding layer receives only 0/1.  The read-out head is exempt too: the
+paper's Eq. 20 leaves it out, and the default AvgPooling-FC head (Eq. 15) averages
+spikes into reals by design.  ``verify_model`` runs the model under ``SynapticProbe``
+and returns a ``Certificate``: per layer, the distinct input values seen (or their
+range once there are more than 64), whether they are all 0/1, and the verdict.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from .layers import SpikeQKV
+from .probe import LayerProbe, SynapticProbe
+
+__all__ = ["InputReport", "LayerVerdict", "Certificate", "certify", "verify_model", "plot_fig3", "register_cli"]
+
+
+def _value_set(values: list[float]) -> str:
+    """``{0, 1}``, or ``{0, 1, ..., 16} (17 values)`` when there are many."""
+    vals = [f"{v:g}" for v in sorted(values)]
+    if len(vals) <= 6:
+        return "{" + ", ".join(vals) + "}"
+    return f"{{{vals[0]}, {vals[1]}, ..., {vals[-1]}}} ({len(vals)} values)"
+
+
+@dataclass
+class InputReport:
+    """One input tensor of a synaptic layer, over every call seen."""
+
+    name: str                         # "input", or "q"/"k"/"v" for the attention product
+    kind: str                         # "spike", "integer" or "real"
+    min: float
+    max: float
+    firing_rate: float                # mean value (for spikes, the fraction of ones)
+    nonzero: float                    # fraction of non-zero elements
+    counts: dict[float, int] | None   # value -> count; None for reals or more than 64 distinct values
+
+    def describe(self) -> str:
+        if self.counts is not None:
+            return _value_set(list(self.counts))
+        what = "integers" if self.kind == "integer" else "reals"
+        return f"{what} in [{self.min:.3g}, {self.max:.3g}]"
+
+
+@dataclass
+class LayerVerdict:
+    name: str
+    op: str                           # "conv", "linear" or "attention"
+    role: str                         # "encoding" (sees the raw input), "readout" (head) or "synaptic"
+    inputs: list[InputReport]
+
+    @property
+    def spike_input(self) -> bool:
+        return all(i.kind == "spike" for i in self.inputs)
+
+    @property
+    def ok(self) -> bool:
+        return self.role != "synaptic" or self.spike_input
+
+
+@dataclass
+class Certificate:
+    model: str
+    layers: list[LayerVerdict]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def violations(self) -> list[LayerVerdict]:
+        return [r for r in self.layers if not r.ok]
+
+    @property
+    def spike_driven(self) -> bool:
+        return not self.violations
+
+    def to_dict(self) -> dict:
+        layers = []
+        for r in self.layers:
+            d = asdict(r)
+            for i in d["inputs"]:  # JSON keys must be strings: give the histogram as two lists
+                counts = i.pop("counts")
+                i["values"] = sorted(counts) if counts is not None else None
+                i["counts"] = [counts[v] for v in sorted(counts)] if counts is not None else None
+            layers.append(dict(d, spike_input=r.spike_input, ok=r.ok))
+        return dict(model=self.model, spike_driven=self.spike_driven,
+                    violations=[r.name for r in self.violations], notes=self.notes, layers=layers)
+
+    def table(self) -> str:
+        width = max([len("layer")] + [len(r.name) + 2 for r in self.layers])
+        lines = [f"{'layer':{width}s}  {'role':9s} {'kind':7s} {'fr':>6s}  values seen"]
+        for r in self.layers:
+            for i in r.inputs:
+                name = r.name if len(r.inputs) == 1 else f"{r.name}[{i.name}]"
+                flag = "" if r.ok else "  <- not spikes"
+                lines.append(f"{name:{width}s}  {r.role:9s} {i.kind:7s} {i.firing_rate:6.3f}  {i.describe()}{flag}")
+        if self.spike_driven:
+            lines.append(f"verdict: {self.model} is spike-driven: every synaptic layer after the encoding layer "
+                         "received only 0/1 (read-out head exempt, as in Eq. 20)")
+        else:
+            lines.append(f"verdict: {self.model} is NOT spike-driven: {len(self.violations)} layer(s) received "
+                         f"non-binary input: {', '.join(r.name for r in self.violations[:6])}"
+                         + (", ..." if len(self.violations) > 6 else ""))
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _layer_verdict(rec: LayerProbe, encoding: bool) -> LayerVerdict:
+    op = "attention" if isinstance(rec.module, SpikeQKV) else "linear" if isinstance(rec.module, nn.Linear) \
+        else "conv"
+    role = "readout" if rec.readout else "encoding" if encoding else "synaptic"
+    inputs = [InputReport(n, s.kind, s.min, s.max, s.firing_rate, s.nonzero_rate,
+                          None if s.distinct_overflow else dict(sorted(s.counts.items())))
+              for n, s in zip(rec.input_names, rec.inputs)]
+    return LayerVerdict(rec.name, op, role, inputs)
+
+
+def certify(probe: SynapticProbe, model_name: str = "") -> Certificate:
+    """The certificate for what ``probe`` recorded; the first synaptic layer called is the encoding layer."""
+    if not probe.layers:
+        raise RuntimeError("the probe saw no synaptic layer: run a forward pass inside the `with` block")
+    first = probe.encoding_layer
+    return Certificate(model_name, [_layer_verdict(r, r is first) for r in probe.ordered])
+
+
+@torch.no_grad()
+def verify_model(model: nn.Module, inputs: Tensor | Iterable, model_name: str | None = None) -> Certificate:
+    """Run ``model`` (in its current mode) on ``inputs`` (a tensor or an iterable of tensors or
+    ``(x, y)`` pairs) and certify whether it is spike-driven."""
+    batches = [inputs] if isinstance(inputs, Tensor) else inputs
+    with SynapticProbe(model) as probe:
+        for x in batches:
+            model(x[0] if isinstance(x, (tuple, list)) else x)
+    return certify(probe, model_name or type(model).__name__)
+
+
+# ---------------------------------------------------------------- Fig. 3
+
+_COLORS = {"spike": "tab:blue", "integer": "tab:red", "real": "tab:gray"}
+
+
+def block_histogram(cert: Certificate, prefix: str) -> tuple[dict[float, int], bool]:
+    """Histogram of the inputs to the conv/linear layers whose name starts with ``prefix``,
+    and whether any of them had too many distinct values to be counted."""
+    layers = [r for r in cert.layers if r.name.startswith(prefix) and r.op != "attention"]
+    if not layers:
+        raise ValueError(f"{cert.model} has no conv/linear layer named {prefix}*")
+    hist: dict[float, int] = {}
+    for i in (i for r in layers for i in r.inputs):
+        for v, c in (i.counts or {}).items():
+            hist[v] = hist.get(v, 0) + c
+    return dict(sorted(hist.items())), any(i.counts is None for r in layers for i in r.inputs)
+
+
+def plot_fig3(certs: list[Certificate], prefix: str, path: str) -> str:
+    """The paper's Fig. 3 as a PNG: per model, the histogram of the values fed to the
+    conv/linear layers of one block (``prefix``, e.g. ``"blocks.7."``) and the mean input of
+    every synaptic layer (the firing rate where the input is spikes)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    fig, axes = plt.subplots(2, len(certs), figsize=(7 * len(certs), 8), squeeze=False)
+    for col, cert in enumerate(certs):
+        hist, partial = block_histogram(cert, prefix)
+        values, counts = list(hist), list(hist.values())
+        nonzero = 1 - hist.get(0.0, 0) / max(sum(counts), 1)
+        ax = axes[0, col]
+        ax.bar(values, counts, width=0.8, color=_COLORS["spike" if set(values) <= {0.0, 1.0} else "integer"])
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=0.5)  # bars from 1 up, so {0, 1} and {0, ..., 16} read alike
+        ax.set_xticks(values)
+        ax.set_xticklabels([f"{v:g}" for v in values], fontsize=8)
+        ax.set_xlabel(f"input value of the conv/linear layers of {prefix.rstrip('.')}")
+        ax.set_ylabel("number of inputs (log)")
+        ax.set_title(f"({chr(ord('a') + col)}) {cert.model}: values {_value_set(values)}", fontsize=10)
+        note = f"nonzero ratio {nonzero:.1%}" if hist else "nothing to count"
+        ax.text(0.98, 0.95, note + ("\n(some inputs not counted: reals or >64 values)" if partial else ""),
+                transform=ax.transAxes, ha="right", va="top", fontsize=9)
+        # The encoding layer's real input has no firing rate; the head is the read-out.
+        layers = [r for r in cert.layers if r.role == "synaptic"]
+        kinds = ["spike" if r.spike_input else "real" if any(i.kind == "real" for i in r.inputs) else "integer"
+                 for r in layers]
+        ax = axes[1, col]
+        ax.bar(range(len(layers)), [sum(i.firing_rate for i in r.inputs) / len(r.inputs) for r in layers],
+               color=[_COLORS[k] for k in kinds])
+        ax.set_xticks(range(len(layers)))
+        ax.set_xticklabels([r.name for r in layers], rotation=90, fontsize=4.5)
+        ax.set_ylabel("mean input value (= firing rate for spikes)")
+        ax.set_title(f"{cert.model}: input of every synaptic layer after the encoding layer", fontsize=10)
+        ax.legend(handles=[Patch(color=_COLORS[k], label=k) for k in sorted(set(kinds))], fontsize=8,
+                  loc="upper left")
+    fig.suptitle("Spike-driven behaviour (Spikingformer paper, Fig. 3)" +
+                 "".join(f"\n{n}" for n in dict.fromkeys(n for c in certs for n in c.notes)), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
+def counterpart(name: str) -> str | None:
+    """The Spikformer for a Spikingformer (and back) of the same size, if registered."""
+    from . import list_models
+
+    if name.startswith("spikingformer_"):
+        other = "spikformer_" + name.removeprefix("spikingformer_").removeprefix("dagger_")
+    elif name.startswith("spikformer_") and not name.startswith("spikformer_v2_"):
+        other = "spikingformer_" + name.removeprefix("spikformer_")
+    else:
+        return None
+    return other if other in list_models() else None
+
+
+def _last_block(cert: Certificate) -> int:
+    ids = {int(r.name.split(".")[1]) for r in cert.layers
+           if r.name.startswith("blocks.") and r.name.split(".")[1].isdigit()}
+    if not ids:
+        raise ValueError(f"{cert.model} has no `blocks.N.` layers: pass --block")
+    return max(ids)
+
+
+def _plot(args: argparse.Namespace, cert: Certificate) -> str:
+    """Fig. 3 for ``cert`` beside ``--compare`` (or the counterpart model), run on the same kind of input."""
+    from .energy import prepare
+
+    certs = [cert]
+    other = args.compare or counterpart(args.model)
+    if other:
+        model, batches, notes = prepare(argparse.Namespace(**{**vars(args), "model": other,
+                                                              "checkpoint": args.compare_checkpoint}))
+        certs.append(verify_model(model, batches, other))
+        certs[-1].notes += notes
+    block = _last_block(cert) if args.block is None else args.block
+    os.makedirs(args.plot, exist_ok=True)
+    return plot_fig3(certs, f"blocks.{block}.", os.path.join(args.plot, "fig3.png"))
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .energy import prepare
+
+    try:
+        model, batches, notes = prepare(args)
+        cert = verify_model(model, batches, args.model)
+        cert.notes += notes
+        print(cert.table())
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(cert.to_dict(), f, indent=2)
+            print(f"wrote {args.json}")
+        if args.plot:
+            print(f"wrote {_plot(args, cert)}")
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0 if cert.spike_driven else 1
+
+
+def register_cli(sub) -> None:
+    from .energy import add_input_args
+
+    p = sub.add_parser(
+        "verify", help="certify that a model is spike-driven (exit 0) or not (exit 1)",
+        description="Run a model and list, for every synaptic layer (conv, linear, Q K^T V), the distinct "
+                    "input values it received and whether they are all 0/1. Exit status 0 when every "
+                    "layer after the encoding layer (read-out head exempt) received only spikes, 1 when "
+                    "not, 2 on a usage error, so it can gate CI.",
+        epilog="example: spikingformer verify --model spikingformer_8_512 --plot figs/  "
+               "(Fig. 3 against spikformer_8_512, block 7)")
+    add_input_args(p)
+    p.add_argument("--json", metavar="FILE", help="also write the certificate as JSON")
+    p.add_argument("--plot", metavar="DIR", help="write Fig. 3 as DIR/fig3.png: input-value histogram of one "
+                   "block and per-layer firing rates, beside the counterpart model")
+    p.add_argument("--block", type=int, help="block whose conv/linear inputs --plot histograms (default: the last)")
+    p.add_argument("--compare", metavar="NAME", help="model to plot beside --model (default: its Spikformer / "
+                   "Spikingformer counterpart of the same size, if there is one)")
+    p.add_argument("--compare-checkpoint", metavar="FILE", help="weights for --compare (default: random)")
+    p.set_defaults(func=_cmd_verify)

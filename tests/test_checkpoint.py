@@ -1,0 +1,94 @@
+"""Checkpoints: atomic writes, no arbitrary unpickling, clear errors for truncated or foreign files."""
+import os
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from spikingformer.checkpoint import (CheckpointError, atomic_copy, load_checkpoint, rng_state, save_checkpoint,
+                                      set_rng_state)
+
+MARKER = "unpickled-marker"
+
+
+class Evil:
+    """Unpickling this would create a file: proof that loading never runs arbitrary code."""
+
+    def __reduce__(self):
+        return (open, (os.path.join(os.environ["EVIL_DIR"], MARKER), "w"))
+
+
+def test_round_trip_keeps_tensors_and_plain_values(tmp_path):
+    state = {"model": {"w": torch.randn(3, 3)}, "progress": {"epoch": 2, "step": 5, "history": [{"acc": 0.5}]},
+             "config": {"scale": [0.08, 1.0], "aa": None, "model_args": {"downsample": (False, True)}}}
+    save_checkpoint(state, tmp_path / "a" / "last.pt")
+    back = load_checkpoint(tmp_path / "a" / "last.pt")
+    assert torch.equal(back["model"]["w"], state["model"]["w"])
+    assert back["progress"] == state["progress"] and back["config"] == state["config"]
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_failed_write_leaves_the_old_checkpoint_intact(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"v": torch.tensor(1)}, path)
+    with pytest.raises((AttributeError, TypeError, pickle.PicklingError)):
+        save_checkpoint({"v": torch.tensor(2), "bad": lambda: 0}, path)  # fails mid-serialization
+    assert load_checkpoint(path)["v"].item() == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_atomic_copy(tmp_path):
+    save_checkpoint({"v": torch.tensor(3)}, tmp_path / "last.pt")
+    atomic_copy(tmp_path / "last.pt", tmp_path / "best.pt")
+    assert load_checkpoint(tmp_path / "best.pt")["v"].item() == 3
+
+
+def test_truncated_file_is_reported(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"w": torch.randn(1000)}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or not a PyTorch file"):
+        load_checkpoint(path)
+
+
+def test_foreign_files_are_reported(tmp_path):
+    (tmp_path / "text.pt").write_text("hello")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "text.pt")
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "state_dict.pt")
+    with pytest.raises(CheckpointError, match=r"not a spikingformer checkpoint .*found \['weight'\]"):
+        load_checkpoint(tmp_path / "state_dict.pt")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_arbitrary_objects_are_never_unpickled(tmp_path, monkeypatch):
+    monkeypatch.setenv("EVIL_DIR", str(tmp_path))
+    torch.save({"format": "spikingformer.checkpoint", "version": 1, "x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="arbitrary Python objects"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not (tmp_path / MARKER).exists()
+
+
+def test_rng_states_survive_a_checkpoint(tmp_path):
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    random.random(), np.random.normal(), torch.randn(1)  # leave a cached gaussian in numpy's state
+    save_checkpoint({"rng": rng_state()}, tmp_path / "r.pt")
+    expected = (random.random(), np.random.normal(), torch.randn(4))
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    set_rng_state(load_checkpoint(tmp_path / "r.pt")["rng"])
+    got = (random.random(), np.random.normal(), torch.randn(4))
+    assert got[:2] == expected[:2] and torch.equal(got[2], expected[2])
+
+
+def test_partial_writes_of_a_crash_are_cleaned_up(tmp_path):
+    from spikingformer.checkpoint import remove_partial_writes
+
+    save_checkpoint({"v": torch.tensor(1)}, tmp_path / "last.pt")
+    (tmp_path / ".last.pt.x1y2.tmp").write_bytes(b"half a checkpoint")
+    (tmp_path / "notes.tmp").write_text("not ours")
+    remove_partial_writes(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "notes.tmp"]

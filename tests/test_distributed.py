@@ -1,0 +1,71 @@
+"""Several processes: two gloo processes under torchrun train exactly as one process with the same global batch."""
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+
+import spikingformer as sf
+from spikingformer.checkpoint import load_checkpoint
+from spikingformer.distributed import AllReduceBatchNorm, convert_sync_batchnorm
+from spikingformer.train import run
+
+from .data.helpers import write_class_tree
+from .test_train import _yaml, one_thread, subprocess_env, tiny_config  # noqa: F401  (fixture)
+
+
+def _torchrun(config: str, *sets: str) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "spikingformer.cli", "train", "--config", config, *(a for s in sets for a in ("--set", s))]
+    done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
+    """Global batch 8: one process with 8, or two gloo processes with 4 each and synchronized BatchNorm.
+
+    The data order gives step i of both processes exactly the images of step i of the single process;
+    augmentation is seeded per image, so it is identical too; DDP averages the two gradients, which is
+    the gradient of the mean loss over all 8 images *only if* BN normalizes over all 8 (x T), hence
+    sync_bn.  Mixup pairs images within a process's batch, so it is off here.  SGD, not AdamW: Adam
+    divides by the gradient's magnitude, which turns the float noise in the (mathematically zero)
+    gradient of conv biases feeding a BN into lr-sized steps, in any two runs that sum in another order.
+    Without sync_bn the runs must differ: the test can tell.
+    """
+    data = write_class_tree(tmp_path / "data" / "train", per_class=16).parent
+    common = dict(mixup=0.0, cutmix=0.0, opt="sgd", lr=0.1, sync_bn=True, holdout=6, warmup_epochs=0,
+                  cooldown_epochs=0, ckpt_every=0)
+    single = tiny_config(data, tmp_path / "one", batch_size=8, **common)
+    run(single)
+    config = _yaml(tmp_path, tiny_config(data, tmp_path / "two", batch_size=4, **common))
+    _torchrun(config)
+    _torchrun(config, f"output={tmp_path / 'two_local_bn'}", "sync_bn=false")
+
+    one, two, local = (load_checkpoint(tmp_path / d / "last.pt") for d in ("one", "two", "two_local_bn"))
+    assert two["world_size"] == 2 and len(two["rng"]) == 2
+    for k, v in one["model"].items():
+        torch.testing.assert_close(two["model"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+    for a, b in zip(one["progress"]["history"], two["progress"]["history"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5) and a["val_acc"] == b["val_acc"]
+    # per-process BN statistics change the weights ~100x beyond the tolerance above: the test can tell
+    assert max((local["model"][k] - v).abs().max().item() for k, v in one["model"].items()) > 1e-3
+
+
+@pytest.mark.parametrize("name", ["spikingformer_4_256", "spikformer_4_384"])
+def test_sync_batchnorm_conversion_covers_every_bn_and_keeps_the_function(name):
+    """torch's SyncBatchNorm (CUDA) and AllReduceBatchNorm (any backend) replace every BatchNorm2d (ConvBN over
+    [T*B, C, H, W]) and BatchNorm1d (LinearBN over [T*B, C, N]), keep the state_dict, and outside a process
+    group compute what the original does."""
+    model = sf.create_model(name, depth=1, T=2)
+    x = torch.randn(2, 3, 32, 32)
+    ref = model(x)
+    for convert in (lambda m: torch.nn.SyncBatchNorm.convert_sync_batchnorm(m),
+                    lambda m: convert_sync_batchnorm(m, torch.device("cpu"))):
+        converted = convert(sf.create_model(name, depth=1, T=2))
+        converted.load_state_dict(model.state_dict())
+        bns = [m for m in converted.modules() if isinstance(m, _BatchNorm)]
+        assert bns and all(isinstance(m, (torch.nn.SyncBatchNorm, AllReduceBatchNorm)) for m in bns)
+        assert converted.state_dict().keys() == model.state_dict().keys()
+        torch.testing.assert_close(converted(x), ref)

@@ -1,0 +1,167 @@
+"""The training engine end to end on tiny fixtures: outputs, eval, and exact resume after SIGKILL."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from spikingformer import cli
+from spikingformer.checkpoint import CheckpointError, load_checkpoint
+from spikingformer.config import TrainConfig, from_dict
+from spikingformer.train import run
+
+from .data.helpers import write_class_tree
+
+TINY = dict(depth=1, dim=32, num_heads=2, T=1, downsample=[False, False, True, True])
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and spinning OpenMP threads crawl on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def subprocess_env():
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def tiny_config(data_dir, out, **kw) -> TrainConfig:
+    """Every augmentation path of the recipes (RandAugment, erasing, Mixup/CutMix) on 16x16 images."""
+    base = dict(model="spikingformer_4_256", model_args=TINY, dataset="folder", data_dir=str(data_dir),
+                holdout=6, img_size=16, scale=(0.5, 1.0), aa="rand-m9-n1-mstd0.4-inc1", reprob=0.25,
+                mixup=0.5, cutmix=1.0, mixup_off_epoch=2, batch_size=4, val_batch_size=8, workers=0, lr=2e-3,
+                epochs=2, warmup_epochs=1, cooldown_epochs=1, clip_grad=1.0, output=str(out), progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    return write_class_tree(tmp_path_factory.mktemp("data") / "train", per_class=10).parent
+
+
+def test_train_writes_metrics_plot_summary_and_checkpoints(tree, tmp_path, capsys):
+    out = tmp_path / "run"
+    summary = run(tiny_config(tree, out))
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2, 3]
+    assert {"train_loss", "val_loss", "val_acc", "val_acc5", "lr", "epoch_seconds", "val_split"} <= set(lines[0])
+    assert lines[0]["val_split"] == "val (held-out 6 of 30 train images, class-balanced, seed 0)"
+    assert (out / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert summary["final_val_acc"] == lines[-1]["val_acc"] and summary["spike_driven"] is True
+    assert 0.0 < summary["firing_rate"] < 1.0
+    assert summary["best_val_acc"] == max(r["val_acc"] for r in lines)
+    best = load_checkpoint(out / "best.pt")
+    assert best["progress"]["epoch"] == summary["best_epoch"]
+    assert from_dict(TrainConfig, best["config"]) == tiny_config(tree, out)
+
+    # eval rebuilds the model and finds the same held-out split: the same accuracy as during training
+    assert cli.main(["eval", "--checkpoint", str(out / "best.pt"), "--json", str(tmp_path / "e.json")]) == 0
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["val_acc"] == summary["best_val_acc"] and result["val_split"] == lines[0]["val_split"]
+    assert "top-1" in capsys.readouterr().out
+
+    # a second run into the same folder must not clobber it; resuming with another config must not either
+    assert cli.main(["train", "--config", _yaml(tmp_path, tiny_config(tree, out))]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert cli.main(["train", "--config", _yaml(tmp_path, tiny_config(tree, out)), "--resume", "--set", "lr=0.1"]) == 2
+    assert "differs from the checkpoint's in ['lr']" in capsys.readouterr().err
+
+
+def test_eval_rejects_foreign_checkpoint(tmp_path, capsys):
+    torch.save({"weight": torch.zeros(1)}, tmp_path / "x.pt")
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "x.pt")]) == 2
+    assert "not a spikingformer checkpoint" in capsys.readouterr().err
+
+
+def test_cli_reports_bad_config_without_traceback(tmp_path, capsys):
+    assert cli.main(["train", "--config", str(tmp_path / "none.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    (tmp_path / "c.yaml").write_text("model: spikingformer_4_256\nmodel_args: {depht: 1}\n")
+    assert cli.main(["train", "--config", str(tmp_path / "c.yaml")]) == 2
+    assert "unknown option(s) ['depht']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "demo"])
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, "--help"])
+    assert e.value.code == 0 and "usage: spikingformer " + command in capsys.readouterr().out
+
+
+def _yaml(tmp_path: Path, cfg: TrainConfig) -> str:
+    import yaml
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    return str(path)
+
+
+def _weights(path):
+    state = load_checkpoint(path)
+    return state["model"], state["optimizer"]["state"], state["progress"]["history"]
+
+
+def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path):
+    """Kill a run right after a mid-epoch checkpoint of its second epoch, resume it, and compare with a run
+    never interrupted: weights, optimizer moments and per-epoch metrics must be identical (CPU, same threads).
+    Mixup, RandAugment and random erasing are on, so RNG restoration and seeded augmentation matter."""
+    data = write_class_tree(tmp_path / "data" / "train", per_class=30).parent
+    cfg = dict(holdout=12, epochs=2, cooldown_epochs=1, ckpt_every=3)
+    reference = tiny_config(data, tmp_path / "ref", workers=2, **cfg)  # worker count must not matter
+    run(reference)
+
+    killed = tiny_config(data, tmp_path / "killed", **cfg)
+    config = _yaml(tmp_path, killed)
+    last = tmp_path / "killed" / "last.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "spikingformer.cli", "train", "--config", config],
+                            env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen, deadline = None, time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            stamp = last.stat().st_mtime_ns if last.exists() else None
+            if stamp is not None and stamp != seen:
+                seen = stamp
+                progress = load_checkpoint(last)["progress"]
+                if progress["epoch"] == 1 and progress["step"] > 0:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    break
+            time.sleep(0.002)
+    finally:
+        if proc.poll() is None and seen is None:
+            proc.kill()
+    assert proc.wait() == -signal.SIGKILL, f"the run ended before it could be killed: {proc.stderr.read()[-2000:]}"
+    proc.stderr.close()
+    at_kill = load_checkpoint(last)["progress"]
+    assert at_kill["epoch"] == 1 and at_kill["step"] > 0  # resuming from inside an epoch
+
+    assert cli.main(["train", "--config", config, "--resume"]) == 0
+    ref_model, ref_opt, ref_hist = _weights(tmp_path / "ref" / "last.pt")
+    model, opt, hist = _weights(last)
+    for k in ref_model:
+        assert torch.equal(model[k], ref_model[k]), k
+    for i in ref_opt:
+        for k in ref_opt[i]:
+            assert torch.equal(opt[i][k], ref_opt[i][k]), (i, k)
+    timing = {"epoch_seconds", "elapsed_seconds"}
+    assert [{k: v for k, v in h.items() if k not in timing} for h in hist] == \
+           [{k: v for k, v in h.items() if k not in timing} for h in ref_hist]
+    assert len((tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_truncated_last_checkpoint_stops_resume_with_a_clear_error(tree, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"PK\x03\x04 truncated")
+    assert cli.main(["train", "--config", _yaml(tmp_path, tiny_config(tree, out)), "--resume"]) == 2
+    assert "not a readable checkpoint" in capsys.readouterr().err
+    with pytest.raises(CheckpointError):
+        load_checkpoint(out / "last.pt")
