@@ -29,6 +29,7 @@ import spikingformer as sf
 from spikingformer.config import load_config
 from spikingformer.data import DataError, balanced_split, holdout_name
 from spikingformer.data.sources import load_raw
+from spikingformer.fast import FastPath
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cifar10_speedrun.yaml"
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -49,8 +50,7 @@ class SpeedrunConfig:
     crop_padding: int = 4
     hflip: bool = True
     amp: str = "auto"
-    compile: bool = True
-    channels_last: bool = True
+    fast: str = "auto"  # spikingformer.fast: compile, channels-last, fused AdamW (auto: on CUDA)
     eval_batch_size: int = 1000
     max_epochs: int = 40
     time_budget_min: float = 10.0
@@ -171,14 +171,13 @@ def train(cfg: SpeedrunConfig, data: Path, out: Path, limit: int = 0, device: st
     torch.manual_seed(cfg.seed)
     model = sf.create_model(cfg.model, **{"num_classes": len(classes), "img_size": x.shape[-1], **cfg.model_args})
     model.to(dev)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
     from timm.optim import param_groups_weight_decay
 
-    opt = torch.optim.AdamW(param_groups_weight_decay(model, cfg.weight_decay), lr=cfg.lr, fused=on_cuda or None)
-    fast = torch.compile(model) if cfg.compile and on_cuda else model
-    dtype = torch.bfloat16 if (cfg.amp == "auto" and on_cuda) or cfg.amp == "bf16" else None
-    norm = Normalize(dev, cfg.channels_last)
+    path = FastPath.from_modes(cfg.fast, cfg.amp, dev)
+    fast = path.prepare(model)
+    opt = path.adamw(param_groups_weight_decay(model, cfg.weight_decay), lr=cfg.lr)
+    dtype = path.amp_dtype
+    norm = Normalize(dev, path.channels_last)
     gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     steps_per_epoch = len(ytr) // cfg.batch_size
     if steps_per_epoch < 1:

@@ -21,7 +21,7 @@ args = p.parse_args()
 path = FastPath(regional=args.regional)
 model = spikingformer.create_model(args.model).cuda()
 c, h, w = model.default_input_size
-x = torch.randn(args.batch, c, h, w, device="cuda").contiguous(memory_format=torch.channels_last)
+x = path.to_input(torch.randn(args.batch, c, h, w, device="cuda"))
 y = torch.randint(0, model.num_classes, (args.batch,), device="cuda")
 runner = path.prepare(model)
 opt = path.adamw(model.parameters(), lr=1e-4)

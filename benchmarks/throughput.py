@@ -96,8 +96,7 @@ def bench_variant(variant: Variant, model_name: str, batch: int, args) -> dict:
     c, h, w = model.default_input_size
     if args.input_size:
         h = w = args.input_size
-    mem_fmt = torch.channels_last if variant.path.channels_last else torch.contiguous_format
-    x = torch.randn(batch, c, h, w, device=device).contiguous(memory_format=mem_fmt)
+    x = variant.path.to_input(torch.randn(batch, c, h, w, device=device))
     y = torch.randint(0, model.num_classes, (batch,), device=device)
     runner = variant.path.prepare(model)
     opt = variant.path.adamw(model.parameters(), lr=1e-4, weight_decay=0.05)

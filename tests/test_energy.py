@@ -181,7 +181,7 @@ def test_cli_unknown_model(capsys):
     assert "unknown model 'spikingformer_9_999'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("content,msg", [(None, "checkpoint not found"), (b"not a checkpoint", "could not read"),
+@pytest.mark.parametrize("content,msg", [(None, "checkpoint not found"), (b"not a checkpoint", "not a readable checkpoint"),
                                          ("wrong", "does not fit")])
 def test_cli_bad_checkpoint(tmp_path, capsys, content, msg):
     path = tmp_path / "ck.pt"
@@ -232,3 +232,20 @@ def test_cli_reads_an_image_folder(tmp_path, capsys):
     assert data["images"] == 2 and not any("random N(0,1)" in n for n in data["notes"])
     assert main(["energy", "--model", "spikingformer_4_256", "--data", str(tmp_path / "cat")]) == 2
     assert "class-folder" in capsys.readouterr().err
+
+
+def test_cli_rebuilds_the_model_a_training_checkpoint_describes(tmp_path, capsys):
+    from spikingformer.checkpoint import save_checkpoint
+
+    args = {"depth": 1, "dim": 64, "num_heads": 2, "num_classes": 3, "T": 1}
+    model = sf.create_model("spikingformer_4_256", **args)
+    calibrate_bn(model, torch.randn(4, 3, 32, 32))
+    path = tmp_path / "best.pt"
+    save_checkpoint({"model": model.state_dict(), "meta": {"model": "spikingformer_4_256", "model_args": args}},
+                    path)
+    js = tmp_path / "e.json"
+    assert main(["energy", "--model", "spikingformer_4_256", "--checkpoint", str(path), "--json", str(js)]) == 0
+    data = json.loads(js.read_text())
+    assert data["T"] == 1 and data["layers"][-1]["flops"] == 64 * 3  # the 3-class head of the checkpoint
+    assert main(["energy", "--model", "spikformer_4_384", "--checkpoint", str(path)]) == 2
+    assert "holds a spikingformer_4_256, not a spikformer_4_384" in capsys.readouterr().err

@@ -59,3 +59,21 @@ def test_switches():
     assert default_fast_path("cuda").compile and default_fast_path("cuda").amp_dtype == torch.bfloat16
     opt = FastPath().adamw(model.parameters(), lr=1e-3)
     assert opt.defaults["fused"]
+
+
+def test_modes_resolve_per_device():
+    assert FastPath.from_modes("auto", "auto", "cpu") == FastPath.off()
+    on_cpu = FastPath.from_modes("on", "bf16", "cpu")
+    assert on_cpu.compile and on_cpu.channels_last and on_cpu.amp_dtype == torch.bfloat16
+    cuda = FastPath.from_modes("auto", "auto", "cuda")
+    assert cuda.compile and cuda.fused_optimizer and cuda.amp_dtype == torch.bfloat16
+    assert FastPath.from_modes("off", "auto", "cuda") == FastPath.off().__class__(
+        compile=False, amp_dtype=torch.bfloat16, channels_last=False, fused_optimizer=False)
+    with pytest.raises(ValueError, match="fast must be one of auto, on, off"):
+        FastPath.from_modes("fastest", "auto", "cpu")
+
+
+def test_channels_last_input_layout():
+    x = torch.randn(2, 3, 8, 8)
+    assert FastPath().to_input(x).is_contiguous(memory_format=torch.channels_last)
+    assert FastPath.off().to_input(x) is x

@@ -20,8 +20,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "atomic_copy", "remove_partial_writes",
-           "rng_state", "set_rng_state", "FORMAT", "VERSION"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_weights", "atomic_copy",
+           "remove_partial_writes", "rng_state", "set_rng_state", "FORMAT", "VERSION"]
 
 FORMAT = "spikingformer.checkpoint"
 VERSION = 1
@@ -74,13 +74,12 @@ def remove_partial_writes(folder: str | Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Read a checkpoint written by ``save_checkpoint``; anything else raises ``CheckpointError``."""
-    path = Path(path)
+def _safe_load(path: Path, map_location="cpu"):
+    """``torch.load(weights_only=True)`` with every failure turned into a ``CheckpointError`` that says why."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # the parser meets arbitrary bytes: any error means "not a checkpoint we can read"
         msg = str(e)
         if isinstance(e, pickle.UnpicklingError) and ("Unsupported global" in msg or "unsupported GLOBAL" in msg):
@@ -89,6 +88,12 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         first = msg.splitlines()[0] if msg else type(e).__name__
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a PyTorch file): "
                               f"{first}") from None
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Read a checkpoint written by ``save_checkpoint``; anything else raises ``CheckpointError``."""
+    path = Path(path)
+    state = _safe_load(path, map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path} is a PyTorch file but not a spikingformer checkpoint "
@@ -97,6 +102,41 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise CheckpointError(f"{path} has checkpoint version {state.get('version')}; this spikingformer "
                               f"reads version {VERSION}")
     return state
+
+
+def load_weights(path: str | Path) -> tuple[dict, dict]:
+    """Model weights from a training checkpoint (``best.pt``/``last.pt``), a ``torch.save``-d
+    state_dict (bare, or under ``model``/``state_dict``/``model_state_dict``) or a ``.safetensors``
+    file.  Returns ``(state_dict, build)``: ``build`` is ``{"model": name, "model_args": {...}}`` as
+    the training run created the model, or ``{}`` when the file does not say.  ``module.`` (DDP) and
+    ``_orig_mod.`` (``torch.compile``) prefixes are stripped."""
+    path = Path(path)
+    build: dict = {}
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint not found: {path}")
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
+    else:
+        state = _safe_load(path)
+        if isinstance(state, dict) and state.get("format") == FORMAT:
+            meta = state.get("meta", {})
+            build = {"model": meta.get("model"), "model_args": meta.get("model_args", {})}
+        for key in ("model", "state_dict", "model_state_dict"):
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} holds no state_dict of tensors")
+    for prefix in ("module.", "_orig_mod."):
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state, build
 
 
 def rng_state() -> dict:

@@ -13,10 +13,11 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .fast import AMP_MODES, FAST_MODES
+
 __all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "from_dict", "apply_overrides"]
 
 DATASETS = ("cifar10", "cifar100", "folder", "digits")
-AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
 class ConfigError(ValueError):
@@ -76,8 +77,8 @@ class TrainConfig:
     # --- engine
     device: str = "auto"              # auto: cuda when available (cuda:LOCAL_RANK under torchrun), else cpu
     amp: str = "auto"                 # auto: bf16 autocast on CUDA, fp32 on CPU | bf16 | fp16 | off
-    compile: bool = False             # torch.compile the model
-    channels_last: bool = False
+    fast: str = "auto"                # the fast path (spikingformer.fast: torch.compile, channels-last, fused
+                                      # AdamW): auto = on CUDA only | on | off
     sync_bn: bool = False             # synchronize BatchNorm statistics across processes
     seed: int = 0
     output: str = "runs/train"
@@ -91,6 +92,7 @@ class TrainConfig:
         checks = [
             (self.dataset in DATASETS, f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}"),
             (self.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}"),
+            (self.fast in FAST_MODES, f"fast must be one of {', '.join(FAST_MODES)}, got {self.fast!r}"),
             (self.val_split in ("auto", "holdout"), f"val_split must be 'auto' or 'holdout', got {self.val_split!r}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1 and self.val_batch_size >= 1, "batch_size and val_batch_size must be >= 1"),

@@ -47,6 +47,7 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
+from .checkpoint import CheckpointError, load_weights
 from .probe import LayerProbe, Stage, SynapticProbe
 
 __all__ = ["E_MAC_PJ", "E_AC_PJ", "LayerEnergy", "EnergyReport", "estimate_energy", "energy_from_probe",
@@ -223,30 +224,11 @@ def estimate_energy(model: nn.Module, inputs: Tensor | Iterable, *, T: int | Non
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def load_checkpoint(model: nn.Module, path: str) -> nn.Module:
-    """Load a state_dict saved with ``torch.save`` (read with ``weights_only=True``) or ``.safetensors``.
-
-    A dict holding the state_dict under ``"model"``, ``"state_dict"`` or ``"model_state_dict"``
-    is accepted too, and ``module.`` (DDP) / ``_orig_mod.`` (torch.compile) prefixes are stripped.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-            state = load_file(path, device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt, truncated, or pickles arbitrary objects
-        raise ValueError(f"could not read checkpoint {path}: {type(e).__name__}: {e}") from e
-    for key in ("model", "state_dict", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"checkpoint {path} holds no state_dict of tensors")
-    for prefix in ("module.", "_orig_mod."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+def load_checkpoint(model: nn.Module, path: str, state: dict | None = None) -> nn.Module:
+    """Load the weights of ``path`` (any format ``checkpoint.load_weights`` reads, or ``state``
+    already read from it) into ``model``."""
+    if state is None:
+        state, _ = load_weights(path)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
@@ -291,8 +273,9 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
     """The options ``energy`` and ``verify`` share: which model, which weights, which input."""
     p.add_argument("--model", required=True, help="a name from `spikingformer models` / list_models()")
     p.add_argument("--checkpoint", metavar="FILE",
-                   help="state_dict saved with torch.save (.pt/.pth) or .safetensors; without it the model "
-                        "has random weights and every figure is for an untrained model")
+                   help="a training run's best.pt/last.pt (its model options are reused), a state_dict saved "
+                        "with torch.save (.pt/.pth) or .safetensors; without it the model has random weights "
+                        "and every figure is for an untrained model")
     p.add_argument("--num-classes", type=int, help="classifier size, to match a checkpoint (default: the model's)")
     p.add_argument("--t", type=int, help="time steps T (default: the model's)")
     p.add_argument("--data", metavar="DIR", help="class-folder image directory (torchvision ImageFolder), "
@@ -311,8 +294,12 @@ def prepare(args: argparse.Namespace) -> tuple[nn.Module, list[Tensor], list[str
     if args.batches < 1 or args.batch_size < 1:
         raise ValueError("--batches and --batch-size must be >= 1")
     torch.manual_seed(args.seed)
+    state, build = load_weights(args.checkpoint) if args.checkpoint else (None, {})
+    if build:  # a training checkpoint says how its model was built; the command line still wins
+        if build.get("model") not in (None, args.model):
+            raise ValueError(f"{args.checkpoint} holds a {build['model']}, not a {args.model}")
     overrides = {k: v for k, v in (("T", args.t), ("num_classes", args.num_classes)) if v is not None}
-    model = create_model(args.model, **overrides)
+    model = create_model(args.model, **{**build.get("model_args", {}), **overrides})
     c, h, _ = model.default_input_size
     size = args.input_size or h
     notes = []
@@ -324,7 +311,7 @@ def prepare(args: argparse.Namespace) -> tuple[nn.Module, list[Tensor], list[str
         batches = [torch.randn(args.batch_size, c, size, size) for _ in range(args.batches)]
         notes.append("random N(0,1) input (no --data): firing rates are not those of real images")
     if args.checkpoint:
-        load_checkpoint(model, args.checkpoint).eval()
+        load_checkpoint(model, args.checkpoint, state).eval()
     else:
         calibrate_bn(model, batches)
         notes.append("random weights (no --checkpoint): figures are for an untrained model "
@@ -336,7 +323,7 @@ def _cmd_energy(args: argparse.Namespace) -> int:
     try:
         model, batches, notes = prepare(args)
         report = estimate_energy(model, batches, e_mac=args.e_mac, e_ac=args.e_ac, model_name=args.model)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     report.notes += notes

@@ -9,26 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from . import checkpoint as ckpt
+from .fast import amp_dtype, autocast
 
-__all__ = ["amp_dtype", "autocast", "to_device", "evaluate", "spike_stats", "evaluate_checkpoint"]
-
-
-def amp_dtype(amp: str, device: torch.device):
-    """``None`` (fp32) or the autocast dtype: bf16 on CUDA for ``auto``; CPU autocast is slow, so fp32."""
-    if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
-
-
-def autocast(device: torch.device, dtype):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+__all__ = ["to_device", "evaluate", "spike_stats", "evaluate_checkpoint"]
 
 
 def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:

@@ -18,12 +18,30 @@ spikes as the eager path (tested).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-__all__ = ["FastPath", "default_fast_path"]
+__all__ = ["FastPath", "FAST_MODES", "AMP_MODES", "amp_dtype", "autocast", "default_fast_path"]
+
+FAST_MODES = ("auto", "on", "off")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
+def amp_dtype(amp: str, device: torch.device | str) -> torch.dtype | None:
+    """``None`` (fp32) or the autocast dtype: bf16 on CUDA for ``auto``; CPU autocast is slow, so fp32."""
+    if amp == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype | None):
+    """Autocast context for ``dtype`` on ``device``'s type (a no-op for ``None``)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -40,6 +58,16 @@ class FastPath:
     @classmethod
     def off(cls) -> "FastPath":
         return cls(compile=False, amp_dtype=None, channels_last=False, fused_optimizer=False)
+
+    @classmethod
+    def from_modes(cls, fast: str, amp: str, device: torch.device | str) -> "FastPath":
+        """The path a config asks for: ``fast`` in ``FAST_MODES`` (``auto``: on exactly on CUDA),
+        ``amp`` in ``AMP_MODES`` (independent of ``fast``, so the eager path can run in bf16)."""
+        if fast not in FAST_MODES:
+            raise ValueError(f"fast must be one of {', '.join(FAST_MODES)}, got {fast!r}")
+        on = torch.device(device).type == "cuda" if fast == "auto" else fast == "on"
+        base = cls() if on else cls.off()
+        return dataclasses.replace(base, amp_dtype=amp_dtype(amp, device))
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Lay out and compile ``model`` for speed; returns the module to call.
@@ -60,10 +88,11 @@ class FastPath:
 
     def autocast(self, device: torch.device | str):
         """Autocast context for the forward pass (a no-op when ``amp_dtype`` is None)."""
-        device_type = torch.device(device).type
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type, dtype=self.amp_dtype)
+        return autocast(device, self.amp_dtype)
+
+    def to_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Lay an image batch out as the prepared model expects it."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
     def adamw(self, params, **kwargs) -> torch.optim.AdamW:
         """AdamW; with ``fused_optimizer`` one fused kernel updates every parameter (CUDA and CPU)."""

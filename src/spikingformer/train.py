@@ -1,8 +1,8 @@
 """Training engine: ``spikingformer train`` / ``spikingformer eval`` (timm's recipe pieces, nanoGPT's loop).
 
 ``run(cfg)`` trains one model end to end: data (``spikingformer.data``), timm's optimizer,
-scheduler, Mixup/CutMix and losses, bf16 autocast on CUDA, optional ``torch.compile`` and
-SyncBatchNorm, DDP under ``torchrun``.  Each epoch appends to ``metrics.jsonl`` and redraws
+scheduler, Mixup/CutMix and losses, bf16 autocast and the fast path (``spikingformer.fast``)
+on CUDA, SyncBatchNorm, DDP under ``torchrun``.  Each epoch appends to ``metrics.jsonl`` and redraws
 ``metrics.png``; ``summary.json`` closes the run.  ``last.pt`` (every epoch, and every
 ``ckpt_every`` steps) and ``best.pt`` hold everything a resume needs, so a run killed at any
 point and restarted with ``--resume`` ends with the same weights as one never interrupted.
@@ -26,7 +26,8 @@ from torch import nn
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .distributed import DistInfo
-from .evaluation import amp_dtype, autocast, evaluate, spike_stats, to_device
+from .evaluation import evaluate, spike_stats, to_device
+from .fast import FastPath, autocast
 
 __all__ = ["TrainConfig", "Progress", "run", "register_cli", "RESUME_MUTABLE"]
 
@@ -67,14 +68,16 @@ def resolve_img_size(cfg: TrainConfig) -> int:
         return create_model(cfg.model, **cfg.model_args).cfg.img_size
 
 
-def build_training(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int):
+def build_training(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int, fused: bool = False):
     """timm's AdamW (no decay on norms/biases), cosine schedule with warm-up and cool-down, Mixup, loss."""
     from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
 
-    opt = create_optimizer_v2(model, cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+    extra = {"fused": True} if fused and cfg.opt in ("adamw", "adam") else {}
+    opt = create_optimizer_v2(model, cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                              **extra)
     sched, _ = create_scheduler_v2(opt, cfg.sched, num_epochs=cfg.epochs, cooldown_epochs=cfg.cooldown_epochs,
                                    warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr,
                                    step_on_epochs=not cfg.sched_on_updates, updates_per_epoch=steps_per_epoch)
@@ -99,7 +102,7 @@ def seed_all(seed: int, rank: int) -> None:
 
 
 def train_one_epoch(cfg, state: Progress, model, loader, opt, sched, scaler, mixup, criterion, info: DistInfo,
-                    dtype, save_mid_epoch) -> dict:
+                    path: FastPath, save_mid_epoch) -> dict:
     """One pass over ``loader`` from ``state.step``; returns the epoch's mean train loss (and accuracy without mixup)."""
     from tqdm import tqdm
 
@@ -112,11 +115,11 @@ def train_one_epoch(cfg, state: Progress, model, loader, opt, sched, scaler, mix
     bar = tqdm(loader, total=len(loader), desc=f"epoch {state.epoch + 1}/{cfg.total_epochs}", leave=False,
                disable=None if info.is_main and cfg.progress else True, dynamic_ncols=True)  # None: off without a TTY
     for x, y in bar:
-        x, y = to_device(x, info.device, cfg.channels_last), y.to(info.device, non_blocking=True)
+        x, y = to_device(x, info.device, path.channels_last), y.to(info.device, non_blocking=True)
         labels = y
         if mixup is not None:
             x, y = mixup(x, y)
-        with autocast(info.device, dtype):
+        with autocast(info.device, path.amp_dtype):
             logits = model(x)
             loss = criterion(logits, y)
         opt.zero_grad(set_to_none=True)
@@ -196,16 +199,16 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> dict:
     if cfg.sync_bn and info.world > 1:
         model = convert_sync_batchnorm(model, info.device)
     model.to(info.device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
+    path = FastPath.from_modes(cfg.fast, cfg.amp, info.device)
+    fast = path.prepare(model)  # before the optimizer: channels-last re-lays the parameters out in place
     sampler = EpochSampler(len(data.train), cfg.batch_size, cfg.seed, info.rank, info.world)
     pin = info.device.type == "cuda"
     train_loader = DataLoader(data.train, cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                               pin_memory=pin, drop_last=True, persistent_workers=cfg.workers > 0)
     val_loader = DataLoader(data.val, cfg.val_batch_size, sampler=ShardSampler(len(data.val), info.rank, info.world),
                             num_workers=cfg.workers, pin_memory=pin)
-    opt, sched, mixup, criterion = build_training(cfg, model, sampler.steps_per_epoch)
-    dtype = amp_dtype(cfg.amp, info.device)
+    opt, sched, mixup, criterion = build_training(cfg, model, sampler.steps_per_epoch, path.fused_optimizer)
+    dtype = path.amp_dtype
     scaler = torch.amp.GradScaler(info.device.type, enabled=dtype == torch.float16)
     state = Progress()
     if resume_state is not None:
@@ -223,7 +226,6 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> dict:
         elif info.is_main:
             print(f"note: checkpoint has RNG states of {len(rngs)} processes, this run has {info.world}; "
                   "continuing with fresh RNG streams", file=sys.stderr)
-    fast = torch.compile(model) if cfg.compile else model
     train_model = fast
     if info.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -262,8 +264,8 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> dict:
             mixup.mixup_enabled = False  # Mixup still smooths the one-hot targets, as in timm
         lr = opt.param_groups[0]["lr"]
         metrics = train_one_epoch(cfg, state, train_model, train_loader, opt, sched, scaler, mixup, criterion,
-                                  info, dtype, lambda: save(last))
-        metrics.update(evaluate(fast, val_loader, info.device, dtype, cfg.channels_last))
+                                  info, path, lambda: save(last))
+        metrics.update(evaluate(fast, val_loader, info.device, dtype, path.channels_last))
         metrics = {"epoch": state.epoch + 1, "lr": lr, **metrics, "val_split": data.val_name,
                    "epoch_seconds": time.time() - epoch_start, "elapsed_seconds": time.time() - t_start}
         state.history.append(metrics)

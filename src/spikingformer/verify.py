@@ -19,6 +19,7 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
+from .checkpoint import CheckpointError
 from .layers import SpikeQKV
 from .probe import LayerProbe, SynapticProbe
 
@@ -258,7 +259,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             print(f"wrote {args.json}")
         if args.plot:
             print(f"wrote {_plot(args, cert)}")
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0 if cert.spike_driven else 1
