@@ -105,16 +105,15 @@ def augment(x: torch.Tensor, pad: int, hflip: bool, gen: torch.Generator) -> tor
 
 
 class Normalize:
-    """uint8-range floats -> normalized model input (channels-last when asked)."""
+    """uint8-range floats -> normalized model input, laid out as the fast path wants it."""
 
-    def __init__(self, device: torch.device, channels_last: bool):
+    def __init__(self, device: torch.device, path: FastPath):
         self.mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255
-        self.channels_last = channels_last
+        self.path = path
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean) / self.std
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return self.path.to_input((x - self.mean) / self.std)
 
 
 def lr_at(cfg: SpeedrunConfig, step: int, warmup_steps: int, progress: float) -> float:
@@ -125,14 +124,14 @@ def lr_at(cfg: SpeedrunConfig, step: int, warmup_steps: int, progress: float) ->
 
 
 @torch.no_grad()
-def evaluate(model, x, y, cfg: SpeedrunConfig, norm: Normalize, dtype) -> tuple[float, float]:
+def evaluate(model, x, y, cfg: SpeedrunConfig, norm: Normalize) -> tuple[float, float]:
     """Top-1 accuracy and mean cross-entropy; eager model (a compiled eval graph would cost its own compile)."""
     model.eval()
     correct = torch.zeros((), device=x.device)
     loss = torch.zeros((), device=x.device)
     for i in range(0, len(y), cfg.eval_batch_size):
         xb, yb = norm(x[i:i + cfg.eval_batch_size].float()), y[i:i + cfg.eval_batch_size]
-        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+        with norm.path.autocast(x.device):
             logits = model(xb).float()
         correct += (logits.argmax(1) == yb).sum()
         loss += F.cross_entropy(logits, yb, reduction="sum")
@@ -177,8 +176,7 @@ def train(cfg: SpeedrunConfig, data: Path, out: Path, limit: int = 0, device: st
     path = FastPath.from_modes(cfg.fast, cfg.amp, dev)
     fast = path.prepare(model)
     opt = path.adamw(param_groups_weight_decay(model, cfg.weight_decay), lr=cfg.lr)
-    dtype = path.amp_dtype
-    norm = Normalize(dev, path.channels_last)
+    norm = Normalize(dev, path)
     gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     steps_per_epoch = len(ytr) // cfg.batch_size
     if steps_per_epoch < 1:
@@ -207,7 +205,7 @@ def train(cfg: SpeedrunConfig, data: Path, out: Path, limit: int = 0, device: st
                     g["lr"] = lr
                 idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
                 xb = norm(augment(xtr[idx], cfg.crop_padding, cfg.hflip, gen))
-                with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+                with path.autocast(dev):
                     loss = F.cross_entropy(fast(xb), ytr[idx], label_smoothing=cfg.label_smoothing)
                 loss.backward()
                 opt.step()
@@ -217,7 +215,7 @@ def train(cfg: SpeedrunConfig, data: Path, out: Path, limit: int = 0, device: st
             if done == 0:
                 break
             t_eval = time.time()
-            acc, val_loss = evaluate(model, xva, yva, cfg, norm, dtype)  # .item() inside: the GPU has caught up
+            acc, val_loss = evaluate(model, xva, yva, cfg, norm)  # .item() inside: the GPU has caught up
             eval_seconds = time.time() - t_eval
             minutes = (time.time() - t0) / 60
             rec = {"epoch": round(step / steps_per_epoch, 3), "step": step, "minutes": round(minutes, 3),

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import spikingformer as sf
-from spikingformer.fast import FastPath, default_fast_path
+from spikingformer.fast import FastPath
 from spikingformer.neuron import MultiStepLIF, multistep_lif
 
 
@@ -55,8 +55,9 @@ def test_fast_path_spikes_equal_eager_in_fp32():
 def test_switches():
     model = torch.nn.Linear(2, 2)
     assert FastPath.off().prepare(model) is model
-    assert default_fast_path("cpu") == FastPath.off()
-    assert default_fast_path("cuda").compile and default_fast_path("cuda").amp_dtype == torch.bfloat16
+    assert FastPath.from_modes("auto", "auto", "cpu") == FastPath.off()
+    cuda = FastPath.from_modes("auto", "auto", "cuda")
+    assert cuda.compile and cuda.amp_dtype == torch.bfloat16
     opt = FastPath().adamw(model.parameters(), lr=1e-3)
     assert opt.defaults["fused"]
 

@@ -15,26 +15,23 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from .fast import amp_dtype, autocast
+from .fast import FastPath
 
-__all__ = ["to_device", "evaluate", "spike_stats", "evaluate_checkpoint"]
-
-
-def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+__all__ = ["evaluate", "spike_stats", "evaluate_checkpoint"]
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, dtype=None, channels_last: bool = False) -> dict:
-    """Mean cross-entropy, top-1 and top-5 accuracy over ``loader``, summed over every process."""
+def evaluate(model: nn.Module, loader, device: torch.device, path: FastPath | None = None) -> dict:
+    """Mean cross-entropy, top-1 and top-5 accuracy over ``loader``, summed over every process.
+    ``path`` gives the autocast dtype and input layout (default: fp32, as laid out)."""
     from .distributed import all_reduce_sum
 
+    path = path or FastPath.off()
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, n
     for x, y in loader:
-        x, y = to_device(x, device, channels_last), y.to(device, non_blocking=True)
-        with autocast(device, dtype):
+        x, y = path.to_input(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+        with path.autocast(device):
             logits = model(x)
         logits = logits.float()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
@@ -96,7 +93,7 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     model.load_state_dict(state["model"])
     model.to(dev)
     loader = DataLoader(data.val, cfg.val_batch_size, num_workers=cfg.workers)
-    result = evaluate(model, loader, dev, amp_dtype(cfg.amp, dev))
+    result = evaluate(model, loader, dev, FastPath.from_modes("off", cfg.amp, dev))
     return {"checkpoint": str(path), "epoch": state["progress"]["epoch"], "val_split": data.val_name, **result,
             **spike_stats(model, loader, dev)}
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["FastPath", "FAST_MODES", "AMP_MODES", "amp_dtype", "autocast", "default_fast_path"]
+__all__ = ["FastPath", "FAST_MODES", "AMP_MODES", "amp_dtype"]
 
 FAST_MODES = ("auto", "on", "off")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -37,11 +37,6 @@ def amp_dtype(amp: str, device: torch.device | str) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
 
 
-def autocast(device: torch.device | str, dtype: torch.dtype | None):
-    """Autocast context for ``dtype`` on ``device``'s type (a no-op for ``None``)."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -88,7 +83,9 @@ class FastPath:
 
     def autocast(self, device: torch.device | str):
         """Autocast context for the forward pass (a no-op when ``amp_dtype`` is None)."""
-        return autocast(device, self.amp_dtype)
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(torch.device(device).type, dtype=self.amp_dtype)
 
     def to_input(self, x: torch.Tensor) -> torch.Tensor:
         """Lay an image batch out as the prepared model expects it."""
@@ -97,8 +94,3 @@ class FastPath:
     def adamw(self, params, **kwargs) -> torch.optim.AdamW:
         """AdamW; with ``fused_optimizer`` one fused kernel updates every parameter (CUDA and CPU)."""
         return torch.optim.AdamW(params, fused=self.fused_optimizer or None, **kwargs)
-
-
-def default_fast_path(device: torch.device | str) -> FastPath:
-    """The fast path is the default on CUDA; elsewhere the eager path is."""
-    return FastPath() if torch.device(device).type == "cuda" else FastPath.off()

@@ -26,8 +26,8 @@ from torch import nn
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .distributed import DistInfo
-from .evaluation import evaluate, spike_stats, to_device
-from .fast import FastPath, autocast
+from .evaluation import evaluate, spike_stats
+from .fast import FastPath
 
 __all__ = ["TrainConfig", "Progress", "run", "register_cli", "RESUME_MUTABLE"]
 
@@ -115,11 +115,11 @@ def train_one_epoch(cfg, state: Progress, model, loader, opt, sched, scaler, mix
     bar = tqdm(loader, total=len(loader), desc=f"epoch {state.epoch + 1}/{cfg.total_epochs}", leave=False,
                disable=None if info.is_main and cfg.progress else True, dynamic_ncols=True)  # None: off without a TTY
     for x, y in bar:
-        x, y = to_device(x, info.device, path.channels_last), y.to(info.device, non_blocking=True)
+        x, y = path.to_input(x.to(info.device, non_blocking=True)), y.to(info.device, non_blocking=True)
         labels = y
         if mixup is not None:
             x, y = mixup(x, y)
-        with autocast(info.device, path.amp_dtype):
+        with path.autocast(info.device):
             logits = model(x)
             loss = criterion(logits, y)
         opt.zero_grad(set_to_none=True)
@@ -265,7 +265,7 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> dict:
         lr = opt.param_groups[0]["lr"]
         metrics = train_one_epoch(cfg, state, train_model, train_loader, opt, sched, scaler, mixup, criterion,
                                   info, path, lambda: save(last))
-        metrics.update(evaluate(fast, val_loader, info.device, dtype, path.channels_last))
+        metrics.update(evaluate(fast, val_loader, info.device, path))
         metrics = {"epoch": state.epoch + 1, "lr": lr, **metrics, "val_split": data.val_name,
                    "epoch_seconds": time.time() - epoch_start, "elapsed_seconds": time.time() - t_start}
         state.history.append(metrics)
