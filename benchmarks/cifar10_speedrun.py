@@ -51,6 +51,8 @@ class SpeedrunConfig:
     hflip: bool = True
     amp: str = "auto"
     fast: str = "auto"  # spikingformer.fast: compile, channels-last, fused AdamW (auto: on CUDA)
+    compile_mode: str = ""  # "" | reduce-overhead (CUDA graphs) | max-autotune ... (spikingformer.fast.COMPILE_MODES)
+    lif_backend: str = "torch"  # torch | triton
     eval_batch_size: int = 1000
     max_epochs: int = 40
     time_budget_min: float = 10.0
@@ -173,7 +175,7 @@ def train(cfg: SpeedrunConfig, data: Path, out: Path, limit: int = 0, device: st
     model.to(dev)
     from timm.optim import param_groups_weight_decay
 
-    path = FastPath.from_modes(cfg.fast, cfg.amp, dev)
+    path = FastPath.from_modes(cfg.fast, cfg.amp, dev, cfg.compile_mode, cfg.lif_backend)
     fast = path.prepare(model)
     opt = path.adamw(param_groups_weight_decay(model, cfg.weight_decay), lr=cfg.lr)
     norm = Normalize(dev, path)
@@ -205,6 +207,7 @@ def train(cfg: SpeedrunConfig, data: Path, out: Path, limit: int = 0, device: st
                     g["lr"] = lr
                 idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
                 xb = norm(augment(xtr[idx], cfg.crop_padding, cfg.hflip, gen))
+                path.step_begin()
                 with path.autocast(dev):
                     loss = F.cross_entropy(fast(xb), ytr[idx], label_smoothing=cfg.label_smoothing)
                 loss.backward()

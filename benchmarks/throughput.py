@@ -8,17 +8,24 @@ For each ``MODEL:BATCH`` it times, with synthetic data already on the device:
   the official recipe.  Skipped with a message when SpikingJelly cannot be imported.
 - ``eager``: this library, eager, same precision and optimizer as the reference.
 - ``fast``: this library's fast path (``spikingformer.fast.FastPath``: torch.compile,
-  bf16, channels-last, fused AdamW).
+  bf16, channels-last, fused AdamW); ``fast:MODE`` compiles with ``torch.compile`` mode
+  MODE, e.g. ``fast:reduce-overhead`` (CUDA graphs; every step starts with
+  ``FastPath.step_begin()``, as a training loop must).
+- ``+triton`` after ``eager`` or ``fast[:MODE]``: every neuron runs the Triton LIF kernels
+  (``spikingformer.kernels``; CUDA, or the CPU under ``TRITON_INTERPRET=1`` uncompiled).
 
 Warm-up steps are excluded from the rates; the fast path's compile time (first steps
 minus steady-state steps) is reported separately.  Peak memory is the training peak.
+A variant that fails is reported and skipped; the others still run.
 
     python benchmarks/throughput.py spikingformer_4_384:64 spikingformer_4_384:256 \
-        spikingformer_8_512:36 --json throughput.json
+        spikingformer_8_512:36 --json throughput.json \
+        --variants reference,eager,fast,fast+triton,fast:reduce-overhead,fast:reduce-overhead+triton
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -29,6 +36,8 @@ from torch import nn
 import spikingformer
 from spikingformer.fast import FastPath
 from spikingformer.neuron import MultiStepLIF
+
+VARIANTS = "reference, eager[+triton], fast[:MODE][+triton] (MODE a torch.compile mode)"
 
 
 def swap_in_spikingjelly(model: nn.Module) -> nn.Module:
@@ -46,6 +55,13 @@ def swap_in_spikingjelly(model: nn.Module) -> nn.Module:
     return model
 
 
+def reset_spikingjelly(model: nn.Module) -> None:
+    """SpikingJelly's neurons keep their membrane between calls: clear it after every batch."""
+    from spikingjelly.activation_based import functional
+
+    functional.reset_net(model)
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -58,20 +74,26 @@ class Variant:
         self.name, self.device = name, device
         self.after_batch = lambda model: None
         self.scaler = None
-        if name.startswith("fast"):  # "fast" or "fast:<torch.compile mode>"
-            mode = name.partition(":")[2] or None
-            self.path = FastPath(compile_mode=mode)
+        base, plus, extra = name.partition("+")
+        kind, _, mode = base.partition(":")
+        if kind not in ("reference", "eager", "fast") or (mode and kind != "fast") \
+                or (plus and (extra != "triton" or kind == "reference")):
+            raise ValueError(f"unknown variant {name!r}; valid: {VARIANTS}")
+        self.triton = extra == "triton"
+        backend = "triton" if self.triton else "torch"
+        if kind == "fast":
+            self.path = FastPath(compile_mode=mode or None, lif_backend=backend)
             if device.type != "cuda":
-                self.path = FastPath(compile_mode=mode, amp_dtype=None, channels_last=False)
+                self.path = FastPath(compile_mode=mode or None, amp_dtype=None, channels_last=False,
+                                     lif_backend=backend)
         else:
-            self.path = FastPath.off()
+            self.path = dataclasses.replace(FastPath.off(), lif_backend=backend)
             if device.type == "cuda":  # the official recipe: fp16 autocast + loss scaling
                 self.path = FastPath(compile=False, amp_dtype=torch.float16, channels_last=False,
-                                     fused_optimizer=False)
+                                     fused_optimizer=False, lif_backend=backend)
                 self.scaler = torch.amp.GradScaler("cuda")
         if name == "reference":
-            from spikingjelly.activation_based import functional
-            self.after_batch = functional.reset_net
+            self.after_batch = reset_spikingjelly
 
     def build(self, model_name: str, **overrides) -> nn.Module:
         model = spikingformer.create_model(model_name, **overrides).to(self.device)
@@ -103,6 +125,7 @@ def bench_variant(variant: Variant, model_name: str, batch: int, args) -> dict:
     loss_fn = nn.CrossEntropyLoss()
 
     def train_step():
+        variant.path.step_begin()
         with variant.path.autocast(device):
             loss = loss_fn(runner(x), y)
         opt.zero_grad(set_to_none=True)
@@ -116,6 +139,7 @@ def bench_variant(variant: Variant, model_name: str, batch: int, args) -> dict:
         variant.after_batch(model)
 
     def infer_step():
+        variant.path.step_begin()
         with torch.inference_mode(), variant.path.autocast(device):
             runner(x)
         variant.after_batch(model)
@@ -145,7 +169,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", metavar="MODEL:BATCH", help="e.g. spikingformer_4_384:64")
     p.add_argument("--variants", default="reference,eager,fast",
-                   help="comma list of reference, eager, fast, fast:MODE (MODE a torch.compile mode)")
+                   help=f"comma list of {VARIANTS}; the first is the base of the ratios")
     p.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=5, help="untimed warm-up steps (include compilation)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -158,48 +182,60 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    variants = [v.strip() for v in args.variants.split(",")]
-    unknown = [v for v in variants if v not in ("reference", "eager") and not v.startswith("fast")]
-    if unknown:
-        p.error(f"unknown variant(s) {unknown}; valid: reference, eager, fast, fast:MODE")
-    if "reference" in variants:
+    try:
+        variants = [Variant(v.strip(), device) for v in args.variants.split(",")]
+    except ValueError as e:
+        p.error(str(e))
+    if any(v.triton for v in variants):
+        from spikingformer.kernels import check_device
+        try:
+            check_device(device)
+        except RuntimeError as e:
+            p.error(str(e))
+    if any(v.name == "reference" for v in variants):
         try:
             import spikingjelly.activation_based.neuron  # noqa: F401
         except ImportError as e:
             print(f"skipping the reference: SpikingJelly cannot be imported ({e})", file=sys.stderr)
-            variants.remove("reference")
+            variants = [v for v in variants if v.name != "reference"]
 
-    results = []
+    results, errors = [], []
     for run in args.runs:
         model_name, _, batch = run.partition(":")
         for v in variants:
-            r = bench_variant(Variant(v, device), model_name, int(batch or 64), args)
+            try:
+                r = bench_variant(Variant(v.name, device), model_name, int(batch or 64), args)
+            except Exception as e:  # one broken variant must not cost the measurements of the others
+                errors.append({"variant": v.name, "model": model_name, "error": f"{type(e).__name__}: {e}"})
+                print(f"{v.name} on {run} failed: {errors[-1]['error']}", file=sys.stderr, flush=True)
+                continue
             results.append(r)
             print(json.dumps(r), flush=True)
             if args.json:  # after every measurement, so a run cut short keeps what it measured
-                write_json(args.json, device, results)
+                write_json(args.json, device, results, errors)
 
-    base = {(r["model"], r["batch"]): r for r in results if r["variant"] == variants[0]}
+    base = {(r["model"], r["batch"]): r for r in results if r["variant"] == variants[0].name}
     print(f"\ndevice: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}; "
-          f"ratios against '{variants[0]}'")
+          f"ratios against '{variants[0].name}'")
     print(f"| model, batch | variant | train img/s | x | inference img/s | x | peak GiB | compile s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
-        b = base[(r["model"], r["batch"])]
-        r["train_x"] = r["train_img_s"] / b["train_img_s"]
-        r["infer_x"] = r["infer_img_s"] / b["infer_img_s"]
+        b = base.get((r["model"], r["batch"]))
+        r["train_x"] = r["train_img_s"] / b["train_img_s"] if b else None
+        r["infer_x"] = r["infer_img_s"] / b["infer_img_s"] if b else None
+        ratio = lambda x: f"{x:.2f}" if x is not None else "-"  # noqa: E731
         peak = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "-"
-        print(f"| {r['model']}, {r['batch']} | {r['variant']} | {r['train_img_s']:,.0f} | {r['train_x']:.2f} | "
-              f"{r['infer_img_s']:,.0f} | {r['infer_x']:.2f} | {peak} | {r['compile_s']:.0f} |")
+        print(f"| {r['model']}, {r['batch']} | {r['variant']} | {r['train_img_s']:,.0f} | {ratio(r['train_x'])} | "
+              f"{r['infer_img_s']:,.0f} | {ratio(r['infer_x'])} | {peak} | {r['compile_s']:.0f} |")
     if args.json:
-        write_json(args.json, device, results)
-    return 0
+        write_json(args.json, device, results, errors)
+    return 1 if errors else 0
 
 
-def write_json(path: str, device: torch.device, results: list) -> None:
+def write_json(path: str, device: torch.device, results: list, errors: list) -> None:
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     with open(path, "w") as f:
-        json.dump({"device": name, "torch": torch.__version__, "results": results}, f, indent=2)
+        json.dump({"device": name, "torch": torch.__version__, "results": results, "errors": errors}, f, indent=2)
 
 
 if __name__ == "__main__":

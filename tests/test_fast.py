@@ -78,3 +78,26 @@ def test_channels_last_input_layout():
     x = torch.randn(2, 3, 8, 8)
     assert FastPath().to_input(x).is_contiguous(memory_format=torch.channels_last)
     assert FastPath.off().to_input(x) is x
+
+
+@pytest.mark.parametrize("mode,marks", [(None, 0), ("default", 0), ("max-autotune-no-cudagraphs", 0),
+                                        ("reduce-overhead", 1), ("max-autotune", 1)])
+def test_step_begin_marks_cuda_graph_steps_only(monkeypatch, mode, marks):
+    calls = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: calls.append(mode))
+    FastPath(compile_mode=mode).step_begin()
+    assert len(calls) == marks
+    FastPath(compile=False, compile_mode=mode).step_begin()  # not compiled: no graphs to replay
+    assert len(calls) == marks
+
+
+def test_prepare_sets_the_lif_backend_of_every_neuron():
+    model = sf.create_model("spikingformer_4_256", depth=1, dim=32, num_heads=4)
+    neurons = [m for m in model.modules() if isinstance(m, MultiStepLIF)]
+    assert {m.backend for m in neurons} == {"torch"} and FastPath().lif_backend == "torch"
+    for m in neurons:
+        m.backend = "triton"
+    assert FastPath.off().prepare(model) is model
+    assert len(neurons) == 11 and {m.backend for m in neurons} == {"torch"}
+    with pytest.raises(ValueError, match="lif_backend must be one of torch, triton"):
+        FastPath(lif_backend="cuda")

@@ -10,6 +10,18 @@ Measured choices (see ``benchmarks/throughput.py`` and the README's performance 
 - bf16 autocast.  Spikes are exactly 0/1 in bf16 too, so only the membrane arithmetic
   and the matmuls lose precision, as with any mixed-precision training.
 - channels-last convolutions, and the fused AdamW kernel.
+- optionally (``lif_backend="triton"``) the hand-written Triton LIF kernels of
+  ``spikingformer.kernels``, which save half the activation memory of the eager loop.
+- CUDA graphs (``compile_mode="reduce-overhead"`` or ``"max-autotune"``).  A graph replay
+  overwrites the outputs of the previous one, so a training loop marks where each
+  iteration starts: call ``path.step_begin()`` once per iteration, before the forward
+  (a no-op for the other modes)::
+
+      for x, y in loader:
+          path.step_begin()
+          with path.autocast(device):
+              loss = loss_fn(model(x), y)
+          ...
 
 On the CPU the same switches work (compile uses inductor's C++ backend) but are off by
 default: there the eager path is the dependable one.  In fp32 the fast path emits the same
@@ -24,9 +36,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["FastPath", "FAST_MODES", "AMP_MODES", "amp_dtype"]
+from .neuron import LIF_BACKENDS, MultiStepLIF
+
+__all__ = ["FastPath", "FAST_MODES", "AMP_MODES", "COMPILE_MODES", "amp_dtype"]
 
 FAST_MODES = ("auto", "on", "off")
+COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # "": torch's default
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
@@ -35,8 +50,6 @@ def amp_dtype(amp: str, device: torch.device | str) -> torch.dtype | None:
     if amp == "auto":
         return torch.bfloat16 if torch.device(device).type == "cuda" else None
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
-
-
 
 
 @dataclass(frozen=True)
@@ -49,27 +62,66 @@ class FastPath:
     amp_dtype: torch.dtype | None = torch.bfloat16
     channels_last: bool = True
     fused_optimizer: bool = True
+    lif_backend: str = "torch"             # MultiStepLIF backend: "torch" or "triton" (kernels/)
+
+    def __post_init__(self):
+        if self.lif_backend not in LIF_BACKENDS:
+            raise ValueError(f"lif_backend must be one of {', '.join(LIF_BACKENDS)}, got {self.lif_backend!r}")
+
+    @property
+    def cudagraphs(self) -> bool:
+        """Whether the compiled model replays CUDA graphs (and so needs ``step_begin``)."""
+        from torch._inductor import list_mode_options
+
+        return self.compile and bool(list_mode_options(self.compile_mode).get("triton.cudagraphs"))
+
+    def step_begin(self) -> None:
+        """Mark the start of a training or inference iteration; call it before each forward.
+
+        With CUDA graphs the previous iteration's outputs live in memory the next replay
+        overwrites; marking the step tells the graph tree that they are no longer needed
+        (without it: "accessing tensor output of CUDAGraphs that has been overwritten").
+        """
+        if self.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
 
     @classmethod
     def off(cls) -> "FastPath":
         return cls(compile=False, amp_dtype=None, channels_last=False, fused_optimizer=False)
 
     @classmethod
-    def from_modes(cls, fast: str, amp: str, device: torch.device | str) -> "FastPath":
+    def from_modes(cls, fast: str, amp: str, device: torch.device | str, compile_mode: str = "",
+                   lif_backend: str = "torch") -> "FastPath":
         """The path a config asks for: ``fast`` in ``FAST_MODES`` (``auto``: on exactly on CUDA),
-        ``amp`` in ``AMP_MODES`` (independent of ``fast``, so the eager path can run in bf16)."""
+        ``amp`` in ``AMP_MODES`` (independent of ``fast``, so the eager path can run in bf16),
+        ``compile_mode`` in ``COMPILE_MODES`` and the neurons' ``lif_backend``."""
         if fast not in FAST_MODES:
             raise ValueError(f"fast must be one of {', '.join(FAST_MODES)}, got {fast!r}")
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {', '.join(map(repr, COMPILE_MODES))}, got {compile_mode!r}")
         on = torch.device(device).type == "cuda" if fast == "auto" else fast == "on"
         base = cls() if on else cls.off()
-        return dataclasses.replace(base, amp_dtype=amp_dtype(amp, device))
+        return dataclasses.replace(base, amp_dtype=amp_dtype(amp, device), compile_mode=compile_mode or None,
+                                   lif_backend=lif_backend)
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Lay out and compile ``model`` for speed; returns the module to call.
 
         Regional compilation works in place (``nn.Module.compile``), so the returned module
-        is ``model`` itself and its ``state_dict`` keys are unchanged.
+        is ``model`` itself and its ``state_dict`` keys are unchanged.  Every ``MultiStepLIF``
+        is switched to ``lif_backend`` in place.
         """
+        neurons = [m for m in model.modules() if isinstance(m, MultiStepLIF)]
+        if self.lif_backend == "triton" and neurons:
+            from .kernels import check_device
+
+            device = next(model.parameters(), torch.empty(0)).device
+            check_device(device)
+            if self.compile and device.type != "cuda":
+                raise ValueError("torch.compile cannot trace the Triton interpreter: compile the "
+                                 "triton LIF backend on CUDA, or use compile=False on the CPU")
+        for m in neurons:
+            m.backend = self.lif_backend
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if not self.compile:

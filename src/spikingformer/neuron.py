@@ -5,13 +5,18 @@ Every spiking tensor is time-major ``[T, ...]``.  The neuron starts each call fr
 never call ``reset_net``.  Outputs and gradients match SpikingJelly's
 ``LIFNode(tau, detach_reset=True, step_mode="m")`` with its default surrogate
 (``Sigmoid(alpha=4)``).
+
+``MultiStepLIF(backend="triton")`` runs the same neuron as two hand-written Triton kernels
+(``spikingformer.kernels``): same spikes, same gradients, half the activation memory.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SigmoidSurrogateSpike", "multistep_lif", "MultiStepLIF"]
+__all__ = ["SigmoidSurrogateSpike", "multistep_lif", "MultiStepLIF", "LIF_BACKENDS"]
+
+LIF_BACKENDS = ("torch", "triton")
 
 
 class SigmoidSurrogateSpike(torch.autograd.Function):
@@ -61,7 +66,13 @@ def multistep_lif(
 
 
 class MultiStepLIF(nn.Module):
-    """LIF layer in multistep mode (the paper's ``SN``): ``[T, ...] -> [T, ...]`` spikes in {0, 1}."""
+    """LIF layer in multistep mode (the paper's ``SN``): ``[T, ...] -> [T, ...]`` spikes in {0, 1}.
+
+    ``backend`` picks the implementation: ``"torch"`` (``multistep_lif``, any device, traced and
+    fused by ``torch.compile``) or ``"triton"`` (``kernels.multistep_lif_triton``: CUDA, or the CPU
+    under ``TRITON_INTERPRET=1``; needs ``detach_reset=True``).  It can be changed after
+    construction, as ``FastPath.prepare`` does.
+    """
 
     def __init__(
         self,
@@ -70,6 +81,7 @@ class MultiStepLIF(nn.Module):
         v_reset: float = 0.0,
         alpha: float = 4.0,
         detach_reset: bool = True,
+        backend: str = "torch",
     ):
         super().__init__()
         if tau <= 1.0:
@@ -79,10 +91,28 @@ class MultiStepLIF(nn.Module):
         self.v_reset = float(v_reset)
         self.alpha = float(alpha)
         self.detach_reset = bool(detach_reset)
+        self.backend = backend
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, backend: str) -> None:
+        if backend not in LIF_BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(LIF_BACKENDS)}, got {backend!r}")
+        if backend == "triton" and not self.detach_reset:
+            raise ValueError("the triton LIF backend implements detach_reset=True only")
+        self._backend = backend
 
     def forward(self, x: Tensor) -> Tensor:
+        if self._backend == "triton":
+            from .kernels import multistep_lif_triton  # triton is optional: imported on first use
+
+            return multistep_lif_triton(x, self.tau, self.v_threshold, self.v_reset, self.alpha)
         return multistep_lif(x, self.tau, self.v_threshold, self.v_reset, self.alpha, self.detach_reset)
 
     def extra_repr(self) -> str:
+        backend = f", backend={self._backend}" if self._backend != "torch" else ""
         return (f"tau={self.tau}, v_threshold={self.v_threshold}, v_reset={self.v_reset}, "
-                f"alpha={self.alpha}, detach_reset={self.detach_reset}")
+                f"alpha={self.alpha}, detach_reset={self.detach_reset}{backend}")

@@ -1,10 +1,12 @@
-"""The throughput benchmark, smoke-tested on the CPU (eager variants; the GPU numbers come from the device)."""
+"""The throughput benchmark, smoke-tested on the CPU (eager variants, the Triton kernels interpreted;
+the GPU numbers come from the device)."""
 import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "throughput.py"
 
@@ -44,3 +46,44 @@ def test_spikingjelly_swap_keeps_the_neuron_constants(throughput):
 def test_unknown_variant_is_an_error(throughput):
     with pytest.raises(SystemExit):
         throughput.main(["spikingformer_4_256:2", "--variants", "turbo"])
+
+
+def test_variant_names(throughput):
+    cpu = torch.device("cpu")
+    graphs = throughput.Variant("fast:reduce-overhead+triton", cpu)
+    assert graphs.triton and graphs.path.compile_mode == "reduce-overhead" and graphs.path.cudagraphs
+    assert graphs.path.lif_backend == "triton"
+    eager = throughput.Variant("eager+triton", cpu)
+    assert not eager.path.compile and eager.path.lif_backend == "triton"
+    assert throughput.Variant("fast", cpu).path.lif_backend == "torch"
+    for bad in ("eager:max-autotune", "reference+triton", "fast+cupy", "faster"):
+        with pytest.raises(ValueError, match="unknown variant"):
+            throughput.Variant(bad, cpu)
+
+
+def test_every_step_marks_its_beginning(throughput, monkeypatch):
+    calls = []
+    monkeypatch.setattr(throughput.FastPath, "step_begin", lambda path: calls.append(path))
+    assert throughput.main(["spikingformer_4_256:2", "--variants", "eager", "--steps", "2", "--warmup", "1",
+                            "--device", "cpu", "--input-size", "16", "--set", "depth=1", "dim=32",
+                            "num_heads=4"]) == 0
+    assert len(calls) == 2 * (1 + 2)  # train and inference, warm-up and timed
+
+
+def test_triton_variants_on_cpu(throughput, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(SystemExit):  # no CUDA and no interpreter: refused before any run
+        throughput.main(["spikingformer_4_256:2", "--variants", "eager+triton", "--device", "cpu"])
+    assert "TRITON_INTERPRET=1" in capsys.readouterr().err
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    out = tmp_path / "t.json"
+    # fast+triton cannot compile the interpreter: reported, and the other variants still run
+    assert throughput.main(["spikingformer_4_256:2", "--variants", "eager,fast+triton,eager+triton",
+                            "--steps", "1", "--warmup", "1", "--device", "cpu", "--input-size", "16",
+                            "--set", "depth=1", "dim=32", "num_heads=4", "--json", str(out)]) == 1
+    report = json.loads(out.read_text())
+    assert [r["variant"] for r in report["results"]] == ["eager", "eager+triton"]
+    assert report["results"][1]["train_img_s"] > 0 and report["results"][1]["train_x"] is not None
+    assert [e["variant"] for e in report["errors"]] == ["fast+triton"]
+    assert "cannot trace the Triton interpreter" in report["errors"][0]["error"]

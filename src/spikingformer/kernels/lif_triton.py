@@ -1,0 +1,207 @@
+"""Multistep LIF as two Triton kernels (SPEC §2, Eq. 1-3), exposed as a PyTorch custom op.
+
+One program owns a block of neurons and loops over ``T`` inside, with the membrane in
+fp32 registers; spikes are written in the input dtype.  The backward kernel saves nothing
+but the input ``X``: it re-runs the charge/fire/reset loop over ``T`` (keeping ``H[t]`` in a
+transient fp32 buffer), then walks ``t = T-1 .. 0`` applying the surrogate gradient with
+``detach_reset``::
+
+    grad_H[t]   = grad_S[t] * sg'(H[t] - V_th) + grad_V[t] * (1 - S[t])
+    grad_X[t]   = grad_H[t] / tau
+    grad_V[t-1] = grad_H[t] * (1 - 1/tau)          (grad_V[T-1] = 0)
+
+with ``sg'(u) = alpha * sigmoid(alpha u) * (1 - sigmoid(alpha u))`` (SpikingJelly's
+``Sigmoid(alpha=4)``).
+
+Memory held between forward and backward, per neuron per time step (``b`` = bytes of the
+input dtype: 4 in fp32, 2 in bf16/fp16):
+
+- autograd of the eager loop (``neuron.multistep_lif``) saves two tensors per step: the
+  surrogate's input ``H[t] - V_th`` and the reset factor ``1 - S[t]``: ``2b`` bytes;
+- this kernel saves ``X[t]`` only: ``b`` bytes, half of it.  Its backward adds a transient
+  fp32 ``H`` buffer (4 bytes per neuron-step) that lives for one layer's backward only.
+
+(Counted with ``torch.autograd.graph.saved_tensors_hooks``: 8 vs 4 bytes in fp32, 4 vs 2 in
+bf16.)  In bf16/fp16 the fp32 membrane gives the spikes of the fp32 loop on the upcast input,
+not those of the eager loop's low-precision membrane.
+
+Under ``torch.compile`` the partitioner chooses what the compiled loop saves, so the gain
+over the compiled path is the claim a GPU run must measure (``benchmarks/throughput.py``).
+
+Bit-exact spikes: the charge repeats ``multistep_lif``'s operation order,
+``H = V + (X - (V - V_reset)) / tau``, in fp32 with each operation rounded once.  ATen
+divides by a Python scalar exactly on the CPU but multiplies by the fp32 reciprocal
+``1/tau`` on CUDA (``BinaryDivTrueKernel.cu``), so the kernel does the same per device:
+``div_rn`` under the CPU interpreter, ``fma(d, 1/tau, 0)`` on CUDA.  The fma (exactly the
+rounded product) keeps Triton's default mul+add contraction from fusing the product into
+the following addition, which would round once where eager rounds twice.
+
+``TRITON_INTERPRET=1`` (Triton's CPU interpreter, used by the tests) is read by
+``triton.jit``, so the kernels are jitted on first launch, and they call Triton builtins
+only: the ``triton.language.standard`` helpers (``tl.sigmoid``, ``tl.zeros``, ...) are jitted
+when ``triton`` is imported and fail inside an interpreter enabled after that.  So the flag
+takes effect whenever it is set before the first launch, even after ``import triton``.
+"""
+from __future__ import annotations
+
+import functools
+import struct
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.library import triton_op, wrap_triton
+
+__all__ = ["multistep_lif_triton", "check_device"]
+
+BLOCK = 1024  # neurons per program: 4 warps x 32 lanes x 8 elements
+
+
+def _lif_forward_kernel(x_ptr, s_ptr, n, T, tau, inv_tau, v_threshold, v_reset,
+                        BLOCK: tl.constexpr, RECIPROCAL: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x_ptrs, s_ptrs = x_ptr + offs, s_ptr + offs
+    v = tl.full([BLOCK], v_reset, tl.float32)
+    for _ in range(T):
+        x = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
+        if RECIPROCAL:
+            h = v + tl.fma(x - (v - v_reset), inv_tau, 0.0)
+        else:
+            h = v + tl.math.div_rn(x - (v - v_reset), tau)
+        spike = (h - v_threshold) >= 0.0
+        # via fp32: Triton's interpreter cannot cast int1 straight to bf16 (free on a GPU)
+        tl.store(s_ptrs, spike.to(tl.float32).to(s_ptr.dtype.element_ty), mask=mask)
+        v = tl.where(spike, v_reset, h)
+        x_ptrs += n  # pointer steps keep offsets below 2**31 however long T * n gets
+        s_ptrs += n
+
+
+def _lif_backward_kernel(x_ptr, grad_s_ptr, grad_x_ptr, h_ptr, n, T, tau, inv_tau,
+                         v_threshold, v_reset, alpha, BLOCK: tl.constexpr, RECIPROCAL: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x_ptrs, h_ptrs = x_ptr + offs, h_ptr + offs
+    grad_s_ptrs, grad_x_ptrs = grad_s_ptr + offs, grad_x_ptr + offs
+    # Recompute H[t] exactly as the forward did, so the spikes seen here are the forward's.
+    v = tl.full([BLOCK], v_reset, tl.float32)
+    for _ in range(T):
+        x = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
+        if RECIPROCAL:
+            h = v + tl.fma(x - (v - v_reset), inv_tau, 0.0)
+        else:
+            h = v + tl.math.div_rn(x - (v - v_reset), tau)
+        tl.store(h_ptrs, h, mask=mask)
+        v = tl.where((h - v_threshold) >= 0.0, v_reset, h)
+        x_ptrs += n
+        h_ptrs += n
+        grad_s_ptrs += n
+        grad_x_ptrs += n
+    # Reverse sweep, t = T-1 .. 0: every pointer now sits one step past the end.
+    grad_v = tl.full([BLOCK], 0.0, tl.float32)
+    for _ in range(T):
+        h_ptrs -= n
+        grad_s_ptrs -= n
+        grad_x_ptrs -= n
+        u = tl.load(h_ptrs, mask=mask, other=0.0) - v_threshold
+        not_spike = (u < 0.0).to(tl.float32)
+        sg = 1.0 / (1.0 + tl.exp(-alpha * u))
+        grad_s = tl.load(grad_s_ptrs, mask=mask, other=0.0).to(tl.float32)
+        grad_h = grad_s * (alpha * sg * (1.0 - sg)) + grad_v * not_spike
+        grad_d = grad_h / tau
+        tl.store(grad_x_ptrs, grad_d.to(grad_x_ptr.dtype.element_ty), mask=mask)
+        grad_v = grad_h - grad_d
+
+
+@functools.cache
+def _kernels(interpret: bool):
+    """The jitted kernels; ``triton.jit`` picks the interpreter from ``TRITON_INTERPRET`` at this point."""
+    del interpret  # only the cache key: a later change of the flag gets freshly jitted kernels
+    return triton.jit(_lif_forward_kernel), triton.jit(_lif_backward_kernel)
+
+
+def _interpreting() -> bool:
+    return bool(triton.knobs.runtime.interpret)
+
+
+def check_device(device: torch.device | str) -> None:
+    """Raise a clear error unless the Triton kernels can run on ``device``."""
+    device = torch.device(device)
+    if device.type == "cuda" or (device.type == "cpu" and _interpreting()):
+        return
+    hint = " (or set TRITON_INTERPRET=1 to run them slowly in Triton's interpreter)" if device.type == "cpu" else ""
+    raise RuntimeError(f"the Triton LIF backend runs on CUDA devices{hint}; got a tensor on {device.type!r}")
+
+
+def _fp32(value: float) -> float:
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+def _launch_args(x: Tensor, tau: float):
+    """Shared scalars: neurons per step, steps, the reciprocal ATen would use, and which charge to run."""
+    # ATen's fp32 1/fp32(tau), in plain Python so tracing with fake tensors can run it: a double
+    # quotient of two fp32 values rounds to the correctly rounded fp32 one (53 >= 2 * 24 + 2 bits).
+    inv_tau = _fp32(1.0 / _fp32(tau))
+    return x[0].numel(), x.shape[0], inv_tau, x.device.type == "cuda"
+
+
+@triton_op("spikingformer::lif_forward", mutates_args=())
+def lif_forward(x: Tensor, tau: float, v_threshold: float, v_reset: float, alpha: float) -> Tensor:
+    """Spikes ``S[t]`` of a LIF neuron over the leading axis of a contiguous ``x``.
+
+    ``alpha`` is unused here; it is an input so that ``_setup_context`` hands it to the backward.
+    """
+    check_device(x.device)  # here, not in the wrapper: dynamo cannot trace Triton's flag lookup
+    spikes = torch.empty_like(x)
+    n, T, inv_tau, reciprocal = _launch_args(x, tau)
+    forward, _ = _kernels(_interpreting())
+    wrap_triton(forward)[(triton.cdiv(n, BLOCK),)](
+        x, spikes, n, T, tau, inv_tau, v_threshold, v_reset, BLOCK=BLOCK, RECIPROCAL=reciprocal)
+    return spikes
+
+
+@triton_op("spikingformer::lif_backward", mutates_args=())
+def lif_backward(x: Tensor, grad_spikes: Tensor, tau: float, v_threshold: float, v_reset: float,
+                 alpha: float) -> Tensor:
+    """``dL/dX`` from ``dL/dS`` with the sigmoid surrogate and a detached reset."""
+    grad_x = torch.empty_like(x)
+    h = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    n, T, inv_tau, reciprocal = _launch_args(x, tau)
+    _, backward = _kernels(_interpreting())
+    wrap_triton(backward)[(triton.cdiv(n, BLOCK),)](
+        x, grad_spikes, grad_x, h, n, T, tau, inv_tau, v_threshold, v_reset, alpha,
+        BLOCK=BLOCK, RECIPROCAL=reciprocal)
+    return grad_x
+
+
+def _setup_context(ctx, inputs, output):
+    x, ctx.tau, ctx.v_threshold, ctx.v_reset, ctx.alpha = inputs
+    ctx.save_for_backward(x)
+
+
+def _backward(ctx, grad_spikes):
+    (x,) = ctx.saved_tensors
+    grad_x = lif_backward(x, grad_spikes.contiguous(), ctx.tau, ctx.v_threshold, ctx.v_reset, ctx.alpha)
+    return grad_x, None, None, None, None
+
+
+lif_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def multistep_lif_triton(
+    x: Tensor,
+    tau: float = 2.0,
+    v_threshold: float = 1.0,
+    v_reset: float = 0.0,
+    alpha: float = 4.0,
+) -> Tensor:
+    """Triton twin of ``neuron.multistep_lif`` (``detach_reset=True``): ``[T, ...] -> [T, ...]`` spikes.
+
+    Takes fp32, bf16 or fp16 input of any layout; the membrane runs in fp32 whatever the input dtype.
+    """
+    if x.dim() < 1:
+        raise ValueError("multistep_lif_triton expects a time-major tensor [T, ...], got a scalar")
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"multistep_lif_triton takes fp32, bf16 or fp16 input, got {x.dtype}")
+    return lif_forward(x.contiguous(), float(tau), float(v_threshold), float(v_reset), float(alpha))

@@ -1,0 +1,198 @@
+"""The Triton LIF kernels equal the eager neuron (SPEC §2), run on the CPU by Triton's interpreter.
+
+``TRITON_INTERPRET=1`` is read when a kernel is jitted; ``kernels.lif_triton`` jits its kernels on
+first launch for each value of the flag and calls no helper that ``import triton`` jitted, so
+setting the flag per test is enough (no subprocess).
+The CUDA tests at the end run where a GPU is present.
+"""
+import pytest
+import torch
+
+triton = pytest.importorskip("triton", reason="the triton LIF backend needs the triton package")
+
+import spikingformer as sf  # noqa: E402
+from spikingformer.fast import FastPath  # noqa: E402
+from spikingformer.kernels import lif_triton, multistep_lif_triton  # noqa: E402
+from spikingformer.neuron import MultiStepLIF, multistep_lif  # noqa: E402
+
+BLOCK = lif_triton.BLOCK
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(autouse=True)
+def interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def run_both(x, *args):
+    """Spikes and input gradients of the Triton kernel and of the eager loop, for one upstream gradient."""
+    x1 = x.detach().clone().requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    s1, s2 = multistep_lif_triton(x1, *args), multistep_lif(x2, *args)
+    g = torch.randn_like(s2)
+    (s1 * g).sum().backward()
+    (s2 * g).sum().backward()
+    return s1, s2, x1.grad, x2.grad
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 1000), (1, 5000), (3, 2, 5, 7, 11), (2, BLOCK), (6, 2 * BLOCK + 1)])
+@pytest.mark.parametrize("tau,v_th,v_reset,alpha", [(2.0, 1.0, 0.0, 4.0), (1.5, 1.0, 0.0, 4.0),
+                                                    (2.0, 0.5, 0.0, 4.0), (1.7, 0.8, -0.1, 2.5)])
+def test_spikes_and_gradients_equal_eager(shape, tau, v_th, v_reset, alpha):
+    x = torch.randn(shape) * 3
+    s, s_ref, grad, grad_ref = run_both(x, tau, v_th, v_reset, alpha)
+    assert s.shape == x.shape and s.dtype == torch.float32
+    assert torch.equal(s, s_ref)
+    assert set(s.unique().tolist()) == {0.0, 1.0}
+    torch.testing.assert_close(grad, grad_ref, atol=1e-6, rtol=1e-6)
+    assert grad.abs().max() > 0.1  # the surrogate actually carries gradient
+
+
+def test_non_contiguous_input():
+    x = (torch.randn(300, 4, 5) * 3).permute(1, 0, 2)  # [T=4, 300, 5], time not the outer stride
+    assert not x.is_contiguous()
+    s, s_ref, grad, grad_ref = run_both(x, 1.5, 1.0)
+    assert torch.equal(s, s_ref)
+    torch.testing.assert_close(grad, grad_ref, atol=1e-6, rtol=1e-6)
+
+
+def near_threshold(tau, n=20000):
+    """[2, n] inputs whose second charge, from a non-zero membrane, lands within 8 ulps of V_th = 1:
+    there one rounding more or less, anywhere in the charge, flips the spike."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(n, generator=g) * 0.9 * tau
+    h0 = x0 / tau
+    target = (h0.double() + (1.0 - h0.double()) * tau).float()
+    ulp = torch.pow(2.0, (torch.frexp(target).exponent - 24).float())
+    return torch.stack([x0, target + torch.randint(-8, 9, (n,), generator=g) * ulp])
+
+
+def reciprocal_lif(x, tau, contract=False):
+    """The charge as ATen runs it on CUDA, ``V + (X - V) * fp32(1/tau)`` rounded per operation; with
+    ``contract`` the product and sum rounded once (the fma a compiler could fuse them into)."""
+    inv_tau = (torch.tensor(1.0) / torch.tensor(tau)).item()
+    v, spikes = torch.zeros_like(x[0]), []
+    for t in range(x.shape[0]):
+        d = x[t] - v
+        h = (v.double() + d.double() * inv_tau).float() if contract else v + d * inv_tau
+        spikes.append((h - 1.0 >= 0).to(x.dtype))
+        v = torch.where(spikes[-1] > 0, 0.0, h)
+    return torch.stack(spikes), inv_tau
+
+
+@pytest.mark.parametrize("tau", [1.5, 1.7])
+def test_charge_rounds_like_aten_on_each_device(tau):
+    x = near_threshold(tau)
+    on_cpu = multistep_lif(x, tau)                      # ATen on the CPU divides exactly
+    like_cuda, inv_tau = reciprocal_lif(x, tau)
+    assert not torch.equal(on_cpu, like_cuda)           # the input tells the three roundings apart
+    assert not torch.equal(like_cuda, reciprocal_lif(x, tau, contract=True)[0])
+    assert torch.equal(multistep_lif_triton(x, tau), on_cpu)
+    # the CUDA charge, run by the interpreter through the raw kernel
+    spikes = torch.empty_like(x)
+    forward, _ = lif_triton._kernels(True)
+    forward[(triton.cdiv(x[0].numel(), BLOCK),)](x, spikes, x[0].numel(), 2, tau, inv_tau, 1.0, 0.0,
+                                                BLOCK=BLOCK, RECIPROCAL=True)
+    assert torch.equal(spikes, like_cuda)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_input_keeps_an_fp32_membrane(dtype):
+    x = (torch.randn(4, 3, 700) * 3).to(dtype)
+    xr = x.detach().float().requires_grad_()   # exact upcast: the fp32 eager loop is the reference
+    xt = x.detach().clone().requires_grad_()
+    s, s_ref = multistep_lif_triton(xt), multistep_lif(xr)
+    assert s.dtype == dtype and torch.equal(s.float(), s_ref)
+    g = torch.randn_like(s_ref)
+    (s.float() * g.to(dtype).float()).sum().backward()
+    (s_ref * g.to(dtype).float()).sum().backward()
+    assert xt.grad.dtype == dtype
+    torch.testing.assert_close(xt.grad.float(), xr.grad, atol=1e-2, rtol=1e-2)
+
+
+def record_spikes(model):
+    spikes = []
+    for m in model.modules():
+        if isinstance(m, MultiStepLIF):
+            m.register_forward_hook(lambda mod, inp, out: spikes.append(out.detach().clone()))
+    return spikes
+
+
+def test_model_on_the_triton_backend_equals_the_torch_backend():
+    torch.manual_seed(0)
+    model = sf.create_model("spikingformer_4_256", depth=1, dim=32, num_heads=4, T=2, num_classes=5)
+    spikes = record_spikes(model)
+    x, y = torch.randn(2, 3, 16, 16), torch.tensor([1, 3])
+    out_ref = model(x)
+    torch.nn.functional.cross_entropy(out_ref, y).backward()
+    spikes_ref, spikes[:] = spikes[:], []
+    grads_ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    path = FastPath(compile=False, amp_dtype=None, channels_last=False, lif_backend="triton")
+    assert path.prepare(model) is model
+    neurons = [m for m in model.modules() if isinstance(m, MultiStepLIF)]
+    assert len(neurons) == 11 and {m.backend for m in neurons} == {"triton"}
+    out = model(x)
+    torch.nn.functional.cross_entropy(out, y).backward()
+    assert torch.equal(out, out_ref)
+    assert len(spikes) == len(spikes_ref) == 11
+    for a, b in zip(spikes, spikes_ref):
+        assert torch.equal(a, b)
+    assert any(0 < s.mean() < 1 for s in spikes)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads_ref[n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+def tiny_model():
+    return torch.nn.Sequential(torch.nn.Linear(4, 4), MultiStepLIF())
+
+
+def test_cpu_without_the_interpreter_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(RuntimeError, match="runs on CUDA devices .*TRITON_INTERPRET=1"):
+        multistep_lif_triton(torch.randn(2, 8))
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        FastPath(compile=False, lif_backend="triton").prepare(tiny_model())
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="backend must be one of torch, triton"):
+        MultiStepLIF(backend="cupy")
+    with pytest.raises(ValueError, match="detach_reset=True only"):
+        MultiStepLIF(detach_reset=False, backend="triton")
+    with pytest.raises(ValueError, match="lif_backend must be one of torch, triton"):
+        FastPath(lif_backend="cupy")
+    with pytest.raises(ValueError, match="torch.compile cannot trace the Triton interpreter"):
+        FastPath(lif_backend="triton").prepare(tiny_model())
+    with pytest.raises(TypeError, match="fp32, bf16 or fp16"):
+        multistep_lif_triton(torch.ones(2, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="time-major"):
+        multistep_lif_triton(torch.tensor(1.0))
+    lif = MultiStepLIF(backend="triton")
+    assert "backend=triton" in repr(lif) and "backend" not in repr(MultiStepLIF())
+
+
+@cuda
+@pytest.mark.parametrize("tau", [1.5, 1.7])
+def test_cuda_charge_rounds_like_cuda_eager(monkeypatch, tau):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    x = near_threshold(tau)
+    eager = multistep_lif(x.cuda(), tau).cpu()
+    assert torch.equal(eager, reciprocal_lif(x, tau)[0])  # what the kernel's RECIPROCAL mode assumes
+    assert torch.equal(multistep_lif_triton(x.cuda(), tau).cpu(), eager)  # no mul+add contraction
+
+
+@cuda
+@pytest.mark.parametrize("tau,v_th", [(2.0, 1.0), (1.5, 1.0), (2.0, 0.5)])
+def test_cuda_kernels_equal_eager_and_compile_whole(monkeypatch, tau, v_th):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    x = torch.randn(4, 64, 3000, device="cuda") * 3
+    s, s_ref, grad, grad_ref = run_both(x, tau, v_th)
+    assert torch.equal(s, s_ref)
+    torch.testing.assert_close(grad, grad_ref, atol=1e-6, rtol=1e-6)
+    compiled = torch.compile(multistep_lif_triton, fullgraph=True)
+    xc = x.detach().clone().requires_grad_()
+    sc = compiled(xc, tau, v_th)
+    (sc * torch.ones_like(sc)).sum().backward()
+    assert torch.equal(sc, s_ref)
