@@ -31,9 +31,9 @@ def evaluate(model: nn.Module, loader, device: torch.device, path: FastPath | No
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, n
     for x, y in loader:
         x, y = path.to_input(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+        path.step_begin()
         with path.autocast(device):
-            logits = model(x)
-        logits = logits.float()
+            logits = model(x).float()  # with CUDA graphs the output lives only until the next step
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         sums += torch.stack([nn.functional.cross_entropy(logits, y, reduction="sum").double(),
                              (top[:, 0] == y).sum().double(), (top == y[:, None]).any(1).sum().double(),
@@ -57,7 +57,7 @@ def spike_stats(model: nn.Module, loader, device: torch.device, max_batches: int
             if i == max_batches:
                 break
             model(x.to(device))
-            images += len(x)
+            images += x.shape[1] if x.dim() == 5 else len(x)  # [T, B, ...] sequences or [B, ...] images
     spiking = [s for r in probe.ordered[1:] if not r.readout for s in r.inputs if s.kind == "spike"]
     total, numel = sum(s.total for s in spiking), sum(s.numel for s in spiking)
     return {"firing_rate": total / numel if numel else 0.0, "spike_driven": probe.spike_driven,
@@ -92,7 +92,7 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     model = create_model(meta["model"], **meta["model_args"])
     model.load_state_dict(state["model"])
     model.to(dev)
-    loader = DataLoader(data.val, cfg.val_batch_size, num_workers=cfg.workers)
+    loader = DataLoader(data.val, cfg.val_batch_size, num_workers=cfg.workers, collate_fn=data.collate)
     result = evaluate(model, loader, dev, FastPath.from_modes("off", cfg.amp, dev))
     return {"checkpoint": str(path), "epoch": state["progress"]["epoch"], "val_split": data.val_name, **result,
             **spike_stats(model, loader, dev)}

@@ -2,13 +2,16 @@
 
 Sources (``cfg.dataset``): ``cifar10``/``cifar100`` in torchvision's canonical format,
 ``folder`` (any class-folder tree: ImageNet's ``train/`` + ``val/``, or the CIFAR-10 JPEG
-copy's ``train/``), ``digits`` (scikit-learn's bundled 8x8 digits).  A dataset without a
+copy's ``train/``), ``digits`` (scikit-learn's bundled 8x8 digits), and the event datasets
+``nmnist``, ``dvs128_gesture``, ``cifar10_dvs`` (``events``: recordings integrated into the
+model's ``T`` frames, batched time-major by ``collate``).  A dataset without a
 validation split gets a seeded class-balanced held-out one, and its name says so
 (``val_name``) in every report.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from torch.utils.data import Dataset
 
@@ -30,6 +33,7 @@ class DataSplits:
     img_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    collate: Callable | None = None  # DataLoader collate_fn (None: PyTorch's default)
 
 
 def split_train_val(raw: RawData, val_split: str, holdout: int, seed: int) -> tuple[Dataset, Dataset, str]:
@@ -53,13 +57,16 @@ def _limit(ds: Dataset, n: int, seed: int, what: str) -> tuple[Dataset, str]:
 
 
 def build_data(cfg, img_size: int) -> DataSplits:
-    """Load ``cfg.dataset``, split it, and attach timm's train/eval transforms at ``img_size``."""
+    """Load ``cfg.dataset``, split it, and attach timm's train/eval transforms at ``img_size``
+    (event data: integration into the model's ``T`` frames, and ``event_aug`` when training)."""
     from .transforms import eval_transform, train_transform
 
     raw = load_raw(cfg.dataset, cfg.data_dir, cfg.download)
     train, val, val_name = split_train_val(raw, cfg.val_split, cfg.holdout, cfg.seed)
     train, _ = _limit(train, cfg.limit_train, cfg.seed, "train")
     val, note = _limit(val, cfg.limit_val, cfg.seed, "val")
+    if raw.events:
+        return _event_splits(cfg, raw, train, val, val_name + note, img_size)
     mean, std = (tuple(cfg.mean), tuple(cfg.std)) if cfg.mean is not None else (raw.mean, raw.std)
     if len(mean) != raw.in_chans or len(std) != raw.in_chans:
         raise DataError(f"mean/std need {raw.in_chans} values (one per channel of {cfg.dataset}), "
@@ -72,3 +79,25 @@ def build_data(cfg, img_size: int) -> DataSplits:
         val=SeededTransform(val, eval_transform(cfg, img_size, mean, std, raw.tensor_images)),
         val_name=val_name + note, classes=raw.classes, in_chans=raw.in_chans, img_size=img_size,
         mean=mean, std=std)
+
+
+def _model_T(cfg) -> int:
+    """The model's own ``T``: event recordings are integrated into exactly that many frames."""
+    import torch
+
+    from .. import create_model
+
+    with torch.device("meta"):
+        return create_model(cfg.model, **cfg.model_args).cfg.T
+
+
+def _event_splits(cfg, raw: RawData, train: Dataset, val: Dataset, val_name: str, img_size: int) -> DataSplits:
+    from .events import EventAugment, EventFrames, event_collate
+
+    T = _model_T(cfg)
+    aug = EventAugment(cfg.hflip, cfg.event_roll) if cfg.event_aug else None
+    return DataSplits(
+        train=SeededTransform(train, EventFrames(T, cfg.split_by, raw.native_size, img_size, aug)),
+        val=SeededTransform(val, EventFrames(T, cfg.split_by, raw.native_size, img_size)),
+        val_name=val_name, classes=raw.classes, in_chans=raw.in_chans, img_size=img_size,
+        mean=raw.mean, std=raw.std, collate=event_collate)

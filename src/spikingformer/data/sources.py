@@ -1,4 +1,5 @@
-"""Where images come from: CIFAR-10/100 (torchvision's format), class-folder trees, scikit-learn's digits.
+"""Where images come from: CIFAR-10/100 (torchvision's format), class-folder trees, scikit-learn's digits,
+and event recordings (N-MNIST, DVS128 Gesture, CIFAR10-DVS: ``spikingformer.data.events``).
 
 Each loader returns raw datasets of ``(image, class_index)`` (PIL images, or tensors for
 digits) with a ``targets`` list, so splits can be class-balanced without decoding anything.
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
+
+from ..config import EVENT_DATASETS
 
 __all__ = ["DataError", "RawData", "load_raw", "Subset", "DATASET_STATS"]
 
@@ -55,6 +58,7 @@ class RawData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     tensor_images: bool = False  # images are already tensors in [0, 1] (no PIL transforms)
+    events: bool = False         # samples are event arrays (spikingformer.data.events), framed to the model's T
 
 
 def load_raw(dataset: str, data_dir: str, download: bool = False) -> RawData:
@@ -64,6 +68,10 @@ def load_raw(dataset: str, data_dir: str, download: bool = False) -> RawData:
         return _folder(Path(data_dir))
     if dataset == "digits":
         return _digits()
+    if dataset in EVENT_DATASETS:
+        from .events import load_event_raw
+
+        return load_event_raw(dataset, data_dir)
     raise DataError(f"unknown dataset {dataset!r}")
 
 
