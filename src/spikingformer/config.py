@@ -13,11 +13,14 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .fast import AMP_MODES, FAST_MODES
+from .fast import AMP_MODES, COMPILE_MODES, FAST_MODES
+from .neuron import LIF_BACKENDS
 
 __all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "from_dict", "apply_overrides"]
 
-DATASETS = ("cifar10", "cifar100", "folder", "digits")
+DATASETS = ("cifar10", "cifar100", "folder", "digits", "nmnist", "dvs128_gesture", "cifar10_dvs")
+EVENT_DATASETS = ("nmnist", "dvs128_gesture", "cifar10_dvs")  # raw event recordings (spikingformer.data.events)
+SPLIT_BY = ("number", "time")
 
 
 class ConfigError(ValueError):
@@ -29,8 +32,10 @@ class TrainConfig:
     # --- model: any name of spikingformer.list_models(); model_args override its config fields
     model: str = "spikingformer_4_384"
     model_args: dict = field(default_factory=dict)
+    init_from: str = ""               # a `spikingformer pretrain` checkpoint: start from its encoder (fine-tuning)
     # --- data
     dataset: str = "cifar10"          # cifar10 | cifar100 (torchvision format) | folder (class folders) | digits
+                                      # | nmnist | dvs128_gesture | cifar10_dvs (event recordings, T = the model's T)
     data_dir: str = "data"
     download: bool = False            # CIFAR only: fetch it when missing (needs internet)
     val_split: str = "auto"           # auto: the dataset's own val/test split if it has one; holdout: always hold out
@@ -50,6 +55,10 @@ class TrainConfig:
     remode: str = "const"
     crop_pct: float = 1.0             # eval: resize to img_size / crop_pct, then center-crop
     workers: int = 4
+    # --- event data only: integration into the model's T frames and frame augmentation
+    split_by: str = "number"          # number: equal event counts per frame | time: equal durations (SpikingJelly)
+    event_aug: bool = False           # train frames: horizontal flip (probability hflip) + random roll
+    event_roll: int = 5               # the roll's largest shift in pixels, each axis
     # --- mixup / cutmix / loss
     mixup: float = 0.0                # mixup alpha (0: off)
     cutmix: float = 0.0               # cutmix alpha (0: off)
@@ -79,6 +88,9 @@ class TrainConfig:
     amp: str = "auto"                 # auto: bf16 autocast on CUDA, fp32 on CPU | bf16 | fp16 | off
     fast: str = "auto"                # the fast path (spikingformer.fast: torch.compile, channels-last, fused
                                       # AdamW): auto = on CUDA only | on | off
+    compile_mode: str = ""            # torch.compile mode of the fast path: "" (default) | reduce-overhead (CUDA
+                                      # graphs) | max-autotune | max-autotune-no-cudagraphs
+    lif_backend: str = "torch"        # neurons: torch (compiled with their neighbours) | triton (spikingformer.kernels)
     sync_bn: bool = False             # synchronize BatchNorm statistics across processes
     seed: int = 0
     output: str = "runs/train"
@@ -93,6 +105,10 @@ class TrainConfig:
             (self.dataset in DATASETS, f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}"),
             (self.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}"),
             (self.fast in FAST_MODES, f"fast must be one of {', '.join(FAST_MODES)}, got {self.fast!r}"),
+            (self.compile_mode in COMPILE_MODES,
+             f"compile_mode must be one of {', '.join(map(repr, COMPILE_MODES))}, got {self.compile_mode!r}"),
+            (self.lif_backend in LIF_BACKENDS,
+             f"lif_backend must be one of {', '.join(LIF_BACKENDS)}, got {self.lif_backend!r}"),
             (self.val_split in ("auto", "holdout"), f"val_split must be 'auto' or 'holdout', got {self.val_split!r}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1 and self.val_batch_size >= 1, "batch_size and val_batch_size must be >= 1"),
@@ -104,10 +120,35 @@ class TrainConfig:
             (not self.mixup_active or self.batch_size % 2 == 0,
              f"mixup/cutmix needs an even batch_size (timm pairs samples), got {self.batch_size}"),
             ((self.mean is None) == (self.std is None), "give both mean and std, or neither"),
+            (self.split_by in SPLIT_BY, f"split_by must be one of {', '.join(SPLIT_BY)}, got {self.split_by!r}"),
+            (self.event_roll >= 0, f"event_roll must be >= 0, got {self.event_roll}"),
         ]
+        if self.is_event_data:
+            checks += self._event_checks()
+        elif self.event_aug:
+            checks.append((False, f"event_aug applies to the event datasets ({', '.join(EVENT_DATASETS)}), "
+                                  f"not {self.dataset!r}"))
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+
+    def _event_checks(self) -> list[tuple[bool, str]]:
+        """Image-only options would be silently ignored on event frames: refuse them instead."""
+        d = self.dataset
+        return [
+            (not self.mixup_active, f"mixup/cutmix are not implemented for event frames [T, B, 2, H, W] ({d}): "
+                                    "set mixup: 0 and cutmix: 0"),
+            (self.aa is None and self.reprob == 0 and self.color_jitter == 0,
+             f"aa, reprob and color_jitter are image augmentations; {d} uses event_aug (flip + roll) instead"),
+            (self.mean is None, f"{d} frames are raw event counts (not normalized): leave mean/std unset"),
+            (not (d == "dvs128_gesture" and self.event_aug and self.hflip > 0),
+             "dvs128_gesture has left- and right-hand classes that a horizontal flip swaps: "
+             "set hflip: 0 (roll only) or event_aug: false"),
+        ]
+
+    @property
+    def is_event_data(self) -> bool:
+        return self.dataset in EVENT_DATASETS
 
     @property
     def mixup_active(self) -> bool:

@@ -32,7 +32,7 @@ from .fast import FastPath
 __all__ = ["TrainConfig", "Progress", "run", "register_cli", "RESUME_MUTABLE"]
 
 # Keys that may change between a run and its resumption without changing the result.
-RESUME_MUTABLE = {"progress", "workers", "ckpt_every", "device", "val_batch_size", "output"}
+RESUME_MUTABLE = {"progress", "workers", "ckpt_every", "device", "val_batch_size", "output", "init_from"}
 
 
 @dataclass
@@ -119,6 +119,7 @@ def train_one_epoch(cfg, state: Progress, model, loader, opt, sched, scaler, mix
         labels = y
         if mixup is not None:
             x, y = mixup(x, y)
+        path.step_begin()  # CUDA graphs: the previous step's outputs may now be overwritten
         with path.autocast(info.device):
             logits = model(x)
             loss = criterion(logits, y)
@@ -196,17 +197,25 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> dict:
         barrier()
     margs = model_kwargs(cfg, len(data.classes), data.in_chans)
     model = create_model(cfg.model, **margs)
+    if cfg.init_from and resume_state is None:
+        from .pretrain import load_pretrained_encoder
+
+        loaded = load_pretrained_encoder(model, cfg.init_from)
+        if info.is_main:
+            print(f"initialised {loaded['loaded']} backbone tensors from {loaded['source']} "
+                  f"(pre-trained {loaded['model']}); head {loaded['head']} freshly initialised", flush=True)
     if cfg.sync_bn and info.world > 1:
         model = convert_sync_batchnorm(model, info.device)
     model.to(info.device)
-    path = FastPath.from_modes(cfg.fast, cfg.amp, info.device)
+    path = FastPath.from_modes(cfg.fast, cfg.amp, info.device, cfg.compile_mode, cfg.lif_backend)
     fast = path.prepare(model)  # before the optimizer: channels-last re-lays the parameters out in place
     sampler = EpochSampler(len(data.train), cfg.batch_size, cfg.seed, info.rank, info.world)
     pin = info.device.type == "cuda"
     train_loader = DataLoader(data.train, cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                              pin_memory=pin, drop_last=True, persistent_workers=cfg.workers > 0)
+                              pin_memory=pin, drop_last=True, persistent_workers=cfg.workers > 0,
+                              collate_fn=data.collate)
     val_loader = DataLoader(data.val, cfg.val_batch_size, sampler=ShardSampler(len(data.val), info.rank, info.world),
-                            num_workers=cfg.workers, pin_memory=pin)
+                            num_workers=cfg.workers, pin_memory=pin, collate_fn=data.collate)
     opt, sched, mixup, criterion = build_training(cfg, model, sampler.steps_per_epoch, path.fused_optimizer)
     dtype = path.amp_dtype
     scaler = torch.amp.GradScaler(info.device.type, enabled=dtype == torch.float16)

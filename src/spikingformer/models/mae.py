@@ -1,0 +1,261 @@
+"""Spikformer V2 masked-autoencoder pre-training (V2 §4.2, Fig. 6; SPEC §5).
+
+A Spikformer V2 encoder (the classifier of ``create_model("spikformer_v2_...")`` without its
+head, so its ``state_dict`` keys are exactly the classifier's backbone keys) sees a random 25 %
+of the ``H/16 x W/16`` patches; a light ANN Transformer decoder (4 x 256 x 4, discarded after
+pre-training) fills in the rest from a shared mask token and predicts every patch's pixels.
+The loss is MAE's: mean squared error over the masked patches only, on per-patch normalized
+pixels (``norm_pix_loss``).
+
+No information leaks from masked patches into the encoder (MC-MAE / SparK, the paper's [74]
+and [75]): in the Spiking Convolutional Stem every ConvBN output is zeroed outside that
+stage's mask (M upsampled x8, x4, x2 for SCS blocks 1-3, M itself for block 4) and its
+BatchNorm statistics are computed over visible positions only ("sparse convolution and
+sparse BN"); after the stem only the visible tokens are gathered for the encoder blocks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ..layers import ConvBN, seq_apply
+from ._registry import create_model
+
+__all__ = ["MAEConfig", "MAEOutput", "SpikformerV2MAE", "random_masking", "patchify", "unpatchify",
+           "sincos_pos_embed_2d", "sparse_conv_bn"]
+
+
+@dataclass(frozen=True)
+class MAEConfig:
+    encoder: str = "spikformer_v2_8_512"               # a registered Spikformer V2 (SCS stem) model
+    encoder_args: dict = field(default_factory=dict)   # its config overrides (depth, dim, img_size, ...)
+    T: int = 1                                         # V2 §4.2: one time step during pre-training
+    mask_ratio: float = 0.75
+    decoder_dim: int = 256
+    decoder_depth: int = 4
+    decoder_heads: int = 4
+    decoder_mlp_ratio: float = 4.0
+    norm_pix_loss: bool = True                         # targets: per-patch normalized pixels (V2 §5.4)
+
+    def __post_init__(self):
+        clash = sorted({"T", "num_classes"} & set(self.encoder_args))
+        if clash:
+            raise ValueError(f"encoder_args must not set {clash}: T is MAEConfig.T and the encoder has no head")
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        if self.decoder_dim % 4 or self.decoder_dim % self.decoder_heads:
+            raise ValueError(f"decoder_dim must be a multiple of 4 (2D sin-cos) and of decoder_heads "
+                             f"{self.decoder_heads}, got {self.decoder_dim}")
+        if self.decoder_depth < 1 or self.T < 1:
+            raise ValueError(f"decoder_depth and T must be >= 1, got {self.decoder_depth}, {self.T}")
+
+
+class MAEOutput(NamedTuple):
+    loss: Tensor      # scalar: MSE over masked patches
+    pred: Tensor      # [B, N, p*p*C] predicted (normalized, with norm_pix_loss) pixels of every patch
+    visible: Tensor   # [B, N] bool, True where the patch was shown to the encoder (the paper's M = 1)
+
+
+def random_masking(batch: int, grid: tuple[int, int], mask_ratio: float, device=None,
+                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """MAE's per-sample uniform random masking of ``h*w`` patches (V2 §4.2 "Masking").
+
+    Keeps ``int(N * (1 - mask_ratio))`` patches of each sample, drawn from ``generator`` (the
+    default torch generator when None).  Returns ``ids_keep`` ``[B, N_v]`` (sorted: raster order,
+    so gathered tokens keep their layout order) and ``visible`` ``[B, h, w]`` bool.
+    """
+    n = grid[0] * grid[1]
+    n_keep = int(n * (1 - mask_ratio))
+    if not 1 <= n_keep < n:
+        raise ValueError(f"mask_ratio {mask_ratio} keeps {n_keep} of {n} patches; at least one must be kept "
+                         f"and one masked (use a larger image or another ratio)")
+    noise = torch.rand(batch, n, generator=generator,
+                       device=generator.device if generator is not None else device)
+    ids_keep = noise.argsort(dim=1)[:, :n_keep].sort(dim=1).values.to(device)
+    visible = torch.zeros(batch, n, dtype=torch.bool, device=ids_keep.device).scatter_(1, ids_keep, True)
+    return ids_keep, visible.view(batch, *grid)
+
+
+def patchify(imgs: Tensor, p: int) -> Tensor:
+    """``[B, C, H, W]`` -> ``[B, N, p*p*C]`` in raster patch order (MAE's layout: row, column, channel)."""
+    b, c, h, w = imgs.shape
+    x = imgs.reshape(b, c, h // p, p, w // p, p)
+    return torch.einsum("nchpwq->nhwpqc", x).reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(x: Tensor, p: int, grid: tuple[int, int]) -> Tensor:
+    """Inverse of ``patchify``: ``[B, N, p*p*C]`` -> ``[B, C, h*p, w*p]``."""
+    b, (h, w) = x.shape[0], grid
+    c = x.shape[-1] // (p * p)
+    x = torch.einsum("nhwpqc->nchpwq", x.reshape(b, h, w, p, p, c))
+    return x.reshape(b, c, h * p, w * p)
+
+
+def sincos_pos_embed_2d(dim: int, grid: tuple[int, int], device=None) -> Tensor:
+    """MAE's fixed 2D sine-cosine position embedding ``[h*w, dim]``: half the channels encode
+    the row, half the column, each as ``sin``/``cos`` of ``pos / 10000^(2i/(dim/2))``."""
+    h, w = grid
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64, device=device) / (dim / 4))
+    rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float64, device=device),
+                                torch.arange(w, dtype=torch.float64, device=device), indexing="ij")
+
+    def embed(pos: Tensor) -> Tensor:
+        out = pos.reshape(-1, 1) * omega
+        return torch.cat([out.sin(), out.cos()], dim=1)
+
+    # MAE's get_2d_sincos_pos_embed puts the w-coordinate first.
+    return torch.cat([embed(cols), embed(rows)], dim=1).float()
+
+
+def sparse_conv_bn(m: ConvBN, x: Tensor, keep: Tensor) -> Tensor:
+    """``ConvBN`` on ``[T, B, C, H, W]`` as a sparse convolution with sparse BN (SparK).
+
+    ``keep`` ``[B, H', W']`` (bool, the output resolution) marks visible positions.  The conv
+    runs densely; its output is kept only at visible positions (zero elsewhere, so the next conv
+    reads nothing from masked ones), and the BN (training: batch statistics and running-stat
+    updates; eval: running statistics) sees exactly those positions.
+    """
+    y = seq_apply(m.conv, x)
+    t, b, c, h, w = y.shape
+    where = keep.unsqueeze(0).expand(t, b, h, w)
+    tokens = y.permute(0, 1, 3, 4, 2)[where]                         # [M, C]: visible positions only
+    tokens = m.bn(tokens[:, :, None, None]).flatten(1)               # BN statistics over those M
+    out = y.new_zeros(t, b, h, w, c).index_put((where,), tokens.to(y.dtype))
+    return out.permute(0, 1, 4, 2, 3)
+
+
+class SpikformerV2MAE(nn.Module):
+    """Spikformer V2 encoder + ANN Transformer decoder for masked image modelling (V2 Fig. 6).
+
+    ``self.encoder`` is a Spikformer V2 built by the registry with ``num_classes=0``: loading
+    its ``state_dict`` into a classifier of the same name and ``encoder_args`` fills every
+    backbone weight (``spikingformer.pretrain.load_pretrained_encoder``).
+    """
+
+    def __init__(self, cfg: MAEConfig = MAEConfig()):
+        super().__init__()
+        from timm.models.vision_transformer import Block
+
+        self.cfg = cfg
+        self.encoder = create_model(cfg.encoder, **cfg.encoder_args, num_classes=0, T=cfg.T)
+        if getattr(getattr(self.encoder, "cfg", None), "stem", None) != "scs":
+            raise ValueError(f"{cfg.encoder!r} is not a Spikformer V2 (SCS stem) model; MAE pre-training "
+                             "needs one, e.g. spikformer_v2_8_512")
+        self.patch_size = self.encoder.patch_size
+        dim, ddim = self.encoder.cfg.dim, cfg.decoder_dim
+        self.decoder_embed = nn.Linear(dim, ddim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, ddim))
+        self.decoder_blocks = nn.ModuleList(
+            Block(ddim, cfg.decoder_heads, cfg.decoder_mlp_ratio, qkv_bias=True, norm_layer=nn.LayerNorm)
+            for _ in range(cfg.decoder_depth))
+        self.decoder_norm = nn.LayerNorm(ddim)
+        self.decoder_pred = nn.Linear(ddim, self.patch_size ** 2 * self.encoder.cfg.in_chans)
+        self._init_decoder()
+
+    def _init_decoder(self) -> None:
+        # MAE: xavier-uniform Linear weights, zero biases, unit LayerNorm, N(0, 0.02) mask token.
+        for name, m in self.named_modules():
+            if name.startswith("encoder"):
+                continue
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def _grid(self, x: Tensor) -> tuple[int, int]:
+        if x.dim() != 4:
+            raise ValueError(f"MAE pre-training takes static images [B, C, H, W] (the pixels are the target), "
+                             f"got shape {tuple(x.shape)}")
+        self.encoder.check_input(x)
+        return x.shape[2] // self.patch_size, x.shape[3] // self.patch_size
+
+    def forward_encoder(self, x: Tensor, ids_keep: Tensor, visible: Tensor) -> Tensor:
+        """Images ``[B, C, H, W]`` -> visible token features ``[T, B, N_v, D]``.
+
+        The SCS runs with the mask upsampled to each ConvBN's resolution (x8, x4, x2, x1 for
+        blocks 1-4); then only the ``ids_keep`` tokens enter the encoder blocks.  The first conv
+        (2x2, stride 2) never reads across a 16x16 patch, and every later conv reads zeros at
+        masked positions, so no masked pixel reaches a visible output.
+        """
+        x = self.encoder.check_input(x)
+        for layer in self.encoder.stem.layers:
+            if isinstance(layer, ConvBN):
+                h, w = _conv_out_size(layer.conv, x.shape[-2:])
+                x = sparse_conv_bn(layer, x, _upsample(visible, (h, w)))
+            else:  # a LIF: 0 in -> 0 out, so masked positions stay silent
+                x = layer(x)
+        tokens = x.flatten(3).transpose(2, 3)                           # [T, B, N, D]
+        t, b, _, d = tokens.shape
+        tokens = tokens.gather(2, ids_keep[None, :, :, None].expand(t, b, -1, d))
+        for blk in self.encoder.blocks:
+            tokens = blk(tokens)
+        return tokens
+
+    def forward_decoder(self, latent: Tensor, ids_keep: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Visible features ``[T, B, N_v, D]`` -> pixel predictions ``[B, N, p*p*C]`` for every patch.
+
+        The spiking features are averaged over time (a no-op at ``T = 1``) and enter the ANN decoder
+        at their positions; every other position gets the shared mask token; all get the fixed
+        2D sin-cos position embedding (V2 §4.2 "Transformer decoder")."""
+        vis = self.decoder_embed(latent.mean(0))                        # [B, N_v, Dd]
+        b, _, ddim = vis.shape
+        full = self.mask_token.to(vis.dtype).expand(b, grid[0] * grid[1], ddim)
+        full = full.scatter(1, ids_keep.unsqueeze(-1).expand(-1, -1, ddim), vis)
+        x = full + sincos_pos_embed_2d(ddim, grid, vis.device).to(vis.dtype)
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        return self.decoder_pred(self.decoder_norm(x))
+
+    def target(self, imgs: Tensor) -> Tensor:
+        """Patchified pixels, per-patch normalized when ``norm_pix_loss`` (MAE: unbiased variance, eps 1e-6)."""
+        t = patchify(imgs, self.patch_size)
+        if self.cfg.norm_pix_loss:
+            t = (t - t.mean(-1, keepdim=True)) / (t.var(-1, keepdim=True) + 1e-6).sqrt()
+        return t
+
+    def loss(self, imgs: Tensor, pred: Tensor, visible: Tensor) -> Tensor:
+        """Mean squared error per patch, averaged over the masked patches only."""
+        per_patch = (pred.float() - self.target(imgs).float()).pow(2).mean(-1)
+        masked = (~visible.flatten(1)).float()
+        return (per_patch * masked).sum() / masked.sum()
+
+    def forward(self, imgs: Tensor, generator: torch.Generator | None = None) -> MAEOutput:
+        grid = self._grid(imgs)
+        ids_keep, visible = random_masking(imgs.shape[0], grid, self.cfg.mask_ratio, imgs.device, generator)
+        pred = self.forward_decoder(self.forward_encoder(imgs, ids_keep, visible), ids_keep, grid)
+        return MAEOutput(self.loss(imgs, pred, visible), pred, visible.flatten(1))
+
+    @torch.no_grad()
+    def reconstruct(self, imgs: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """``(masked, reconstruction)`` images ``[B, C, H, W]`` in the input's space, for pictures (Fig. 8).
+
+        ``masked`` is the input with masked patches zeroed; ``reconstruction`` pastes the
+        prediction (de-normalized with each patch's own mean/std, as MAE's visualisation) into the
+        masked patches and keeps the visible ones."""
+        out = self(imgs, generator)
+        p, grid = self.patch_size, (imgs.shape[2] // self.patch_size, imgs.shape[3] // self.patch_size)
+        patches = patchify(imgs, p)
+        pred = out.pred.float()
+        if self.cfg.norm_pix_loss:
+            pred = pred * (patches.var(-1, keepdim=True) + 1e-6).sqrt() + patches.mean(-1, keepdim=True)
+        vis = out.visible.unsqueeze(-1)
+        masked = unpatchify(patches * vis, p, grid)
+        return masked, unpatchify(torch.where(vis, patches, pred), p, grid)
+
+
+def _upsample(visible: Tensor, size) -> Tensor:
+    """The patch mask ``[B, h, w]`` at resolution ``size`` (an integer multiple of ``h, w``)."""
+    (h, w), (H, W) = visible.shape[-2:], tuple(size)
+    if H % h or W % w:
+        raise ValueError(f"mask grid {h}x{w} does not divide the feature map {H}x{W}")
+    return visible.repeat_interleave(H // h, 1).repeat_interleave(W // w, 2)
+
+
+def _conv_out_size(conv: nn.Conv2d, size) -> tuple[int, int]:
+    return tuple((s + 2 * pd - k) // st + 1 for s, k, st, pd in zip(size, conv.kernel_size, conv.stride, conv.padding))

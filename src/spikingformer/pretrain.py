@@ -1,0 +1,429 @@
+"""MAE-style self-supervised pre-training of Spikformer V2: ``spikingformer pretrain`` (V2 §4.2, §5.4).
+
+``run(cfg)`` pre-trains a ``SpikformerV2MAE`` (``spikingformer.models.mae``) on a dataset's
+images (labels ignored) with the classifier engine's pieces: ``build_data``, timm's AdamW and
+cosine schedule with warm-up (``train.build_training``), the fast path, DDP under ``torchrun``,
+atomic resumable checkpoints.  Masks are drawn from a generator seeded by ``(seed, step, rank)``,
+so a run killed at any point and resumed with ``--resume`` sees the masks it would have seen.
+Each epoch appends the masked-patch loss (train, and on the held-out split with fixed masks,
+beside the trivial baseline of predicting each patch's mean) to ``metrics.jsonl``, redraws
+``metrics.png`` and ``reconstruction.png`` (original / masked / reconstruction, as Fig. 8).
+
+``load_pretrained_encoder(model, path)`` then puts the encoder into a Spikformer V2 classifier
+for fine-tuning.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+from .config import ConfigError, TrainConfig
+from .distributed import DistInfo
+from .fast import FastPath
+from .metrics import MetricsLog, write_json
+from .models.mae import MAEConfig, SpikformerV2MAE
+
+__all__ = ["PretrainConfig", "IMAGE_DATASETS", "run", "load_pretrained_encoder", "masked_loss", "save_reconstructions",
+           "register_cli"]
+
+KIND = "spikformer_v2_mae"  # meta["kind"] of a pre-training checkpoint
+IMAGE_DATASETS = ("cifar10", "cifar100", "folder", "digits")  # static images: their pixels are the target
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    """``TrainConfig``'s data, optimizer, schedule and engine keys, the V2 §5.4 recipe as defaults,
+    and the MAE keys.  ``model_args.T`` sets the encoder's time steps (default 1, as the paper)."""
+    model: str = "spikformer_v2_8_512"
+    scale: tuple[float, float] = (0.2, 1.0)   # MAE's random-resized-crop range
+    smoothing: float = 0.0
+    lr: float = 1e-3
+    epochs: int = 200
+    warmup_epochs: int = 20
+    cooldown_epochs: int = 0
+    output: str = "runs/pretrain"
+    # --- MAE (V2 §4.2)
+    mask_ratio: float = 0.75
+    decoder_dim: int = 256
+    decoder_depth: int = 4
+    decoder_heads: int = 4
+    norm_pix_loss: bool = True
+
+    def validate(self) -> None:
+        super().validate()
+        if self.dataset not in IMAGE_DATASETS:
+            raise ConfigError(f"MAE pre-training reconstructs the pixels of static images; dataset must be one of "
+                              f"{', '.join(IMAGE_DATASETS)}, got {self.dataset!r}")
+        label_only = {"mixup": self.mixup, "cutmix": self.cutmix, "mixup_off_epoch": self.mixup_off_epoch,
+                      "smoothing": self.smoothing}
+        used = sorted(k for k, v in label_only.items() if v)
+        if used:
+            raise ConfigError(f"{used} act on labels, which self-supervised pre-training does not use: set them to 0")
+        if "num_classes" in self.model_args:
+            raise ConfigError("model_args.num_classes makes no sense in pre-training (the encoder has no head)")
+        try:
+            self.mae_config()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    def mae_config(self, in_chans: int | None = None) -> MAEConfig:
+        args = dict(self.model_args)
+        T = args.pop("T", 1)
+        if self.img_size:
+            args["img_size"] = self.img_size
+        if in_chans is not None:
+            if args.get("in_chans", in_chans) != in_chans:
+                raise ValueError(f"model_args.in_chans={args['in_chans']} but the dataset has {in_chans} channels")
+            args["in_chans"] = in_chans
+        return MAEConfig(self.model, args, T, self.mask_ratio, self.decoder_dim, self.decoder_depth,
+                         self.decoder_heads, norm_pix_loss=self.norm_pix_loss)
+
+
+@dataclass
+class Progress:
+    """Where a run stands; stored in every checkpoint."""
+    epoch: int = 0
+    step: int = 0            # optimizer steps already done in ``epoch``
+    global_step: int = 0
+    history: list = field(default_factory=list)
+    epoch_sums: list = field(default_factory=lambda: [0.0, 0.0])  # this epoch so far: loss * n, n
+
+
+def mask_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """The masks of one batch depend on ``(seed, step, rank)`` only: not on the global RNG, workers or resumes."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
+
+
+@torch.no_grad()
+def masked_loss(model: SpikformerV2MAE, loader, device, path: FastPath | None = None, seed: int = 0) -> dict:
+    """Masked-patch loss over ``loader`` with fixed masks (batch ``i`` uses ``mask_generator(seed, i)``),
+    and the loss of the trivial prediction ``0`` (each patch's own mean, with ``norm_pix_loss``)."""
+    from .distributed import all_reduce_sum
+
+    path = path or FastPath.off()
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    for i, (x, _) in enumerate(loader):
+        x = path.to_input(x.to(device, non_blocking=True))
+        with path.autocast(device):
+            out = model(x, generator=mask_generator(seed, i))
+        baseline = model.loss(x, torch.zeros_like(out.pred), out.visible)
+        sums += torch.stack([out.loss.double() * len(x), baseline.double() * len(x),
+                             torch.tensor(float(len(x)), dtype=torch.float64, device=device)])
+    loss, base, n = all_reduce_sum(sums).tolist()
+    if n == 0:
+        raise RuntimeError("the validation split is empty")
+    return {"val_loss": loss / n, "val_baseline_loss": base / n}
+
+
+@torch.no_grad()
+def save_reconstructions(model: SpikformerV2MAE, images: torch.Tensor, mean, std, path: Path, seed: int = 0,
+                         title: str = "") -> None:
+    """A PNG of (original, masked, reconstruction) triplets, one row per image (V2 Fig. 8)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    model.eval()
+    masked, recon = model.reconstruct(images, generator=mask_generator(seed, 0))
+    m = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    columns = [(t * s + m).clamp(0, 1).cpu() for t in (images, masked, recon)]
+    n = len(images)
+    fig, axes = plt.subplots(n, 3, figsize=(6, 2 * n), squeeze=False)
+    for i in range(n):
+        for j, name in enumerate(("original", "masked", "reconstruction")):
+            img = columns[j][i]
+            axes[i, j].imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if img.shape[0] == 1 else None,
+                              interpolation="nearest")
+            axes[i, j].set_axis_off()
+            if i == 0:
+                axes[i, j].set_title(name, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+class PretrainLog(MetricsLog):
+    """``metrics.jsonl`` and a ``metrics.png`` of the masked-patch loss (train, held-out, trivial baseline)."""
+
+    def write(self, history: list[dict]) -> None:
+        if not self.enabled:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_json(self.out / "metrics.jsonl", history, lines=True)
+        ep = [h["epoch"] for h in history]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(ep, [h["train_loss"] for h in history], "o-", label="train (random masks)")
+        ax.plot(ep, [h["val_loss"] for h in history], "s-", label="held-out (fixed masks)")
+        ax.plot(ep, [h["val_baseline_loss"] for h in history], "k--", label="predict each patch's mean")
+        ax.set(xlabel="epoch", ylabel="MSE on masked patches", title=self.title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        tmp = self.out / ".metrics.png.tmp.png"
+        fig.savefig(tmp, dpi=100)
+        plt.close(fig)
+        os.replace(tmp, self.out / "metrics.png")
+
+
+def train_one_epoch(cfg: PretrainConfig, state: Progress, model, loader, opt, sched, scaler, info: DistInfo,
+                    path: FastPath, save_mid_epoch) -> float:
+    """One pass over ``loader`` from ``state.step``; returns the epoch's mean masked-patch loss."""
+    from tqdm import tqdm
+
+    from .distributed import all_reduce_sum
+
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    sums = torch.tensor(state.epoch_sums if info.is_main else [0.0] * 2, dtype=torch.float64, device=info.device)
+    bar = tqdm(loader, total=len(loader), desc=f"epoch {state.epoch + 1}/{cfg.total_epochs}", leave=False,
+               disable=None if info.is_main and cfg.progress else True, dynamic_ncols=True)
+    for x, _ in bar:
+        x = path.to_input(x.to(info.device, non_blocking=True))
+        with path.autocast(info.device):
+            loss = model(x, generator=mask_generator(cfg.seed, state.global_step, info.rank)).loss
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.clip_grad > 0:
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+        scaler.step(opt)
+        scaler.update()
+        state.step += 1
+        state.global_step += 1
+        if cfg.sched_on_updates:
+            sched.step_update(state.global_step)
+        sums += torch.stack([loss.detach().double() * len(x),
+                             torch.tensor(float(len(x)), dtype=torch.float64, device=info.device)])
+        if state.step % 10 == 0:
+            if not math.isfinite(float(sums[0])):
+                raise FloatingPointError(f"the pre-training loss became {float(sums[0])} by epoch {state.epoch + 1} "
+                                         f"step {state.step}: lower lr or set clip_grad")
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{opt.param_groups[0]['lr']:.2e}", refresh=False)
+        if cfg.ckpt_every and state.step % cfg.ckpt_every == 0 and state.step < loader.sampler.steps_per_epoch:
+            state.epoch_sums = all_reduce_sum(sums.clone()).tolist()
+            save_mid_epoch()
+    loss_sum, n = all_reduce_sum(sums).tolist()
+    state.epoch_sums = [0.0, 0.0]
+    return loss_sum / n
+
+
+def run(cfg: PretrainConfig, resume: bool = False) -> dict:
+    """Pre-train ``cfg`` to the end (or continue ``cfg.output``'s run with ``resume``); return the summary."""
+    from .distributed import cleanup, init_distributed
+
+    info = init_distributed(cfg.device)
+    try:
+        return _run(cfg, resume, info)
+    finally:
+        cleanup(info)
+
+
+def _run(cfg: PretrainConfig, resume: bool, info: DistInfo) -> dict:
+    from torch.utils.data import DataLoader
+
+    from .data import EpochSampler, ShardSampler, build_data
+    from .distributed import barrier, convert_sync_batchnorm
+    from .train import _config_diff, build_training, resolve_img_size, seed_all
+
+    t_start = time.time()
+    out = Path(cfg.output)
+    last = out / "last.pt"
+    resume_state = None
+    if resume and last.exists():
+        resume_state = ckpt.load_checkpoint(last)
+        diff = _config_diff(resume_state["config"], cfg.to_dict())
+        if diff:
+            raise ValueError(f"--resume: the config differs from the checkpoint's in {diff}; resume with the "
+                             "original config")
+    elif last.exists():
+        raise FileExistsError(f"{out} already holds a run ({last}); pass --resume to continue it, "
+                              "or choose another output")
+    seed_all(cfg.seed, info.rank)
+    if cfg.download and not info.is_main:
+        barrier()
+    data = build_data(cfg, resolve_img_size(cfg))
+    if cfg.download and info.is_main:
+        barrier()
+    mae_cfg = cfg.mae_config(data.in_chans)
+    model = SpikformerV2MAE(mae_cfg)
+    if cfg.sync_bn and info.world > 1:
+        model = convert_sync_batchnorm(model, info.device)
+    model.to(info.device)
+    path = FastPath.from_modes(cfg.fast, cfg.amp, info.device, cfg.compile_mode, cfg.lif_backend)
+    fast = path.prepare(model)
+    sampler = EpochSampler(len(data.train), cfg.batch_size, cfg.seed, info.rank, info.world)
+    pin = info.device.type == "cuda"
+    train_loader = DataLoader(data.train, cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                              pin_memory=pin, drop_last=True, persistent_workers=cfg.workers > 0)
+    val_loader = DataLoader(data.val, cfg.val_batch_size, sampler=ShardSampler(len(data.val), info.rank, info.world),
+                            num_workers=cfg.workers, pin_memory=pin)
+    opt, sched, _, _ = build_training(cfg, model, sampler.steps_per_epoch, path.fused_optimizer)
+    scaler = torch.amp.GradScaler(info.device.type, enabled=path.amp_dtype == torch.float16)
+    state = Progress()
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        opt.load_state_dict(resume_state["optimizer"])
+        sched.load_state_dict(resume_state["scheduler"])
+        scaler.load_state_dict(resume_state["scaler"])
+        state = Progress(**resume_state["progress"])
+        if state.step and resume_state["world_size"] != info.world:
+            raise ValueError(f"{last} was written mid-epoch by {resume_state['world_size']} process(es); resume it "
+                             f"with as many, not {info.world}")
+    train_model = fast
+    if info.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_model = DDP(fast, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    log = PretrainLog(out, enabled=info.is_main, title=f"{cfg.model} MAE pre-training on {cfg.dataset}")
+    log.restore(state.history)
+    n_enc = sum(p.numel() for p in model.encoder.parameters())
+    n_dec = sum(p.numel() for p in model.parameters()) - n_enc
+    meta = {"kind": KIND, "model": cfg.model, "encoder_args": mae_cfg.encoder_args, "T": mae_cfg.T,
+            "img_size": data.img_size, "mean": list(data.mean), "std": list(data.std)}
+    picks = range(0, len(data.val), max(1, len(data.val) // 6))[:6]  # spread over the split (and its classes)
+    samples = torch.stack([data.val[i][0] for i in picks]).to(info.device)
+
+    def save() -> None:
+        if info.is_main:
+            ckpt.save_checkpoint({
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "scaler": scaler.state_dict(), "progress": vars(state).copy(), "config": cfg.to_dict(),
+                "meta": meta, "world_size": info.world}, last)
+
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt.remove_partial_writes(out)
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        where = f"resuming at epoch {state.epoch + 1} step {state.step}" if resume_state else "starting"
+        print(f"{cfg.model} MAE: encoder {n_enc / 1e6:.2f}M + decoder {n_dec / 1e6:.2f}M params, T={mae_cfg.T}, "
+              f"mask {cfg.mask_ratio:.0%}, {len(data.train)} train images; {info.world} process(es) on "
+              f"{info.device}, amp={path.amp_dtype or 'fp32'}; {where}", flush=True)
+    while state.epoch < cfg.total_epochs:
+        epoch_start = time.time()
+        sampler.set_epoch(state.epoch, state.step)
+        sched.step(state.epoch)
+        if cfg.sched_on_updates:
+            sched.step_update(state.global_step)
+        lr = opt.param_groups[0]["lr"]
+        train_loss = train_one_epoch(cfg, state, train_model, train_loader, opt, sched, scaler, info, path, save)
+        metrics = {"epoch": state.epoch + 1, "lr": lr, "train_loss": train_loss,
+                   **masked_loss(fast, val_loader, info.device, path, cfg.seed), "val_split": data.val_name,
+                   "epoch_seconds": time.time() - epoch_start, "elapsed_seconds": time.time() - t_start}
+        state.history.append(metrics)
+        state.epoch, state.step = state.epoch + 1, 0
+        save()
+        log.write(state.history)
+        if info.is_main:
+            save_reconstructions(model, samples, data.mean, data.std, out / "reconstruction.png", cfg.seed,
+                                 f"epoch {metrics['epoch']}, held-out images")
+            print(f"epoch {metrics['epoch']}/{cfg.total_epochs}  lr {lr:.2e}  train_loss {train_loss:.4f}  "
+                  f"val_loss {metrics['val_loss']:.4f} (baseline {metrics['val_baseline_loss']:.4f})  "
+                  f"({metrics['epoch_seconds']:.1f} s)", flush=True)
+    final = state.history[-1]
+    summary = {"model": cfg.model, "encoder_params": n_enc, "decoder_params": n_dec, "dataset": cfg.dataset,
+               "val_split": data.val_name, "final_train_loss": final["train_loss"], "final_val_loss": final["val_loss"],
+               "val_baseline_loss": final["val_baseline_loss"], "epochs": cfg.total_epochs,
+               "steps": state.global_step, "world_size": info.world, "device": str(info.device),
+               "seconds": time.time() - t_start, "checkpoint": str(last), "config": cfg.to_dict()}
+    log.summary(summary)
+    return summary
+
+
+def load_pretrained_encoder(model: nn.Module, path: str | Path) -> dict:
+    """Load the encoder of a pre-training checkpoint (``last.pt`` of ``spikingformer pretrain``) into a
+    Spikformer V2 classifier from ``create_model`` (same name and architecture ``model_args``; T and
+    ``num_classes`` may differ).  Every backbone key must be present with its shape; the head keeps
+    its initialisation.  Returns what was loaded: ``{"source", "model", "loaded", "head"}``."""
+    state = ckpt.load_checkpoint(path)
+    meta = state.get("meta", {})
+    weights = state.get("model") if meta.get("kind") == KIND else None
+    if not isinstance(weights, dict):
+        raise ckpt.CheckpointError(f"{path} is not a Spikformer V2 MAE pre-training checkpoint "
+                                   f"(meta kind {meta.get('kind')!r}, expected {KIND!r})")
+    encoder = {k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")}
+    own = model.state_dict()
+    backbone = {k: v for k, v in own.items() if not k.startswith("head.")}
+    missing = sorted(set(backbone) - set(encoder))
+    unexpected = sorted(set(encoder) - set(backbone))
+    shapes = sorted(f"{k}: checkpoint {tuple(encoder[k].shape)} vs model {tuple(v.shape)}"
+                    for k, v in backbone.items() if k in encoder and encoder[k].shape != v.shape)
+    if missing or unexpected or shapes:
+        def show(keys):
+            return f"{len(keys)} {keys[:6]}{' ...' if len(keys) > 6 else ''}"
+        raise ValueError(f"{path} (pre-trained {meta.get('model')} {meta.get('encoder_args')}) does not fit this "
+                         f"{type(model).__name__}: missing {show(missing)}; unexpected {show(unexpected)}; "
+                         f"mis-shaped {show(shapes)}")
+    model.load_state_dict({**own, **encoder})
+    return {"source": str(path), "model": meta.get("model"), "loaded": len(encoder),
+            "head": sorted(set(own) - set(backbone))}
+
+
+# ----------------------------------------------------------------------------- command line
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .data import DataError
+
+    def fail(e: Exception) -> int:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    try:
+        cfg = load_config(args.config, args.set, cls=PretrainConfig)
+        with torch.device("meta"):  # unknown or non-V2 models and bad model_args fail here, before any data loads
+            SpikformerV2MAE(cfg.mae_config())
+    except (ValueError, TypeError) as e:
+        return fail(e)
+    try:
+        s = run(cfg, resume=args.resume)
+    except (DataError, ckpt.CheckpointError, FileExistsError, ValueError) as e:
+        return fail(e)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"{s['val_split']}: masked-patch loss {s['final_val_loss']:.4f} (predicting each patch's mean: "
+              f"{s['val_baseline_loss']:.4f}); {s['steps']} steps in {s['seconds']:.0f} s -> {s['checkpoint']}")
+        if args.json:
+            write_json(Path(args.json), s)
+    return 0
+
+
+def register_cli(sub) -> None:
+    p = sub.add_parser(
+        "pretrain", help="MAE-style self-supervised pre-training of a Spikformer V2 (V2 §4.2); resumable",
+        description="Pre-train a Spikformer V2 encoder by masked image modelling: 75 % of the 16x16 patches "
+                    "are hidden, a light ANN Transformer decoder reconstructs their normalized pixels, the loss "
+                    "is the MSE on masked patches (1.0 = predicting each patch's mean). The YAML takes every "
+                    "train key (data, optimizer, schedule, engine) plus mask_ratio, decoder_dim, decoder_depth, "
+                    "decoder_heads, norm_pix_loss; model_args.T sets the time steps (default 1). Writes last.pt, "
+                    "metrics.jsonl/png, reconstruction.png and summary.json to the output folder; fine-tune "
+                    "from last.pt with spikingformer.pretrain.load_pretrained_encoder.")
+    p.add_argument("--config", required=True, metavar="FILE", help="YAML file of PretrainConfig keys")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key (repeatable); values are parsed as YAML")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in the config's output folder from last.pt (starts fresh if none)")
+    p.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
+    p.set_defaults(func=_cmd_pretrain)
