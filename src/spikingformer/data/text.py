@@ -1,0 +1,393 @@
+"""Text data for the language path: BERT WordPiece tokenizer, masked-LM blocks, GLUE readers and metrics.
+
+The tokenizer reproduces BERT's (Devlin et al. 2019) ``BasicTokenizer`` + ``WordpieceTokenizer``
+from a vocabulary file alone, so ``bert-base-uncased-vocab.txt`` gives the same ids as the
+reference implementation.  Masked-LM data follows BERT's recipe (15 % of tokens chosen; of
+those 80 % ``[MASK]``, 10 % a random token, 10 % kept), seeded per block and epoch so a resumed
+run sees the same masks.  GLUE readers parse the official ``train.tsv`` layouts (Wang et al.
+2018) and report a malformed row by file and line.
+"""
+from __future__ import annotations
+
+import math
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["WordPieceTokenizer", "read_corpus", "wikitext_detokenize", "MLMBlocks", "mask_tokens",
+           "GlueTask", "GlueExample", "GLUE_TASKS", "get_task", "read_glue", "GlueDataset", "collate",
+           "accuracy", "f1_binary", "matthews_corrcoef", "pearson", "spearman", "task_metrics"]
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+IGNORE_INDEX = -100  # label of positions the MLM loss skips (torch's cross_entropy default)
+
+
+# ---------------------------------------------------------------- tokenizer
+
+def _is_whitespace(ch: str) -> bool:
+    return ch in " \t\n\r" or unicodedata.category(ch) == "Zs"
+
+
+def _is_control(ch: str) -> bool:
+    return ch not in "\t\n\r" and unicodedata.category(ch) in ("Cc", "Cf")
+
+
+def _is_punctuation(ch: str) -> bool:
+    # BERT counts every non-alphanumeric ASCII character as punctuation ("$", "^", "`"), not only category P*.
+    cp = ord(ch)
+    return 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126 or \
+        unicodedata.category(ch).startswith("P")
+
+
+def _is_cjk(cp: int) -> bool:
+    return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF
+            or 0x2A700 <= cp <= 0x2B73F or 0x2B740 <= cp <= 0x2B81F or 0x2B820 <= cp <= 0x2CEAF
+            or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F)
+
+
+class WordPieceTokenizer:
+    """BERT tokenizer: basic split (clean, CJK, whitespace, lower-case + strip accents,
+    punctuation), then greedy longest-match-first WordPiece with ``##`` continuations.
+
+    Special tokens (``[CLS]``, ``[MASK]``, ...) written in the text are kept whole.  A word
+    longer than ``max_chars_per_word`` or with no WordPiece cover becomes ``[UNK]``.
+    """
+
+    def __init__(self, vocab_file: str | Path, lowercase: bool = True, max_chars_per_word: int = 100):
+        path = Path(vocab_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"vocabulary file not found: {path}")
+        tokens = path.read_text(encoding="utf-8").split("\n")
+        if tokens and tokens[-1] == "":
+            tokens.pop()
+        self.vocab = {t: i for i, t in enumerate(tokens)}
+        missing = [t for t in SPECIAL_TOKENS if t not in self.vocab]
+        if missing:
+            raise ValueError(f"{path} is not a BERT WordPiece vocabulary: it lacks {missing}")
+        self.inv_vocab = tokens
+        self.lowercase = lowercase
+        self.max_chars_per_word = max_chars_per_word
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (self.vocab[t] for t in SPECIAL_TOKENS)
+        self.special_ids = frozenset(self.vocab[t] for t in SPECIAL_TOKENS)
+
+    def __len__(self) -> int:
+        return len(self.inv_vocab)
+
+    def basic_tokenize(self, text: str) -> list[str]:
+        text = "".join(" " if _is_whitespace(c) else c for c in text
+                       if not (ord(c) in (0, 0xFFFD) or _is_control(c)))
+        text = "".join(f" {c} " if _is_cjk(ord(c)) else c for c in text)
+        words = []
+        for word in text.split():
+            if word in SPECIAL_TOKENS:
+                words.append(word)
+                continue
+            if self.lowercase:
+                word = "".join(c for c in unicodedata.normalize("NFD", word.lower())
+                               if unicodedata.category(c) != "Mn")
+            piece = ""
+            for c in word:
+                if _is_punctuation(c):
+                    words += [piece, c] if piece else [c]
+                    piece = ""
+                else:
+                    piece += c
+            if piece:
+                words.append(piece)
+        return words
+
+    def wordpiece(self, word: str) -> list[str]:
+        if len(word) > self.max_chars_per_word:
+            return ["[UNK]"]
+        pieces, start = [], 0
+        while start < len(word):
+            end = len(word)
+            while end > start:
+                sub = word[start:end] if start == 0 else "##" + word[start:end]
+                if sub in self.vocab:
+                    break
+                end -= 1
+            if end == start:  # no cover: the whole word is unknown, as BERT does
+                return ["[UNK]"]
+            pieces.append(sub)
+            start = end
+        return pieces
+
+    def tokenize(self, text: str) -> list[str]:
+        return [p for w in self.basic_tokenize(text) for p in
+                ([w] if w in SPECIAL_TOKENS else self.wordpiece(w))]
+
+    def encode(self, text: str) -> list[int]:
+        return [self.vocab[t] for t in self.tokenize(text)]
+
+    def decode(self, ids) -> list[str]:
+        return [self.inv_vocab[int(i)] for i in ids]
+
+    def encode_pair(self, a: list[int], b: list[int] | None, max_len: int) -> tuple[list[int], list[int]]:
+        """``[CLS] a [SEP] (b [SEP])`` and its segment ids, cut longest-first to ``max_len`` (as BERT)."""
+        a, b = list(a), list(b) if b is not None else None
+        budget = max_len - (3 if b is not None else 2)
+        if budget < 1:
+            raise ValueError(f"max_len {max_len} leaves no room for text beside the special tokens")
+        while len(a) + len(b or ()) > budget:
+            (a if b is None or len(a) >= len(b) else b).pop()
+        ids = [self.cls_id, *a, self.sep_id]
+        segs = [0] * len(ids)
+        if b is not None:
+            ids += [*b, self.sep_id]
+            segs += [1] * (len(b) + 1)
+        return ids, segs
+
+
+# ---------------------------------------------------------------- masked-LM data
+
+def wikitext_detokenize(text: str) -> str:
+    """Undo WikiText's ``@-@`` / ``@,@`` / ``@.@`` splits and map ``<unk>`` to ``[UNK]``."""
+    for src, dst in ((" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."), ("<unk>", "[UNK]")):
+        text = text.replace(src, dst)
+    return text
+
+
+def read_corpus(path: str | Path, tokenizer: WordPieceTokenizer) -> Tensor:
+    """Token ids of a whole text file (WikiText ``.tokens`` files are detokenized first), as one 1-d tensor."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"text corpus not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".tokens":
+        text = wikitext_detokenize(text)
+    ids = [i for line in text.split("\n") if line.strip() for i in tokenizer.encode(line)]
+    if not ids:
+        raise ValueError(f"{path} holds no text")
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def mask_tokens(ids: Tensor, generator: torch.Generator, mask_id: int, maskable: Tensor, replacements: Tensor,
+                mask_prob: float = 0.15) -> tuple[Tensor, Tensor]:
+    """BERT masking: each ``maskable`` position is chosen with ``mask_prob``; a chosen token becomes
+    ``[MASK]`` (80 %), a random token from ``replacements`` (10 %) or stays (10 %).
+
+    Returns ``(inputs, labels)``; ``labels`` holds the original id at chosen positions and
+    ``IGNORE_INDEX`` elsewhere.
+    """
+    chosen = (torch.rand(ids.shape, generator=generator) < mask_prob) & maskable
+    fate = torch.rand(ids.shape, generator=generator)
+    inputs = ids.clone()
+    inputs[chosen & (fate < 0.8)] = mask_id
+    swap = chosen & (fate >= 0.8) & (fate < 0.9)
+    inputs[swap] = replacements[torch.randint(len(replacements), ids.shape, generator=generator)][swap]
+    labels = torch.where(chosen, ids, torch.full_like(ids, IGNORE_INDEX))
+    return inputs, labels
+
+
+class MLMBlocks(torch.utils.data.Dataset):
+    """Contiguous blocks ``[CLS] t_1 .. t_{L-2} [SEP]`` cut from a token stream, masked per ``(seed, epoch, index)``.
+
+    Blocks never overlap; the stream's tail shorter than a block is dropped.  Call
+    ``set_epoch`` to draw fresh masks: the same ``(seed, epoch, index)`` always gives the same block.
+    """
+
+    def __init__(self, stream: Tensor, block_len: int, tokenizer: WordPieceTokenizer, seed: int = 0,
+                 mask_prob: float = 0.15):
+        if block_len < 3:
+            raise ValueError(f"block_len must be >= 3 (two special tokens + text), got {block_len}")
+        body = block_len - 2
+        n = len(stream) // body
+        if n < 1:
+            raise ValueError(f"the corpus has {len(stream)} tokens, fewer than one block of {body}")
+        self.blocks = stream[:n * body].view(n, body)
+        self.tok, self.seed, self.mask_prob, self.epoch = tokenizer, seed, mask_prob, 0
+        self.special = torch.tensor(sorted(tokenizer.special_ids))
+        self.replacements = torch.tensor([i for i in range(len(tokenizer)) if i not in tokenizer.special_ids])
+        self.maskable = torch.ones(block_len, dtype=torch.bool)
+        self.maskable[[0, -1]] = False
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        ids = torch.cat([torch.tensor([self.tok.cls_id]), self.blocks[i], torch.tensor([self.tok.sep_id])])
+        g = torch.Generator().manual_seed(((self.seed * 1_000_003 + self.epoch) * 1_000_003 + i) % 2 ** 63)
+        maskable = self.maskable & ~torch.isin(ids, self.special)  # a literal [UNK] in the corpus is no target
+        inputs, labels = mask_tokens(ids, g, self.tok.mask_id, maskable, self.replacements, self.mask_prob)
+        return dict(input_ids=inputs, token_type_ids=torch.zeros_like(ids),
+                    attention_mask=torch.ones_like(ids, dtype=torch.bool), labels=labels)
+
+
+# ---------------------------------------------------------------- GLUE
+
+@dataclass(frozen=True)
+class GlueTask:
+    """One GLUE task's ``train.tsv`` layout: column indices, label vocabulary, metric."""
+
+    name: str
+    folder: str
+    header: bool
+    columns: int
+    text_a: int
+    text_b: int | None
+    label: int
+    labels: tuple[str, ...]  # label strings in class order; () for regression (STS-B)
+    metric: str              # the headline metric reported for the task
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels) or 1  # a regression task has one output
+
+    @property
+    def is_regression(self) -> bool:
+        return not self.labels
+
+
+GLUE_TASKS = {t.name: t for t in (
+    GlueTask("cola", "CoLA", False, 4, 3, None, 1, ("0", "1"), "mcc"),  # source, label, author mark, sentence
+    GlueTask("sst2", "SST-2", True, 2, 0, None, 1, ("0", "1"), "accuracy"),
+    GlueTask("mrpc", "MRPC", True, 5, 3, 4, 0, ("0", "1"), "f1"),
+    GlueTask("stsb", "STS-B", True, 10, 7, 8, 9, (), "pearson"),
+    GlueTask("rte", "RTE", True, 4, 1, 2, 3, ("entailment", "not_entailment"), "accuracy"),
+    GlueTask("wnli", "WNLI", True, 4, 1, 2, 3, ("0", "1"), "accuracy"),
+)}
+
+
+def get_task(name: str) -> GlueTask:
+    key = name.lower().replace("-", "").replace("_", "")
+    if key not in GLUE_TASKS:
+        raise ValueError(f"unknown GLUE task {name!r}; available offline: {', '.join(GLUE_TASKS)}")
+    return GLUE_TASKS[key]
+
+
+@dataclass(frozen=True)
+class GlueExample:
+    text_a: str
+    text_b: str | None
+    label: float  # class index, or the similarity score for STS-B
+
+
+def read_glue(task: GlueTask | str, path: str | Path) -> list[GlueExample]:
+    """Parse a GLUE ``train.tsv`` (no quoting: GLUE text holds bare ``"``); a bad row raises naming file and line."""
+    task = get_task(task) if isinstance(task, str) else task
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{task.folder} training file not found: {path}")
+    lines = path.read_text(encoding="utf-8-sig").split("\n")  # utf-8-sig: MRPC starts with a byte-order mark
+    while lines and not lines[-1].strip():
+        lines.pop()
+    out = []
+    for lineno, line in enumerate(lines[1:] if task.header else lines, start=2 if task.header else 1):
+        cols = line.rstrip("\r").split("\t")
+        where = f"{path}:{lineno}"
+        if len(cols) != task.columns:
+            raise ValueError(f"{where}: malformed {task.folder} row: expected {task.columns} tab-separated "
+                             f"columns, found {len(cols)}")
+        raw = cols[task.label].strip()
+        if task.is_regression:
+            try:
+                label = float(raw)
+            except ValueError:
+                raise ValueError(f"{where}: {task.folder} score {raw!r} is not a number") from None
+        elif raw in task.labels:
+            label = float(task.labels.index(raw))
+        else:
+            raise ValueError(f"{where}: {task.folder} label {raw!r} is not one of {list(task.labels)}")
+        out.append(GlueExample(cols[task.text_a], cols[task.text_b] if task.text_b is not None else None, label))
+    if not out:
+        raise ValueError(f"{path} holds no examples")
+    return out
+
+
+class GlueDataset(torch.utils.data.Dataset):
+    """Examples encoded once as ``[CLS] a [SEP] (b [SEP])`` with segment ids, cut to ``max_len``."""
+
+    def __init__(self, examples: list[GlueExample], tokenizer: WordPieceTokenizer, max_len: int):
+        self.pad_id = tokenizer.pad_id
+        self.items = []
+        for ex in examples:
+            b = tokenizer.encode(ex.text_b) if ex.text_b is not None else None
+            self.items.append((*tokenizer.encode_pair(tokenizer.encode(ex.text_a), b, max_len), ex.label))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[list[int], list[int], float]:
+        return self.items[i]
+
+
+def collate(batch: list[tuple[list[int], list[int], float]], pad_id: int) -> dict[str, Tensor]:
+    """Pad a batch to its longest sequence; ``attention_mask`` marks the real tokens."""
+    n = max(len(ids) for ids, _, _ in batch)
+    ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
+    segs = torch.zeros((len(batch), n), dtype=torch.long)
+    for r, (x, s, _) in enumerate(batch):
+        ids[r, :len(x)] = torch.tensor(x)
+        segs[r, :len(s)] = torch.tensor(s)
+    mask = torch.arange(n) < torch.tensor([len(x) for x, _, _ in batch])[:, None]
+    return dict(input_ids=ids, token_type_ids=segs, attention_mask=mask,
+                labels=torch.tensor([y for _, _, y in batch]))
+
+
+# ---------------------------------------------------------------- metrics
+
+def accuracy(pred, gold) -> float:
+    pred, gold = list(pred), list(gold)
+    return sum(p == g for p, g in zip(pred, gold)) / len(gold)
+
+
+def f1_binary(pred, gold) -> float:
+    """F1 of the positive class 1 (MRPC's "paraphrase")."""
+    tp = sum(p == 1 and g == 1 for p, g in zip(pred, gold))
+    fp = sum(p == 1 and g != 1 for p, g in zip(pred, gold))
+    fn = sum(p != 1 and g == 1 for p, g in zip(pred, gold))
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
+def matthews_corrcoef(pred, gold) -> float:
+    """Binary MCC (CoLA); 0 when a row or column of the confusion matrix is empty, as scikit-learn."""
+    tp = sum(p == 1 and g == 1 for p, g in zip(pred, gold))
+    tn = sum(p == 0 and g == 0 for p, g in zip(pred, gold))
+    fp = sum(p == 1 and g == 0 for p, g in zip(pred, gold))
+    fn = sum(p == 0 and g == 1 for p, g in zip(pred, gold))
+    den = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return (tp * tn - fp * fn) / den if den else 0.0
+
+
+def pearson(x, y) -> float:
+    x, y = torch.as_tensor(list(x), dtype=torch.float64), torch.as_tensor(list(y), dtype=torch.float64)
+    x, y = x - x.mean(), y - y.mean()
+    den = float(x.norm() * y.norm())
+    return float((x * y).sum()) / den if den else 0.0
+
+
+def _ranks(x) -> Tensor:
+    """1-based ranks, ties sharing their average rank (Spearman's convention)."""
+    x = torch.as_tensor(list(x), dtype=torch.float64)
+    ranks = torch.empty_like(x)
+    vals, inverse = torch.unique(x, return_inverse=True)
+    counts = torch.bincount(inverse, minlength=len(vals)).double()
+    first = torch.cumsum(counts, 0) - counts  # how many smaller values precede each distinct value
+    ranks[:] = (first + (counts + 1) / 2)[inverse]
+    return ranks
+
+
+def spearman(x, y) -> float:
+    return pearson(_ranks(x), _ranks(y))
+
+
+def task_metrics(task: GlueTask, pred, gold) -> dict[str, float]:
+    """Every metric GLUE reports for ``task``: MCC (CoLA), accuracy, F1 + accuracy (MRPC),
+    Pearson + Spearman (STS-B).  ``pred`` are class indices, or scores for STS-B."""
+    pred, gold = list(pred), list(gold)
+    if task.is_regression:
+        return dict(pearson=pearson(pred, gold), spearman=spearman(pred, gold))
+    pred, gold = [int(p) for p in pred], [int(g) for g in gold]
+    out = dict(accuracy=accuracy(pred, gold))
+    if task.metric == "mcc":
+        out["mcc"] = matthews_corrcoef(pred, gold)
+    if task.metric == "f1":
+        out["f1"] = f1_binary(pred, gold)
+    return out

@@ -1,0 +1,299 @@
+"""Spikingformer for natural language (Spikingformer paper, "Natural Language Understanding", Table 4).
+
+The vision recipe (Eq. 6-18) applied to token sequences:
+
+- Encoding layer: token + learned position (+ segment, for sentence pairs) embeddings and
+  BERT's embedding LayerNorm, real-valued, computed once and repeated over ``T`` (direct
+  encoding, SPEC §1).  It plays the part of the vision model's first ConvBN.
+- ``depth`` MS-residual blocks exactly as Spikingformer's (Eq. 7-8): ``X += PSSA(X)``,
+  ``X += SMLP(X)``, every synaptic layer preceded by ``SN``, Q/K/V = ``SN(BN(Linear(SN(X))))``,
+  ``A = Q K^T V * s`` (Eq. 14), ``SN_attn`` at ``V_th = 0.5``, then the projection.  The
+  residual stream stays real-valued; every Linear inside the blocks sees 0/1 spikes.
+- Two read-outs (the paper's head, left out of Eq. 20): ``MLMHead`` per token for masked-LM
+  pre-training (decoder weight *tied* to the token embedding, as BERT) and ``SequenceHead``
+  (mean over real tokens and ``T``, then Linear; Eq. 15 with a padding-aware pool) for GLUE.
+
+Padding: ``attention_mask`` (default ``input_ids != pad_id``) marks real tokens.  Pad tokens'
+K and V spikes are zeroed, so they add nothing to ``K^T V`` (or ``Q K^T``); and in training
+every BatchNorm takes its statistics over real tokens only (``MaskedLinearBN``).  Each layer is
+otherwise per token, so in eval mode appending pads changes no real token's output.
+
+Time-major ``[T, B, N, D]`` inside, as the rest of the library.  Text models have their own
+registry (``create_text_model`` / ``list_text_models``): the vision registry feeds images to
+every model it holds.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..layers import ClassifierHead, LinearBN, SpikeQKV
+from ..neuron import MultiStepLIF
+from ._base import SpikingVisionModel, build_config
+
+__all__ = ["TextConfig", "TextEmbedding", "MaskedLinearBN", "TextPSSA", "TextSMLP", "TextBlock", "MLMHead",
+           "SequenceHead", "SpikingformerText", "create_text_model", "list_text_models", "TEXT_HEADS"]
+
+TEXT_HEADS = ("sequence", "mlm")
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    vocab_size: int = 30522     # bert-base-uncased WordPiece
+    max_len: int = 128          # longest sequence (learned positions)
+    type_vocab_size: int = 2    # segments A / B of a sentence pair
+    depth: int = 2
+    dim: int = 128
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    T: int = 4
+    tau: float = 2.0
+    attn_scale: float = 0.125
+    attn_threshold: float = 0.5
+    head: str = "sequence"      # "sequence": [B, num_classes] logits; "mlm": [B, N, vocab_size] logits
+    num_classes: int = 2        # sequence head outputs (1: regression, STS-B)
+    pad_id: int = 0
+
+    def __post_init__(self):
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        if self.head not in TEXT_HEADS:
+            raise ValueError(f"unknown head {self.head!r}; valid heads: {', '.join(TEXT_HEADS)}")
+        if min(self.T, self.depth, self.max_len, self.type_vocab_size, self.num_classes) < 1:
+            raise ValueError("T, depth, max_len, type_vocab_size and num_classes must be >= 1")
+        if not 0 <= self.pad_id < self.vocab_size:
+            raise ValueError(f"pad_id {self.pad_id} is outside the vocabulary of {self.vocab_size}")
+
+
+class TextEmbedding(nn.Module):
+    """Encoding layer: ``LayerNorm(E_tok[x] + E_pos[n] + E_seg[s])`` -> ``[B, N, D]``, real-valued."""
+
+    def __init__(self, vocab_size: int, max_len: int, type_vocab_size: int, dim: int):
+        super().__init__()
+        self.tok = nn.Embedding(vocab_size, dim)
+        self.pos = nn.Embedding(max_len, dim)
+        self.seg = nn.Embedding(type_vocab_size, dim)
+        self.norm = nn.LayerNorm(dim)  # per token: unit-scale input for the first SN, blind to padding
+
+    def forward(self, ids: Tensor, segs: Tensor) -> Tensor:
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        return self.norm(self.tok(ids) + self.pos(pos) + self.seg(segs))
+
+
+class MaskedLinearBN(LinearBN):
+    """``LinearBN`` whose BatchNorm, given a token mask ``[B, N]``, normalizes real tokens only.
+
+    Training statistics then ignore padding; pad positions are set to 0 (nothing reads them:
+    their K/V spikes are zeroed and every other layer is per token).  Same parameters and
+    state as ``LinearBN``; in eval mode the result on real tokens is identical to it.
+    """
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        y = self.linear(x)                          # [T, B, N, D']
+        if mask is None or bool(mask.all()):
+            # LinearBN's statistics (over T, B, N per channel) on a contiguous [T*B*N, D'] layout: much faster
+            # on CPU than BatchNorm1d over the transposed [T*B, D', N] view.
+            return self.bn(y.flatten(0, 2)).view_as(y)
+        keep = mask.unsqueeze(0).expand(y.shape[:3])
+        out = y.new_zeros(y.shape)
+        out[keep] = self.bn(y[keep])                # BatchNorm1d over [real tokens, D']
+        return out
+
+
+class TextPSSA(nn.Module):
+    """PSSA (Eq. 12-14) on ``[T, B, N, D]``: ``Q, K, V = SN(BN(Linear(SN(X))))``, ``A = Q K^T V * s``,
+    out ``BN(Linear(SN_attn(A)))``.  Pad tokens' K and V spikes are zeroed."""
+
+    def __init__(self, dim: int, num_heads: int, tau: float = 2.0, scale: float = 0.125,
+                 attn_threshold: float = 0.5):
+        super().__init__()
+        self.num_heads = num_heads
+        self.sn_in = MultiStepLIF(tau)
+        self.q, self.k, self.v = (MaskedLinearBN(dim, dim, bias=False) for _ in range(3))
+        self.sn_q, self.sn_k, self.sn_v = (MultiStepLIF(tau) for _ in range(3))
+        self.qkv = SpikeQKV(scale)
+        self.sn_attn = MultiStepLIF(tau, v_threshold=attn_threshold)
+        self.proj = MaskedLinearBN(dim, dim, bias=True)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        t, b, n, d = x.shape  # channel c belongs to head c // (D / heads), as the vision PSSA
+        return x.reshape(t, b, n, self.num_heads, d // self.num_heads).transpose(2, 3)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        t, b, n, d = x.shape
+        xs = self.sn_in(x)
+        q = self._heads(self.sn_q(self.q(xs, mask)))
+        k = self.sn_k(self.k(xs, mask))
+        v = self.sn_v(self.v(xs, mask))
+        if mask is not None:  # spikes times a 0/1 mask stay spikes
+            keep = mask[None, :, :, None].to(k.dtype)
+            k, v = k * keep, v * keep
+        a = self.qkv(q, self._heads(k), self._heads(v)).transpose(2, 3).reshape(t, b, n, d)
+        return self.proj(self.sn_attn(a), mask)
+
+
+class TextSMLP(nn.Module):
+    """Spiking MLP: ``BN(Linear_2(SN(BN(Linear_1(SN(X))))))``, hidden ``mlp_ratio * D``."""
+
+    def __init__(self, dim: int, hidden: int, tau: float = 2.0):
+        super().__init__()
+        self.sn1 = MultiStepLIF(tau)
+        self.fc1 = MaskedLinearBN(dim, hidden)
+        self.sn2 = MultiStepLIF(tau)
+        self.fc2 = MaskedLinearBN(hidden, dim)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.fc2(self.sn2(self.fc1(self.sn1(x), mask)), mask)
+
+
+class TextBlock(nn.Module):
+    """MS-residual block (Eq. 7-8): ``X += PSSA(X)``; ``X += SMLP(X)``."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, tau: float = 2.0,
+                 attn_scale: float = 0.125, attn_threshold: float = 0.5):
+        super().__init__()
+        self.attn = TextPSSA(dim, num_heads, tau, attn_scale, attn_threshold)
+        self.mlp = TextSMLP(dim, int(dim * mlp_ratio), tau)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        x = x + self.attn(x, mask)
+        return x + self.mlp(x, mask)
+
+
+class SequenceHead(ClassifierHead):
+    """Eq. 15 (``FC(AvgPool(X))``) with the pool over real tokens and ``T`` only.
+
+    A ``ClassifierHead`` so that ``SynapticProbe`` counts it as the read-out.
+    """
+
+    def __init__(self, dim: int, num_classes: int):
+        super().__init__(dim, num_classes, "avgpool_fc")
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        w = mask[None, :, :, None].to(x.dtype)
+        return self.fc((x * w).sum(dim=(0, 2)) / (w.sum(dim=(0, 2)) * x.shape[0]))
+
+
+class MLMHead(ClassifierHead):
+    """Masked-LM read-out per token: ``W_tok LayerNorm(mean_T X) + b``, ``W_tok`` tied to the token
+    embedding (as BERT).  Takes ``[T, ..., D]`` (e.g. only the masked positions) -> ``[..., V]``."""
+
+    def __init__(self, embedding: nn.Embedding):
+        vocab, dim = embedding.weight.shape
+        super().__init__(dim, vocab, "avgpool_fc")
+        self.norm = nn.LayerNorm(dim)
+        self.fc.weight = embedding.weight  # nanoGPT-style tying: one Parameter, two modules
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.norm(x.mean(0)))
+
+
+class SpikingformerText(nn.Module):
+    """Spikingformer over token sequences: ``TextEmbedding`` (direct encoding over ``T``),
+    ``depth`` ``TextBlock`` s and one read-out (``cfg.head``).
+
+    ``forward(input_ids [B, N], token_type_ids=None, attention_mask=None)`` returns sequence
+    logits ``[B, num_classes]`` or masked-LM logits ``[B, N, vocab_size]``.
+    """
+
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = TextEmbedding(cfg.vocab_size, cfg.max_len, cfg.type_vocab_size, cfg.dim)
+        self.blocks = nn.ModuleList(
+            TextBlock(cfg.dim, cfg.num_heads, cfg.mlp_ratio, cfg.tau, cfg.attn_scale, cfg.attn_threshold)
+            for _ in range(cfg.depth))
+        self.head = MLMHead(self.embed.tok) if cfg.head == "mlm" else SequenceHead(cfg.dim, cfg.num_classes)
+        self.apply(self._init_module)
+
+    @staticmethod
+    def _init_module(m: nn.Module) -> None:
+        SpikingVisionModel._init_module(m)
+        if isinstance(m, nn.Embedding):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+
+    @property
+    def T(self) -> int:
+        return self.cfg.T
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.vocab_size if self.cfg.head == "mlm" else self.cfg.num_classes
+
+    def check_input(self, ids: Tensor, segs: Tensor | None, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Validate the batch; return ``(ids, segs, mask)`` with the defaults filled in."""
+        name = type(self).__name__
+        if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.dtype != torch.long:
+            got = f"shape {tuple(ids.shape)}, dtype {ids.dtype}" if isinstance(ids, Tensor) else type(ids).__name__
+            raise ValueError(f"{name} expects input_ids as a [B, N] int64 tensor, got {got}")
+        b, n = ids.shape
+        if not 1 <= n <= self.cfg.max_len:
+            raise ValueError(f"sequence length {n} must be in 1..max_len={self.cfg.max_len}")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.cfg.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.cfg.vocab_size}), got "
+                             f"[{int(ids.min())}, {int(ids.max())}]")
+        segs = torch.zeros_like(ids) if segs is None else segs
+        mask = ids != self.cfg.pad_id if mask is None else mask.bool()
+        for what, t in (("token_type_ids", segs), ("attention_mask", mask)):
+            if t.shape != ids.shape:
+                raise ValueError(f"{what} has shape {tuple(t.shape)}, input_ids {tuple(ids.shape)}")
+        if segs.numel() and (int(segs.min()) < 0 or int(segs.max()) >= self.cfg.type_vocab_size):
+            raise ValueError(f"token_type_ids must lie in [0, {self.cfg.type_vocab_size})")
+        if not bool(mask.any(dim=1).all()):
+            raise ValueError("every sequence needs at least one real (non-pad) token")
+        return ids, segs, mask
+
+    def forward_features(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
+                         attention_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """-> the residual stream ``[T, B, N, D]`` and the real-token mask ``[B, N]``."""
+        ids, segs, mask = self.check_input(input_ids, token_type_ids, attention_mask)
+        x = self.embed(ids, segs)
+        x = x.unsqueeze(0).expand(self.cfg.T, *x.shape)  # direct encoding: the same input every step
+        for blk in self.blocks:
+            x = blk(x, mask)
+        return x, mask
+
+    def forward_head(self, x: Tensor, mask: Tensor) -> Tensor:
+        return self.head(x) if self.cfg.head == "mlm" else self.head(x, mask)
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
+                attention_mask: Tensor | None = None) -> Tensor:
+        return self.forward_head(*self.forward_features(input_ids, token_type_ids, attention_mask))
+
+
+# ---------------------------------------------------------------- named sizes (own registry)
+
+_TEXT_MODELS: dict[str, Callable] = {}
+
+
+def _register(fn: Callable) -> Callable:
+    _TEXT_MODELS[fn.__name__] = fn
+    return fn
+
+
+def list_text_models(pattern: str | None = None) -> list[str]:
+    """Names of the text models, sorted; ``pattern`` is a shell glob."""
+    return [n for n in sorted(_TEXT_MODELS) if pattern is None or fnmatch.fnmatch(n, pattern)]
+
+
+def create_text_model(name: str, **overrides) -> SpikingformerText:
+    """Build the named text model; ``overrides`` replace fields of its ``TextConfig`` (``head="mlm"``)."""
+    if name not in _TEXT_MODELS:
+        raise ValueError(f"unknown text model {name!r}; available text models: {', '.join(list_text_models())}")
+    return _TEXT_MODELS[name](**overrides)
+
+
+@_register
+def spikingformer_text_2_128(**kw) -> SpikingformerText:
+    """CPU-sized: 2 blocks, D 128, 4 heads, 128 tokens; 4.3M parameters (3.9M of them the embedding)."""
+    return SpikingformerText(build_config(TextConfig, dict(depth=2, dim=128, num_heads=4, max_len=128), kw))
+
+
+@_register
+def spikingformer_text_12_768(**kw) -> SpikingformerText:
+    """BERT-base-like: 12 blocks, D 768, 12 heads, 512 tokens."""
+    return SpikingformerText(build_config(TextConfig, dict(depth=12, dim=768, num_heads=12, max_len=512), kw))

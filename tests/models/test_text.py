@@ -1,0 +1,163 @@
+"""The text Spikingformer: shapes, spike-driven synapses, padding invariance, gradients, own registry."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spikingformer import list_models
+from spikingformer.energy import estimate_energy
+from spikingformer.models.text import MaskedLinearBN, create_text_model, list_text_models
+from spikingformer.layers import LinearBN
+from spikingformer.probe import SynapticProbe
+
+TINY = dict(vocab_size=50, dim=32, num_heads=4, max_len=24, T=2)
+# The default attention scale 0.125 keeps SN_attn silent at init in a model this small; wider heads and
+# scale 1 make it fire, so tokens really mix through Q K^T V (where padding could leak) and proj learns.
+MIXING = dict(num_heads=2, attn_scale=1.0)
+
+
+def tiny(head="sequence", **kw):
+    return create_text_model("spikingformer_text_2_128", head=head, **{**TINY, **kw})
+
+
+def batch(b=3, n=10):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 50, (b, n), generator=g)
+    segs = (torch.arange(n) >= n // 2).long().expand(b, n).clone()
+    return ids, segs
+
+
+def pad(ids, segs, extra):
+    return (torch.cat([ids, ids.new_zeros(ids.shape[0], extra)], 1),
+            torch.cat([segs, segs.new_zeros(segs.shape[0], extra)], 1))
+
+
+def calibrate(model, ids, segs, steps=4):
+    """Train-mode passes give BN running statistics, so the eval-mode model fires."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.momentum = None  # cumulative average: a few passes suffice
+    model.train()
+    with torch.no_grad():
+        for _ in range(steps):
+            model(ids, segs)
+    return model.eval()
+
+
+def test_shapes_and_names():
+    ids, segs = batch()
+    assert tiny()(ids, segs).shape == (3, 2)
+    assert tiny(num_classes=1)(ids, segs).shape == (3, 1)
+    assert tiny("mlm")(ids, segs).shape == (3, 10, 50)
+    assert list_text_models() == ["spikingformer_text_12_768", "spikingformer_text_2_128"]
+    assert not set(list_text_models()) & set(list_models())  # the vision registry feeds images to its models
+    small = create_text_model("spikingformer_text_2_128")
+    assert sum(p.numel() for p in small.parameters()) == 4_323_330
+    x, mask = small.forward_features(ids)
+    assert x.shape == (4, 3, 10, 128) and mask.all()
+
+
+def test_mlm_decoder_is_tied_to_the_token_embedding():
+    m = tiny("mlm")
+    assert m.head.fc.weight is m.embed.tok.weight
+
+
+@pytest.mark.parametrize("head", ["sequence", "mlm"])
+def test_spike_driven(head):
+    ids, segs = batch()
+    ids[0, 7:] = 0  # some padding
+    m = tiny(head).train()
+    with SynapticProbe(m) as probe:
+        m(ids, segs)
+    assert probe.spike_driven, [r.name for r in probe.violations]
+    linears = [r for r in probe.ordered if isinstance(r.module, torch.nn.Linear)]
+    assert [r.name for r in linears if r.readout] == ["head.fc"]
+    assert len(linears) == 2 * 6 + 1 and all(r.kind == "spike" for r in linears if not r.readout)
+    assert probe.layers["head.fc"].kind == "real"  # the read-out sees the real-valued residual stream
+    qkv = probe.layers["blocks.0.attn.qkv"]
+    assert [s.kind for s in qkv.inputs] == ["spike"] * 3 and qkv.inputs[0].firing_rate > 0
+
+
+def test_energy_estimate_runs_on_token_ids():
+    ids, segs = batch()
+    m = calibrate(tiny(), ids, segs)
+    report = estimate_energy(m, ids)
+    assert report.spike_driven and report.T == 2 and report.images == 3
+    assert [r.name for r in report.layers if r.readout] == ["head.fc"]
+    assert report.ac > 0 and report.backbone_mJ < report.total_mJ
+
+
+def test_masked_linear_bn_matches_linear_bn_and_ignores_masked_rows():
+    ref, m = LinearBN(8, 6), MaskedLinearBN(8, 6)
+    m.load_state_dict(ref.state_dict())
+    x = (torch.rand(2, 3, 5, 8) > 0.5).float()
+    assert torch.allclose(m(x), ref(x), atol=1e-6)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[1, 3:] = False
+    junk = x.clone()
+    junk[:, 1, 3:] = 1.0  # whatever sits at masked positions must not move the statistics
+    out_a, out_b = m(x, mask), m(junk, mask)
+    assert torch.allclose(out_a[:, mask], out_b[:, mask], atol=1e-6)
+    assert (out_a[:, ~mask] == 0).all()
+
+
+@pytest.mark.parametrize("head", ["sequence", "mlm"])
+def test_padding_changes_nothing_for_real_tokens(head):
+    ids, segs = batch(n=12)
+    m = calibrate(tiny(head, **MIXING), ids, segs)
+    pids, psegs = pad(ids, segs, 7)
+    with torch.no_grad(), SynapticProbe(m) as probe:
+        x, _ = m.forward_features(ids, segs)
+        xp, maskp = m.forward_features(pids, psegs)
+        y, yp = m(ids, segs), m(pids, psegs)
+    for layer in ("blocks.0.attn.proj.linear", "blocks.1.attn.proj.linear", "blocks.1.mlp.fc2.linear"):
+        assert probe.layers[layer].inputs[0].firing_rate > 0  # the eval model does fire, attention included
+    assert maskp[:, 12:].logical_not().all()
+    assert torch.allclose(xp[:, :, :12], x, atol=1e-5)
+    assert torch.allclose(yp[:, :12] if head == "mlm" else yp, y, atol=1e-5)
+    # The check can fail: changing one real token does move the others' outputs.
+    ids2 = ids.clone()
+    ids2[:, 0] = 7
+    with torch.no_grad():
+        assert not torch.allclose(m.forward_features(ids2, segs)[0][:, :, 1:], x[:, :, 1:], atol=1e-5)
+
+
+def test_padding_invariance_holds_in_training_mode_too():
+    """BN statistics are taken over real tokens only, so batch statistics ignore padding."""
+    ids, segs = batch(n=12)
+    m = tiny(**MIXING).train()
+    with torch.no_grad():
+        y = m(ids, segs)
+        yp = m(*pad(ids, segs, 5))
+    assert torch.allclose(yp, y, atol=1e-5)
+
+
+@pytest.mark.parametrize("head", ["sequence", "mlm"])
+def test_gradients_reach_every_parameter(head):
+    ids, segs = batch()
+    ids[1, 6:] = 0
+    m = tiny(head, **MIXING).train()
+    out = m(ids, segs)
+    out.square().mean().backward()
+    silent = [n for n, p in m.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not silent
+
+
+def test_bad_input_and_unknown_names():
+    m = tiny()
+    with pytest.raises(ValueError, match=r"\[B, N\] int64"):
+        m(torch.randn(2, 5))
+    with pytest.raises(ValueError, match="max_len=24"):
+        m(torch.ones(1, 25, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"token ids must lie in \[0, 50\)"):
+        m(torch.full((1, 4), 50))
+    with pytest.raises(ValueError, match="at least one real"):
+        m(torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="token_type_ids has shape"):
+        m(torch.ones(2, 4, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="unknown text model 'bert'; available text models: spikingformer_text"):
+        create_text_model("bert")
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['depht'\] for TextConfig"):
+        create_text_model("spikingformer_text_2_128", depht=3)
+    with pytest.raises(ValueError, match="unknown head 'cls'"):
+        tiny("cls")

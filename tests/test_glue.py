@@ -1,0 +1,149 @@
+"""The language commands end to end on tiny fixtures: mlm -> glue from its checkpoint, resume, config errors."""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+
+import pytest
+import torch
+
+from spikingformer import checkpoint as ckpt
+from spikingformer import glue
+from spikingformer.config import ConfigError, load_config
+from spikingformer.models.text import create_text_model
+
+POS, NEG = ["good", "great", "fine", "fun"], ["bad", "awful", "poor", "dull"]
+FILLER = ["the", "film", "was", "a", "plot", "and", "very", "story", "cast", "."]
+TINY_MODEL = "{depth: 1, dim: 32, num_heads: 2, T: 2, max_len: 32}"
+
+
+@pytest.fixture
+def files(tmp_path):
+    rng = random.Random(0)
+    words = POS + NEG + FILLER
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    lines = [" ".join(rng.choice(words) for _ in range(12)) for _ in range(200)]
+    (tmp_path / "corpus.txt").write_text("\n".join(lines) + "\n")
+    rows = ["sentence\tlabel"]
+    for i in range(80):
+        label = i % 2
+        rows.append(f"the film was {rng.choice(POS if label else NEG)} and {rng.choice(FILLER)} \t{label}")
+    (tmp_path / "SST-2").mkdir()
+    (tmp_path / "SST-2" / "train.tsv").write_text("\n".join(rows) + "\n")
+    return tmp_path
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="spikingformer")
+    glue.register_cli(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def mlm_args(d, *extra) -> list[str]:
+    return ["mlm", "--config", "configs/mlm_wikitext2.yaml", "--set", f"vocab={d}/vocab.txt",
+            "--set", f"train_file={d}/corpus.txt", "--set", "val_file=", "--set", f"model_args={TINY_MODEL}",
+            "--set", "block_len=16", "--set", "batch_size=8", "--set", "steps=4", "--set", "eval_every=2",
+            "--set", "warmup_steps=1", "--set", "limit_val=8", "--set", f"output={d}/mlm",
+            "--set", "progress=false", *extra]
+
+
+def glue_args(d, *extra) -> list[str]:
+    return ["glue", "--config", "configs/glue.yaml", "--set", f"vocab={d}/vocab.txt", "--set", f"data_dir={d}",
+            "--set", "task=sst2", "--set", "batch_size=8", "--set", "steps=3", "--set", "eval_every=3",
+            "--set", "warmup_steps=1", "--set", "max_len=32", "--set", "holdout_fraction=0.25",
+            "--set", f"output={d}/glue", "--set", "progress=false", *extra]
+
+
+def test_mlm_then_glue_from_its_checkpoint(files):
+    d = files
+    assert cli(mlm_args(d, "--json", f"{d}/mlm.json")) == 0
+    mlm = json.loads((d / "mlm.json").read_text())
+    assert mlm["command"] == "mlm" and 0 <= mlm["masked_token_acc"] <= 1 and mlm["masked_lm_loss"] > 0
+    assert "held out" in mlm["val_split"] and mlm["unigram_token"] in POS + NEG + FILLER
+    history = [json.loads(line) for line in (d / "mlm" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [2, 4]
+    assert (d / "mlm" / "metrics.png").is_file() and (d / "mlm" / "summary.json").is_file()
+
+    assert cli(glue_args(d, "--set", f"init={d}/mlm/last.pt", "--json", f"{d}/glue.json")) == 0
+    out = json.loads((d / "glue.json").read_text())
+    assert out["task"] == "sst2" and out["metric"] == "accuracy" and out["init"].endswith("last.pt")
+    assert out["val_split"] == "val (held-out 20 of 80 SST-2 train examples, class-balanced, seed 0)"
+    assert out["train_examples"] == 60 and 0 <= out["value"] <= 1
+    assert out["majority_baseline"] == {"accuracy": 0.5}  # the held-out split is balanced
+    state = ckpt.load_checkpoint(d / "glue" / "last.pt")
+    assert state["meta"]["model_args"]["head"] == "sequence" and state["meta"]["model_args"]["depth"] == 1
+
+    # The backbone comes from the MLM checkpoint, the sequence head does not.
+    mlm_state, build = ckpt.load_weights(d / "mlm" / "last.pt")
+    model = create_text_model("spikingformer_text_2_128", **{**build["model_args"], "head": "sequence"})
+    head_before = model.head.fc.weight.clone()
+    glue._load_backbone(model, mlm_state, "mlm/last.pt")
+    assert torch.equal(model.embed.tok.weight, mlm_state["embed.tok.weight"])
+    assert torch.equal(model.blocks[0].mlp.fc2.bn.running_var, mlm_state["blocks.0.mlp.fc2.bn.running_var"])
+    assert torch.equal(model.head.fc.weight, head_before)
+
+
+def test_glue_from_scratch_regression_task(files):
+    d = files
+    rows = ["\t".join(["index", "genre", "filename", "year", "old_index", "source1", "source2",
+                       "sentence1", "sentence2", "score"])]
+    rows += [f"{i}\tg\tf\ty\t{i}\tnone\tnone\tthe film was good\tthe plot was {w}\t{i % 5}.0"
+             for i, w in enumerate(POS * 5)]
+    (d / "STS-B").mkdir()
+    (d / "STS-B" / "train.tsv").write_text("\n".join(rows) + "\n")
+    assert cli(glue_args(d, "--set", "task=stsb", "--set", f"model_args={TINY_MODEL}",
+                         "--json", f"{d}/stsb.json")) == 0
+    out = json.loads((d / "stsb.json").read_text())
+    assert out["metric"] == "pearson" and set(out["val_metrics"]) == {"loss", "pearson", "spearman"}
+    assert out["init"] == "scratch" and "majority_baseline" not in out and "random" in out["val_split"]
+
+
+def test_resume_reproduces_the_uninterrupted_run(files, monkeypatch):
+    d = files
+    assert cli(mlm_args(d, "--set", f"output={d}/straight")) == 0
+
+    real = ckpt.save_checkpoint
+
+    def crash_after_saving(state, path):
+        real(state, path)
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", crash_after_saving)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        cli(mlm_args(d, "--set", f"output={d}/resumed"))
+    assert ckpt.load_checkpoint(d / "resumed" / "last.pt")["step"] == 2
+    monkeypatch.setattr(ckpt, "save_checkpoint", real)
+    assert cli(mlm_args(d, "--set", f"output={d}/resumed", "--resume")) == 0
+
+    a, b = ckpt.load_checkpoint(d / "straight" / "last.pt"), ckpt.load_checkpoint(d / "resumed" / "last.pt")
+    assert a["step"] == b["step"] == 4
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["history"] == b["history"]
+
+    with pytest.raises(ConfigError, match=r"cannot resume .* config keys \['lr'\] differ"):
+        cli(mlm_args(d, "--set", f"output={d}/resumed", "--set", "lr=0.1", "--resume"))
+
+
+def test_config_errors(files, capsys):
+    assert cli(glue_args(files, "--set", "nosuchkey=1")) == 2
+    assert "unknown config key(s) ['nosuchkey']" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="unknown GLUE task 'mnli'"):
+        load_config("configs/glue.yaml", ["task=mnli"], cls=glue.GlueConfig)
+    with pytest.raises(ConfigError, match="model must be one of spikingformer_text_12_768, spikingformer_text_2_128"):
+        load_config("configs/mlm_wikitext2.yaml", ["model=spikingformer_4_384"], cls=glue.MLMConfig)
+    with pytest.raises(ConfigError, match="sched must be one of linear, cosine"):
+        load_config(None, ["sched=step"], cls=glue.MLMConfig)
+    # the shipped configs load as they are
+    assert load_config("configs/glue.yaml", cls=glue.GlueConfig).task == "sst2"
+    assert load_config("configs/mlm_wikitext2.yaml", cls=glue.MLMConfig).block_len == 64
+
+
+def test_help_explains_itself(capsys):
+    for cmd, words in (("mlm", "Masked-LM pre-training"), ("glue", "held-out split of train")):
+        with pytest.raises(SystemExit):
+            cli([cmd, "--help"])
+        text = capsys.readouterr().out
+        assert words in text and "--resume" in text and "--json FILE" in text
