@@ -1,14 +1,17 @@
 import pytest
 import torch
 
-from spikingformer import energy
-
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
 
 
-def calibrate_bn(model, x, steps: int = 3):
-    """Give BN running statistics from real forward passes, so an eval-mode model fires."""
-    return energy.calibrate_bn(model, [x] * steps)
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and spinning OpenMP threads crawl on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+

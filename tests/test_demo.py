@@ -1,9 +1,11 @@
 """``spikingformer demo``: the README's main command really learns the digits."""
 import json
 
+import pytest
+
 from spikingformer import cli
 
-from .test_train import one_thread  # noqa: F401  (fixture)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_demo_reaches_90_percent_on_held_out_digits(tmp_path, capsys):

@@ -8,7 +8,7 @@ from spikingformer.deploy import fold_bn
 from spikingformer.energy import estimate_energy
 from spikingformer.layers import ConvBN
 
-from .conftest import calibrate_bn
+from .helpers import calibrate_bn
 
 
 def trained_like(name, x, **kw):

@@ -12,7 +12,9 @@ from spikingformer.distributed import AllReduceBatchNorm, convert_sync_batchnorm
 from spikingformer.train import run
 
 from .data.helpers import write_class_tree
-from .test_train import _yaml, one_thread, subprocess_env, tiny_config  # noqa: F401  (fixture)
+from .test_train import _yaml, subprocess_env, tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _torchrun(config: str, *sets: str) -> None:

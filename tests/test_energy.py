@@ -12,7 +12,7 @@ from spikingformer.energy import E_AC_PJ, E_MAC_PJ, estimate_energy, load_checkp
 from spikingformer.layers import ClassifierHead, ConvBN, SpikeQKV
 from spikingformer.neuron import MultiStepLIF
 
-from .conftest import calibrate_bn
+from .helpers import calibrate_bn
 
 
 

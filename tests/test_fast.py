@@ -6,13 +6,7 @@ import spikingformer as sf
 from spikingformer.fast import FastPath
 from spikingformer.neuron import MultiStepLIF, multistep_lif
 
-
-def record_spikes(model):
-    spikes = []
-    for m in model.modules():
-        if isinstance(m, MultiStepLIF):
-            m.register_forward_hook(lambda mod, inp, out: spikes.append(out.detach().clone()))
-    return spikes
+from .helpers import record_spikes
 
 
 @pytest.mark.parametrize("tau,v_th", [(2.0, 1.0), (1.5, 1.0), (2.0, 0.5)])

@@ -15,6 +15,8 @@ from spikingformer.fast import FastPath  # noqa: E402
 from spikingformer.kernels import lif_triton, multistep_lif_triton  # noqa: E402
 from spikingformer.neuron import MultiStepLIF, multistep_lif  # noqa: E402
 
+from .helpers import record_spikes  # noqa: E402
+
 BLOCK = lif_triton.BLOCK
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -108,14 +110,6 @@ def test_half_precision_input_keeps_an_fp32_membrane(dtype):
     (s_ref * g.to(dtype).float()).sum().backward()
     assert xt.grad.dtype == dtype
     torch.testing.assert_close(xt.grad.float(), xr.grad, atol=1e-2, rtol=1e-2)
-
-
-def record_spikes(model):
-    spikes = []
-    for m in model.modules():
-        if isinstance(m, MultiStepLIF):
-            m.register_forward_hook(lambda mod, inp, out: spikes.append(out.detach().clone()))
-    return spikes
 
 
 def test_model_on_the_triton_backend_equals_the_torch_backend():

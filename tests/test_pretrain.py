@@ -17,12 +17,7 @@ from .data.helpers import write_class_tree
 TINY = dict(depth=1, dim=32, num_heads=2)  # at 32x32: a 2x2 patch grid, one patch visible
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(data_dir, out, **kw) -> PretrainConfig:

@@ -20,13 +20,7 @@ from .data.helpers import write_class_tree
 TINY = dict(depth=1, dim=32, num_heads=2, T=1, downsample=[False, False, True, True])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and spinning OpenMP threads crawl on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def subprocess_env():

@@ -9,6 +9,7 @@ CPU), which is how the two-process equivalence test runs without a GPU.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["DistInfo", "init_distributed", "cleanup", "all_reduce_sum", "barrier", "gather_objects",
+__all__ = ["DistInfo", "init_distributed", "cleanup", "session", "all_reduce_sum", "barrier", "gather_objects",
            "AllReduceBatchNorm", "convert_sync_batchnorm"]
 
 
@@ -54,6 +55,16 @@ def init_distributed(device: str = "auto") -> DistInfo:
 def cleanup(info: DistInfo) -> None:
     if info.world > 1 and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def session(device: str = "auto"):
+    """``init_distributed`` for the length of a run, and the process group torn down however it ends."""
+    info = init_distributed(device)
+    try:
+        yield info
+    finally:
+        cleanup(info)
 
 
 def _active() -> bool:

@@ -69,6 +69,9 @@ class PretrainConfig(TrainConfig):
         used = sorted(k for k, v in label_only.items() if v)
         if used:
             raise ConfigError(f"{used} act on labels, which self-supervised pre-training does not use: set them to 0")
+        if self.init_from:
+            raise ConfigError("init_from starts a classifier from a pre-trained encoder (spikingformer train); "
+                              "to continue a pre-training run use --resume")
         if "num_classes" in self.model_args:
             raise ConfigError("model_args.num_classes makes no sense in pre-training (the encoder has no head)")
         try:
@@ -115,6 +118,7 @@ def masked_loss(model: SpikformerV2MAE, loader, device, path: FastPath | None = 
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     for i, (x, _) in enumerate(loader):
         x = path.to_input(x.to(device, non_blocking=True))
+        path.step_begin()
         with path.autocast(device):
             out = model(x, generator=mask_generator(seed, i))
         baseline = model.loss(x, torch.zeros_like(out.pred), out.visible)
@@ -203,6 +207,7 @@ def train_one_epoch(cfg: PretrainConfig, state: Progress, model, loader, opt, sc
                disable=None if info.is_main and cfg.progress else True, dynamic_ncols=True)
     for x, _ in bar:
         x = path.to_input(x.to(info.device, non_blocking=True))
+        path.step_begin()
         with path.autocast(info.device):
             loss = model(x, generator=mask_generator(cfg.seed, state.global_step, info.rank)).loss
         opt.zero_grad(set_to_none=True)
@@ -233,41 +238,22 @@ def train_one_epoch(cfg: PretrainConfig, state: Progress, model, loader, opt, sc
 
 def run(cfg: PretrainConfig, resume: bool = False) -> dict:
     """Pre-train ``cfg`` to the end (or continue ``cfg.output``'s run with ``resume``); return the summary."""
-    from .distributed import cleanup, init_distributed
+    from .distributed import session
 
-    info = init_distributed(cfg.device)
-    try:
+    with session(cfg.device) as info:
         return _run(cfg, resume, info)
-    finally:
-        cleanup(info)
 
 
 def _run(cfg: PretrainConfig, resume: bool, info: DistInfo) -> dict:
-    from torch.utils.data import DataLoader
-
-    from .data import EpochSampler, ShardSampler, build_data
-    from .distributed import barrier, convert_sync_batchnorm
-    from .train import _config_diff, build_training, resolve_img_size, seed_all
+    from .distributed import convert_sync_batchnorm
+    from .train import build_training, load_data, make_loaders, open_run, restore, seed_all, wrap_ddp
 
     t_start = time.time()
     out = Path(cfg.output)
     last = out / "last.pt"
-    resume_state = None
-    if resume and last.exists():
-        resume_state = ckpt.load_checkpoint(last)
-        diff = _config_diff(resume_state["config"], cfg.to_dict())
-        if diff:
-            raise ValueError(f"--resume: the config differs from the checkpoint's in {diff}; resume with the "
-                             "original config")
-    elif last.exists():
-        raise FileExistsError(f"{out} already holds a run ({last}); pass --resume to continue it, "
-                              "or choose another output")
+    resume_state = open_run(cfg, resume)
     seed_all(cfg.seed, info.rank)
-    if cfg.download and not info.is_main:
-        barrier()
-    data = build_data(cfg, resolve_img_size(cfg))
-    if cfg.download and info.is_main:
-        barrier()
+    data = load_data(cfg, info)
     mae_cfg = cfg.mae_config(data.in_chans)
     model = SpikformerV2MAE(mae_cfg)
     if cfg.sync_bn and info.world > 1:
@@ -275,29 +261,13 @@ def _run(cfg: PretrainConfig, resume: bool, info: DistInfo) -> dict:
     model.to(info.device)
     path = FastPath.from_modes(cfg.fast, cfg.amp, info.device, cfg.compile_mode, cfg.lif_backend)
     fast = path.prepare(model)
-    sampler = EpochSampler(len(data.train), cfg.batch_size, cfg.seed, info.rank, info.world)
-    pin = info.device.type == "cuda"
-    train_loader = DataLoader(data.train, cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                              pin_memory=pin, drop_last=True, persistent_workers=cfg.workers > 0)
-    val_loader = DataLoader(data.val, cfg.val_batch_size, sampler=ShardSampler(len(data.val), info.rank, info.world),
-                            num_workers=cfg.workers, pin_memory=pin)
+    sampler, train_loader, val_loader = make_loaders(cfg, data, info)
     opt, sched, _, _ = build_training(cfg, model, sampler.steps_per_epoch, path.fused_optimizer)
     scaler = torch.amp.GradScaler(info.device.type, enabled=path.amp_dtype == torch.float16)
     state = Progress()
     if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        opt.load_state_dict(resume_state["optimizer"])
-        sched.load_state_dict(resume_state["scheduler"])
-        scaler.load_state_dict(resume_state["scaler"])
-        state = Progress(**resume_state["progress"])
-        if state.step and resume_state["world_size"] != info.world:
-            raise ValueError(f"{last} was written mid-epoch by {resume_state['world_size']} process(es); resume it "
-                             f"with as many, not {info.world}")
-    train_model = fast
-    if info.world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        train_model = DDP(fast, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+        state = Progress(**restore(resume_state, info, model, opt, sched, scaler))
+    train_model = wrap_ddp(fast, info)
     log = PretrainLog(out, enabled=info.is_main, title=f"{cfg.model} MAE pre-training on {cfg.dataset}")
     log.restore(state.history)
     n_enc = sum(p.numel() for p in model.encoder.parameters())

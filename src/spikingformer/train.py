@@ -157,44 +157,96 @@ def _config_diff(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(old) | set(new) if k not in RESUME_MUTABLE and old.get(k) != new.get(k))
 
 
+# ----------------------------------------------------------------------------- pieces every engine shares
+
+def open_run(cfg: TrainConfig, resume: bool) -> dict | None:
+    """The checkpoint ``--resume`` continues from (None: a fresh run).  An existing run is never
+    overwritten, and a run resumes only with the config it was started with."""
+    out = Path(cfg.output)
+    last = out / "last.pt"
+    if resume and last.exists():
+        state = ckpt.load_checkpoint(last)
+        diff = _config_diff(state["config"], cfg.to_dict())
+        if diff:
+            raise ValueError(f"--resume: the config differs from the checkpoint's in {diff}; resume with the "
+                             f"original config (only {sorted(RESUME_MUTABLE)} may change)")
+        return state
+    if last.exists():
+        raise FileExistsError(f"{out} already holds a run ({last}); pass --resume to continue it, "
+                              "or choose another output")
+    return None
+
+
+def load_data(cfg: TrainConfig, info: DistInfo):
+    """``build_data`` at the model's size; with ``download`` the main process fetches alone, then the rest read."""
+    from .data import build_data
+    from .distributed import barrier
+
+    if cfg.download and not info.is_main:
+        barrier()
+    data = build_data(cfg, resolve_img_size(cfg))
+    if cfg.download and info.is_main:
+        barrier()
+    return data
+
+
+def make_loaders(cfg: TrainConfig, data, info: DistInfo):
+    """The seeded, sharded train loader (its sampler resumes mid-epoch) and the sharded validation loader."""
+    from torch.utils.data import DataLoader
+
+    from .data import EpochSampler, ShardSampler
+
+    sampler = EpochSampler(len(data.train), cfg.batch_size, cfg.seed, info.rank, info.world)
+    pin = info.device.type == "cuda"
+    train_loader = DataLoader(data.train, cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                              pin_memory=pin, drop_last=True, persistent_workers=cfg.workers > 0,
+                              collate_fn=data.collate)
+    val_loader = DataLoader(data.val, cfg.val_batch_size, sampler=ShardSampler(len(data.val), info.rank, info.world),
+                            num_workers=cfg.workers, pin_memory=pin, collate_fn=data.collate)
+    return sampler, train_loader, val_loader
+
+
+def restore(state: dict, info: DistInfo, model: nn.Module, opt, sched, scaler) -> dict:
+    """Load a checkpoint's model, optimizer, scheduler and scaler; return its progress."""
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    if state["progress"]["step"] and state["world_size"] != info.world:
+        raise ValueError(f"the checkpoint was written mid-epoch by {state['world_size']} process(es); resume it "
+                         f"with as many (the data order is sharded by process), not {info.world}")
+    return state["progress"]
+
+
+def wrap_ddp(module: nn.Module, info: DistInfo) -> nn.Module:
+    if info.world == 1:
+        return module
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(module, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+
+
+# ----------------------------------------------------------------------------- supervised training
+
 def run(cfg: TrainConfig, resume: bool = False) -> dict:
     """Train ``cfg`` to the end (or continue ``cfg.output``'s run with ``resume``); return the summary."""
-    from .distributed import cleanup, init_distributed
+    from .distributed import session
 
-    info = init_distributed(cfg.device)
-    try:
+    with session(cfg.device) as info:
         return _run(cfg, resume, info)
-    finally:
-        cleanup(info)
 
 
 def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> dict:
-    from torch.utils.data import DataLoader
-
     from . import create_model
-    from .data import EpochSampler, ShardSampler, build_data
-    from .distributed import barrier, convert_sync_batchnorm, gather_objects
+    from .distributed import convert_sync_batchnorm, gather_objects
     from .metrics import MetricsLog
 
     t_start = time.time()
     out = Path(cfg.output)
     last, best = out / "last.pt", out / "best.pt"
-    resume_state = None
-    if resume and last.exists():
-        resume_state = ckpt.load_checkpoint(last)
-        diff = _config_diff(resume_state["config"], cfg.to_dict())
-        if diff:
-            raise ValueError(f"--resume: the config differs from the checkpoint's in {diff}; resume with the "
-                             f"original config (only {sorted(RESUME_MUTABLE)} may change)")
-    elif last.exists():
-        raise FileExistsError(f"{out} already holds a run ({last}); pass --resume to continue it, "
-                              "or choose another output")
+    resume_state = open_run(cfg, resume)
     seed_all(cfg.seed, info.rank)
-    if cfg.download and not info.is_main:
-        barrier()  # let the main process download alone, then read what it wrote
-    data = build_data(cfg, resolve_img_size(cfg))
-    if cfg.download and info.is_main:
-        barrier()
+    data = load_data(cfg, info)
     margs = model_kwargs(cfg, len(data.classes), data.in_chans)
     model = create_model(cfg.model, **margs)
     if cfg.init_from and resume_state is None:
@@ -209,37 +261,20 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> dict:
     model.to(info.device)
     path = FastPath.from_modes(cfg.fast, cfg.amp, info.device, cfg.compile_mode, cfg.lif_backend)
     fast = path.prepare(model)  # before the optimizer: channels-last re-lays the parameters out in place
-    sampler = EpochSampler(len(data.train), cfg.batch_size, cfg.seed, info.rank, info.world)
-    pin = info.device.type == "cuda"
-    train_loader = DataLoader(data.train, cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                              pin_memory=pin, drop_last=True, persistent_workers=cfg.workers > 0,
-                              collate_fn=data.collate)
-    val_loader = DataLoader(data.val, cfg.val_batch_size, sampler=ShardSampler(len(data.val), info.rank, info.world),
-                            num_workers=cfg.workers, pin_memory=pin, collate_fn=data.collate)
+    sampler, train_loader, val_loader = make_loaders(cfg, data, info)
     opt, sched, mixup, criterion = build_training(cfg, model, sampler.steps_per_epoch, path.fused_optimizer)
     dtype = path.amp_dtype
     scaler = torch.amp.GradScaler(info.device.type, enabled=dtype == torch.float16)
     state = Progress()
     if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        opt.load_state_dict(resume_state["optimizer"])
-        sched.load_state_dict(resume_state["scheduler"])
-        scaler.load_state_dict(resume_state["scaler"])
-        state = Progress(**resume_state["progress"])
-        if state.step and resume_state["world_size"] != info.world:
-            raise ValueError(f"{last} was written mid-epoch by {resume_state['world_size']} process(es); resume it "
-                             f"with as many (the data order is sharded by process), not {info.world}")
+        state = Progress(**restore(resume_state, info, model, opt, sched, scaler))
         rngs = resume_state["rng"]
         if len(rngs) == info.world:
             ckpt.set_rng_state(rngs[info.rank])
         elif info.is_main:
             print(f"note: checkpoint has RNG states of {len(rngs)} processes, this run has {info.world}; "
                   "continuing with fresh RNG streams", file=sys.stderr)
-    train_model = fast
-    if info.world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        train_model = DDP(fast, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    train_model = wrap_ddp(fast, info)
     log = MetricsLog(out, enabled=info.is_main, title=f"{cfg.model} on {cfg.dataset}: {data.val_name}")
     log.restore(state.history)
     meta = {"model": cfg.model, "model_args": margs,

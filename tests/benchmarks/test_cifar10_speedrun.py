@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from ..data.helpers import write_class_tree
-from ..test_train import one_thread  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "cifar10_speedrun.py"
 

@@ -6,7 +6,7 @@ import spikingformer as sf
 from spikingformer.cli import SPEC_PARAMS_M
 from spikingformer.probe import SynapticProbe
 
-from ..conftest import calibrate_bn
+from ..helpers import calibrate_bn
 
 SPIKINGFORMERS = sf.list_models("spikingformer_*")
 SPIKFORMERS = sf.list_models("spikformer_*")

@@ -10,12 +10,7 @@ from spikingformer.probe import SynapticProbe
 ENCODER = dict(depth=1, dim=32, num_heads=2, img_size=64)  # 64x64 images: 4x4 = 16 patches
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(T: int = 1, **encoder) -> SpikformerV2MAE:
