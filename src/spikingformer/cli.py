@@ -62,8 +62,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spikingformer",
-        description="Spike-driven transformer SNNs: build, train, evaluate and audit "
-                    "Spikingformer, Spikingformer-dagger and Spikformer V1/V2.")
+        description="Spike-driven transformer SNNs: build, train (images, event recordings, text), pre-train, "
+                    "evaluate and audit Spikingformer, Spikingformer-dagger and Spikformer V1/V2.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     p = sub.add_parser("models", help="list every named model with its parameter count and spike-driven verdict",
                        description="Build every named model (or those matching PATTERN), print its parameter "
