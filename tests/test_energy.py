@@ -249,3 +249,118 @@ def test_cli_rebuilds_the_model_a_training_checkpoint_describes(tmp_path, capsys
     assert data["T"] == 1 and data["layers"][-1]["flops"] == 64 * 3  # the 3-class head of the checkpoint
     assert main(["energy", "--model", "spikformer_4_384", "--checkpoint", str(path)]) == 2
     assert "holds a spikingformer_4_256, not a spikformer_4_384" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- text and event-data checkpoints
+
+TEXT_ARGS = dict(depth=1, dim=32, num_heads=2, T=2, max_len=32, vocab_size=17, num_classes=2, attn_scale=0.5)
+WORDS = ["good", "bad", "the", "film", "was", "very", "plot", "."]
+
+
+def text_checkpoint(d, task: str = "sst2"):
+    """A glue (or mlm) run's checkpoint, saved in the engine's format, beside its vocabulary and data."""
+    from spikingformer.checkpoint import save_checkpoint
+    from spikingformer.glue import GlueConfig, MLMConfig
+    from spikingformer.loading import calibrate_bn
+    from spikingformer.models.text import create_text_model
+
+    (d / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    (d / "SST-2").mkdir(exist_ok=True)
+    rows = [f"the film was {'very ' * (i % 4)}{'good' if i % 2 else 'bad'} ." for i in range(20)]
+    (d / "SST-2" / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"{r}\t{i % 2}\n" for i, r in enumerate(rows)))
+    (d / "corpus.txt").write_text(" ".join(WORDS * 12) + "\n")
+    head = "mlm" if task == "mlm" else "sequence"
+    model = create_text_model("spikingformer_text_2_128", **TEXT_ARGS, head=head)
+    calibrate_bn(model, [torch.randint(5, 13, (4, 12))])
+    common = dict(vocab=str(d / "vocab.txt"), model_args={})
+    cfg = (MLMConfig(train_file=str(d / "corpus.txt"), block_len=16, **common) if task == "mlm" else
+           GlueConfig(task="sst2", data_dir="/nonexistent", holdout_fraction=0.25, max_len=32, **common))
+    path = d / f"{task}.pt"
+    save_checkpoint({"model": model.state_dict(), "config": cfg.to_dict(), "step": 1,
+                     "meta": {"model": "spikingformer_text_2_128", "model_args": dict(TEXT_ARGS, head=head),
+                              "task": task}}, path)
+    return path
+
+
+def test_text_checkpoint_on_random_token_ids_is_per_sequence(tmp_path, capsys):
+    ck, js = text_checkpoint(tmp_path), tmp_path / "e.json"
+    assert main(["energy", "--checkpoint", str(ck), "--seq-len", "10", "--batch-size", "3", "--json", str(js)]) == 0
+    out = capsys.readouterr().out
+    data = json.loads(js.read_text())
+    assert data["unit"] == "sequence" and data["images"] == 3 and data["T"] == 2
+    assert "total per sequence:" in out and "per image" not in out and "3 sequence(s)" in out
+    assert any("random token ids, 3 x 1 sequences of 10 tokens (seed 0)" in n for n in data["notes"])
+    q = data["layers"][0]
+    assert q["name"] == "blocks.0.attn.q.linear" and q["kind"] == "spike" and q["flops"] == 10 * 32 * 32
+    assert data["layers"][-1]["name"] == "head.fc" and data["layers"][-1]["readout"]
+    assert data["spike_driven"] and data["readout_mJ"] > 0
+    assert main(["energy", "--checkpoint", str(ck), "--seq-len", "40"]) == 2
+    assert "--seq-len 40 must be in 1..32" in capsys.readouterr().err
+
+
+def test_text_checkpoint_on_the_held_out_glue_sequences(tmp_path):
+    from spikingformer import glue
+    from spikingformer.config import from_dict
+    from spikingformer.data import text as tdata
+
+    ck, js = text_checkpoint(tmp_path), tmp_path / "e.json"
+    assert main(["energy", "--checkpoint", str(ck), "--data", str(tmp_path), "--batch-size", "4",
+                 "--json", str(js)]) == 0
+    data = json.loads(js.read_text())
+    # the split the run evaluated on: 5 of 20, rebuilt from the stored config with --data as data_dir
+    cfg = from_dict(glue.GlueConfig, dict(glue.GlueConfig(task="sst2", holdout_fraction=0.25, max_len=32,
+                                                          vocab=str(tmp_path / "vocab.txt")).to_dict(),
+                                          data_dir=str(tmp_path)))
+    (_, name, ds), = glue.glue_splits(cfg, tdata.get_task("sst2"), tdata.WordPieceTokenizer(cfg.vocab)).evals
+    longest = max(len(ds[i][0]) for i in range(4))
+    assert data["images"] == 4 and data["layers"][0]["flops"] == longest * 32 * 32
+    assert any(n.startswith(f"input: 4 sequences of {name}") for n in data["notes"])
+    assert not any("random" in n or "untrained" in n for n in data["notes"])
+
+
+def test_mlm_checkpoint_on_masked_corpus_blocks(tmp_path, capsys):
+    ck, js = text_checkpoint(tmp_path, "mlm"), tmp_path / "e.json"
+    assert main(["energy", "--checkpoint", str(ck), "--data", str(tmp_path / "corpus.txt"), "--json", str(js)]) == 0
+    data = json.loads(js.read_text())
+    assert data["images"] == 2 and data["layers"][0]["flops"] == 16 * 32 * 32  # block_len 16
+    head = data["layers"][-1]
+    # the tied read-out runs once per sequence (on the T-mean): 16 tokens x D 32 x 17-word vocabulary MACs
+    assert head["name"] == "head.fc" and head["kind"] == "real" and head["mac"] == 16 * 32 * 17
+    # --data on a bare text state_dict cannot know how the data was read
+    torch.save(torch.load(ck, weights_only=True)["model"], tmp_path / "bare.pt")
+    assert main(["energy", "--model", "spikingformer_text_2_128", "--checkpoint", str(tmp_path / "bare.pt"),
+                 "--data", str(tmp_path)]) == 2
+    assert "needs an mlm/glue checkpoint" in capsys.readouterr().err
+
+
+def event_checkpoint(d):
+    """An nmnist run's checkpoint in the training engine's format, beside its (synthetic) recordings."""
+    from spikingformer.checkpoint import save_checkpoint
+    from spikingformer.config import TrainConfig
+    from spikingformer.loading import calibrate_bn
+
+    from .data.test_events import write_nmnist_subset
+
+    write_nmnist_subset(d / "nmnist", per_class=2)
+    margs = dict(depth=1, dim=32, num_heads=2, T=2, downsample=[False, False, True, True])
+    cfg = TrainConfig(model="spikingformer_dvs_2_256", dataset="nmnist", data_dir="/elsewhere", model_args=margs,
+                      img_size=32, val_split="holdout", holdout=3, workers=0)
+    margs = dict(margs, img_size=32, num_classes=10)
+    model = sf.create_model("spikingformer_dvs_2_256", **margs)
+    calibrate_bn(model, [torch.rand(2, 3, 2, 32, 32).round()])
+    path = d / "best.pt"
+    save_checkpoint({"model": model.state_dict(), "config": cfg.to_dict(),
+                     "meta": {"model": "spikingformer_dvs_2_256", "model_args": margs, "img_size": 32}}, path)
+    return path
+
+
+def test_event_checkpoint_reads_real_frames_of_its_validation_split(tmp_path):
+    ck, js = event_checkpoint(tmp_path), tmp_path / "e.json"
+    assert main(["energy", "--checkpoint", str(ck), "--data", str(tmp_path / "nmnist"), "--batch-size", "3",
+                 "--json", str(js)]) == 0
+    data = json.loads(js.read_text())
+    assert data["unit"] == "image" and data["T"] == 2 and data["images"] == 3
+    assert "input: nmnist val (held-out 3 of 6 train images, class-balanced, seed 0)" in data["notes"]
+    enc = data["layers"][0]
+    # the encoding conv sees event counts (integers), 2 polarity channels at 32x32
+    assert enc["kind"] == "integer" and enc["flops"] == 32 * 32 * 4 * 2 * 9 and enc["mac"] == 2 * enc["flops"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 
 import pytest
 import torch
@@ -69,7 +70,8 @@ def test_mlm_then_glue_from_its_checkpoint(files):
     assert cli(glue_args(d, "--set", f"init={d}/mlm/last.pt", "--json", f"{d}/glue.json")) == 0
     out = json.loads((d / "glue.json").read_text())
     assert out["task"] == "sst2" and out["metric"] == "accuracy" and out["init"].endswith("last.pt")
-    assert out["val_split"] == "val (held-out 20 of 80 SST-2 train examples, class-balanced, seed 0)"
+    assert out["val_split"] == ("val (held-out 20 of 80 SST-2 train examples, class-balanced, seed 0; "
+                                "no official dev.tsv found)")
     assert out["train_examples"] == 60 and 0 <= out["value"] <= 1
     assert out["majority_baseline"] == {"accuracy": 0.5}  # the held-out split is balanced
     state = ckpt.load_checkpoint(d / "glue" / "last.pt")
@@ -100,7 +102,7 @@ def test_glue_from_scratch_regression_task(files):
     assert out["init"] == "scratch" and "majority_baseline" not in out and "random" in out["val_split"]
 
 
-def test_resume_reproduces_the_uninterrupted_run(files, monkeypatch):
+def test_resume_reproduces_the_uninterrupted_run(files, monkeypatch, capsys):
     d = files
     assert cli(mlm_args(d, "--set", f"output={d}/straight")) == 0
 
@@ -123,15 +125,19 @@ def test_resume_reproduces_the_uninterrupted_run(files, monkeypatch):
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert a["history"] == b["history"]
 
-    with pytest.raises(ConfigError, match=r"cannot resume .* config keys \['lr'\] differ"):
-        cli(mlm_args(d, "--set", f"output={d}/resumed", "--set", "lr=0.1", "--resume"))
+    assert cli(mlm_args(d, "--set", f"output={d}/resumed", "--set", "lr=0.1", "--resume")) == 2
+    assert re.search(r"error: cannot resume .* config keys \['lr'\] differ", capsys.readouterr().err)
 
 
 def test_config_errors(files, capsys):
     assert cli(glue_args(files, "--set", "nosuchkey=1")) == 2
     assert "unknown config key(s) ['nosuchkey']" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="unknown GLUE task 'mnli'"):
-        load_config("configs/glue.yaml", ["task=mnli"], cls=glue.GlueConfig)
+    with pytest.raises(ConfigError, match="unknown GLUE task 'ax'"):
+        load_config("configs/glue.yaml", ["task=ax"], cls=glue.GlueConfig)
+    with pytest.raises(ConfigError, match="val_split must be one of auto, holdout, got 'dev'"):
+        load_config("configs/glue.yaml", ["val_split=dev"], cls=glue.GlueConfig)
+    assert cli(glue_args(files, "--set", "task=qnli")) == 2  # no QNLI/train.tsv: one clear line, no traceback
+    assert "QNLI data file not found" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="model must be one of spikingformer_text_12_768, spikingformer_text_2_128"):
         load_config("configs/mlm_wikitext2.yaml", ["model=spikingformer_4_384"], cls=glue.MLMConfig)
     with pytest.raises(ConfigError, match="sched must be one of linear, cosine"):
@@ -142,8 +148,69 @@ def test_config_errors(files, capsys):
 
 
 def test_help_explains_itself(capsys):
-    for cmd, words in (("mlm", "Masked-LM pre-training"), ("glue", "held-out split of train")):
+    for cmd, words in (("mlm", "Masked-LM pre-training"), ("glue", "official dev file(s)")):
         with pytest.raises(SystemExit):
             cli([cmd, "--help"])
         text = capsys.readouterr().out
         assert words in text and "--resume" in text and "--json FILE" in text
+
+
+# ---------------------------------------------------------------- official dev files (val_split: auto | holdout)
+
+def write_pairs(path, header: list[str], n: int, labels: list[str], fill) -> None:
+    """``n`` rows of a sentence-pair task whose label shows in the second sentence's word."""
+    rows = ["\t".join(header)]
+    for i in range(n):
+        y = labels[i % len(labels)]
+        rows.append("\t".join(fill(i, f"the film was {y} indeed", y)))
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("\n".join(rows) + "\n")
+
+
+MNLI_HEAD = ["index", "promptID", "pairID", "genre", "s1b", "s2b", "s1p", "s2p", "sentence1", "sentence2"]
+
+
+def mnli_row(extra_labels: int):
+    return lambda i, text, y: [str(i), "1", "1e", "fiction", "(", ")", "(", ")", "the plot", text,
+                               *[y] * extra_labels, y]
+
+
+def test_mnli_official_dev_files_both_reported(files):
+    d = files
+    labels = ["entailment", "neutral", "contradiction"]
+    write_pairs(d / "MNLI" / "train.tsv", MNLI_HEAD + ["label1", "gold_label"], 24, labels, mnli_row(1))
+    dev_head = MNLI_HEAD + [f"label{i}" for i in range(1, 6)] + ["gold_label"]
+    write_pairs(d / "MNLI" / "dev_matched.tsv", dev_head, 6, labels, mnli_row(5))
+    write_pairs(d / "MNLI" / "dev_mismatched.tsv", dev_head, 9, labels, mnli_row(5))
+    assert cli(glue_args(d, "--set", "task=mnli", "--set", f"model_args={TINY_MODEL}", "--json", f"{d}/m.json")) == 0
+    out = json.loads((d / "m.json").read_text())
+    assert out["val_split"] == ("dev_matched (official GLUE dev split, 6 examples); "
+                                "dev_mismatched (official GLUE dev split, 9 examples)")
+    assert out["train_examples"] == 24  # all of train.tsv: nothing held out
+    assert set(out["val_metrics"]) == {"loss_m", "accuracy_m", "loss_mm", "accuracy_mm"}
+    assert out["metric"] == "accuracy" and out["value"] == out["val_metrics"]["accuracy_m"]
+    # the training labels are balanced, so "the most frequent class" is the first: entailment
+    assert out["majority_baseline"] == {"accuracy_m": pytest.approx(2 / 6), "accuracy_mm": pytest.approx(3 / 9)}
+    history = [json.loads(line) for line in (d / "glue" / "metrics.jsonl").read_text().splitlines()]
+    assert history[-1]["val_acc"] == history[-1]["val_accuracy_m"]
+
+    # val_split=holdout ignores the dev files and names the held-out split
+    assert cli(glue_args(d, "--set", "task=mnli", "--set", f"model_args={TINY_MODEL}", "--set", "val_split=holdout",
+                         "--set", f"output={d}/hold", "--json", f"{d}/h.json")) == 0
+    out = json.loads((d / "h.json").read_text())
+    assert out["val_split"] == "val (held-out 6 of 24 MNLI train examples, class-balanced, seed 0)"
+    assert set(out["val_metrics"]) == {"loss", "accuracy"} and out["train_examples"] == 18
+
+
+def test_qqp_dev_file_reports_accuracy_and_f1(files):
+    d = files
+    head = ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"]
+    row = lambda i, text, y: [str(i), "1", "2", "is the film good", text, y]  # noqa: E731
+    write_pairs(d / "QQP" / "train.tsv", head, 16, ["0", "1"], row)
+    write_pairs(d / "QQP" / "dev.tsv", head, 5, ["0", "1"], row)
+    assert cli(glue_args(d, "--set", "task=qqp", "--set", f"model_args={TINY_MODEL}", "--json", f"{d}/q.json")) == 0
+    out = json.loads((d / "q.json").read_text())
+    assert out["val_split"] == "dev (official GLUE dev split, 5 examples)"
+    assert set(out["val_metrics"]) == {"loss", "accuracy", "f1"} and out["value"] == out["val_metrics"]["accuracy"]
+    # a tie between the classes goes to class 0: accuracy 3/5 on the dev labels 0 1 0 1 0, F1 0
+    assert out["majority_baseline"] == {"accuracy": pytest.approx(3 / 5), "f1": 0.0}

@@ -83,3 +83,24 @@ def test_help(command, capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "--model" in out and "--checkpoint" in out and "--data" in out
+
+
+def test_verify_text_and_event_checkpoints(tmp_path, capsys):
+    from .test_energy import event_checkpoint, text_checkpoint
+
+    js = tmp_path / "cert.json"
+    assert main(["verify", "--checkpoint", str(text_checkpoint(tmp_path)), "--data", str(tmp_path),
+                 "--json", str(js)]) == 0
+    data = json.loads(js.read_text())
+    # a text model encodes by embedding lookup: its first linear layer is no exempt encoding layer
+    assert data["model"] == "spikingformer_text_2_128" and data["spike_driven"]
+    assert [r["role"] for r in data["layers"]][:2] == ["synaptic", "synaptic"]
+    assert data["layers"][0]["name"] == "blocks.0.attn.q.linear" and data["layers"][0]["inputs"][0]["kind"] == "spike"
+    assert "is spike-driven" in capsys.readouterr().out
+    assert main(["verify", "--checkpoint", str(event_checkpoint(tmp_path)), "--data", str(tmp_path / "nmnist"),
+                 "--json", str(js)]) == 0
+    data = json.loads(js.read_text())
+    assert data["layers"][0]["role"] == "encoding" and data["layers"][0]["inputs"][0]["kind"] == "integer"
+    assert any("nmnist val (held-out 3 of 6" in n for n in data["notes"])
+    assert main(["verify"]) == 2
+    assert "give --model, or a --checkpoint" in capsys.readouterr().err

@@ -107,8 +107,9 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
 def load_weights(path: str | Path) -> tuple[dict, dict]:
     """Model weights from a training checkpoint (``best.pt``/``last.pt``), a ``torch.save``-d
     state_dict (bare, or under ``model``/``state_dict``/``model_state_dict``) or a ``.safetensors``
-    file.  Returns ``(state_dict, build)``: ``build`` is ``{"model": name, "model_args": {...}}`` as
-    the training run created the model, or ``{}`` when the file does not say.  ``module.`` (DDP) and
+    file.  Returns ``(state_dict, build)``: ``build`` is ``{"model": name, "model_args": {...}, "task":
+    "mlm"/GLUE task or None, "config": the run's config}`` as the training run created the model, or
+    ``{}`` when the file does not say.  ``module.`` (DDP) and
     ``_orig_mod.`` (``torch.compile``) prefixes are stripped."""
     path = Path(path)
     build: dict = {}
@@ -126,7 +127,8 @@ def load_weights(path: str | Path) -> tuple[dict, dict]:
         state = _safe_load(path)
         if isinstance(state, dict) and state.get("format") == FORMAT:
             meta = state.get("meta", {})
-            build = {"model": meta.get("model"), "model_args": meta.get("model_args", {})}
+            build = {"model": meta.get("model"), "model_args": meta.get("model_args", {}),
+                     "task": meta.get("task"), "config": state.get("config", {})}
         for key in ("model", "state_dict", "model_state_dict"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]

@@ -47,7 +47,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
         bad = probe.violations
         row = dict(model=name, params=n_params, paper_params_M=SPEC_PARAMS_M.get(name),
                    input_size=[c, h, w], T=args.t, spike_driven=probe.spike_driven,
-                   encoding_layer=probe.encoding_layer.name, non_spike_layers=[r.name for r in bad])
+                   encoding_layer=probe.encoding_layer.name if probe.encoding_layer else None, non_spike_layers=[r.name for r in bad])
         rows.append(row)
         paper = f"{row['paper_params_M']:.2f}M" if row["paper_params_M"] else "-"
         print(f"{name:28s} {n_params / 1e6:9.2f}M {paper:>8s} {f'{c}x{h}x{w}':>12s}  "

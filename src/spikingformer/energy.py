@@ -37,9 +37,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import itertools
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Iterable
@@ -47,7 +45,9 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import CheckpointError, load_weights
+from .checkpoint import CheckpointError
+# calibrate_bn and load_checkpoint live in loading (shared with verify) and stay importable from here
+from .loading import add_input_args, calibrate_bn, load_checkpoint, prepare, run_model
 from .probe import LayerProbe, Stage, SynapticProbe
 
 __all__ = ["E_MAC_PJ", "E_AC_PJ", "LayerEnergy", "EnergyReport", "estimate_energy", "energy_from_probe",
@@ -94,7 +94,10 @@ def stage_energy(rec: LayerProbe, stage: Stage, images: int, T: int,
 
 @dataclass
 class EnergyReport:
-    """Per-layer and total energy per image.  ``mac``/``ac`` are operation counts per image."""
+    """Per-layer and total energy per sample.  ``mac``/``ac`` are operation counts per sample.
+
+    A sample is an image (``[B, C, H, W]``, or ``[T, B, 2, H, W]`` event frames) or, for a text
+    model, a token sequence (``unit="sequence"``); ``images`` counts the samples measured."""
 
     model: str
     T: int
@@ -104,6 +107,7 @@ class EnergyReport:
     layers: list[LayerEnergy]
     spike_driven: bool
     notes: list[str] = field(default_factory=list)
+    unit: str = "image"
 
     @property
     def mac(self) -> float:
@@ -127,7 +131,8 @@ class EnergyReport:
         return self.total_mJ - self.readout_mJ
 
     def to_dict(self) -> dict:
-        return dict(model=self.model, T=self.T, images=self.images, e_mac_pJ=self.e_mac, e_ac_pJ=self.e_ac,
+        return dict(model=self.model, T=self.T, unit=self.unit, images=self.images, e_mac_pJ=self.e_mac,
+                    e_ac_pJ=self.e_ac,
                     mac=self.mac, ac=self.ac, total_mJ=self.total_mJ, backbone_mJ=self.backbone_mJ,
                     readout_mJ=self.readout_mJ, spike_driven=self.spike_driven, notes=self.notes,
                     layers=[asdict(r) for r in self.layers])
@@ -141,10 +146,10 @@ class EnergyReport:
             lines.append(f"{r.name:{width}s}  {r.op:10s} {r.kind:7s} {fr:>6s} {_si(r.flops):>10s} "
                          f"{_si(r.ac):>10s} {_si(r.mac):>10s} {r.uJ:10.3f}" + ("  (readout)" if r.readout else ""))
         lines += [
-            f"total per image: {self.ac / 1e9:.6g} G AC x {self.e_ac:g} pJ + {self.mac / 1e9:.6g} G MAC x "
+            f"total per {self.unit}: {self.ac / 1e9:.6g} G AC x {self.e_ac:g} pJ + {self.mac / 1e9:.6g} G MAC x "
             f"{self.e_mac:g} pJ = {self.total_mJ:.6g} mJ",
             f"  of which read-out head {self.readout_mJ:.6g} mJ; without it (Eq. 20) {self.backbone_mJ:.6g} mJ",
-            f"  T={self.T}, {self.images} image(s), spike-driven: {'yes' if self.spike_driven else 'NO'}"]
+            f"  T={self.T}, {self.images} {self.unit}(s), spike-driven: {'yes' if self.spike_driven else 'NO'}"]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -175,8 +180,11 @@ def energy_from_probe(probe: SynapticProbe, images: int, T: int, e_mac: float = 
     return EnergyReport(model_name, T, images, e_mac, e_ac, rows, probe.spike_driven)
 
 
-def _split(x: Tensor, T: int | None, time_major: bool | None, model: nn.Module) -> tuple[int, int]:
-    """``(T, images)`` of one input batch: ``[T, B, ...]`` if time-major, else ``[B, ...]`` repeated T times."""
+def _split(x: Tensor | dict, T: int | None, time_major: bool | None, model: nn.Module) -> tuple[int, int]:
+    """``(T, samples)`` of one input batch: ``[T, B, ...]`` if time-major, else ``[B, ...]`` (or a text
+    batch, a dict of ``forward`` keyword inputs) repeated T times."""
+    if isinstance(x, dict):
+        time_major, x = False, x["input_ids"]
     time_major = x.dim() == 5 if time_major is None else time_major  # SPEC §1: 5-d inputs are [T, B, C, H, W]
     if time_major:
         if T is not None and T != x.shape[0]:
@@ -193,17 +201,17 @@ def _split(x: Tensor, T: int | None, time_major: bool | None, model: nn.Module) 
 
 
 @torch.no_grad()
-def estimate_energy(model: nn.Module, inputs: Tensor | Iterable, *, T: int | None = None,
+def estimate_energy(model: nn.Module, inputs: Tensor | dict | Iterable, *, T: int | None = None,
                     time_major: bool | None = None, e_mac: float = E_MAC_PJ, e_ac: float = E_AC_PJ,
-                    model_name: str | None = None) -> EnergyReport:
-    """Run ``model`` on ``inputs`` (a tensor, or an iterable of tensors or ``(x, y)`` pairs) and
-    return its energy per image (Eq. 19-20).
+                    model_name: str | None = None, unit: str = "image") -> EnergyReport:
+    """Run ``model`` on ``inputs`` (a tensor or text batch dict, or an iterable of them or of
+    ``(x, y)`` pairs) and return its energy per image, or per ``unit`` (Eq. 19-20).
 
     The model runs in the mode it is in: call ``model.eval()`` first for deployment
     figures.  ``T`` defaults to the input's time axis (5-d inputs, or ``time_major=True``)
     or to ``model.T`` for static images.
     """
-    batches = [inputs] if isinstance(inputs, Tensor) else inputs
+    batches = [inputs] if isinstance(inputs, (Tensor, dict)) else inputs
     images, steps = 0, set()
     with SynapticProbe(model) as probe:
         for x in batches:
@@ -211,123 +219,26 @@ def estimate_energy(model: nn.Module, inputs: Tensor | Iterable, *, T: int | Non
             t, b = _split(x, T, time_major, model)
             steps.add(t)
             images += b
-            model(x)
+            run_model(model, x)
     if not images:
         raise ValueError("no input: give at least one non-empty batch")
     if len(steps) > 1:
         raise ValueError(f"batches with different numbers of time steps {sorted(steps)}: estimate them apart")
-    return energy_from_probe(probe, images, steps.pop(), e_mac, e_ac, model_name or type(model).__name__)
-
-
-# ---------------------------------------------------------------- model and input set-up (shared with verify)
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def load_checkpoint(model: nn.Module, path: str, state: dict | None = None) -> nn.Module:
-    """Load the weights of ``path`` (any format ``checkpoint.load_weights`` reads, or ``state``
-    already read from it) into ``model``."""
-    if state is None:
-        state, _ = load_weights(path)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(f"checkpoint {path} does not fit {type(model).__name__} "
-                         f"(wrong model, --num-classes or --t?): {e}") from e
-    return model
-
-
-@torch.no_grad()
-def calibrate_bn(model: nn.Module, batches: list[Tensor]) -> nn.Module:
-    """Give an untrained model BN running statistics from ``batches`` (train-mode passes), then ``eval()``.
-
-    At initialisation the running statistics are 0/1 and most neurons of an eval-mode
-    model never fire, which would make every energy figure meaningless.
-    """
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the batches
-    model.train()
-    for x in batches:
-        model(x)
-    return model.eval()
-
-
-def _image_folder(root: str, size: int, batch_size: int, n_batches: int) -> list[Tensor]:
-    from torchvision import datasets, transforms
-
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"--data: no such directory: {root}")
-    tf = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(),
-                             transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    try:
-        ds = datasets.ImageFolder(root, transform=tf)
-    except (FileNotFoundError, RuntimeError) as e:
-        raise ValueError(f"--data {root} is not a class-folder image directory (root/CLASS/IMAGE): {e}") from e
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
-    return [x for x, _ in itertools.islice(loader, n_batches)]
-
-
-def add_input_args(p: argparse.ArgumentParser) -> None:
-    """The options ``energy`` and ``verify`` share: which model, which weights, which input."""
-    p.add_argument("--model", required=True, help="a name from `spikingformer models` / list_models()")
-    p.add_argument("--checkpoint", metavar="FILE",
-                   help="a training run's best.pt/last.pt (its model options are reused), a state_dict saved "
-                        "with torch.save (.pt/.pth) or .safetensors; without it the model has random weights "
-                        "and every figure is for an untrained model")
-    p.add_argument("--num-classes", type=int, help="classifier size, to match a checkpoint (default: the model's)")
-    p.add_argument("--t", type=int, help="time steps T (default: the model's)")
-    p.add_argument("--data", metavar="DIR", help="class-folder image directory (torchvision ImageFolder), "
-                   "resized to the input size and normalised with ImageNet mean/std; default: random N(0,1) "
-                   "input, whose firing rates are not those of real images")
-    p.add_argument("--batches", type=int, default=1, help="number of batches to run (default 1)")
-    p.add_argument("--batch-size", type=int, default=2, help="images per batch (default 2)")
-    p.add_argument("--input-size", type=int, metavar="H", help="square input size (default: the model's)")
-    p.add_argument("--seed", type=int, default=0, help="random seed for weights and random input")
-
-
-def prepare(args: argparse.Namespace) -> tuple[nn.Module, list[Tensor], list[str]]:
-    """Build ``args.model``, load weights, make the input batches; returns notes for the output."""
-    from . import create_model
-
-    if args.batches < 1 or args.batch_size < 1:
-        raise ValueError("--batches and --batch-size must be >= 1")
-    torch.manual_seed(args.seed)
-    state, build = load_weights(args.checkpoint) if args.checkpoint else (None, {})
-    if build:  # a training checkpoint says how its model was built; the command line still wins
-        if build.get("model") not in (None, args.model):
-            raise ValueError(f"{args.checkpoint} holds a {build['model']}, not a {args.model}")
-    overrides = {k: v for k, v in (("T", args.t), ("num_classes", args.num_classes)) if v is not None}
-    model = create_model(args.model, **{**build.get("model_args", {}), **overrides})
-    c, h, _ = model.default_input_size
-    size = args.input_size or h
-    notes = []
-    if args.data:
-        if c != 3:
-            raise ValueError(f"--data loads RGB images; {args.model} expects {c} input channels")
-        batches = _image_folder(args.data, size, args.batch_size, args.batches)
-    else:
-        batches = [torch.randn(args.batch_size, c, size, size) for _ in range(args.batches)]
-        notes.append("random N(0,1) input (no --data): firing rates are not those of real images")
-    if args.checkpoint:
-        load_checkpoint(model, args.checkpoint, state).eval()
-    else:
-        calibrate_bn(model, batches)
-        notes.append("random weights (no --checkpoint): figures are for an untrained model "
-                     "(BN statistics calibrated on the input so that neurons fire)")
-    return model, batches, notes
+    report = energy_from_probe(probe, images, steps.pop(), e_mac, e_ac, model_name or type(model).__name__)
+    report.unit = unit
+    return report
 
 
 def _cmd_energy(args: argparse.Namespace) -> int:
     try:
-        model, batches, notes = prepare(args)
-        report = estimate_energy(model, batches, e_mac=args.e_mac, e_ac=args.e_ac, model_name=args.model)
+        prep = prepare(args)
+        report = estimate_energy(prep.model, prep.batches, e_mac=args.e_mac, e_ac=args.e_ac, model_name=prep.name,
+                                 unit=prep.unit)
     except (ValueError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    report.notes += notes
-    print(f"{args.model}: input {tuple(batches[0].shape[1:])}, T={report.T}, {report.images} image(s)")
+    report.notes += prep.notes
+    print(f"{prep.name}: {prep.input}, T={report.T}, {report.images} {prep.unit}(s)")
     print(report.table())
     for path, write in ((args.json, report.write_json), (args.csv, report.write_csv)):
         if path:
@@ -338,13 +249,14 @@ def _cmd_energy(args: argparse.Namespace) -> int:
 
 def register_cli(sub) -> None:
     p = sub.add_parser(
-        "energy", help="theoretical energy per image (Eq. 19-20) from real forward passes",
+        "energy", help="theoretical energy per image or sequence (Eq. 19-20) from real forward passes",
         description="Run a model, record every synaptic operation (conv, linear, the two products of "
                     "Q K^T V in the order computed) and classify each one's input as binary spikes "
                     "(fr * T * FLOPs accumulates, E_AC) or not (T * FLOPs multiply-accumulates, E_MAC). "
-                    "Prints a per-layer table and the total in mJ per image; the read-out head is "
-                    "included in the total and also shown apart (Eq. 20 leaves it out).",
-        epilog="example: spikingformer energy --model spikingformer_8_512 --json e.json")
+                    "Prints a per-layer table and the total in mJ per image (per sequence for a text model); "
+                    "the read-out head is included in the total and also shown apart (Eq. 20 leaves it out).",
+        epilog="examples: spikingformer energy --model spikingformer_8_512 --json e.json;  "
+               "spikingformer energy --checkpoint runs/glue/last.pt --data ~/.cache/spikingformer/glue")
     add_input_args(p)
     p.add_argument("--e-mac", type=float, default=E_MAC_PJ, help=f"pJ per MAC (default {E_MAC_PJ}, 45 nm)")
     p.add_argument("--e-ac", type=float, default=E_AC_PJ, help=f"pJ per AC (default {E_AC_PJ}, 45 nm)")

@@ -8,8 +8,11 @@ steps, and write ``last.pt`` (atomic, resumable with ``--resume``), ``metrics.js
 ``metrics.png`` and ``summary.json`` to ``output``.  The batch of step ``s`` and its masks
 depend only on ``(seed, s)``, so a resumed run reproduces the uninterrupted one exactly.
 
-GLUE dev sets are not available offline: ``glue`` holds out a seeded, class-balanced
-fraction of ``train.tsv`` and names it so in every report.
+Evaluation split (``val_split``, as the vision engine's): ``auto`` evaluates on the official
+GLUE dev file(s) when ``data_dir/TASK/`` holds them (MNLI: ``dev_matched.tsv`` and
+``dev_mismatched.tsv``, both reported, as ``_m`` / ``_mm``) and trains on all of ``train.tsv``;
+without them, or with ``holdout``, a seeded class-balanced fraction of ``train.tsv`` is held out.
+Every report names the split it used.
 """
 from __future__ import annotations
 
@@ -32,9 +35,10 @@ from .data.split import balanced_split
 from .metrics import MetricsLog
 from .models.text import SpikingformerText, create_text_model, list_text_models
 
-__all__ = ["MLMConfig", "GlueConfig", "run_mlm", "run_glue", "register_cli"]
+__all__ = ["MLMConfig", "GlueConfig", "GlueSplits", "glue_splits", "run_mlm", "run_glue", "register_cli"]
 
 SCHEDS = ("linear", "cosine")
+VAL_SPLITS = ("auto", "holdout")
 RESUME_MUTABLE = {"progress", "output"}  # may differ between a run and its resumption
 
 
@@ -91,10 +95,11 @@ class MLMConfig(_Common):
 
 @dataclass
 class GlueConfig(_Common):
-    task: str = "sst2"                # cola | sst2 | mrpc | stsb | rte | wnli
-    data_dir: str = "~/.cache/spikingformer/glue"  # holds TASK/train.tsv (CoLA/, SST-2/, ...)
+    task: str = "sst2"                # cola | sst2 | mrpc | stsb | qqp | mnli | qnli | rte | wnli
+    data_dir: str = "~/.cache/spikingformer/glue"  # holds TASK/train.tsv (CoLA/, SST-2/, ...) and TASK/dev*.tsv
     init: str = ""                    # MLM checkpoint to start from; "": from scratch
     max_len: int = 128
+    val_split: str = "auto"           # auto: official dev file(s) if present, else holdout | holdout: always
     holdout_fraction: float = 0.1     # seeded, class-balanced share of train.tsv held out for evaluation
     limit_train: int = 0              # >0: train on a seeded class-balanced subset of this size
     lr: float = 2e-4
@@ -106,6 +111,8 @@ class GlueConfig(_Common):
             tdata.get_task(self.task)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if self.val_split not in VAL_SPLITS:
+            raise ConfigError(f"val_split must be one of {', '.join(VAL_SPLITS)}, got {self.val_split!r}")
         if not 0 < self.holdout_fraction < 1 or self.limit_train < 0:
             raise ConfigError("holdout_fraction must lie in (0, 1) and limit_train be >= 0")
 
@@ -285,26 +292,64 @@ def _load_backbone(model: SpikingformerText, state: dict, path: str) -> None:
                                    f"{bad[:5]}, unexpected {unexpected[:5]}")
 
 
-def run_glue(cfg: GlueConfig, resume: bool = False, json_path: str | None = None) -> dict:
-    torch.manual_seed(cfg.seed)
-    task = tdata.get_task(cfg.task)
-    tok = tdata.WordPieceTokenizer(_path(cfg.vocab))
-    examples = tdata.read_glue(task, _path(cfg.data_dir) / task.folder / "train.tsv")
-    n_val = max(1, round(len(examples) * cfg.holdout_fraction))
-    if task.is_regression:  # no classes to balance: a seeded permutation
-        perm = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-        train_idx, val_idx = sorted(perm[n_val:]), sorted(perm[:n_val])
+@dataclass
+class GlueSplits:
+    """The training examples and every evaluation split of one GLUE run."""
+
+    train: tdata.GlueDataset
+    evals: list[tuple[str, str, tdata.GlueDataset]]  # (metric suffix, name for reports, examples)
+
+    @property
+    def name(self) -> str:
+        return "; ".join(name for _, name, _ in self.evals)
+
+
+def glue_splits(cfg: GlueConfig, task: tdata.GlueTask, tok: tdata.WordPieceTokenizer) -> GlueSplits:
+    """``cfg.val_split``: the official dev file(s) (``auto``, when present) or a seeded held-out share of train."""
+    folder = _path(cfg.data_dir) / task.folder
+    examples = tdata.read_glue(task, folder / "train.tsv")
+    dev = tdata.official_dev_files(task, _path(cfg.data_dir)) if cfg.val_split == "auto" else None
+    if dev:
+        train_idx = list(range(len(examples)))
+        evals = []
+        for suffix, path in dev:
+            held = tdata.read_glue(task, path)[:cfg.limit_val or None]
+            evals.append((suffix, f"{path.stem} (official GLUE dev split, {len(held)} examples)", held))
     else:
-        train_idx, val_idx = balanced_split([int(e.label) for e in examples], n_val, cfg.seed)
+        n_val = max(1, round(len(examples) * cfg.holdout_fraction))
+        if task.is_regression:  # no classes to balance: a seeded permutation
+            perm = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+            train_idx, val_idx = sorted(perm[n_val:]), sorted(perm[:n_val])
+        else:
+            train_idx, val_idx = balanced_split([int(e.label) for e in examples], n_val, cfg.seed)
+        val_idx = val_idx[:cfg.limit_val or len(val_idx)]
+        why = "" if cfg.val_split == "holdout" else f"; no official {' + '.join(task.dev)} found"
+        evals = [("", f"val (held-out {len(val_idx)} of {len(examples)} {task.folder} train examples, "
+                      f"{'random' if task.is_regression else 'class-balanced'}, seed {cfg.seed}{why})",
+                  [examples[i] for i in val_idx])]
     if cfg.limit_train and cfg.limit_train < len(train_idx):
         sub = [int(examples[i].label) if not task.is_regression else 0 for i in train_idx]
         _, keep = balanced_split(sub, cfg.limit_train, cfg.seed + 1)
         train_idx = [train_idx[i] for i in keep]
-    val_idx = val_idx[:cfg.limit_val or len(val_idx)]
-    val_name = (f"val (held-out {len(val_idx)} of {len(examples)} {task.folder} train examples, "
-                f"{'random' if task.is_regression else 'class-balanced'}, seed {cfg.seed})")
-    train = tdata.GlueDataset([examples[i] for i in train_idx], tok, cfg.max_len)
-    val = tdata.GlueDataset([examples[i] for i in val_idx], tok, cfg.max_len)
+    return GlueSplits(tdata.GlueDataset([examples[i] for i in train_idx], tok, cfg.max_len),
+                      [(sfx, name, tdata.GlueDataset(held, tok, cfg.max_len)) for sfx, name, held in evals])
+
+
+def _key(name: str, suffix: str) -> str:
+    """``accuracy`` for a single evaluation split, ``accuracy_m`` / ``accuracy_mm`` for MNLI's two."""
+    return f"{name}_{suffix}" if suffix else name
+
+
+def _suffixed(metrics: dict, suffix: str) -> dict:
+    return {_key(k, suffix): v for k, v in metrics.items()}
+
+
+def run_glue(cfg: GlueConfig, resume: bool = False, json_path: str | None = None) -> dict:
+    torch.manual_seed(cfg.seed)
+    task = tdata.get_task(cfg.task)
+    tok = tdata.WordPieceTokenizer(_path(cfg.vocab))
+    splits = glue_splits(cfg, task, tok)
+    train, val_name = splits.train, splits.name
 
     if cfg.init:  # the checkpoint's architecture, under a fresh sequence head
         init_state, build = ckpt.load_weights(_path(cfg.init))
@@ -335,14 +380,16 @@ def run_glue(cfg: GlueConfig, resume: bool = False, json_path: str | None = None
             preds += out.squeeze(-1).tolist() if task.is_regression else out.argmax(-1).tolist()
         return preds, loss / len(ds)
 
-    gold = [y for _, _, y in val.items]
-
     def evaluate() -> dict:
-        preds, loss = predict(val)
-        m = tdata.task_metrics(task, preds, gold)
-        # val_acc feeds MetricsLog's accuracy curve: Pearson stands in for it on the regression task STS-B.
-        return dict(val_loss=loss, val_acc=m.get("accuracy", m.get("pearson")),
-                    **{f"val_{k}": v for k, v in m.items()})
+        out = {}
+        for suffix, _, ds in splits.evals:
+            preds, loss = predict(ds)
+            out.update(_suffixed(dict(loss=loss, **tdata.task_metrics(task, preds, [y for _, _, y in ds.items])),
+                                 suffix))
+        # val_acc / val_loss feed MetricsLog's curves: the first split's (MNLI-m); Pearson stands in on STS-B.
+        first = splits.evals[0][0]
+        return {"val_acc": out.get(_key("accuracy", first), out.get("pearson")),
+                "val_loss": out[_key("loss", first)], **{f"val_{k}": v for k, v in out.items()}}
 
     def batch_at(step: int) -> dict:
         _, idx = _epoch_order(len(train), cfg.batch_size, cfg.seed, step)
@@ -350,17 +397,24 @@ def run_glue(cfg: GlueConfig, resume: bool = False, json_path: str | None = None
 
     meta = dict(model=cfg.model, model_args=dataclasses.asdict(model.cfg), task=task.name, init=cfg.init)
     history = _fit(cfg, model, meta, batch_at, loss_fn, evaluate, max(1, len(train) // cfg.batch_size), resume)
-    final = {k[4:]: v for k, v in history[-1].items() if k.startswith("val_") and k != "val_acc"}
-    summary = dict(command="glue", task=task.name, metric=task.metric, value=final[task.metric], val_metrics=final,
-                   model=cfg.model, init=cfg.init or "scratch", steps=cfg.steps, train_examples=len(train),
-                   val_split=val_name, checkpoint=str(_path(cfg.output) / "last.pt"))
+    aliases = {"val_acc", "val_loss" if splits.evals[0][0] else ""}  # the curves' copies of a split's figures
+    final = {k[4:]: v for k, v in history[-1].items() if k.startswith("val_") and k not in aliases}
+    headline = [_key(task.metric, sfx) for sfx, _, _ in splits.evals]
+    summary = dict(command="glue", task=task.name, metric=task.metric, value=final[headline[0]],
+                   val_metrics=final, model=cfg.model, init=cfg.init or "scratch", steps=cfg.steps,
+                   train_examples=len(train), val_split=val_name, checkpoint=str(_path(cfg.output) / "last.pt"))
     if not task.is_regression:  # what predicting the training split's most frequent class scores here
         labels = [int(y) for _, _, y in train.items]
         majority = max(set(labels), key=labels.count)
-        summary["majority_baseline"] = tdata.task_metrics(task, [majority] * len(gold), gold)
-    print(f"{task.name} {task.metric} {summary['value']:.4f} on {val_name}"
-          + (f"; majority class: {summary['majority_baseline'][task.metric]:.4f}" if "majority_baseline" in summary
-             else ""))
+        summary["majority_baseline"] = {}
+        for suffix, _, ds in splits.evals:
+            gold = [y for _, _, y in ds.items]
+            summary["majority_baseline"].update(_suffixed(tdata.task_metrics(task, [majority] * len(gold), gold),
+                                                          suffix))
+    scores = " / ".join(f"{k} {final[k]:.4f}" for k in headline)
+    base = summary.get("majority_baseline", {})
+    print(f"{task.name} {scores} on {val_name}"
+          + ("; majority class: " + " / ".join(f"{base[k]:.4f}" for k in headline) if base else ""))
     return _finish(cfg, summary, json_path)
 
 
@@ -368,12 +422,11 @@ def run_glue(cfg: GlueConfig, resume: bool = False, json_path: str | None = None
 
 def _cmd(runner, cls):
     def cmd(args: argparse.Namespace) -> int:
-        try:
-            cfg = load_config(args.config, args.set, cls=cls)
-        except ConfigError as e:
+        try:  # bad config, missing or malformed data files, unreadable init checkpoint: one clear line
+            runner(load_config(args.config, args.set, cls=cls), resume=args.resume, json_path=args.json)
+        except (ValueError, FileNotFoundError, ckpt.CheckpointError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        runner(cfg, resume=args.resume, json_path=args.json)
         return 0
     return cmd
 
@@ -386,9 +439,11 @@ def register_cli(sub) -> None:
          "and loss on a held-out corpus beside the always-most-frequent-token baseline. See "
          "configs/mlm_wikitext2.yaml."),
         ("glue", run_glue, GlueConfig, "fine-tune a text Spikingformer on a GLUE task",
-         "Fine-tune on one GLUE task's train.tsv (--set task=sst2; cola, mrpc, stsb, rte, wnli), from an MLM "
-         "checkpoint (--set init=runs/mlm/last.pt) or from scratch, and report the task metric (MCC, accuracy, "
-         "F1, Pearson) on a seeded held-out split of train beside the majority-class baseline. See "
+         "Fine-tune on one GLUE task's train.tsv (--set task=sst2; cola, mrpc, stsb, qqp, mnli, qnli, rte, wnli), "
+         "from an MLM checkpoint (--set init=runs/mlm/last.pt) or from scratch, and report every GLUE metric of "
+         "the task (MCC, accuracy, F1, Pearson/Spearman) beside the majority-class baseline: on the official dev "
+         "file(s) when DATA_DIR/TASK/dev.tsv exists (MNLI: dev_matched.tsv and dev_mismatched.tsv, both "
+         "reported), else on a seeded held-out split of train (--set val_split=holdout forces it). See "
          "configs/glue.yaml."),
     ):
         p = sub.add_parser(name, help=helptext, description=desc)

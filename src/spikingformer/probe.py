@@ -161,11 +161,14 @@ class SynapticProbe:
     """Context manager: ``with SynapticProbe(model) as probe: model(x)``; then read ``probe.layers``.
 
     ``probe.encoding_layer`` is the first synaptic layer called (it sees the raw input);
-    ``probe.spike_driven`` is True when every other non-readout layer saw only 0/1.
+    ``probe.spike_driven`` is True when every other non-readout layer saw only 0/1.  A model
+    that encodes without a synaptic layer (the text model's embedding lookup) says so with
+    ``synaptic_encoding = False``: then no layer is exempt and ``encoding_layer`` is None.
     """
 
     def __init__(self, model: nn.Module):
         self.model = model
+        self.exempt_first = getattr(model, "synaptic_encoding", True)
         self.layers: dict[str, LayerProbe] = {}
         self._handles = []
 
@@ -212,12 +215,12 @@ class SynapticProbe:
 
     @property
     def encoding_layer(self) -> LayerProbe | None:
-        return self.ordered[0] if self.layers else None
+        return self.ordered[0] if self.layers and self.exempt_first else None
 
     @property
     def violations(self) -> list[LayerProbe]:
         """Layers (beyond the encoding layer and the read-out) fed anything but spikes."""
-        return [r for r in self.ordered[1:] if not r.readout and r.kind != "spike"]
+        return [r for r in self.ordered if r is not self.encoding_layer and not r.readout and r.kind != "spike"]
 
     @property
     def spike_driven(self) -> bool:

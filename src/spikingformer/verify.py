@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from .checkpoint import CheckpointError
 from .layers import SpikeQKV
+from .loading import add_input_args, prepare, run_model
 from .probe import LayerProbe, SynapticProbe
 
 __all__ = ["InputReport", "LayerVerdict", "Certificate", "certify", "verify_model", "plot_fig3", "register_cli"]
@@ -125,7 +126,8 @@ def _layer_verdict(rec: LayerProbe, encoding: bool) -> LayerVerdict:
 
 
 def certify(probe: SynapticProbe, model_name: str = "") -> Certificate:
-    """The certificate for what ``probe`` recorded; the first synaptic layer called is the encoding layer."""
+    """The certificate for what ``probe`` recorded; the probe's encoding layer (the first synaptic layer
+    called, or none for a model that encodes by an embedding lookup, such as the text model) is exempt."""
     if not probe.layers:
         raise RuntimeError("the probe saw no synaptic layer: run a forward pass inside the `with` block")
     first = probe.encoding_layer
@@ -133,13 +135,13 @@ def certify(probe: SynapticProbe, model_name: str = "") -> Certificate:
 
 
 @torch.no_grad()
-def verify_model(model: nn.Module, inputs: Tensor | Iterable, model_name: str | None = None) -> Certificate:
-    """Run ``model`` (in its current mode) on ``inputs`` (a tensor or an iterable of tensors or
-    ``(x, y)`` pairs) and certify whether it is spike-driven."""
-    batches = [inputs] if isinstance(inputs, Tensor) else inputs
+def verify_model(model: nn.Module, inputs: Tensor | dict | Iterable, model_name: str | None = None) -> Certificate:
+    """Run ``model`` (in its current mode) on ``inputs`` (a tensor or text batch dict, or an iterable
+    of them or of ``(x, y)`` pairs) and certify whether it is spike-driven (see ``certify``)."""
+    batches = [inputs] if isinstance(inputs, (Tensor, dict)) else inputs
     with SynapticProbe(model) as probe:
         for x in batches:
-            model(x[0] if isinstance(x, (tuple, list)) else x)
+            run_model(model, x)
     return certify(probe, model_name or type(model).__name__)
 
 
@@ -231,27 +233,22 @@ def _last_block(cert: Certificate) -> int:
 
 def _plot(args: argparse.Namespace, cert: Certificate) -> str:
     """Fig. 3 for ``cert`` beside ``--compare`` (or the counterpart model), run on the same kind of input."""
-    from .energy import prepare
-
     certs = [cert]
-    other = args.compare or counterpart(args.model)
+    other = args.compare or counterpart(cert.model)
     if other:
-        model, batches, notes = prepare(argparse.Namespace(**{**vars(args), "model": other,
-                                                              "checkpoint": args.compare_checkpoint}))
-        certs.append(verify_model(model, batches, other))
-        certs[-1].notes += notes
+        prep = prepare(argparse.Namespace(**{**vars(args), "model": other, "checkpoint": args.compare_checkpoint}))
+        certs.append(verify_model(prep.model, prep.batches, other))
+        certs[-1].notes += prep.notes
     block = _last_block(cert) if args.block is None else args.block
     os.makedirs(args.plot, exist_ok=True)
     return plot_fig3(certs, f"blocks.{block}.", os.path.join(args.plot, "fig3.png"))
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .energy import prepare
-
     try:
-        model, batches, notes = prepare(args)
-        cert = verify_model(model, batches, args.model)
-        cert.notes += notes
+        prep = prepare(args)
+        cert = verify_model(prep.model, prep.batches, prep.name)
+        cert.notes += prep.notes
         print(cert.table())
         if args.json:
             with open(args.json, "w") as f:
@@ -266,14 +263,13 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def register_cli(sub) -> None:
-    from .energy import add_input_args
-
     p = sub.add_parser(
         "verify", help="certify that a model is spike-driven (exit 0) or not (exit 1)",
         description="Run a model and list, for every synaptic layer (conv, linear, Q K^T V), the distinct "
                     "input values it received and whether they are all 0/1. Exit status 0 when every "
-                    "layer after the encoding layer (read-out head exempt) received only spikes, 1 when "
-                    "not, 2 on a usage error, so it can gate CI.",
+                    "layer after the encoding layer (read-out head exempt; a text model's encoding is its "
+                    "embedding, so there every linear layer counts) received only spikes, 1 when not, 2 on a "
+                    "usage error, so it can gate CI. Takes vision, event-data and text (mlm/glue) checkpoints.",
         epilog="example: spikingformer verify --model spikingformer_8_512 --plot figs/  "
                "(Fig. 3 against spikformer_8_512, block 7)")
     add_input_args(p)

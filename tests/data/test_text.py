@@ -137,6 +137,17 @@ FIXTURES = {
             "0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tA plane.\tAn air plane.\t3.800\n",
     "rte": "index\tsentence1\tsentence2\tlabel\n0\tA is B.\tB is A.\tnot_entailment\n1\tX.\tX.\tentailment\n",
     "wnli": "index\tsentence1\tsentence2\tlabel\n0\tI saw it.\tIt was seen.\t1\n",
+    "qqp": "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n"
+           "7\t15\t16\tHow do I learn?\tHow to learn?\t1\n8\t17\t18\tWhy?\tWhen?\t0\n",
+    "qnli": "index\tquestion\tsentence\tlabel\n0\tWho won?\tBob won the race.\tentailment\n"
+            "1\tWhen?\tIt rained.\tnot_entailment\n",
+    # MNLI train: 12 columns, label1 then gold_label (a dev file's 16-column layout is tested below)
+    "mnli": "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\t"
+            "sentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label\n"
+            "0\t31193\t31193n\tgovernment\t( A )\t( B )\t(ROOT A)\t(ROOT B)\tA man sleeps.\tA man rests.\t"
+            "neutral\tneutral\n"
+            "1\t101457\t101457e\ttelephone\t( C )\t( D )\t(ROOT C)\t(ROOT D)\tYes.\tNo.\tcontradiction\t"
+            "contradiction\n",
 }
 EXPECTED = {
     "cola": [T.GlueExample("The cat sat.", None, 1.0), T.GlueExample("Cat the sat.", None, 0.0)],
@@ -145,7 +156,42 @@ EXPECTED = {
     "stsb": [T.GlueExample("A plane.", "An air plane.", 3.8)],
     "rte": [T.GlueExample("A is B.", "B is A.", 1.0), T.GlueExample("X.", "X.", 0.0)],
     "wnli": [T.GlueExample("I saw it.", "It was seen.", 1.0)],
+    "qqp": [T.GlueExample("How do I learn?", "How to learn?", 1.0), T.GlueExample("Why?", "When?", 0.0)],
+    "qnli": [T.GlueExample("Who won?", "Bob won the race.", 0.0), T.GlueExample("When?", "It rained.", 1.0)],
+    "mnli": [T.GlueExample("A man sleeps.", "A man rests.", 1.0), T.GlueExample("Yes.", "No.", 2.0)],
 }
+
+
+def test_mnli_dev_layout_and_header_errors(tmp_path):
+    """Columns are found by header name: MNLI's dev files carry label1..label5 before gold_label."""
+    head = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
+            "sentence1_parse", "sentence2_parse", "sentence1", "sentence2", *[f"label{i}" for i in range(1, 6)],
+            "gold_label"]
+    row = ["0", "1", "1e", "slate", "(", ")", "(", ")", "P.", "H.", "neutral", "neutral", "entailment",
+           "entailment", "neutral", "entailment"]
+    path = tmp_path / "dev_mismatched.tsv"
+    path.write_text("\t".join(head) + "\n" + "\t".join(row) + "\n")
+    assert T.read_glue("mnli", path) == [T.GlueExample("P.", "H.", 0.0)]  # gold_label, not label1
+    path.write_text("\t".join(head[:-1]) + "\n" + "\t".join(row[:-1]) + "\n")
+    with pytest.raises(ValueError, match=rf"{path}:1: MNLI header lacks column\(s\) \['gold_label'\]"):
+        T.read_glue("mnli", path)
+    path.write_text("\t".join(head) + "\n" + "\t".join(row[:-1] + ["maybe"]) + "\n")
+    with pytest.raises(ValueError, match=rf"{path}:2: MNLI label 'maybe' is not one of "
+                                         r"\['entailment', 'neutral', 'contradiction'\]"):
+        T.read_glue("mnli", path)
+
+
+def test_official_dev_files(tmp_path):
+    assert T.official_dev_files(T.get_task("rte"), tmp_path) is None
+    (tmp_path / "RTE").mkdir()
+    (tmp_path / "RTE" / "dev.tsv").write_text("x")
+    assert T.official_dev_files(T.get_task("rte"), tmp_path) == [("", tmp_path / "RTE" / "dev.tsv")]
+    (tmp_path / "MNLI").mkdir()
+    (tmp_path / "MNLI" / "dev_matched.tsv").write_text("x")
+    with pytest.raises(FileNotFoundError, match=r"holds \['dev_matched.tsv'\] but not \['dev_mismatched.tsv'\]"):
+        T.official_dev_files(T.get_task("mnli"), tmp_path)
+    (tmp_path / "MNLI" / "dev_mismatched.tsv").write_text("x")
+    assert [s for s, _ in T.official_dev_files(T.get_task("mnli"), tmp_path)] == ["m", "mm"]
 
 
 @pytest.mark.parametrize("task", sorted(FIXTURES))
@@ -169,10 +215,11 @@ def test_glue_bad_labels_and_names(tmp_path):
     path.write_text(FIXTURES["stsb"].replace("3.800", "high"))
     with pytest.raises(ValueError, match=rf"{path}:2: STS-B score 'high' is not a number"):
         T.read_glue("stsb", path)
-    with pytest.raises(ValueError, match="unknown GLUE task 'mnli'; available offline: cola, sst2"):
-        T.get_task("mnli")
-    assert T.get_task("SST-2") is T.get_task("sst2")
-    with pytest.raises(FileNotFoundError, match="RTE training file not found"):
+    with pytest.raises(ValueError, match="unknown GLUE task 'ax'; valid tasks: cola, sst2, mrpc, stsb, qqp, mnli, "
+                                         "qnli, rte, wnli"):
+        T.get_task("ax")
+    assert T.get_task("SST-2") is T.get_task("sst2") and T.get_task("MNLI").num_classes == 3
+    with pytest.raises(FileNotFoundError, match="RTE data file not found"):
         T.read_glue("rte", tmp_path / "missing.tsv")
 
 
@@ -183,7 +230,7 @@ def test_real_glue_files_parse(tmp_path):
     with tarfile.open(tarball) as tf:
         tf.extractall(tmp_path, filter="data")
     sizes = {name: len(T.read_glue(name, next(tmp_path.rglob(f"{t.folder}/train.tsv"))))
-             for name, t in T.GLUE_TASKS.items()}
+             for name, t in T.GLUE_TASKS.items() if name not in ("qqp", "mnli", "qnli")}  # not offline
     assert sizes == dict(cola=8551, sst2=67349, mrpc=3667, stsb=5749, rte=2490, wnli=635)
 
 
@@ -215,5 +262,10 @@ def test_task_metrics_per_task():
     assert T.task_metrics(get("cola"), [1, 0], [1, 0]) == dict(accuracy=1.0, mcc=1.0)
     assert T.task_metrics(get("mrpc"), [1, 0], [1, 1]) == dict(accuracy=0.5, f1=pytest.approx(2 / 3))
     assert set(T.task_metrics(get("sst2"), [1], [1])) == {"accuracy"}
+    # QQP reports accuracy (its headline, as Table 4) and F1; MNLI accuracy over three classes
+    assert T.task_metrics(get("qqp"), [1, 1, 0, 0, 1], [1, 0, 0, 1, 1]) == dict(accuracy=pytest.approx(3 / 5),
+                                                                               f1=pytest.approx(4 / 6))
+    assert get("qqp").metric == "accuracy" and get("mrpc").metric == "f1" and get("cola").metric == "mcc"
+    assert T.task_metrics(get("mnli"), [0, 1, 2, 2], [0, 2, 2, 1]) == dict(accuracy=0.5)
     m = T.task_metrics(get("stsb"), [0.5, 2.0, 4.0], [1.0, 2.0, 5.0])
     assert set(m) == {"pearson", "spearman"} and m["spearman"] == pytest.approx(1.0)

@@ -161,3 +161,17 @@ def test_bad_input_and_unknown_names():
         create_text_model("spikingformer_text_2_128", depht=3)
     with pytest.raises(ValueError, match="unknown head 'cls'"):
         tiny("cls")
+
+
+def test_probe_exempts_no_layer_of_a_text_model():
+    """The embedding lookup is the encoding: a non-spike input to the first Linear is a violation."""
+    model = create_text_model("spikingformer_text_2_128", depth=1).eval()
+    ids = torch.randint(5, 1000, (2, 8))
+    with SynapticProbe(model) as probe, torch.no_grad():
+        model(ids)
+    assert probe.encoding_layer is None and probe.spike_driven
+    model.blocks[0].attn.sn_in = torch.nn.Identity()  # the first Linear now sees the real-valued embedding
+    with SynapticProbe(model) as probe, torch.no_grad():
+        model(ids)
+    assert [r.name for r in probe.violations] == ["blocks.0.attn.q.linear", "blocks.0.attn.k.linear",
+                                                  "blocks.0.attn.v.linear"]

@@ -4,8 +4,9 @@ The tokenizer reproduces BERT's (Devlin et al. 2019) ``BasicTokenizer`` + ``Word
 from a vocabulary file alone, so ``bert-base-uncased-vocab.txt`` gives the same ids as the
 reference implementation.  Masked-LM data follows BERT's recipe (15 % of tokens chosen; of
 those 80 % ``[MASK]``, 10 % a random token, 10 % kept), seeded per block and epoch so a resumed
-run sees the same masks.  GLUE readers parse the official ``train.tsv`` layouts (Wang et al.
-2018) and report a malformed row by file and line.
+run sees the same masks.  GLUE readers parse the official TSV layouts of all nine tasks (Wang
+et al. 2018; train and dev files, columns found by header name) and report a malformed row by file
+and line.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["WordPieceTokenizer", "read_corpus", "wikitext_detokenize", "MLMBlocks", "mask_tokens",
-           "GlueTask", "GlueExample", "GLUE_TASKS", "get_task", "read_glue", "GlueDataset", "collate",
+           "GlueTask", "GlueExample", "GLUE_TASKS", "get_task", "official_dev_files", "read_glue", "GlueDataset", "collate",
            "accuracy", "f1_binary", "matthews_corrcoef", "pearson", "spearman", "task_metrics"]
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -224,17 +225,32 @@ class MLMBlocks(torch.utils.data.Dataset):
 
 @dataclass(frozen=True)
 class GlueTask:
-    """One GLUE task's ``train.tsv`` layout: column indices, label vocabulary, metric."""
+    """One GLUE task's official TSV layout (Wang et al. 2018), label vocabulary and metrics.
+
+    Columns are named as in each file's header row, so a task's train and dev files may differ
+    in width (MNLI's dev files carry five annotator labels, its train file one).  CoLA's files
+    have no header: its columns are indices and ``columns`` is the row width.
+    """
 
     name: str
     folder: str
-    header: bool
-    columns: int
-    text_a: int
-    text_b: int | None
-    label: int
-    labels: tuple[str, ...]  # label strings in class order; () for regression (STS-B)
-    metric: str              # the headline metric reported for the task
+    text_a: str | int
+    text_b: str | int | None
+    label: str | int
+    labels: tuple[str, ...]          # label strings in class order; () for regression (STS-B)
+    metrics: tuple[str, ...]         # every metric GLUE reports for the task, the headline first
+    dev: tuple[str, ...] = ("dev.tsv",)      # the official dev file(s) in TASK/
+    dev_names: tuple[str, ...] = ("",)       # their suffixes in metric names (MNLI: "m", "mm")
+    columns: int = 0                 # row width of a headerless file (CoLA)
+
+    @property
+    def header(self) -> bool:
+        return isinstance(self.label, str)
+
+    @property
+    def metric(self) -> str:
+        """The headline metric (Table 4 of the paper: F1 for MRPC, accuracy for QQP, MCC for CoLA)."""
+        return self.metrics[0]
 
     @property
     def num_classes(self) -> int:
@@ -245,21 +261,42 @@ class GlueTask:
         return not self.labels
 
 
+_ACC = ("accuracy",)
+_NLI = ("entailment", "not_entailment")
 GLUE_TASKS = {t.name: t for t in (
-    GlueTask("cola", "CoLA", False, 4, 3, None, 1, ("0", "1"), "mcc"),  # source, label, author mark, sentence
-    GlueTask("sst2", "SST-2", True, 2, 0, None, 1, ("0", "1"), "accuracy"),
-    GlueTask("mrpc", "MRPC", True, 5, 3, 4, 0, ("0", "1"), "f1"),
-    GlueTask("stsb", "STS-B", True, 10, 7, 8, 9, (), "pearson"),
-    GlueTask("rte", "RTE", True, 4, 1, 2, 3, ("entailment", "not_entailment"), "accuracy"),
-    GlueTask("wnli", "WNLI", True, 4, 1, 2, 3, ("0", "1"), "accuracy"),
+    GlueTask("cola", "CoLA", 3, None, 1, ("0", "1"), ("mcc", "accuracy"), columns=4),  # source, label, mark, text
+    GlueTask("sst2", "SST-2", "sentence", None, "label", ("0", "1"), _ACC),
+    GlueTask("mrpc", "MRPC", "#1 String", "#2 String", "Quality", ("0", "1"), ("f1", "accuracy")),
+    GlueTask("stsb", "STS-B", "sentence1", "sentence2", "score", (), ("pearson", "spearman")),
+    GlueTask("qqp", "QQP", "question1", "question2", "is_duplicate", ("0", "1"), ("accuracy", "f1")),
+    # class order as the GLUE/HF datasets release: entailment 0, neutral 1, contradiction 2
+    GlueTask("mnli", "MNLI", "sentence1", "sentence2", "gold_label", ("entailment", "neutral", "contradiction"),
+             _ACC, dev=("dev_matched.tsv", "dev_mismatched.tsv"), dev_names=("m", "mm")),
+    GlueTask("qnli", "QNLI", "question", "sentence", "label", _NLI, _ACC),
+    GlueTask("rte", "RTE", "sentence1", "sentence2", "label", _NLI, _ACC),
+    GlueTask("wnli", "WNLI", "sentence1", "sentence2", "label", ("0", "1"), _ACC),
 )}
 
 
 def get_task(name: str) -> GlueTask:
     key = name.lower().replace("-", "").replace("_", "")
     if key not in GLUE_TASKS:
-        raise ValueError(f"unknown GLUE task {name!r}; available offline: {', '.join(GLUE_TASKS)}")
+        raise ValueError(f"unknown GLUE task {name!r}; valid tasks: {', '.join(GLUE_TASKS)}")
     return GLUE_TASKS[key]
+
+
+def official_dev_files(task: GlueTask, data_dir: str | Path) -> list[tuple[str, Path]] | None:
+    """``[(suffix, path)]`` of the task's official dev file(s) in ``data_dir/TASK/``, or ``None`` when
+    absent.  MNLI needs both of its dev files: one without the other is an error, not a quiet fallback."""
+    paths = [Path(data_dir) / task.folder / f for f in task.dev]
+    found = [p.is_file() for p in paths]
+    if not any(found):
+        return None
+    if not all(found):
+        missing = [p.name for p, ok in zip(paths, found) if not ok]
+        raise FileNotFoundError(f"{paths[0].parent} holds {[p.name for p, ok in zip(paths, found) if ok]} but "
+                                f"not {missing}: {task.folder} is evaluated on all of {list(task.dev)}")
+    return list(zip(task.dev_names, paths))
 
 
 @dataclass(frozen=True)
@@ -269,23 +306,39 @@ class GlueExample:
     label: float  # class index, or the similarity score for STS-B
 
 
+def _column_indices(task: GlueTask, header: list[str], path: Path) -> list[int | None]:
+    wanted = [task.text_a, task.text_b, task.label]
+    missing = [c for c in wanted if c is not None and c not in header]
+    if missing:
+        raise ValueError(f"{path}:1: {task.folder} header lacks column(s) {missing}; found {header}")
+    return [header.index(c) if c is not None else None for c in wanted]
+
+
 def read_glue(task: GlueTask | str, path: str | Path) -> list[GlueExample]:
-    """Parse a GLUE ``train.tsv`` (no quoting: GLUE text holds bare ``"``); a bad row raises naming file and line."""
+    """Parse a GLUE ``train.tsv`` / ``dev*.tsv`` (no quoting: GLUE text holds bare ``"``); the text and
+    label columns are found by name in the header row.  A bad row raises naming file and line."""
     task = get_task(task) if isinstance(task, str) else task
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{task.folder} training file not found: {path}")
+        raise FileNotFoundError(f"{task.folder} data file not found: {path}")
     lines = path.read_text(encoding="utf-8-sig").split("\n")  # utf-8-sig: MRPC starts with a byte-order mark
     while lines and not lines[-1].strip():
         lines.pop()
+    if task.header:
+        if not lines:
+            raise ValueError(f"{path} is empty: expected a {task.folder} header row")
+        header = lines[0].rstrip("\r").split("\t")
+        width, (a, b, y), rows = len(header), _column_indices(task, header, path), lines[1:]
+    else:
+        width, (a, b, y), rows = task.columns, (task.text_a, task.text_b, task.label), lines
     out = []
-    for lineno, line in enumerate(lines[1:] if task.header else lines, start=2 if task.header else 1):
+    for lineno, line in enumerate(rows, start=2 if task.header else 1):
         cols = line.rstrip("\r").split("\t")
         where = f"{path}:{lineno}"
-        if len(cols) != task.columns:
-            raise ValueError(f"{where}: malformed {task.folder} row: expected {task.columns} tab-separated "
+        if len(cols) != width:
+            raise ValueError(f"{where}: malformed {task.folder} row: expected {width} tab-separated "
                              f"columns, found {len(cols)}")
-        raw = cols[task.label].strip()
+        raw = cols[y].strip()
         if task.is_regression:
             try:
                 label = float(raw)
@@ -295,7 +348,7 @@ def read_glue(task: GlueTask | str, path: str | Path) -> list[GlueExample]:
             label = float(task.labels.index(raw))
         else:
             raise ValueError(f"{where}: {task.folder} label {raw!r} is not one of {list(task.labels)}")
-        out.append(GlueExample(cols[task.text_a], cols[task.text_b] if task.text_b is not None else None, label))
+        out.append(GlueExample(cols[a], cols[b] if b is not None else None, label))
     if not out:
         raise ValueError(f"{path} holds no examples")
     return out
@@ -379,15 +432,10 @@ def spearman(x, y) -> float:
 
 
 def task_metrics(task: GlueTask, pred, gold) -> dict[str, float]:
-    """Every metric GLUE reports for ``task``: MCC (CoLA), accuracy, F1 + accuracy (MRPC),
-    Pearson + Spearman (STS-B).  ``pred`` are class indices, or scores for STS-B."""
+    """Every metric GLUE reports for ``task`` (``task.metrics``): MCC + accuracy (CoLA), F1 + accuracy
+    (MRPC, QQP), Pearson + Spearman (STS-B), accuracy.  ``pred`` are class indices, or scores for STS-B."""
     pred, gold = list(pred), list(gold)
-    if task.is_regression:
-        return dict(pearson=pearson(pred, gold), spearman=spearman(pred, gold))
-    pred, gold = [int(p) for p in pred], [int(g) for g in gold]
-    out = dict(accuracy=accuracy(pred, gold))
-    if task.metric == "mcc":
-        out["mcc"] = matthews_corrcoef(pred, gold)
-    if task.metric == "f1":
-        out["f1"] = f1_binary(pred, gold)
-    return out
+    if not task.is_regression:
+        pred, gold = [int(p) for p in pred], [int(g) for g in gold]
+    fns = dict(accuracy=accuracy, f1=f1_binary, mcc=matthews_corrcoef, pearson=pearson, spearman=spearman)
+    return {m: fns[m](pred, gold) for m in task.metrics}

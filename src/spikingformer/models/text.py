@@ -200,6 +200,10 @@ class SpikingformerText(nn.Module):
     logits ``[B, num_classes]`` or masked-LM logits ``[B, N, vocab_size]``.
     """
 
+    # The encoding is an embedding lookup, not a synaptic layer: every Linear, the first one
+    # included, must receive spikes (``probe.SynapticProbe``).
+    synaptic_encoding = False
+
     def __init__(self, cfg: TextConfig):
         super().__init__()
         self.cfg = cfg

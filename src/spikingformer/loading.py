@@ -1,0 +1,248 @@
+"""A model and example inputs from a name or a checkpoint, for ``spikingformer energy`` and ``verify``.
+
+``prepare(args)`` is the one place that turns the shared command-line options
+(``add_input_args``) into ``(model, batches)``, for every kind of model a run can produce:
+
+- vision classifiers (``spikingformer train``), by ``--model`` name or from a checkpoint; with
+  ``--data`` a class-folder image directory, or, for a checkpoint trained on an event dataset
+  (nmnist, dvs128_gesture, cifar10_dvs), that dataset's root: the checkpoint's stored config
+  rebuilds its validation split through ``spikingformer.data`` and the model sees real frames
+  ``[T, B, 2, H, W]``;
+- text models (``spikingformer mlm`` / ``glue`` checkpoints, or a ``models.text`` name): with
+  ``--data`` the run's own evaluation sequences (GLUE: the split ``glue`` evaluated on, rebuilt
+  from the stored config with ``--data`` as its ``data_dir``; MLM: masked blocks of the corpus file
+  ``--data``), else a seeded batch of random token ids of ``--seq-len`` tokens.
+
+Text batches are dicts of ``SpikingformerText.forward`` keyword arguments; ``run_model`` hides
+the difference from the counting code.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .checkpoint import load_weights
+
+__all__ = ["Prepared", "add_input_args", "prepare", "run_model", "load_checkpoint", "calibrate_bn"]
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+Batch = Tensor | dict
+
+
+@dataclass
+class Prepared:
+    model: nn.Module
+    batches: list[Batch]
+    name: str                       # the model's registry name
+    unit: str = "image"             # what one sample is: "image" or "sequence" (figures are per unit)
+    input: str = ""                 # what the model is fed, for the report's first line
+    notes: list[str] = field(default_factory=list)
+
+
+def run_model(model: nn.Module, x: Batch | tuple | list):
+    """``model(x)``: a text batch is a dict of keyword inputs; an ``(x, y)`` pair contributes its ``x``."""
+    x = x[0] if isinstance(x, (tuple, list)) else x
+    return model(**x) if isinstance(x, dict) else model(x)
+
+
+def load_checkpoint(model: nn.Module, path: str, state: dict | None = None) -> nn.Module:
+    """Load the weights of ``path`` (any format ``checkpoint.load_weights`` reads, or ``state``
+    already read from it) into ``model``."""
+    if state is None:
+        state, _ = load_weights(path)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"checkpoint {path} does not fit {type(model).__name__} "
+                         f"(wrong model, --num-classes or --t?): {e}") from e
+    return model
+
+
+@torch.no_grad()
+def calibrate_bn(model: nn.Module, batches: list[Batch]) -> nn.Module:
+    """Give an untrained model BN running statistics from ``batches`` (train-mode passes), then ``eval()``.
+
+    At initialisation the running statistics are 0/1 and most neurons of an eval-mode
+    model never fire, which would make every energy figure meaningless.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches
+    model.train()
+    for x in batches:
+        run_model(model, x)
+    return model.eval()
+
+
+def add_input_args(p: argparse.ArgumentParser) -> None:
+    """The options ``energy`` and ``verify`` share: which model, which weights, which input."""
+    p.add_argument("--model", help="a name from `spikingformer models` / list_models(), or a models.text name; "
+                   "optional with a --checkpoint from a training run, which names its model")
+    p.add_argument("--checkpoint", metavar="FILE",
+                   help="a run's best.pt/last.pt (train, mlm or glue: its model options are reused), a state_dict "
+                        "saved with torch.save (.pt/.pth) or .safetensors; without it the model has random weights "
+                        "and every figure is for an untrained model")
+    p.add_argument("--num-classes", type=int, help="classifier size, to match a checkpoint (default: the model's)")
+    p.add_argument("--t", type=int, help="time steps T (default: the model's)")
+    p.add_argument("--data", metavar="PATH",
+                   help="real input. Images: a class-folder directory (torchvision ImageFolder), resized and "
+                        "normalised with ImageNet mean/std. Event-data checkpoint: the dataset root; its stored "
+                        "config rebuilds the validation split. GLUE checkpoint: the GLUE data_dir; the split the "
+                        "run evaluated on is rebuilt. MLM checkpoint: a text corpus file, cut into masked blocks. "
+                        "Default: random N(0,1) images or random token ids, whose firing rates are not those of "
+                        "real data")
+    p.add_argument("--vocab", metavar="FILE", help="text models with --data: the WordPiece vocabulary "
+                   "(default: the one the checkpoint's run used)")
+    p.add_argument("--batches", type=int, default=1, help="number of batches to run (default 1)")
+    p.add_argument("--batch-size", type=int, default=2, help="images or sequences per batch (default 2)")
+    p.add_argument("--input-size", type=int, metavar="H", help="square image size (default: the model's)")
+    p.add_argument("--seq-len", type=int, default=64,
+                   help="tokens per random sequence for text models without --data (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for weights and random input")
+
+
+def prepare(args: argparse.Namespace) -> Prepared:
+    """Build the model ``args`` describe, load its weights and make its input batches."""
+    from .models.text import list_text_models
+
+    if args.batches < 1 or args.batch_size < 1:
+        raise ValueError("--batches and --batch-size must be >= 1")
+    torch.manual_seed(args.seed)
+    state, build = load_weights(args.checkpoint) if args.checkpoint else (None, {})
+    name = args.model or build.get("model")
+    if not name:
+        raise ValueError("give --model, or a --checkpoint written by a training run (which names its model)")
+    if build.get("model") not in (None, name):  # the command line may not silently rebuild another model
+        raise ValueError(f"{args.checkpoint} holds a {build['model']}, not a {name}")
+    text = name in list_text_models()
+    prep = _text(args, name, build) if text else _vision(args, name, build)
+    if args.checkpoint:
+        load_checkpoint(prep.model, args.checkpoint, state).eval()
+    else:
+        calibrate_bn(prep.model, prep.batches)
+        prep.notes.append("random weights (no --checkpoint): figures are for an untrained model "
+                          "(BN statistics calibrated on the input so that neurons fire)")
+    return prep
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in (("T", args.t), ("num_classes", args.num_classes)) if v is not None}
+
+
+# ---------------------------------------------------------------- vision
+
+def _vision(args: argparse.Namespace, name: str, build: dict) -> Prepared:
+    from . import create_model
+    from .config import EVENT_DATASETS
+
+    model = create_model(name, **{**build.get("model_args", {}), **_overrides(args)})
+    c, h, _ = model.default_input_size
+    config = build.get("config") or {}
+    if args.data and config.get("dataset") in EVENT_DATASETS:
+        batches, split = _event_val(args, config, model, h)
+        return Prepared(model, batches, name, "image", f"event frames {tuple(batches[0].shape[2:])} x "
+                        f"T={batches[0].shape[0]}", [f"input: {split}"])
+    size = args.input_size or h
+    if args.data:
+        if c != 3:
+            raise ValueError(f"--data loads RGB images; {name} expects {c} input channels")
+        return Prepared(model, _image_folder(args.data, size, args.batch_size, args.batches), name,
+                        input=f"images {(c, size, size)}")
+    batches = [torch.randn(args.batch_size, c, size, size) for _ in range(args.batches)]
+    return Prepared(model, batches, name, input=f"images {(c, size, size)}",
+                    notes=["random N(0,1) input (no --data): firing rates are not those of real images"])
+
+
+def _event_val(args: argparse.Namespace, config: dict, model: nn.Module, size: int) -> tuple[list[Tensor], str]:
+    """The first batches of an event-data run's validation split, rebuilt from its stored config."""
+    from .config import TrainConfig, from_dict
+    from .data import build_data
+
+    conf = dict(config, data_dir=args.data, workers=0, model_args={**config.get("model_args", {}),
+                                                                   "T": model.T})
+    cfg = from_dict(TrainConfig, conf, f"{args.checkpoint} config")
+    data = build_data(cfg, size)
+    loader = torch.utils.data.DataLoader(data.val, args.batch_size, collate_fn=data.collate)
+    return [x for x, _ in itertools.islice(loader, args.batches)], f"{cfg.dataset} {data.val_name}"
+
+
+def _image_folder(root: str, size: int, batch_size: int, n_batches: int) -> list[Tensor]:
+    from torchvision import datasets, transforms
+
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"--data: no such directory: {root}")
+    tf = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(),
+                             transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    try:
+        ds = datasets.ImageFolder(root, transform=tf)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise ValueError(f"--data {root} is not a class-folder image directory (root/CLASS/IMAGE): {e}") from e
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
+    return [x for x, _ in itertools.islice(loader, n_batches)]
+
+
+# ---------------------------------------------------------------- text
+
+def _text(args: argparse.Namespace, name: str, build: dict) -> Prepared:
+    from .models.text import create_text_model
+
+    if args.input_size is not None:
+        raise ValueError(f"--input-size sets an image size; {name} reads token sequences (--seq-len)")
+    model = create_text_model(name, **{**build.get("model_args", {}), **_overrides(args)})
+    if args.data:
+        batches, what = _text_data(args, build, model)
+        return Prepared(model, batches, name, "sequence", what, [f"input: {what}"])
+    n, vocab, pad = args.seq_len, model.cfg.vocab_size, model.cfg.pad_id
+    if not 1 <= n <= model.cfg.max_len:
+        raise ValueError(f"--seq-len {n} must be in 1..{model.cfg.max_len} (the model's max_len)")
+    g = torch.Generator().manual_seed(args.seed)
+    batches = []
+    for _ in range(args.batches):
+        ids = torch.randint(vocab - 1, (args.batch_size, n), generator=g)
+        ids += (ids >= pad).long()  # uniform over every id but [PAD]: all tokens are real
+        batches.append(dict(input_ids=ids, attention_mask=torch.ones_like(ids, dtype=torch.bool)))
+    what = f"random token ids, {args.batch_size} x {args.batches} sequences of {n} tokens (seed {args.seed})"
+    return Prepared(model, batches, name, "sequence", what,
+                    [f"{what} (no --data): firing rates are not those of real text"])
+
+
+def _text_data(args: argparse.Namespace, build: dict, model: nn.Module) -> tuple[list[dict], str]:
+    """Real sequences: the split a GLUE run evaluated on, or masked blocks of a corpus for an MLM run."""
+    from . import glue
+    from .config import from_dict
+    from .data import text as tdata
+
+    config, task = build.get("config") or {}, build.get("task")
+    if not config or not task:
+        raise ValueError(f"--data with a text model needs an mlm/glue checkpoint (its config says how the "
+                         f"data was read); {args.checkpoint or 'no --checkpoint'} has none")
+    vocab = args.vocab or config["vocab"]
+    if task == "mlm":
+        cfg = from_dict(glue.MLMConfig, dict(config, vocab=vocab), f"{args.checkpoint} config")
+        tok = tdata.WordPieceTokenizer(Path(vocab).expanduser())
+        blocks = tdata.MLMBlocks(tdata.read_corpus(args.data, tok), cfg.block_len, tok, cfg.seed + 1, cfg.mask_prob)
+        items = [blocks[i] for i in range(min(len(blocks), args.batch_size * args.batches))]
+        batches = [{k: torch.stack([it[k] for it in items[s:s + args.batch_size]]) for k in
+                    ("input_ids", "token_type_ids", "attention_mask")} for s in range(0, len(items), args.batch_size)]
+        return batches, f"masked blocks of {cfg.block_len} tokens from {args.data} ({len(items)} of {len(blocks)})"
+    cfg = from_dict(glue.GlueConfig, dict(config, vocab=vocab, data_dir=args.data), f"{args.checkpoint} config")
+    tok = tdata.WordPieceTokenizer(Path(vocab).expanduser())
+    _, split, ds = glue.glue_splits(cfg, tdata.get_task(task), tok).evals[0]
+    n = min(len(ds), args.batch_size * args.batches)
+    batches = []
+    for s in range(0, n, args.batch_size):
+        b = tdata.collate([ds[i] for i in range(s, min(n, s + args.batch_size))], tok.pad_id)
+        b.pop("labels")
+        batches.append(b)
+    real = sum(int(b["attention_mask"].sum()) for b in batches)
+    padded = sum(b["input_ids"].numel() for b in batches)
+    return batches, (f"{n} sequences of {split}, {real / n:.1f} real tokens each on average "
+                     f"(padded to the longest in each batch: {padded / n:.1f}; pad positions are computed "
+                     f"and counted)")
