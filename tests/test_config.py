@@ -73,7 +73,8 @@ CPU_SIZED_V2 = ("cifar10_v2_mae_pretrain.yaml", "cifar10_v2_finetune.yaml")  # a
 
 def recipe_config(name: str):
     """Each recipe through the config class of the command that runs it: unknown keys fail here."""
-    from spikingformer.glue import GlueConfig, MLMConfig
+    from spikingformer.glue import GlueConfig
+    from spikingformer.mlm import MLMConfig
     from spikingformer.pretrain import PretrainConfig
 
     cls = {"glue.yaml": GlueConfig, "mlm_wikitext2.yaml": MLMConfig}.get(name, TrainConfig)
@@ -118,3 +119,12 @@ def test_recipes_follow_spec(name):
     cfg = load_config(CONFIGS / name)
     for key, want in SPEC_8[name].items():
         assert getattr(cfg, key) == want, key
+
+
+def test_on_off_words_survive_yaml_booleans(tmp_path):
+    """YAML 1.1 reads `off` as False: `fast: off` in a file and `--set amp=off` must still mean "off"."""
+    cfg = load_config(write(tmp_path, "fast: off\n"), ["amp=off"])
+    assert cfg.fast == "off" and cfg.amp == "off"
+    assert load_config(None, ["fast=on"]).fast == "on"
+    with pytest.raises(ConfigError, match="fast must be one of"):
+        load_config(None, ["fast=maybe"])

@@ -260,7 +260,8 @@ WORDS = ["good", "bad", "the", "film", "was", "very", "plot", "."]
 def text_checkpoint(d, task: str = "sst2"):
     """A glue (or mlm) run's checkpoint, saved in the engine's format, beside its vocabulary and data."""
     from spikingformer.checkpoint import save_checkpoint
-    from spikingformer.glue import GlueConfig, MLMConfig
+    from spikingformer.glue import GlueConfig
+    from spikingformer.mlm import MLMConfig
     from spikingformer.loading import calibrate_bn
     from spikingformer.models.text import create_text_model
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from spikingformer import checkpoint as ckpt
-from spikingformer import glue
+from spikingformer import glue, mlm
 from spikingformer.config import ConfigError, load_config
 from spikingformer.models.text import create_text_model
 
@@ -37,7 +37,9 @@ def files(tmp_path):
 
 def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="spikingformer")
-    glue.register_cli(parser.add_subparsers(dest="command", required=True))
+    sub = parser.add_subparsers(dest="command", required=True)
+    mlm.register_cli(sub)
+    glue.register_cli(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 
@@ -139,12 +141,12 @@ def test_config_errors(files, capsys):
     assert cli(glue_args(files, "--set", "task=qnli")) == 2  # no QNLI/train.tsv: one clear line, no traceback
     assert "QNLI data file not found" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="model must be one of spikingformer_text_12_768, spikingformer_text_2_128"):
-        load_config("configs/mlm_wikitext2.yaml", ["model=spikingformer_4_384"], cls=glue.MLMConfig)
+        load_config("configs/mlm_wikitext2.yaml", ["model=spikingformer_4_384"], cls=mlm.MLMConfig)
     with pytest.raises(ConfigError, match="sched must be one of linear, cosine"):
-        load_config(None, ["sched=step"], cls=glue.MLMConfig)
+        load_config(None, ["sched=step"], cls=mlm.MLMConfig)
     # the shipped configs load as they are
     assert load_config("configs/glue.yaml", cls=glue.GlueConfig).task == "sst2"
-    assert load_config("configs/mlm_wikitext2.yaml", cls=glue.MLMConfig).block_len == 64
+    assert load_config("configs/mlm_wikitext2.yaml", cls=mlm.MLMConfig).block_len == 64
 
 
 def test_help_explains_itself(capsys):

@@ -199,7 +199,9 @@ def _coerce(name: str, typ, value):
             return float(value)
         except ValueError:
             pass
-    if typ is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if typ is str and isinstance(value, bool):  # YAML 1.1 reads on/off (and yes/no) as booleans
+        return "on" if value else "off"
+    if typ is str and isinstance(value, (int, float)):
         return str(value)
     if typ is int and isinstance(value, float) and value.is_integer():
         return int(value)

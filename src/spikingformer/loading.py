@@ -215,7 +215,7 @@ def _text(args: argparse.Namespace, name: str, build: dict) -> Prepared:
 
 def _text_data(args: argparse.Namespace, build: dict, model: nn.Module) -> tuple[list[dict], str]:
     """Real sequences: the split a GLUE run evaluated on, or masked blocks of a corpus for an MLM run."""
-    from . import glue
+    from . import glue, mlm
     from .config import from_dict
     from .data import text as tdata
 
@@ -225,7 +225,7 @@ def _text_data(args: argparse.Namespace, build: dict, model: nn.Module) -> tuple
                          f"data was read); {args.checkpoint or 'no --checkpoint'} has none")
     vocab = args.vocab or config["vocab"]
     if task == "mlm":
-        cfg = from_dict(glue.MLMConfig, dict(config, vocab=vocab), f"{args.checkpoint} config")
+        cfg = from_dict(mlm.MLMConfig, dict(config, vocab=vocab), f"{args.checkpoint} config")
         tok = tdata.WordPieceTokenizer(Path(vocab).expanduser())
         blocks = tdata.MLMBlocks(tdata.read_corpus(args.data, tok), cfg.block_len, tok, cfg.seed + 1, cfg.mask_prob)
         items = [blocks[i] for i in range(min(len(blocks), args.batch_size * args.batches))]

@@ -1,0 +1,97 @@
+"""The text engine's device keys and torchrun: two gloo processes pre-train as one with the same global batch."""
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from spikingformer import glue, mlm
+from spikingformer.checkpoint import load_checkpoint
+from spikingformer.config import ConfigError, load_config
+from spikingformer.distributed import DistInfo
+
+from .test_glue import cli, files, mlm_args  # noqa: F401  (files: the fixture of tiny vocabulary and corpus)
+from .test_train import subprocess_env
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# attn_scale 1: at the default 0.125 this tiny model's attention emits no spike, and a layer fed only zeros has
+# gradients that are float noise, which AdamW turns into lr-sized steps (see the exclusions below).
+FIRING_MODEL = "{depth: 1, dim: 32, num_heads: 2, T: 2, max_len: 32, attn_scale: 1.0}"
+
+
+def test_two_processes_match_one_with_the_same_global_batch(files):
+    """Global batch 8: one process, or two gloo processes with 4 blocks each and synchronized BatchNorm.
+
+    Both draw the same blocks and masks per step (a function of (seed, step)); each process's summed
+    loss is scaled by world / (masked tokens of the whole batch), so DDP's average is the one-process
+    gradient.  Excluded: the Linear biases that feed a BatchNorm (and the running means they shift).
+    In training mode BN subtracts them again, so their gradient is zero up to rounding, and AdamW
+    divides by its magnitude: two runs that sum in another order move them by ~lr (test_distributed
+    avoids the same with SGD).  Without sync_bn the runs must differ: the test can tell.
+    """
+    d = files
+    common = ("--set", f"model_args={FIRING_MODEL}", "--set", "sync_bn=true")
+    assert cli(mlm_args(d, *common, "--set", f"output={d}/one")) == 0
+
+    def torchrun(out: str, *sets: str) -> None:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "spikingformer.cli", *mlm_args(d, *common, "--set", f"output={d}/{out}", *sets)]
+        done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    torchrun("two", "--json", f"{d}/two.json")
+    torchrun("local", "--set", "sync_bn=false")
+    one, two, local = (load_checkpoint(d / out / "last.pt") for out in ("one", "two", "local"))
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+    assert json.loads((d / "two.json").read_text())["world_size"] == 2  # rank 0 alone wrote it
+    inert = re.compile(r"\.(linear\.bias|bn\.running_mean)$")
+    compared = [k for k in one["model"] if not inert.search(k)]
+    assert "blocks.0.attn.proj.linear.weight" in compared and len(compared) > 30
+    for k in compared:
+        torch.testing.assert_close(two["model"][k], one["model"][k], rtol=1e-4, atol=1e-5, msg=k)
+    for a, b in zip(one["history"], two["history"], strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-6)
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4) and b["step"] == a["step"]
+    # per-process BN statistics move the weights ~100x beyond the tolerance above
+    assert max((local["model"][k] - one["model"][k]).abs().max().item() for k in compared) > 1e-3
+
+
+def test_global_batch_must_divide_by_the_processes(files, monkeypatch, capsys):
+    three = DistInfo(rank=0, world=3, local_rank=0, device=torch.device("cpu"))
+    monkeypatch.setattr(mlm, "open_session", lambda cfg: contextlib.nullcontext(three))
+    assert cli(mlm_args(files)) == 2
+    assert "error: batch_size 8 (the global batch) does not divide by the 3 processes" in capsys.readouterr().err
+    assert not (files / "mlm" / "last.pt").exists()
+
+
+def test_bf16_autocast_on_the_cpu(files):
+    assert cli(mlm_args(files, "--set", "amp=bf16", "--set", "steps=2", "--json", f"{files}/bf16.json")) == 0
+    out = json.loads((files / "bf16.json").read_text())
+    assert out["device"] == "cpu" and out["world_size"] == 1 and 0 < out["masked_lm_loss"] < 10
+    state = load_checkpoint(files / "mlm" / "last.pt")
+    assert all(v.dtype != torch.bfloat16 for v in state["model"].values())  # autocast leaves weights in fp32
+    assert state["config"]["amp"] == "bf16" and "scaler" in state
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("amp", "fp8", "amp must be one of auto, bf16, fp16, off, got 'fp8'"),
+    ("fast", "fastest", "fast must be one of auto, on, off, got 'fastest'"),
+    ("device", "gpu0", "device must be auto, cpu, cuda or cuda:N, got 'gpu0'"),
+])
+def test_engine_keys_validate(key, value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config("configs/mlm_wikitext2.yaml", [f"{key}={value}"], cls=mlm.MLMConfig)
+    cfg = load_config("configs/glue.yaml", cls=glue.GlueConfig)
+    assert (cfg.device, cfg.amp, cfg.fast, cfg.sync_bn) == ("auto", "auto", "auto", False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_one_clear_line(files, capsys):
+    assert cli(mlm_args(files, "--set", "device=cuda")) == 2
+    assert "error: device 'cuda' requested but CUDA is not available" in capsys.readouterr().err
