@@ -15,8 +15,3 @@ def record_spikes(model):
 def calibrate_bn(model, x, steps: int = 3):
     """Give BN running statistics from real forward passes, so an eval-mode model fires."""
     return energy.calibrate_bn(model, [x] * steps)
-
-
-def calibrate_bn(model, x, steps: int = 3):
-    """Give BN running statistics from real forward passes, so an eval-mode model fires."""
-    return energy.calibrate_bn(model, [x] * steps)

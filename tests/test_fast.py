@@ -1,4 +1,6 @@
 """The fast path computes what the eager path computes (CPU inductor stands in for the GPU)."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -88,10 +90,13 @@ def test_step_begin_marks_cuda_graph_steps_only(monkeypatch, mode, marks):
 def test_prepare_sets_the_lif_backend_of_every_neuron():
     model = sf.create_model("spikingformer_4_256", depth=1, dim=32, num_heads=4)
     neurons = [m for m in model.modules() if isinstance(m, MultiStepLIF)]
-    assert {m.backend for m in neurons} == {"torch"} and FastPath().lif_backend == "torch"
+    assert {m.backend for m in neurons} == {"torch"} and FastPath().lif_backend is None
+    neurons[0].backend = "triton"  # None leaves every neuron as built ...
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):  # ... and checks the device for the one that asks
+        FastPath.off().prepare(model)
     for m in neurons:
         m.backend = "triton"
-    assert FastPath.off().prepare(model) is model
+    assert dataclasses.replace(FastPath.off(), lif_backend="torch").prepare(model) is model
     assert len(neurons) == 11 and {m.backend for m in neurons} == {"torch"}
     with pytest.raises(ValueError, match="lif_backend must be one of torch, triton"):
         FastPath(lif_backend="cuda")

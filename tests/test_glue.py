@@ -128,7 +128,7 @@ def test_resume_reproduces_the_uninterrupted_run(files, monkeypatch, capsys):
     assert a["history"] == b["history"]
 
     assert cli(mlm_args(d, "--set", f"output={d}/resumed", "--set", "lr=0.1", "--resume")) == 2
-    assert re.search(r"error: cannot resume .* config keys \['lr'\] differ", capsys.readouterr().err)
+    assert re.search(r"error: --resume: the config differs from the checkpoint's in \['lr'\]", capsys.readouterr().err)
 
 
 def test_config_errors(files, capsys):

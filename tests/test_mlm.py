@@ -64,7 +64,7 @@ def test_two_processes_match_one_with_the_same_global_batch(files):
 
 def test_global_batch_must_divide_by_the_processes(files, monkeypatch, capsys):
     three = DistInfo(rank=0, world=3, local_rank=0, device=torch.device("cpu"))
-    monkeypatch.setattr(mlm, "open_session", lambda cfg: contextlib.nullcontext(three))
+    monkeypatch.setattr(mlm, "session", lambda device: contextlib.nullcontext(three))
     assert cli(mlm_args(files)) == 2
     assert "error: batch_size 8 (the global batch) does not divide by the 3 processes" in capsys.readouterr().err
     assert not (files / "mlm" / "last.pt").exists()
@@ -95,3 +95,13 @@ def test_engine_keys_validate(key, value, message):
 def test_cuda_without_a_gpu_is_one_clear_line(files, capsys):
     assert cli(mlm_args(files, "--set", "device=cuda")) == 2
     assert "error: device 'cuda' requested but CUDA is not available" in capsys.readouterr().err
+
+
+def test_an_existing_run_is_not_overwritten(files, capsys):
+    """As `spikingformer train`: a second run into the same output needs --resume."""
+    args = mlm_args(files, "--set", "steps=2", "--set", f"output={files}/once")
+    assert cli(args) == 0
+    before = (files / "once" / "last.pt").read_bytes()
+    assert cli(args) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (files / "once" / "last.pt").read_bytes() == before

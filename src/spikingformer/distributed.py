@@ -43,7 +43,8 @@ def init_distributed(device: str = "auto") -> DistInfo:
     dev = torch.device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+            raise ValueError(f"device {device!r} requested but CUDA is not available (device=auto falls back "
+                             "to the cpu)")
         if dev.index is None:
             dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)

@@ -42,6 +42,7 @@ __all__ = ["FastPath", "FAST_MODES", "AMP_MODES", "COMPILE_MODES", "amp_dtype"]
 
 FAST_MODES = ("auto", "on", "off")
 COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # "": torch's default
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
@@ -62,18 +63,17 @@ class FastPath:
     amp_dtype: torch.dtype | None = torch.bfloat16
     channels_last: bool = True
     fused_optimizer: bool = True
-    lif_backend: str = "torch"             # MultiStepLIF backend: "torch" or "triton" (kernels/)
+    lif_backend: str | None = None         # MultiStepLIF backend: "torch", "triton" (kernels/), None: as built
 
     def __post_init__(self):
-        if self.lif_backend not in LIF_BACKENDS:
+        if self.lif_backend is not None and self.lif_backend not in LIF_BACKENDS:
             raise ValueError(f"lif_backend must be one of {', '.join(LIF_BACKENDS)}, got {self.lif_backend!r}")
 
     @property
     def cudagraphs(self) -> bool:
-        """Whether the compiled model replays CUDA graphs (and so needs ``step_begin``)."""
-        from torch._inductor import list_mode_options
-
-        return self.compile and bool(list_mode_options(self.compile_mode).get("triton.cudagraphs"))
+        """Whether the compiled model replays CUDA graphs (and so needs ``step_begin``): the two
+        ``torch.compile`` modes that turn them on (``max-autotune-no-cudagraphs`` does not)."""
+        return self.compile and self.compile_mode in CUDAGRAPH_MODES
 
     def step_begin(self) -> None:
         """Mark the start of a training or inference iteration; call it before each forward.
@@ -91,7 +91,7 @@ class FastPath:
 
     @classmethod
     def from_modes(cls, fast: str, amp: str, device: torch.device | str, compile_mode: str = "",
-                   lif_backend: str = "torch") -> "FastPath":
+                   lif_backend: str | None = None) -> "FastPath":
         """The path a config asks for: ``fast`` in ``FAST_MODES`` (``auto``: on exactly on CUDA),
         ``amp`` in ``AMP_MODES`` (independent of ``fast``, so the eager path can run in bf16),
         ``compile_mode`` in ``COMPILE_MODES`` and the neurons' ``lif_backend``."""
@@ -109,10 +109,13 @@ class FastPath:
 
         Regional compilation works in place (``nn.Module.compile``), so the returned module
         is ``model`` itself and its ``state_dict`` keys are unchanged.  Every ``MultiStepLIF``
-        is switched to ``lif_backend`` in place.
+        is switched to ``lif_backend`` in place (unless it is None).
         """
         neurons = [m for m in model.modules() if isinstance(m, MultiStepLIF)]
-        if self.lif_backend == "triton" and neurons:
+        if self.lif_backend is not None:
+            for m in neurons:
+                m.backend = self.lif_backend
+        if any(m.backend == "triton" for m in neurons):
             from .kernels import check_device
 
             device = next(model.parameters(), torch.empty(0)).device
@@ -120,8 +123,6 @@ class FastPath:
             if self.compile and device.type != "cuda":
                 raise ValueError("torch.compile cannot trace the Triton interpreter: compile the "
                                  "triton LIF backend on CUDA, or use compile=False on the CPU")
-        for m in neurons:
-            m.backend = self.lif_backend
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if not self.compile:

@@ -22,10 +22,10 @@ from . import checkpoint as ckpt
 from .config import ConfigError
 from .data import text as tdata
 from .data.split import balanced_split
-from .distributed import gather_objects
+from .distributed import gather_objects, session
 from .models.text import SpikingformerText, create_text_model
 from .text_engine import (TextTask, TextTrainConfig, add_command, epoch_order, eval_shard, expand, finish, fit,
-                          open_session, to_device)
+                          to_device)
 
 __all__ = ["GlueConfig", "GlueSplits", "glue_splits", "run_glue", "register_cli"]
 
@@ -81,10 +81,20 @@ class GlueSplits:
         return "; ".join(name for _, name, _ in self.evals)
 
 
+def _limit(idx: list[int], labels: list[int], n: int, seed: int) -> list[int]:
+    """A seeded class-balanced subset of ``n`` of ``idx`` (all of them when ``n`` is 0 or not smaller)."""
+    if not n or n >= len(idx):
+        return idx
+    _, keep = balanced_split([labels[i] for i in idx], n, seed)
+    return [idx[k] for k in keep]
+
+
 def glue_splits(cfg: GlueConfig, task: tdata.GlueTask, tok: tdata.WordPieceTokenizer) -> GlueSplits:
     """``cfg.val_split``: the official dev file(s) (``auto``, when present) or a seeded held-out share of train."""
     folder = expand(cfg.data_dir) / task.folder
     examples = tdata.read_glue(task, folder / "train.tsv")
+    # Regression (STS-B) has no classes to balance: one pseudo-class makes balanced_split a seeded random pick.
+    labels = [0 if task.is_regression else int(e.label) for e in examples]
     dev = tdata.official_dev_files(task, expand(cfg.data_dir)) if cfg.val_split == "auto" else None
     if dev:
         train_idx = list(range(len(examples)))
@@ -94,20 +104,13 @@ def glue_splits(cfg: GlueConfig, task: tdata.GlueTask, tok: tdata.WordPieceToken
             evals.append((suffix, f"{path.stem} (official GLUE dev split, {len(held)} examples)", held))
     else:
         n_val = max(1, round(len(examples) * cfg.holdout_fraction))
-        if task.is_regression:  # no classes to balance: a seeded permutation
-            perm = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-            train_idx, val_idx = sorted(perm[n_val:]), sorted(perm[:n_val])
-        else:
-            train_idx, val_idx = balanced_split([int(e.label) for e in examples], n_val, cfg.seed)
-        val_idx = val_idx[:cfg.limit_val or len(val_idx)]
+        train_idx, val_idx = balanced_split(labels, n_val, cfg.seed)
+        val_idx = _limit(val_idx, labels, cfg.limit_val, cfg.seed + 2)
         why = "" if cfg.val_split == "holdout" else f"; no official {' + '.join(task.dev)} found"
         evals = [("", f"val (held-out {len(val_idx)} of {len(examples)} {task.folder} train examples, "
                       f"{'random' if task.is_regression else 'class-balanced'}, seed {cfg.seed}{why})",
                   [examples[i] for i in val_idx])]
-    if cfg.limit_train and cfg.limit_train < len(train_idx):
-        sub = [int(examples[i].label) if not task.is_regression else 0 for i in train_idx]
-        _, keep = balanced_split(sub, cfg.limit_train, cfg.seed + 1)
-        train_idx = [train_idx[i] for i in keep]
+    train_idx = _limit(train_idx, labels, cfg.limit_train, cfg.seed + 1)
     return GlueSplits(tdata.GlueDataset([examples[i] for i in train_idx], tok, cfg.max_len),
                       [(sfx, name, tdata.GlueDataset(held, tok, cfg.max_len)) for sfx, name, held in evals])
 
@@ -123,7 +126,7 @@ def _suffixed(metrics: dict, suffix: str) -> dict:
 
 def run_glue(cfg: GlueConfig, resume: bool = False, json_path: str | None = None) -> dict:
     """Fine-tune ``cfg`` (or continue ``cfg.output``'s run with ``resume``); return the summary."""
-    with open_session(cfg) as info:
+    with session(cfg.device) as info:
         return _run(cfg, info, resume, json_path)
 
 

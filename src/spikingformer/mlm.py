@@ -18,10 +18,10 @@ import torch.nn.functional as F
 
 from .config import ConfigError
 from .data import text as tdata
-from .distributed import all_reduce_sum
+from .distributed import all_reduce_sum, session
 from .models.text import create_text_model
 from .text_engine import (TextTask, TextTrainConfig, add_command, epoch_order, eval_shard, expand, finish, fit,
-                          open_session, stack, to_device)
+                          stack, to_device)
 
 __all__ = ["MLMConfig", "run_mlm", "register_cli"]
 
@@ -51,7 +51,7 @@ def masked_lm_loss(model, b: dict, reduction: str = "sum"):
 
 def run_mlm(cfg: MLMConfig, resume: bool = False, json_path: str | None = None) -> dict:
     """Pre-train ``cfg`` (or continue ``cfg.output``'s run with ``resume``); return the summary."""
-    with open_session(cfg) as info:
+    with session(cfg.device) as info:
         return _run(cfg, info, resume, json_path)
 
 

@@ -39,10 +39,10 @@ from .distributed import DistInfo, all_reduce_sum, convert_sync_batchnorm, sessi
 from .fast import AMP_MODES, FAST_MODES, FastPath
 from .metrics import MetricsLog
 from .models.text import SpikingformerText, list_text_models
-from .train import wrap_ddp
+from .train import open_run, wrap_ddp
 
 __all__ = ["TextTrainConfig", "TextTask", "fit", "finish", "epoch_order", "eval_shard", "stack", "to_device",
-           "expand", "open_session", "add_command", "SCHEDS", "RESUME_MUTABLE"]
+           "expand", "add_command", "SCHEDS", "RESUME_MUTABLE"]
 
 SCHEDS = ("linear", "cosine")
 RESUME_MUTABLE = {"progress", "output", "device"}  # may differ between a run and its resumption
@@ -124,13 +124,6 @@ class _Objective(nn.Module):
         return self.loss(self.model, batch)
 
 
-def open_session(cfg: TextTrainConfig):
-    """``distributed.session`` on ``cfg.device``; asking for CUDA where there is none is a config error."""
-    if cfg.device != "auto" and torch.device(cfg.device).type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {cfg.device!r} requested but CUDA is not available (device=auto falls back to cpu)")
-    return session(cfg.device)
-
-
 def expand(p: str) -> Path:
     return Path(p).expanduser()
 
@@ -172,18 +165,6 @@ def _optimizer(model: nn.Module, cfg: TextTrainConfig, path: FastPath):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def _resume_state(cfg: TextTrainConfig, last: Path, resume: bool) -> dict | None:
-    if not (resume and last.is_file()):
-        return None
-    state = ckpt.load_checkpoint(last)
-    stored = {k: v for k, v in state["config"].items() if k not in RESUME_MUTABLE}
-    now = {k: v for k, v in cfg.to_dict().items() if k not in RESUME_MUTABLE}
-    changed = sorted(k for k in now if stored.get(k) != now[k])
-    if changed:
-        raise ConfigError(f"cannot resume {last}: config keys {changed} differ from the run's")
-    return state
-
-
 def fit(cfg: TextTrainConfig, info: DistInfo, task: TextTask, resume: bool) -> list[dict]:
     """Train ``cfg.steps`` steps on ``info.device``; evaluate + checkpoint every ``eval_every``; return the history."""
     from tqdm import tqdm
@@ -202,7 +183,7 @@ def fit(cfg: TextTrainConfig, info: DistInfo, task: TextTask, resume: bool) -> l
     opt, sched = _optimizer(model, cfg, path)
     scaler = torch.amp.GradScaler(info.device.type, enabled=path.amp_dtype == torch.float16)
     step, history = 0, []
-    state = _resume_state(cfg, last, resume)
+    state = open_run(cfg, resume, RESUME_MUTABLE)
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -275,7 +256,7 @@ def _cmd(runner, cls):
     def cmd(args: argparse.Namespace) -> int:
         try:  # bad config, missing or malformed data files, unreadable init checkpoint: one clear line
             runner(load_config(args.config, args.set, cls=cls), resume=args.resume, json_path=args.json)
-        except (ValueError, FileNotFoundError, ckpt.CheckpointError) as e:
+        except (ValueError, FileNotFoundError, FileExistsError, ckpt.CheckpointError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 0

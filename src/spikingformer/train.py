@@ -153,23 +153,24 @@ def train_one_epoch(cfg, state: Progress, model, loader, opt, sched, scaler, mix
     return out
 
 
-def _config_diff(old: dict, new: dict) -> list[str]:
-    return sorted(k for k in set(old) | set(new) if k not in RESUME_MUTABLE and old.get(k) != new.get(k))
+def _config_diff(old: dict, new: dict, mutable=RESUME_MUTABLE) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if k not in mutable and old.get(k) != new.get(k))
 
 
 # ----------------------------------------------------------------------------- pieces every engine shares
 
-def open_run(cfg: TrainConfig, resume: bool) -> dict | None:
-    """The checkpoint ``--resume`` continues from (None: a fresh run).  An existing run is never
-    overwritten, and a run resumes only with the config it was started with."""
-    out = Path(cfg.output)
+def open_run(cfg, resume: bool, mutable=RESUME_MUTABLE) -> dict | None:
+    """The checkpoint ``--resume`` continues from (None: a fresh run), for every engine's config.
+    An existing run is never overwritten, and a run resumes only with the config it was started
+    with (the keys in ``mutable`` aside)."""
+    out = Path(cfg.output).expanduser()
     last = out / "last.pt"
     if resume and last.exists():
         state = ckpt.load_checkpoint(last)
-        diff = _config_diff(state["config"], cfg.to_dict())
+        diff = _config_diff(state["config"], cfg.to_dict(), mutable)
         if diff:
             raise ValueError(f"--resume: the config differs from the checkpoint's in {diff}; resume with the "
-                             f"original config (only {sorted(RESUME_MUTABLE)} may change)")
+                             f"original config (only {sorted(mutable)} may change)")
         return state
     if last.exists():
         raise FileExistsError(f"{out} already holds a run ({last}); pass --resume to continue it, "

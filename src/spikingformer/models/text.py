@@ -89,12 +89,13 @@ class MaskedLinearBN(LinearBN):
 
     Training statistics then ignore padding; pad positions are set to 0 (nothing reads them:
     their K/V spikes are zeroed and every other layer is per token).  Same parameters and
-    state as ``LinearBN``; in eval mode the result on real tokens is identical to it.
+    state as ``LinearBN``; in eval mode the result on real tokens is identical to it.  A batch
+    without padding passes ``mask=None`` (``SpikingformerText`` decides that once per forward).
     """
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         y = self.linear(x)                          # [T, B, N, D']
-        if mask is None or bool(mask.all()):
+        if mask is None:
             # LinearBN's statistics (over T, B, N per channel) on a contiguous [T*B*N, D'] layout: much faster
             # on CPU than BatchNorm1d over the transposed [T*B, D', N] view.
             return self.bn(y.flatten(0, 2)).view_as(y)
@@ -257,8 +258,9 @@ class SpikingformerText(nn.Module):
         ids, segs, mask = self.check_input(input_ids, token_type_ids, attention_mask)
         x = self.embed(ids, segs)
         x = x.unsqueeze(0).expand(self.cfg.T, *x.shape)  # direct encoding: the same input every step
+        padded = None if bool(mask.all()) else mask  # decided once here, not in every layer (a device sync)
         for blk in self.blocks:
-            x = blk(x, mask)
+            x = blk(x, padded)
         return x, mask
 
     def forward_head(self, x: Tensor, mask: Tensor) -> Tensor:
