@@ -217,7 +217,7 @@ def main(argv=None) -> int:
     base = {(r["model"], r["batch"]): r for r in results if r["variant"] == variants[0].name}
     print(f"\ndevice: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}; "
           f"ratios against '{variants[0].name}'")
-    print(f"| model, batch | variant | train img/s | x | inference img/s | x | peak GiB | compile s |")
+    print("| model, batch | variant | train img/s | x | inference img/s | x | peak GiB | compile s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
         b = base.get((r["model"], r["batch"]))

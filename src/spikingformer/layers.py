@@ -5,7 +5,6 @@ merge ``T*B`` into the batch axis; neurons (``MultiStepLIF``) run over ``T``.
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from .neuron import MultiStepLIF

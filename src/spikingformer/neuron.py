@@ -52,7 +52,7 @@ def multistep_lif(
     ``torch.compile`` traces and fuses it whole.
     """
     if x.dim() < 1:
-        raise ValueError(f"multistep_lif expects a time-major tensor [T, ...], got a scalar")
+        raise ValueError("multistep_lif expects a time-major tensor [T, ...], got a scalar")
     v = torch.full_like(x[0], v_reset)
     spikes = []
     for t in range(x.shape[0]):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -99,7 +98,7 @@ class Progress:
     step: int = 0            # optimizer steps already done in ``epoch``
     global_step: int = 0
     history: list = field(default_factory=list)
-    epoch_sums: list = field(default_factory=lambda: [0.0, 0.0])  # this epoch so far: loss * n, n
+    epoch_sums: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # this epoch so far: loss * n, 0, n
 
 
 def mask_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
@@ -193,47 +192,11 @@ class PretrainLog(MetricsLog):
         os.replace(tmp, self.out / "metrics.png")
 
 
-def train_one_epoch(cfg: PretrainConfig, state: Progress, model, loader, opt, sched, scaler, info: DistInfo,
-                    path: FastPath, save_mid_epoch) -> float:
-    """One pass over ``loader`` from ``state.step``; returns the epoch's mean masked-patch loss."""
-    from tqdm import tqdm
-
-    from .distributed import all_reduce_sum
-
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    sums = torch.tensor(state.epoch_sums if info.is_main else [0.0] * 2, dtype=torch.float64, device=info.device)
-    bar = tqdm(loader, total=len(loader), desc=f"epoch {state.epoch + 1}/{cfg.total_epochs}", leave=False,
-               disable=None if info.is_main and cfg.progress else True, dynamic_ncols=True)
-    for x, _ in bar:
-        x = path.to_input(x.to(info.device, non_blocking=True))
-        path.step_begin()
-        with path.autocast(info.device):
-            loss = model(x, generator=mask_generator(cfg.seed, state.global_step, info.rank)).loss
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.clip_grad > 0:
-            scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-        scaler.step(opt)
-        scaler.update()
-        state.step += 1
-        state.global_step += 1
-        if cfg.sched_on_updates:
-            sched.step_update(state.global_step)
-        sums += torch.stack([loss.detach().double() * len(x),
-                             torch.tensor(float(len(x)), dtype=torch.float64, device=info.device)])
-        if state.step % 10 == 0:
-            if not math.isfinite(float(sums[0])):
-                raise FloatingPointError(f"the pre-training loss became {float(sums[0])} by epoch {state.epoch + 1} "
-                                         f"step {state.step}: lower lr or set clip_grad")
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{opt.param_groups[0]['lr']:.2e}", refresh=False)
-        if cfg.ckpt_every and state.step % cfg.ckpt_every == 0 and state.step < loader.sampler.steps_per_epoch:
-            state.epoch_sums = all_reduce_sum(sums.clone()).tolist()
-            save_mid_epoch()
-    loss_sum, n = all_reduce_sum(sums).tolist()
-    state.epoch_sums = [0.0, 0.0]
-    return loss_sum / n
+def masked_patch_loss(cfg: PretrainConfig, state: "Progress", info: DistInfo):
+    """``step_loss`` of pre-training (``train.train_one_epoch``): the MAE loss with this step's masks."""
+    def step_loss(model, x, _labels):
+        return model(x, generator=mask_generator(cfg.seed, state.global_step, info.rank)).loss, None
+    return step_loss
 
 
 def run(cfg: PretrainConfig, resume: bool = False) -> dict:
@@ -246,7 +209,8 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
 
 def _run(cfg: PretrainConfig, resume: bool, info: DistInfo) -> dict:
     from .distributed import convert_sync_batchnorm
-    from .train import build_training, load_data, make_loaders, open_run, restore, seed_all, wrap_ddp
+    from .train import (build_training, load_data, make_loaders, open_run, restore, seed_all, train_one_epoch,
+                        wrap_ddp)
 
     t_start = time.time()
     out = Path(cfg.output)
@@ -299,7 +263,8 @@ def _run(cfg: PretrainConfig, resume: bool, info: DistInfo) -> dict:
         if cfg.sched_on_updates:
             sched.step_update(state.global_step)
         lr = opt.param_groups[0]["lr"]
-        train_loss = train_one_epoch(cfg, state, train_model, train_loader, opt, sched, scaler, info, path, save)
+        train_loss, _ = train_one_epoch(cfg, state, train_model, train_loader, opt, sched, scaler, info, path, save,
+                                        masked_patch_loss(cfg, state, info))
         metrics = {"epoch": state.epoch + 1, "lr": lr, "train_loss": train_loss,
                    **masked_loss(fast, val_loader, info.device, path, cfg.seed), "val_split": data.val_name,
                    "epoch_seconds": time.time() - epoch_start, "elapsed_seconds": time.time() - t_start}

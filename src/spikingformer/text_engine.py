@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from . import checkpoint as ckpt
 from .config import ConfigError, load_config
-from .distributed import DistInfo, all_reduce_sum, convert_sync_batchnorm, session
+from .distributed import DistInfo, all_reduce_sum, convert_sync_batchnorm
 from .fast import AMP_MODES, FAST_MODES, FastPath
 from .metrics import MetricsLog
 from .models.text import SpikingformerText, list_text_models

@@ -101,9 +101,15 @@ def seed_all(seed: int, rank: int) -> None:
     np.random.seed(seed + rank)
 
 
-def train_one_epoch(cfg, state: Progress, model, loader, opt, sched, scaler, mixup, criterion, info: DistInfo,
-                    path: FastPath, save_mid_epoch) -> dict:
-    """One pass over ``loader`` from ``state.step``; returns the epoch's mean train loss (and accuracy without mixup)."""
+def train_one_epoch(cfg, state: Progress, model, loader, opt, sched, scaler, info: DistInfo, path: FastPath,
+                    save_mid_epoch, step_loss) -> tuple[float, float]:
+    """One pass over ``loader`` from ``state.step``, for every image engine (train, pretrain).
+
+    ``step_loss(model, x, y) -> (loss, correct)`` runs the forward under autocast; ``correct`` is
+    the batch's count of right top-1 predictions, or None when there is none to count.  Returns the
+    epoch's mean loss and accuracy over every process (``state.epoch_sums`` carries a resumed
+    epoch's totals).
+    """
     from tqdm import tqdm
 
     from .distributed import all_reduce_sum
@@ -116,13 +122,9 @@ def train_one_epoch(cfg, state: Progress, model, loader, opt, sched, scaler, mix
                disable=None if info.is_main and cfg.progress else True, dynamic_ncols=True)  # None: off without a TTY
     for x, y in bar:
         x, y = path.to_input(x.to(info.device, non_blocking=True)), y.to(info.device, non_blocking=True)
-        labels = y
-        if mixup is not None:
-            x, y = mixup(x, y)
         path.step_begin()  # CUDA graphs: the previous step's outputs may now be overwritten
         with path.autocast(info.device):
-            logits = model(x)
-            loss = criterion(logits, y)
+            loss, correct = step_loss(model, x, y)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if cfg.clip_grad > 0:
@@ -134,9 +136,9 @@ def train_one_epoch(cfg, state: Progress, model, loader, opt, sched, scaler, mix
         state.global_step += 1
         if cfg.sched_on_updates:
             sched.step_update(state.global_step)
-        correct = (logits.argmax(1) == labels).sum() if mixup is None else torch.zeros((), device=info.device)
-        sums += torch.stack([loss.detach().double() * len(labels), correct.double(),
-                             torch.tensor(float(len(labels)), dtype=torch.float64, device=info.device)])
+        n = torch.tensor(float(len(y)), dtype=torch.float64, device=info.device)  # labels: one per sample
+        sums += torch.stack([loss.detach().double() * n, torch.zeros_like(n) if correct is None else
+                             correct.double(), n])
         if state.step % 10 == 0:  # look at the loss only now and then: reading it waits for the GPU
             if not math.isfinite(float(sums[0])):
                 raise FloatingPointError(f"the training loss became {float(sums[0])} by epoch {state.epoch + 1} "
@@ -147,10 +149,19 @@ def train_one_epoch(cfg, state: Progress, model, loader, opt, sched, scaler, mix
             save_mid_epoch()  # the epoch's end writes its own checkpoint
     loss_sum, correct, n = all_reduce_sum(sums).tolist()
     state.epoch_sums = [0.0, 0.0, 0.0]
-    out = {"train_loss": loss_sum / n}
-    if mixup is None:
-        out["train_acc"] = correct / n
-    return out
+    return loss_sum / n, correct / n
+
+
+def classification_loss(mixup, criterion):
+    """``step_loss`` of supervised training: Mixup/CutMix (when on), forward, loss, top-1 hits."""
+    def step_loss(model, x, y):
+        labels = y
+        if mixup is not None:
+            x, y = mixup(x, y)
+        logits = model(x)
+        correct = (logits.argmax(1) == labels).sum() if mixup is None else None
+        return criterion(logits, y), correct
+    return step_loss
 
 
 def _config_diff(old: dict, new: dict, mutable=RESUME_MUTABLE) -> list[str]:
@@ -308,8 +319,9 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> dict:
         if mixup is not None and cfg.mixup_off_epoch and state.epoch >= cfg.mixup_off_epoch:
             mixup.mixup_enabled = False  # Mixup still smooths the one-hot targets, as in timm
         lr = opt.param_groups[0]["lr"]
-        metrics = train_one_epoch(cfg, state, train_model, train_loader, opt, sched, scaler, mixup, criterion,
-                                  info, path, lambda: save(last))
+        loss, acc = train_one_epoch(cfg, state, train_model, train_loader, opt, sched, scaler, info, path,
+                                    lambda: save(last), classification_loss(mixup, criterion))
+        metrics = {"train_loss": loss, **({"train_acc": acc} if mixup is None else {})}
         metrics.update(evaluate(fast, val_loader, info.device, path))
         metrics = {"epoch": state.epoch + 1, "lr": lr, **metrics, "val_split": data.val_name,
                    "epoch_seconds": time.time() - epoch_start, "elapsed_seconds": time.time() - t_start}
