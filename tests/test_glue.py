@@ -83,7 +83,7 @@ def test_mlm_then_glue_from_its_checkpoint(files):
     mlm_state, build = ckpt.load_weights(d / "mlm" / "last.pt")
     model = create_text_model("spikingformer_text_2_128", **{**build["model_args"], "head": "sequence"})
     head_before = model.head.fc.weight.clone()
-    glue._load_backbone(model, mlm_state, "mlm/last.pt")
+    assert ckpt.load_backbone(model, mlm_state, "mlm/last.pt") == ["head.fc.bias", "head.fc.weight"]
     assert torch.equal(model.embed.tok.weight, mlm_state["embed.tok.weight"])
     assert torch.equal(model.blocks[0].mlp.fc2.bn.running_var, mlm_state["blocks.0.mlp.fc2.bn.running_var"])
     assert torch.equal(model.head.fc.weight, head_before)

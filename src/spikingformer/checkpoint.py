@@ -162,3 +162,24 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def load_backbone(model, weights: dict, source: str, head: str = "head.") -> list[str]:
+    """Load ``weights`` into every tensor of ``model`` outside its read-out ``head`` (which keeps its
+    initialisation: fine-tuning from pre-training).  Every backbone key must be there with its shape;
+    otherwise a ``ValueError`` lists the missing, unexpected and mis-shaped keys.  Returns the head keys."""
+    own = model.state_dict()
+    backbone = {k: v for k, v in own.items() if not k.startswith(head)}
+    weights = {k: v for k, v in weights.items() if not k.startswith(head)}
+    missing = sorted(set(backbone) - set(weights))
+    unexpected = sorted(set(weights) - set(backbone))
+    shapes = sorted(f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(v.shape)}"
+                    for k, v in backbone.items() if k in weights and weights[k].shape != v.shape)
+    if missing or unexpected or shapes:
+        def show(keys):
+            return f"{len(keys)} {keys[:6]}{' ...' if len(keys) > 6 else ''}"
+        raise ValueError(f"{source} does not fit this {type(model).__name__}: missing {show(missing)}; "
+                         f"unexpected {show(unexpected)}; mis-shaped {show(shapes)}")
+    model.load_state_dict({**own, **weights})
+    return sorted(set(own) - set(backbone))
+

@@ -23,7 +23,7 @@ from .config import ConfigError
 from .data import text as tdata
 from .data.split import balanced_split
 from .distributed import gather_objects, session
-from .models.text import SpikingformerText, create_text_model
+from .models.text import create_text_model
 from .text_engine import (TextTask, TextTrainConfig, add_command, epoch_order, eval_shard, expand, finish, fit,
                           to_device)
 
@@ -54,19 +54,6 @@ class GlueConfig(TextTrainConfig):
             raise ConfigError(f"val_split must be one of {', '.join(VAL_SPLITS)}, got {self.val_split!r}")
         if not 0 < self.holdout_fraction < 1 or self.limit_train < 0:
             raise ConfigError("holdout_fraction must lie in (0, 1) and limit_train be >= 0")
-
-
-def _load_backbone(model: SpikingformerText, state: dict, path: str) -> None:
-    """Copy an MLM checkpoint's embedding and blocks into ``model`` (its head stays freshly initialised)."""
-    state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # shape mismatch: another vocabulary, width or max_len
-        raise ckpt.CheckpointError(f"{path} does not fit {type(model).__name__}: {e}") from None
-    bad = [k for k in missing if not k.startswith("head.")]
-    if bad or unexpected:
-        raise ckpt.CheckpointError(f"{path} does not fit {type(model).__name__} {model.cfg}: missing "
-                                   f"{bad[:5]}, unexpected {unexpected[:5]}")
 
 
 @dataclass
@@ -147,7 +134,7 @@ def _run(cfg: GlueConfig, info, resume: bool, json_path: str | None) -> dict:
     if model.cfg.max_len < cfg.max_len:
         raise ConfigError(f"max_len {cfg.max_len} exceeds the model's max_len {model.cfg.max_len}")
     if cfg.init and not (resume and (expand(cfg.output) / "last.pt").is_file()):
-        _load_backbone(model, init_state, cfg.init)
+        ckpt.load_backbone(model, init_state, cfg.init)  # the MLM encoder; the sequence head starts fresh
 
     def loss_sum(out, labels):
         if task.is_regression:

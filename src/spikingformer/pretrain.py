@@ -300,21 +300,8 @@ def load_pretrained_encoder(model: nn.Module, path: str | Path) -> dict:
         raise ckpt.CheckpointError(f"{path} is not a Spikformer V2 MAE pre-training checkpoint "
                                    f"(meta kind {meta.get('kind')!r}, expected {KIND!r})")
     encoder = {k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")}
-    own = model.state_dict()
-    backbone = {k: v for k, v in own.items() if not k.startswith("head.")}
-    missing = sorted(set(backbone) - set(encoder))
-    unexpected = sorted(set(encoder) - set(backbone))
-    shapes = sorted(f"{k}: checkpoint {tuple(encoder[k].shape)} vs model {tuple(v.shape)}"
-                    for k, v in backbone.items() if k in encoder and encoder[k].shape != v.shape)
-    if missing or unexpected or shapes:
-        def show(keys):
-            return f"{len(keys)} {keys[:6]}{' ...' if len(keys) > 6 else ''}"
-        raise ValueError(f"{path} (pre-trained {meta.get('model')} {meta.get('encoder_args')}) does not fit this "
-                         f"{type(model).__name__}: missing {show(missing)}; unexpected {show(unexpected)}; "
-                         f"mis-shaped {show(shapes)}")
-    model.load_state_dict({**own, **encoder})
-    return {"source": str(path), "model": meta.get("model"), "loaded": len(encoder),
-            "head": sorted(set(own) - set(backbone))}
+    head = ckpt.load_backbone(model, encoder, f"{path} (pre-trained {meta.get('model')} {meta.get('encoder_args')})")
+    return {"source": str(path), "model": meta.get("model"), "loaded": len(encoder), "head": head}
 
 
 # ----------------------------------------------------------------------------- command line
