@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -146,8 +147,12 @@ def epoch_order(n: int, batch_size: int, seed: int, step: int) -> tuple[int, tor
     partial batch dropped.  A function of ``step`` alone, so a resumed run draws the same batches."""
     per_epoch = max(1, n // batch_size)
     epoch, k = divmod(step, per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    return epoch, perm[k * batch_size:(k + 1) * batch_size]
+    return epoch, _permutation(n, seed, epoch)[k * batch_size:(k + 1) * batch_size]
+
+
+@functools.lru_cache(maxsize=2)  # drawn once per epoch, not once per step
+def _permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
 def _optimizer(model: nn.Module, cfg: TextTrainConfig, path: FastPath):
