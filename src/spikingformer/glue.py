@@ -158,7 +158,7 @@ def _run(cfg: GlueConfig, info, resume: bool, json_path: str | None) -> dict:
         out = {}
         for suffix, _, ds in splits.evals:
             preds, loss = predict(model, ds)
-            out.update(_suffixed(dict(loss=loss, **tdata.task_metrics(task, preds, [y for _, _, y in ds.items])),
+            out.update(_suffixed(dict(loss=loss, **tdata.task_metrics(task, preds, ds.labels)),
                                  suffix))
         # val_acc / val_loss feed MetricsLog's curves: the first split's (MNLI-m); Pearson stands in on STS-B.
         first = splits.evals[0][0]
@@ -181,11 +181,11 @@ def _run(cfg: GlueConfig, info, resume: bool, json_path: str | None) -> dict:
                    val_metrics=final, model=cfg.model, init=cfg.init or "scratch", steps=cfg.steps,
                    train_examples=len(train), val_split=val_name, checkpoint=str(expand(cfg.output) / "last.pt"))
     if not task.is_regression:  # what predicting the training split's most frequent class scores here
-        labels = [int(y) for _, _, y in train.items]
+        labels = [int(y) for y in train.labels]
         majority = max(set(labels), key=labels.count)
         summary["majority_baseline"] = {}
         for suffix, _, ds in splits.evals:
-            gold = [y for _, _, y in ds.items]
+            gold = ds.labels
             summary["majority_baseline"].update(_suffixed(tdata.task_metrics(task, [majority] * len(gold), gold),
                                                           suffix))
     scores = " / ".join(f"{k} {final[k]:.4f}" for k in headline)
