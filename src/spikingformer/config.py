@@ -16,7 +16,8 @@ from pathlib import Path
 from .fast import AMP_MODES, COMPILE_MODES, FAST_MODES
 from .neuron import LIF_BACKENDS
 
-__all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "from_dict", "apply_overrides"]
+__all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "from_dict", "apply_overrides",
+           "add_run_args"]
 
 DATASETS = ("cifar10", "cifar100", "folder", "digits", "nmnist", "dvs128_gesture", "cifar10_dvs")
 EVENT_DATASETS = ("nmnist", "dvs128_gesture", "cifar10_dvs")  # raw event recordings (spikingformer.data.events)
@@ -278,3 +279,12 @@ def load_config(path: str | Path | None, overrides: list[str] = (), cls=TrainCon
     if cli:
         source += " + --set " + " ".join(overrides)
     return from_dict(cls, apply_overrides(data, cli), source)
+
+
+def add_run_args(parser, config_help: str, required: bool = True) -> None:
+    """The options every training command shares: ``--config``, ``--set`` (repeatable), ``--resume``."""
+    parser.add_argument("--config", required=required, metavar="FILE", help=config_help)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key (repeatable); values are parsed as YAML")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in the config's output folder from last.pt (starts fresh if none)")

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, add_run_args
 from .distributed import DistInfo
 from .fast import FastPath
 from .metrics import MetricsLog, write_json
@@ -342,10 +342,6 @@ def register_cli(sub) -> None:
                     "decoder_heads, norm_pix_loss; model_args.T sets the time steps (default 1). Writes last.pt, "
                     "metrics.jsonl/png, reconstruction.png and summary.json to the output folder; fine-tune "
                     "from last.pt with spikingformer.pretrain.load_pretrained_encoder.")
-    p.add_argument("--config", required=True, metavar="FILE", help="YAML file of PretrainConfig keys")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key (repeatable); values are parsed as YAML")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in the config's output folder from last.pt (starts fresh if none)")
+    add_run_args(p, "YAML file of PretrainConfig keys")
     p.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
     p.set_defaults(func=_cmd_pretrain)

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from . import checkpoint as ckpt
-from .config import ConfigError, load_config
+from .config import ConfigError, add_run_args, load_config
 from .distributed import DistInfo, all_reduce_sum, convert_sync_batchnorm
 from .fast import AMP_MODES, FAST_MODES, FastPath
 from .metrics import MetricsLog
@@ -272,10 +272,6 @@ def add_command(sub, name: str, runner, cls, helptext: str, description: str) ->
     """The ``mlm`` / ``glue`` subcommand: ``--config``, ``--set``, ``--resume``, ``--json``."""
     p = sub.add_parser(name, help=helptext, description=description + " Several GPUs: torchrun "
                        f"--nproc_per_node=N -m spikingformer.cli {name} ... (batch_size is the global batch).")
-    p.add_argument("--config", metavar="FILE", help="YAML file of config keys (default: built-in defaults)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key (repeatable); values are parsed as YAML")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in the config's output folder from last.pt (starts fresh if none)")
+    add_run_args(p, "YAML file of config keys (default: built-in defaults)", required=False)
     p.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
     p.set_defaults(func=_cmd(runner, cls))

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from .config import TrainConfig
+from .config import TrainConfig, add_run_args
 from .distributed import DistInfo
 from .evaluation import evaluate, spike_stats
 from .fast import FastPath
@@ -390,11 +390,7 @@ def register_cli(sub) -> None:
                     "can be overridden with --set key=value (model_args.depth=2 reaches into the model's "
                     "overrides); unknown keys are errors. Several GPUs: torchrun --nproc_per_node=N -m "
                     "spikingformer.cli train --config FILE.")
-    p.add_argument("--config", required=True, metavar="FILE", help="YAML file of TrainConfig keys")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key (repeatable); values are parsed as YAML")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in the config's output folder from last.pt (starts fresh if none)")
+    add_run_args(p, "YAML file of TrainConfig keys")
     p.set_defaults(func=_cmd_train)
     p = sub.add_parser(
         "eval", help="evaluate a checkpoint on its validation split",
