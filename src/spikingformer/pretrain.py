@@ -15,7 +15,6 @@ for fine-tuning.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -209,8 +208,8 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
 
 def _run(cfg: PretrainConfig, resume: bool, info: DistInfo) -> dict:
     from .distributed import convert_sync_batchnorm
-    from .train import (build_training, load_data, make_loaders, open_run, restore, seed_all, train_one_epoch,
-                        wrap_ddp)
+    from .train import (build_training, load_data, make_loaders, open_output, open_run, restore, seed_all,
+                        train_one_epoch, wrap_ddp)
 
     t_start = time.time()
     out = Path(cfg.output)
@@ -249,10 +248,7 @@ def _run(cfg: PretrainConfig, resume: bool, info: DistInfo) -> dict:
                 "meta": meta, "world_size": info.world}, last)
 
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt.remove_partial_writes(out)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        where = f"resuming at epoch {state.epoch + 1} step {state.step}" if resume_state else "starting"
+        where = open_output(out, cfg, resume_state is not None, state)
         print(f"{cfg.model} MAE: encoder {n_enc / 1e6:.2f}M + decoder {n_dec / 1e6:.2f}M params, T={mae_cfg.T}, "
               f"mask {cfg.mask_ratio:.0%}, {len(data.train)} train images; {info.world} process(es) on "
               f"{info.device}, amp={path.amp_dtype or 'fp32'}; {where}", flush=True)

@@ -230,6 +230,15 @@ def restore(state: dict, info: DistInfo, model: nn.Module, opt, sched, scaler) -
     return state["progress"]
 
 
+def open_output(out: Path, cfg, resuming: bool, state) -> str:
+    """Create the run folder, drop half-written checkpoints of a killed run, record the config; return
+    where the run starts, for its first log line (main process only)."""
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt.remove_partial_writes(out)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    return f"resuming at epoch {state.epoch + 1} step {state.step}" if resuming else "starting"
+
+
 def wrap_ddp(module: nn.Module, info: DistInfo) -> nn.Module:
     if info.world == 1:
         return module
@@ -303,10 +312,7 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> dict:
                 "config": cfg.to_dict(), "meta": meta, "world_size": info.world}, path)
 
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt.remove_partial_writes(out)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        where = f"resuming at epoch {state.epoch + 1} step {state.step}" if resume_state else "starting"
+        where = open_output(out, cfg, resume_state is not None, state)
         print(f"{cfg.model}: {n_params / 1e6:.2f}M params, {len(data.train)} train images, "
               f"{data.val_name}; {info.world} process(es) on {info.device}, amp={dtype or 'fp32'}; {where}",
               flush=True)
