@@ -302,6 +302,7 @@ def test_text_checkpoint_on_random_token_ids_is_per_sequence(tmp_path, capsys):
 def test_text_checkpoint_on_the_held_out_glue_sequences(tmp_path):
     from spikingformer import glue
     from spikingformer.config import from_dict
+    from spikingformer.data import glue as gdata
     from spikingformer.data import text as tdata
 
     ck, js = text_checkpoint(tmp_path), tmp_path / "e.json"
@@ -312,7 +313,7 @@ def test_text_checkpoint_on_the_held_out_glue_sequences(tmp_path):
     cfg = from_dict(glue.GlueConfig, dict(glue.GlueConfig(task="sst2", holdout_fraction=0.25, max_len=32,
                                                           vocab=str(tmp_path / "vocab.txt")).to_dict(),
                                           data_dir=str(tmp_path)))
-    (_, name, ds), = glue.glue_splits(cfg, tdata.get_task("sst2"), tdata.WordPieceTokenizer(cfg.vocab)).evals
+    (_, name, ds), = glue.glue_splits(cfg, gdata.get_task("sst2"), tdata.WordPieceTokenizer(cfg.vocab)).evals
     longest = max(len(ds[i][0]) for i in range(4))
     assert data["images"] == 4 and data["layers"][0]["flops"] == longest * 32 * 32
     assert any(n.startswith(f"input: 4 sequences of {name}") for n in data["notes"])

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from . import checkpoint as ckpt
 from .config import ConfigError
+from .data import glue as gdata
 from .data import text as tdata
 from .data.split import balanced_split
 from .distributed import gather_objects, session
@@ -47,7 +48,7 @@ class GlueConfig(TextTrainConfig):
     def __post_init__(self):
         super().__post_init__()
         try:
-            tdata.get_task(self.task)
+            gdata.get_task(self.task)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         if self.val_split not in VAL_SPLITS:
@@ -60,8 +61,8 @@ class GlueConfig(TextTrainConfig):
 class GlueSplits:
     """The training examples and every evaluation split of one GLUE run."""
 
-    train: tdata.GlueDataset
-    evals: list[tuple[str, str, tdata.GlueDataset]]  # (metric suffix, name for reports, examples)
+    train: gdata.GlueDataset
+    evals: list[tuple[str, str, gdata.GlueDataset]]  # (metric suffix, name for reports, examples)
 
     @property
     def name(self) -> str:
@@ -76,18 +77,18 @@ def _limit(idx: list[int], labels: list[int], n: int, seed: int) -> list[int]:
     return [idx[k] for k in keep]
 
 
-def glue_splits(cfg: GlueConfig, task: tdata.GlueTask, tok: tdata.WordPieceTokenizer) -> GlueSplits:
+def glue_splits(cfg: GlueConfig, task: gdata.GlueTask, tok: tdata.WordPieceTokenizer) -> GlueSplits:
     """``cfg.val_split``: the official dev file(s) (``auto``, when present) or a seeded held-out share of train."""
     folder = expand(cfg.data_dir) / task.folder
-    examples = tdata.read_glue(task, folder / "train.tsv")
+    examples = gdata.read_glue(task, folder / "train.tsv")
     # Regression (STS-B) has no classes to balance: one pseudo-class makes balanced_split a seeded random pick.
     labels = [0 if task.is_regression else int(e.label) for e in examples]
-    dev = tdata.official_dev_files(task, expand(cfg.data_dir)) if cfg.val_split == "auto" else None
+    dev = gdata.official_dev_files(task, expand(cfg.data_dir)) if cfg.val_split == "auto" else None
     if dev:
         train_idx = list(range(len(examples)))
         evals = []
         for suffix, path in dev:
-            held = tdata.read_glue(task, path)[:cfg.limit_val or None]
+            held = gdata.read_glue(task, path)[:cfg.limit_val or None]
             evals.append((suffix, f"{path.stem} (official GLUE dev split, {len(held)} examples)", held))
     else:
         n_val = max(1, round(len(examples) * cfg.holdout_fraction))
@@ -98,8 +99,8 @@ def glue_splits(cfg: GlueConfig, task: tdata.GlueTask, tok: tdata.WordPieceToken
                       f"{'random' if task.is_regression else 'class-balanced'}, seed {cfg.seed}{why})",
                   [examples[i] for i in val_idx])]
     train_idx = _limit(train_idx, labels, cfg.limit_train, cfg.seed + 1)
-    return GlueSplits(tdata.GlueDataset([examples[i] for i in train_idx], tok, cfg.max_len),
-                      [(sfx, name, tdata.GlueDataset(held, tok, cfg.max_len)) for sfx, name, held in evals])
+    return GlueSplits(gdata.GlueDataset([examples[i] for i in train_idx], tok, cfg.max_len),
+                      [(sfx, name, gdata.GlueDataset(held, tok, cfg.max_len)) for sfx, name, held in evals])
 
 
 def _key(name: str, suffix: str) -> str:
@@ -119,7 +120,7 @@ def run_glue(cfg: GlueConfig, resume: bool = False, json_path: str | None = None
 
 def _run(cfg: GlueConfig, info, resume: bool, json_path: str | None) -> dict:
     torch.manual_seed(cfg.seed)
-    task = tdata.get_task(cfg.task)
+    task = gdata.get_task(cfg.task)
     tok = tdata.WordPieceTokenizer(expand(cfg.vocab))
     splits = glue_splits(cfg, task, tok)
     train, val_name = splits.train, splits.name
@@ -146,7 +147,7 @@ def _run(cfg: GlueConfig, info, resume: bool, json_path: str | None) -> dict:
         preds, loss = [], 0.0
         part = eval_shard(len(ds), info)
         for s in range(part.start, part.stop, cfg.batch_size):
-            b = tdata.collate([ds[i] for i in range(s, min(part.stop, s + cfg.batch_size))], tok.pad_id)
+            b = gdata.collate([ds[i] for i in range(s, min(part.stop, s + cfg.batch_size))], tok.pad_id)
             b = to_device(b, info.device)
             out = model(b["input_ids"], b["token_type_ids"], b["attention_mask"]).float()
             loss += float(loss_sum(out, b["labels"]))
@@ -158,7 +159,7 @@ def _run(cfg: GlueConfig, info, resume: bool, json_path: str | None) -> dict:
         out = {}
         for suffix, _, ds in splits.evals:
             preds, loss = predict(model, ds)
-            out.update(_suffixed(dict(loss=loss, **tdata.task_metrics(task, preds, ds.labels)),
+            out.update(_suffixed(dict(loss=loss, **gdata.task_metrics(task, preds, ds.labels)),
                                  suffix))
         # val_acc / val_loss feed MetricsLog's curves: the first split's (MNLI-m); Pearson stands in on STS-B.
         first = splits.evals[0][0]
@@ -167,7 +168,7 @@ def _run(cfg: GlueConfig, info, resume: bool, json_path: str | None) -> dict:
 
     def batch_at(step: int) -> dict:
         _, idx = epoch_order(len(train), cfg.batch_size, cfg.seed, step)
-        return tdata.collate([train[int(i)] for i in idx], tok.pad_id)
+        return gdata.collate([train[int(i)] for i in idx], tok.pad_id)
 
     meta = dict(model=cfg.model, model_args=dataclasses.asdict(model.cfg), task=task.name, init=cfg.init)
     history = fit(cfg, info, TextTask(
@@ -186,7 +187,7 @@ def _run(cfg: GlueConfig, info, resume: bool, json_path: str | None) -> dict:
         summary["majority_baseline"] = {}
         for suffix, _, ds in splits.evals:
             gold = ds.labels
-            summary["majority_baseline"].update(_suffixed(tdata.task_metrics(task, [majority] * len(gold), gold),
+            summary["majority_baseline"].update(_suffixed(gdata.task_metrics(task, [majority] * len(gold), gold),
                                                           suffix))
     scores = " / ".join(f"{k} {final[k]:.4f}" for k in headline)
     base = summary.get("majority_baseline", {})
