@@ -9,6 +9,7 @@ truncated or foreign file is reported as such.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 import random
@@ -19,6 +20,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+
+from .official import OfficialWeightsError, convert_official, official_family
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_weights", "atomic_copy",
            "remove_partial_writes", "rng_state", "set_rng_state", "FORMAT", "VERSION"]
@@ -79,7 +82,10 @@ def _safe_load(path: Path, map_location="cpu"):
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        # timm's CheckpointSaver (the official repositories' training scripts) stores the command line as
+        # an argparse.Namespace: a plain attribute bag, safe to rebuild, so it is the one class allowed.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # the parser meets arbitrary bytes: any error means "not a checkpoint we can read"
         msg = str(e)
         if isinstance(e, pickle.UnpicklingError) and ("Unsupported global" in msg or "unsupported GLOBAL" in msg):
@@ -90,14 +96,15 @@ def _safe_load(path: Path, map_location="cpu"):
                               f"{first}") from None
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Read a checkpoint written by ``save_checkpoint``; anything else raises ``CheckpointError``."""
+def load_checkpoint(path: str | Path, map_location="cpu", hint: str = "") -> dict:
+    """Read a checkpoint written by ``save_checkpoint``; anything else raises ``CheckpointError``
+    (``hint`` is appended to the message for a PyTorch file of another kind)."""
     path = Path(path)
     state = _safe_load(path, map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path} is a PyTorch file but not a spikingformer checkpoint "
-                              f"(expected a dict with format={FORMAT!r}; found {found})")
+                              f"(expected a dict with format={FORMAT!r}; found {found}){hint}")
     if state.get("version") != VERSION:
         raise CheckpointError(f"{path} has checkpoint version {state.get('version')}; this spikingformer "
                               f"reads version {VERSION}")
@@ -106,11 +113,13 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
 
 def load_weights(path: str | Path) -> tuple[dict, dict]:
     """Model weights from a training checkpoint (``best.pt``/``last.pt``), a ``torch.save``-d
-    state_dict (bare, or under ``model``/``state_dict``/``model_state_dict``) or a ``.safetensors``
-    file.  Returns ``(state_dict, build)``: ``build`` is ``{"model": name, "model_args": {...}, "task":
-    "mlm"/GLUE task or None, "config": the run's config}`` as the training run created the model, or
-    ``{}`` when the file does not say.  ``module.`` (DDP) and
-    ``_orig_mod.`` (``torch.compile``) prefixes are stripped."""
+    state_dict (bare, or under ``model``/``state_dict``/``model_state_dict``, as timm's checkpoints of
+    the official code), or a ``.safetensors`` file.  Returns ``(state_dict, build)``: ``build`` is
+    ``{"model": name, "model_args": {...}, "task": "mlm"/GLUE task or None, "config": the run's
+    config}`` as the training run created the model, or ``{}`` when the file does not say.
+    ``module.`` (DDP) and ``_orig_mod.`` (``torch.compile``) prefixes are stripped, and an official
+    repository's key layout is renamed to ours (``official.convert_official``; ``build`` then holds
+    ``{"official": family, "notes": [...]}``)."""
     path = Path(path)
     build: dict = {}
     if path.suffix == ".safetensors":
@@ -138,6 +147,12 @@ def load_weights(path: str | Path) -> tuple[dict, dict]:
     for prefix in ("module.", "_orig_mod."):
         if all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
+    if official_family(state):
+        try:
+            state, family, notes = convert_official(state)
+        except OfficialWeightsError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+        build = {"official": family, "notes": notes}
     return state, build
 
 

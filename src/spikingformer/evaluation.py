@@ -65,48 +65,70 @@ def spike_stats(model: nn.Module, loader, device: torch.device, max_batches: int
 
 
 def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "auto", batch_size: int = 0,
-                        workers: int | None = None) -> dict:
-    """Rebuild the model a checkpoint was trained as, and evaluate it on its validation split (or ``data_dir``'s)."""
+                        workers: int | None = None, recipe: str | None = None, sets: list[str] = ()) -> dict:
+    """Evaluate a checkpoint on a validation split.
+
+    Without ``recipe``, ``path`` is a run's checkpoint: its model is rebuilt and evaluated on the split it
+    was trained with (or ``data_dir``'s).  With ``recipe`` (a YAML config, plus ``--set`` overrides), ``path``
+    may hold any weights ``checkpoint.load_weights`` reads, the official repositories' included: the recipe
+    names the model, the dataset and its evaluation transform."""
     from torch.utils.data import DataLoader
 
     from . import create_model
-    from .config import TrainConfig, from_dict
+    from .config import TrainConfig, from_dict, load_config
     from .data import DataError, build_data
+    from .official import check_family
+    from .train import model_kwargs, resolve_img_size
 
-    state = ckpt.load_checkpoint(path)
-    conf = dict(state["config"], device=device)
-    if data_dir is not None:
-        conf["data_dir"] = data_dir
-    if batch_size:
-        conf["val_batch_size"] = batch_size
-    if workers is not None:
-        conf["workers"] = workers
-    cfg = from_dict(TrainConfig, conf, f"{path} config")
-    meta = state["meta"]
-    data = build_data(cfg, meta["img_size"])
-    if data.classes != meta["classes"]:
-        raise DataError(f"{cfg.data_dir} has classes {data.classes[:5]}... but {path} was trained on "
-                        f"{meta['classes'][:5]}... ({len(meta['classes'])} classes)")
+    extra = {k: v for k, v in (("device", device), ("data_dir", data_dir), ("val_batch_size", batch_size or None),
+                               ("workers", workers)) if v is not None}
+    if recipe is None:
+        if sets:
+            raise ValueError("--set needs --config (a run's checkpoint brings its own config)")
+        state = ckpt.load_checkpoint(path, hint=" (for a state_dict or official weights add --config RECIPE.yaml, "
+                                              "e.g. configs/cifar10.yaml, which names the model and the data)")
+        cfg = from_dict(TrainConfig, dict(state["config"], **extra), f"{path} config")
+        meta, weights, epoch, notes = state["meta"], state["model"], state["progress"]["epoch"], []
+        data = build_data(cfg, meta["img_size"])
+        if data.classes != meta["classes"]:
+            raise DataError(f"{cfg.data_dir} has classes {data.classes[:5]}... but {path} was trained on "
+                            f"{meta['classes'][:5]}... ({len(meta['classes'])} classes)")
+        name, margs = meta["model"], meta["model_args"]
+    else:
+        cfg = load_config(recipe, list(sets))
+        cfg = from_dict(TrainConfig, dict(cfg.to_dict(), **extra), f"{recipe} + command line")
+        weights, build = ckpt.load_weights(path)
+        check_family(cfg.model, build.get("official"), path)
+        epoch, notes = None, list(build.get("notes", []))
+        data = build_data(cfg, resolve_img_size(cfg))
+        name, margs = cfg.model, model_kwargs(cfg, len(data.classes), data.in_chans)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
-    model = create_model(meta["model"], **meta["model_args"])
-    model.load_state_dict(state["model"])
+    model = create_model(name, **margs)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise ValueError(f"{path} does not fit {name} with {margs}: {str(e).splitlines()[-1].strip()}") from None
     model.to(dev)
     loader = DataLoader(data.val, cfg.val_batch_size, num_workers=cfg.workers, collate_fn=data.collate)
     result = evaluate(model, loader, dev, FastPath.from_modes("off", cfg.amp, dev))
-    return {"checkpoint": str(path), "epoch": state["progress"]["epoch"], "val_split": data.val_name, **result,
-            **spike_stats(model, loader, dev)}
+    return {"checkpoint": str(path), "model": name, "epoch": epoch, "val_split": data.val_name, **result,
+            **spike_stats(model, loader, dev), "notes": notes}
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .data import DataError
 
     try:
-        r = evaluate_checkpoint(args.checkpoint, args.data, args.device, args.batch_size, args.workers)
+        r = evaluate_checkpoint(args.checkpoint, args.data, args.device, args.batch_size, args.workers,
+                                args.config, args.set)
     except (ckpt.CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{r['checkpoint']} (after epoch {r['epoch']}) on {r['val_split']}: top-1 {100 * r['val_acc']:.2f} %, "
+    for note in r["notes"]:
+        print(f"note: {note}")
+    when = f" (after epoch {r['epoch']})" if r["epoch"] is not None else ""
+    print(f"{r['checkpoint']} ({r['model']}){when} on {r['val_split']}: top-1 {100 * r['val_acc']:.2f} %, "
           f"top-5 {100 * r['val_acc5']:.2f} %, loss {r['val_loss']:.4f}; firing rate {r['firing_rate']:.3f}; "
           f"spike-driven: {'yes' if r['spike_driven'] else 'NO'}")
     if args.json:

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import load_weights
+from .official import check_family
 
 __all__ = ["Prepared", "add_input_args", "prepare", "run_model", "load_checkpoint", "calibrate_bn"]
 
@@ -121,8 +122,13 @@ def prepare(args: argparse.Namespace) -> Prepared:
         raise ValueError("give --model, or a --checkpoint written by a training run (which names its model)")
     if build.get("model") not in (None, name):  # the command line may not silently rebuild another model
         raise ValueError(f"{args.checkpoint} holds a {build['model']}, not a {name}")
+    check_family(name, build.get("official"), args.checkpoint)
+    if state is not None and "head.fc.weight" in state and "model_args" not in build:
+        # a bare state_dict says its classifier size; --num-classes still wins
+        build = {**build, "model_args": {"num_classes": state["head.fc.weight"].shape[0]}}
     text = name in list_text_models()
     prep = _text(args, name, build) if text else _vision(args, name, build)
+    prep.notes += build.get("notes", [])
     if args.checkpoint:
         load_checkpoint(prep.model, args.checkpoint, state).eval()
     else:
@@ -217,6 +223,7 @@ def _text_data(args: argparse.Namespace, build: dict, model: nn.Module) -> tuple
     """Real sequences: the split a GLUE run evaluated on, or masked blocks of a corpus for an MLM run."""
     from . import glue, mlm
     from .config import from_dict
+    from .data import glue as gdata
     from .data import text as tdata
 
     config, task = build.get("config") or {}, build.get("task")
@@ -234,11 +241,11 @@ def _text_data(args: argparse.Namespace, build: dict, model: nn.Module) -> tuple
         return batches, f"masked blocks of {cfg.block_len} tokens from {args.data} ({len(items)} of {len(blocks)})"
     cfg = from_dict(glue.GlueConfig, dict(config, vocab=vocab, data_dir=args.data), f"{args.checkpoint} config")
     tok = tdata.WordPieceTokenizer(Path(vocab).expanduser())
-    _, split, ds = glue.glue_splits(cfg, tdata.get_task(task), tok).evals[0]
+    _, split, ds = glue.glue_splits(cfg, gdata.get_task(task), tok).evals[0]
     n = min(len(ds), args.batch_size * args.batches)
     batches = []
     for s in range(0, n, args.batch_size):
-        b = tdata.collate([ds[i] for i in range(s, min(n, s + args.batch_size))], tok.pad_id)
+        b = gdata.collate([ds[i] for i in range(s, min(n, s + args.batch_size))], tok.pad_id)
         b.pop("labels")
         batches.append(b)
     real = sum(int(b["attention_mask"].sum()) for b in batches)

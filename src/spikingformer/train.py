@@ -399,12 +399,20 @@ def register_cli(sub) -> None:
     add_run_args(p, "YAML file of TrainConfig keys")
     p.set_defaults(func=_cmd_train)
     p = sub.add_parser(
-        "eval", help="evaluate a checkpoint on its validation split",
-        description="Rebuild the model stored in a checkpoint and report top-1/top-5 accuracy, loss, mean firing "
-                    "rate and the spike-driven verdict on the validation split it was trained with (the same "
-                    "seeded held-out split when it had one), or on --data.")
-    p.add_argument("--checkpoint", required=True, metavar="FILE", help="best.pt or last.pt of a run")
-    p.add_argument("--data", metavar="DIR", help="data_dir to evaluate on instead of the checkpoint's")
+        "eval", help="evaluate a checkpoint (a run's, or official weights with a recipe) on a validation split",
+        description="Report top-1/top-5 accuracy, loss, mean firing rate and the spike-driven verdict. A run's "
+                    "checkpoint is rebuilt and evaluated on the validation split it was trained with (the same "
+                    "seeded held-out split when it had one), or on --data. Other weights (a state_dict, "
+                    ".safetensors, or the official repositories' checkpoints, whose tensor names are converted) "
+                    "need --config: the recipe names the model, dataset and evaluation transform, e.g. "
+                    "`spikingformer eval --checkpoint spikingformer-8-512.pth.tar --config configs/imagenet_8_512.yaml "
+                    "--data /data/imagenet`.")
+    p.add_argument("--checkpoint", required=True, metavar="FILE",
+                   help="best.pt/last.pt of a run, or (with --config) any weights file")
+    p.add_argument("--config", metavar="FILE", help="YAML recipe for weights that are not a run's checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one key of --config (repeatable)")
+    p.add_argument("--data", metavar="DIR", help="data_dir to evaluate on instead of the checkpoint's or recipe's")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=0, help="evaluation batch size (default: the config's)")
     p.add_argument("--workers", type=int, default=None, help="data-loading worker processes")

@@ -1,0 +1,182 @@
+"""Weights in the official repositories' layout load into our models, through every command.
+
+The state_dicts below are written from the official model files' module names and shapes
+(zhouchenlin2096/Spikingformer, Spikingformer-CML, ZK-Zhou/spikformer), independently of our
+own names, with random values: a mapping that put a tensor in the wrong place fails the
+value checks, and one that missed a tensor fails the strict load.
+"""
+import argparse
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from spikingformer import cli, create_model
+from spikingformer.checkpoint import CheckpointError, load_weights
+from spikingformer.official import OfficialWeightsError, convert_official, official_family
+
+from .data.helpers import write_class_tree
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _bn(prefix: str, c: int, g: torch.Generator) -> dict:
+    return {f"{prefix}.weight": torch.rand(c, generator=g) + 0.5, f"{prefix}.bias": torch.randn(c, generator=g),
+            f"{prefix}.running_mean": torch.randn(c, generator=g), f"{prefix}.running_var": torch.rand(c, generator=g) + 0.5,
+            f"{prefix}.num_batches_tracked": torch.tensor(100)}
+
+
+def _w(*shape, g):
+    return torch.randn(*shape, generator=g) * 0.1
+
+
+def official_spikingformer(dim: int, depth: int, classes: int, in_ch: int = 3, cifar_names: bool = False,
+                           seed: int = 0) -> dict:
+    """Spikingformer's official layout: ImageNet/DVS tokenizer ``proj{i}_conv`` (CIFAR: ``block{i}_conv``),
+    Conv1d Q/K/V/proj, Conv2d MLP ``mlp1``/``mlp2``, unused LayerNorms ``norm1``/``norm2``, ``head``."""
+    g = torch.Generator().manual_seed(seed)
+    sd, ch = {}, [in_ch, dim // 8, dim // 4, dim // 2, dim, dim]
+    for i in range(5):
+        name = f"block{i}" if cifar_names else ("proj" if i == 0 else f"proj{i}")
+        sd[f"patch_embed.{name}_conv.weight"] = _w(ch[i + 1], ch[i], 3, 3, g=g)
+        sd.update(_bn(f"patch_embed.{name}_bn", ch[i + 1], g))
+    for j in range(depth):
+        b = f"block.{j}"
+        for n in ("norm1", "norm2"):
+            sd[f"{b}.{n}.weight"], sd[f"{b}.{n}.bias"] = torch.ones(dim), torch.zeros(dim)
+        for n in ("q", "k", "v", "proj"):
+            sd[f"{b}.attn.{n}_conv.weight"] = _w(dim, dim, 1, g=g)
+            if n == "proj":
+                sd[f"{b}.attn.proj_conv.bias"] = _w(dim, g=g)
+            sd.update(_bn(f"{b}.attn.{n}_bn", dim, g))
+        for n, (o, i) in (("mlp1", (4 * dim, dim)), ("mlp2", (dim, 4 * dim))):
+            sd[f"{b}.mlp.{n}_conv.weight"], sd[f"{b}.mlp.{n}_conv.bias"] = _w(o, i, 1, 1, g=g), _w(o, g=g)
+            sd.update(_bn(f"{b}.mlp.{n}_bn", o, g))
+    sd["head.weight"], sd["head.bias"] = _w(classes, dim, g=g), _w(classes, g=g)
+    return sd
+
+
+def official_spikformer(dim: int, depth: int, classes: int, seed: int = 0) -> dict:
+    """Spikformer V1's official CIFAR layout: SPS ``proj_conv``, ``proj_conv1..3``, ``rpe_conv``; Linear
+    Q/K/V with biases (``nn.Linear`` defaults), ``fc1_linear``/``fc2_linear``, unused LayerNorms."""
+    g = torch.Generator().manual_seed(seed)
+    sd, ch = {}, [3, dim // 8, dim // 4, dim // 2, dim]
+    for i in range(4):
+        sfx = "" if i == 0 else str(i)
+        sd[f"patch_embed.proj_conv{sfx}.weight"] = _w(ch[i + 1], ch[i], 3, 3, g=g)
+        sd.update(_bn(f"patch_embed.proj_bn{sfx}", ch[i + 1], g))
+    sd["patch_embed.rpe_conv.weight"] = _w(dim, dim, 3, 3, g=g)
+    sd.update(_bn("patch_embed.rpe_bn", dim, g))
+    for j in range(depth):
+        b = f"block.{j}"
+        for n in ("norm1", "norm2"):
+            sd[f"{b}.{n}.weight"], sd[f"{b}.{n}.bias"] = torch.ones(dim), torch.zeros(dim)
+        for n in ("q", "k", "v", "proj"):
+            sd[f"{b}.attn.{n}_linear.weight"], sd[f"{b}.attn.{n}_linear.bias"] = _w(dim, dim, g=g), _w(dim, g=g)
+            sd.update(_bn(f"{b}.attn.{n}_bn", dim, g))
+        for n, (o, i) in (("fc1", (4 * dim, dim)), ("fc2", (dim, 4 * dim))):
+            sd[f"{b}.mlp.{n}_linear.weight"], sd[f"{b}.mlp.{n}_linear.bias"] = _w(o, i, g=g), _w(o, g=g)
+            sd.update(_bn(f"{b}.mlp.{n}_bn", o, g))
+    sd["head.weight"], sd["head.bias"] = _w(classes, dim, g=g), _w(classes, g=g)
+    return sd
+
+
+SMALL = dict(depth=2, dim=32, num_heads=4)
+
+
+@pytest.mark.parametrize("name", ["spikingformer_8_512", "spikingformer_dagger_8_512", "spikingformer_4_384"])
+@pytest.mark.parametrize("cifar_names", [False, True])
+def test_spikingformer_weights_land_where_the_official_model_uses_them(name, cifar_names):
+    official = official_spikingformer(32, 2, 7, cifar_names=cifar_names)
+    ours, family, notes = convert_official(official)
+    model = create_model(name, num_classes=7, **SMALL)
+    model.load_state_dict(ours)  # strict: every tensor of ours is given, nothing left over
+    assert family == "spikingformer" and "dropped 8 LayerNorm tensors" in notes[0]
+    tok = "block" if cifar_names else "proj"
+    assert torch.equal(model.tokenizer.encode.conv.weight, official[f"patch_embed.{'block0' if cifar_names else 'proj'}_conv.weight"])
+    assert torch.equal(model.tokenizer.convs[2].bn.running_var, official[f"patch_embed.{tok}3_bn.running_var"])
+    attn = model.blocks[1].attn
+    assert torch.equal(attn.k.conv.weight[..., 0, 0], official["block.1.attn.k_conv.weight"][..., 0])
+    assert torch.equal(attn.proj.conv.bias, official["block.1.attn.proj_conv.bias"])
+    assert torch.equal(model.blocks[0].mlp.fc2.conv.weight, official["block.0.mlp.mlp2_conv.weight"])
+    assert torch.equal(model.head.fc.weight, official["head.weight"])
+
+
+def test_spikformer_qkv_biases_fold_into_batchnorm_exactly():
+    official = official_spikformer(32, 2, 5)
+    ours, family, notes = convert_official(official)
+    model = create_model("spikformer_4_384", num_classes=5, **SMALL).eval()
+    model.load_state_dict(ours)
+    assert family == "spikformer" and any("folded 6 Q/K/V" in n for n in notes)
+    # The official q branch: Linear with its bias, then eval-mode BatchNorm1d over channels.
+    ref_lin, ref_bn = nn.Linear(32, 32), nn.BatchNorm1d(32).eval()
+    ref_lin.load_state_dict({"weight": official["block.1.attn.q_linear.weight"],
+                             "bias": official["block.1.attn.q_linear.bias"]})
+    ref_bn.load_state_dict({k.split(".")[-1]: v for k, v in official.items() if k.startswith("block.1.attn.q_bn.")})
+    x = torch.randn(2, 3, 16, 32)  # [T, B, N, D]
+    want = ref_bn(ref_lin(x.flatten(0, 1)).transpose(1, 2)).transpose(1, 2).reshape(2, 3, 16, 32)
+    torch.testing.assert_close(model.blocks[1].attn.q(x), want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(model.stem.rpe.conv.weight, official["patch_embed.rpe_conv.weight"])
+    assert torch.equal(model.stem.convs[3].bn.weight, official["patch_embed.proj_bn3.weight"])
+
+
+def test_unknown_official_keys_and_foreign_layouts_are_named():
+    sd = official_spikingformer(32, 1, 3)
+    sd["block.0.attn.extra_gate.weight"] = torch.zeros(1)
+    with pytest.raises(OfficialWeightsError, match="extra_gate"):
+        convert_official(sd)
+    assert official_family({"tokenizer.encode.conv.weight": torch.zeros(1)}) is None
+
+
+def _timm_checkpoint(path, state):
+    """What timm's CheckpointSaver (the official train.py) writes: the command line as an argparse.Namespace."""
+    args = argparse.Namespace(model="Spikingformer", lr=5e-4, mean=[0.4914, 0.4822, 0.4465], dim=384, T=4)
+    torch.save({"epoch": 399, "arch": "Spikingformer", "state_dict": state, "optimizer": {"state": {}},
+                "version": 2, "args": args, "metric": 95.81}, path)
+    return path
+
+
+class Payload:  # any other class must still be refused by the weights-only loader
+    pass
+
+
+def test_timm_checkpoints_load_and_other_objects_stay_refused(tmp_path):
+    f = _timm_checkpoint(tmp_path / "model_best.pth.tar", official_spikingformer(32, 1, 3))
+    state, build = load_weights(f)
+    assert build["official"] == "spikingformer" and "tokenizer.convs.3.conv.weight" in state
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "obj": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="arbitrary Python objects"):
+        load_weights(tmp_path / "evil.pt")
+
+
+def test_energy_and_verify_take_official_weights(tmp_path, capsys):
+    f = _timm_checkpoint(tmp_path / "official.pth.tar", official_spikingformer(384, 4, 100))
+    # --num-classes is read from the classifier (CIFAR-100 weights in a model whose default is 10)
+    assert cli.main(["verify", "--model", "spikingformer_4_384", "--checkpoint", str(f)]) == 0
+    assert "dropped 16 LayerNorm tensors" in capsys.readouterr().out
+    assert cli.main(["energy", "--model", "spikingformer_4_384", "--checkpoint", str(f),
+                     "--json", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["total_mJ"] > 0
+    assert cli.main(["energy", "--model", "spikformer_4_384", "--checkpoint", str(f)]) != 0
+    assert "official spikingformer weights, which fit spikingformer_*" in capsys.readouterr().err
+
+
+def test_eval_scores_official_weights_with_a_recipe(tmp_path, capsys):
+    data = write_class_tree(tmp_path / "data" / "train", per_class=4).parent
+    f = _timm_checkpoint(tmp_path / "official.pth.tar", official_spikingformer(32, 1, 3))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: spikingformer_4_256\nmodel_args: {depth: 1, dim: 32, num_heads: 4, T: 1}\n"
+                      "dataset: folder\nholdout: 6\nimg_size: 16\nval_batch_size: 4\nworkers: 0\n")
+    assert cli.main(["eval", "--checkpoint", str(f), "--config", str(recipe), "--data", str(data),
+                     "--json", str(tmp_path / "r.json")]) == 0
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["val_images"] == 6 and r["epoch"] is None and r["spike_driven"] is True
+    assert "dropped 4 LayerNorm tensors" in capsys.readouterr().out
+    # Without a recipe the file is not a run's checkpoint: the error says what to add.
+    assert cli.main(["eval", "--checkpoint", str(f)]) == 2
+    assert "add --config RECIPE.yaml" in capsys.readouterr().err
+    # A recipe whose model the weights do not fit: the mismatch is named, no traceback.
+    assert cli.main(["eval", "--checkpoint", str(f), "--config", str(recipe), "--data", str(data),
+                     "--set", "model_args.dim=64"]) == 2
+    assert "does not fit spikingformer_4_256" in capsys.readouterr().err
