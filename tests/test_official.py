@@ -7,6 +7,7 @@ value checks, and one that missed a tensor fails the strict load.
 """
 import argparse
 import json
+import re
 
 import pytest
 import torch
@@ -22,8 +23,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _bn(prefix: str, c: int, g: torch.Generator) -> dict:
-    return {f"{prefix}.weight": torch.rand(c, generator=g) + 0.5, f"{prefix}.bias": torch.randn(c, generator=g),
-            f"{prefix}.running_mean": torch.randn(c, generator=g), f"{prefix}.running_var": torch.rand(c, generator=g) + 0.5,
+    # statistics on the scale of the random weights' outputs, so that neurons fire depending on the input
+    return {f"{prefix}.weight": torch.rand(c, generator=g) + 0.5, f"{prefix}.bias": 0.5 * torch.randn(c, generator=g),
+            f"{prefix}.running_mean": 0.1 * torch.randn(c, generator=g),
+            f"{prefix}.running_var": 0.1 * torch.rand(c, generator=g) + 0.1,
             f"{prefix}.num_batches_tracked": torch.tensor(100)}
 
 
@@ -180,3 +183,158 @@ def test_eval_scores_official_weights_with_a_recipe(tmp_path, capsys):
     assert cli.main(["eval", "--checkpoint", str(f), "--config", str(recipe), "--data", str(data),
                      "--set", "model_args.dim=64"]) == 2
     assert "does not fit spikingformer_4_256" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------
+# The official forward passes, written from the official model files as plain functions over their
+# state_dicts (eval mode), with a LIF neuron straight from SPEC §2. Our converted models must give the
+# same logits: in float64 every spike product is exact, so any difference is a structural one
+# (head split, pool placement, CML order, which tensors feed which layer).
+
+def _lif(x, tau=2.0, th=1.0):
+    v, out = torch.zeros_like(x[0]), []
+    for xt in x:
+        h = v + (xt - v) / tau
+        s = (h >= th).to(x.dtype)
+        v = h * (1 - s)
+        out.append(s)
+    return torch.stack(out)
+
+
+_CALIBRATING = [False]
+
+
+def _bn_eval(sd, p, x):
+    """Eval-mode BN; while calibrating, batch statistics that overwrite the running ones (momentum 1)."""
+    return nn.functional.batch_norm(x, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"],
+                                    sd[f"{p}.bias"], _CALIBRATING[0], 1.0, 1e-5)
+
+
+def calibrated(sd, forward, img, qkv_beta):
+    """Give ``sd`` (float64) running statistics of ``img`` and Q/K/V BN biases ``qkv_beta``, so that Q, K, V
+    fire often enough for the attention neuron to fire at some positions and not at others."""
+    sd = {k: v.double() if v.is_floating_point() else v.clone() for k, v in sd.items()}
+    for k in sd:
+        if re.search(r"attn\.[qkv]_bn\.bias$", k):
+            sd[k] = sd[k] * 0.1 + qkv_beta
+    _CALIBRATING[0] = True
+    try:
+        forward(sd, img)
+    finally:
+        _CALIBRATING[0] = False
+    return sd
+
+
+def attention_rates(model, img):
+    out = []
+    hooks = [m.register_forward_hook(lambda m, i, o: out.append(o.mean().item()))
+             for n, m in model.named_modules() if n.endswith("sn_attn")]
+    with torch.no_grad():
+        logits = model(img)
+    for h in hooks:
+        h.remove()
+    return logits, out
+
+
+def _seq(fn, x):
+    t, b = x.shape[:2]
+    y = fn(x.flatten(0, 1))
+    return y.reshape(t, b, *y.shape[1:])
+
+
+def _heads(x, t, b, n, h):  # [T, B, C, N] -> [T, B, h, N, C/h], as the official reshape
+    return x.transpose(-1, -2).reshape(t, b, n, h, -1).permute(0, 1, 3, 2, 4)
+
+
+def official_spikingformer_forward(sd, img, T, heads, pools, cml=False):
+    F = nn.functional
+    x = img.unsqueeze(0).repeat(T, 1, 1, 1, 1)
+    conv = lambda p: (lambda z: _bn_eval(sd, f"patch_embed.{p}_bn", F.conv2d(z, sd[f"patch_embed.{p}_conv.weight"], padding=1)))
+    pool = lambda z: F.max_pool2d(z, 3, 2, 1)
+    x = _seq(conv("proj"), x)
+    for i in range(1, 5):
+        if cml:  # ConvBN-MaxPool-LIF: the pool of stage i follows the previous ConvBN
+            x = _seq(pool, x) if pools[i - 1] else x
+            x = _lif(x)
+        else:
+            x = _lif(x)
+            x = _seq(pool, x) if pools[i - 1] else x
+        x = _seq(conv(f"proj{i}"), x)
+    for j in range(sum(k.startswith("block.") and k.endswith("attn.q_conv.weight") for k in sd)):
+        p = f"block.{j}"
+        t, b, c, hh, ww = x.shape
+        xs = _lif(x).flatten(3)
+        qkv = []
+        for n in "qkv":
+            y = _seq(lambda z: _bn_eval(sd, f"{p}.attn.{n}_bn", F.conv1d(z, sd[f"{p}.attn.{n}_conv.weight"])), xs)
+            qkv.append(_heads(_lif(y), t, b, hh * ww, heads))
+        q, k, v = qkv
+        a = (q @ (k.transpose(-2, -1) @ v)) * 0.125
+        a = _lif(a.transpose(3, 4).reshape(t, b, c, hh * ww), th=0.5)
+        y = _seq(lambda z: _bn_eval(sd, f"{p}.attn.proj_bn", F.conv1d(z, sd[f"{p}.attn.proj_conv.weight"],
+                                                                 sd[f"{p}.attn.proj_conv.bias"])), a)
+        x = x + y.reshape(t, b, c, hh, ww)
+        for n in ("mlp1", "mlp2"):
+            x_in = x if n == "mlp1" else y
+            y = _seq(lambda z: _bn_eval(sd, f"{p}.mlp.{n}_bn", F.conv2d(z, sd[f"{p}.mlp.{n}_conv.weight"],
+                                                                   sd[f"{p}.mlp.{n}_conv.bias"])), _lif(x_in))
+        x = x + y
+    return F.linear(x.flatten(3).mean(3).mean(0), sd["head.weight"], sd["head.bias"])
+
+
+def official_spikformer_forward(sd, img, T, heads):
+    """Spikformer V1 on CIFAR: SPS conv-BN-LIF (pools after stages 2, 3), RPE, SEW blocks ending in LIF."""
+    F = nn.functional
+    x = img.unsqueeze(0).repeat(T, 1, 1, 1, 1)
+    for i, sfx in enumerate(("", "1", "2", "3")):
+        x = _lif(_seq(lambda z: _bn_eval(sd, f"patch_embed.proj_bn{sfx}", F.conv2d(z, sd[f"patch_embed.proj_conv{sfx}.weight"],
+                                                                             padding=1)), x))
+        x = _seq(lambda z: F.max_pool2d(z, 3, 2, 1), x) if i >= 2 else x
+    x = x + _lif(_seq(lambda z: _bn_eval(sd, "patch_embed.rpe_bn", F.conv2d(z, sd["patch_embed.rpe_conv.weight"],
+                                                                       padding=1)), x))
+    x = x.flatten(3).transpose(-1, -2)  # [T, B, N, C]
+
+    def lin_bn_lif(p, z, th=1.0):
+        y = F.linear(z, sd[f"{p}_linear.weight"], sd[f"{p}_linear.bias"])
+        return _lif(_bn_eval(sd, f"{p}_bn", y.flatten(0, 1).transpose(1, 2)).transpose(1, 2).reshape(y.shape), th=th)
+
+    for j in range(sum(k.startswith("block.") and k.endswith("attn.q_linear.weight") for k in sd)):
+        p = f"block.{j}"
+        t, b, n, c = x.shape
+        q, k, v = (lin_bn_lif(f"{p}.attn.{m}", x).reshape(t, b, n, heads, -1).permute(0, 1, 3, 2, 4) for m in "qkv")
+        a = ((q @ k.transpose(-2, -1)) * 0.125) @ v
+        a = _lif(a.transpose(2, 3).reshape(t, b, n, c), th=0.5)
+        x = x + lin_bn_lif(f"{p}.attn.proj", a)
+        x = x + lin_bn_lif(f"{p}.mlp.fc2", lin_bn_lif(f"{p}.mlp.fc1", x))
+    return F.linear(x.mean(2).mean(0), sd["head.weight"], sd["head.bias"])
+
+
+QKV_BETA = {"spikingformer_4_384": 1.0, "spikingformer_8_512": 1.5, "spikingformer_dagger_8_512": 1.5,
+            "spikformer_4_384": 1.0}  # attention fires at 5-50 % of positions with these
+
+
+@pytest.mark.parametrize("name,size,pools,cml", [
+    ("spikingformer_4_384", 32, (False, False, True, True), False),
+    ("spikingformer_8_512", 64, (True, True, True, True), False),
+    ("spikingformer_dagger_8_512", 64, (True, True, True, True), True),
+])
+def test_converted_spikingformer_computes_the_official_forward(name, size, pools, cml):
+    img = torch.randn(4, 3, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    forward = lambda sd, x: official_spikingformer_forward(sd, x, 2, 4, pools, cml)
+    sd = calibrated(official_spikingformer(32, 2, 5), forward, img, QKV_BETA[name])
+    model = create_model(name, num_classes=5, T=2, **SMALL).double().eval()
+    model.load_state_dict(convert_official(sd)[0])
+    got, attn = attention_rates(model, img)
+    torch.testing.assert_close(got, forward(sd, img), rtol=0, atol=1e-12)
+    assert all(0.02 < r < 0.98 for r in attn), attn  # the attention neuron's output depends on Q, K and V
+
+
+def test_converted_spikformer_computes_the_official_forward():
+    img = torch.randn(4, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    forward = lambda sd, x: official_spikformer_forward(sd, x, 2, 4)
+    sd = calibrated(official_spikformer(32, 2, 5), forward, img, QKV_BETA["spikformer_4_384"])
+    model = create_model("spikformer_4_384", num_classes=5, T=2, **SMALL).double().eval()
+    model.load_state_dict(convert_official(sd)[0])
+    got, attn = attention_rates(model, img)
+    torch.testing.assert_close(got, forward(sd, img), rtol=0, atol=1e-10)  # folded biases: rounding of mu - b
+    assert all(0.02 < r < 0.98 for r in attn), attn
