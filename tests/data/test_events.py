@@ -64,6 +64,12 @@ def encode_cifar10_dvs(ev, flags: int = 0) -> bytes:
     return b"#!AER-DAT2.0\r\n# This is a raw AE data file\r\n" + words
 
 
+@pytest.fixture(autouse=True)
+def _event_cache(tmp_path, monkeypatch):
+    """Gesture windows are cached under tmp_path, never in the home directory."""
+    monkeypatch.setenv("SPIKINGFORMER_EVENT_CACHE", str(tmp_path / "event-cache"))
+
+
 @pytest.fixture(scope="module")
 def sj():
     """SpikingJelly's dataset modules, without ``spikingjelly.datasets/__init__`` (which needs h5py for SHD)."""
@@ -190,6 +196,45 @@ def test_time_split_leaves_empty_windows_empty_where_spikingjelly_fails():
     t = np.array([0, 1, 2, 97, 98, 100])  # dt = 25: windows [0,25) [25,50) [50,75) [75,100) + the tail
     j_l, j_r = segment_bounds(t, 4, "time")
     assert j_l.tolist() == [0, 0, 0, 3] and j_r.tolist() == [3, 0, 0, 6]
+
+
+def segment_bounds_by_scan(t, T):
+    """The time split as first written (tested equal to SpikingJelly's): one boolean pass per window."""
+    n = len(t)
+    j_l, j_r = np.zeros(T, np.int64), np.zeros(T, np.int64)
+    if n:
+        dt = (int(t[-1]) - int(t[0])) // T
+        for i in range(T):
+            t_l = int(t[0]) + dt * i
+            idx = np.flatnonzero((t >= t_l) & (t < t_l + dt))
+            if len(idx):
+                j_l[i], j_r[i] = idx[0], idx[-1] + 1
+            elif i == T - 1:
+                j_l[i] = np.argmax(t >= t_l) if (t >= t_l).any() else n
+    j_r[-1] = n
+    return j_l, j_r
+
+
+def test_time_split_by_binary_search_equals_the_scan_on_random_inputs():
+    rng = np.random.default_rng(0)
+    kinds = {"sparse": lambda n: rng.integers(0, 10 * n + 1, n),  # many empty windows
+             "dups": lambda n: rng.integers(0, 4, n),              # heavy duplicates, dt often 0
+             "bursts": lambda n: np.repeat(rng.integers(0, 10**6, 3), [n // 3, n // 3, n - 2 * (n // 3)]),
+             "huge": lambda n: rng.integers(2**31, 2**33, n)}      # Gesture's overflowed timestamps
+    checked = 0
+    for trial in range(400):
+        kind = list(kinds)[trial % len(kinds)]
+        n = int(rng.choice([0, 1, 2, 3, int(rng.integers(4, 40)), int(rng.integers(40, 3000))]))
+        t = np.sort(kinds[kind](n)).astype(rng.choice([np.int64, np.int32]) if kind != "huge" else np.int64)
+        for T in (1, 2, 3, int(rng.integers(4, 33))):
+            got, ref = segment_bounds(t, T, "time"), segment_bounds_by_scan(t, T)
+            for g, r in zip(got, ref):
+                np.testing.assert_array_equal(g, r, err_msg=f"{kind} n={n} T={T} t={t.tolist()[:20]}")
+            checked += 1
+    unsorted = rng.integers(0, 1000, 500)  # not from a reader: takes the scan, the same result by construction
+    np.testing.assert_array_equal(np.stack(segment_bounds(unsorted, 7, "time")),
+                                  np.stack(segment_bounds_by_scan(unsorted, 7)))
+    assert checked == 1600
 
 
 def test_event_frames_center_crop_and_refuse_upscaling():
