@@ -338,3 +338,29 @@ def test_converted_spikformer_computes_the_official_forward():
     got, attn = attention_rates(model, img)
     torch.testing.assert_close(got, forward(sd, img), rtol=0, atol=1e-10)  # folded biases: rounding of mu - b
     assert all(0.02 < r < 0.98 for r in attn), attn
+
+
+def test_export_writes_safetensors_that_name_their_model(tmp_path, capsys):
+    from safetensors import safe_open
+
+    f = _timm_checkpoint(tmp_path / "official.pth.tar", official_spikingformer(384, 4, 100))
+    plain, folded = tmp_path / "m.safetensors", tmp_path / "deployed.safetensors"
+    assert cli.main(["export", "--checkpoint", str(f), "--model", "spikingformer_4_384", "--out", str(plain)]) == 0
+    assert cli.main(["export", "--checkpoint", str(plain), "--out", str(folded), "--fold-bn"]) == 0
+    assert "BatchNorm folded" in capsys.readouterr().out
+    with safe_open(str(folded), "pt") as s:
+        meta, keys = s.metadata(), set(s.keys())
+    assert meta["model"] == "spikingformer_4_384" and json.loads(meta["model_args"]) == {"num_classes": 100}
+    assert meta["bn_folded"] == "true" and not any(".bn." in k for k in keys)
+    # No --model needed any more; the deployed form measures the same energy as the trained form.
+    reports = []
+    for source in (f, plain, folded):
+        model = [] if source != f else ["--model", "spikingformer_4_384"]
+        assert cli.main(["energy", "--checkpoint", str(source), *model, "--json", str(tmp_path / "e.json")]) == 0
+        reports.append(json.loads((tmp_path / "e.json").read_text()))
+    assert reports[0]["total_mJ"] == reports[1]["total_mJ"]
+    assert reports[2]["total_mJ"] == pytest.approx(reports[0]["total_mJ"], rel=1e-4)
+    assert cli.main(["verify", "--checkpoint", str(folded)]) == 0
+    # a file that does not name its model still needs --model, and says so
+    assert cli.main(["export", "--checkpoint", str(f), "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "give --model" in capsys.readouterr().err

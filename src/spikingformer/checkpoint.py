@@ -10,6 +10,7 @@ truncated or foreign file is reported as such.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pickle
 import random
@@ -116,7 +117,8 @@ def load_weights(path: str | Path) -> tuple[dict, dict]:
     state_dict (bare, or under ``model``/``state_dict``/``model_state_dict``, as timm's checkpoints of
     the official code), or a ``.safetensors`` file.  Returns ``(state_dict, build)``: ``build`` is
     ``{"model": name, "model_args": {...}, "task": "mlm"/GLUE task or None, "config": the run's
-    config}`` as the training run created the model, or ``{}`` when the file does not say.
+    config}`` as the training run created the model (``.safetensors`` from ``spikingformer export``:
+    model, model_args and ``folded``), or ``{}`` when the file does not say.
     ``module.`` (DDP) and ``_orig_mod.`` (``torch.compile``) prefixes are stripped, and an official
     repository's key layout is renamed to ours (``official.convert_official``; ``build`` then holds
     ``{"official": family, "notes": [...]}``)."""
@@ -125,13 +127,21 @@ def load_weights(path: str | Path) -> tuple[dict, dict]:
     if path.suffix == ".safetensors":
         if not path.is_file():
             raise CheckpointError(f"checkpoint not found: {path}")
-        from safetensors import SafetensorError
+        from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_file
 
         try:
             state = load_file(str(path), device="cpu")
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
+        if meta.get("format") == "spikingformer.weights":  # written by `spikingformer export`
+            try:
+                build = {"model": meta["model"], "model_args": json.loads(meta["model_args"]),
+                         "folded": meta.get("bn_folded") == "true"}
+            except (KeyError, ValueError) as e:
+                raise CheckpointError(f"{path}: malformed spikingformer metadata ({type(e).__name__}: {e})") from None
     else:
         state = _safe_load(path)
         if isinstance(state, dict) and state.get("format") == FORMAT:

@@ -13,7 +13,7 @@ import sys
 
 _COMMAND_MODULES: tuple[str, ...] = ("spikingformer.energy", "spikingformer.verify", "spikingformer.train",
                                      "spikingformer.pretrain", "spikingformer.mlm", "spikingformer.glue",
-                                     "spikingformer.demo")
+                                     "spikingformer.export", "spikingformer.demo")
 
 SPEC_PARAMS_M = {  # SPEC §6: parameter counts (millions) the named models must match within 0.5 %
     "spikingformer_4_256": 4.15, "spikingformer_2_384": 5.76, "spikingformer_4_384": 9.32,

@@ -21,15 +21,18 @@ __all__ = ["evaluate", "spike_stats", "evaluate_checkpoint"]
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, path: FastPath | None = None) -> dict:
+def evaluate(model: nn.Module, loader, device: torch.device, path: FastPath | None = None,
+             progress: bool = False) -> dict:
     """Mean cross-entropy, top-1 and top-5 accuracy over ``loader``, summed over every process.
     ``path`` gives the autocast dtype and input layout (default: fp32, as laid out)."""
+    from tqdm import tqdm
+
     from .distributed import all_reduce_sum
 
     path = path or FastPath.off()
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, n
-    for x, y in loader:
+    for x, y in tqdm(loader, desc="eval", leave=False, disable=not progress):
         x, y = path.to_input(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
         path.step_begin()
         with path.autocast(device):
@@ -77,6 +80,7 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     from . import create_model
     from .config import TrainConfig, from_dict, load_config
     from .data import DataError, build_data
+    from .deploy import fold_bn
     from .official import check_family
     from .train import model_kwargs, resolve_img_size
 
@@ -88,7 +92,7 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
         state = ckpt.load_checkpoint(path, hint=" (for a state_dict or official weights add --config RECIPE.yaml, "
                                               "e.g. configs/cifar10.yaml, which names the model and the data)")
         cfg = from_dict(TrainConfig, dict(state["config"], **extra), f"{path} config")
-        meta, weights, epoch, notes = state["meta"], state["model"], state["progress"]["epoch"], []
+        meta, weights, epoch, notes, build = state["meta"], state["model"], state["progress"]["epoch"], [], {}
         data = build_data(cfg, meta["img_size"])
         if data.classes != meta["classes"]:
             raise DataError(f"{cfg.data_dir} has classes {data.classes[:5]}... but {path} was trained on "
@@ -105,13 +109,15 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
     model = create_model(name, **margs)
+    if build.get("folded"):  # `spikingformer export --fold-bn`: the deployed form
+        model = fold_bn(model)
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
         raise ValueError(f"{path} does not fit {name} with {margs}: {str(e).splitlines()[-1].strip()}") from None
     model.to(dev)
     loader = DataLoader(data.val, cfg.val_batch_size, num_workers=cfg.workers, collate_fn=data.collate)
-    result = evaluate(model, loader, dev, FastPath.from_modes("off", cfg.amp, dev))
+    result = evaluate(model, loader, dev, FastPath.from_modes("off", cfg.amp, dev), progress=cfg.progress)
     return {"checkpoint": str(path), "model": name, "epoch": epoch, "val_split": data.val_name, **result,
             **spike_stats(model, loader, dev), "notes": notes}
 

@@ -30,7 +30,8 @@ from torch import Tensor, nn
 from .checkpoint import load_weights
 from .official import check_family
 
-__all__ = ["Prepared", "add_input_args", "prepare", "run_model", "load_checkpoint", "calibrate_bn"]
+__all__ = ["Prepared", "add_input_args", "prepare", "resolve", "build_model", "create_any", "load_into",
+           "run_model", "load_checkpoint", "calibrate_bn"]
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 Batch = Tensor | dict
@@ -109,6 +110,50 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed for weights and random input")
 
 
+def resolve(checkpoint: str | None, model: str | None) -> tuple[dict | None, dict, str]:
+    """``(state, build, name)``: the weights of ``checkpoint`` (None without one), what the file says of
+    its model (``checkpoint.load_weights``; for a bare state_dict the classifier size read from its head)
+    and the model name, from ``model`` or the file; a contradiction between them is an error."""
+    state, build = load_weights(checkpoint) if checkpoint else (None, {})
+    name = model or build.get("model")
+    if not name:
+        raise ValueError("give --model, or a --checkpoint written by a training run or `spikingformer export` "
+                         "(which names its model)")
+    if build.get("model") not in (None, name):  # the command line may not silently rebuild another model
+        raise ValueError(f"{checkpoint} holds a {build['model']}, not a {name}")
+    check_family(name, build.get("official"), checkpoint)
+    if state is not None and "head.fc.weight" in state and "model_args" not in build:
+        # a bare state_dict says its classifier size; --num-classes still wins
+        build = {**build, "model_args": {"num_classes": state["head.fc.weight"].shape[0]}}
+    return state, build, name
+
+
+def create_any(name: str, **kw) -> nn.Module:
+    """A vision model (``create_model``) or a text model (``models.text``) by registry name."""
+    from . import create_model
+    from .models.text import create_text_model, list_text_models
+
+    return create_text_model(name, **kw) if name in list_text_models() else create_model(name, **kw)
+
+
+def load_into(model: nn.Module, path: str, state: dict, build: dict) -> nn.Module:
+    """Load ``state`` into ``model`` (folded first when the file holds the deployed form); returns the
+    model that holds the weights."""
+    if build.get("folded"):
+        from .deploy import fold_bn
+
+        model = fold_bn(model)
+    return load_checkpoint(model, path, state)
+
+
+def build_model(checkpoint: str, model: str | None = None, overrides: dict | None = None):
+    """``(model, name, model_args, notes)`` with the weights of ``checkpoint`` loaded, in eval mode."""
+    state, build, name = resolve(checkpoint, model)
+    margs = {**build.get("model_args", {}), **(overrides or {})}
+    net = load_into(create_any(name, **margs), checkpoint, state, build).eval()
+    return net, name, margs, list(build.get("notes", []))
+
+
 def prepare(args: argparse.Namespace) -> Prepared:
     """Build the model ``args`` describe, load its weights and make its input batches."""
     from .models.text import list_text_models
@@ -116,21 +161,12 @@ def prepare(args: argparse.Namespace) -> Prepared:
     if args.batches < 1 or args.batch_size < 1:
         raise ValueError("--batches and --batch-size must be >= 1")
     torch.manual_seed(args.seed)
-    state, build = load_weights(args.checkpoint) if args.checkpoint else (None, {})
-    name = args.model or build.get("model")
-    if not name:
-        raise ValueError("give --model, or a --checkpoint written by a training run (which names its model)")
-    if build.get("model") not in (None, name):  # the command line may not silently rebuild another model
-        raise ValueError(f"{args.checkpoint} holds a {build['model']}, not a {name}")
-    check_family(name, build.get("official"), args.checkpoint)
-    if state is not None and "head.fc.weight" in state and "model_args" not in build:
-        # a bare state_dict says its classifier size; --num-classes still wins
-        build = {**build, "model_args": {"num_classes": state["head.fc.weight"].shape[0]}}
+    state, build, name = resolve(args.checkpoint, args.model)
     text = name in list_text_models()
     prep = _text(args, name, build) if text else _vision(args, name, build)
     prep.notes += build.get("notes", [])
     if args.checkpoint:
-        load_checkpoint(prep.model, args.checkpoint, state).eval()
+        prep.model = load_into(prep.model, args.checkpoint, state, build).eval()
     else:
         calibrate_bn(prep.model, prep.batches)
         prep.notes.append("random weights (no --checkpoint): figures are for an untrained model "

@@ -1,0 +1,75 @@
+"""``spikingformer export``: any checkpoint to one portable ``.safetensors`` file, optionally deployed.
+
+The file holds the weights (no pickle at all) and, as safetensors metadata, the model's registry
+name and options, so ``energy``, ``verify`` and ``eval --config`` rebuild it without ``--model``.
+With ``--fold-bn`` the weights are the deployed form of ``deploy.fold_bn`` (every BatchNorm folded
+into its conv/linear): what a neuromorphic back end runs, and what Eq. 19-20 count.  Inputs are
+whatever ``checkpoint.load_weights`` reads: a run's checkpoint, a state_dict, or official weights.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from torch import nn
+
+__all__ = ["export", "METADATA_FORMAT"]
+
+METADATA_FORMAT = "spikingformer.weights"
+
+
+def export(checkpoint: str, out: str, model: str | None = None, overrides: dict | None = None,
+           fold: bool = False) -> dict:
+    """Write ``checkpoint``'s model to ``out`` (safetensors, atomically); return the metadata written."""
+    from safetensors.torch import save
+
+    from .checkpoint import _atomic
+    from .deploy import fold_bn
+    from .loading import build_model
+
+    net, name, margs, notes = build_model(checkpoint, model, overrides or {})
+    if fold:
+        net = fold_bn(net)
+    meta = {"format": METADATA_FORMAT, "model": name, "model_args": json.dumps(margs, sort_keys=True),
+            "bn_folded": "true" if fold or _is_folded(net) else "false", "source": str(checkpoint)}
+    # clone: tied weights (the text model's MLM decoder) share storage, which safetensors refuses
+    tensors = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
+    _atomic(Path(out), lambda f: f.write(save(tensors, meta)))
+    return {**meta, "tensors": len(tensors), "notes": notes}
+
+
+def _is_folded(net: nn.Module) -> bool:
+    return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError
+
+    overrides = {k: v for k, v in (("T", args.t), ("num_classes", args.num_classes)) if v is not None}
+    try:
+        r = export(args.checkpoint, args.out, args.model, overrides, args.fold_bn)
+    except (CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for note in r["notes"]:
+        print(f"note: {note}")
+    print(f"wrote {args.out}: {r['model']} {r['model_args']}, {r['tensors']} tensors, "
+          f"BatchNorm {'folded' if r['bn_folded'] == 'true' else 'kept'}")
+    return 0
+
+
+def register_cli(sub) -> None:
+    p = sub.add_parser(
+        "export", help="write a checkpoint's model as one .safetensors file (optionally with BN folded)",
+        description="Convert a run's checkpoint, a state_dict or official weights into a .safetensors file that "
+                    "names its model in its metadata (energy/verify then need no --model). --fold-bn writes the "
+                    "deployed form: every BatchNorm folded into the conv/linear before it.")
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="weights to export (any format eval reads)")
+    p.add_argument("--out", required=True, metavar="FILE.safetensors", help="where to write")
+    p.add_argument("--model", help="model name, for weights that do not name it (state_dicts, official weights)")
+    p.add_argument("--num-classes", type=int, help="classifier size (default: read from the weights)")
+    p.add_argument("--t", type=int, help="time steps T stored with the model (default: the checkpoint's)")
+    p.add_argument("--fold-bn", action="store_true", help="fold every BatchNorm into its conv/linear (deployed form)")
+    p.set_defaults(func=_cmd_export)
