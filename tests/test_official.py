@@ -97,7 +97,8 @@ def test_spikingformer_weights_land_where_the_official_model_uses_them(name, cif
     model.load_state_dict(ours)  # strict: every tensor of ours is given, nothing left over
     assert family == "spikingformer" and "dropped 8 LayerNorm tensors" in notes[0]
     tok = "block" if cifar_names else "proj"
-    assert torch.equal(model.tokenizer.encode.conv.weight, official[f"patch_embed.{'block0' if cifar_names else 'proj'}_conv.weight"])
+    stem = "block0" if cifar_names else "proj"
+    assert torch.equal(model.tokenizer.encode.conv.weight, official[f"patch_embed.{stem}_conv.weight"])
     assert torch.equal(model.tokenizer.convs[2].bn.running_var, official[f"patch_embed.{tok}3_bn.running_var"])
     attn = model.blocks[1].attn
     assert torch.equal(attn.k.conv.weight[..., 0, 0], official["block.1.attn.k_conv.weight"][..., 0])
@@ -249,7 +250,9 @@ def _heads(x, t, b, n, h):  # [T, B, C, N] -> [T, B, h, N, C/h], as the official
 def official_spikingformer_forward(sd, img, T, heads, pools, cml=False):
     F = nn.functional
     x = img.unsqueeze(0).repeat(T, 1, 1, 1, 1)
-    conv = lambda p: (lambda z: _bn_eval(sd, f"patch_embed.{p}_bn", F.conv2d(z, sd[f"patch_embed.{p}_conv.weight"], padding=1)))
+    def conv(p):
+        return lambda z: _bn_eval(sd, f"patch_embed.{p}_bn", F.conv2d(z, sd[f"patch_embed.{p}_conv.weight"], padding=1))
+
     pool = lambda z: F.max_pool2d(z, 3, 2, 1)
     x = _seq(conv("proj"), x)
     for i in range(1, 5):
@@ -287,8 +290,8 @@ def official_spikformer_forward(sd, img, T, heads):
     F = nn.functional
     x = img.unsqueeze(0).repeat(T, 1, 1, 1, 1)
     for i, sfx in enumerate(("", "1", "2", "3")):
-        x = _lif(_seq(lambda z: _bn_eval(sd, f"patch_embed.proj_bn{sfx}", F.conv2d(z, sd[f"patch_embed.proj_conv{sfx}.weight"],
-                                                                             padding=1)), x))
+        w = sd[f"patch_embed.proj_conv{sfx}.weight"]
+        x = _lif(_seq(lambda z: _bn_eval(sd, f"patch_embed.proj_bn{sfx}", F.conv2d(z, w, padding=1)), x))
         x = _seq(lambda z: F.max_pool2d(z, 3, 2, 1), x) if i >= 2 else x
     x = x + _lif(_seq(lambda z: _bn_eval(sd, "patch_embed.rpe_bn", F.conv2d(z, sd["patch_embed.rpe_conv.weight"],
                                                                        padding=1)), x))
