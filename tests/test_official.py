@@ -177,6 +177,11 @@ def test_eval_scores_official_weights_with_a_recipe(tmp_path, capsys):
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["val_images"] == 6 and r["epoch"] is None and r["spike_driven"] is True
     assert "dropped 4 LayerNorm tensors" in capsys.readouterr().out
+    # energy reads --data the way the recipe does: its held-out split and evaluation transform
+    assert cli.main(["energy", "--checkpoint", str(f), "--model", "spikingformer_4_256", "--config", str(recipe),
+                     "--data", str(data), "--t", "1", "--json", str(tmp_path / "e.json")]) == 0
+    notes = json.loads((tmp_path / "e.json").read_text())["notes"]
+    assert "input: folder val (held-out 6 of 12 train images, class-balanced, seed 0)" in notes
     # Without a recipe the file is not a run's checkpoint: the error says what to add.
     assert cli.main(["eval", "--checkpoint", str(f)]) == 2
     assert "add --config RECIPE.yaml" in capsys.readouterr().err

@@ -94,12 +94,15 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-classes", type=int, help="classifier size, to match a checkpoint (default: the model's)")
     p.add_argument("--t", type=int, help="time steps T (default: the model's)")
     p.add_argument("--data", metavar="PATH",
-                   help="real input. Images: a class-folder directory (torchvision ImageFolder), resized and "
-                        "normalised with ImageNet mean/std. Event-data checkpoint: the dataset root; its stored "
-                        "config rebuilds the validation split. GLUE checkpoint: the GLUE data_dir; the split the "
+                   help="real input. A run's checkpoint (or weights with --config): the dataset root; the "
+                        "config rebuilds the validation split with its transform (images, or event frames). Otherwise "
+                        "a class-folder image directory (torchvision ImageFolder), resized and normalised with "
+                        "ImageNet mean/std. GLUE checkpoint: the GLUE data_dir; the split the "
                         "run evaluated on is rebuilt. MLM checkpoint: a text corpus file, cut into masked blocks. "
                         "Default: random N(0,1) images or random token ids, whose firing rates are not those of "
                         "real data")
+    p.add_argument("--config", metavar="FILE", help="vision weights that are not a run's checkpoint: a YAML recipe "
+                   "(configs/*.yaml) whose dataset, split and evaluation transform --data is read with")
     p.add_argument("--vocab", metavar="FILE", help="text models with --data: the WordPiece vocabulary "
                    "(default: the one the checkpoint's run used)")
     p.add_argument("--batches", type=int, default=1, help="number of batches to run (default 1)")
@@ -110,11 +113,23 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed for weights and random input")
 
 
-def resolve(checkpoint: str | None, model: str | None) -> tuple[dict | None, dict, str]:
+def resolve(checkpoint: str | None, model: str | None, recipe: str | None = None) -> tuple[dict | None, dict, str]:
     """``(state, build, name)``: the weights of ``checkpoint`` (None without one), what the file says of
     its model (``checkpoint.load_weights``; for a bare state_dict the classifier size read from its head)
-    and the model name, from ``model`` or the file; a contradiction between them is an error."""
+    and the model name, from ``model`` or the file; a contradiction between them is an error.  A
+    ``recipe`` (YAML config) stands in for a run's config: model name and options, data reading."""
     state, build = load_weights(checkpoint) if checkpoint else (None, {})
+    if state is not None and "head.fc.weight" in state and "model_args" not in build:
+        # a bare state_dict says its classifier size; --num-classes still wins
+        build = {**build, "model_args": {"num_classes": state["head.fc.weight"].shape[0]}}
+    if recipe:
+        from .config import load_config
+
+        cfg = load_config(recipe)  # as in `eval --config`: the recipe decides how --data is read
+        margs = {**cfg.model_args, **({"img_size": cfg.img_size} if cfg.img_size else {}),
+                 **build.get("model_args", {})}
+        build = {**build, "config": cfg.to_dict(), "model_args": margs}
+        model = model or cfg.model
     name = model or build.get("model")
     if not name:
         raise ValueError("give --model, or a --checkpoint written by a training run or `spikingformer export` "
@@ -122,9 +137,6 @@ def resolve(checkpoint: str | None, model: str | None) -> tuple[dict | None, dic
     if build.get("model") not in (None, name):  # the command line may not silently rebuild another model
         raise ValueError(f"{checkpoint} holds a {build['model']}, not a {name}")
     check_family(name, build.get("official"), checkpoint)
-    if state is not None and "head.fc.weight" in state and "model_args" not in build:
-        # a bare state_dict says its classifier size; --num-classes still wins
-        build = {**build, "model_args": {"num_classes": state["head.fc.weight"].shape[0]}}
     return state, build, name
 
 
@@ -161,7 +173,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
     if args.batches < 1 or args.batch_size < 1:
         raise ValueError("--batches and --batch-size must be >= 1")
     torch.manual_seed(args.seed)
-    state, build, name = resolve(args.checkpoint, args.model)
+    state, build, name = resolve(args.checkpoint, args.model, getattr(args, "config", None))
     text = name in list_text_models()
     prep = _text(args, name, build) if text else _vision(args, name, build)
     prep.notes += build.get("notes", [])
@@ -182,15 +194,14 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 def _vision(args: argparse.Namespace, name: str, build: dict) -> Prepared:
     from . import create_model
-    from .config import EVENT_DATASETS
-
     model = create_model(name, **{**build.get("model_args", {}), **_overrides(args)})
     c, h, _ = model.default_input_size
     config = build.get("config") or {}
-    if args.data and config.get("dataset") in EVENT_DATASETS:
-        batches, split = _event_val(args, config, model, h)
-        return Prepared(model, batches, name, "image", f"event frames {tuple(batches[0].shape[2:])} x "
-                        f"T={batches[0].shape[0]}", [f"input: {split}"])
+    if args.data and config:
+        batches, split = _run_val(args, config, model, h)
+        what = (f"event frames {tuple(batches[0].shape[2:])} x T={batches[0].shape[0]}" if batches[0].dim() == 5
+                else f"images {tuple(batches[0].shape[1:])}")
+        return Prepared(model, batches, name, "image", what, [f"input: {split}"])
     size = args.input_size or h
     if args.data:
         if c != 3:
@@ -202,8 +213,9 @@ def _vision(args: argparse.Namespace, name: str, build: dict) -> Prepared:
                     notes=["random N(0,1) input (no --data): firing rates are not those of real images"])
 
 
-def _event_val(args: argparse.Namespace, config: dict, model: nn.Module, size: int) -> tuple[list[Tensor], str]:
-    """The first batches of an event-data run's validation split, rebuilt from its stored config."""
+def _run_val(args: argparse.Namespace, config: dict, model: nn.Module, size: int) -> tuple[list[Tensor], str]:
+    """The first batches of a validation split as a run (its stored config, or a ``--config`` recipe) reads it:
+    its dataset format, split and evaluation transform (event data: frames at the model's ``T``)."""
     from .config import TrainConfig, from_dict
     from .data import build_data
 
@@ -235,8 +247,9 @@ def _image_folder(root: str, size: int, batch_size: int, n_batches: int) -> list
 def _text(args: argparse.Namespace, name: str, build: dict) -> Prepared:
     from .models.text import create_text_model
 
-    if args.input_size is not None:
-        raise ValueError(f"--input-size sets an image size; {name} reads token sequences (--seq-len)")
+    if args.input_size is not None or getattr(args, "config", None):
+        raise ValueError(f"--input-size and --config are for image models; {name} reads token sequences "
+                         f"(--seq-len, or --data with its run's checkpoint)")
     model = create_text_model(name, **{**build.get("model_args", {}), **_overrides(args)})
     if args.data:
         batches, what = _text_data(args, build, model)
