@@ -84,7 +84,7 @@ def test_cli_reports_bad_config_without_traceback(tmp_path, capsys):
     assert "unknown option(s) ['depht']" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "demo"])
+@pytest.mark.parametrize("command", ["train", "eval", "export", "demo"])
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main([command, "--help"])
