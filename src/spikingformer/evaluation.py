@@ -80,7 +80,7 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     from . import create_model
     from .config import TrainConfig, from_dict, load_config
     from .data import DataError, build_data
-    from .deploy import fold_bn
+    from .loading import load_into
     from .official import check_family
     from .train import model_kwargs, resolve_img_size
 
@@ -108,14 +108,7 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
         name, margs = cfg.model, model_kwargs(cfg, len(data.classes), data.in_chans)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
-    model = create_model(name, **margs)
-    if build.get("folded"):  # `spikingformer export --fold-bn`: the deployed form
-        model = fold_bn(model)
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise ValueError(f"{path} does not fit {name} with {margs}: {str(e).splitlines()[-1].strip()}") from None
-    model.to(dev)
+    model = load_into(create_model(name, **margs), path, weights, build, f"{name} with {margs}").to(dev)
     loader = DataLoader(data.val, cfg.val_batch_size, num_workers=cfg.workers, collate_fn=data.collate)
     result = evaluate(model, loader, dev, FastPath.from_modes("off", cfg.amp, dev), progress=cfg.progress)
     return {"checkpoint": str(path), "model": name, "epoch": epoch, "val_split": data.val_name, **result,

@@ -53,16 +53,16 @@ def run_model(model: nn.Module, x: Batch | tuple | list):
     return model(**x) if isinstance(x, dict) else model(x)
 
 
-def load_checkpoint(model: nn.Module, path: str, state: dict | None = None) -> nn.Module:
+def load_checkpoint(model: nn.Module, path: str, state: dict | None = None, name: str | None = None) -> nn.Module:
     """Load the weights of ``path`` (any format ``checkpoint.load_weights`` reads, or ``state``
-    already read from it) into ``model``."""
+    already read from it) into ``model`` (``name``: how errors call the model)."""
     if state is None:
         state, _ = load_weights(path)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise ValueError(f"checkpoint {path} does not fit {type(model).__name__} "
-                         f"(wrong model, --num-classes or --t?): {e}") from e
+        raise ValueError(f"checkpoint {path} does not fit {name or type(model).__name__} "
+                         f"(wrong model, or other model options: classes, T?): {e}") from e
     return model
 
 
@@ -148,14 +148,14 @@ def create_any(name: str, **kw) -> nn.Module:
     return create_text_model(name, **kw) if name in list_text_models() else create_model(name, **kw)
 
 
-def load_into(model: nn.Module, path: str, state: dict, build: dict) -> nn.Module:
+def load_into(model: nn.Module, path: str, state: dict, build: dict, name: str | None = None) -> nn.Module:
     """Load ``state`` into ``model`` (folded first when the file holds the deployed form); returns the
     model that holds the weights."""
     if build.get("folded"):
         from .deploy import fold_bn
 
         model = fold_bn(model)
-    return load_checkpoint(model, path, state)
+    return load_checkpoint(model, path, state, name)
 
 
 def build_model(checkpoint: str, model: str | None = None, overrides: dict | None = None):

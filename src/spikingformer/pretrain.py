@@ -208,8 +208,8 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
 
 def _run(cfg: PretrainConfig, resume: bool, info: DistInfo) -> dict:
     from .distributed import convert_sync_batchnorm
-    from .train import (build_training, load_data, make_loaders, open_output, open_run, restore, seed_all,
-                        train_one_epoch, wrap_ddp)
+    from .train import (begin_epoch, build_training, load_data, make_loaders, open_output, open_run, restore,
+                        seed_all, train_one_epoch, wrap_ddp)
 
     t_start = time.time()
     out = Path(cfg.output)
@@ -254,11 +254,7 @@ def _run(cfg: PretrainConfig, resume: bool, info: DistInfo) -> dict:
               f"{info.device}, amp={path.amp_dtype or 'fp32'}; {where}", flush=True)
     while state.epoch < cfg.total_epochs:
         epoch_start = time.time()
-        sampler.set_epoch(state.epoch, state.step)
-        sched.step(state.epoch)
-        if cfg.sched_on_updates:
-            sched.step_update(state.global_step)
-        lr = opt.param_groups[0]["lr"]
+        lr = begin_epoch(cfg, state, sampler, sched, opt)
         train_loss, _ = train_one_epoch(cfg, state, train_model, train_loader, opt, sched, scaler, info, path, save,
                                         masked_patch_loss(cfg, state, info))
         metrics = {"epoch": state.epoch + 1, "lr": lr, "train_loss": train_loss,

@@ -152,6 +152,15 @@ def train_one_epoch(cfg, state: Progress, model, loader, opt, sched, scaler, inf
     return loss_sum / n, correct / n
 
 
+def begin_epoch(cfg, state: Progress, sampler, sched, opt) -> float:
+    """Put the sampler and the schedule where ``state`` stands (mid-epoch after a resume); the epoch's lr."""
+    sampler.set_epoch(state.epoch, state.step)
+    sched.step(state.epoch)
+    if cfg.sched_on_updates:
+        sched.step_update(state.global_step)
+    return opt.param_groups[0]["lr"]
+
+
 def classification_loss(mixup, criterion):
     """``step_loss`` of supervised training: Mixup/CutMix (when on), forward, loss, top-1 hits."""
     def step_loss(model, x, y):
@@ -318,13 +327,9 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> dict:
               flush=True)
     while state.epoch < cfg.total_epochs:
         epoch_start = time.time()
-        sampler.set_epoch(state.epoch, state.step)
-        sched.step(state.epoch)
-        if cfg.sched_on_updates:
-            sched.step_update(state.global_step)
+        lr = begin_epoch(cfg, state, sampler, sched, opt)
         if mixup is not None and cfg.mixup_off_epoch and state.epoch >= cfg.mixup_off_epoch:
             mixup.mixup_enabled = False  # Mixup still smooths the one-hot targets, as in timm
-        lr = opt.param_groups[0]["lr"]
         loss, acc = train_one_epoch(cfg, state, train_model, train_loader, opt, sched, scaler, info, path,
                                     lambda: save(last), classification_loss(mixup, criterion))
         metrics = {"train_loss": loss, **({"train_acc": acc} if mixup is None else {})}
