@@ -52,7 +52,7 @@ class SpeedrunConfig:
     amp: str = "auto"
     fast: str = "auto"  # spikingformer.fast: compile, channels-last, fused AdamW (auto: on CUDA)
     compile_mode: str = ""  # "" | reduce-overhead (CUDA graphs) | max-autotune ... (spikingformer.fast.COMPILE_MODES)
-    lif_backend: str = "torch"  # torch | triton
+    lif_backend: str = "auto"  # auto (triton when compiled on CUDA) | torch | triton
     eval_batch_size: int = 1000
     max_epochs: int = 40
     time_budget_min: float = 10.0

@@ -7,20 +7,24 @@ For each ``MODEL:BATCH`` it times, with synthetic data already on the device:
   autocast with a GradScaler, ``functional.reset_net`` after every batch, foreach AdamW:
   the official recipe.  Skipped with a message when SpikingJelly cannot be imported.
 - ``eager``: this library, eager, same precision and optimizer as the reference.
-- ``fast``: this library's fast path (``spikingformer.fast.FastPath``: torch.compile,
-  bf16, channels-last, fused AdamW); ``fast:MODE`` compiles with ``torch.compile`` mode
-  MODE, e.g. ``fast:reduce-overhead`` (CUDA graphs; every step starts with
-  ``FastPath.step_begin()``, as a training loop must).
+- ``fast``: this library's fast path as ``spikingformer train`` runs it (``FastPath()``:
+  torch.compile, bf16, channels-last, fused AdamW, on CUDA the Triton LIF kernels);
+  ``fast:MODE`` compiles with ``torch.compile`` mode MODE, e.g. ``fast:reduce-overhead``
+  (CUDA graphs; every step starts with ``FastPath.step_begin()``, as a training loop must).
 - ``+triton`` after ``eager`` or ``fast[:MODE]``: every neuron runs the Triton LIF kernels
-  (``spikingformer.kernels``; CUDA, or the CPU under ``TRITON_INTERPRET=1`` uncompiled).
+  (``spikingformer.kernels``; CUDA, or the CPU under ``TRITON_INTERPRET=1`` uncompiled);
+  ``+torch``: every neuron runs the PyTorch loop (under compile: traced and fused by inductor).
+- ``+nchw`` after ``fast``: no channels-last conversion (inductor picks the layouts).
 
 Warm-up steps are excluded from the rates; the fast path's compile time (first steps
 minus steady-state steps) is reported separately.  Peak memory is the training peak.
-A variant that fails is reported and skipped; the others still run.
+A variant that fails is reported and skipped; the others still run.  Every measurement
+starts from a fresh ``torch._dynamo`` state, so one batch size never makes the next one
+compile with dynamic shapes.  ``--profile N`` then profiles N more training steps of the
+same compiled model and reports where the device time goes, by kind of kernel.
 
     python benchmarks/throughput.py spikingformer_4_384:64 spikingformer_4_384:256 \
-        spikingformer_8_512:36 --json throughput.json \
-        --variants reference,eager,fast,fast+triton,fast:reduce-overhead,fast:reduce-overhead+triton
+        spikingformer_8_512:36 --json throughput.json --variants reference,eager,fast,fast+torch
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ import spikingformer
 from spikingformer.fast import FastPath
 from spikingformer.neuron import MultiStepLIF
 
-VARIANTS = "reference, eager[+triton], fast[:MODE][+triton] (MODE a torch.compile mode)"
+VARIANTS = "reference, eager[+triton], fast[:MODE][+triton|+torch][+nchw] (MODE a torch.compile mode)"
 
 
 def swap_in_spikingjelly(model: nn.Module) -> nn.Module:
@@ -74,18 +78,19 @@ class Variant:
         self.name, self.device = name, device
         self.after_batch = lambda model: None
         self.scaler = None
-        base, plus, extra = name.partition("+")
+        base, *extras = name.split("+")
         kind, _, mode = base.partition(":")
         if kind not in ("reference", "eager", "fast") or (mode and kind != "fast") \
-                or (plus and (extra != "triton" or kind == "reference")):
+                or not set(extras) <= {"triton", "torch", "nchw"} or {"triton", "torch"} <= set(extras) \
+                or ("nchw" in extras and kind != "fast") or (extras and kind == "reference"):
             raise ValueError(f"unknown variant {name!r}; valid: {VARIANTS}")
-        self.triton = extra == "triton"
-        backend = "triton" if self.triton else "torch"
+        backend = "triton" if "triton" in extras else "torch" if "torch" in extras else "auto"
+        self.triton = backend == "triton"
         if kind == "fast":
-            self.path = FastPath(compile_mode=mode or None, lif_backend=backend)
-            if device.type != "cuda":
-                self.path = FastPath(compile_mode=mode or None, amp_dtype=None, channels_last=False,
-                                     lif_backend=backend)
+            cuda = device.type == "cuda"
+            self.path = FastPath(compile_mode=mode or None, lif_backend=backend,
+                                 amp_dtype=torch.bfloat16 if cuda else None,
+                                 channels_last=cuda and "nchw" not in extras)
         else:
             self.path = dataclasses.replace(FastPath.off(), lif_backend=backend)
             if device.type == "cuda":  # the official recipe: fp16 autocast + loss scaling
@@ -102,6 +107,75 @@ class Variant:
         return model
 
 
+# Kinds of kernel, by name (first match wins): library convolutions and matmuls, inductor's
+# generated reductions and pointwise kernels, this library's Triton LIF, the rest.
+KERNEL_KINDS = (
+    ("lif (Triton kernels)", ("lif_forward", "lif_backward")),
+    ("inductor reduction", ("triton_red", "triton_per")),
+    ("inductor pointwise", ("triton_poi",)),
+    ("conv/matmul (cuDNN, cuBLAS)", ("conv", "gemm", "cudnn", "cutlass", "xmma", "wgrad", "dgrad",
+                                     "fprop", "sm90_", "implicit_", "nhwc", "nchw")),
+    ("optimizer", ("adam",)),
+    ("batchnorm (ATen)", ("batch_norm", "bn_")),
+    ("copy (ATen)", ("direct_copy", "catarray", "copy_kernel")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    return next((kind for kind, keys in KERNEL_KINDS if any(k in low for k in keys)), "other")
+
+
+def profile_steps(step, n: int, device, top: int = 12) -> dict:
+    """Device time per step of ``n`` steps, by kernel kind and for the ``top`` kernels."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * cuda) as prof:
+        for _ in range(n):
+            step()
+        sync(device)
+    times = {}
+    for evt in prof.key_averages():
+        if cuda and evt.device_type != DeviceType.CUDA:
+            continue  # host ops report their kernels' time too: count the kernels alone
+        us = evt.self_device_time_total if cuda else evt.self_cpu_time_total
+        if us > 0:
+            times[evt.key] = times.get(evt.key, 0.0) + us / 1e3 / n
+    total = sum(times.values()) or 1.0
+    kinds = {}
+    for name, ms in times.items():
+        kinds[kernel_kind(name)] = kinds.get(kernel_kind(name), 0.0) + ms
+    order = sorted(times, key=times.get, reverse=True)[:top]
+    # Which host-side calls launch the ATen copies: the op and the two ops around it.
+    copies = {}
+    for evt in prof.events() if cuda else ():
+        ms = sum(k.duration for k in getattr(evt, "kernels", ()) if kernel_kind(k.name).startswith("copy")) / 1e3 / n
+        if ms > 0:
+            chain, parent = [evt.name], evt.cpu_parent
+            while parent is not None and len(chain) < 4:
+                chain.append(parent.name)
+                parent = parent.cpu_parent
+            copies[" < ".join(chain)] = copies.get(" < ".join(chain), 0.0) + ms
+    return {"ms_per_step": total,
+            "copy_sources": [{"calls": k, "ms": copies[k]} for k in sorted(copies, key=copies.get, reverse=True)[:6]],
+            "kinds": {k: {"ms": ms, "share": ms / total} for k, ms in sorted(kinds.items(), key=lambda kv: -kv[1])},
+            "top": [{"kernel": k[:120], "kind": kernel_kind(k), "ms": times[k]} for k in order]}
+
+
+def print_profile(r: dict) -> None:
+    prof = r["profile"]
+    print(f"\n{r['variant']} on {r['model']}, batch {r['batch']}: {prof['ms_per_step']:.2f} ms of device time per "
+          f"training step", flush=True)
+    for kind, v in prof["kinds"].items():
+        print(f"  {v['share']:6.1%} {v['ms']:8.2f} ms  {kind}")
+    for k in prof["top"]:
+        print(f"  {k['ms']:8.3f} ms  [{k['kind']}] {k['kernel']}")
+    for c in prof["copy_sources"]:
+        print(f"  copies {c['ms']:8.3f} ms from {c['calls']}")
+
+
 def time_steps(step, n: int, device) -> float:
     sync(device)
     t0 = time.perf_counter()
@@ -113,6 +187,7 @@ def time_steps(step, n: int, device) -> float:
 
 def bench_variant(variant: Variant, model_name: str, batch: int, args) -> dict:
     device = variant.device
+    torch._dynamo.reset()
     torch.manual_seed(0)
     model = variant.build(model_name, **args.overrides)
     c, h, w = model.default_input_size
@@ -146,13 +221,17 @@ def bench_variant(variant: Variant, model_name: str, batch: int, args) -> dict:
 
     out = {"variant": variant.name, "model": model_name, "batch": batch, "input": [c, h, w], "T": model.T}
     model.train()
-    first = time_steps(train_step, args.warmup, device)
     if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    first = time_steps(train_step, args.warmup, device)
+    if device.type == "cuda" and not variant.path.cudagraphs:  # graphs allocate their pool while warming up
         torch.cuda.reset_peak_memory_stats()
     elapsed = time_steps(train_step, args.steps, device)
     out["train_img_s"] = batch * args.steps / elapsed
     out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     out["train_warmup_s"] = first
+    if args.profile:
+        out["profile"] = profile_steps(train_step, args.profile, device)
     model.eval()
     first_inf = time_steps(infer_step, args.warmup, device)
     elapsed = time_steps(infer_step, args.steps, device)
@@ -176,6 +255,8 @@ def main(argv=None) -> int:
     p.add_argument("--input-size", type=int, default=None, help="override the model's input size")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="model overrides, e.g. depth=1 dim=64 (integers only)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after timing, profile N training steps: device time by kernel kind")
     p.add_argument("--json", metavar="FILE", help="write every measurement as JSON")
     args = p.parse_args(argv)
     args.overrides = {k: int(v) for k, v in (kv.split("=", 1) for kv in args.set)}
@@ -210,7 +291,9 @@ def main(argv=None) -> int:
                 print(f"{v.name} on {run} failed: {errors[-1]['error']}", file=sys.stderr, flush=True)
                 continue
             results.append(r)
-            print(json.dumps(r), flush=True)
+            print(json.dumps({k: v for k, v in r.items() if k != "profile"}), flush=True)
+            if args.profile:
+                print_profile(r)
             if args.json:  # after every measurement, so a run cut short keeps what it measured
                 write_json(args.json, device, results, errors)
 

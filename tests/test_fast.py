@@ -1,11 +1,12 @@
 """The fast path computes what the eager path computes (CPU inductor stands in for the GPU)."""
 import dataclasses
+import importlib.util
 
 import pytest
 import torch
 
 import spikingformer as sf
-from spikingformer.fast import FastPath
+from spikingformer.fast import FastPath, resolve_lif_backend
 from spikingformer.neuron import MultiStepLIF, multistep_lif
 
 from .helpers import record_spikes
@@ -24,12 +25,18 @@ def test_compiled_neuron_is_bitwise_equal(tau, v_th):
     torch.testing.assert_close(x.grad, x2.grad, atol=1e-6, rtol=1e-6)
 
 
-def test_fast_path_spikes_equal_eager_in_fp32():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_fast_path_spikes_equal_eager_in_fp32(device, monkeypatch):
+    """On CUDA the fast path runs the Triton LIF kernels inside the compiled model (lif_backend auto)."""
+    if device == "cuda":  # full fp32 convs and matmuls on both paths
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     torch.manual_seed(0)
-    model = sf.create_model("spikingformer_4_256", depth=1, dim=32, num_heads=4, T=2, num_classes=5)
+    model = sf.create_model("spikingformer_4_256", depth=1, dim=32, num_heads=4, T=2, num_classes=5).to(device)
     spikes = record_spikes(model)
-    x = torch.randn(4, 3, 16, 16)
-    y = torch.arange(4) % 5
+    x = torch.randn(4, 3, 16, 16, device=device)
+    y = torch.arange(4, device=device) % 5
     eager_out = model(x)
     torch.nn.functional.cross_entropy(eager_out, y).backward()
     eager_spikes, spikes[:] = spikes[:], []
@@ -38,6 +45,8 @@ def test_fast_path_spikes_equal_eager_in_fp32():
 
     fast = FastPath(amp_dtype=None).prepare(model)  # fp32, channels-last, compiled
     assert fast is not model
+    backends = {m.backend for m in model.modules() if isinstance(m, MultiStepLIF)}
+    assert backends == {"triton" if device == "cuda" else "torch"}
     out = fast(x.contiguous(memory_format=torch.channels_last))
     torch.nn.functional.cross_entropy(out, y).backward()
     assert len(spikes) == len(eager_spikes) == 11
@@ -51,7 +60,7 @@ def test_fast_path_spikes_equal_eager_in_fp32():
 def test_switches():
     model = torch.nn.Linear(2, 2)
     assert FastPath.off().prepare(model) is model
-    assert FastPath.from_modes("auto", "auto", "cpu") == FastPath.off()
+    assert FastPath.from_modes("auto", "auto", "cpu") == dataclasses.replace(FastPath.off(), lif_backend="auto")
     cuda = FastPath.from_modes("auto", "auto", "cuda")
     assert cuda.compile and cuda.amp_dtype == torch.bfloat16
     opt = FastPath().adamw(model.parameters(), lr=1e-3)
@@ -59,7 +68,8 @@ def test_switches():
 
 
 def test_modes_resolve_per_device():
-    assert FastPath.from_modes("auto", "auto", "cpu") == FastPath.off()
+    assert FastPath.from_modes("auto", "auto", "cpu", lif_backend="torch") == dataclasses.replace(
+        FastPath.off(), lif_backend="torch")
     on_cpu = FastPath.from_modes("on", "bf16", "cpu")
     assert on_cpu.compile and on_cpu.channels_last and on_cpu.amp_dtype == torch.bfloat16
     cuda = FastPath.from_modes("auto", "auto", "cuda")
@@ -90,7 +100,7 @@ def test_step_begin_marks_cuda_graph_steps_only(monkeypatch, mode, marks):
 def test_prepare_sets_the_lif_backend_of_every_neuron():
     model = sf.create_model("spikingformer_4_256", depth=1, dim=32, num_heads=4)
     neurons = [m for m in model.modules() if isinstance(m, MultiStepLIF)]
-    assert {m.backend for m in neurons} == {"torch"} and FastPath().lif_backend is None
+    assert {m.backend for m in neurons} == {"torch"} and FastPath.off().lif_backend is None
     neurons[0].backend = "triton"  # None leaves every neuron as built ...
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):  # ... and checks the device for the one that asks
         FastPath.off().prepare(model)
@@ -98,5 +108,21 @@ def test_prepare_sets_the_lif_backend_of_every_neuron():
         m.backend = "triton"
     assert dataclasses.replace(FastPath.off(), lif_backend="torch").prepare(model) is model
     assert len(neurons) == 11 and {m.backend for m in neurons} == {"torch"}
-    with pytest.raises(ValueError, match="lif_backend must be one of torch, triton"):
+    for m in neurons:
+        m.backend = "triton"
+    FastPath(amp_dtype=None).prepare(model)  # compiled on the CPU: "auto" is the PyTorch loop
+    assert {m.backend for m in neurons} == {"torch"}
+    with pytest.raises(ValueError, match="lif_backend must be one of auto, torch, triton"):
         FastPath(lif_backend="cuda")
+
+
+def test_auto_lif_backend_is_triton_exactly_when_compiled_on_cuda(monkeypatch):
+    assert FastPath().lif_backend == FastPath.from_modes("auto", "auto", "cuda").lif_backend == "auto"
+    assert resolve_lif_backend("auto", compiled=True, device="cuda") == "triton"
+    assert resolve_lif_backend("auto", compiled=True, device="cuda:1") == "triton"
+    assert resolve_lif_backend("auto", compiled=False, device="cuda") == "torch"
+    assert resolve_lif_backend("auto", compiled=True, device="cpu") == "torch"
+    for explicit in ("torch", "triton"):
+        assert resolve_lif_backend(explicit, compiled=False, device="cpu") == explicit
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # a CUDA install without Triton
+    assert resolve_lif_backend("auto", compiled=True, device="cuda") == "torch"

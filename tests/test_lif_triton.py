@@ -155,7 +155,7 @@ def test_bad_arguments():
         MultiStepLIF(backend="cupy")
     with pytest.raises(ValueError, match="detach_reset=True only"):
         MultiStepLIF(detach_reset=False, backend="triton")
-    with pytest.raises(ValueError, match="lif_backend must be one of torch, triton"):
+    with pytest.raises(ValueError, match="lif_backend must be one of auto, torch, triton"):
         FastPath(lif_backend="cupy")
     with pytest.raises(ValueError, match="torch.compile cannot trace the Triton interpreter"):
         FastPath(lif_backend="triton").prepare(tiny_model())

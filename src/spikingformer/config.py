@@ -13,8 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .fast import AMP_MODES, COMPILE_MODES, FAST_MODES
-from .neuron import LIF_BACKENDS
+from .fast import AMP_MODES, COMPILE_MODES, FAST_MODES, LIF_BACKEND_MODES
 
 __all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "from_dict", "apply_overrides",
            "add_run_args"]
@@ -91,7 +90,8 @@ class TrainConfig:
                                       # AdamW): auto = on CUDA only | on | off
     compile_mode: str = ""            # torch.compile mode of the fast path: "" (default) | reduce-overhead (CUDA
                                       # graphs) | max-autotune | max-autotune-no-cudagraphs
-    lif_backend: str = "torch"        # neurons: torch (compiled with their neighbours) | triton (spikingformer.kernels)
+    lif_backend: str = "auto"         # neurons: auto (triton when compiled on CUDA) | torch | triton
+                                      # (the Triton kernels of spikingformer.kernels)
     sync_bn: bool = False             # synchronize BatchNorm statistics across processes
     seed: int = 0
     output: str = "runs/train"
@@ -108,8 +108,8 @@ class TrainConfig:
             (self.fast in FAST_MODES, f"fast must be one of {', '.join(FAST_MODES)}, got {self.fast!r}"),
             (self.compile_mode in COMPILE_MODES,
              f"compile_mode must be one of {', '.join(map(repr, COMPILE_MODES))}, got {self.compile_mode!r}"),
-            (self.lif_backend in LIF_BACKENDS,
-             f"lif_backend must be one of {', '.join(LIF_BACKENDS)}, got {self.lif_backend!r}"),
+            (self.lif_backend in LIF_BACKEND_MODES,
+             f"lif_backend must be one of {', '.join(LIF_BACKEND_MODES)}, got {self.lif_backend!r}"),
             (self.val_split in ("auto", "holdout"), f"val_split must be 'auto' or 'holdout', got {self.val_split!r}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1 and self.val_batch_size >= 1, "batch_size and val_batch_size must be >= 1"),

@@ -1,21 +1,21 @@
 """The fast path: what makes these models train and infer quickly on a GPU.
 
-Measured choices (see ``benchmarks/throughput.py`` and the README's performance section):
+Measured choices (``benchmarks/throughput.py``; the README's performance section has the table):
 
-- ``torch.compile`` of the whole model.  The LIF loop (SPEC §2) is plain tensor code with
-  no Python-side state, so inductor unrolls it over ``T`` and fuses every step with the
-  BatchNorm before it and the reshapes after it: one kernel where eager runs a dozen.
-  On an H100 the whole-model graph ran faster than compiling region by region (blocks
-  sharing one graph), which in turn compiles in about half the time (``regional=True``).
-- bf16 autocast.  Spikes are exactly 0/1 in bf16 too, so only the membrane arithmetic
-  and the matmuls lose precision, as with any mixed-precision training.
+- The hand-written Triton LIF kernels of ``spikingformer.kernels`` for every neuron
+  (``lif_backend="auto"`` picks them on CUDA when the model is compiled).  Against the LIF loop
+  traced and fused by inductor they trained 1.3-1.5x faster on an H100, compiled in half
+  the time and hold half the neuron activations; the spikes are the same (tested).
+- ``torch.compile`` of the whole model: the BatchNorms, pools, residual adds and attention
+  reshapes between the neurons fuse into few kernels.  ``regional=True`` compiles the
+  top-level regions one by one instead (blocks share one graph: faster to compile, slower
+  to run).
+- bf16 autocast.  Spikes are exactly 0/1 in bf16 too; the kernels keep the membrane in fp32.
 - channels-last convolutions, and the fused AdamW kernel.
-- optionally (``lif_backend="triton"``) the hand-written Triton LIF kernels of
-  ``spikingformer.kernels``, which save half the activation memory of the eager loop.
-- CUDA graphs (``compile_mode="reduce-overhead"`` or ``"max-autotune"``).  A graph replay
-  overwrites the outputs of the previous one, so a training loop marks where each
-  iteration starts: call ``path.step_begin()`` once per iteration, before the forward
-  (a no-op for the other modes)::
+- CUDA graphs (``compile_mode="reduce-overhead"`` or ``"max-autotune"``), off by default: at
+  batch 256 they gained 2 %.  A graph replay overwrites the outputs of the previous one, so a
+  training loop marks where each iteration starts: call ``path.step_begin()`` once per
+  iteration, before the forward (a no-op for the other modes)::
 
       for x, y in loader:
           path.step_begin()
@@ -23,14 +23,15 @@ Measured choices (see ``benchmarks/throughput.py`` and the README's performance 
               loss = loss_fn(model(x), y)
           ...
 
-On the CPU the same switches work (compile uses inductor's C++ backend) but are off by
-default: there the eager path is the dependable one.  In fp32 the fast path emits the same
-spikes as the eager path (tested).
+On the CPU the same switches work (compile uses inductor's C++ backend, the neurons stay the
+PyTorch loop) but are off by default: there the eager path is the dependable one.  In fp32
+the fast path emits the same spikes as the eager path (tested).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 from dataclasses import dataclass
 
 import torch
@@ -38,12 +39,14 @@ from torch import nn
 
 from .neuron import LIF_BACKENDS, MultiStepLIF
 
-__all__ = ["FastPath", "FAST_MODES", "AMP_MODES", "COMPILE_MODES", "amp_dtype"]
+__all__ = ["FastPath", "FAST_MODES", "AMP_MODES", "COMPILE_MODES", "LIF_BACKEND_MODES", "amp_dtype",
+           "resolve_lif_backend"]
 
 FAST_MODES = ("auto", "on", "off")
 COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # "": torch's default
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+LIF_BACKEND_MODES = ("auto",) + LIF_BACKENDS
 
 
 def amp_dtype(amp: str, device: torch.device | str) -> torch.dtype | None:
@@ -51,6 +54,17 @@ def amp_dtype(amp: str, device: torch.device | str) -> torch.dtype | None:
     if amp == "auto":
         return torch.bfloat16 if torch.device(device).type == "cuda" else None
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+
+
+def resolve_lif_backend(mode: str, compiled: bool, device: torch.device | str) -> str:
+    """The neurons' backend for ``mode`` in ``LIF_BACKEND_MODES``: ``auto`` is the Triton kernels
+    for a compiled model on CUDA (where they were measured fastest) and the PyTorch loop otherwise."""
+    if mode not in LIF_BACKEND_MODES:
+        raise ValueError(f"lif_backend must be one of {', '.join(LIF_BACKEND_MODES)}, got {mode!r}")
+    if mode != "auto":
+        return mode
+    cuda = torch.device(device).type == "cuda"
+    return "triton" if compiled and cuda and importlib.util.find_spec("triton") is not None else "torch"
 
 
 @dataclass(frozen=True)
@@ -63,11 +77,11 @@ class FastPath:
     amp_dtype: torch.dtype | None = torch.bfloat16
     channels_last: bool = True
     fused_optimizer: bool = True
-    lif_backend: str | None = None         # MultiStepLIF backend: "torch", "triton" (kernels/), None: as built
+    lif_backend: str | None = "auto"       # neurons: auto (resolve_lif_backend) | torch | triton | None: as built
 
     def __post_init__(self):
-        if self.lif_backend is not None and self.lif_backend not in LIF_BACKENDS:
-            raise ValueError(f"lif_backend must be one of {', '.join(LIF_BACKENDS)}, got {self.lif_backend!r}")
+        if self.lif_backend is not None:
+            resolve_lif_backend(self.lif_backend, self.compile, "cpu")  # validates
 
     @property
     def cudagraphs(self) -> bool:
@@ -87,14 +101,14 @@ class FastPath:
 
     @classmethod
     def off(cls) -> "FastPath":
-        return cls(compile=False, amp_dtype=None, channels_last=False, fused_optimizer=False)
+        return cls(compile=False, amp_dtype=None, channels_last=False, fused_optimizer=False, lif_backend=None)
 
     @classmethod
     def from_modes(cls, fast: str, amp: str, device: torch.device | str, compile_mode: str = "",
-                   lif_backend: str | None = None) -> "FastPath":
+                   lif_backend: str = "auto") -> "FastPath":
         """The path a config asks for: ``fast`` in ``FAST_MODES`` (``auto``: on exactly on CUDA),
         ``amp`` in ``AMP_MODES`` (independent of ``fast``, so the eager path can run in bf16),
-        ``compile_mode`` in ``COMPILE_MODES`` and the neurons' ``lif_backend``."""
+        ``compile_mode`` in ``COMPILE_MODES`` and the neurons' ``lif_backend`` in ``LIF_BACKEND_MODES``."""
         if fast not in FAST_MODES:
             raise ValueError(f"fast must be one of {', '.join(FAST_MODES)}, got {fast!r}")
         if compile_mode not in COMPILE_MODES:
@@ -109,16 +123,18 @@ class FastPath:
 
         Regional compilation works in place (``nn.Module.compile``), so the returned module
         is ``model`` itself and its ``state_dict`` keys are unchanged.  Every ``MultiStepLIF``
-        is switched to ``lif_backend`` in place (unless it is None).
+        is switched in place to the backend ``lif_backend`` resolves to on the model's device
+        (unless it is None).
         """
         neurons = [m for m in model.modules() if isinstance(m, MultiStepLIF)]
+        device = next(model.parameters(), torch.empty(0)).device
         if self.lif_backend is not None:
+            backend = resolve_lif_backend(self.lif_backend, self.compile, device)
             for m in neurons:
-                m.backend = self.lif_backend
+                m.backend = backend
         if any(m.backend == "triton" for m in neurons):
             from .kernels import check_device
 
-            device = next(model.parameters(), torch.empty(0)).device
             check_device(device)
             if self.compile and device.type != "cuda":
                 raise ValueError("torch.compile cannot trace the Triton interpreter: compile the "

@@ -55,8 +55,9 @@ def test_variant_names(throughput):
     assert graphs.path.lif_backend == "triton"
     eager = throughput.Variant("eager+triton", cpu)
     assert not eager.path.compile and eager.path.lif_backend == "triton"
-    assert throughput.Variant("fast", cpu).path.lif_backend == "torch"
-    for bad in ("eager:max-autotune", "reference+triton", "fast+cupy", "faster"):
+    assert throughput.Variant("fast", cpu).path.lif_backend == "auto"  # as `spikingformer train` runs it
+    assert throughput.Variant("fast+torch+nchw", cpu).path.lif_backend == "torch"
+    for bad in ("eager:max-autotune", "reference+triton", "fast+cupy", "faster", "fast+triton+torch", "eager+nchw"):
         with pytest.raises(ValueError, match="unknown variant"):
             throughput.Variant(bad, cpu)
 
@@ -87,3 +88,27 @@ def test_triton_variants_on_cpu(throughput, tmp_path, monkeypatch, capsys):
     assert report["results"][1]["train_img_s"] > 0 and report["results"][1]["train_x"] is not None
     assert [e["variant"] for e in report["errors"]] == ["fast+triton"]
     assert "cannot trace the Triton interpreter" in report["errors"][0]["error"]
+
+
+@pytest.mark.parametrize("name,kind", [
+    ("triton_red_fused__native_batch_norm_legit_functional_native_batch_norm_backward_view_19", "inductor reduction"),
+    ("triton_per_fused_add_1", "inductor reduction"),
+    ("triton_poi_fused_max_pool2d_with_indices_47", "inductor pointwise"),
+    ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc", "conv/matmul (cuDNN, cuBLAS)"),
+    ("_lif_backward_kernel", "lif (Triton kernels)"),
+    ("void at::native::elementwise_kernel<128, 4, gpu_kernel_impl_nocast<direct_copy_kernel_cuda>>", "copy (ATen)"),
+    ("void at::native::vectorized_elementwise_kernel<8, at::native::FillFunctor<float>>", "other"),
+])
+def test_kernel_kinds(throughput, name, kind):
+    assert throughput.kernel_kind(name) == kind
+
+
+def test_profile_reports_where_the_time_goes(throughput, tmp_path):
+    out = tmp_path / "t.json"
+    assert throughput.main(["spikingformer_4_256:2", "--variants", "eager", "--steps", "1", "--warmup", "1",
+                            "--device", "cpu", "--set", "depth=1", "dim=32", "num_heads=4", "--profile", "1",
+                            "--json", str(out)]) == 0
+    prof = json.loads(out.read_text())["results"][0]["profile"]
+    assert prof["ms_per_step"] > 0 and len(prof["top"]) > 3
+    assert sum(v["share"] for v in prof["kinds"].values()) == pytest.approx(1.0)
+    assert "conv/matmul (cuDNN, cuBLAS)" in prof["kinds"]  # aten::convolution on the CPU

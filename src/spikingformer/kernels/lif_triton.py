@@ -60,6 +60,10 @@ BLOCK = 1024  # neurons per program: 4 warps x 32 lanes x 8 elements
 
 def _lif_forward_kernel(x_ptr, s_ptr, n, T, tau, inv_tau, v_threshold, v_reset,
                         BLOCK: tl.constexpr, RECIPROCAL: tl.constexpr):
+    # torch.compile passes Python floats as fp64 scalars; the values are fp32-exact (_launch_args),
+    # and the arithmetic must stay fp32 to round as the eager neuron does.
+    tau, inv_tau = tl.cast(tau, tl.float32), tl.cast(inv_tau, tl.float32)
+    v_threshold, v_reset = tl.cast(v_threshold, tl.float32), tl.cast(v_reset, tl.float32)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     x_ptrs, s_ptrs = x_ptr + offs, s_ptr + offs
@@ -80,6 +84,8 @@ def _lif_forward_kernel(x_ptr, s_ptr, n, T, tau, inv_tau, v_threshold, v_reset,
 
 def _lif_backward_kernel(x_ptr, grad_s_ptr, grad_x_ptr, h_ptr, n, T, tau, inv_tau,
                          v_threshold, v_reset, alpha, BLOCK: tl.constexpr, RECIPROCAL: tl.constexpr):
+    tau, inv_tau, alpha = tl.cast(tau, tl.float32), tl.cast(inv_tau, tl.float32), tl.cast(alpha, tl.float32)  # as in the forward
+    v_threshold, v_reset = tl.cast(v_threshold, tl.float32), tl.cast(v_reset, tl.float32)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     x_ptrs, h_ptrs = x_ptr + offs, h_ptr + offs
@@ -125,6 +131,12 @@ def _interpreting() -> bool:
     return bool(triton.knobs.runtime.interpret)
 
 
+def _launcher(kernel):
+    """``wrap_triton(kernel)``, which lets ``torch.compile`` trace the launch; an interpreted kernel
+    is launched directly (nothing traces it, and torch 2.11's ``wrap_triton`` refuses it)."""
+    return kernel if _interpreting() else wrap_triton(kernel)
+
+
 def check_device(device: torch.device | str) -> None:
     """Raise a clear error unless the Triton kernels can run on ``device``."""
     device = torch.device(device)
@@ -156,7 +168,7 @@ def lif_forward(x: Tensor, tau: float, v_threshold: float, v_reset: float, alpha
     spikes = torch.empty_like(x)
     n, T, inv_tau, reciprocal = _launch_args(x, tau)
     forward, _ = _kernels(_interpreting())
-    wrap_triton(forward)[(triton.cdiv(n, BLOCK),)](
+    _launcher(forward)[(triton.cdiv(n, BLOCK),)](
         x, spikes, n, T, tau, inv_tau, v_threshold, v_reset, BLOCK=BLOCK, RECIPROCAL=reciprocal)
     return spikes
 
@@ -169,7 +181,7 @@ def lif_backward(x: Tensor, grad_spikes: Tensor, tau: float, v_threshold: float,
     h = torch.empty(x.shape, dtype=torch.float32, device=x.device)
     n, T, inv_tau, reciprocal = _launch_args(x, tau)
     _, backward = _kernels(_interpreting())
-    wrap_triton(backward)[(triton.cdiv(n, BLOCK),)](
+    _launcher(backward)[(triton.cdiv(n, BLOCK),)](
         x, grad_spikes, grad_x, h, n, T, tau, inv_tau, v_threshold, v_reset, alpha,
         BLOCK=BLOCK, RECIPROCAL=reciprocal)
     return grad_x
