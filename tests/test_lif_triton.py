@@ -98,6 +98,51 @@ def test_charge_rounds_like_aten_on_each_device(tau):
     assert torch.equal(spikes, like_cuda)
 
 
+def test_channels_last_steps_keep_their_layout():
+    """[T, B, C, H, W] whose steps are channels-last (what a channels-last conv gives) runs in place:
+    spikes and input gradients come back in the input's layout, with the eager neuron's values."""
+    x = (torch.randn(3 * 2, 8, 5, 6) * 3).contiguous(memory_format=torch.channels_last).view(3, 2, 8, 5, 6)
+    assert not x.is_contiguous() and x[0].is_contiguous(memory_format=torch.channels_last)
+    assert lif_triton._time_major_dense(x) is x
+    s, s_ref, grad, grad_ref = run_both(x, 2.0, 1.0)
+    assert s.stride() == x.stride() and grad.stride() == x.stride()
+    assert torch.equal(s, s_ref)
+    torch.testing.assert_close(grad, grad_ref, atol=1e-6, rtol=1e-6)
+    nchw_grad = torch.randn(x.shape)  # an upstream gradient in another layout is laid out like x first
+    xg = x.detach().clone().requires_grad_()
+    multistep_lif_triton(xg).backward(nchw_grad)
+    xr = x.detach().clone().requires_grad_()
+    multistep_lif(xr).backward(nchw_grad)
+    torch.testing.assert_close(xg.grad, xr.grad, atol=1e-6, rtol=1e-6)
+
+
+def test_only_time_major_dense_layouts_run_in_place():
+    x = torch.randn(4, 2, 3, 5, 5)
+    assert lif_triton._time_major_dense(x) is x
+    steps_inside = x.permute(1, 0, 2, 3, 4).contiguous().permute(1, 0, 2, 3, 4)  # time not outermost
+    assert lif_triton._time_major_dense(steps_inside).is_contiguous()
+    assert lif_triton._time_major_dense(x[:, :, :, ::2]).is_contiguous()  # a strided slice
+
+
+def test_channels_last_model_feeds_every_synaptic_conv_channels_last():
+    """Under the fast path's layout the Triton neurons keep the stream channels-last, so cuDNN's backward
+    converts no gradient; only the encoding conv, fed the repeated image, differs."""
+    torch.manual_seed(0)
+    model = sf.create_model("spikingformer_4_256", depth=1, dim=32, num_heads=4, T=2, num_classes=5)
+    x = torch.randn(2, 3, 16, 16)
+    out_ref = model(x)
+    path = FastPath(compile=False, amp_dtype=None, fused_optimizer=False, lif_backend="triton")
+    layouts = {}
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_pre_hook(lambda mod, inp, name=name: layouts.__setitem__(
+                name, inp[0].is_contiguous(memory_format=torch.channels_last)))
+    out = path.prepare(model)(path.to_input(x))
+    assert len(layouts) == 11
+    assert all(cl for name, cl in layouts.items() if name != "tokenizer.encode.conv"), layouts
+    torch.testing.assert_close(out, out_ref, atol=1e-4, rtol=1e-4)  # the layouts differ in rounding only
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_input_keeps_an_fp32_membrane(dtype):
     x = (torch.randn(4, 3, 700) * 3).to(dtype)

@@ -160,7 +160,8 @@ def _launch_args(x: Tensor, tau: float):
 
 @triton_op("spikingformer::lif_forward", mutates_args=())
 def lif_forward(x: Tensor, tau: float, v_threshold: float, v_reset: float, alpha: float) -> Tensor:
-    """Spikes ``S[t]`` of a LIF neuron over the leading axis of a contiguous ``x``.
+    """Spikes ``S[t]`` of a LIF neuron over the leading axis of a time-major dense ``x``
+    (``_time_major_dense``), laid out as ``x`` is.
 
     ``alpha`` is unused here; it is an input so that ``_setup_context`` hands it to the backward.
     """
@@ -194,7 +195,9 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_spikes):
     (x,) = ctx.saved_tensors
-    grad_x = lif_backward(x, grad_spikes.contiguous(), ctx.tau, ctx.v_threshold, ctx.v_reset, ctx.alpha)
+    if grad_spikes.stride() != x.stride():  # the kernels index both flat: one layout for both
+        grad_spikes = torch.empty_like(x).copy_(grad_spikes)
+    grad_x = lif_backward(x, grad_spikes, ctx.tau, ctx.v_threshold, ctx.v_reset, ctx.alpha)
     return grad_x, None, None, None, None
 
 
@@ -211,9 +214,24 @@ def multistep_lif_triton(
     """Triton twin of ``neuron.multistep_lif`` (``detach_reset=True``): ``[T, ...] -> [T, ...]`` spikes.
 
     Takes fp32, bf16 or fp16 input of any layout; the membrane runs in fp32 whatever the input dtype.
+    The spikes keep the input's layout when its steps are dense, NCHW or channels-last.
     """
     if x.dim() < 1:
         raise ValueError("multistep_lif_triton expects a time-major tensor [T, ...], got a scalar")
     if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"multistep_lif_triton takes fp32, bf16 or fp16 input, got {x.dtype}")
-    return lif_forward(x.contiguous(), float(tau), float(v_threshold), float(v_reset), float(alpha))
+    return lif_forward(_time_major_dense(x), float(tau), float(v_threshold), float(v_reset), float(alpha))
+
+
+def _time_major_dense(x: Tensor) -> Tensor:
+    """``x`` itself when every step ``x[t]`` is one dense block (NCHW or channels-last) and the steps
+    follow each other, else a contiguous copy.
+
+    The kernels index flat, so any such layout works, and ``empty_like`` gives the spikes the same
+    one.  Keeping it matters under the fast path: spikes that stay channels-last reach the next
+    convolution as it wants them, where a contiguous copy made cuDNN's backward convert every
+    gradient back (``grad_output.to(input.suggest_memory_format())``).
+    """
+    step = x[0]
+    dense = step.is_contiguous() or (step.dim() == 4 and step.is_contiguous(memory_format=torch.channels_last))
+    return x if dense and (x.shape[0] == 1 or x.stride(0) == step.numel()) else x.contiguous()

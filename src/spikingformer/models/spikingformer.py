@@ -102,7 +102,11 @@ class PSSA(nn.Module):
         q = self._heads(self.sn_q(self.q(xs)))
         k = self._heads(self.sn_k(self.k(xs)))
         v = self._heads(self.sn_v(self.v(xs)))
-        a = self.qkv(q, k, v).transpose(-2, -1).reshape(t, b, c, h, w)
+        a = self.qkv(q, k, v)  # [T, B, heads, N, d]
+        if xs[0].is_contiguous():
+            a = a.transpose(-2, -1).reshape(t, b, c, h, w)
+        else:  # channels-last stream (the fast path): keep it, so proj's backward needs no layout copy
+            a = a.permute(0, 1, 3, 2, 4).reshape(t, b, h, w, c).permute(0, 1, 4, 2, 3)
         return self.proj(self.sn_attn(a))
 
 
