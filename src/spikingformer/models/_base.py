@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
 from torch import Tensor, nn
 
 from ..layers import ClassifierHead
@@ -61,8 +62,8 @@ class SpikingVisionModel(nn.Module):
         if h < p or w < p or h % p or w % p:
             raise ValueError(f"spatial size {h}x{w} must be a positive multiple of the tokenizer's "
                              f"patch size {p} (input shape {tuple(x.shape)})")
-        if x.dim() == 4:
-            return x.unsqueeze(0).expand(self.cfg.T, *x.shape)
+        if x.dim() == 4:  # T copies laid out as x is: channels-last on the fast path, as the encoding conv wants
+            return torch.cat([x] * self.cfg.T).view(self.cfg.T, *x.shape)
         if x.shape[0] < 1:
             raise ValueError("a sequence input needs at least one time step")
         return x
