@@ -84,7 +84,8 @@ def _lif_forward_kernel(x_ptr, s_ptr, n, T, tau, inv_tau, v_threshold, v_reset,
 
 def _lif_backward_kernel(x_ptr, grad_s_ptr, grad_x_ptr, h_ptr, n, T, tau, inv_tau,
                          v_threshold, v_reset, alpha, BLOCK: tl.constexpr, RECIPROCAL: tl.constexpr):
-    tau, inv_tau, alpha = tl.cast(tau, tl.float32), tl.cast(inv_tau, tl.float32), tl.cast(alpha, tl.float32)  # as in the forward
+    # fp32 scalars, as in the forward
+    tau, inv_tau, alpha = tl.cast(tau, tl.float32), tl.cast(inv_tau, tl.float32), tl.cast(alpha, tl.float32)
     v_threshold, v_reset = tl.cast(v_threshold, tl.float32), tl.cast(v_reset, tl.float32)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
