@@ -33,6 +33,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections import defaultdict
 
 import torch
 from torch import nn
@@ -136,20 +137,20 @@ def profile_steps(step, n: int, device, top: int = 12) -> dict:
         for _ in range(n):
             step()
         sync(device)
-    times = {}
+    times = defaultdict(float)
     for evt in prof.key_averages():
         if cuda and evt.device_type != DeviceType.CUDA:
             continue  # host ops report their kernels' time too: count the kernels alone
         us = evt.self_device_time_total if cuda else evt.self_cpu_time_total
         if us > 0:
-            times[evt.key] = times.get(evt.key, 0.0) + us / 1e3 / n
+            times[evt.key] += us / 1e3 / n
     total = sum(times.values()) or 1.0
-    kinds = {}
+    kinds = defaultdict(float)
     for name, ms in times.items():
-        kinds[kernel_kind(name)] = kinds.get(kernel_kind(name), 0.0) + ms
+        kinds[kernel_kind(name)] += ms
     order = sorted(times, key=times.get, reverse=True)[:top]
     # Which host-side calls launch the ATen copies: the op and the two ops around it.
-    copies = {}
+    copies = defaultdict(float)
     for evt in prof.events() if cuda else ():
         ms = sum(k.duration for k in getattr(evt, "kernels", ()) if kernel_kind(k.name).startswith("copy")) / 1e3 / n
         if ms > 0:
@@ -157,7 +158,7 @@ def profile_steps(step, n: int, device, top: int = 12) -> dict:
             while parent is not None and len(chain) < 4:
                 chain.append(parent.name)
                 parent = parent.cpu_parent
-            copies[" < ".join(chain)] = copies.get(" < ".join(chain), 0.0) + ms
+            copies[" < ".join(chain)] += ms
     return {"ms_per_step": total,
             "copy_sources": [{"calls": k, "ms": copies[k]} for k in sorted(copies, key=copies.get, reverse=True)[:6]],
             "kinds": {k: {"ms": ms, "share": ms / total} for k, ms in sorted(kinds.items(), key=lambda kv: -kv[1])},
