@@ -3,7 +3,8 @@
 ``TRITON_INTERPRET=1`` is read when a kernel is jitted; ``kernels.lif_triton`` jits its kernels on
 first launch for each value of the flag and calls no helper that ``import triton`` jitted, so
 setting the flag per test is enough (no subprocess).
-The CUDA tests at the end run where a GPU is present.
+The CUDA tests near the end run where a GPU is present; the last test compiles the kernels for an
+H100 with Triton's own compiler and ptxas, which needs no GPU.
 """
 import pytest
 import torch
@@ -48,6 +49,18 @@ def test_spikes_and_gradients_equal_eager(shape, tau, v_th, v_reset, alpha):
     assert set(s.unique().tolist()) == {0.0, 1.0}
     torch.testing.assert_close(grad, grad_ref, atol=1e-6, rtol=1e-6)
     assert grad.abs().max() > 0.1  # the surrogate actually carries gradient
+
+
+@pytest.mark.parametrize("T,max_chunk", [(17, 16), (32, 16), (7, 3), (6, 3), (2, 3)])
+def test_long_runs_recompute_the_backward_in_chunks(monkeypatch, T, max_chunk):
+    """The backward keeps at most MAX_CHUNK membranes per neuron in registers and re-runs the steps
+    before each chunk; whole chunks, a partial last chunk and a single short one all give the loop's gradient."""
+    monkeypatch.setattr(lif_triton, "MAX_CHUNK", max_chunk)
+    assert lif_triton.backward_blocks(T)[0] == min(T, max_chunk)
+    s, s_ref, grad, grad_ref = run_both(torch.randn(T, 3, 70) * 3, 1.5, 1.0)
+    assert torch.equal(s, s_ref)
+    torch.testing.assert_close(grad, grad_ref, atol=1e-6, rtol=1e-6)
+    assert grad[0].abs().max() > 0.1  # gradient reaches the first step through every chunk
 
 
 def test_non_contiguous_input():
@@ -235,3 +248,50 @@ def test_cuda_kernels_equal_eager_and_compile_whole(monkeypatch, tau, v_th):
     sc = compiled(xc, tau, v_th)
     (sc * torch.ones_like(sc)).sum().backward()
     assert torch.equal(sc, s_ref)
+
+
+def compile_for_h100(kernel, signature: dict, constexprs: dict):
+    """Compile a kernel to an sm_90 cubin with Triton's own LLVM and ptxas: no GPU needed."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    return triton.compile(ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", 90, 32))
+
+
+def stack_bytes(cubin: bytes, tmp_path) -> int:
+    """Bytes of stack and local memory per thread (where registers spill), from ``cuobjdump -res-usage``."""
+    import pathlib
+    import re
+    import subprocess
+
+    tool = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not tool.exists():
+        pytest.skip("triton ships no cuobjdump here")
+    path = tmp_path / "kernel.cubin"
+    path.write_bytes(cubin)
+    report = subprocess.run([str(tool), "-res-usage", str(path)], capture_output=True, text=True, check=True).stdout
+    return sum(int(re.search(rf"{kind}:(\d+)", report).group(1)) for kind in ("STACK", "LOCAL"))
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("scalar", ["fp32", "fp64"])  # a plain launch passes floats as fp32, inductor as fp64
+@pytest.mark.parametrize("T", [4, 17])
+def test_kernels_compile_for_an_h100_without_spilling(monkeypatch, tmp_path, dtype, scalar, T):
+    """The GPU build of both kernels, checked on a machine without one: the CPU tests run the
+    interpreter, which would not have caught fp64 scalars promoting the loop-carried membrane."""
+    pytest.importorskip("triton.backends.nvidia.compiler", reason="triton without its CUDA backend")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    forward, backward = lif_triton._kernels(False)
+    floats = {k: scalar for k in ("tau", "inv_tau", "v_threshold", "v_reset")}
+    fwd = compile_for_h100(forward, {"x_ptr": f"*{dtype}", "s_ptr": f"*{dtype}", "n": "i32", "T": "i32", **floats,
+                                     "BLOCK": "constexpr", "RECIPROCAL": "constexpr"},
+                           {"BLOCK": BLOCK, "RECIPROCAL": True})
+    chunk, block = lif_triton.backward_blocks(T)
+    bwd = compile_for_h100(backward, {"x_ptr": f"*{dtype}", "grad_s_ptr": f"*{dtype}", "grad_x_ptr": f"*{dtype}",
+                                      "n": "i32", **floats, "alpha": scalar, "T": "constexpr", "CHUNK": "constexpr",
+                                      "BLOCK": "constexpr", "RECIPROCAL": "constexpr"},
+                           {"T": T, "CHUNK": chunk, "BLOCK": block, "RECIPROCAL": True})
+    for kernel in (fwd, bwd):  # all arithmetic in fp32, as the eager neuron rounds: f64 only to read scalars
+        f64 = [line.strip() for line in kernel.asm["ptx"].splitlines() if ".f64" in line]
+        assert all(op.startswith((".param", "ld.param", "cvt.rn.f32.f64")) for op in f64), f64
+        assert stack_bytes(kernel.asm["cubin"], tmp_path) == 0

@@ -2,8 +2,8 @@
 
 One program owns a block of neurons and loops over ``T`` inside, with the membrane in
 fp32 registers; spikes are written in the input dtype.  The backward kernel saves nothing
-but the input ``X``: it re-runs the charge/fire/reset loop over ``T`` (keeping ``H[t]`` in a
-transient fp32 buffer), then walks ``t = T-1 .. 0`` applying the surrogate gradient with
+but the input ``X``: it re-runs the charge/fire/reset loop (keeping each ``H[t]`` in
+registers), then walks ``t = T-1 .. 0`` applying the surrogate gradient with
 ``detach_reset``::
 
     grad_H[t]   = grad_S[t] * sg'(H[t] - V_th) + grad_V[t] * (1 - S[t])
@@ -18,15 +18,23 @@ input dtype: 4 in fp32, 2 in bf16/fp16):
 
 - autograd of the eager loop (``neuron.multistep_lif``) saves two tensors per step: the
   surrogate's input ``H[t] - V_th`` and the reset factor ``1 - S[t]``: ``2b`` bytes;
-- this kernel saves ``X[t]`` only: ``b`` bytes, half of it.  Its backward adds a transient
-  fp32 ``H`` buffer (4 bytes per neuron-step) that lives for one layer's backward only.
+- this kernel saves ``X[t]`` only: ``b`` bytes, half of it.
 
 (Counted with ``torch.autograd.graph.saved_tensors_hooks``: 8 vs 4 bytes in fp32, 4 vs 2 in
 bf16.)  In bf16/fp16 the fp32 membrane gives the spikes of the fp32 loop on the upcast input,
 not those of the eager loop's low-precision membrane.
 
-Under ``torch.compile`` the partitioner chooses what the compiled loop saves, so the gain
-over the compiled path is the claim a GPU run must measure (``benchmarks/throughput.py``).
+The backward's memory traffic is the minimum, ``3b`` bytes per neuron-step (read ``X`` and
+``grad_S``, write ``grad_X``): ``T`` is a constexpr, both sweeps unroll and the membranes stay
+in registers, at most ``MAX_CHUNK`` steps of them (every configuration of the papers, ``T <= 16``,
+is one chunk).  Longer runs go chunk by chunk from the last, re-running the steps before each
+chunk from ``X``, which is then read about ``1 + (T / MAX_CHUNK - 1) / 2`` times.  An earlier
+version kept ``H`` in a transient fp32 buffer: ``3b + 8`` bytes per neuron-step.  The kernels
+are compiled for an H100 on the CPU by the tests (``triton.compile`` with a ``GPUTarget``),
+which check that no register spills.
+
+What the kernels gain over the LIF loop that ``torch.compile`` traces and fuses is measured on
+a GPU by ``benchmarks/throughput.py`` (``fast`` against ``fast+torch``; the README's table).
 
 Bit-exact spikes: the charge repeats ``multistep_lif``'s operation order,
 ``H = V + (X - (V - V_reset)) / tau``, in fp32 with each operation rounded once.  ATen
@@ -70,10 +78,7 @@ def _lif_forward_kernel(x_ptr, s_ptr, n, T, tau, inv_tau, v_threshold, v_reset,
     v = tl.full([BLOCK], v_reset, tl.float32)
     for _ in range(T):
         x = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
-        if RECIPROCAL:
-            h = v + tl.fma(x - (v - v_reset), inv_tau, 0.0)
-        else:
-            h = v + tl.math.div_rn(x - (v - v_reset), tau)
+        h = v + (tl.fma(x - (v - v_reset), inv_tau, 0.0) if RECIPROCAL else tl.math.div_rn(x - (v - v_reset), tau))
         spike = (h - v_threshold) >= 0.0
         # via fp32: Triton's interpreter cannot cast int1 straight to bf16 (free on a GPU)
         tl.store(s_ptrs, spike.to(tl.float32).to(s_ptr.dtype.element_ty), mask=mask)
@@ -82,43 +87,61 @@ def _lif_forward_kernel(x_ptr, s_ptr, n, T, tau, inv_tau, v_threshold, v_reset,
         s_ptrs += n
 
 
-def _lif_backward_kernel(x_ptr, grad_s_ptr, grad_x_ptr, h_ptr, n, T, tau, inv_tau,
-                         v_threshold, v_reset, alpha, BLOCK: tl.constexpr, RECIPROCAL: tl.constexpr):
+def _lif_backward_kernel(x_ptr, grad_s_ptr, grad_x_ptr, n, tau, inv_tau, v_threshold, v_reset, alpha,
+                         T: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr, RECIPROCAL: tl.constexpr):
     # fp32 scalars, as in the forward
     tau, inv_tau, alpha = tl.cast(tau, tl.float32), tl.cast(inv_tau, tl.float32), tl.cast(alpha, tl.float32)
     v_threshold, v_reset = tl.cast(v_threshold, tl.float32), tl.cast(v_reset, tl.float32)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
-    x_ptrs, h_ptrs = x_ptr + offs, h_ptr + offs
-    grad_s_ptrs, grad_x_ptrs = grad_s_ptr + offs, grad_x_ptr + offs
-    # Recompute H[t] exactly as the forward did, so the spikes seen here are the forward's.
-    v = tl.full([BLOCK], v_reset, tl.float32)
-    for _ in range(T):
-        x = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
-        if RECIPROCAL:
-            h = v + tl.fma(x - (v - v_reset), inv_tau, 0.0)
-        else:
-            h = v + tl.math.div_rn(x - (v - v_reset), tau)
-        tl.store(h_ptrs, h, mask=mask)
-        v = tl.where((h - v_threshold) >= 0.0, v_reset, h)
-        x_ptrs += n
-        h_ptrs += n
-        grad_s_ptrs += n
-        grad_x_ptrs += n
-    # Reverse sweep, t = T-1 .. 0: every pointer now sits one step past the end.
     grad_v = tl.full([BLOCK], 0.0, tl.float32)
-    for _ in range(T):
-        h_ptrs -= n
-        grad_s_ptrs -= n
-        grad_x_ptrs -= n
-        u = tl.load(h_ptrs, mask=mask, other=0.0) - v_threshold
-        not_spike = (u < 0.0).to(tl.float32)
-        sg = 1.0 / (1.0 + tl.exp(-alpha * u))
-        grad_s = tl.load(grad_s_ptrs, mask=mask, other=0.0).to(tl.float32)
-        grad_h = grad_s * (alpha * sg * (1.0 - sg)) + grad_v * not_spike
-        grad_d = grad_h / tau
-        tl.store(grad_x_ptrs, grad_d.to(grad_x_ptr.dtype.element_ty), mask=mask)
-        grad_v = grad_h - grad_d
+    chunks = (T + CHUNK - 1) // CHUNK  # not tl.cdiv: a jitted helper (module docstring)
+    for chunk in range(chunks):  # the last chunk of steps first
+        start = (chunks - 1 - chunk) * CHUNK
+        # Recompute H exactly as the forward did, so the spikes seen here are the forward's: first
+        # the membrane at the chunk's start (no steps when T <= CHUNK), ...
+        x_ptrs, grad_s_ptrs, grad_x_ptrs = x_ptr + offs, grad_s_ptr + offs, grad_x_ptr + offs
+        v = tl.full([BLOCK], v_reset, tl.float32)
+        for _ in range(start):
+            x = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
+            h = v + (tl.fma(x - (v - v_reset), inv_tau, 0.0) if RECIPROCAL else tl.math.div_rn(x - (v - v_reset), tau))
+            v = tl.where((h - v_threshold) >= 0.0, v_reset, h)
+            x_ptrs += n  # pointer steps keep offsets below 2**31 however long T * n gets
+            grad_s_ptrs += n
+            grad_x_ptrs += n
+        # ... then the chunk's own membranes, unrolled so that they stay in registers (the tuple hs).
+        hs = ()
+        for i in tl.static_range(CHUNK):
+            x = tl.load(x_ptrs, mask=mask & (start + i < T), other=0.0).to(tl.float32)
+            h = v + (tl.fma(x - (v - v_reset), inv_tau, 0.0) if RECIPROCAL else tl.math.div_rn(x - (v - v_reset), tau))
+            hs = hs + (h,)
+            v = tl.where((h - v_threshold) >= 0.0, v_reset, h)
+            x_ptrs += n
+            grad_s_ptrs += n
+            grad_x_ptrs += n
+        # Reverse sweep over the chunk; past T, grad_S loads as 0, so grad_V stays 0 until step T-1.
+        for i in tl.static_range(CHUNK - 1, -1, -1):
+            grad_s_ptrs -= n
+            grad_x_ptrs -= n
+            u = hs[i] - v_threshold
+            not_spike = (u < 0.0).to(tl.float32)
+            sg = 1.0 / (1.0 + tl.exp(-alpha * u))
+            step = mask & (start + i < T)
+            grad_s = tl.load(grad_s_ptrs, mask=step, other=0.0).to(tl.float32)
+            grad_h = grad_s * (alpha * sg * (1.0 - sg)) + grad_v * not_spike
+            grad_d = grad_h / tau
+            tl.store(grad_x_ptrs, grad_d.to(grad_x_ptr.dtype.element_ty), mask=step)
+            grad_v = grad_h - grad_d
+
+
+MAX_CHUNK = 16  # steps per chunk of the backward kernel: every paper configuration (T <= 16) is one chunk
+
+
+def backward_blocks(T: int) -> tuple[int, int]:
+    """``(CHUNK, BLOCK)`` of the backward kernel for ``T`` steps: each thread of its 4 warps keeps
+    16 membranes in registers (``BLOCK / 128`` neurons times ``CHUNK`` steps), at least one neuron."""
+    chunk = min(T, MAX_CHUNK)
+    return chunk, min(BLOCK, max(128, 2048 // triton.next_power_of_2(chunk)))
 
 
 @functools.cache
@@ -180,12 +203,12 @@ def lif_backward(x: Tensor, grad_spikes: Tensor, tau: float, v_threshold: float,
                  alpha: float) -> Tensor:
     """``dL/dX`` from ``dL/dS`` with the sigmoid surrogate and a detached reset."""
     grad_x = torch.empty_like(x)
-    h = torch.empty(x.shape, dtype=torch.float32, device=x.device)
     n, T, inv_tau, reciprocal = _launch_args(x, tau)
     _, backward = _kernels(_interpreting())
-    _launcher(backward)[(triton.cdiv(n, BLOCK),)](
-        x, grad_spikes, grad_x, h, n, T, tau, inv_tau, v_threshold, v_reset, alpha,
-        BLOCK=BLOCK, RECIPROCAL=reciprocal)
+    chunk, block = backward_blocks(T)
+    _launcher(backward)[(triton.cdiv(n, block),)](
+        x, grad_spikes, grad_x, n, tau, inv_tau, v_threshold, v_reset, alpha,
+        T=T, CHUNK=chunk, BLOCK=block, RECIPROCAL=reciprocal)
     return grad_x
 
 
