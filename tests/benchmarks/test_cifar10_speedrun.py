@@ -1,28 +1,20 @@
 """The GPU speedrun script, smoke-tested on the CPU: GPU-side augmentation, time/epoch budget, its records."""
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from ..data.helpers import write_class_tree
+from . import load_script
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "cifar10_speedrun.py"
 
 
 @pytest.fixture(scope="module")
 def speedrun():
-    spec = importlib.util.spec_from_file_location("cifar10_speedrun", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with load_script("cifar10_speedrun") as module:
+        yield module
 
 
 def test_augment_is_a_padded_crop_and_maybe_a_flip(speedrun):

@@ -1,23 +1,16 @@
 """The LIF micro-benchmark, smoke-tested on the CPU (the Triton kernels interpreted)."""
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "lif_kernels.py"
+from . import load_script
 
 
 @pytest.fixture(scope="module")
 def lif_kernels():
-    spec = importlib.util.spec_from_file_location("lif_kernels", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with load_script("lif_kernels") as module:
+        yield module
 
 
 def test_torch_and_triton_on_cpu(lif_kernels, tmp_path, capsys, monkeypatch):

@@ -1,24 +1,17 @@
 """The throughput benchmark, smoke-tested on the CPU (eager variants, the Triton kernels interpreted;
 the GPU numbers come from the device)."""
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "throughput.py"
+from . import load_script
 
 
 @pytest.fixture(scope="module")
 def throughput():
-    spec = importlib.util.spec_from_file_location("throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with load_script("throughput") as module:
+        yield module
 
 
 def test_reference_and_eager_on_cpu(throughput, tmp_path, capsys):
