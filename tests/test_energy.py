@@ -161,7 +161,8 @@ def test_unknown_time_steps_is_a_clear_error():
 def test_cli_total_is_e_ac_times_ac_plus_e_mac_times_mac(tmp_path, capsys):
     js, cs = tmp_path / "e.json", tmp_path / "e.csv"
     rc = main(["energy", "--model", "spikformer_4_384", "--t", "1", "--batch-size", "1",
-               "--e-mac", "3.1", "--e-ac", "0.7", "--json", str(js), "--csv", str(cs)])
+               "--e-mac", "3.1", "--e-ac", "0.7", "--json", str(js), "--csv", str(cs),
+               "--plot", str(tmp_path / "e.png")])
     out = capsys.readouterr().out
     assert rc == 0
     data = json.loads(js.read_text())
@@ -174,6 +175,28 @@ def test_cli_total_is_e_ac_times_ac_plus_e_mac_times_mac(tmp_path, capsys):
     assert rows[0] == "name,op,kind,readout,fr,nonzero,flops,ac,mac,uJ"
     assert len(rows) == 1 + len(data["layers"])
     assert {"name", "kind", "fr", "flops", "ac", "mac", "uJ"} <= set(data["layers"][0])
+    assert (tmp_path / "e.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_draws_each_layer_firing_rate_and_energy(tmp_path, monkeypatch):
+    """One bar per synaptic product in each panel, in network order: its input firing rate (0 where the
+    input is not spikes) and its energy, coloured by AC or MAC."""
+    import spikingformer.metrics as metrics
+
+    model = sf.create_model("spikingformer_4_256", depth=1, dim=32, num_heads=4, T=2).eval()
+    report = estimate_energy(model, torch.randn(2, 3, 32, 32))
+    figures = []
+    monkeypatch.setattr(metrics, "save_figure", lambda fig, path: figures.append(fig))
+    report.write_png(str(tmp_path / "e.png"))
+    ax_fr, ax_e = figures[0].axes
+    fr_bars, e_bars = ax_fr.patches, ax_e.patches
+    assert len(fr_bars) == len(e_bars) == len(report.layers)
+    assert [b.get_height() for b in fr_bars] == pytest.approx([r.fr or 0.0 for r in report.layers])
+    assert [b.get_height() for b in e_bars] == pytest.approx([r.uJ for r in report.layers])
+    assert [t.get_text() for t in ax_e.get_xticklabels()][0] == report.layers[0].name
+    spike = [b.get_facecolor() for b, r in zip(e_bars, report.layers) if r.kind == "spike"]
+    real = [b.get_facecolor() for b, r in zip(e_bars, report.layers) if r.kind == "real"]
+    assert spike and real and len(set(spike)) == 1 and set(spike).isdisjoint(real)
 
 
 def test_cli_unknown_model(capsys):

@@ -176,3 +176,129 @@ def test_fast_path_trains_like_the_eager_path(tree, tmp_path):
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=2e-3, rtol=2e-3, msg=k)
     assert abs(fast["final_val_loss"] - eager["final_val_loss"]) < 1e-2
+
+
+class FixedLoader:
+    """The batches of one epoch, as ``train_one_epoch`` reads a loader (its sampler knows the epoch's length)."""
+
+    def __init__(self, batches):
+        from types import SimpleNamespace
+
+        self.batches, self.sampler = batches, SimpleNamespace(steps_per_epoch=len(batches))
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+class CountingNoSync(torch.nn.Module):
+    """A model with DDP's ``no_sync``: counts the batches whose gradient all-reduce is skipped."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.skipped = inner, 0
+
+    def forward(self, x):
+        return self.inner(x)
+
+    def no_sync(self):
+        import contextlib
+
+        self.skipped += 1
+        return contextlib.nullcontext()
+
+
+def one_epoch(batches, accum_steps, model):
+    """``train_one_epoch`` with SGD + momentum on ``batches``; returns its loss, the schedule's update counts and
+    the progress."""
+    from types import SimpleNamespace
+
+    from spikingformer.distributed import DistInfo
+    from spikingformer.fast import FastPath
+    from spikingformer.engine import train_one_epoch
+    from spikingformer.train import Progress
+
+    cfg = SimpleNamespace(accum_steps=accum_steps, clip_grad=0.0, sched_on_updates=True, ckpt_every=0,
+                          total_epochs=1, progress=False)
+    updates = []
+    sched = SimpleNamespace(step_update=updates.append)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    state = Progress()
+    info = DistInfo(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
+    loss, _ = train_one_epoch(cfg, state, model, FixedLoader(batches), opt, sched,
+                              torch.amp.GradScaler("cpu", enabled=False), info, FastPath.off(), lambda: None,
+                              lambda m, x, y: (torch.nn.functional.cross_entropy(m(x), y), None))
+    return loss, updates, state
+
+
+def test_accumulated_batches_update_like_one_batch_of_their_union():
+    """accum_steps=2 over five batches of 4 makes the updates of batches of 8, 8 and 4 (the epoch's last group
+    is short): same weights, same mean loss, the schedule counts three updates, DDP syncs once per update."""
+    torch.manual_seed(0)
+    xs, ys = torch.randn(5, 4, 6), torch.randint(0, 3, (5, 4))
+    small = [(xs[i], ys[i]) for i in range(5)]
+    large = [(xs[0:2].flatten(0, 1), ys[0:2].flatten()), (xs[2:4].flatten(0, 1), ys[2:4].flatten()), (xs[4], ys[4])]
+    ref_model = torch.nn.Linear(6, 3)
+    model = CountingNoSync(torch.nn.Linear(6, 3))
+    model.inner.load_state_dict(ref_model.state_dict())
+
+    ref_loss, ref_updates, ref_state = one_epoch(large, 1, ref_model)
+    loss, updates, state = one_epoch(small, 2, model)
+    assert updates == ref_updates == [1, 2, 3]
+    assert model.skipped == 2  # batches 0 and 2; 1, 3 and 4 end their groups
+    assert (state.step, state.global_step) == (5, 5) and (ref_state.step, ref_state.global_step) == (3, 3)
+    for a, b in zip(model.inner.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    assert abs(loss - ref_loss) < 1e-6
+    assert all(p.grad is None for p in model.parameters())  # nothing left over for the next epoch
+
+
+def test_accumulation_config_is_checked():
+    with pytest.raises(ValueError, match="accum_steps must be >= 1"):
+        TrainConfig(accum_steps=0)
+    with pytest.raises(ValueError, match="ckpt_every .* must be a multiple of accum_steps"):
+        TrainConfig(accum_steps=4, ckpt_every=6)
+    assert TrainConfig(accum_steps=4, ckpt_every=8).accum_steps == 4
+
+
+def test_accumulating_run_resumes_mid_epoch_to_the_same_weights(tree, tmp_path, monkeypatch):
+    """accum_steps=4 over 6 batches an epoch (groups of 4 and 2), per-update schedule: a run that stops
+    right after its mid-epoch checkpoint in epoch 2 and resumes ends with the weights, optimizer state
+    and metrics of the run never stopped."""
+    import spikingformer.checkpoint as ckpt_module
+
+    cfg = dict(accum_steps=4, ckpt_every=4, sched_on_updates=True, epochs=2, cooldown_epochs=0)
+    reference = run(tiny_config(tree, tmp_path / "ref", **cfg))
+
+    class Stop(Exception):
+        pass
+
+    save = ckpt_module.save_checkpoint
+
+    def save_then_stop(state, path):
+        save(state, path)
+        if state["progress"]["epoch"] == 1 and state["progress"]["step"] > 0:
+            raise Stop
+
+    monkeypatch.setattr(ckpt_module, "save_checkpoint", save_then_stop)
+    with pytest.raises(Stop):
+        run(tiny_config(tree, tmp_path / "stopped", **cfg))
+    stopped = load_checkpoint(tmp_path / "stopped" / "last.pt")["progress"]
+    assert (stopped["epoch"], stopped["step"]) == (1, 4)
+    monkeypatch.setattr(ckpt_module, "save_checkpoint", save)
+    resumed = run(tiny_config(tree, tmp_path / "stopped", **cfg), resume=True)
+
+    ref_model, ref_opt, ref_hist = _weights(tmp_path / "ref" / "last.pt")
+    model, opt, hist = _weights(tmp_path / "stopped" / "last.pt")
+    for k in ref_model:
+        assert torch.equal(model[k], ref_model[k]), k
+    for i in ref_opt:
+        for k in ref_opt[i]:
+            assert torch.equal(opt[i][k], ref_opt[i][k]), (i, k)
+    timing = {"epoch_seconds", "elapsed_seconds"}
+    assert [{k: v for k, v in h.items() if k not in timing} for h in hist] == \
+           [{k: v for k, v in h.items() if k not in timing} for h in ref_hist]
+    assert resumed["final_val_acc"] == reference["final_val_acc"]
+    assert load_checkpoint(tmp_path / "ref" / "last.pt")["optimizer"]["state"][0]["step"] == 4  # 2 updates an epoch

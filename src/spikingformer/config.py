@@ -73,7 +73,8 @@ class TrainConfig:
     weight_decay: float = 0.05
     momentum: float = 0.9
     clip_grad: float = 0.0            # >0: clip the global gradient norm to this value
-    batch_size: int = 64
+    batch_size: int = 64             # per process and per forward pass: BatchNorm normalises over these images
+    accum_steps: int = 1              # batches per optimizer update: an update sees batch_size x accum_steps x processes
     val_batch_size: int = 128
     # --- schedule (timm.scheduler); the run lasts epochs + cooldown_epochs epochs, as in timm
     sched: str = "cosine"
@@ -113,6 +114,10 @@ class TrainConfig:
             (self.val_split in ("auto", "holdout"), f"val_split must be 'auto' or 'holdout', got {self.val_split!r}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1 and self.val_batch_size >= 1, "batch_size and val_batch_size must be >= 1"),
+            (self.accum_steps >= 1, f"accum_steps must be >= 1, got {self.accum_steps}"),
+            (self.accum_steps < 1 or self.ckpt_every % self.accum_steps == 0,
+             f"ckpt_every ({self.ckpt_every}) must be a multiple of accum_steps ({self.accum_steps}): a checkpoint "
+             "inside an epoch is written right after an optimizer update"),
             (min(self.holdout, self.limit_train, self.limit_val, self.warmup_epochs, self.cooldown_epochs,
                  self.ckpt_every, self.workers, self.mixup_off_epoch, self.img_size) >= 0,
              "holdout, limit_*, warmup_epochs, cooldown_epochs, ckpt_every, workers, mixup_off_epoch and "

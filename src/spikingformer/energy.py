@@ -157,6 +157,38 @@ class EnergyReport:
         with open(path, "w") as f:
             json.dump(self.to_dict(), f, indent=2)
 
+    def write_png(self, path: str) -> None:
+        """Two panels in network order: each layer's input firing rate (the ``fr`` of Eq. 19; a product
+        whose input is not spikes has none) and its energy per sample, coloured by AC or MAC."""
+        from matplotlib.patches import Patch
+
+        from .metrics import pyplot, save_figure
+
+        plt = pyplot()
+        rows, x = self.layers, range(len(self.layers))
+        colour = {"spike": "tab:blue", "integer": "tab:orange", "real": "tab:red"}
+        colours = [colour[r.kind] for r in rows]
+        hatches = ["//" if r.readout else "" for r in rows]
+        fig, (ax_fr, ax_e) = plt.subplots(2, 1, sharex=True, figsize=(max(8.0, 2 + 0.16 * len(rows)), 7))
+        for ax, values in ((ax_fr, [r.fr or 0.0 for r in rows]), (ax_e, [r.uJ for r in rows])):
+            for xi, v, c, h in zip(x, values, colours, hatches):
+                ax.bar(xi, v, color=c, hatch=h, edgecolor="white" if h else c, linewidth=0)
+            ax.grid(axis="y", alpha=0.3)
+        ax_fr.set(ylabel="input firing rate", title=f"{self.model}, T={self.T}: spike inputs' firing rates")
+        ax_e.set(ylabel=f"uJ per {self.unit} (log)", yscale="log",
+                 title=f"energy: {self.total_mJ:.4g} mJ per {self.unit}, {self.backbone_mJ:.4g} mJ without the "
+                       f"read-out (Eq. 20)")
+        ax_e.set_xticks(list(x), [f"{r.name} {r.op}" if r.op not in ("conv", "linear") else r.name for r in rows],
+                        rotation=90, fontsize=6)
+        kinds = {r.kind for r in rows}
+        legend = [Patch(color=colour[k], label=f"{k} input: {'AC' if k == 'spike' else 'MAC'}, "
+                                               f"{self.e_ac if k == 'spike' else self.e_mac:g} pJ")
+                  for k in colour if k in kinds]
+        if any(r.readout for r in rows):
+            legend.append(Patch(facecolor="grey", hatch="//", edgecolor="white", label="read-out head"))
+        ax_e.legend(handles=legend, fontsize=7, loc="upper right")
+        save_figure(fig, path)
+
     def write_csv(self, path: str) -> None:
         with open(path, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=COLUMNS)
@@ -240,7 +272,7 @@ def _cmd_energy(args: argparse.Namespace) -> int:
     report.notes += prep.notes
     print(f"{prep.name}: {prep.input}, T={report.T}, {report.images} {prep.unit}(s)")
     print(report.table())
-    for path, write in ((args.json, report.write_json), (args.csv, report.write_csv)):
+    for path, write in ((args.json, report.write_json), (args.csv, report.write_csv), (args.plot, report.write_png)):
         if path:
             write(path)
             print(f"wrote {path}")
@@ -262,4 +294,5 @@ def register_cli(sub) -> None:
     p.add_argument("--e-ac", type=float, default=E_AC_PJ, help=f"pJ per AC (default {E_AC_PJ}, 45 nm)")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     p.add_argument("--csv", metavar="FILE", help="also write the per-layer table as CSV")
+    p.add_argument("--plot", metavar="FILE", help="also draw each layer's input firing rate and energy as a PNG")
     p.set_defaults(func=_cmd_energy)

@@ -82,7 +82,8 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     from .data import DataError, build_data
     from .loading import load_into
     from .official import check_family
-    from .train import model_kwargs, resolve_img_size
+    from .engine import resolve_img_size
+    from .train import model_kwargs
 
     extra = {k: v for k, v in (("device", device), ("data_dir", data_dir), ("val_batch_size", batch_size or None),
                                ("workers", workers)) if v is not None}

@@ -17,13 +17,31 @@ def write_json(path: Path, obj, lines: bool = False) -> None:
     os.replace(tmp, path)
 
 
-def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
-    """Loss (train/val) and accuracy (train when known, val) against epochs, as a PNG."""
+def pyplot():
+    """``matplotlib.pyplot`` on the file-only Agg backend (no display needed), imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path | str, dpi: int = 100) -> None:
+    """Write ``fig`` as a PNG atomically (a reader never sees half a file) and close it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=dpi)
+    pyplot().close(fig)
+    os.replace(tmp, path)
+
+
+def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
+    """Loss (train/val) and accuracy (train when known, val) against epochs, as a PNG."""
     from matplotlib.ticker import MaxNLocator
+
+    plt = pyplot()
 
     ep = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
@@ -40,11 +58,7 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 class MetricsLog:

@@ -2,7 +2,7 @@
 
 ``run(cfg)`` pre-trains a ``SpikformerV2MAE`` (``spikingformer.models.mae``) on a dataset's
 images (labels ignored) with the classifier engine's pieces: ``build_data``, timm's AdamW and
-cosine schedule with warm-up (``train.build_training``), the fast path, DDP under ``torchrun``,
+cosine schedule with warm-up (``engine.build_training``), the fast path, DDP under ``torchrun``,
 atomic resumable checkpoints.  Masks are drawn from a generator seeded by ``(seed, step, rank)``,
 so a run killed at any point and resumed with ``--resume`` sees the masks it would have seen.
 Each epoch appends the masked-patch loss (train, and on the held-out split with fixed masks,
@@ -28,7 +28,7 @@ from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig, add_run_args
 from .distributed import DistInfo
 from .fast import FastPath
-from .metrics import MetricsLog, write_json
+from .metrics import MetricsLog, pyplot, save_figure, write_json
 from .models.mae import MAEConfig, SpikformerV2MAE
 
 __all__ = ["PretrainConfig", "IMAGE_DATASETS", "run", "load_pretrained_encoder", "masked_loss", "save_reconstructions",
@@ -94,8 +94,8 @@ class PretrainConfig(TrainConfig):
 class Progress:
     """Where a run stands; stored in every checkpoint."""
     epoch: int = 0
-    step: int = 0            # optimizer steps already done in ``epoch``
-    global_step: int = 0
+    step: int = 0            # batches already done in ``epoch`` (an update every accum_steps of them)
+    global_step: int = 0     # batches done in the whole run: seeds each batch's masks
     history: list = field(default_factory=list)
     epoch_sums: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # this epoch so far: loss * n, 0, n
 
@@ -132,11 +132,7 @@ def masked_loss(model: SpikformerV2MAE, loader, device, path: FastPath | None = 
 def save_reconstructions(model: SpikformerV2MAE, images: torch.Tensor, mean, std, path: Path, seed: int = 0,
                          title: str = "") -> None:
     """A PNG of (original, masked, reconstruction) triplets, one row per image (V2 Fig. 8)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     model.eval()
     masked, recon = model.reconstruct(images, generator=mask_generator(seed, 0))
     m = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
@@ -154,11 +150,7 @@ def save_reconstructions(model: SpikformerV2MAE, images: torch.Tensor, mean, std
                 axes[i, j].set_title(name, fontsize=9)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 class PretrainLog(MetricsLog):
@@ -167,12 +159,9 @@ class PretrainLog(MetricsLog):
     def write(self, history: list[dict]) -> None:
         if not self.enabled:
             return
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
         from matplotlib.ticker import MaxNLocator
 
+        plt = pyplot()
         self.out.mkdir(parents=True, exist_ok=True)
         write_json(self.out / "metrics.jsonl", history, lines=True)
         ep = [h["epoch"] for h in history]
@@ -184,15 +173,11 @@ class PretrainLog(MetricsLog):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        tmp = self.out / ".metrics.png.tmp.png"
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        os.replace(tmp, self.out / "metrics.png")
+        save_figure(fig, self.out / "metrics.png")
 
 
 def masked_patch_loss(cfg: PretrainConfig, state: "Progress", info: DistInfo):
-    """``step_loss`` of pre-training (``train.train_one_epoch``): the MAE loss with this step's masks."""
+    """``step_loss`` of pre-training (``engine.train_one_epoch``): the MAE loss with this step's masks."""
     def step_loss(model, x, _labels):
         return model(x, generator=mask_generator(cfg.seed, state.global_step, info.rank)).loss, None
     return step_loss
@@ -208,8 +193,8 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
 
 def _run(cfg: PretrainConfig, resume: bool, info: DistInfo) -> dict:
     from .distributed import convert_sync_batchnorm
-    from .train import (begin_epoch, build_training, load_data, make_loaders, open_output, open_run, restore,
-                        seed_all, train_one_epoch, wrap_ddp)
+    from .engine import (begin_epoch, build_training, load_data, make_loaders, open_output, open_run, restore,
+                         seed_all, train_one_epoch, wrap_ddp)
 
     t_start = time.time()
     out = Path(cfg.output)

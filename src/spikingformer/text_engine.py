@@ -40,7 +40,7 @@ from .distributed import DistInfo, all_reduce_sum, convert_sync_batchnorm
 from .fast import AMP_MODES, FAST_MODES, FastPath
 from .metrics import MetricsLog
 from .models.text import SpikingformerText, list_text_models
-from .train import open_run, wrap_ddp
+from .engine import open_run, wrap_ddp
 
 __all__ = ["TextTrainConfig", "TextTask", "fit", "finish", "epoch_order", "eval_shard", "stack", "to_device",
            "expand", "add_command", "SCHEDS", "RESUME_MUTABLE"]

@@ -2,7 +2,8 @@
 
 ``run(cfg)`` trains one model end to end: data (``spikingformer.data``), timm's optimizer,
 scheduler, Mixup/CutMix and losses, bf16 autocast and the fast path (``spikingformer.fast``)
-on CUDA, SyncBatchNorm, DDP under ``torchrun``.  Each epoch appends to ``metrics.jsonl`` and redraws
+on CUDA, SyncBatchNorm, DDP under ``torchrun``, gradient accumulation (``accum_steps``).  The
+epoch loop and the run plumbing it shares with ``pretrain`` live in ``spikingformer.engine``.  Each epoch appends to ``metrics.jsonl`` and redraws
 ``metrics.png``; ``summary.json`` closes the run.  ``last.pt`` (every epoch, and every
 ``ckpt_every`` steps) and ``best.pt`` hold everything a resume needs, so a run killed at any
 point and restarted with ``--resume`` ends with the same weights as one never interrupted.
@@ -10,37 +11,30 @@ point and restarted with ``--resume`` ends with the same weights as one never in
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
-import random
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch import nn
 
 from . import checkpoint as ckpt
 from .config import TrainConfig, add_run_args
 from .distributed import DistInfo
+from .engine import (begin_epoch, build_training, load_data, make_loaders, open_output, open_run,
+                     resolve_img_size, restore, seed_all, train_one_epoch, wrap_ddp)
 from .evaluation import evaluate, spike_stats
 from .fast import FastPath
 
-__all__ = ["TrainConfig", "Progress", "run", "register_cli", "RESUME_MUTABLE"]
-
-# Keys that may change between a run and its resumption without changing the result.
-RESUME_MUTABLE = {"progress", "workers", "ckpt_every", "device", "val_batch_size", "output", "init_from"}
-
+__all__ = ["TrainConfig", "Progress", "run", "register_cli"]
 
 @dataclass
 class Progress:
     """Where a run stands; stored in every checkpoint."""
     epoch: int = 0           # the epoch in progress (or next to start)
-    step: int = 0            # optimizer steps already done in that epoch
-    global_step: int = 0
+    step: int = 0            # batches already done in that epoch (an update every accum_steps of them)
+    global_step: int = 0     # batches done in the whole run
     best_acc: float = -1.0
     best_epoch: int = -1
     history: list = field(default_factory=list)  # one metrics dict per finished epoch
@@ -59,108 +53,6 @@ def model_kwargs(cfg: TrainConfig, num_classes: int, in_chans: int) -> dict:
     return args
 
 
-def resolve_img_size(cfg: TrainConfig) -> int:
-    if cfg.img_size:
-        return cfg.img_size
-    from . import create_model
-
-    with torch.device("meta"):  # read the named size's default without allocating it
-        return create_model(cfg.model, **cfg.model_args).cfg.img_size
-
-
-def build_training(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int, fused: bool = False):
-    """timm's AdamW (no decay on norms/biases), cosine schedule with warm-up and cool-down, Mixup, loss."""
-    from timm.data import Mixup
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import create_scheduler_v2
-
-    extra = {"fused": True} if fused and cfg.opt in ("adamw", "adam") else {}
-    opt = create_optimizer_v2(model, cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
-                              **extra)
-    sched, _ = create_scheduler_v2(opt, cfg.sched, num_epochs=cfg.epochs, cooldown_epochs=cfg.cooldown_epochs,
-                                   warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr,
-                                   step_on_epochs=not cfg.sched_on_updates, updates_per_epoch=steps_per_epoch)
-    mixup = None
-    if cfg.mixup_active:
-        mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
-                      switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode, label_smoothing=cfg.smoothing,
-                      num_classes=model.num_classes)
-        criterion = SoftTargetCrossEntropy()  # mixup already smoothed the targets
-    elif cfg.smoothing > 0:
-        criterion = LabelSmoothingCrossEntropy(cfg.smoothing)
-    else:
-        criterion = nn.CrossEntropyLoss()
-    return opt, sched, mixup, criterion
-
-
-def seed_all(seed: int, rank: int) -> None:
-    """Weights start identical on every process; Python/NumPy streams (Mixup) differ per process, as in timm."""
-    torch.manual_seed(seed)
-    random.seed(seed + rank)
-    np.random.seed(seed + rank)
-
-
-def train_one_epoch(cfg, state: Progress, model, loader, opt, sched, scaler, info: DistInfo, path: FastPath,
-                    save_mid_epoch, step_loss) -> tuple[float, float]:
-    """One pass over ``loader`` from ``state.step``, for every image engine (train, pretrain).
-
-    ``step_loss(model, x, y) -> (loss, correct)`` runs the forward under autocast; ``correct`` is
-    the batch's count of right top-1 predictions, or None when there is none to count.  Returns the
-    epoch's mean loss and accuracy over every process (``state.epoch_sums`` carries a resumed
-    epoch's totals).
-    """
-    from tqdm import tqdm
-
-    from .distributed import all_reduce_sum
-
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    # Resumed mid-epoch: the main process carries the totals of the steps already done (all processes').
-    sums = torch.tensor(state.epoch_sums if info.is_main else [0.0] * 3, dtype=torch.float64, device=info.device)
-    bar = tqdm(loader, total=len(loader), desc=f"epoch {state.epoch + 1}/{cfg.total_epochs}", leave=False,
-               disable=None if info.is_main and cfg.progress else True, dynamic_ncols=True)  # None: off without a TTY
-    for x, y in bar:
-        x, y = path.to_input(x.to(info.device, non_blocking=True)), y.to(info.device, non_blocking=True)
-        path.step_begin()  # CUDA graphs: the previous step's outputs may now be overwritten
-        with path.autocast(info.device):
-            loss, correct = step_loss(model, x, y)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.clip_grad > 0:
-            scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-        scaler.step(opt)
-        scaler.update()
-        state.step += 1
-        state.global_step += 1
-        if cfg.sched_on_updates:
-            sched.step_update(state.global_step)
-        n = torch.tensor(float(len(y)), dtype=torch.float64, device=info.device)  # labels: one per sample
-        sums += torch.stack([loss.detach().double() * n, torch.zeros_like(n) if correct is None else
-                             correct.double(), n])
-        if state.step % 10 == 0:  # look at the loss only now and then: reading it waits for the GPU
-            if not math.isfinite(float(sums[0])):
-                raise FloatingPointError(f"the training loss became {float(sums[0])} by epoch {state.epoch + 1} "
-                                         f"step {state.step}: lower lr or set clip_grad")
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{opt.param_groups[0]['lr']:.2e}", refresh=False)
-        if cfg.ckpt_every and state.step % cfg.ckpt_every == 0 and state.step < loader.sampler.steps_per_epoch:
-            state.epoch_sums = all_reduce_sum(sums.clone()).tolist()
-            save_mid_epoch()  # the epoch's end writes its own checkpoint
-    loss_sum, correct, n = all_reduce_sum(sums).tolist()
-    state.epoch_sums = [0.0, 0.0, 0.0]
-    return loss_sum / n, correct / n
-
-
-def begin_epoch(cfg, state: Progress, sampler, sched, opt) -> float:
-    """Put the sampler and the schedule where ``state`` stands (mid-epoch after a resume); the epoch's lr."""
-    sampler.set_epoch(state.epoch, state.step)
-    sched.step(state.epoch)
-    if cfg.sched_on_updates:
-        sched.step_update(state.global_step)
-    return opt.param_groups[0]["lr"]
-
-
 def classification_loss(mixup, criterion):
     """``step_loss`` of supervised training: Mixup/CutMix (when on), forward, loss, top-1 hits."""
     def step_loss(model, x, y):
@@ -171,89 +63,6 @@ def classification_loss(mixup, criterion):
         correct = (logits.argmax(1) == labels).sum() if mixup is None else None
         return criterion(logits, y), correct
     return step_loss
-
-
-def _config_diff(old: dict, new: dict, mutable=RESUME_MUTABLE) -> list[str]:
-    return sorted(k for k in set(old) | set(new) if k not in mutable and old.get(k) != new.get(k))
-
-
-# ----------------------------------------------------------------------------- pieces every engine shares
-
-def open_run(cfg, resume: bool, mutable=RESUME_MUTABLE) -> dict | None:
-    """The checkpoint ``--resume`` continues from (None: a fresh run), for every engine's config.
-    An existing run is never overwritten, and a run resumes only with the config it was started
-    with (the keys in ``mutable`` aside)."""
-    out = Path(cfg.output).expanduser()
-    last = out / "last.pt"
-    if resume and last.exists():
-        state = ckpt.load_checkpoint(last)
-        diff = _config_diff(state["config"], cfg.to_dict(), mutable)
-        if diff:
-            raise ValueError(f"--resume: the config differs from the checkpoint's in {diff}; resume with the "
-                             f"original config (only {sorted(mutable)} may change)")
-        return state
-    if last.exists():
-        raise FileExistsError(f"{out} already holds a run ({last}); pass --resume to continue it, "
-                              "or choose another output")
-    return None
-
-
-def load_data(cfg: TrainConfig, info: DistInfo):
-    """``build_data`` at the model's size; with ``download`` the main process fetches alone, then the rest read."""
-    from .data import build_data
-    from .distributed import barrier
-
-    if cfg.download and not info.is_main:
-        barrier()
-    data = build_data(cfg, resolve_img_size(cfg))
-    if cfg.download and info.is_main:
-        barrier()
-    return data
-
-
-def make_loaders(cfg: TrainConfig, data, info: DistInfo):
-    """The seeded, sharded train loader (its sampler resumes mid-epoch) and the sharded validation loader."""
-    from torch.utils.data import DataLoader
-
-    from .data import EpochSampler, ShardSampler
-
-    sampler = EpochSampler(len(data.train), cfg.batch_size, cfg.seed, info.rank, info.world)
-    pin = info.device.type == "cuda"
-    train_loader = DataLoader(data.train, cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                              pin_memory=pin, drop_last=True, persistent_workers=cfg.workers > 0,
-                              collate_fn=data.collate)
-    val_loader = DataLoader(data.val, cfg.val_batch_size, sampler=ShardSampler(len(data.val), info.rank, info.world),
-                            num_workers=cfg.workers, pin_memory=pin, collate_fn=data.collate)
-    return sampler, train_loader, val_loader
-
-
-def restore(state: dict, info: DistInfo, model: nn.Module, opt, sched, scaler) -> dict:
-    """Load a checkpoint's model, optimizer, scheduler and scaler; return its progress."""
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
-    if state["progress"]["step"] and state["world_size"] != info.world:
-        raise ValueError(f"the checkpoint was written mid-epoch by {state['world_size']} process(es); resume it "
-                         f"with as many (the data order is sharded by process), not {info.world}")
-    return state["progress"]
-
-
-def open_output(out: Path, cfg, resuming: bool, state) -> str:
-    """Create the run folder, drop half-written checkpoints of a killed run, record the config; return
-    where the run starts, for its first log line (main process only)."""
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt.remove_partial_writes(out)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    return f"resuming at epoch {state.epoch + 1} step {state.step}" if resuming else "starting"
-
-
-def wrap_ddp(module: nn.Module, info: DistInfo) -> nn.Module:
-    if info.world == 1:
-        return module
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    return DDP(module, device_ids=[info.device.index] if info.device.type == "cuda" else None)
 
 
 # ----------------------------------------------------------------------------- supervised training

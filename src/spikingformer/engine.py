@@ -1,0 +1,235 @@
+"""What every image engine shares (``train``, ``pretrain``; ``text_engine`` uses ``open_run`` and
+``wrap_ddp``): timm's optimizer and schedule, the epoch loop with gradient accumulation, and the
+run plumbing that makes a killed run resume exactly (run folder, checkpoint restore, seeded loaders).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .distributed import DistInfo
+from .fast import FastPath
+
+__all__ = ["RESUME_MUTABLE", "build_training", "train_one_epoch", "begin_epoch", "open_run", "wrap_ddp"]
+
+# Keys that may change between a run and its resumption without changing the result.
+RESUME_MUTABLE = {"progress", "workers", "ckpt_every", "device", "val_batch_size", "output", "init_from"}
+
+
+def resolve_img_size(cfg: TrainConfig) -> int:
+    if cfg.img_size:
+        return cfg.img_size
+    from . import create_model
+
+    with torch.device("meta"):  # read the named size's default without allocating it
+        return create_model(cfg.model, **cfg.model_args).cfg.img_size
+
+
+def updates_per_epoch(steps_per_epoch: int, accum_steps: int) -> int:
+    """Optimizer updates in an epoch of ``steps_per_epoch`` batches: one per ``accum_steps`` of them, the
+    last group of an epoch possibly shorter (as timm's ``--grad-accum-steps``)."""
+    return -(-steps_per_epoch // accum_steps)
+
+
+def updates_done(state, steps_per_epoch: int, accum_steps: int) -> int:
+    """Optimizer updates before ``state`` (whose ``step`` is at an update boundary): what the schedule counts."""
+    return state.epoch * updates_per_epoch(steps_per_epoch, accum_steps) + -(-state.step // accum_steps)
+
+
+def build_training(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int, fused: bool = False):
+    """timm's AdamW (no decay on norms/biases), cosine schedule with warm-up and cool-down, Mixup, loss."""
+    from timm.data import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+
+    extra = {"fused": True} if fused and cfg.opt in ("adamw", "adam") else {}
+    opt = create_optimizer_v2(model, cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                              **extra)
+    sched, _ = create_scheduler_v2(opt, cfg.sched, num_epochs=cfg.epochs, cooldown_epochs=cfg.cooldown_epochs,
+                                   warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr,
+                                   step_on_epochs=not cfg.sched_on_updates,
+                                   updates_per_epoch=updates_per_epoch(steps_per_epoch, cfg.accum_steps))
+    mixup = None
+    if cfg.mixup_active:
+        mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
+                      switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode, label_smoothing=cfg.smoothing,
+                      num_classes=model.num_classes)
+        criterion = SoftTargetCrossEntropy()  # mixup already smoothed the targets
+    elif cfg.smoothing > 0:
+        criterion = LabelSmoothingCrossEntropy(cfg.smoothing)
+    else:
+        criterion = nn.CrossEntropyLoss()
+    return opt, sched, mixup, criterion
+
+
+def seed_all(seed: int, rank: int) -> None:
+    """Weights start identical on every process; Python/NumPy streams (Mixup) differ per process, as in timm."""
+    torch.manual_seed(seed)
+    random.seed(seed + rank)
+    np.random.seed(seed + rank)
+
+
+def train_one_epoch(cfg, state, model, loader, opt, sched, scaler, info: DistInfo, path: FastPath,
+                    save_mid_epoch, step_loss) -> tuple[float, float]:
+    """One pass over ``loader`` from ``state.step``, for every image engine (train, pretrain).
+
+    ``step_loss(model, x, y) -> (loss, correct)`` runs the forward under autocast; ``correct`` is
+    the batch's count of right top-1 predictions, or None when there is none to count.  Returns the
+    epoch's mean loss and accuracy over every process (``state.epoch_sums`` carries a resumed
+    epoch's totals).
+
+    With ``accum_steps > 1`` the gradients of that many batches add up (each loss divided by the
+    group's size, so the update follows the mean loss) before one optimizer update; DDP
+    all-reduces only on the group's last batch.
+    """
+    from tqdm import tqdm
+
+    from .distributed import all_reduce_sum
+
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    # Resumed mid-epoch: the main process carries the totals of the steps already done (all processes').
+    sums = torch.tensor(state.epoch_sums if info.is_main else [0.0] * 3, dtype=torch.float64, device=info.device)
+    bar = tqdm(loader, total=len(loader), desc=f"epoch {state.epoch + 1}/{cfg.total_epochs}", leave=False,
+               disable=None if info.is_main and cfg.progress else True, dynamic_ncols=True)  # None: off without a TTY
+    steps, accum = loader.sampler.steps_per_epoch, cfg.accum_steps
+    for x, y in bar:
+        x, y = path.to_input(x.to(info.device, non_blocking=True)), y.to(info.device, non_blocking=True)
+        first = state.step // accum * accum   # this batch's group of accum_steps: [first, last]
+        last = min(first + accum, steps) - 1
+        path.step_begin()  # CUDA graphs: the previous step's outputs may now be overwritten
+        with path.autocast(info.device):
+            loss, correct = step_loss(model, x, y)
+        no_sync = getattr(model, "no_sync", None)  # DDP: all-reduce once per update
+        with no_sync() if no_sync is not None and state.step < last else contextlib.nullcontext():
+            scaler.scale(loss / (last - first + 1) if accum > 1 else loss).backward()
+        state.step += 1
+        state.global_step += 1
+        if state.step == last + 1:
+            if cfg.clip_grad > 0:
+                scaler.unscale_(opt)
+                nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            if cfg.sched_on_updates:
+                sched.step_update(updates_done(state, steps, accum))
+        n = torch.tensor(float(len(y)), dtype=torch.float64, device=info.device)  # labels: one per sample
+        sums += torch.stack([loss.detach().double() * n, torch.zeros_like(n) if correct is None else
+                             correct.double(), n])
+        if state.step % 10 == 0:  # look at the loss only now and then: reading it waits for the GPU
+            if not math.isfinite(float(sums[0])):
+                raise FloatingPointError(f"the training loss became {float(sums[0])} by epoch {state.epoch + 1} "
+                                         f"step {state.step}: lower lr or set clip_grad")
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{opt.param_groups[0]['lr']:.2e}", refresh=False)
+        if cfg.ckpt_every and state.step % cfg.ckpt_every == 0 and state.step < steps:  # after an update
+            state.epoch_sums = all_reduce_sum(sums.clone()).tolist()
+            save_mid_epoch()  # the epoch's end writes its own checkpoint
+    loss_sum, correct, n = all_reduce_sum(sums).tolist()
+    state.epoch_sums = [0.0, 0.0, 0.0]
+    return loss_sum / n, correct / n
+
+
+def begin_epoch(cfg, state, sampler, sched, opt) -> float:
+    """Put the sampler and the schedule where ``state`` stands (mid-epoch after a resume); the lr the
+    epoch started with (what its metrics report, resumed or not)."""
+    sampler.set_epoch(state.epoch, state.step)
+    sched.step(state.epoch)
+    if not cfg.sched_on_updates:
+        return opt.param_groups[0]["lr"]
+    steps = sampler.steps_per_epoch
+    sched.step_update(state.epoch * updates_per_epoch(steps, cfg.accum_steps))
+    lr = opt.param_groups[0]["lr"]
+    sched.step_update(updates_done(state, steps, cfg.accum_steps))
+    return lr
+
+
+def _config_diff(old: dict, new: dict, mutable=RESUME_MUTABLE) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if k not in mutable and old.get(k) != new.get(k))
+
+
+def open_run(cfg, resume: bool, mutable=RESUME_MUTABLE) -> dict | None:
+    """The checkpoint ``--resume`` continues from (None: a fresh run), for every engine's config.
+    An existing run is never overwritten, and a run resumes only with the config it was started
+    with (the keys in ``mutable`` aside)."""
+    out = Path(cfg.output).expanduser()
+    last = out / "last.pt"
+    if resume and last.exists():
+        state = ckpt.load_checkpoint(last)
+        diff = _config_diff(state["config"], cfg.to_dict(), mutable)
+        if diff:
+            raise ValueError(f"--resume: the config differs from the checkpoint's in {diff}; resume with the "
+                             f"original config (only {sorted(mutable)} may change)")
+        return state
+    if last.exists():
+        raise FileExistsError(f"{out} already holds a run ({last}); pass --resume to continue it, "
+                              "or choose another output")
+    return None
+
+
+def load_data(cfg: TrainConfig, info: DistInfo):
+    """``build_data`` at the model's size; with ``download`` the main process fetches alone, then the rest read."""
+    from .data import build_data
+    from .distributed import barrier
+
+    if cfg.download and not info.is_main:
+        barrier()
+    data = build_data(cfg, resolve_img_size(cfg))
+    if cfg.download and info.is_main:
+        barrier()
+    return data
+
+
+def make_loaders(cfg: TrainConfig, data, info: DistInfo):
+    """The seeded, sharded train loader (its sampler resumes mid-epoch) and the sharded validation loader."""
+    from torch.utils.data import DataLoader
+
+    from .data import EpochSampler, ShardSampler
+
+    sampler = EpochSampler(len(data.train), cfg.batch_size, cfg.seed, info.rank, info.world)
+    pin = info.device.type == "cuda"
+    train_loader = DataLoader(data.train, cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                              pin_memory=pin, drop_last=True, persistent_workers=cfg.workers > 0,
+                              collate_fn=data.collate)
+    val_loader = DataLoader(data.val, cfg.val_batch_size, sampler=ShardSampler(len(data.val), info.rank, info.world),
+                            num_workers=cfg.workers, pin_memory=pin, collate_fn=data.collate)
+    return sampler, train_loader, val_loader
+
+
+def restore(state: dict, info: DistInfo, model: nn.Module, opt, sched, scaler) -> dict:
+    """Load a checkpoint's model, optimizer, scheduler and scaler; return its progress."""
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    if state["progress"]["step"] and state["world_size"] != info.world:
+        raise ValueError(f"the checkpoint was written mid-epoch by {state['world_size']} process(es); resume it "
+                         f"with as many (the data order is sharded by process), not {info.world}")
+    return state["progress"]
+
+
+def open_output(out: Path, cfg, resuming: bool, state) -> str:
+    """Create the run folder, drop half-written checkpoints of a killed run, record the config; return
+    where the run starts, for its first log line (main process only)."""
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt.remove_partial_writes(out)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    return f"resuming at epoch {state.epoch + 1} step {state.step}" if resuming else "starting"
+
+
+def wrap_ddp(module: nn.Module, info: DistInfo) -> nn.Module:
+    if info.world == 1:
+        return module
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(module, device_ids=[info.device.index] if info.device.type == "cuda" else None)
