@@ -55,6 +55,22 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     assert max((local["model"][k] - v).abs().max().item() for k, v in one["model"].items()) > 1e-3
 
 
+def test_two_accumulating_processes_match_one(tmp_path):
+    """accum_steps=2 under DDP: two processes with batch 4 (synchronized BN) update like one process with
+    batch 8, both adding up two batches per update; DDP all-reduces only on the second (``no_sync``)."""
+    data = write_class_tree(tmp_path / "data" / "train", per_class=16).parent
+    common = dict(mixup=0.0, cutmix=0.0, opt="sgd", lr=0.1, sync_bn=True, holdout=6, warmup_epochs=0,
+                  cooldown_epochs=0, ckpt_every=0, accum_steps=2, epochs=1)
+    run(tiny_config(data, tmp_path / "one", batch_size=8, **common))
+    _torchrun(_yaml(tmp_path, tiny_config(data, tmp_path / "two", batch_size=4, **common)))
+    one, two = (load_checkpoint(tmp_path / d / "last.pt") for d in ("one", "two"))
+    assert one["optimizer"]["state"] and two["world_size"] == 2
+    for k, v in one["model"].items():
+        torch.testing.assert_close(two["model"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+    assert one["progress"]["history"][0]["train_loss"] == pytest.approx(two["progress"]["history"][0]["train_loss"],
+                                                                        rel=1e-5)
+
+
 @pytest.mark.parametrize("name", ["spikingformer_4_256", "spikformer_4_384"])
 def test_sync_batchnorm_conversion_covers_every_bn_and_keeps_the_function(name):
     """torch's SyncBatchNorm (CUDA) and AllReduceBatchNorm (any backend) replace every BatchNorm2d (ConvBN over
