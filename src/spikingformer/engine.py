@@ -19,13 +19,15 @@ from .config import TrainConfig
 from .distributed import DistInfo
 from .fast import FastPath
 
-__all__ = ["RESUME_MUTABLE", "build_training", "train_one_epoch", "begin_epoch", "open_run", "wrap_ddp"]
+__all__ = ["RESUME_MUTABLE", "resolve_img_size", "build_training", "seed_all", "train_one_epoch", "begin_epoch",
+           "open_run", "load_data", "make_loaders", "restore", "open_output", "wrap_ddp"]
 
 # Keys that may change between a run and its resumption without changing the result.
 RESUME_MUTABLE = {"progress", "workers", "ckpt_every", "device", "val_batch_size", "output", "init_from"}
 
 
 def resolve_img_size(cfg: TrainConfig) -> int:
+    """The input size a run trains at: ``img_size`` if set, else the named model's default."""
     if cfg.img_size:
         return cfg.img_size
     from . import create_model
