@@ -55,9 +55,11 @@ def multistep_lif(
         raise ValueError("multistep_lif expects a time-major tensor [T, ...], got a scalar")
     v = torch.full_like(x[0], v_reset)
     spikes = []
-    for t in range(x.shape[0]):
+    # unbind, not x[t]: autograd then stacks the T step gradients once, where indexing builds a
+    # zero-filled [T, ...] gradient per step and adds them up (O(T^2) memory traffic).
+    for x_t in x.unbind(0):
         # Same operation order as SpikingJelly's neuronal_charge, so results agree bit for bit.
-        h = v + (x[t] - (v - v_reset)) / tau
+        h = v + (x_t - (v - v_reset)) / tau
         s = SigmoidSurrogateSpike.apply(h - v_threshold, alpha)
         s_reset = s.detach() if detach_reset else s
         v = h * (1.0 - s_reset) + v_reset * s_reset
