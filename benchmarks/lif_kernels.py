@@ -91,11 +91,11 @@ def seconds_per_call(call, steps: int, warmup: int, device: torch.device) -> flo
 
 def bench(variant: str, shape: tuple[int, int], dtype: torch.dtype, args) -> dict:
     device = torch.device(args.device)
-    torch._dynamo.reset()  # each shape compiles afresh, never with dynamic shapes
     fn = neuron(variant)
     g = torch.Generator(device).manual_seed(0)
     x = torch.randn(shape, device=device, dtype=torch.float32, generator=g).mul_(3).to(dtype)
     mismatched = check(fn, variant, x[:, : args.check_neurons])
+    torch._dynamo.reset()  # the timed shape compiles afresh: static, not dynamic after the check's shape
     xg = x.clone().requires_grad_()
     grad = torch.randn(shape, device=device, dtype=torch.float32, generator=g).to(dtype)
 
