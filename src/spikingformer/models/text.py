@@ -229,8 +229,10 @@ class SpikingformerText(nn.Module):
     def num_classes(self) -> int:
         return self.cfg.vocab_size if self.cfg.head == "mlm" else self.cfg.num_classes
 
-    def check_input(self, ids: Tensor, segs: Tensor | None, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """Validate the batch; return ``(ids, segs, mask)`` with the defaults filled in."""
+    def check_input(self, ids: Tensor, segs: Tensor | None,
+                    mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, bool]:
+        """Validate the batch; return ``(ids, segs, mask, padded)`` with the defaults filled in
+        (``padded``: some token is padding).  The value checks read the device once, not per check."""
         name = type(self).__name__
         if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.dtype != torch.long:
             got = f"shape {tuple(ids.shape)}, dtype {ids.dtype}" if isinstance(ids, Tensor) else type(ids).__name__
@@ -238,29 +240,31 @@ class SpikingformerText(nn.Module):
         b, n = ids.shape
         if not 1 <= n <= self.cfg.max_len:
             raise ValueError(f"sequence length {n} must be in 1..max_len={self.cfg.max_len}")
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.cfg.vocab_size):
-            raise ValueError(f"token ids must lie in [0, {self.cfg.vocab_size}), got "
-                             f"[{int(ids.min())}, {int(ids.max())}]")
         segs = torch.zeros_like(ids) if segs is None else segs
         mask = ids != self.cfg.pad_id if mask is None else mask.bool()
         for what, t in (("token_type_ids", segs), ("attention_mask", mask)):
             if t.shape != ids.shape:
                 raise ValueError(f"{what} has shape {tuple(t.shape)}, input_ids {tuple(ids.shape)}")
-        if segs.numel() and (int(segs.min()) < 0 or int(segs.max()) >= self.cfg.type_vocab_size):
+        if not ids.numel():
+            return ids, segs, mask, False
+        lo, hi, seg_lo, seg_hi, every_row, no_pad = torch.stack([
+            ids.min(), ids.max(), segs.min(), segs.max(), mask.any(dim=1).all(), mask.all()]).tolist()
+        if lo < 0 or hi >= self.cfg.vocab_size:
+            raise ValueError(f"token ids must lie in [0, {self.cfg.vocab_size}), got [{lo}, {hi}]")
+        if seg_lo < 0 or seg_hi >= self.cfg.type_vocab_size:
             raise ValueError(f"token_type_ids must lie in [0, {self.cfg.type_vocab_size})")
-        if not bool(mask.any(dim=1).all()):
+        if not every_row:
             raise ValueError("every sequence needs at least one real (non-pad) token")
-        return ids, segs, mask
+        return ids, segs, mask, not no_pad
 
     def forward_features(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
                          attention_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """-> the residual stream ``[T, B, N, D]`` and the real-token mask ``[B, N]``."""
-        ids, segs, mask = self.check_input(input_ids, token_type_ids, attention_mask)
+        ids, segs, mask, padded = self.check_input(input_ids, token_type_ids, attention_mask)
         x = self.embed(ids, segs)
         x = x.unsqueeze(0).expand(self.cfg.T, *x.shape)  # direct encoding: the same input every step
-        padded = None if bool(mask.all()) else mask  # decided once here, not in every layer (a device sync)
         for blk in self.blocks:
-            x = blk(x, padded)
+            x = blk(x, mask if padded else None)  # decided once here, not in every layer
         return x, mask
 
     def forward_head(self, x: Tensor, mask: Tensor) -> Tensor:
