@@ -99,9 +99,17 @@ def _yaml(tmp_path: Path, cfg: TrainConfig) -> str:
     return str(path)
 
 
-def _weights(path):
-    state = load_checkpoint(path)
-    return state["model"], state["optimizer"]["state"], state["progress"]["history"]
+def assert_same_run(ref_ckpt, ckpt):
+    """Two runs' checkpoints hold identical weights, optimizer state and per-epoch metrics (timings aside)."""
+    ref, got = load_checkpoint(ref_ckpt), load_checkpoint(ckpt)
+    for k, v in ref["model"].items():
+        assert torch.equal(got["model"][k], v), k
+    for i, state in ref["optimizer"]["state"].items():
+        for k, v in state.items():
+            assert torch.equal(got["optimizer"]["state"][i][k], v), (i, k)
+    timing = {"epoch_seconds", "elapsed_seconds"}
+    assert [{k: v for k, v in h.items() if k not in timing} for h in got["progress"]["history"]] == \
+           [{k: v for k, v in h.items() if k not in timing} for h in ref["progress"]["history"]]
 
 
 def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path):
@@ -138,16 +146,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path)
     assert at_kill["epoch"] == 1 and at_kill["step"] > 0  # resuming from inside an epoch
 
     assert cli.main(["train", "--config", config, "--resume"]) == 0
-    ref_model, ref_opt, ref_hist = _weights(tmp_path / "ref" / "last.pt")
-    model, opt, hist = _weights(last)
-    for k in ref_model:
-        assert torch.equal(model[k], ref_model[k]), k
-    for i in ref_opt:
-        for k in ref_opt[i]:
-            assert torch.equal(opt[i][k], ref_opt[i][k]), (i, k)
-    timing = {"epoch_seconds", "elapsed_seconds"}
-    assert [{k: v for k, v in h.items() if k not in timing} for h in hist] == \
-           [{k: v for k, v in h.items() if k not in timing} for h in ref_hist]
+    assert_same_run(tmp_path / "ref" / "last.pt", last)
     assert len((tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()) == 3
 
 
@@ -289,16 +288,6 @@ def test_accumulating_run_resumes_mid_epoch_to_the_same_weights(tree, tmp_path, 
     assert (stopped["epoch"], stopped["step"]) == (1, 4)
     monkeypatch.setattr(ckpt_module, "save_checkpoint", save)
     resumed = run(tiny_config(tree, tmp_path / "stopped", **cfg), resume=True)
-
-    ref_model, ref_opt, ref_hist = _weights(tmp_path / "ref" / "last.pt")
-    model, opt, hist = _weights(tmp_path / "stopped" / "last.pt")
-    for k in ref_model:
-        assert torch.equal(model[k], ref_model[k]), k
-    for i in ref_opt:
-        for k in ref_opt[i]:
-            assert torch.equal(opt[i][k], ref_opt[i][k]), (i, k)
-    timing = {"epoch_seconds", "elapsed_seconds"}
-    assert [{k: v for k, v in h.items() if k not in timing} for h in hist] == \
-           [{k: v for k, v in h.items() if k not in timing} for h in ref_hist]
+    assert_same_run(tmp_path / "ref" / "last.pt", tmp_path / "stopped" / "last.pt")
     assert resumed["final_val_acc"] == reference["final_val_acc"]
     assert load_checkpoint(tmp_path / "ref" / "last.pt")["optimizer"]["state"][0]["step"] == 4  # 2 updates an epoch
