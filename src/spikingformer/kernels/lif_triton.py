@@ -204,6 +204,7 @@ def lif_backward(x: Tensor, grad_spikes: Tensor, tau: float, v_threshold: float,
     """``dL/dX`` from ``dL/dS`` with the sigmoid surrogate and a detached reset."""
     grad_x = torch.empty_like(x)
     n, T, inv_tau, reciprocal = _launch_args(x, tau)
+    T = int(T)  # a constexpr of the kernel: a symbolic step count under torch.compile is specialised here
     _, backward = _kernels(_interpreting())
     chunk, block = backward_blocks(T)
     _launcher(backward)[(triton.cdiv(n, block),)](
