@@ -170,11 +170,19 @@ def test_half_precision_input_keeps_an_fp32_membrane(dtype):
     torch.testing.assert_close(xt.grad.float(), xr.grad, atol=1e-2, rtol=1e-2)
 
 
-def test_model_on_the_triton_backend_equals_the_torch_backend():
+FAMILIES = [("spikingformer_4_256", {}, 11), ("spikingformer_dagger_4_384", {}, 11), ("spikformer_4_384", {}, 12),
+            ("spikformer_v2_8_384", {"img_size": 32}, 19), ("spikingformer_dvs_2_256", {"T": 3, "img_size": 32}, 11)]
+
+
+@pytest.mark.parametrize("name,extra,n_neurons", FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_every_family_on_the_triton_backend_equals_the_torch_backend(name, extra, n_neurons):
+    """Each family's layouts (conv stream, LinearBN tokens, V2's stem, event frames) reach the kernels."""
     torch.manual_seed(0)
-    model = sf.create_model("spikingformer_4_256", depth=1, dim=32, num_heads=4, T=2, num_classes=5)
+    model = sf.create_model(name, **{"depth": 1, "dim": 32, "num_heads": 4, "T": 2, "num_classes": 5, **extra})
     spikes = record_spikes(model)
-    x, y = torch.randn(2, 3, 16, 16), torch.tensor([1, 3])
+    c, h, w = model.default_input_size
+    x = torch.randn(2, c, h, w) if c == 3 else torch.rand(model.T, 2, c, h, w).round()  # images or event frames
+    y = torch.tensor([1, 3])
     out_ref = model(x)
     torch.nn.functional.cross_entropy(out_ref, y).backward()
     spikes_ref, spikes[:] = spikes[:], []
@@ -184,11 +192,11 @@ def test_model_on_the_triton_backend_equals_the_torch_backend():
     path = FastPath(compile=False, amp_dtype=None, channels_last=False, lif_backend="triton")
     assert path.prepare(model) is model
     neurons = [m for m in model.modules() if isinstance(m, MultiStepLIF)]
-    assert len(neurons) == 11 and {m.backend for m in neurons} == {"triton"}
+    assert len(neurons) == n_neurons and {m.backend for m in neurons} == {"triton"}
     out = model(x)
     torch.nn.functional.cross_entropy(out, y).backward()
     assert torch.equal(out, out_ref)
-    assert len(spikes) == len(spikes_ref) == 11
+    assert len(spikes) == len(spikes_ref) == n_neurons
     for a, b in zip(spikes, spikes_ref):
         assert torch.equal(a, b)
     assert any(0 < s.mean() < 1 for s in spikes)
