@@ -76,6 +76,23 @@ def test_eval_rejects_foreign_checkpoint(tmp_path, capsys):
     assert "not a spikingformer checkpoint" in capsys.readouterr().err
 
 
+def test_eval_runs_the_neurons_the_config_trains_with():
+    """``spikingformer eval`` compiles nothing, keeps the config's precision, and on CUDA runs the neurons
+    that the run's fast path trained and validated with."""
+    import dataclasses
+    import importlib.util
+
+    from spikingformer.evaluation import eval_path
+    from spikingformer.fast import FastPath
+
+    cuda = eval_path(TrainConfig(), "cuda")
+    assert not cuda.compile and cuda.amp_dtype == torch.bfloat16
+    assert cuda.lif_backend == ("triton" if importlib.util.find_spec("triton") else "torch")
+    assert eval_path(TrainConfig(fast="off"), "cuda").lif_backend == "torch"  # trained with the PyTorch loop
+    assert eval_path(TrainConfig(lif_backend="torch"), "cuda").lif_backend == "torch"
+    assert eval_path(TrainConfig(), "cpu") == dataclasses.replace(FastPath.off(), lif_backend="torch")
+
+
 def test_cli_reports_bad_config_without_traceback(tmp_path, capsys):
     assert cli.main(["train", "--config", str(tmp_path / "none.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err

@@ -7,6 +7,7 @@ the dataset has none of its own, so numbers stay comparable across runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -15,9 +16,9 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from .fast import FastPath
+from .fast import FastPath, resolve_lif_backend
 
-__all__ = ["evaluate", "spike_stats", "evaluate_checkpoint"]
+__all__ = ["evaluate", "spike_stats", "eval_path", "evaluate_checkpoint"]
 
 
 @torch.no_grad()
@@ -67,6 +68,16 @@ def spike_stats(model: nn.Module, loader, device: torch.device, max_batches: int
             "non_spike_layers": [r.name for r in probe.violations], "probe_images": images}
 
 
+def eval_path(cfg, device: torch.device | str) -> FastPath:
+    """How ``eval`` runs a model of config ``cfg`` on ``device``: uncompiled (one pass over the split
+    does not repay compiling), in the config's precision, with the neurons its training runs there.
+    On CUDA that is the Triton kernels, which the fast path's validation used too; uncompiled they
+    inferred 2.3-4.8x faster than the reference where the PyTorch loop did 1.0-1.6x (README)."""
+    trains_with = FastPath.from_modes(cfg.fast, cfg.amp, device, cfg.compile_mode, cfg.lif_backend)
+    backend = resolve_lif_backend(cfg.lif_backend, trains_with.compile, device)
+    return dataclasses.replace(FastPath.from_modes("off", cfg.amp, device), lif_backend=backend)
+
+
 def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "auto", batch_size: int = 0,
                         workers: int | None = None, recipe: str | None = None, sets: list[str] = ()) -> dict:
     """Evaluate a checkpoint on a validation split.
@@ -80,9 +91,9 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     from . import create_model
     from .config import TrainConfig, from_dict, load_config
     from .data import DataError, build_data
+    from .engine import resolve_img_size
     from .loading import load_into
     from .official import check_family
-    from .engine import resolve_img_size
     from .train import model_kwargs
 
     extra = {k: v for k, v in (("device", device), ("data_dir", data_dir), ("val_batch_size", batch_size or None),
@@ -111,7 +122,8 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
                        "cpu" if device == "auto" else device)
     model = load_into(create_model(name, **margs), path, weights, build, f"{name} with {margs}").to(dev)
     loader = DataLoader(data.val, cfg.val_batch_size, num_workers=cfg.workers, collate_fn=data.collate)
-    result = evaluate(model, loader, dev, FastPath.from_modes("off", cfg.amp, dev), progress=cfg.progress)
+    path = eval_path(cfg, dev)
+    result = evaluate(path.prepare(model), loader, dev, path, progress=cfg.progress)
     return {"checkpoint": str(path), "model": name, "epoch": epoch, "val_split": data.val_name, **result,
             **spike_stats(model, loader, dev), "notes": notes}
 
