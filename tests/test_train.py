@@ -167,6 +167,21 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path)
     assert len((tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()) == 3
 
 
+def test_a_run_from_before_a_new_config_key_still_resumes(tree, tmp_path):
+    """A checkpoint whose config lacks keys added since (accum_steps, event_policy, holdout_pick) resumes when
+    the run asks for their defaults, and is refused when it asks for something else."""
+    from spikingformer import checkpoint as ckpt
+    from spikingformer.engine import open_run
+
+    cfg = tiny_config(tree, tmp_path / "old")
+    saved = {k: v for k, v in cfg.to_dict().items() if k not in ("accum_steps", "event_policy", "holdout_pick")}
+    (tmp_path / "old").mkdir()
+    ckpt.save_checkpoint({"config": saved}, tmp_path / "old" / "last.pt")
+    assert open_run(cfg, resume=True)["config"] == saved
+    with pytest.raises(ValueError, match=r"differs from the checkpoint's in \['accum_steps'\]"):
+        open_run(tiny_config(tree, tmp_path / "old", accum_steps=2), resume=True)
+
+
 def test_truncated_last_checkpoint_stops_resume_with_a_clear_error(tree, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()

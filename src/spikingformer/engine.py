@@ -5,6 +5,7 @@ run plumbing that makes a killed run resume exactly (run folder, checkpoint rest
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import random
@@ -160,6 +161,15 @@ def _config_diff(old: dict, new: dict, mutable=RESUME_MUTABLE) -> list[str]:
     return sorted(k for k in set(old) | set(new) if k not in mutable and old.get(k) != new.get(k))
 
 
+def _with_new_defaults(saved: dict, cfg) -> dict:
+    """``saved`` (a checkpoint's config) with the keys added to ``cfg``'s class since then at their
+    defaults: the run ran without them, which is what their defaults do, so it may still resume."""
+    missing = [f for f in dataclasses.fields(cfg) if f.name not in saved]
+    defaults = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default for f in missing}
+    filled = dataclasses.replace(cfg, **defaults).to_dict()
+    return {**{k: filled[k] for k in defaults}, **saved}
+
+
 def open_run(cfg, resume: bool, mutable=RESUME_MUTABLE) -> dict | None:
     """The checkpoint ``--resume`` continues from (None: a fresh run), for every engine's config.
     An existing run is never overwritten, and a run resumes only with the config it was started
@@ -168,7 +178,7 @@ def open_run(cfg, resume: bool, mutable=RESUME_MUTABLE) -> dict | None:
     last = out / "last.pt"
     if resume and last.exists():
         state = ckpt.load_checkpoint(last)
-        diff = _config_diff(state["config"], cfg.to_dict(), mutable)
+        diff = _config_diff(_with_new_defaults(state["config"], cfg), cfg.to_dict(), mutable)
         if diff:
             raise ValueError(f"--resume: the config differs from the checkpoint's in {diff}; resume with the "
                              f"original config (only {sorted(mutable)} may change)")
