@@ -21,6 +21,8 @@ __all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "from
 DATASETS = ("cifar10", "cifar100", "folder", "digits", "nmnist", "dvs128_gesture", "cifar10_dvs")
 EVENT_DATASETS = ("nmnist", "dvs128_gesture", "cifar10_dvs")  # raw event recordings (spikingformer.data.events)
 SPLIT_BY = ("number", "time")
+EVENT_POLICIES = ("roll", "wide")     # data.events.EventAugment
+HOLDOUT_PICKS = ("random", "last")    # data.split.balanced_split
 
 
 class ConfigError(ValueError):
@@ -40,6 +42,7 @@ class TrainConfig:
     download: bool = False            # CIFAR only: fetch it when missing (needs internet)
     val_split: str = "auto"           # auto: the dataset's own val/test split if it has one; holdout: always hold out
     holdout: int = 5000               # images held out of train (seeded, class-balanced) when holding out
+    holdout_pick: str = "random"      # random: seeded within each class | last: each class's last files by name
     limit_train: int = 0              # >0: train on a seeded class-balanced subset of this size (smoke tests)
     limit_val: int = 0                # >0: likewise for the validation split
     img_size: int = 0                 # 0: the model's img_size
@@ -57,7 +60,8 @@ class TrainConfig:
     workers: int = 4
     # --- event data only: integration into the model's T frames and frame augmentation
     split_by: str = "number"          # number: equal event counts per frame | time: equal durations (SpikingJelly)
-    event_aug: bool = False           # train frames: horizontal flip (probability hflip) + random roll
+    event_aug: bool = False           # train frames: horizontal flip (probability hflip), then event_policy
+    event_policy: str = "roll"        # roll: a random roll (NDA) | wide: one of shear/translate/rotate/erase
     event_roll: int = 5               # the roll's largest shift in pixels, each axis
     # --- mixup / cutmix / loss
     mixup: float = 0.0                # mixup alpha (0: off)
@@ -128,6 +132,10 @@ class TrainConfig:
             ((self.mean is None) == (self.std is None), "give both mean and std, or neither"),
             (self.split_by in SPLIT_BY, f"split_by must be one of {', '.join(SPLIT_BY)}, got {self.split_by!r}"),
             (self.event_roll >= 0, f"event_roll must be >= 0, got {self.event_roll}"),
+            (self.event_policy in EVENT_POLICIES,
+             f"event_policy must be one of {', '.join(EVENT_POLICIES)}, got {self.event_policy!r}"),
+            (self.holdout_pick in HOLDOUT_PICKS,
+             f"holdout_pick must be one of {', '.join(HOLDOUT_PICKS)}, got {self.holdout_pick!r}"),
         ]
         if self.is_event_data:
             checks += self._event_checks()
@@ -142,10 +150,10 @@ class TrainConfig:
         """Image-only options would be silently ignored on event frames: refuse them instead."""
         d = self.dataset
         return [
-            (not self.mixup_active, f"mixup/cutmix are not implemented for event frames [T, B, 2, H, W] ({d}): "
-                                    "set mixup: 0 and cutmix: 0"),
+            (self.cutmix == 0, f"cutmix is not implemented for event frames [T, B, 2, H, W] ({d}; mixup is): "
+                               "set cutmix: 0"),
             (self.aa is None and self.reprob == 0 and self.color_jitter == 0,
-             f"aa, reprob and color_jitter are image augmentations; {d} uses event_aug (flip + roll) instead"),
+             f"aa, reprob and color_jitter are image augmentations; {d} uses event_aug (flip + event_policy) instead"),
             (self.mean is None, f"{d} frames are raw event counts (not normalized): leave mean/std unset"),
             (not (d == "dvs128_gesture" and self.event_aug and self.hflip > 0),
              "dvs128_gesture has left- and right-hand classes that a horizontal flip swaps: "

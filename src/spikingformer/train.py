@@ -57,7 +57,10 @@ def classification_loss(mixup, criterion):
     """``step_loss`` of supervised training: Mixup/CutMix (when on), forward, loss, top-1 hits."""
     def step_loss(model, x, y):
         labels = y
-        if mixup is not None:
+        if mixup is not None and x.dim() == 5:  # event frames [T, B, ...]: mix samples (axis 1), never steps
+            mixed, y = mixup(x.transpose(0, 1), y)
+            x = mixed.transpose(0, 1)
+        elif mixup is not None:
             x, y = mixup(x, y)
         logits = model(x)
         correct = (logits.argmax(1) == labels).sum() if mixup is None else None

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from spikingformer.config import TrainConfig
-from spikingformer.data import DataError, EpochSampler, SeededTransform, ShardSampler, balanced_split, build_data
+from spikingformer.data import (DataError, EpochSampler, SeededTransform, ShardSampler, balanced_split, build_data,
+                                holdout_name)
 from spikingformer.data.sources import load_raw
 
 from .helpers import CLASSES, write_class_tree
@@ -32,6 +33,18 @@ def test_balanced_split_uneven_classes_uses_largest_remainder():
     targets = [0] * 70 + [1] * 20 + [2] * 10
     _, val = balanced_split(targets, 11, seed=0)
     assert np.bincount([targets[i] for i in val]).tolist() == [8, 2, 1]  # 7.7, 2.2, 1.1
+
+
+def test_balanced_split_can_hold_out_each_class_last_items():
+    """pick="last": the official CIFAR10-DVS split (the last 10 % of each class in file order), seed-free."""
+    targets = [c for c in range(3) for _ in range(20)]
+    rest, val = balanced_split(targets, 6, seed=0, pick="last")
+    assert val == [18, 19, 38, 39, 58, 59] and sorted(rest + val) == list(range(60))
+    assert balanced_split(targets, 6, seed=1, pick="last") == (rest, val)
+    assert holdout_name(6, 60, 0, "last") == "val (held-out 6 of 60 train images, class-balanced, " \
+                                             "the last of each class by file name)"
+    with pytest.raises(ValueError, match="pick must be 'random' or 'last'"):
+        balanced_split(targets, 6, seed=0, pick="first")
 
 
 @pytest.mark.parametrize("n", [0, 500])

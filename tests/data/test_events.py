@@ -17,7 +17,8 @@ from spikingformer.config import ConfigError, TrainConfig
 from spikingformer.data import DataError, SeededTransform, build_data
 from spikingformer.data.events import (CIFAR10_DVS_CLASSES, EVENT_DTYPE, EventAugment, EventFrames,
                                        _scan_time_windows, event_collate, integrate_frames, make_events, read_aedat3,
-                                       read_cifar10_dvs_aedat, read_nmnist_bin, read_npz_events, segment_bounds)
+                                       read_cifar10_dvs_aedat, read_nmnist_bin, read_npz_events, segment_bounds,
+                                       wide_op)
 from spikingformer.data.sources import load_raw
 
 REAL_NMNIST = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "nmnist-small-train.tar.gz"
@@ -249,6 +250,64 @@ def test_augmentation_is_flip_and_roll_seeded_per_sample():
         assert torch.equal(o[1] - o[0], torch.full_like(o[0], 128.0))
 
 
+def test_wide_policy_applies_one_geometric_op_to_every_frame_alike():
+    """Each sample gets one of the six operations; whatever it is, every frame and polarity moves the same
+    way (frame t is (t + 1) x frame 0 before, so it must be after), and the same (index, seed) repeats it."""
+    base = torch.rand(2, 16, 16).round()
+    frames = torch.stack([base * (t + 1) for t in range(3)])  # [T=3, 2, 16, 16]
+    ds = SeededTransform([(frames, 0)], EventAugment(hflip=0.5, policy="wide"))
+    outs = [ds[(0, s)][0] for s in range(40)]
+    torch.testing.assert_close(ds[(0, 7)][0], outs[7])
+    assert len({tuple(o.flatten().tolist()) for o in outs}) > 10
+    for o in outs:
+        assert o.shape == frames.shape
+        for t in range(3):
+            assert torch.equal(o[t], o[0] * (t + 1))
+
+
+def test_wide_operations():
+    frames = torch.zeros(2, 2, 12, 12)
+    frames[:, :, 4:8, 4:8] = 1.0
+    assert torch.equal(wide_op(frames, "identity", 0.0), frames)
+    assert torch.equal(wide_op(frames, "translate_x", 2.9), frames.roll(2, dims=-1))  # truncated, zero fill
+    assert torch.equal(wide_op(frames, "translate_y", -3.0), frames.roll(-3, dims=-2))
+    assert torch.equal(wide_op(frames, "rotate", 90.0), frames.rot90(1, dims=(-2, -1)))
+    bar = torch.zeros(1, 1, 12, 12)
+    bar[..., 5] = 1.0  # a vertical bar: under an x-shear each row slides by its own amount
+    sheared = wide_op(bar, "shear_x", 0.3)
+    assert not torch.equal(sheared, bar) and torch.equal(sheared.sum(-1), bar.sum(-1))  # one pixel per row
+    torch.manual_seed(0)
+    erased = wide_op(torch.ones(2, 2, 20, 20), "erase", 0.0)
+    hole = (erased[0, 0] == 0).float().mean()
+    assert 0.05 <= hole <= 0.33 and torch.equal(erased[0], erased[1]) and torch.equal(erased[0, 0], erased[0, 1])
+    with pytest.raises(ValueError, match="unknown wide operation"):
+        wide_op(frames, "invert", 0.0)
+    with pytest.raises(ValueError, match="'roll' or 'wide'"):
+        EventAugment(policy="nda")
+
+
+def test_mixup_of_event_frames_mixes_samples_not_time_steps():
+    from timm.data import Mixup
+
+    from spikingformer.train import classification_loss
+
+    seen = {}
+
+    def model(x):
+        seen["x"] = x
+        return torch.zeros(x.shape[1], 3)
+
+    x = torch.arange(4.0).view(1, 4, 1, 1, 1).expand(2, 4, 2, 3, 3).clone()  # [T=2, B=4, ...]: sample b is b
+    x[1] += 10  # step 1 differs from step 0: mixing steps would show
+    mixup = Mixup(mixup_alpha=1.0, prob=1.0, label_smoothing=0.0, num_classes=3)
+    classification_loss(mixup, torch.nn.CrossEntropyLoss())(model, x.clone(), torch.tensor([0, 1, 2, 0]))
+    out = seen["x"]
+    assert out.shape == x.shape
+    assert torch.allclose(out[1] - out[0], torch.full_like(out[0], 10.0))  # the steps keep their offset
+    mixed = out[0, :, 0, 0, 0]  # lam * b + (1 - lam) * (3 - b): samples paired with the flipped batch
+    assert torch.allclose(mixed + mixed.flip(0), torch.full((4,), 3.0))
+
+
 def test_collate_gives_time_major_batches():
     samples = [(torch.full((3, 2, 4, 4), float(b)) + torch.arange(3.0).view(3, 1, 1, 1) * 10, b) for b in range(5)]
     x, y = event_collate(samples)
@@ -332,8 +391,13 @@ def test_events_outside_the_sensor_are_named(tmp_path):
 
 
 def test_event_configs_refuse_image_only_options():
-    with pytest.raises(ConfigError, match="mixup/cutmix are not implemented for event frames"):
-        TrainConfig(dataset="cifar10_dvs", mixup=0.5)
+    with pytest.raises(ConfigError, match="cutmix is not implemented for event frames"):
+        TrainConfig(dataset="cifar10_dvs", mixup=0.5, cutmix=1.0)
+    assert TrainConfig(dataset="cifar10_dvs", mixup=0.5).mixup_active  # mixup mixes whole samples: allowed
+    with pytest.raises(ConfigError, match="event_policy must be one of roll, wide"):
+        TrainConfig(dataset="cifar10_dvs", event_aug=True, event_policy="nda")
+    with pytest.raises(ConfigError, match="holdout_pick must be one of random, last"):
+        TrainConfig(holdout_pick="first")
     with pytest.raises(ConfigError, match="left- and right-hand classes"):
         TrainConfig(dataset="dvs128_gesture", event_aug=True)
     with pytest.raises(ConfigError, match="split_by must be one of number, time"):
@@ -348,7 +412,11 @@ def test_shipped_event_configs_load():
     root = Path(__file__).resolve().parents[2] / "configs"
     for name, T in (("dvs128_gesture", 16), ("cifar10_dvs", 16), ("nmnist", 4)):
         cfg = load_config(root / f"{name}.yaml")
-        assert cfg.dataset == name and cfg.model_args["T"] == T and not cfg.mixup_active
+        assert cfg.dataset == name and cfg.model_args["T"] == T and cfg.mixup_active == (name == "cifar10_dvs")
+    official = load_config(root / "cifar10_dvs.yaml")  # zhouchenlin2096/Spikingformer cifar10-dvs/train.py
+    assert (official.event_policy, official.holdout_pick, official.mixup, official.mixup_prob,
+            official.mixup_off_epoch, official.total_epochs, official.weight_decay) == \
+           ("wide", "last", 0.5, 0.5, 75, 106, 0.06)
 
 
 @pytest.mark.skipif(not REAL_NMNIST.exists(), reason="../shared/data/nmnist-small-train.tar.gz not present")
@@ -365,18 +433,22 @@ def test_real_nmnist_recordings(tmp_path, sj):
 
 # ----------------------------------------------------------------------------- training end to end
 
-def test_one_epoch_on_synthetic_events_is_spike_driven(tmp_path):
+@pytest.mark.parametrize("recipe", [dict(event_policy="roll", event_roll=2, batch_size=3),
+                                    dict(event_policy="wide", holdout_pick="last", mixup=0.5, mixup_prob=0.5,
+                                         batch_size=4)], ids=["roll", "official-cifar10-dvs"])
+def test_one_epoch_on_synthetic_events_is_spike_driven(tmp_path, recipe):
     from spikingformer.train import run
 
     torch.set_num_threads(1)
     write_nmnist_subset(tmp_path / "nmnist", per_class=4)
     cfg = TrainConfig(model="spikingformer_dvs_2_256", dataset="nmnist", data_dir=str(tmp_path / "nmnist"),
                       model_args=dict(depth=1, dim=32, num_heads=2, T=2, downsample=[False, False, True, True]),
-                      img_size=32, val_split="holdout", holdout=3, event_aug=True, hflip=0.5, event_roll=2,
-                      batch_size=3, val_batch_size=3, workers=0, epochs=1, warmup_epochs=0, cooldown_epochs=0,
-                      output=str(tmp_path / "run"), progress=False)
+                      img_size=32, val_split="holdout", holdout=3, event_aug=True, hflip=0.5, val_batch_size=3,
+                      workers=0, epochs=1, warmup_epochs=0, cooldown_epochs=0, output=str(tmp_path / "run"),
+                      progress=False, **recipe)
     s = run(cfg)
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["final_val_acc"] == s["final_val_acc"]
     assert s["dataset"] == "nmnist" and s["val_split"].startswith("val (held-out 3 of 12")
+    assert s["val_split"].endswith("by file name)") == (cfg.holdout_pick == "last")
     assert s["spike_driven"] is True and s["non_spike_layers"] == [] and 0.0 < s["firing_rate"] < 1.0
     assert s["params"] > 0 and s["epochs"] == 1

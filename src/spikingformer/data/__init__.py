@@ -36,8 +36,10 @@ class DataSplits:
     collate: Callable | None = None  # DataLoader collate_fn (None: PyTorch's default)
 
 
-def split_train_val(raw: RawData, val_split: str, holdout: int, seed: int) -> tuple[Dataset, Dataset, str]:
-    """The dataset's own validation split (``val_split="auto"``), or a seeded class-balanced hold-out."""
+def split_train_val(raw: RawData, val_split: str, holdout: int, seed: int,
+                    pick: str = "random") -> tuple[Dataset, Dataset, str]:
+    """The dataset's own validation split (``val_split="auto"``), or a class-balanced hold-out
+    (``pick``: seeded within each class, or each class's last items)."""
     if val_split == "auto" and raw.val is not None:
         return raw.train, raw.val, raw.val_name
     n = len(raw.train)
@@ -45,8 +47,8 @@ def split_train_val(raw: RawData, val_split: str, holdout: int, seed: int) -> tu
         raise DataError("this dataset has no validation split of its own: set holdout > 0 to hold one out")
     if holdout >= n:
         raise DataError(f"holdout {holdout} must be smaller than the {n} training images")
-    rest, held = balanced_split(raw.train.targets, holdout, seed)
-    return Subset(raw.train, rest), Subset(raw.train, held), holdout_name(holdout, n, seed)
+    rest, held = balanced_split(raw.train.targets, holdout, seed, pick)
+    return Subset(raw.train, rest), Subset(raw.train, held), holdout_name(holdout, n, seed, pick)
 
 
 def _limit(ds: Dataset, n: int, seed: int, what: str) -> tuple[Dataset, str]:
@@ -62,7 +64,7 @@ def build_data(cfg, img_size: int) -> DataSplits:
     from .transforms import eval_transform, train_transform
 
     raw = load_raw(cfg.dataset, cfg.data_dir, cfg.download)
-    train, val, val_name = split_train_val(raw, cfg.val_split, cfg.holdout, cfg.seed)
+    train, val, val_name = split_train_val(raw, cfg.val_split, cfg.holdout, cfg.seed, cfg.holdout_pick)
     train, _ = _limit(train, cfg.limit_train, cfg.seed, "train")
     val, note = _limit(val, cfg.limit_val, cfg.seed, "val")
     if raw.events:
@@ -95,7 +97,7 @@ def _event_splits(cfg, raw: RawData, train: Dataset, val: Dataset, val_name: str
     from .events import EventAugment, EventFrames, event_collate
 
     T = _model_T(cfg)
-    aug = EventAugment(cfg.hflip, cfg.event_roll) if cfg.event_aug else None
+    aug = EventAugment(cfg.hflip, cfg.event_roll, cfg.event_policy) if cfg.event_aug else None
     return DataSplits(
         train=SeededTransform(train, EventFrames(T, cfg.split_by, raw.native_size, img_size, aug)),
         val=SeededTransform(val, EventFrames(T, cfg.split_by, raw.native_size, img_size)),

@@ -14,6 +14,8 @@ copy (``.npz`` with ``t, x, y, p``):
 """
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Callable
 
@@ -29,7 +31,7 @@ from .sources import DataError, RawData
 
 __all__ = ["EVENT_DTYPE", "make_events", "read_nmnist_bin", "read_aedat3", "read_gesture_labels",
            "read_cifar10_dvs_aedat", "read_npz_events", "segment_bounds", "integrate_frames", "EventRecordings",
-           "EventFrames", "EventAugment", "event_collate", "load_event_raw", "SENSOR_SIZE", "GESTURE_CLASSES",
+           "EventFrames", "EventAugment", "wide_op", "event_collate", "load_event_raw", "SENSOR_SIZE", "GESTURE_CLASSES",
            "CIFAR10_DVS_CLASSES"]
 
 SENSOR_SIZE = {"nmnist": 34, "dvs128_gesture": 128, "cifar10_dvs": 128}  # square sensors (get_H_W in SpikingJelly)
@@ -93,24 +95,69 @@ def integrate_frames(events: np.ndarray, T: int, split_by: str, H: int, W: int) 
 
 
 class EventAugment:
-    """Event-frame augmentation, the same for all ``T`` frames of a sample: a horizontal flip with
-    probability ``hflip``, then ``torch.roll`` by independent shifts in ``[-max_shift, max_shift]``
-    along y and x (the flip and roll of NDA, Li et al. 2022, used by the official Spikformer
-    CIFAR10-DVS code).  Draws from torch's RNG, which ``SeededTransform`` seeds per (index, seed)."""
+    """Event-frame augmentation, the same for all ``T`` frames and both polarities of a sample: a
+    horizontal flip with probability ``hflip``, then ``policy``:
 
-    def __init__(self, hflip: float = 0.5, max_shift: int = 5):
-        self.hflip, self.max_shift = hflip, max_shift
+    - ``roll``: ``torch.roll`` by independent shifts in ``[-max_shift, max_shift]`` along y and x
+      (NDA's roll, Li et al. 2022);
+    - ``wide``: one operation drawn uniformly from identity, x-shear, x- or y-translation,
+      rotation and erasing, at a magnitude drawn from 31 levels spanning +-0.3 (shear), +-5 px
+      (translation) or +-30 degrees (rotation), nearest-neighbour, zero fill; erasing zeroes one
+      rectangle of 5-33 % of the area, aspect 0.2-5.  This is the TrivialAugment-Wide variant for
+      event frames (``SNNAugmentWide``) of the official Spikingformer CIFAR10-DVS code.
+
+    Draws from torch's RNG, which ``SeededTransform`` seeds per (index, seed).
+    """
+
+    WIDE_OPS = ("identity", "shear_x", "translate_x", "translate_y", "rotate", "erase")
+    WIDE_RANGE = {"shear_x": 0.3, "translate_x": 5.0, "translate_y": 5.0, "rotate": 30.0}
+    WIDE_LEVELS = 31
+
+    def __init__(self, hflip: float = 0.5, max_shift: int = 5, policy: str = "roll"):
+        if policy not in ("roll", "wide"):
+            raise ValueError(f"event augmentation policy must be 'roll' or 'wide', got {policy!r}")
+        self.hflip, self.max_shift, self.policy = hflip, max_shift, policy
 
     def __call__(self, frames: Tensor) -> Tensor:
         if torch.rand(()) < self.hflip:
             frames = frames.flip(-1)
+        if self.policy == "wide":
+            op = self.WIDE_OPS[int(torch.randint(len(self.WIDE_OPS), ()))]
+            span = self.WIDE_RANGE.get(op, 0.0)
+            level = float(torch.linspace(-span, span, self.WIDE_LEVELS)[torch.randint(self.WIDE_LEVELS, ())])
+            return wide_op(frames, op, level)
         if self.max_shift:
             dy, dx = torch.randint(-self.max_shift, self.max_shift + 1, (2,)).tolist()
             frames = frames.roll((dy, dx), dims=(-2, -1))
         return frames
 
     def __repr__(self) -> str:
-        return f"EventAugment(hflip={self.hflip}, max_shift={self.max_shift})"
+        extra = f", max_shift={self.max_shift}" if self.policy == "roll" else ""
+        return f"EventAugment(hflip={self.hflip}, policy={self.policy}{extra})"
+
+
+def wide_op(frames: Tensor, op: str, level: float) -> Tensor:
+    """One ``EventAugment`` ``wide`` operation on ``[..., C, H, W]`` frames: ``level`` is the shear factor,
+    the shift in pixels (truncated) or the angle in degrees; ``erase`` draws its rectangle from torch's RNG."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import RandomErasing
+    from torchvision.transforms.v2 import functional as F
+
+    nearest = InterpolationMode.NEAREST
+    if op == "identity":
+        return frames
+    if op == "shear_x":
+        return F.affine(frames, angle=0.0, translate=[0, 0], scale=1.0, shear=[math.degrees(level), 0.0],
+                        interpolation=nearest, fill=0.0)
+    if op in ("translate_x", "translate_y"):
+        shift = [int(level), 0] if op == "translate_x" else [0, int(level)]
+        return F.affine(frames, angle=0.0, translate=shift, scale=1.0, shear=[0.0, 0.0], interpolation=nearest,
+                        fill=0.0)
+    if op == "rotate":
+        return F.rotate(frames, level, interpolation=nearest, fill=0.0)
+    if op == "erase":
+        return RandomErasing(p=1.0, scale=(0.05, 0.33), ratio=(0.2, 5.0), value=0.0)(frames)
+    raise ValueError(f"unknown wide operation {op!r}; valid: {', '.join(EventAugment.WIDE_OPS)}")
 
 
 class EventFrames:

@@ -8,14 +8,18 @@ import torch
 __all__ = ["balanced_split", "holdout_name"]
 
 
-def balanced_split(targets: Sequence[int], n_pick: int, seed: int) -> tuple[list[int], list[int]]:
+def balanced_split(targets: Sequence[int], n_pick: int, seed: int, pick: str = "random") -> tuple[list[int], list[int]]:
     """Pick ``n_pick`` indices with every class in proportion to its share; return ``(rest, picked)``.
 
     Each class gets ``n_pick * count_c / N`` rounded by largest remainder (ties to the
     smaller class index), so a balanced dataset yields exactly equal shares.  Within a
-    class the choice is a seeded permutation: the same ``(targets, n_pick, seed)`` gives
-    the same split on every machine.  Both lists are sorted.
+    class the choice is a seeded permutation (``pick="random"``): the same ``(targets,
+    n_pick, seed)`` gives the same split on every machine; or the class's last indices
+    (``pick="last"``), which for files listed by name is the split of the official
+    Spikformer/Spikingformer CIFAR10-DVS code (the last 10 % of each class).  Both lists are sorted.
     """
+    if pick not in ("random", "last"):
+        raise ValueError(f"pick must be 'random' or 'last', got {pick!r}")
     t = torch.as_tensor(list(targets), dtype=torch.long)
     n = len(t)
     if not 0 < n_pick < n:
@@ -31,11 +35,12 @@ def balanced_split(targets: Sequence[int], n_pick: int, seed: int) -> tuple[list
     picked: list[int] = []
     for c, k in zip(classes.tolist(), share.tolist()):
         idx = torch.nonzero(t == c).flatten()
-        picked += idx[torch.randperm(len(idx), generator=g)[:k]].tolist()
+        picked += (idx[len(idx) - k:] if pick == "last" else idx[torch.randperm(len(idx), generator=g)[:k]]).tolist()
     chosen = set(picked)
     return [i for i in range(n) if i not in chosen], sorted(picked)
 
 
-def holdout_name(n_val: int, n_total: int, seed: int) -> str:
+def holdout_name(n_val: int, n_total: int, seed: int, pick: str = "random") -> str:
     """The name every report gives a held-out split, so nobody mistakes it for an official one."""
-    return f"val (held-out {n_val} of {n_total} train images, class-balanced, seed {seed})"
+    how = f"seed {seed}" if pick == "random" else "the last of each class by file name"
+    return f"val (held-out {n_val} of {n_total} train images, class-balanced, {how})"
