@@ -302,7 +302,7 @@ def test_mixup_of_event_frames_mixes_samples_not_time_steps():
     mixup = Mixup(mixup_alpha=1.0, prob=1.0, label_smoothing=0.0, num_classes=3)
     classification_loss(mixup, torch.nn.CrossEntropyLoss())(model, x.clone(), torch.tensor([0, 1, 2, 0]))
     out = seen["x"]
-    assert out.shape == x.shape
+    assert out.shape == x.shape and not torch.allclose(out, x)  # it did mix (lam ~ Beta(1, 1) is never 1)
     assert torch.allclose(out[1] - out[0], torch.full_like(out[0], 10.0))  # the steps keep their offset
     mixed = out[0, :, 0, 0, 0]  # lam * b + (1 - lam) * (3 - b): samples paired with the flipped batch
     assert torch.allclose(mixed + mixed.flip(0), torch.full((4,), 3.0))
