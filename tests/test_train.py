@@ -61,6 +61,7 @@ def test_train_writes_metrics_plot_summary_and_checkpoints(tree, tmp_path, capsy
     assert cli.main(["eval", "--checkpoint", str(out / "best.pt"), "--json", str(tmp_path / "e.json")]) == 0
     result = json.loads((tmp_path / "e.json").read_text())
     assert result["val_acc"] == summary["best_val_acc"] and result["val_split"] == lines[0]["val_split"]
+    assert result["checkpoint"] == str(out / "best.pt")
     assert "top-1" in capsys.readouterr().out
 
     # a second run into the same folder must not clobber it; resuming with another config must not either

@@ -122,8 +122,8 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
                        "cpu" if device == "auto" else device)
     model = load_into(create_model(name, **margs), path, weights, build, f"{name} with {margs}").to(dev)
     loader = DataLoader(data.val, cfg.val_batch_size, num_workers=cfg.workers, collate_fn=data.collate)
-    path = eval_path(cfg, dev)
-    result = evaluate(path.prepare(model), loader, dev, path, progress=cfg.progress)
+    run_as = eval_path(cfg, dev)
+    result = evaluate(run_as.prepare(model), loader, dev, run_as, progress=cfg.progress)
     return {"checkpoint": str(path), "model": name, "epoch": epoch, "val_split": data.val_name, **result,
             **spike_stats(model, loader, dev), "notes": notes}
 

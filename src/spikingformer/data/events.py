@@ -15,7 +15,6 @@ copy (``.npz`` with ``t, x, y, p``):
 from __future__ import annotations
 
 import math
-
 from pathlib import Path
 from typing import Callable
 
