@@ -106,6 +106,7 @@ def train_one_epoch(cfg, state, model, loader, opt, sched, scaler, info: DistInf
     bar = tqdm(loader, total=len(loader), desc=f"epoch {state.epoch + 1}/{cfg.total_epochs}", leave=False,
                disable=None if info.is_main and cfg.progress else True, dynamic_ncols=True)  # None: off without a TTY
     steps, accum = loader.sampler.steps_per_epoch, cfg.accum_steps
+    no_sync = getattr(model, "no_sync", None)  # DDP: all-reduce once per update
     for x, y in bar:
         x, y = path.to_input(x.to(info.device, non_blocking=True)), y.to(info.device, non_blocking=True)
         first = state.step // accum * accum   # this batch's group of accum_steps: [first, last]
@@ -113,9 +114,8 @@ def train_one_epoch(cfg, state, model, loader, opt, sched, scaler, info: DistInf
         path.step_begin()  # CUDA graphs: the previous step's outputs may now be overwritten
         with path.autocast(info.device):
             loss, correct = step_loss(model, x, y)
-        no_sync = getattr(model, "no_sync", None)  # DDP: all-reduce once per update
         with no_sync() if no_sync is not None and state.step < last else contextlib.nullcontext():
-            scaler.scale(loss / (last - first + 1) if accum > 1 else loss).backward()
+            scaler.scale(loss / (last - first + 1)).backward()  # / 1 without accumulation: exact
         state.step += 1
         state.global_step += 1
         if state.step == last + 1:
