@@ -15,13 +15,16 @@ For each ``MODEL:BATCH`` it times, with synthetic data already on the device:
   (``spikingformer.kernels``; CUDA, or the CPU under ``TRITON_INTERPRET=1`` uncompiled);
   ``+torch``: every neuron runs the PyTorch loop (under compile: traced and fused by inductor).
 - ``+nchw`` after ``fast``: no channels-last conversion (inductor picks the layouts).
+- ``+fold`` after ``eager`` or ``fast``: inference runs the deployed model, every BatchNorm folded
+  into its conv (``deploy.fold_bn``; prepared, and so compiled, on its own), so no normalisation
+  pass sits between a convolution and its neuron.  Training is unchanged.
 
 Warm-up steps are excluded from the rates; the fast path's compile time (first steps
 minus steady-state steps) is reported separately.  Peak memory is the training peak.
 A variant that fails is reported and skipped; the others still run.  Every measurement
 starts from a fresh ``torch._dynamo`` state, so one batch size never makes the next one
 compile with dynamic shapes.  ``--profile N`` then profiles N more training steps of the
-same compiled model and reports where the device time goes, by kind of kernel.
+same compiled model, and N inference steps, and reports where the device time goes, by kind of kernel.
 
     python benchmarks/throughput.py spikingformer_4_384:64 spikingformer_4_384:256 \
         spikingformer_8_512:36 --json throughput.json --variants reference,eager,fast,fast+torch
@@ -39,10 +42,11 @@ import torch
 from torch import nn
 
 import spikingformer
+from spikingformer.deploy import fold_bn
 from spikingformer.fast import FastPath
 from spikingformer.neuron import MultiStepLIF
 
-VARIANTS = "reference, eager[+triton], fast[:MODE][+triton|+torch][+nchw] (MODE a torch.compile mode)"
+VARIANTS = "reference, eager[+triton][+fold], fast[:MODE][+triton|+torch][+nchw][+fold] (MODE a torch.compile mode)"
 
 
 def swap_in_spikingjelly(model: nn.Module) -> nn.Module:
@@ -82,11 +86,12 @@ class Variant:
         base, *extras = name.split("+")
         kind, _, mode = base.partition(":")
         if kind not in ("reference", "eager", "fast") or (mode and kind != "fast") \
-                or not set(extras) <= {"triton", "torch", "nchw"} or {"triton", "torch"} <= set(extras) \
+                or not set(extras) <= {"triton", "torch", "nchw", "fold"} or {"triton", "torch"} <= set(extras) \
                 or ("nchw" in extras and kind != "fast") or (extras and kind == "reference"):
             raise ValueError(f"unknown variant {name!r}; valid: {VARIANTS}")
         backend = "triton" if "triton" in extras else "torch" if "torch" in extras else "auto"
         self.triton = backend == "triton"
+        self.fold = "fold" in extras
         if kind == "fast":
             cuda = device.type == "cuda"
             self.path = FastPath(compile_mode=mode or None, lif_backend=backend,
@@ -165,10 +170,10 @@ def profile_steps(step, n: int, device, top: int = 12) -> dict:
             "top": [{"kernel": k[:120], "kind": kernel_kind(k), "ms": times[k]} for k in order]}
 
 
-def print_profile(r: dict) -> None:
-    prof = r["profile"]
+def print_profile(r: dict, key: str = "profile", step: str = "training") -> None:
+    prof = r[key]
     print(f"\n{r['variant']} on {r['model']}, batch {r['batch']}: {prof['ms_per_step']:.2f} ms of device time per "
-          f"training step", flush=True)
+          f"{step} step", flush=True)
     for kind, v in prof["kinds"].items():
         print(f"  {v['share']:6.1%} {v['ms']:8.2f} ms  {kind}")
     for k in prof["top"]:
@@ -217,7 +222,7 @@ def bench_variant(variant: Variant, model_name: str, batch: int, args) -> dict:
     def infer_step():
         variant.path.step_begin()
         with torch.inference_mode(), variant.path.autocast(device):
-            runner(x)
+            infer_runner(x)
         variant.after_batch(model)
 
     out = {"variant": variant.name, "model": model_name, "batch": batch, "input": [c, h, w], "T": model.T}
@@ -234,12 +239,15 @@ def bench_variant(variant: Variant, model_name: str, batch: int, args) -> dict:
     if args.profile:
         out["profile"] = profile_steps(train_step, args.profile, device)
     model.eval()
+    infer_runner = variant.path.prepare(fold_bn(model)) if variant.fold else runner
     first_inf = time_steps(infer_step, args.warmup, device)
     elapsed = time_steps(infer_step, args.steps, device)
     out["infer_img_s"] = batch * args.steps / elapsed
+    if args.profile:
+        out["profile_infer"] = profile_steps(infer_step, args.profile, device)
     steady = args.warmup * (batch / out["train_img_s"] + batch / out["infer_img_s"])
     out["compile_s"] = max(0.0, first + first_inf - steady) if variant.path.compile else 0.0
-    del runner, model, opt
+    del runner, infer_runner, model, opt
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return out
@@ -257,7 +265,7 @@ def main(argv=None) -> int:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="model overrides, e.g. depth=1 dim=64 (integers only)")
     p.add_argument("--profile", type=int, default=0, metavar="N",
-                   help="after timing, profile N training steps: device time by kernel kind")
+                   help="after timing, profile N training and N inference steps: device time by kernel kind")
     p.add_argument("--json", metavar="FILE", help="write every measurement as JSON")
     args = p.parse_args(argv)
     args.overrides = {k: int(v) for k, v in (kv.split("=", 1) for kv in args.set)}
@@ -292,9 +300,10 @@ def main(argv=None) -> int:
                 print(f"{v.name} on {run} failed: {errors[-1]['error']}", file=sys.stderr, flush=True)
                 continue
             results.append(r)
-            print(json.dumps({k: v for k, v in r.items() if k != "profile"}), flush=True)
+            print(json.dumps({k: v for k, v in r.items() if not k.startswith("profile")}), flush=True)
             if args.profile:
                 print_profile(r)
+                print_profile(r, "profile_infer", "inference")
             if args.json:  # after every measurement, so a run cut short keeps what it measured
                 write_json(args.json, device, results, errors)
 

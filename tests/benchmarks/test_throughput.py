@@ -50,7 +50,9 @@ def test_variant_names(throughput):
     assert not eager.path.compile and eager.path.lif_backend == "triton"
     assert throughput.Variant("fast", cpu).path.lif_backend == "auto"  # as `spikingformer train` runs it
     assert throughput.Variant("fast+torch+nchw", cpu).path.lif_backend == "torch"
-    for bad in ("eager:max-autotune", "reference+triton", "fast+cupy", "faster", "fast+triton+torch", "eager+nchw"):
+    assert throughput.Variant("fast+fold", cpu).fold and not throughput.Variant("fast", cpu).fold
+    for bad in ("eager:max-autotune", "reference+triton", "fast+cupy", "faster", "fast+triton+torch", "eager+nchw",
+                "reference+fold"):
         with pytest.raises(ValueError, match="unknown variant"):
             throughput.Variant(bad, cpu)
 
@@ -105,3 +107,18 @@ def test_profile_reports_where_the_time_goes(throughput, tmp_path):
     assert prof["ms_per_step"] > 0 and len(prof["top"]) > 3
     assert sum(v["share"] for v in prof["kinds"].values()) == pytest.approx(1.0)
     assert "conv/matmul (cuDNN, cuBLAS)" in prof["kinds"]  # aten::convolution on the CPU
+    infer = json.loads(out.read_text())["results"][0]["profile_infer"]
+    assert infer["ms_per_step"] > 0 and "conv/matmul (cuDNN, cuBLAS)" in infer["kinds"]
+    assert any("backward" in k["kernel"] for k in prof["top"])
+    assert not any("backward" in k["kernel"] for k in infer["top"])
+
+
+def test_fold_variant_infers_without_batchnorm(throughput, tmp_path):
+    out = tmp_path / "t.json"
+    assert throughput.main(["spikingformer_4_256:2", "--variants", "eager,eager+fold", "--steps", "1",
+                            "--warmup", "1", "--device", "cpu", "--input-size", "16", "--set", "depth=1",
+                            "dim=32", "num_heads=4", "--profile", "1", "--json", str(out)]) == 0
+    plain, folded = json.loads(out.read_text())["results"]
+    assert folded["variant"] == "eager+fold"
+    assert "batchnorm (ATen)" in plain["profile_infer"]["kinds"] and "batchnorm (ATen)" in folded["profile"]["kinds"]
+    assert "batchnorm (ATen)" not in folded["profile_infer"]["kinds"]
