@@ -67,7 +67,7 @@ def test_to_dict_round_trips():
 
 # Time steps the papers train with: T = 4 on images (SPEC §8), 16 on DVS (SPEC §6), 1 in V2 pre-training (V2 §4.2).
 RECIPE_T = {"dvs128_gesture.yaml": 16, "cifar10_dvs.yaml": 16, "imagenet_v2_mae_pretrain.yaml": 1,
-            "cifar10_v2_mae_pretrain.yaml": 1, "cifar10_v2_finetune.yaml": 1}
+            "cifar10_v2_mae_pretrain.yaml": 1, "cifar10_v2_finetune.yaml": 1, "imagenet_v2_finetune.yaml": 1}
 CPU_SIZED_V2 = ("cifar10_v2_mae_pretrain.yaml", "cifar10_v2_finetune.yaml")  # an ImageNet V2, shrunk, at 64x64
 
 
@@ -114,6 +114,9 @@ SPEC_8 = {  # SPEC §8 key by key, and the official repositories' cifar10.yml / 
     "imagenet_8_768.yaml": dict(model="spikingformer_8_768", epochs=300, lr=5e-4, mixup=0.8, cutmix=1.0,
                                 scale=(1.0, 1.0), crop_pct=1.0, remode="const"),
     "cifar10_jpeg.yaml": dict(dataset="folder", val_split="holdout", holdout=5000, model="spikingformer_4_384"),
+    # V2 §5.2: fine-tuning after MAE pre-training
+    "imagenet_v2_finetune.yaml": dict(model="spikformer_v2_8_512", epochs=150, sched="cosine", sched_on_updates=True,
+                                      lr=1e-3, layer_decay=0.7, cooldown_epochs=0),
 }
 
 

@@ -34,7 +34,8 @@ class TrainConfig:
     # --- model: any name of spikingformer.list_models(); model_args override its config fields
     model: str = "spikingformer_4_384"
     model_args: dict = field(default_factory=dict)
-    init_from: str = ""               # a `spikingformer pretrain` checkpoint: start from its encoder (fine-tuning)
+    init_from: str = ""               # start from a `spikingformer pretrain` checkpoint's encoder, or from every tensor
+                                      # of a `spikingformer train` checkpoint of the same model (T may differ)
     # --- data
     dataset: str = "cifar10"          # cifar10 | cifar100 (torchvision format) | folder (class folders) | digits
                                       # | nmnist | dvs128_gesture | cifar10_dvs (event recordings, T = the model's T)
@@ -77,6 +78,8 @@ class TrainConfig:
     weight_decay: float = 0.05
     momentum: float = 0.9
     clip_grad: float = 0.0            # >0: clip the global gradient norm to this value
+    layer_decay: float = 0.0          # >0: layer-wise lr decay (fine-tuning, MAE / V2 §5.2): the head trains at lr,
+                                      # the last block at lr x layer_decay, each block below it x layer_decay again
     batch_size: int = 64             # per process and per forward pass: BatchNorm normalises over these images
     accum_steps: int = 1              # batches per optimizer update: an update sees batch_size x accum_steps x processes
     val_batch_size: int = 128
@@ -127,6 +130,7 @@ class TrainConfig:
              "holdout, limit_*, warmup_epochs, cooldown_epochs, ckpt_every, workers, mixup_off_epoch and "
              "img_size must be >= 0"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (0 <= self.layer_decay <= 1, f"layer_decay must be in [0, 1] (0: off), got {self.layer_decay}"),
             (not self.mixup_active or self.batch_size % 2 == 0,
              f"mixup/cutmix needs an even batch_size (timm pairs samples), got {self.batch_size}"),
             ((self.mean is None) == (self.std is None), "give both mean and std, or neither"),

@@ -48,8 +48,14 @@ def updates_done(state, steps_per_epoch: int, accum_steps: int) -> int:
     return state.epoch * updates_per_epoch(steps_per_epoch, accum_steps) + -(-state.step // accum_steps)
 
 
+def base_lr(opt: torch.optim.Optimizer) -> float:
+    """The schedule's lr: that of the top layer's groups when ``layer_decay`` scales the others down."""
+    return max(group["lr"] for group in opt.param_groups)
+
+
 def build_training(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int, fused: bool = False):
-    """timm's AdamW (no decay on norms/biases), cosine schedule with warm-up and cool-down, Mixup, loss."""
+    """timm's AdamW (no decay on norms/biases; with ``layer_decay`` one lr scale per layer, from the
+    model's ``group_matcher``), cosine schedule with warm-up and cool-down, Mixup, loss."""
     from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
     from timm.optim import create_optimizer_v2
@@ -57,7 +63,7 @@ def build_training(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int, fus
 
     extra = {"fused": True} if fused and cfg.opt in ("adamw", "adam") else {}
     opt = create_optimizer_v2(model, cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
-                              **extra)
+                              layer_decay=cfg.layer_decay or None, **extra)
     sched, _ = create_scheduler_v2(opt, cfg.sched, num_epochs=cfg.epochs, cooldown_epochs=cfg.cooldown_epochs,
                                    warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr,
                                    step_on_epochs=not cfg.sched_on_updates,
@@ -134,7 +140,7 @@ def train_one_epoch(cfg, state, model, loader, opt, sched, scaler, info: DistInf
             if not math.isfinite(float(sums[0])):
                 raise FloatingPointError(f"the training loss became {float(sums[0])} by epoch {state.epoch + 1} "
                                          f"step {state.step}: lower lr or set clip_grad")
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{opt.param_groups[0]['lr']:.2e}", refresh=False)
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{base_lr(opt):.2e}", refresh=False)
         if cfg.ckpt_every and state.step % cfg.ckpt_every == 0 and state.step < steps:  # after an update
             state.epoch_sums = all_reduce_sum(sums.clone()).tolist()
             save_mid_epoch()  # the epoch's end writes its own checkpoint
@@ -149,10 +155,10 @@ def begin_epoch(cfg, state, sampler, sched, opt) -> float:
     sampler.set_epoch(state.epoch, state.step)
     sched.step(state.epoch)
     if not cfg.sched_on_updates:
-        return opt.param_groups[0]["lr"]
+        return base_lr(opt)
     steps = sampler.steps_per_epoch
     sched.step_update(state.epoch * updates_per_epoch(steps, cfg.accum_steps))
-    lr = opt.param_groups[0]["lr"]
+    lr = base_lr(opt)
     sched.step_update(updates_done(state, steps, cfg.accum_steps))
     return lr
 

@@ -67,6 +67,9 @@ class PretrainConfig(TrainConfig):
         used = sorted(k for k, v in label_only.items() if v)
         if used:
             raise ConfigError(f"{used} act on labels, which self-supervised pre-training does not use: set them to 0")
+        if self.layer_decay:
+            raise ConfigError("layer_decay is for fine-tuning a pre-trained encoder (spikingformer train "
+                              "--set init_from=...); pre-training trains every layer at lr: set it to 0")
         if self.init_from:
             raise ConfigError("init_from starts a classifier from a pre-trained encoder (spikingformer train); "
                               "to continue a pre-training run use --resume")
@@ -265,12 +268,13 @@ def _run(cfg: PretrainConfig, resume: bool, info: DistInfo) -> dict:
     return summary
 
 
-def load_pretrained_encoder(model: nn.Module, path: str | Path) -> dict:
+def load_pretrained_encoder(model: nn.Module, path: str | Path, state: dict | None = None) -> dict:
     """Load the encoder of a pre-training checkpoint (``last.pt`` of ``spikingformer pretrain``) into a
     Spikformer V2 classifier from ``create_model`` (same name and architecture ``model_args``; T and
     ``num_classes`` may differ).  Every backbone key must be present with its shape; the head keeps
-    its initialisation.  Returns what was loaded: ``{"source", "model", "loaded", "head"}``."""
-    state = ckpt.load_checkpoint(path)
+    its initialisation.  ``state``: the checkpoint, when the caller has read it already.  Returns what
+    was loaded: ``{"source", "model", "loaded", "head"}``."""
+    state = ckpt.load_checkpoint(path) if state is None else state
     meta = state.get("meta", {})
     weights = state.get("model") if meta.get("kind") == KIND else None
     if not isinstance(weights, dict):

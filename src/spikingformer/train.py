@@ -53,6 +53,35 @@ def model_kwargs(cfg: TrainConfig, num_classes: int, in_chans: int) -> dict:
     return args
 
 
+def init_from(model: torch.nn.Module, cfg: TrainConfig) -> str:
+    """Start ``model`` from ``cfg.init_from``: the encoder of a ``spikingformer pretrain`` checkpoint (the
+    head starts fresh), or every tensor of a ``spikingformer train`` checkpoint of the same model, whose
+    ``T`` may differ (V2 §5.2 fine-tunes at T = 1, then at T = 2, 4 or 6); its head is kept when it has
+    this run's number of classes.  Returns what was loaded, in words."""
+    from .pretrain import KIND, load_pretrained_encoder
+
+    path = cfg.init_from
+    state = ckpt.load_checkpoint(path)
+    meta = state.get("meta") if isinstance(state.get("meta"), dict) else {}
+    if meta.get("kind") == KIND:
+        loaded = load_pretrained_encoder(model, path, state)
+        return (f"initialised {loaded['loaded']} backbone tensors from {loaded['source']} "
+                f"(pre-trained {loaded['model']}); head {loaded['head']} freshly initialised")
+    weights = state.get("model")
+    if not isinstance(weights, dict) or "model_args" not in meta:
+        raise ckpt.CheckpointError(f"init_from={path} is neither a `spikingformer pretrain` nor a "
+                                   "`spikingformer train` checkpoint")
+    if meta.get("model") != cfg.model:
+        raise ckpt.CheckpointError(f"init_from={path} holds a {meta.get('model')}, this run trains a {cfg.model}")
+    source = f"{path} ({meta['model']} {meta['model_args']})"
+    head = ckpt.load_backbone(model, weights, source)
+    own = model.state_dict()
+    if all(k in weights and weights[k].shape == own[k].shape for k in head):
+        model.load_state_dict({**own, **{k: weights[k] for k in head}})
+        return f"initialised every tensor from {source}"
+    return f"initialised the backbone from {source}; head {head} freshly initialised (other classes)"
+
+
 def classification_loss(mixup, criterion):
     """``step_loss`` of supervised training: Mixup/CutMix (when on), forward, loss, top-1 hits."""
     def step_loss(model, x, y):
@@ -92,12 +121,9 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> dict:
     margs = model_kwargs(cfg, len(data.classes), data.in_chans)
     model = create_model(cfg.model, **margs)
     if cfg.init_from and resume_state is None:
-        from .pretrain import load_pretrained_encoder
-
-        loaded = load_pretrained_encoder(model, cfg.init_from)
+        report = init_from(model, cfg)
         if info.is_main:
-            print(f"initialised {loaded['loaded']} backbone tensors from {loaded['source']} "
-                  f"(pre-trained {loaded['model']}); head {loaded['head']} freshly initialised", flush=True)
+            print(report, flush=True)
     if cfg.sync_bn and info.world > 1:
         model = convert_sync_batchnorm(model, info.device)
     model.to(info.device)

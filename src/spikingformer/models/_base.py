@@ -78,6 +78,12 @@ class SpikingVisionModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(self.check_input(x)))
 
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's parameter groups, bottom to top: the tokenizer or stem, each block, the head.  Layer-wise
+        lr decay (``timm.optim``, ``layer_decay``) scales group ``i`` of ``n`` by ``decay ** (n - 1 - i)``,
+        as MAE's fine-tuning does.  Blocks are their own groups whether ``coarse`` or not."""
+        return dict(stem=r"^(?:tokenizer|stem)\.", blocks=r"^blocks\.(\d+)")  # the head, unmatched, comes last
+
     def reset_classifier(self, num_classes: int) -> None:
         self.cfg = dataclasses.replace(self.cfg, num_classes=num_classes)
         self.head = ClassifierHead(self.cfg.dim, num_classes, self.cfg.head, self.cfg.tau)
