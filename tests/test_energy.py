@@ -20,7 +20,7 @@ def check_row_arithmetic(report):
     """Every row obeys Eq. 19 and the totals obey Eq. 20."""
     T = report.T
     for r in report.layers:
-        if r.kind == "spike":
+        if r.kind == "spike" or (r.kind == "integer" and report.integer_inputs == "ac"):
             assert r.mac == 0 and r.ac == r.fr * T * r.flops, r
         else:
             assert r.ac == 0 and r.fr is None and r.mac == T * r.flops, r
@@ -127,6 +127,32 @@ def test_spikformer_residual_sums_are_macs():
     macs = {r.name for r in report.layers if r.mac}
     assert macs == integer | {"stem.convs.0.conv", "head.fc"}
     assert not report.spike_driven
+
+
+def test_integer_inputs_as_acs_count_each_value_as_that_many_spikes():
+    """The other reading of the paper's Spikformer recalculation: an input k is k spikes, mean(x) T FLOPs ACs."""
+    torch.manual_seed(0)
+    model = sf.create_model("spikformer_4_384", depth=2, dim=64, num_heads=4, T=2).train()
+    x = torch.randn(2, 3, 32, 32)
+    means = {}
+    fc1 = model.blocks[1].mlp.fc1.linear
+    fc1.register_forward_pre_hook(lambda m, args: means.update(fc1=float(args[0].mean())))
+    torch.manual_seed(1)
+    as_mac = estimate_energy(model, x)
+    torch.manual_seed(1)
+    as_ac = estimate_energy(model, x, integer_inputs="ac")
+    check_row_arithmetic(as_ac)
+    for a, b in zip(as_mac.layers, as_ac.layers):
+        if a.kind != "integer":
+            assert (a.ac, a.mac, a.fr) == (b.ac, b.mac, b.fr), a.name
+            continue
+        assert b.mac == 0 and b.ac == pytest.approx(b.fr * as_ac.T * a.flops, rel=1e-12) and b.fr > a.nonzero
+    row = next(r for r in as_ac.layers if r.name == "blocks.1.mlp.fc1.linear")
+    assert row.fr == pytest.approx(means["fc1"], rel=1e-6)  # the mean of the residual sums fed to it
+    assert as_ac.total_mJ < as_mac.total_mJ and as_ac.to_dict()["integer_inputs"] == "ac"
+    assert "integer inputs counted as ACs" in as_ac.table()
+    with pytest.raises(ValueError, match="integer_inputs must be one of mac, ac"):
+        estimate_energy(model, x, integer_inputs="nonzero")
 
 
 @pytest.mark.parametrize("name", sf.list_models())

@@ -28,6 +28,15 @@ In general a product costs ACs when at least one factor is observed to be binary
 by the sparsest binary factor) and MACs otherwise; the intermediate product is never
 assumed binary.
 
+Integer-valued inputs (Spikformer's SEW residual sums, ``{0, 1, ..., 2L + 1}``) have two
+readings, the two calculations the official energy script offers for the paper's recalculation
+of Spikformer (its ``spike_rate``, Appendix G calculations 1 and 2):
+
+- ``integer_inputs="mac"`` (default, SPEC §7, calculation 2): an integer times a float weight is
+  a multiplication, so the layer costs ``T * FLOPs`` MACs, as for a real input;
+- ``integer_inputs="ac"`` (calculation 1): a value ``k`` is ``k`` spikes arriving together, so
+  the layer costs ``mean(input) * T * FLOPs`` ACs; ``fr`` is then that mean, which may exceed 1.
+
 The classification head (the read-out, left out of Eq. 20) is reported as its own rows
 (``readout``) and *included* in ``total_mJ``, as MACs unless its input is spikes (only the
 SN-FC-AvgPooling head of Eq. 18): deployed hardware does run it.  ``backbone_mJ`` is the
@@ -56,6 +65,7 @@ __all__ = ["E_MAC_PJ", "E_AC_PJ", "LayerEnergy", "EnergyReport", "estimate_energ
 E_MAC_PJ = 4.6  # 45 nm, Horowitz 2014, as the paper
 E_AC_PJ = 0.9
 COLUMNS = ("name", "op", "kind", "readout", "fr", "nonzero", "flops", "ac", "mac", "uJ")
+INTEGER_INPUTS = ("mac", "ac")
 
 
 @dataclass
@@ -64,9 +74,9 @@ class LayerEnergy:
 
     name: str
     op: str                 # "conv", "linear", "K^T V", "Q (K^T V)", "Q K^T", "(Q K^T) V"
-    kind: str               # "spike" (counted as ACs), "integer" or "real" (counted as MACs)
+    kind: str               # "spike" (ACs), "integer" (MACs, or ACs with integer_inputs="ac") or "real" (MACs)
     readout: bool           # inside the classification head (Eq. 20 leaves it out)
-    fr: float | None        # firing rate of the spike input driving the ACs; None for a MAC product
+    fr: float | None        # mean of the input driving the ACs (spikes: the firing rate); None for a MAC product
     nonzero: float          # fraction of non-zero elements of that input
     flops: float            # dense MACs per image and time step (Eq. 19's FLOPs)
     ac: float               # accumulates per image: fr * T * FLOPs
@@ -74,15 +84,17 @@ class LayerEnergy:
     uJ: float               # energy per image, microjoules
 
 
-def stage_energy(rec: LayerProbe, stage: Stage, images: int, T: int,
-                 e_mac: float = E_MAC_PJ, e_ac: float = E_AC_PJ) -> LayerEnergy:
+def stage_energy(rec: LayerProbe, stage: Stage, images: int, T: int, e_mac: float = E_MAC_PJ,
+                 e_ac: float = E_AC_PJ, integer_inputs: str = "mac") -> LayerEnergy:
     """Eq. 19 for one product of one layer, per image (see the module docstring for the rule)."""
+    if integer_inputs not in INTEGER_INPUTS:
+        raise ValueError(f"integer_inputs must be one of {', '.join(INTEGER_INPUTS)}, got {integer_inputs!r}")
     flops = stage.macs / (images * T)  # a layer run once per image (e.g. AvgPool-FC) shows its count / T
     operands = [rec.inputs[i] for i in stage.operands]
-    spikes = [s for s in operands if s.binary]
-    if spikes:
-        driver = min(spikes, key=lambda s: s.firing_rate)
-        fr, kind = driver.firing_rate, "spike"
+    events = [s for s in operands if s.binary or (integer_inputs == "ac" and s.integer and s.min >= 0)]
+    if events:
+        driver = min(events, key=lambda s: s.firing_rate)
+        fr, kind = driver.firing_rate, driver.kind
         ac, mac = fr * T * flops, 0.0
     else:
         driver = min(operands, key=lambda s: s.kind != "real")  # a real factor makes the product real-valued
@@ -108,6 +120,7 @@ class EnergyReport:
     spike_driven: bool
     notes: list[str] = field(default_factory=list)
     unit: str = "image"
+    integer_inputs: str = "mac"
 
     @property
     def mac(self) -> float:
@@ -135,6 +148,7 @@ class EnergyReport:
                     e_ac_pJ=self.e_ac,
                     mac=self.mac, ac=self.ac, total_mJ=self.total_mJ, backbone_mJ=self.backbone_mJ,
                     readout_mJ=self.readout_mJ, spike_driven=self.spike_driven, notes=self.notes,
+                    integer_inputs=self.integer_inputs,
                     layers=[asdict(r) for r in self.layers])
 
     def table(self) -> str:
@@ -149,7 +163,8 @@ class EnergyReport:
             f"total per {self.unit}: {self.ac / 1e9:.6g} G AC x {self.e_ac:g} pJ + {self.mac / 1e9:.6g} G MAC x "
             f"{self.e_mac:g} pJ = {self.total_mJ:.6g} mJ",
             f"  of which read-out head {self.readout_mJ:.6g} mJ; without it (Eq. 20) {self.backbone_mJ:.6g} mJ",
-            f"  T={self.T}, {self.images} {self.unit}(s), spike-driven: {'yes' if self.spike_driven else 'NO'}"]
+            f"  T={self.T}, {self.images} {self.unit}(s), spike-driven: {'yes' if self.spike_driven else 'NO'}"
+            + (", integer inputs counted as ACs" if self.integer_inputs == "ac" else "")]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -181,8 +196,11 @@ class EnergyReport:
         ax_e.set_xticks(list(x), [f"{r.name} {r.op}" if r.op not in ("conv", "linear") else r.name for r in rows],
                         rotation=90, fontsize=6)
         kinds = {r.kind for r in rows}
-        legend = [Patch(color=colour[k], label=f"{k} input: {'AC' if k == 'spike' else 'MAC'}, "
-                                               f"{self.e_ac if k == 'spike' else self.e_mac:g} pJ")
+        def as_ac(k):
+            return k == "spike" or (k == "integer" and self.integer_inputs == "ac")
+
+        legend = [Patch(color=colour[k], label=f"{k} input: {'AC' if as_ac(k) else 'MAC'}, "
+                                               f"{self.e_ac if as_ac(k) else self.e_mac:g} pJ")
                   for k in colour if k in kinds]
         if any(r.readout for r in rows):
             legend.append(Patch(facecolor="grey", hatch="//", edgecolor="white", label="read-out head"))
@@ -204,12 +222,13 @@ def _si(x: float) -> str:
 
 
 def energy_from_probe(probe: SynapticProbe, images: int, T: int, e_mac: float = E_MAC_PJ,
-                      e_ac: float = E_AC_PJ, model_name: str = "") -> EnergyReport:
+                      e_ac: float = E_AC_PJ, model_name: str = "", integer_inputs: str = "mac") -> EnergyReport:
     """Turn what ``probe`` recorded over ``images`` images at ``T`` steps into an ``EnergyReport``."""
     if not probe.layers:
         raise RuntimeError("the probe saw no synaptic layer: run a forward pass inside the `with` block")
-    rows = [stage_energy(rec, st, images, T, e_mac, e_ac) for rec in probe.ordered for st in rec.stages]
-    return EnergyReport(model_name, T, images, e_mac, e_ac, rows, probe.spike_driven)
+    rows = [stage_energy(rec, st, images, T, e_mac, e_ac, integer_inputs) for rec in probe.ordered
+            for st in rec.stages]
+    return EnergyReport(model_name, T, images, e_mac, e_ac, rows, probe.spike_driven, integer_inputs=integer_inputs)
 
 
 def _split(x: Tensor | dict, T: int | None, time_major: bool | None, model: nn.Module) -> tuple[int, int]:
@@ -235,14 +254,17 @@ def _split(x: Tensor | dict, T: int | None, time_major: bool | None, model: nn.M
 @torch.no_grad()
 def estimate_energy(model: nn.Module, inputs: Tensor | dict | Iterable, *, T: int | None = None,
                     time_major: bool | None = None, e_mac: float = E_MAC_PJ, e_ac: float = E_AC_PJ,
-                    model_name: str | None = None, unit: str = "image") -> EnergyReport:
+                    model_name: str | None = None, unit: str = "image", integer_inputs: str = "mac") -> EnergyReport:
     """Run ``model`` on ``inputs`` (a tensor or text batch dict, or an iterable of them or of
     ``(x, y)`` pairs) and return its energy per image, or per ``unit`` (Eq. 19-20).
 
     The model runs in the mode it is in: call ``model.eval()`` first for deployment
     figures.  ``T`` defaults to the input's time axis (5-d inputs, or ``time_major=True``)
-    or to ``model.T`` for static images.
+    or to ``model.T`` for static images.  ``integer_inputs``: ``"mac"`` or ``"ac"``, how integer-valued
+    inputs count (module docstring).
     """
+    if integer_inputs not in INTEGER_INPUTS:  # before the forward passes, not after
+        raise ValueError(f"integer_inputs must be one of {', '.join(INTEGER_INPUTS)}, got {integer_inputs!r}")
     batches = [inputs] if isinstance(inputs, (Tensor, dict)) else inputs
     images, steps = 0, set()
     with SynapticProbe(model) as probe:
@@ -256,7 +278,8 @@ def estimate_energy(model: nn.Module, inputs: Tensor | dict | Iterable, *, T: in
         raise ValueError("no input: give at least one non-empty batch")
     if len(steps) > 1:
         raise ValueError(f"batches with different numbers of time steps {sorted(steps)}: estimate them apart")
-    report = energy_from_probe(probe, images, steps.pop(), e_mac, e_ac, model_name or type(model).__name__)
+    report = energy_from_probe(probe, images, steps.pop(), e_mac, e_ac, model_name or type(model).__name__,
+                               integer_inputs)
     report.unit = unit
     return report
 
@@ -265,7 +288,7 @@ def _cmd_energy(args: argparse.Namespace) -> int:
     try:
         prep = prepare(args)
         report = estimate_energy(prep.model, prep.batches, e_mac=args.e_mac, e_ac=args.e_ac, model_name=prep.name,
-                                 unit=prep.unit)
+                                 unit=prep.unit, integer_inputs=args.integer_inputs)
     except (ValueError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -292,6 +315,10 @@ def register_cli(sub) -> None:
     add_input_args(p)
     p.add_argument("--e-mac", type=float, default=E_MAC_PJ, help=f"pJ per MAC (default {E_MAC_PJ}, 45 nm)")
     p.add_argument("--e-ac", type=float, default=E_AC_PJ, help=f"pJ per AC (default {E_AC_PJ}, 45 nm)")
+    p.add_argument("--integer-inputs", choices=INTEGER_INPUTS, default="mac",
+                   help="how a layer fed integers (Spikformer's SEW residual sums) counts: mac (default, SPEC §7): "
+                        "T * FLOPs MACs; ac: a value k is k spikes, mean(input) * T * FLOPs ACs (the two "
+                        "calculations of the official energy script)")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     p.add_argument("--csv", metavar="FILE", help="also write the per-layer table as CSV")
     p.add_argument("--plot", metavar="FILE", help="also draw each layer's input firing rate and energy as a PNG")
