@@ -31,6 +31,9 @@ def test_unknown_override_is_an_error(tmp_path):
     ("epochs=many", "'epochs' expects int"), ("lr=fast", "'lr' expects float"),
     ("scale=[1.0]", "'scale' expects 2 values"), ("model_args=3", "'model_args' expects a mapping"),
     ("amp=fp8", "amp must be one of"), ("batch_size=0", "batch_size"), ("lr", "key=value"),
+    ("device=bogus", "device must be auto or a torch device"), ("output=", "output must name"),
+    ("aa=bogus", "timm cannot build the transforms of aa='bogus'.*Unknown AA policy"),
+    ("interpolation=bogus", "interpolation='bogus'.*KeyError"),
 ])
 def test_bad_values_are_named(item, msg):
     with pytest.raises(ConfigError, match=msg):

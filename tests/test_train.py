@@ -100,6 +100,12 @@ def test_cli_reports_bad_config_without_traceback(tmp_path, capsys):
     (tmp_path / "c.yaml").write_text("model: spikingformer_4_256\nmodel_args: {depht: 1}\n")
     assert cli.main(["train", "--config", str(tmp_path / "c.yaml")]) == 2
     assert "unknown option(s) ['depht']" in capsys.readouterr().err
+    # with img_size set (as every recipe does) and no data at all: the model options still fail first
+    (tmp_path / "r.yaml").write_text(f"model: spikingformer_4_256\nimg_size: 32\ndata_dir: {tmp_path / 'none'}\n")
+    for item, msg in (("model_args.depht=1", "unknown option(s) ['depht']"),
+                      ("model_args.depth=abc", "option 'depth' expects int, got 'abc'")):
+        assert cli.main(["train", "--config", str(tmp_path / "r.yaml"), "--set", item]) == 2
+        assert msg in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", ["train", "eval", "export", "demo"])

@@ -29,6 +29,16 @@ class ConfigError(ValueError):
     """A configuration key or value is wrong; the message says which and what is valid."""
 
 
+def device_ok(device: str) -> bool:
+    """Whether a config's ``device`` is ``auto`` or a string ``torch.device`` parses."""
+    import torch
+
+    try:
+        return device == "auto" or bool(torch.device(device))
+    except (RuntimeError, ValueError):
+        return False
+
+
 @dataclass
 class TrainConfig:
     # --- model: any name of spikingformer.list_models(); model_args override its config fields
@@ -140,15 +150,32 @@ class TrainConfig:
              f"event_policy must be one of {', '.join(EVENT_POLICIES)}, got {self.event_policy!r}"),
             (self.holdout_pick in HOLDOUT_PICKS,
              f"holdout_pick must be one of {', '.join(HOLDOUT_PICKS)}, got {self.holdout_pick!r}"),
+            (device_ok(self.device), f"device must be auto or a torch device (cpu, cuda, cuda:1, ...), got {self.device!r}"),
+            (bool(self.output), "output must name the run's folder, got an empty string"),
         ]
         if self.is_event_data:
             checks += self._event_checks()
         elif self.event_aug:
             checks.append((False, f"event_aug applies to the event datasets ({', '.join(EVENT_DATASETS)}), "
                                   f"not {self.dataset!r}"))
+        if not self.is_event_data and self.dataset != "digits":  # the datasets that go through timm's transforms
+            checks.append(self._transform_check())
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+
+    def _transform_check(self) -> tuple[bool, str]:
+        """timm parses ``aa``, ``interpolation`` and ``remode`` when it builds the transforms, in the first
+        epoch's data loading: build them now, so a bad string fails before anything runs."""
+        from .data.transforms import eval_transform, train_transform
+
+        try:
+            for make in (train_transform, eval_transform):
+                make(self, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+        except (AssertionError, KeyError, ValueError) as e:
+            return False, (f"timm cannot build the transforms of aa={self.aa!r}, interpolation={self.interpolation!r}, "
+                           f"remode={self.remode!r}: {type(e).__name__}: {e}")
+        return True, ""
 
     def _event_checks(self) -> list[tuple[bool, str]]:
         """Image-only options would be silently ignored on event frames: refuse them instead."""

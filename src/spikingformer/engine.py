@@ -28,13 +28,14 @@ RESUME_MUTABLE = {"progress", "workers", "ckpt_every", "device", "val_batch_size
 
 
 def resolve_img_size(cfg: TrainConfig) -> int:
-    """The input size a run trains at: ``img_size`` if set, else the named model's default."""
-    if cfg.img_size:
-        return cfg.img_size
+    """The input size a run trains at: ``img_size`` if set, else the named model's default.  The model is
+    built either way (on the meta device: nothing allocated), so an unknown name or model option fails
+    here, before any data loads."""
     from . import create_model
 
-    with torch.device("meta"):  # read the named size's default without allocating it
-        return create_model(cfg.model, **cfg.model_args).cfg.img_size
+    with torch.device("meta"):
+        default = create_model(cfg.model, **cfg.model_args).cfg.img_size
+    return cfg.img_size or default
 
 
 def updates_per_epoch(steps_per_epoch: int, accum_steps: int) -> int:

@@ -35,11 +35,11 @@ import torch
 from torch import Tensor, nn
 
 from . import checkpoint as ckpt
-from .config import ConfigError, add_run_args, load_config
+from .config import ConfigError, add_run_args, device_ok, load_config
 from .distributed import DistInfo, all_reduce_sum, convert_sync_batchnorm
 from .fast import AMP_MODES, FAST_MODES, FastPath
 from .metrics import MetricsLog
-from .models.text import SpikingformerText, list_text_models
+from .models.text import SpikingformerText, create_text_model, list_text_models
 from .engine import open_run, wrap_ddp
 
 __all__ = ["TextTrainConfig", "TextTask", "fit", "finish", "epoch_order", "eval_shard", "stack", "to_device",
@@ -84,15 +84,17 @@ class TextTrainConfig:
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}"),
             (self.fast in FAST_MODES, f"fast must be one of {', '.join(FAST_MODES)}, got {self.fast!r}"),
+            (device_ok(self.device), f"device must be auto or a torch device (cpu, cuda, cuda:1, ...), got {self.device!r}"),
+            (bool(self.output), "output must name the run's folder, got an empty string"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
-        if self.device != "auto":
-            try:
-                torch.device(self.device)
-            except RuntimeError:
-                raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}") from None
+        try:  # model options fail here, before the vocabulary or any data loads
+            with torch.device("meta"):
+                create_text_model(self.model, **self.model_args)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(str(e)) from None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -25,6 +25,18 @@ def test_bad_config_values(kw, msg):
         sf.create_model("spikingformer_4_384", **kw)
 
 
+@pytest.mark.parametrize("kw,msg", [
+    (dict(depth="2"), "option 'depth' expects int, got '2'"), (dict(depth=2.0), "'depth' expects int"),
+    (dict(cml=1), "'cml' expects bool"), (dict(head=3), "'head' expects str"),
+    (dict(downsample=[0, 0, 1, 1]), r"'downsample' expects tuple\[bool, bool, bool, bool\]"),
+    (dict(downsample=[True]), "'downsample' expects tuple"),
+])
+def test_wrongly_typed_option_is_named(kw, msg):
+    with pytest.raises(TypeError, match=msg):
+        sf.create_model("spikingformer_dagger_4_384", **kw)
+    assert sf.create_model("spikingformer_4_256", depth=1, mlp_ratio=2, downsample=[False, True, True, True])
+
+
 def test_overrides_apply():
     m = sf.create_model("spikingformer_4_384", num_classes=100, depth=2, T=2)
     assert m.head.fc.out_features == 100 and len(m.blocks) == 2 and m.T == 2
@@ -56,11 +68,17 @@ def test_reset_classifier():
     assert m(torch.randn(2, 3, 32, 32)).shape == (2, 3)
 
 
-def test_forward_features_and_head():
-    m = sf.create_model("spikingformer_4_256", depth=1, T=3)
-    feats = m.forward_features(m.check_input(torch.randn(2, 3, 32, 32)))
-    assert feats.shape == (3, 2, 64, 256)  # [T, B, N, D]: 8x8 tokens
+@pytest.mark.parametrize("name", ["spikingformer_4_256", "spikformer_4_384"])
+def test_forward_features_and_head(name):
+    """As timm's: ``forward_features`` takes what ``forward`` takes, images included."""
+    m = sf.create_model(name, depth=1, T=3)
+    x = torch.randn(2, 3, 32, 32)
+    feats = m.forward_features(x)
+    assert feats.shape == (3, 2, 64, m.cfg.dim)  # [T, B, N, D]: 8x8 tokens
+    assert torch.equal(feats, m.forward_features(torch.stack([x] * 3)))  # the same as a [T, B, ...] sequence
     assert m.forward_head(feats).shape == (2, 10)
+    with pytest.raises(ValueError, match="3 input channels, got 6"):
+        m.forward_features(torch.randn(2, 6, 32, 32))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm not installed")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 import torch
 from torch import Tensor, nn
@@ -9,23 +10,42 @@ from torch import Tensor, nn
 from ..layers import ClassifierHead
 
 
+def _fits(hint, value) -> bool:
+    """Whether ``value`` has the type ``hint`` of a config field (scalars, fixed-length tuples, dicts)."""
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if typing.get_origin(hint) is tuple:  # from YAML a tuple arrives as a list
+        args = typing.get_args(hint)
+        return (isinstance(value, (list, tuple)) and len(value) == len(args)
+                and all(_fits(a, v) for a, v in zip(args, value)))
+    return isinstance(value, typing.get_origin(hint) or hint)
+
+
 def build_config(cls, defaults: dict, overrides: dict):
     """Make a config dataclass from a named size's ``defaults`` and a user's ``overrides``.
 
     Unknown keys raise a ``TypeError`` that lists every valid key, instead of the
-    dataclass's terse message.
+    dataclass's terse message; a value of the wrong type one that names the option.
     """
     valid = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(overrides) - set(valid))
     if unknown:
         raise TypeError(f"unknown option(s) {unknown} for {cls.__name__}; valid options: {', '.join(valid)}")
+    hints = typing.get_type_hints(cls)
+    for key, value in overrides.items():
+        if not _fits(hints[key], value):
+            name = getattr(hints[key], "__name__", None) if typing.get_origin(hints[key]) is None else None
+            raise TypeError(f"{cls.__name__} option {key!r} expects {name or hints[key]}, got {value!r}")
     return cls(**{**defaults, **overrides})
 
 
 class SpikingVisionModel(nn.Module):
     """Base for the vision models.  Subclasses set ``cfg`` (with ``T``, ``in_chans``,
     ``img_size``, ``num_classes``, ``head``, ``tau``) and ``patch_size``, build
-    ``self.head = ClassifierHead(...)`` and implement ``forward_features``.
+    ``self.head = ClassifierHead(...)`` and implement ``forward_features``, which starts with
+    ``check_input``.
 
     Inputs: a static batch ``[B, C, H, W]`` is repeated ``T`` times (direct encoding,
     SPEC §1); a sequence ``[T, B, C, H, W]`` (event frames, time-major) is used as is.
@@ -69,14 +89,15 @@ class SpikingVisionModel(nn.Module):
         return x
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """``[T, B, C, H, W]`` -> token features ``[T, B, N, D]`` (the residual stream)."""
+        """Images ``[B, C, H, W]`` or sequences ``[T, B, C, H, W]`` -> token features ``[T, B, N, D]``
+        (the residual stream)."""
         raise NotImplementedError
 
     def forward_head(self, x: Tensor) -> Tensor:
         return self.head(x)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(self.check_input(x)))
+        return self.forward_head(self.forward_features(x))
 
     def group_matcher(self, coarse: bool = False) -> dict:
         """timm's parameter groups, bottom to top: the tokenizer or stem, each block, the head.  Layer-wise

@@ -171,7 +171,7 @@ class Spikformer(SpikingVisionModel):
         self.init_weights()
 
     def forward_features(self, x: Tensor) -> Tensor:
-        x = self.stem(x).flatten(3).transpose(2, 3)  # [T, B, N, D]
+        x = self.stem(self.check_input(x)).flatten(3).transpose(2, 3)  # [T, B, N, D]
         for blk in self.blocks:
             x = blk(x)
         return x

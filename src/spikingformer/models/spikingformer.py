@@ -153,7 +153,7 @@ class Spikingformer(SpikingVisionModel):
         self.init_weights()
 
     def forward_features(self, x: Tensor) -> Tensor:
-        x = self.tokenizer(x)
+        x = self.tokenizer(self.check_input(x))
         for blk in self.blocks:
             x = blk(x)
         return x.flatten(3).transpose(2, 3)  # [T, B, N, D]
