@@ -50,8 +50,35 @@ def test_truncated_file_is_reported(tmp_path):
     save_checkpoint({"w": torch.randn(1000)}, path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="truncated or not a PyTorch file"):
+    with pytest.raises(CheckpointError, match=r"truncated or not a PyTorch file\): .*central directory$"):
         load_checkpoint(path)
+    torch.save({"w": torch.randn(1000)}, path, _use_new_zipfile_serialization=False)  # the legacy pickle format
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or not a PyTorch file") as e:
+        load_checkpoint(path)
+    assert "weights_only" not in str(e.value)
+
+
+# Text the weights-only unpickler reads as opcodes: torch then advises retrying with weights_only=False,
+# which would run whatever a hostile file holds.  Such a file is not a PyTorch file at all, and is called so.
+@pytest.mark.parametrize("content", [b"model weights v1\n", b"<html><body>404</body></html>", b"# notes",
+                                     b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\n", b""])
+def test_non_pytorch_files_are_named_and_no_unsafe_retry_is_advised(tmp_path, content):
+    (tmp_path / "garbage.pt").write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"garbage.pt is not a readable checkpoint: not a PyTorch file at "
+                                              r"all \(not a zip archive / legacy pickle; it (begins|is empty)") as e:
+        load_checkpoint(tmp_path / "garbage.pt")
+    assert "weights_only" not in str(e.value)
+
+
+def test_safetensors_file_is_named_as_such(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, tmp_path / "m.safetensors")
+    with pytest.raises(CheckpointError, match=r"m.safetensors is a .safetensors weights file, not a spikingformer "
+                                              r"checkpoint .*; add --config$"):
+        load_checkpoint(tmp_path / "m.safetensors", hint="; add --config")
 
 
 def test_foreign_files_are_reported(tmp_path):
@@ -68,9 +95,10 @@ def test_foreign_files_are_reported(tmp_path):
 def test_arbitrary_objects_are_never_unpickled(tmp_path, monkeypatch):
     monkeypatch.setenv("EVIL_DIR", str(tmp_path))
     torch.save({"format": "spikingformer.checkpoint", "version": 1, "x": Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(CheckpointError, match="arbitrary Python objects"):
+    with pytest.raises(CheckpointError, match=r"arbitrary Python objects, which are never unpickled \(.*io.open") as e:
         load_checkpoint(tmp_path / "evil.pt")
     assert not (tmp_path / MARKER).exists()
+    assert "weights_only" not in str(e.value)
 
 
 def test_rng_states_survive_a_checkpoint(tmp_path):

@@ -88,19 +88,43 @@ def _safe_load(path: Path, map_location="cpu"):
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # the parser meets arbitrary bytes: any error means "not a checkpoint we can read"
-        msg = str(e)
-        if isinstance(e, pickle.UnpicklingError) and ("Unsupported global" in msg or "unsupported GLOBAL" in msg):
-            raise CheckpointError(f"{path} contains arbitrary Python objects; they are never unpickled "
-                                  f"(weights_only=True), so this is not a spikingformer checkpoint") from None
-        first = msg.splitlines()[0] if msg else type(e).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a PyTorch file): "
-                              f"{first}") from None
+        raise CheckpointError(_unreadable(path, e)) from None
+
+
+# How every file torch.load reads begins: a zip archive (torch.save since 1.6) or a pickle of protocol 2+
+# (the legacy format).  Anything else is not a PyTorch file, whatever the unpickler made of its bytes.
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def _unreadable(path: Path, e: Exception) -> str:
+    """Why ``torch.load`` failed on ``path``, in our words.  torch's own message advises retrying with
+    ``weights_only=False``, which would run any code a hostile file holds: it is never passed on."""
+    if isinstance(e, OSError):  # permissions, I/O: about the file, not its bytes
+        return f"{path} is not a readable checkpoint: {e}"
+    with open(path, "rb") as f:
+        head = f.read(12)
+    if not head.startswith(_TORCH_MAGIC):
+        begins = f"it begins {head!r}" if head else "it is empty"
+        return (f"{path} is not a readable checkpoint: not a PyTorch file at all (not a zip archive / "
+                f"legacy pickle; {begins})")
+    # the weights-only unpickler's own reason follows this marker, after torch's advice; its first
+    # sentence says what is wrong (the rest is torch's advice, or the zip reader's boilerplate)
+    reason = str(e).split("WeightsUnpickler error:")[-1].strip()
+    reason = reason.splitlines()[0].split(". ")[0] if reason else type(e).__name__
+    if isinstance(e, pickle.UnpicklingError) and ("Unsupported global" in reason or "unsupported GLOBAL" in reason):
+        return (f"{path} contains arbitrary Python objects, which are never unpickled ({reason}), "
+                f"so this is not a spikingformer checkpoint")
+    return f"{path} is not a readable checkpoint (truncated or not a PyTorch file): {reason}"
 
 
 def load_checkpoint(path: str | Path, map_location="cpu", hint: str = "") -> dict:
     """Read a checkpoint written by ``save_checkpoint``; anything else raises ``CheckpointError``
     (``hint`` is appended to the message for a PyTorch file of another kind)."""
     path = Path(path)
+    # torch.load may read a .safetensors file as a bare state_dict; say what it is instead
+    if path.suffix == ".safetensors" and path.is_file():
+        raise CheckpointError(f"{path} is a .safetensors weights file, not a spikingformer checkpoint (which "
+                              f"holds a run's config and training state){hint}")
     state = _safe_load(path, map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
