@@ -24,7 +24,7 @@ import torch
 
 from .official import OfficialWeightsError, convert_official, official_family
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_weights", "atomic_copy",
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_weights", "state_mismatch", "atomic_copy",
            "remove_partial_writes", "rng_state", "set_rng_state", "FORMAT", "VERSION"]
 
 FORMAT = "spikingformer.checkpoint"
@@ -213,6 +213,22 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
+def state_mismatch(expected: dict, weights: dict) -> str:
+    """Why ``weights`` do not load into a model whose state_dict is ``expected``, in one line: "missing N
+    [first 6] ...; unexpected N [...]; mis-shaped N [...]" ('' when keys and shapes agree).  torch's own
+    message lists every key, tens of KB for a wrong model."""
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    shapes = sorted(f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(v.shape)}"
+                    for k, v in expected.items() if k in weights and weights[k].shape != v.shape)
+    if not (missing or unexpected or shapes):
+        return ""
+
+    def show(keys):
+        return f"{len(keys)} {keys[:6]}{' ...' if len(keys) > 6 else ''}"
+    return f"missing {show(missing)}; unexpected {show(unexpected)}; mis-shaped {show(shapes)}"
+
+
 def load_backbone(model, weights: dict, source: str, head: str = "head.") -> list[str]:
     """Load ``weights`` into every tensor of ``model`` outside its read-out ``head`` (which keeps its
     initialisation: fine-tuning from pre-training).  Every backbone key must be there with its shape;
@@ -220,15 +236,8 @@ def load_backbone(model, weights: dict, source: str, head: str = "head.") -> lis
     own = model.state_dict()
     backbone = {k: v for k, v in own.items() if not k.startswith(head)}
     weights = {k: v for k, v in weights.items() if not k.startswith(head)}
-    missing = sorted(set(backbone) - set(weights))
-    unexpected = sorted(set(weights) - set(backbone))
-    shapes = sorted(f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(v.shape)}"
-                    for k, v in backbone.items() if k in weights and weights[k].shape != v.shape)
-    if missing or unexpected or shapes:
-        def show(keys):
-            return f"{len(keys)} {keys[:6]}{' ...' if len(keys) > 6 else ''}"
-        raise ValueError(f"{source} does not fit this {type(model).__name__}: missing {show(missing)}; "
-                         f"unexpected {show(unexpected)}; mis-shaped {show(shapes)}")
+    mismatch = state_mismatch(backbone, weights)
+    if mismatch:
+        raise ValueError(f"{source} does not fit this {type(model).__name__}: {mismatch}")
     model.load_state_dict({**own, **weights})
     return sorted(set(own) - set(backbone))
-

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import load_weights
+from .checkpoint import load_weights, state_mismatch
 from .official import check_family
 
 __all__ = ["Prepared", "add_input_args", "prepare", "resolve", "build_model", "create_any", "load_into",
@@ -53,17 +54,35 @@ def run_model(model: nn.Module, x: Batch | tuple | list):
     return model(**x) if isinstance(x, dict) else model(x)
 
 
-def load_checkpoint(model: nn.Module, path: str, state: dict | None = None, name: str | None = None) -> nn.Module:
+def load_checkpoint(model: nn.Module, path: str, state: dict | None = None, name: str | None = None,
+                    build: dict | None = None) -> nn.Module:
     """Load the weights of ``path`` (any format ``checkpoint.load_weights`` reads, or ``state``
-    already read from it) into ``model`` (``name``: how errors call the model)."""
+    already read from it) into ``model`` (``name``: how errors call the model).  ``build``: what the
+    file says of its model (``load_weights``); if they do not fit, the options it records that ``model``
+    has otherwise are named as the cause."""
     if state is None:
-        state, _ = load_weights(path)
+        state, build = load_weights(path)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise ValueError(f"checkpoint {path} does not fit {name or type(model).__name__} "
-                         f"(wrong model, or other model options: classes, T?): {e}") from e
+        build = build or {}
+        other = _other_options(model, build.get("model_args", {}))
+        cause = (f"the file records a {build.get('model') or 'model'} with {other}" if other
+                 else "wrong model, or other model options (classes, T?)")
+        raise ValueError(f"checkpoint {path} does not fit {name or type(model).__name__}: {cause}; "
+                         f"{state_mismatch(model.state_dict(), state) or e}") from e
     return model
+
+
+def _other_options(model: nn.Module, options: dict) -> str:
+    """The ``options`` (a file's record of its model's) that ``model``'s config holds otherwise, as
+    "dim=32 (this model: 256)"."""
+    cfg = getattr(model, "cfg", None)
+
+    def plain(v):  # a config's tuples are lists in a file's JSON
+        return json.loads(json.dumps(v, default=str))
+    return ", ".join(f"{k}={v!r} (this model: {getattr(cfg, k)!r})" for k, v in sorted(options.items())
+                     if hasattr(cfg, k) and plain(getattr(cfg, k)) != plain(v))
 
 
 @torch.no_grad()
@@ -155,14 +174,14 @@ def load_into(model: nn.Module, path: str, state: dict, build: dict, name: str |
         from .deploy import fold_bn
 
         model = fold_bn(model)
-    return load_checkpoint(model, path, state, name)
+    return load_checkpoint(model, path, state, name, build)
 
 
 def build_model(checkpoint: str, model: str | None = None, overrides: dict | None = None):
     """``(model, name, model_args, notes)`` with the weights of ``checkpoint`` loaded, in eval mode."""
     state, build, name = resolve(checkpoint, model)
     margs = {**build.get("model_args", {}), **(overrides or {})}
-    net = load_into(create_any(name, **margs), checkpoint, state, build).eval()
+    net = load_into(create_any(name, **margs), checkpoint, state, build, name).eval()
     return net, name, margs, list(build.get("notes", []))
 
 
@@ -178,7 +197,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
     prep = _text(args, name, build) if text else _vision(args, name, build)
     prep.notes += build.get("notes", [])
     if args.checkpoint:
-        prep.model = load_into(prep.model, args.checkpoint, state, build).eval()
+        prep.model = load_into(prep.model, args.checkpoint, state, build, name).eval()
     else:
         calibrate_bn(prep.model, prep.batches)
         prep.notes.append("random weights (no --checkpoint): figures are for an untrained model "

@@ -1,0 +1,68 @@
+"""Weights that do not fit a model: the error names the file, the model and what differs, in a few lines."""
+import pytest
+import torch
+
+from spikingformer import cli, create_model
+from spikingformer.checkpoint import save_checkpoint, state_mismatch
+from spikingformer.loading import load_checkpoint
+
+from .data.helpers import write_class_tree
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SMALL = dict(depth=1, dim=32, num_heads=4, num_classes=3, T=1)
+
+
+def test_state_mismatch_summarises_every_kind_of_difference():
+    own = {f"k{i}": torch.zeros(2) for i in range(8)}
+    weights = {**{f"k{i}": torch.zeros(2) for i in range(1, 7)}, "k7": torch.zeros(3), "extra": torch.zeros(1)}
+    assert state_mismatch(own, own) == ""
+    assert state_mismatch(own, weights) == ("missing 1 ['k0']; unexpected 1 ['extra']; "
+                                            "mis-shaped 1 ['k7: checkpoint (3,) vs model (2,)']")
+    assert state_mismatch(own, {}).startswith("missing 8 ['k0', 'k1', 'k2', 'k3', 'k4', 'k5'] ...; unexpected 0 []")
+
+
+def test_another_models_weights_are_reported_compactly(tmp_path, capsys):
+    path = tmp_path / "other.pt"
+    torch.save(create_model("spikformer_4_384", depth=1, dim=32, num_heads=4).state_dict(), path)
+    assert cli.main(["energy", "--checkpoint", str(path), "--model", "spikingformer_4_256"]) == 2
+    err = capsys.readouterr().err
+    # torch's own message lists all ~200 keys (about 20 KB); the summary names the first 6 of each kind
+    assert f"checkpoint {path} does not fit spikingformer_4_256: wrong model" in err
+    assert "missing 156 [" in err and "unexpected 39 [" in err and "mis-shaped 25 [" in err
+    assert len(err) < 2000 and "size mismatch for" not in err
+
+
+@pytest.fixture
+def exported(tmp_path):
+    """A run's checkpoint of a model trained with ``--set model_args.dim=32``, exported to .safetensors."""
+    run = tmp_path / "best.pt"
+    save_checkpoint({"model": create_model("spikingformer_4_256", **SMALL).state_dict(), "config": {},
+                     "meta": {"model": "spikingformer_4_256", "model_args": SMALL}}, run)
+    out = tmp_path / "m.safetensors"
+    assert cli.main(["export", "--checkpoint", str(run), "--out", str(out)]) == 0
+    return out
+
+
+def test_options_a_file_records_are_named_when_they_differ(exported, tmp_path, capsys):
+    data = write_class_tree(tmp_path / "data" / "train", per_class=4).parent
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: spikingformer_4_256\nmodel_args: {depth: 1, num_heads: 4, T: 1}\n"
+                      "dataset: folder\nholdout: 6\nimg_size: 16\nval_batch_size: 4\nworkers: 0\n")
+    args = ["eval", "--checkpoint", str(exported), "--config", str(recipe), "--data", str(data)]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint {exported} does not fit spikingformer_4_256 with " in err
+    assert "the file records a spikingformer_4_256 with dim=32 (this model: 256); missing 0 []" in err
+    assert len(err) < 2000
+    assert cli.main([*args, "--set", "model_args.dim=32"]) == 0  # what the message asks for
+    # the library call reads what the file records by itself
+    with pytest.raises(ValueError, match=r"with dim=32 \(this model: 256\), num_classes=3 \(this model: 10\); "):
+        load_checkpoint(create_model("spikingformer_4_256", depth=1, num_heads=4, T=1), str(exported))
+
+
+def test_a_safetensors_file_without_a_recipe_is_named_as_such(exported, capsys):
+    assert cli.main(["eval", "--checkpoint", str(exported)]) == 2
+    err = capsys.readouterr().err
+    assert f"{exported} is a .safetensors weights file, not a spikingformer checkpoint" in err
+    assert "add --config RECIPE.yaml" in err
