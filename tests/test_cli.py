@@ -4,7 +4,7 @@ from spikingformer import cli
 
 
 def test_models_command_reports_counts_and_verdicts(tmp_path, capsys):
-    out = tmp_path / "m.json"
+    out = tmp_path / "new" / "m.json"  # the folder is made, as export makes its own
     assert cli.main(["models", "spik*former_4_384", "--json", str(out)]) == 0
     rows = {r["model"]: r for r in json.loads(out.read_text())}
     assert set(rows) == {"spikingformer_4_384", "spikformer_4_384"}
@@ -16,3 +16,15 @@ def test_models_command_reports_counts_and_verdicts(tmp_path, capsys):
 def test_models_command_rejects_a_pattern_that_matches_nothing(capsys):
     assert cli.main(["models", "resnet*"]) == 2
     assert "no model matches 'resnet*'" in capsys.readouterr().err
+
+
+def test_models_command_rejects_zero_time_steps_or_batch(capsys):
+    assert cli.main(["models", "spikingformer_4_256", "--t", "0"]) == 2
+    assert "error: --t and --batch-size must be >= 1, got --t 0 --batch-size 2" in capsys.readouterr().err
+    assert cli.main(["models", "spikingformer_4_256", "--batch-size", "0"]) == 2
+    assert "got --t 1 --batch-size 0" in capsys.readouterr().err
+
+
+def test_output_path_makes_the_missing_folders(tmp_path):
+    path = cli.output_path(str(tmp_path / "a" / "b" / "r.json"))
+    assert path == tmp_path / "a" / "b" / "r.json" and path.parent.is_dir() and not path.exists()

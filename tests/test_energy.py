@@ -185,10 +185,10 @@ def test_unknown_time_steps_is_a_clear_error():
 # ---------------------------------------------------------------- command line
 
 def test_cli_total_is_e_ac_times_ac_plus_e_mac_times_mac(tmp_path, capsys):
-    js, cs = tmp_path / "e.json", tmp_path / "e.csv"
+    # each output into a folder not yet there: made, not a crash after the work
+    js, cs, png = tmp_path / "j" / "e.json", tmp_path / "c" / "e.csv", tmp_path / "p" / "e.png"
     rc = main(["energy", "--model", "spikformer_4_384", "--t", "1", "--batch-size", "1",
-               "--e-mac", "3.1", "--e-ac", "0.7", "--json", str(js), "--csv", str(cs),
-               "--plot", str(tmp_path / "e.png")])
+               "--e-mac", "3.1", "--e-ac", "0.7", "--json", str(js), "--csv", str(cs), "--plot", str(png)])
     out = capsys.readouterr().out
     assert rc == 0
     data = json.loads(js.read_text())
@@ -201,7 +201,7 @@ def test_cli_total_is_e_ac_times_ac_plus_e_mac_times_mac(tmp_path, capsys):
     assert rows[0] == "name,op,kind,readout,fr,nonzero,flops,ac,mac,uJ"
     assert len(rows) == 1 + len(data["layers"])
     assert {"name", "kind", "fr", "flops", "ac", "mac", "uJ"} <= set(data["layers"][0])
-    assert (tmp_path / "e.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_plot_draws_each_layer_firing_rate_and_energy(tmp_path, monkeypatch):
@@ -415,3 +415,8 @@ def test_event_checkpoint_reads_real_frames_of_its_validation_split(tmp_path):
     enc = data["layers"][0]
     # the encoding conv sees event counts (integers), 2 polarity channels at 32x32
     assert enc["kind"] == "integer" and enc["flops"] == 32 * 32 * 4 * 2 * 9 and enc["mac"] == 2 * enc["flops"]
+
+
+def test_bad_data_for_a_run_checkpoint_is_a_usage_error(tmp_path, capsys):
+    assert main(["energy", "--checkpoint", str(event_checkpoint(tmp_path)), "--data", str(tmp_path / "nope")]) == 2
+    assert f"error: data_dir {tmp_path / 'nope'} does not exist (dataset nmnist)" in capsys.readouterr().err

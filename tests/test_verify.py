@@ -50,7 +50,7 @@ def test_verify_exits_0_for_spikingformer(capsys):
 
 
 def test_verify_exits_1_for_spikformer_with_json_and_fig3(tmp_path, capsys):
-    js = tmp_path / "cert.json"
+    js = tmp_path / "new" / "cert.json"  # the folder is made
     rc = main(["verify", "--model", "spikformer_4_384", "--t", "1", "--batch-size", "1", "--json", str(js),
                "--plot", str(tmp_path / "figs"), "--block", "2"])
     assert rc == 1
@@ -104,3 +104,22 @@ def test_verify_text_and_event_checkpoints(tmp_path, capsys):
     assert any("nmnist val (held-out 3 of 6" in n for n in data["notes"])
     assert main(["verify"]) == 2
     assert "give --model, or a --checkpoint" in capsys.readouterr().err
+
+
+def test_bad_data_for_a_run_checkpoint_is_a_usage_error_not_a_verdict(tmp_path, capsys):
+    from .test_energy import event_checkpoint
+
+    # exit 1 would read as "NOT spike-driven"
+    assert main(["verify", "--checkpoint", str(event_checkpoint(tmp_path)), "--data", str(tmp_path / "nope")]) == 2
+    assert f"error: data_dir {tmp_path / 'nope'} does not exist (dataset nmnist)" in capsys.readouterr().err
+
+
+def test_options_of_the_compared_model_are_not_silently_ignored(tmp_path, capsys):
+    small = ["verify", "--model", "spikingformer_4_256", "--t", "1", "--batch-size", "1"]
+    # spikingformer_4_256 has no registered spikformer_4_256 to load the weights into
+    assert main([*small, "--plot", str(tmp_path), "--compare-checkpoint", str(tmp_path / "x.pt")]) == 2
+    assert ("--compare-checkpoint " + str(tmp_path / "x.pt") + ": spikingformer_4_256 has no Spikformer/"
+            "Spikingformer counterpart to load it into; name its model with --compare") in capsys.readouterr().err
+    assert main([*small, "--compare", "spikformer_4_384"]) == 2
+    assert "add --plot DIR" in capsys.readouterr().err
+    assert not (tmp_path / "fig3.png").exists()

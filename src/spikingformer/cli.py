@@ -10,6 +10,7 @@ import argparse
 import importlib
 import json
 import sys
+from pathlib import Path
 
 _COMMAND_MODULES: tuple[str, ...] = ("spikingformer.energy", "spikingformer.verify", "spikingformer.train",
                                      "spikingformer.pretrain", "spikingformer.mlm", "spikingformer.glue",
@@ -26,12 +27,24 @@ SPEC_PARAMS_M = {  # SPEC §6: parameter counts (millions) the named models must
 }
 
 
+def output_path(path: str) -> Path:
+    """``path`` of a file a command writes (``--json``, ``--csv``, ``--plot``), its folder created first,
+    as ``export`` and the training runs do: a missing folder must not lose the work done before writing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     import torch
 
     from . import create_model, list_models
     from .probe import SynapticProbe
 
+    if args.t < 1 or args.batch_size < 1:
+        print(f"error: --t and --batch-size must be >= 1, got --t {args.t} --batch-size {args.batch_size}",
+              file=sys.stderr)
+        return 2
     torch.manual_seed(args.seed)
     rows = []
     names = list_models(args.pattern)
@@ -54,7 +67,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print(f"{name:28s} {n_params / 1e6:9.2f}M {paper:>8s} {f'{c}x{h}x{w}':>12s}  "
               f"{'yes' if probe.spike_driven else 'NO':12s}  {f'({len(bad)} layers)' if bad else ''}", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
+        with open(output_path(args.json), "w") as f:
             json.dump(rows, f, indent=2)
         print(f"wrote {args.json}")
     return 0
@@ -66,10 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Spike-driven transformer SNNs: build, train (images, event recordings, text), pre-train, "
                     "evaluate and audit Spikingformer, Spikingformer-dagger and Spikformer V1/V2.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    p = sub.add_parser("models", help="list every named model with its parameter count and spike-driven verdict",
-                       description="Build every named model (or those matching PATTERN), print its parameter "
-                                   "count beside the paper's, and probe one forward pass on random input to say "
-                                   "whether every synaptic layer after the encoding conv receives only spikes.")
+    p = sub.add_parser("models",
+                       help="list every named vision model with its parameter count and spike-driven verdict",
+                       description="Build every named vision model (or those matching PATTERN), print its "
+                                   "parameter count beside the paper's, and probe one forward pass on random input "
+                                   "to say whether every synaptic layer after the encoding conv receives only "
+                                   "spikes.")
     p.add_argument("pattern", nargs="?", default=None, help="shell glob over model names, e.g. 'spikingformer_*'")
     p.add_argument("--t", type=int, default=1, help="time steps for the probe pass (default 1: fast)")
     p.add_argument("--batch-size", type=int, default=2, help="batch size of the probe pass (default 2)")

@@ -37,6 +37,7 @@ def demo_config(epochs: int = DEMO_EPOCHS, output: str = "runs/demo", seed: int 
 def _cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
+    from .cli import output_path
     from .train import run
 
     if args.epochs < 1:
@@ -59,7 +60,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.json:
         keys = ("val_acc", "firing_rate", "seconds", "spike_driven", "val_split", "params", "best_val_acc")
         record = dict(s, val_acc=s["final_val_acc"], epochs=args.epochs)
-        Path(args.json).write_text(json.dumps({k: record[k] for k in (*keys, "epochs")}, indent=2) + "\n")
+        output_path(args.json).write_text(json.dumps({k: record[k] for k in (*keys, "epochs")}, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
 

@@ -55,6 +55,8 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import CheckpointError
+from .cli import output_path
+from .data import DataError
 # calibrate_bn and load_checkpoint live in loading (shared with verify) and stay importable from here
 from .loading import add_input_args, calibrate_bn, load_checkpoint, prepare, run_model
 from .probe import LayerProbe, Stage, SynapticProbe
@@ -289,7 +291,7 @@ def _cmd_energy(args: argparse.Namespace) -> int:
         prep = prepare(args)
         report = estimate_energy(prep.model, prep.batches, e_mac=args.e_mac, e_ac=args.e_ac, model_name=prep.name,
                                  unit=prep.unit, integer_inputs=args.integer_inputs)
-    except (ValueError, FileNotFoundError, CheckpointError) as e:
+    except (ValueError, FileNotFoundError, CheckpointError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     report.notes += prep.notes
@@ -297,7 +299,7 @@ def _cmd_energy(args: argparse.Namespace) -> int:
     print(report.table())
     for path, write in ((args.json, report.write_json), (args.csv, report.write_csv), (args.plot, report.write_png)):
         if path:
-            write(path)
+            write(output_path(path))
             print(f"wrote {path}")
     return 0
 

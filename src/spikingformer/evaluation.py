@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import json
 import sys
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -129,6 +128,7 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from .cli import output_path
     from .data import DataError
 
     try:
@@ -144,5 +144,5 @@ def _cmd_eval(args: argparse.Namespace) -> int:
           f"top-5 {100 * r['val_acc5']:.2f} %, loss {r['val_loss']:.4f}; firing rate {r['firing_rate']:.3f}; "
           f"spike-driven: {'yes' if r['spike_driven'] else 'NO'}")
     if args.json:
-        Path(args.json).write_text(json.dumps(r, indent=2) + "\n")
+        output_path(args.json).write_text(json.dumps(r, indent=2) + "\n")
     return 0

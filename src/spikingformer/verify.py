@@ -20,6 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import CheckpointError
+from .cli import output_path
+from .data import DataError
 from .layers import SpikeQKV
 from .loading import add_input_args, prepare, run_model
 from .probe import LayerProbe, SynapticProbe
@@ -231,10 +233,22 @@ def _last_block(cert: Certificate) -> int:
     return max(ids)
 
 
-def _plot(args: argparse.Namespace, cert: Certificate) -> str:
-    """Fig. 3 for ``cert`` beside ``--compare`` (or the counterpart model), run on the same kind of input."""
+def _compared(args: argparse.Namespace, name: str) -> str | None:
+    """The model ``--plot`` draws beside ``name``: ``--compare``, else its counterpart, if any.  The options
+    that only shape that figure are errors without it, not silently ignored."""
+    if (args.compare or args.compare_checkpoint) and not args.plot:
+        raise ValueError("--compare and --compare-checkpoint choose the model --plot draws beside this one: "
+                         "add --plot DIR")
+    other = args.compare or counterpart(name)
+    if args.compare_checkpoint and not other:
+        raise ValueError(f"--compare-checkpoint {args.compare_checkpoint}: {name} has no Spikformer/Spikingformer "
+                         f"counterpart to load it into; name its model with --compare")
+    return other
+
+
+def _plot(args: argparse.Namespace, cert: Certificate, other: str | None) -> str:
+    """Fig. 3 for ``cert`` beside ``other`` (``_compared``), run on the same kind of input."""
     certs = [cert]
-    other = args.compare or counterpart(cert.model)
     if other:
         prep = prepare(argparse.Namespace(**{**vars(args), "model": other, "checkpoint": args.compare_checkpoint}))
         certs.append(verify_model(prep.model, prep.batches, other))
@@ -247,16 +261,18 @@ def _plot(args: argparse.Namespace, cert: Certificate) -> str:
 def _cmd_verify(args: argparse.Namespace) -> int:
     try:
         prep = prepare(args)
+        other = _compared(args, prep.name)  # before the passes: a usage error costs no work
         cert = verify_model(prep.model, prep.batches, prep.name)
         cert.notes += prep.notes
         print(cert.table())
         if args.json:
-            with open(args.json, "w") as f:
+            with open(output_path(args.json), "w") as f:
                 json.dump(cert.to_dict(), f, indent=2)
             print(f"wrote {args.json}")
         if args.plot:
-            print(f"wrote {_plot(args, cert)}")
-    except (ValueError, FileNotFoundError, CheckpointError) as e:
+            print(f"wrote {_plot(args, cert, other)}")
+    # a bad --data is a usage error (2), never mistaken for a failed certificate (1)
+    except (ValueError, FileNotFoundError, CheckpointError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0 if cert.spike_driven else 1
@@ -279,5 +295,6 @@ def register_cli(sub) -> None:
     p.add_argument("--block", type=int, help="block whose conv/linear inputs --plot histograms (default: the last)")
     p.add_argument("--compare", metavar="NAME", help="model to plot beside --model (default: its Spikformer / "
                    "Spikingformer counterpart of the same size, if there is one)")
-    p.add_argument("--compare-checkpoint", metavar="FILE", help="weights for --compare (default: random)")
+    p.add_argument("--compare-checkpoint", metavar="FILE", help="weights of the model --plot draws beside "
+                   "(--compare or the counterpart; default: random)")
     p.set_defaults(func=_cmd_verify)
