@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import re
@@ -12,6 +13,8 @@ import torch
 from spikingformer import checkpoint as ckpt
 from spikingformer import glue, mlm
 from spikingformer.config import ConfigError, load_config
+from spikingformer.data import glue as gdata
+from spikingformer.data import text as tdata
 from spikingformer.models.text import create_text_model
 
 POS, NEG = ["good", "great", "fine", "fun"], ["bad", "awful", "poor", "dull"]
@@ -216,3 +219,34 @@ def test_qqp_dev_file_reports_accuracy_and_f1(files):
     assert set(out["val_metrics"]) == {"loss", "accuracy", "f1"} and out["value"] == out["val_metrics"]["accuracy"]
     # a tie between the classes goes to class 0: accuracy 3/5 on the dev labels 0 1 0 1 0, F1 0
     assert out["majority_baseline"] == {"accuracy": pytest.approx(3 / 5), "f1": 0.0}
+
+
+def test_limit_val_keeps_the_held_out_split_and_says_so(files):
+    """limit_val evaluates on part of the split; the name still gives the whole held-out share (training
+    never sees it) and adds the limit, as the vision splits' names do."""
+    tok = tdata.WordPieceTokenizer(files / "vocab.txt")
+    sst2 = gdata.get_task("sst2")
+    cfg = glue.GlueConfig(task="sst2", data_dir=str(files), holdout_fraction=0.25, limit_val=8)
+    splits = glue.glue_splits(cfg, sst2, tok)
+    assert splits.name == ("val (held-out 20 of 80 SST-2 train examples, class-balanced, seed 0; no official "
+                           "dev.tsv found), limited to 8 val examples")
+    assert len(splits.evals[0][2]) == 8 and len(splits.train) == 60
+    write_pairs(files / "SST-2" / "dev.tsv", ["sentence", "label"], 5, ["0", "1"], lambda i, text, y: [text, y])
+    splits = glue.glue_splits(dataclasses.replace(cfg, limit_val=3), sst2, tok)
+    assert splits.name == "dev (official GLUE dev split, 5 examples), limited to 3 val examples"
+    assert len(splits.evals[0][2]) == 3
+    assert glue.glue_splits(dataclasses.replace(cfg, limit_val=5), sst2, tok).name == \
+        "dev (official GLUE dev split, 5 examples)"
+
+
+def test_init_from_a_vision_checkpoint_is_a_clear_error(files, capsys):
+    from spikingformer import create_model
+
+    args = dict(depth=1, dim=64, num_heads=2, num_classes=3, img_size=32, in_chans=3)
+    vision = files / "vision.pt"
+    ckpt.save_checkpoint({"model": create_model("spikingformer_4_256", **args).state_dict(),
+                          "meta": {"model": "spikingformer_4_256", "model_args": args}}, vision)
+    assert cli(glue_args(files, "--set", f"init={vision}")) == 2
+    assert (f"error: init {vision} holds a vision model (spikingformer_4_256), not a text model"
+            in capsys.readouterr().err)
+    assert not (files / "glue").exists()  # nothing trained

@@ -82,7 +82,7 @@ def test_bf16_autocast_on_the_cpu(files):
 @pytest.mark.parametrize("key, value, message", [
     ("amp", "fp8", "amp must be one of auto, bf16, fp16, off, got 'fp8'"),
     ("fast", "fastest", "fast must be one of auto, on, off, got 'fastest'"),
-    ("device", "gpu0", "device must be auto, cpu, cuda or cuda:N, got 'gpu0'"),
+    ("device", "gpu0", "device must be auto or a torch device (cpu, cuda, cuda:1, ...), got 'gpu0'"),
 ])
 def test_engine_keys_validate(key, value, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -105,3 +105,11 @@ def test_an_existing_run_is_not_overwritten(files, capsys):
     assert cli(args) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert (files / "once" / "last.pt").read_bytes() == before
+
+
+def test_help_shows_percent_signs_as_written(capsys):
+    """argparse %-formats help= strings but prints a description as it is: no doubled %%."""
+    with pytest.raises(SystemExit):
+        cli(["mlm", "--help"])
+    text = capsys.readouterr().out
+    assert "15 % of tokens" in " ".join(text.split()) and "%%" not in text

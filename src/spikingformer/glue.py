@@ -24,7 +24,7 @@ from .data import glue as gdata
 from .data import text as tdata
 from .data.split import balanced_split
 from .distributed import gather_objects, session
-from .models.text import create_text_model
+from .models.text import create_text_model, list_text_models
 from .text_engine import (TextTask, TextTrainConfig, add_command, epoch_order, eval_shard, expand, finish, fit,
                           to_device)
 
@@ -77,6 +77,12 @@ def _limit(idx: list[int], labels: list[int], n: int, seed: int) -> list[int]:
     return [idx[k] for k in keep]
 
 
+def _limited(n: int, total: int) -> str:
+    """What a split's name adds when ``limit_val`` evaluates on ``n`` of its ``total`` examples: the split
+    itself is unchanged (and so is what training may not see), as the vision splits say it."""
+    return f", limited to {n} val examples" if n < total else ""
+
+
 def glue_splits(cfg: GlueConfig, task: gdata.GlueTask, tok: tdata.WordPieceTokenizer) -> GlueSplits:
     """``cfg.val_split``: the official dev file(s) (``auto``, when present) or a seeded held-out share of train."""
     folder = expand(cfg.data_dir) / task.folder
@@ -88,16 +94,18 @@ def glue_splits(cfg: GlueConfig, task: gdata.GlueTask, tok: tdata.WordPieceToken
         train_idx = list(range(len(examples)))
         evals = []
         for suffix, path in dev:
-            held = gdata.read_glue(task, path)[:cfg.limit_val or None]
-            evals.append((suffix, f"{path.stem} (official GLUE dev split, {len(held)} examples)", held))
+            whole = gdata.read_glue(task, path)
+            held = whole[:cfg.limit_val or None]
+            evals.append((suffix, f"{path.stem} (official GLUE dev split, {len(whole)} examples)"
+                                  f"{_limited(len(held), len(whole))}", held))
     else:
         n_val = max(1, round(len(examples) * cfg.holdout_fraction))
         train_idx, val_idx = balanced_split(labels, n_val, cfg.seed)
-        val_idx = _limit(val_idx, labels, cfg.limit_val, cfg.seed + 2)
+        kept = _limit(val_idx, labels, cfg.limit_val, cfg.seed + 2)
         why = "" if cfg.val_split == "holdout" else f"; no official {' + '.join(task.dev)} found"
         evals = [("", f"val (held-out {len(val_idx)} of {len(examples)} {task.folder} train examples, "
-                      f"{'random' if task.is_regression else 'class-balanced'}, seed {cfg.seed}{why})",
-                  [examples[i] for i in val_idx])]
+                      f"{'random' if task.is_regression else 'class-balanced'}, seed {cfg.seed}{why})"
+                      f"{_limited(len(kept), len(val_idx))}", [examples[i] for i in kept])]
     train_idx = _limit(train_idx, labels, cfg.limit_train, cfg.seed + 1)
     return GlueSplits(gdata.GlueDataset([examples[i] for i in train_idx], tok, cfg.max_len),
                       [(sfx, name, gdata.GlueDataset(held, tok, cfg.max_len)) for sfx, name, held in evals])
@@ -127,6 +135,9 @@ def _run(cfg: GlueConfig, info, resume: bool, json_path: str | None) -> dict:
 
     if cfg.init:  # the checkpoint's architecture, under a fresh sequence head
         init_state, build = ckpt.load_weights(expand(cfg.init))
+        if build.get("model") not in (None, *list_text_models()):  # its options would not fit a text model
+            raise ConfigError(f"init {cfg.init} holds a vision model ({build['model']}), not a text model: "
+                              f"start from a `spikingformer mlm` checkpoint")
         model_args = {**build.get("model_args", {}), **cfg.model_args}
     else:
         model_args = {"max_len": cfg.max_len, **cfg.model_args}

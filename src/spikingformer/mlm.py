@@ -117,7 +117,7 @@ def _run(cfg: MLMConfig, info, resume: bool, json_path: str | None) -> dict:
 def register_cli(sub) -> None:
     add_command(
         sub, "mlm", run_mlm, MLMConfig, "pre-train a text Spikingformer by masked language modelling",
-        "Masked-LM pre-training (BERT recipe: 15 %% of tokens chosen, 80/10/10 [MASK]/random/keep) of a "
+        "Masked-LM pre-training (BERT recipe: 15 % of tokens chosen, 80/10/10 [MASK]/random/keep) of a "
         "models.text Spikingformer on contiguous token blocks of a text corpus; reports masked-token accuracy "
         "and loss on a held-out corpus beside the always-most-frequent-token baseline. Runs on CUDA with bf16 "
         "autocast and torch.compile by default when a GPU is present (config keys device, amp, fast). See "
