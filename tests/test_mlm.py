@@ -71,8 +71,9 @@ def test_global_batch_must_divide_by_the_processes(files, monkeypatch, capsys):
 
 
 def test_bf16_autocast_on_the_cpu(files):
-    assert cli(mlm_args(files, "--set", "amp=bf16", "--set", "steps=2", "--json", f"{files}/bf16.json")) == 0
-    out = json.loads((files / "bf16.json").read_text())
+    # --json into a folder that does not exist yet: made, not a crash after the training
+    assert cli(mlm_args(files, "--set", "amp=bf16", "--set", "steps=2", "--json", f"{files}/new/bf16.json")) == 0
+    out = json.loads((files / "new" / "bf16.json").read_text())
     assert out["device"] == "cpu" and out["world_size"] == 1 and 0 < out["masked_lm_loss"] < 10
     state = load_checkpoint(files / "mlm" / "last.pt")
     assert all(v.dtype != torch.bfloat16 for v in state["model"].values())  # autocast leaves weights in fp32

@@ -153,9 +153,9 @@ def test_cli_help_json_and_errors(tree, tmp_path, capsys):
     cfg = tiny_config(tree, tmp_path / "run", epochs=1, warmup_epochs=0, limit_train=8)
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg.to_dict()))
-    assert cli("pretrain", "--config", str(path), "--json", str(tmp_path / "s.json")) == 0
+    assert cli("pretrain", "--config", str(path), "--json", str(tmp_path / "new" / "s.json")) == 0
     assert "masked-patch loss" in capsys.readouterr().out
-    assert json.loads((tmp_path / "s.json").read_text())["steps"] == 2
+    assert json.loads((tmp_path / "new" / "s.json").read_text())["steps"] == 2
     assert cli("pretrain", "--config", str(path)) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert cli("pretrain", "--config", str(path), "--set", "model=spikingformer_4_384") == 2

@@ -77,6 +77,15 @@ def test_eval_rejects_foreign_checkpoint(tmp_path, capsys):
     assert "not a spikingformer checkpoint" in capsys.readouterr().err
 
 
+def test_eval_names_a_bad_device(tmp_path, capsys):
+    cases = [("bogus", "device must be auto or a torch device")]
+    if not torch.cuda.is_available():
+        cases.append(("cuda", "device 'cuda' requested but CUDA is not available"))
+    for device, msg in cases:  # refused before the checkpoint (which does not exist) is read
+        assert cli.main(["eval", "--checkpoint", str(tmp_path / "x.pt"), "--device", device]) == 2
+        assert msg in capsys.readouterr().err
+
+
 def test_eval_runs_the_neurons_the_config_trains_with():
     """``spikingformer eval`` compiles nothing, keeps the config's precision, and on CUDA runs the neurons
     that the run's fast path trained and validated with."""

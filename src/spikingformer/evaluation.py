@@ -88,13 +88,17 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     from torch.utils.data import DataLoader
 
     from . import create_model
-    from .config import TrainConfig, from_dict, load_config
+    from .config import TrainConfig, device_ok, from_dict, load_config
     from .data import DataError, build_data
     from .engine import resolve_img_size
     from .loading import load_into
     from .official import check_family
     from .train import model_kwargs
 
+    if device is not None and not device_ok(device):
+        raise ValueError(f"device must be auto or a torch device (cpu, cuda, cuda:1, ...), got {device!r}")
+    if device not in (None, "auto") and torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available (--device auto uses the CPU)")
     extra = {k: v for k, v in (("device", device), ("data_dir", data_dir), ("val_batch_size", batch_size or None),
                                ("workers", workers)) if v is not None}
     if recipe is None:
@@ -117,6 +121,9 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
         epoch, notes = None, list(build.get("notes", []))
         data = build_data(cfg, resolve_img_size(cfg))
         name, margs = cfg.model, model_kwargs(cfg, len(data.classes), data.in_chans)
+        if build.get("model") not in (None, name):
+            raise ValueError(f"{path} holds a {build['model']}, not the recipe's {name}")
+        margs = {**margs, **build.get("model_args", {})}  # the options the weights were made with win
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
     model = load_into(create_model(name, **margs), path, weights, build, f"{name} with {margs}").to(dev)

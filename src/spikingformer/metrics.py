@@ -10,7 +10,9 @@ __all__ = ["MetricsLog", "plot_curves", "write_json"]
 
 
 def write_json(path: Path, obj, lines: bool = False) -> None:
-    """Write ``obj`` (a list of records when ``lines``) via a temp file and rename: never half a file."""
+    """Write ``obj`` (a list of records when ``lines``) via a temp file and rename: never half a file.
+    A missing folder is created: it must not lose the work done before writing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     text = "".join(json.dumps(r) + "\n" for r in obj) if lines else json.dumps(obj, indent=2) + "\n"
     tmp.write_text(text)

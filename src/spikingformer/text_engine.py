@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from . import checkpoint as ckpt
 from .config import ConfigError, add_run_args, device_ok, load_config
 from .distributed import DistInfo, all_reduce_sum, convert_sync_batchnorm
 from .fast import AMP_MODES, FAST_MODES, FastPath
-from .metrics import MetricsLog
+from .metrics import MetricsLog, write_json
 from .models.text import SpikingformerText, create_text_model, list_text_models
 from .engine import open_run, wrap_ddp
 
@@ -253,7 +252,7 @@ def finish(cfg: TextTrainConfig, info: DistInfo, summary: dict, json_path: str |
     summary = dict(summary, world_size=info.world, device=str(info.device))
     MetricsLog(expand(cfg.output), enabled=info.is_main).summary(summary)
     if json_path and info.is_main:
-        Path(json_path).write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(Path(json_path), summary)
     return summary
 
 
