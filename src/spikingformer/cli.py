@@ -96,9 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What `pip install "spikingformer[train]"` adds (import names); the models alone need only torch.
+_TRAIN_EXTRAS = ("torchvision", "timm", "yaml", "tqdm", "matplotlib", "sklearn", "safetensors")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ModuleNotFoundError as e:
+        if (e.name or "").partition(".")[0] not in _TRAIN_EXTRAS:
+            raise
+        print(f"error: `spikingformer {args.command}` needs {e.name!r}, one of the training extras: "
+              f"pip install \"spikingformer[train]\"", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
