@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default=None, help="shell glob over model names, e.g. 'spikingformer_*'")
     p.add_argument("--t", type=int, default=1, help="time steps for the probe pass (default 1: fast)")
     p.add_argument("--batch-size", type=int, default=2, help="batch size of the probe pass (default 2)")
-    p.add_argument("--seed", type=int, default=0, help="random seed for weights and input")
+    p.add_argument("--seed", type=int, default=0, help="random seed for weights and input (default 0)")
     p.add_argument("--json", metavar="FILE", help="also write the table as JSON")
     p.set_defaults(func=_cmd_models)
     for modname in _COMMAND_MODULES:

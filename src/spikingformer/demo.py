@@ -72,7 +72,7 @@ def register_cli(sub) -> None:
                     "print accuracy on a seeded class-balanced held-out validation split (360 of 1797 images), "
                     "the mean firing rate and whether the model is spike-driven. Nothing is downloaded.")
     p.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help=f"training epochs (default {DEMO_EPOCHS})")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights, data order and the held-out split")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights, data order and the held-out split (default 0)")
     p.add_argument("--output", metavar="DIR", help="keep the run (checkpoints, metrics.jsonl, metrics.png) here")
     p.add_argument("--json", metavar="FILE", help="write val_acc, firing_rate, seconds (and more) as JSON")
     p.set_defaults(func=_cmd_demo)

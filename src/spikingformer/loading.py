@@ -129,7 +129,7 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-size", type=int, metavar="H", help="square image size (default: the model's)")
     p.add_argument("--seq-len", type=int, default=64,
                    help="tokens per random sequence for text models without --data (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="random seed for weights and random input")
+    p.add_argument("--seed", type=int, default=0, help="random seed for weights and random input (default 0)")
 
 
 def resolve(checkpoint: str | None, model: str | None, recipe: str | None = None) -> tuple[dict | None, dict, str]:

@@ -258,6 +258,6 @@ def register_cli(sub) -> None:
     p.add_argument("--data", metavar="DIR", help="data_dir to evaluate on instead of the checkpoint's or recipe's")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=0, help="evaluation batch size (default: the config's)")
-    p.add_argument("--workers", type=int, default=None, help="data-loading worker processes")
+    p.add_argument("--workers", type=int, default=None, help="data-loading worker processes (default: the config's)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.set_defaults(func=_eval_entry)
