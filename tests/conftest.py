@@ -15,3 +15,29 @@ def one_thread():
     yield
     torch.set_num_threads(n)
 
+
+
+@pytest.fixture
+def ddp_of_one(tmp_path):
+    """``wrap(module) -> (DDP(module), allreduces)`` in a one-process gloo group: a real DDP whose gradient
+    all-reduces are counted (one per bucket), so tests can see when a backward synchronises."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+
+    def wrap(module):
+        allreduces = []
+
+        def count(state, bucket):
+            allreduces.append(bucket.index())
+            done = torch.futures.Future()
+            done.set_result(bucket.buffer())  # one process: the sum is the buffer itself
+            return done
+
+        ddp = DistributedDataParallel(module)
+        ddp.register_comm_hook(None, count)
+        return ddp, allreduces
+
+    yield wrap
+    dist.destroy_process_group()

@@ -60,14 +60,45 @@ def test_two_processes_match_one_with_the_same_global_batch(files):
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4) and b["step"] == a["step"]
     # per-process BN statistics move the weights ~100x beyond the tolerance above
     assert max((local["model"][k] - one["model"][k]).abs().max().item() for k in compared) > 1e-3
+    # one process running the global batch in two parts of 4 (accum_steps) trains as the two processes with
+    # their own BatchNorm do: BN normalises over each part, the gradients add up (running statistics aside:
+    # they see both parts here, one part per process there)
+    assert cli(mlm_args(d, "--set", f"model_args={FIRING_MODEL}", "--set", "accum_steps=2",
+                        "--set", f"output={d}/parts")) == 0
+    parts = load_checkpoint(d / "parts" / "last.pt")
+    weights = [k for k in compared if not re.search(r"running_|num_batches", k)]
+    for k in weights:
+        torch.testing.assert_close(parts["model"][k], local["model"][k], rtol=1e-4, atol=1e-5, msg=k)
+    for a, b in zip(parts["history"], local["history"], strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+
+
+def test_parts_of_a_step_all_reduce_once(files, monkeypatch, ddp_of_one):
+    """With accum_steps the backward of every part but the last skips DDP's all-reduce (a real DDP, counted)."""
+    from spikingformer import text_engine
+
+    counts = []
+    for parts in (1, 2):
+        wrapped = []
+        monkeypatch.setattr(text_engine, "wrap_ddp", lambda module, info: wrapped.append(ddp_of_one(module)) or
+                            wrapped[-1][0])
+        assert cli(mlm_args(files, "--set", f"accum_steps={parts}", "--set", "steps=2",
+                            "--set", f"output={files}/sync{parts}")) == 0
+        counts.append(len(wrapped[0][1]))
+    assert counts[0] == counts[1] > 0
 
 
 def test_global_batch_must_divide_by_the_processes(files, monkeypatch, capsys):
     three = DistInfo(rank=0, world=3, local_rank=0, device=torch.device("cpu"))
     monkeypatch.setattr(mlm, "session", lambda device: contextlib.nullcontext(three))
     assert cli(mlm_args(files)) == 2
-    assert "error: batch_size 8 (the global batch) does not divide by the 3 processes" in capsys.readouterr().err
+    assert "error: batch_size 8 (the global batch) does not divide into 3 process(es) x accum_steps 1 parts" \
+        in capsys.readouterr().err
     assert not (files / "mlm" / "last.pt").exists()
+    monkeypatch.setattr(mlm, "session", lambda device: contextlib.nullcontext(
+        DistInfo(rank=0, world=1, local_rank=0, device=torch.device("cpu"))))
+    assert cli(mlm_args(files, "--set", "accum_steps=3")) == 2
+    assert "does not divide into 1 process(es) x accum_steps 3 parts" in capsys.readouterr().err
 
 
 def test_bf16_autocast_on_the_cpu(files):

@@ -240,23 +240,6 @@ class FixedLoader:
         return len(self.batches)
 
 
-class CountingNoSync(torch.nn.Module):
-    """A model with DDP's ``no_sync``: counts the batches whose gradient all-reduce is skipped."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner, self.skipped = inner, 0
-
-    def forward(self, x):
-        return self.inner(x)
-
-    def no_sync(self):
-        import contextlib
-
-        self.skipped += 1
-        return contextlib.nullcontext()
-
-
 def one_epoch(batches, accum_steps, model):
     """``train_one_epoch`` with SGD + momentum on ``batches``; returns its loss, the schedule's update counts and
     the progress."""
@@ -280,23 +263,24 @@ def one_epoch(batches, accum_steps, model):
     return loss, updates, state
 
 
-def test_accumulated_batches_update_like_one_batch_of_their_union():
+def test_accumulated_batches_update_like_one_batch_of_their_union(ddp_of_one):
     """accum_steps=2 over five batches of 4 makes the updates of batches of 8, 8 and 4 (the epoch's last group
-    is short): same weights, same mean loss, the schedule counts three updates, DDP syncs once per update."""
+    is short): same weights, same mean loss, the schedule counts three updates, DDP all-reduces once per update
+    (a real DDP, whose all-reduces are counted)."""
     torch.manual_seed(0)
     xs, ys = torch.randn(5, 4, 6), torch.randint(0, 3, (5, 4))
     small = [(xs[i], ys[i]) for i in range(5)]
     large = [(xs[0:2].flatten(0, 1), ys[0:2].flatten()), (xs[2:4].flatten(0, 1), ys[2:4].flatten()), (xs[4], ys[4])]
     ref_model = torch.nn.Linear(6, 3)
-    model = CountingNoSync(torch.nn.Linear(6, 3))
-    model.inner.load_state_dict(ref_model.state_dict())
+    model, allreduces = ddp_of_one(torch.nn.Linear(6, 3))
+    model.module.load_state_dict(ref_model.state_dict())
 
     ref_loss, ref_updates, ref_state = one_epoch(large, 1, ref_model)
     loss, updates, state = one_epoch(small, 2, model)
     assert updates == ref_updates == [1, 2, 3]
-    assert model.skipped == 2  # batches 0 and 2; 1, 3 and 4 end their groups
+    assert len(allreduces) == 3  # after batches 1, 3 and 4, which end their groups
     assert (state.step, state.global_step) == (5, 5) and (ref_state.step, ref_state.global_step) == (3, 3)
-    for a, b in zip(model.inner.parameters(), ref_model.parameters()):
+    for a, b in zip(model.module.parameters(), ref_model.parameters()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
     assert abs(loss - ref_loss) < 1e-6
     assert all(p.grad is None for p in model.parameters())  # nothing left over for the next epoch

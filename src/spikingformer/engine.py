@@ -119,9 +119,10 @@ def train_one_epoch(cfg, state, model, loader, opt, sched, scaler, info: DistInf
         first = state.step // accum * accum   # this batch's group of accum_steps: [first, last]
         last = min(first + accum, steps) - 1
         path.step_begin()  # CUDA graphs: the previous step's outputs may now be overwritten
-        with path.autocast(info.device):
-            loss, correct = step_loss(model, x, y)
+        # DDP decides in the forward whether the backward all-reduces: both go inside no_sync
         with no_sync() if no_sync is not None and state.step < last else contextlib.nullcontext():
+            with path.autocast(info.device):
+                loss, correct = step_loss(model, x, y)
             scaler.scale(loss / (last - first + 1)).backward()  # / 1 without accumulation: exact
         state.step += 1
         state.global_step += 1

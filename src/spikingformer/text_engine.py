@@ -16,12 +16,15 @@ whole batch (``batch_size`` is the global batch) and trains on its contiguous sh
 averages the gradients, and each loss is a sum scaled by ``world / (terms in the global
 batch)``, so the update is that of one process with the whole batch.  BatchNorm keeps
 per-process statistics unless ``sync_bn`` (``distributed.convert_sync_batchnorm``), which
-normalizes over the global batch: only then do N processes compute what one does.  Evaluation
-is sharded over the processes and its sums all-reduced; only rank 0 writes files.
+normalizes over the global batch: only then do N processes compute what one does.  With
+``accum_steps`` each process runs its share in that many parts, adding up their gradients (DDP
+all-reduces after the last): the same update in less memory, BatchNorm normalising over each part.
+Evaluation is sharded over the processes and its sums all-reduced; only rank 0 writes files.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import math
@@ -56,6 +59,7 @@ class TextTrainConfig:
     model_args: dict = field(default_factory=dict)  # TextConfig overrides (depth, dim, T, ...)
     vocab: str = "~/.cache/spikingformer/text/bert-base-uncased-vocab.txt"
     batch_size: int = 32              # the global batch: split over the processes under torchrun
+    accum_steps: int = 1              # parts each process's share runs in, their gradients added (less memory)
     lr: float = 5e-4
     weight_decay: float = 0.01        # on matrices and embeddings only (nanoGPT's rule)
     warmup_steps: int = 100
@@ -77,8 +81,8 @@ class TextTrainConfig:
             (self.model in list_text_models(), f"model must be one of {', '.join(list_text_models())}, "
                                                f"got {self.model!r}"),
             (self.sched in SCHEDS, f"sched must be one of {', '.join(SCHEDS)}, got {self.sched!r}"),
-            (self.steps >= 1 and self.eval_every >= 1 and self.batch_size >= 1,
-             "steps, eval_every and batch_size must be >= 1"),
+            (min(self.steps, self.eval_every, self.batch_size, self.accum_steps) >= 1,
+             "steps, eval_every, batch_size and accum_steps must be >= 1"),
             (min(self.warmup_steps, self.limit_val) >= 0, "warmup_steps and limit_val must be >= 0"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}"),
@@ -176,8 +180,9 @@ def fit(cfg: TextTrainConfig, info: DistInfo, task: TextTask, resume: bool) -> l
     from tqdm import tqdm
 
     world = info.world
-    if cfg.batch_size % world:
-        raise ConfigError(f"batch_size {cfg.batch_size} (the global batch) does not divide by the {world} processes")
+    if cfg.batch_size % (world * cfg.accum_steps):
+        raise ConfigError(f"batch_size {cfg.batch_size} (the global batch) does not divide into {world} process(es) "
+                          f"x accum_steps {cfg.accum_steps} parts")
     out, model = expand(cfg.output), task.model
     last = out / "last.pt"
     log = MetricsLog(out, enabled=info.is_main, title=f"{type(cfg).__name__[:-6]} {cfg.model}")
@@ -201,7 +206,8 @@ def fit(cfg: TextTrainConfig, info: DistInfo, task: TextTask, resume: bool) -> l
         log.restore(history)
     train_model = wrap_ddp(objective, info)
     share = cfg.batch_size // world
-    lo = info.rank * share
+    part = share // cfg.accum_steps
+    no_sync = getattr(train_model, "no_sync", None)  # DDP: all-reduce after the last part only
     sums = torch.zeros(2, dtype=torch.float64, device=info.device)  # since the last evaluation: loss, steps
     bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, disable=not (cfg.progress and info.is_main),
                desc=out.name, dynamic_ncols=True)
@@ -209,12 +215,19 @@ def fit(cfg: TextTrainConfig, info: DistInfo, task: TextTask, resume: bool) -> l
         model.train()
         batch = task.batch_at(step)
         scale = world / max(1, task.units(batch))  # DDP averages over processes: their sum / units
-        mine = to_device({k: v[lo:lo + share] for k, v in batch.items()}, info.device)
-        path.step_begin()
-        with path.autocast(info.device):
-            loss = train_model(mine) * scale
         opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        loss = torch.zeros((), device=info.device)
+        for i in range(cfg.accum_steps):
+            lo = info.rank * share + i * part
+            mine = to_device({k: v[lo:lo + part] for k, v in batch.items()}, info.device)
+            path.step_begin()
+            last_part = i == cfg.accum_steps - 1
+            # DDP decides in the forward whether the backward all-reduces: both go inside no_sync
+            with no_sync() if no_sync is not None and not last_part else contextlib.nullcontext():
+                with path.autocast(info.device):
+                    part_loss = train_model(mine) * scale
+                scaler.scale(part_loss).backward()
+            loss = loss + part_loss.detach()
         if cfg.clip_grad > 0:
             scaler.unscale_(opt)
             nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
