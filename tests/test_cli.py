@@ -26,11 +26,6 @@ def test_models_command_rejects_zero_time_steps_or_batch(capsys):
     assert "got --t 1 --batch-size 0" in capsys.readouterr().err
 
 
-def test_output_path_makes_the_missing_folders(tmp_path):
-    path = cli.output_path(str(tmp_path / "a" / "b" / "r.json"))
-    assert path == tmp_path / "a" / "b" / "r.json" and path.parent.is_dir() and not path.exists()
-
-
 def test_a_missing_training_extra_names_the_install(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "yaml", None)  # as if installed without [train]
     (tmp_path / "c.yaml").write_text("epochs: 1\n")

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
-from pathlib import Path
 
 _COMMAND_MODULES: tuple[str, ...] = ("spikingformer.energy", "spikingformer.verify", "spikingformer.train",
                                      "spikingformer.pretrain", "spikingformer.mlm", "spikingformer.glue",
@@ -27,18 +25,11 @@ SPEC_PARAMS_M = {  # SPEC §6: parameter counts (millions) the named models must
 }
 
 
-def output_path(path: str) -> Path:
-    """``path`` of a file a command writes (``--json``, ``--csv``, ``--plot``), its folder created first,
-    as ``export`` and the training runs do: a missing folder must not lose the work done before writing."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def _cmd_models(args: argparse.Namespace) -> int:
     import torch
 
     from . import create_model, list_models
+    from .metrics import write_json
     from .probe import SynapticProbe
 
     if args.t < 1 or args.batch_size < 1:
@@ -67,8 +58,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print(f"{name:28s} {n_params / 1e6:9.2f}M {paper:>8s} {f'{c}x{h}x{w}':>12s}  "
               f"{'yes' if probe.spike_driven else 'NO':12s}  {f'({len(bad)} layers)' if bad else ''}", flush=True)
     if args.json:
-        with open(output_path(args.json), "w") as f:
-            json.dump(rows, f, indent=2)
+        write_json(args.json, rows)
         print(f"wrote {args.json}")
     return 0
 

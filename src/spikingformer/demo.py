@@ -9,7 +9,6 @@ spikes fed to synaptic layers, and whether the model is spike-driven.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -37,7 +36,7 @@ def demo_config(epochs: int = DEMO_EPOCHS, output: str = "runs/demo", seed: int 
 def _cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
-    from .cli import output_path
+    from .metrics import write_json
     from .train import run
 
     if args.epochs < 1:
@@ -60,7 +59,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.json:
         keys = ("val_acc", "firing_rate", "seconds", "spike_driven", "val_split", "params", "best_val_acc")
         record = dict(s, val_acc=s["final_val_acc"], epochs=args.epochs)
-        output_path(args.json).write_text(json.dumps({k: record[k] for k in (*keys, "epochs")}, indent=2) + "\n")
+        write_json(args.json, {k: record[k] for k in (*keys, "epochs")})
         print(f"wrote {args.json}")
     return 0
 

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Iterable
@@ -55,10 +54,10 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import CheckpointError
-from .cli import output_path
 from .data import DataError
 # calibrate_bn and load_checkpoint live in loading (shared with verify) and stay importable from here
 from .loading import add_input_args, calibrate_bn, load_checkpoint, prepare, run_model
+from .metrics import output_path, write_json
 from .probe import LayerProbe, Stage, SynapticProbe
 
 __all__ = ["E_MAC_PJ", "E_AC_PJ", "LayerEnergy", "EnergyReport", "estimate_energy", "energy_from_probe",
@@ -86,11 +85,15 @@ class LayerEnergy:
     uJ: float               # energy per image, microjoules
 
 
+def _check_integer_inputs(integer_inputs: str) -> None:
+    if integer_inputs not in INTEGER_INPUTS:
+        raise ValueError(f"integer_inputs must be one of {', '.join(INTEGER_INPUTS)}, got {integer_inputs!r}")
+
+
 def stage_energy(rec: LayerProbe, stage: Stage, images: int, T: int, e_mac: float = E_MAC_PJ,
                  e_ac: float = E_AC_PJ, integer_inputs: str = "mac") -> LayerEnergy:
     """Eq. 19 for one product of one layer, per image (see the module docstring for the rule)."""
-    if integer_inputs not in INTEGER_INPUTS:
-        raise ValueError(f"integer_inputs must be one of {', '.join(INTEGER_INPUTS)}, got {integer_inputs!r}")
+    _check_integer_inputs(integer_inputs)
     flops = stage.macs / (images * T)  # a layer run once per image (e.g. AvgPool-FC) shows its count / T
     operands = [rec.inputs[i] for i in stage.operands]
     events = [s for s in operands if s.binary or (integer_inputs == "ac" and s.integer and s.min >= 0)]
@@ -171,8 +174,7 @@ class EnergyReport:
         return "\n".join(lines)
 
     def write_json(self, path: str) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
+        write_json(path, self.to_dict())
 
     def write_png(self, path: str) -> None:
         """Two panels in network order: each layer's input firing rate (the ``fr`` of Eq. 19; a product
@@ -210,7 +212,7 @@ class EnergyReport:
         save_figure(fig, path)
 
     def write_csv(self, path: str) -> None:
-        with open(path, "w", newline="") as f:
+        with open(output_path(path), "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=COLUMNS)
             w.writeheader()
             w.writerows(asdict(r) for r in self.layers)
@@ -265,8 +267,7 @@ def estimate_energy(model: nn.Module, inputs: Tensor | dict | Iterable, *, T: in
     or to ``model.T`` for static images.  ``integer_inputs``: ``"mac"`` or ``"ac"``, how integer-valued
     inputs count (module docstring).
     """
-    if integer_inputs not in INTEGER_INPUTS:  # before the forward passes, not after
-        raise ValueError(f"integer_inputs must be one of {', '.join(INTEGER_INPUTS)}, got {integer_inputs!r}")
+    _check_integer_inputs(integer_inputs)  # before the forward passes, not after
     batches = [inputs] if isinstance(inputs, (Tensor, dict)) else inputs
     images, steps = 0, set()
     with SynapticProbe(model) as probe:
@@ -299,7 +300,7 @@ def _cmd_energy(args: argparse.Namespace) -> int:
     print(report.table())
     for path, write in ((args.json, report.write_json), (args.csv, report.write_csv), (args.plot, report.write_png)):
         if path:
-            write(output_path(path))
+            write(path)
             print(f"wrote {path}")
     return 0
 

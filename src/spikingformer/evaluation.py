@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 
 import torch
@@ -135,7 +134,7 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .cli import output_path
+    from .metrics import write_json
     from .data import DataError
 
     try:
@@ -151,5 +150,5 @@ def _cmd_eval(args: argparse.Namespace) -> int:
           f"top-5 {100 * r['val_acc5']:.2f} %, loss {r['val_loss']:.4f}; firing rate {r['firing_rate']:.3f}; "
           f"spike-driven: {'yes' if r['spike_driven'] else 'NO'}")
     if args.json:
-        output_path(args.json).write_text(json.dumps(r, indent=2) + "\n")
+        write_json(args.json, r)
     return 0

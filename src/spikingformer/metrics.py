@@ -1,18 +1,26 @@
 """Run records: ``metrics.jsonl`` (one JSON object per epoch), ``metrics.png`` (loss and accuracy
-curves) and ``summary.json``, all in the run's output folder and all rewritten atomically."""
+curves) and ``summary.json``, all in the run's output folder and all rewritten atomically; and the
+writers every command's ``--json``, ``--csv`` and ``--plot`` files go through."""
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
 
-__all__ = ["MetricsLog", "plot_curves", "write_json"]
+__all__ = ["MetricsLog", "plot_curves", "write_json", "output_path", "save_figure"]
 
 
-def write_json(path: Path, obj, lines: bool = False) -> None:
-    """Write ``obj`` (a list of records when ``lines``) via a temp file and rename: never half a file.
-    A missing folder is created: it must not lose the work done before writing."""
+def output_path(path: Path | str) -> Path:
+    """``path`` of a file to write, its folder created first: a missing folder must not lose the work
+    done before writing (a training run, an energy estimate)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_json(path: Path | str, obj, lines: bool = False) -> None:
+    """Write ``obj`` (a list of records when ``lines``) via a temp file and rename: never half a file."""
+    path = output_path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     text = "".join(json.dumps(r) + "\n" for r in obj) if lines else json.dumps(obj, indent=2) + "\n"
     tmp.write_text(text)
@@ -31,7 +39,7 @@ def pyplot():
 
 def save_figure(fig, path: Path | str, dpi: int = 100) -> None:
     """Write ``fig`` as a PNG atomically (a reader never sees half a file) and close it."""
-    path = Path(path)
+    path = output_path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.tight_layout()
     fig.savefig(tmp, dpi=dpi)

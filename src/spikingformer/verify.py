@@ -10,7 +10,6 @@ range once there are more than 64), whether they are all 0/1, and the verdict.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from dataclasses import asdict, dataclass, field
@@ -20,10 +19,10 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import CheckpointError
-from .cli import output_path
 from .data import DataError
 from .layers import SpikeQKV
 from .loading import add_input_args, prepare, run_model
+from .metrics import write_json
 from .probe import LayerProbe, SynapticProbe
 
 __all__ = ["InputReport", "LayerVerdict", "Certificate", "certify", "verify_model", "plot_fig3", "register_cli"]
@@ -266,8 +265,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         cert.notes += prep.notes
         print(cert.table())
         if args.json:
-            with open(output_path(args.json), "w") as f:
-                json.dump(cert.to_dict(), f, indent=2)
+            write_json(args.json, cert.to_dict())
             print(f"wrote {args.json}")
         if args.plot:
             print(f"wrote {_plot(args, cert, other)}")

@@ -1,0 +1,20 @@
+"""The writers every output file goes through: atomic, and into folders that do not exist yet."""
+import json
+
+from spikingformer.metrics import output_path, pyplot, save_figure, write_json
+
+
+def test_output_path_makes_the_missing_folders(tmp_path):
+    path = output_path(str(tmp_path / "a" / "b" / "r.json"))
+    assert path == tmp_path / "a" / "b" / "r.json" and path.parent.is_dir() and not path.exists()
+
+
+def test_writers_create_folders_and_leave_no_temporary_file(tmp_path):
+    write_json(str(tmp_path / "j" / "r.json"), {"a": 1})
+    write_json(tmp_path / "l" / "m.jsonl", [{"e": 1}, {"e": 2}], lines=True)
+    fig = pyplot().figure()
+    save_figure(fig, tmp_path / "p" / "f.png")
+    assert json.loads((tmp_path / "j" / "r.json").read_text()) == {"a": 1}
+    assert [json.loads(x) for x in (tmp_path / "l" / "m.jsonl").read_text().splitlines()] == [{"e": 1}, {"e": 2}]
+    assert (tmp_path / "p" / "f.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["f.png", "m.jsonl", "r.json"]
