@@ -5,6 +5,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from spikingformer.data import glue as G
 
@@ -139,6 +140,22 @@ def test_metrics_on_hand_computed_examples():
     # ties share the average rank: x ranks [1, 2.5, 2.5, 4]
     assert G.spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(4.5 / (4.5 * 5) ** 0.5)
     assert G.spearman([1, 5, 9], [10, 20, 1000]) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_metrics_match_scikit_learn_and_scipy(seed):
+    """Random labels with ties and imbalance: the same numbers as the libraries GLUE's own scripts use."""
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    stats = pytest.importorskip("scipy.stats")
+    g = torch.Generator().manual_seed(seed)
+    gold = (torch.rand(200, generator=g) < 0.3).long().tolist()
+    pred = (torch.rand(200, generator=g) < 0.5).long().tolist()
+    assert G.f1_binary(pred, gold) == pytest.approx(sklearn_metrics.f1_score(gold, pred))
+    assert G.matthews_corrcoef(pred, gold) == pytest.approx(sklearn_metrics.matthews_corrcoef(gold, pred))
+    x = torch.randint(0, 6, (200,), generator=g).float().tolist()  # scores with many ties, as STS-B's
+    y = (torch.tensor(x) + torch.randn(200, generator=g)).tolist()
+    assert G.pearson(x, y) == pytest.approx(stats.pearsonr(x, y)[0], rel=1e-6)
+    assert G.spearman(x, y) == pytest.approx(stats.spearmanr(x, y)[0], rel=1e-6)
 
 
 def test_task_metrics_per_task():
