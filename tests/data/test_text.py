@@ -46,6 +46,7 @@ def bert(tmp_path_factory):
     ("中国", ["中", "国"]),                                    # CJK characters are words of their own
     ("a\u00a0b\tc\x00", ["a", "b", "[UNK]"]),                 # Zs whitespace, control characters dropped
     ("the [MASK] cat [SEP]", ["the", "[MASK]", "cat", "[SEP]"]),  # special tokens stay whole
+    ("a,[UNK]b[MASK].", ["a", ",", "[UNK]", "b", "[MASK]", "."]),  # ... even inside a word (WikiText "15,<unk>")
     ("unaffableness", ["[UNK]"]),                             # no WordPiece cover: the whole word is [UNK]
 ])
 def test_toy_tokenizations(toy, text, pieces):

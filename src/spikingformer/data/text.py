@@ -8,6 +8,7 @@ run sees the same masks.  GLUE readers, batching and metrics: ``data.glue``.
 """
 from __future__ import annotations
 
+import re
 import unicodedata
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from torch import Tensor
 __all__ = ["WordPieceTokenizer", "read_corpus", "wikitext_detokenize", "MLMBlocks", "mask_tokens"]
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+_SPECIAL_SPLIT = re.compile("(" + "|".join(map(re.escape, SPECIAL_TOKENS)) + ")")  # keeps the matches
 IGNORE_INDEX = -100  # label of positions the MLM loss skips (torch's cross_entropy default)
 
 
@@ -47,8 +49,10 @@ class WordPieceTokenizer:
     """BERT tokenizer: basic split (clean, CJK, whitespace, lower-case + strip accents,
     punctuation), then greedy longest-match-first WordPiece with ``##`` continuations.
 
-    Special tokens (``[CLS]``, ``[MASK]``, ...) written in the text are kept whole.  A word
-    longer than ``max_chars_per_word`` or with no WordPiece cover becomes ``[UNK]``.
+    Special tokens (``[CLS]``, ``[MASK]``, ...) written in the text, exactly so cased, are kept
+    whole wherever they stand, even inside a word (``"15,[UNK]"``), and the text between them is
+    tokenized on its own, as Hugging Face's tokenizer does.  A word longer than
+    ``max_chars_per_word`` or with no WordPiece cover becomes ``[UNK]``.
     """
 
     def __init__(self, vocab_file: str | Path, lowercase: bool = True, max_chars_per_word: int = 100):
@@ -72,14 +76,16 @@ class WordPieceTokenizer:
         return len(self.inv_vocab)
 
     def basic_tokenize(self, text: str) -> list[str]:
+        """Words and punctuation marks of ``text``, special tokens among them untouched."""
+        parts = _SPECIAL_SPLIT.split(text)  # text, special, text, ..., text
+        return [w for i, part in enumerate(parts) for w in ([part] if i % 2 else self._split_words(part))]
+
+    def _split_words(self, text: str) -> list[str]:
         text = "".join(" " if _is_whitespace(c) else c for c in text
                        if not (ord(c) in (0, 0xFFFD) or _is_control(c)))
         text = "".join(f" {c} " if _is_cjk(ord(c)) else c for c in text)
         words = []
         for word in text.split():
-            if word in SPECIAL_TOKENS:
-                words.append(word)
-                continue
             if self.lowercase:
                 word = "".join(c for c in unicodedata.normalize("NFD", word.lower())
                                if unicodedata.category(c) != "Mn")
