@@ -45,6 +45,7 @@ def bert(tmp_path_factory):
     ("a,b.", ["a", ",", "b", "."]),                           # punctuation splits inside a word
     ("中国", ["中", "国"]),                                    # CJK characters are words of their own
     ("a\u00a0b\tc\x00", ["a", "b", "[UNK]"]),                 # Zs whitespace, control characters dropped
+    ("ca\u200bfe th\ue000e cat\u0378", ["cafe", "the", "[UNK]"]),  # format, private use dropped; unassigned kept
     ("the [MASK] cat [SEP]", ["the", "[MASK]", "cat", "[SEP]"]),  # special tokens stay whole
     ("a,[UNK]b[MASK].", ["a", ",", "[UNK]", "b", "[MASK]", "."]),  # ... even inside a word (WikiText "15,<unk>")
     ("unaffableness", ["[UNK]"]),                             # no WordPiece cover: the whole word is [UNK]

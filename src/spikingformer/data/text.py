@@ -29,7 +29,8 @@ def _is_whitespace(ch: str) -> bool:
 
 
 def _is_control(ch: str) -> bool:
-    return ch not in "\t\n\r" and unicodedata.category(ch) in ("Cc", "Cf")
+    # Control, format and private-use characters are dropped; unassigned code points (Cn) are kept, as HF does.
+    return ch not in "\t\n\r" and unicodedata.category(ch) in ("Cc", "Cf", "Co")
 
 
 def _is_punctuation(ch: str) -> bool:
