@@ -68,6 +68,7 @@ def test_known_bert_base_uncased_tokenizations(bert):
     assert bert.tokenize("I have a new GPU!") == ["i", "have", "a", "new", "gp", "##u", "!"]
     assert bert.tokenize("Don't you love 🤗 Transformers? We sure do.") == \
         ["don", "'", "t", "you", "love", "[UNK]", "transformers", "?", "we", "sure", "do", "."]
+    assert bert.tokenize("ΟΔΟΣ") == ["ο", "##δ", "##ο", "##σ"]  # lower-cased per character: no final "ς"
     assert len(bert) == 30522 and (bert.pad_id, bert.unk_id, bert.cls_id, bert.sep_id, bert.mask_id) == \
         (0, 100, 101, 102, 103)
 

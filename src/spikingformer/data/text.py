@@ -87,8 +87,8 @@ class WordPieceTokenizer:
         text = "".join(f" {c} " if _is_cjk(ord(c)) else c for c in text)
         words = []
         for word in text.split():
-            if self.lowercase:
-                word = "".join(c for c in unicodedata.normalize("NFD", word.lower())
+            if self.lowercase:  # character by character, as HF: a word-final "Σ" becomes "σ", not "ς"
+                word = "".join(c for c in unicodedata.normalize("NFD", "".join(c.lower() for c in word))
                                if unicodedata.category(c) != "Mn")
             piece = ""
             for c in word:
