@@ -76,6 +76,11 @@ def test_known_bert_base_uncased_tokenizations(bert):
 def test_encode_pair_truncates_longest_first(toy):
     ids, segs = toy.encode_pair([10, 11, 12, 13, 14], [20, 21], max_len=7)
     assert ids == [2, 10, 11, 3, 20, 21, 3] and segs == [0, 0, 0, 0, 1, 1, 1]
+    # both cut: the shorter text gets half the room rounded down, the longer (b on a tie) the odd token, as HF
+    assert toy.encode_pair(list(range(10, 16)), list(range(20, 25)), max_len=10)[0] == \
+        [2, 10, 11, 12, 13, 3, 20, 21, 22, 3]
+    assert toy.encode_pair(list(range(10, 15)), list(range(20, 25)), max_len=10)[0] == \
+        [2, 10, 11, 12, 3, 20, 21, 22, 23, 3]
     ids, segs = toy.encode_pair([10, 11, 12], None, max_len=4)
     assert ids == [2, 10, 11, 3] and segs == [0] * 4
     with pytest.raises(ValueError, match="no room"):

@@ -129,13 +129,21 @@ class WordPieceTokenizer:
         return [self.inv_vocab[int(i)] for i in ids]
 
     def encode_pair(self, a: list[int], b: list[int] | None, max_len: int) -> tuple[list[int], list[int]]:
-        """``[CLS] a [SEP] (b [SEP])`` and its segment ids, cut longest-first to ``max_len`` (as BERT)."""
-        a, b = list(a), list(b) if b is not None else None
+        """``[CLS] a [SEP] (b [SEP])`` and its segment ids, cut longest-first to ``max_len``.
+
+        As HF's ``longest_first``: when a pair is too long, the shorter text (``a`` on a tie) keeps
+        its length up to half the room, rounded down, and the other text gets the rest, so an odd
+        token of room goes to the longer text.
+        """
         budget = max_len - (3 if b is not None else 2)
         if budget < 1:
             raise ValueError(f"max_len {max_len} leaves no room for text beside the special tokens")
-        while len(a) + len(b or ()) > budget:
-            (a if b is None or len(a) >= len(b) else b).pop()
+        if b is None:
+            a = a[:budget]
+        elif len(a) + len(b) > budget:
+            short = min(len(a), len(b), budget // 2)
+            n_a = short if len(a) <= len(b) else budget - short
+            a, b = a[:n_a], b[:budget - n_a]
         ids = [self.cls_id, *a, self.sep_id]
         segs = [0] * len(ids)
         if b is not None:
