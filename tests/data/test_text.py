@@ -1,6 +1,7 @@
 """Text data: WordPiece tokenizer and masked-LM blocks."""
 from __future__ import annotations
 
+import json
 import tarfile
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 from spikingformer.data import text as T
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+GOLDEN = Path(__file__).with_name("wordpiece_golden.json")  # written by make_wordpiece_golden.py with HF tokenizers
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
@@ -28,7 +30,8 @@ def toy(tmp_path):
 def bert(tmp_path_factory):
     tarball = DATA / "text-corpus.tar.gz"
     if not tarball.is_file():
-        pytest.skip("../shared/data/text-corpus.tar.gz not available")
+        pytest.skip("needs the real 30,522-entry bert-base-uncased vocabulary: "
+                    "../shared/data/text-corpus.tar.gz (beside the repository) is not available")
     out = tmp_path_factory.mktemp("corpus")
     with tarfile.open(tarball) as tf:
         member = next(m for m in tf.getmembers() if Path(m.name).name == "bert-base-uncased-vocab.txt")
@@ -44,6 +47,7 @@ def bert(tmp_path_factory):
     ("Café", ["cafe"]),                                       # lower-case + accent stripping (NFD, drop Mn)
     ("a,b.", ["a", ",", "b", "."]),                           # punctuation splits inside a word
     ("中国", ["中", "国"]),                                    # CJK characters are words of their own
+    ("a\U0002B820b", ["a", "[UNK]", "b"]),  # CJK Ext. E starts at U+2B820 (BERT, Unicode); HF's typo: U+2B920
     ("a\u00a0b\tc\x00", ["a", "b", "[UNK]"]),                 # Zs whitespace, control characters dropped
     ("ca\u200bfe th\ue000e cat\u0378", ["cafe", "the", "[UNK]"]),  # format, private use dropped; unassigned kept
     ("the [MASK] cat [SEP]", ["the", "[MASK]", "cat", "[SEP]"]),  # special tokens stay whole
@@ -71,6 +75,26 @@ def test_known_bert_base_uncased_tokenizations(bert):
     assert bert.tokenize("ΟΔΟΣ") == ["ο", "##δ", "##ο", "##σ"]  # lower-cased per character: no final "ς"
     assert len(bert) == 30522 and (bert.pad_id, bert.unk_id, bert.cls_id, bert.sep_id, bert.mask_id) == \
         (0, 100, 101, 102, 103)
+
+
+def test_reproduces_hf_reference_texts(bert):
+    # Hard cases and corpus sentences: our ids equal HF tokenizers' for bert-base-uncased, from the vocabulary alone.
+    cases = json.loads(GOLDEN.read_text(encoding="utf-8"))["texts"]
+    wrong = [(c["text"], bert.tokenize(c["text"]), bert.decode(c["ids"]))
+             for c in cases if bert.encode(c["text"]) != c["ids"]]
+    assert len(cases) > 60 and not wrong, f"{len(wrong)} of {len(cases)} texts differ (text, ours, HF): {wrong}"
+
+
+def test_reproduces_hf_reference_encodings(bert):
+    # [CLS] a [SEP] (b [SEP]) with token_type_ids, cut longest-first to max_len, as HF encodes GLUE pairs.
+    cases = json.loads(GOLDEN.read_text(encoding="utf-8"))["encodings"]
+    wrong = []
+    for c in cases:
+        b = bert.encode(c["b"]) if c["b"] is not None else None
+        ids, segs = bert.encode_pair(bert.encode(c["a"]), b, c["max_len"])
+        if (ids, segs) != (c["ids"], c["token_type_ids"]):
+            wrong.append((c["a"], c["b"], c["max_len"], bert.decode(ids), bert.decode(c["ids"])))
+    assert len(cases) > 40 and not wrong, f"{len(wrong)} of {len(cases)} encodings differ: {wrong}"
 
 
 def test_encode_pair_truncates_longest_first(toy):
