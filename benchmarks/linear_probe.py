@@ -20,7 +20,6 @@ its ``limit_train`` / ``limit_val`` size the probe's training and held-out sets.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -34,6 +33,7 @@ from spikingformer.data import DataError, build_data
 from spikingformer.data.sampler import SeededTransform
 from spikingformer.engine import resolve_img_size
 from spikingformer.loading import calibrate_bn
+from spikingformer.metrics import write_json
 from spikingformer.pretrain import load_pretrained_encoder
 from spikingformer.train import model_kwargs
 
@@ -106,8 +106,7 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"  {r['encoder']}: kNN-{args.k} {100 * r['knn_acc']:.1f} %, linear {100 * r['linear_acc']:.1f} %")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+        write_json(args.json, rows)
     return 0
 
 

@@ -78,6 +78,15 @@ def test_init_from_a_train_checkpoint_loads_every_tensor_at_another_T(tmp_path):
     for k, v in source.state_dict().items():
         assert torch.equal(target.state_dict()[k], v), k
 
+    _save_run(tmp_path / "named.pt", source, name, **TINY, num_classes=3)  # a run records its class names
+    state = ckpt.load_checkpoint(tmp_path / "named.pt")
+    state["meta"]["classes"] = ["cat", "dog", "frog"]
+    ckpt.save_checkpoint(state, tmp_path / "named.pt")
+    named = dataclasses.replace(cfg, init_from=str(tmp_path / "named.pt"))
+    assert "every tensor" in init_from(create_model(name, **TINY, num_classes=3), named, ["cat", "dog", "frog"])
+    # three other classes: as many outputs, but the head would answer the wrong question
+    assert "freshly initialised" in init_from(create_model(name, **TINY, num_classes=3), named, ["a", "b", "c"])
+
     other = create_model(name, **TINY, num_classes=5)  # another label set: the head starts fresh
     fresh_head = {k: v.clone() for k, v in other.state_dict().items() if k.startswith("head.")}
     report = init_from(other, cfg)

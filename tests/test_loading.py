@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+import spikingformer
 from spikingformer import cli, create_model
 from spikingformer.checkpoint import save_checkpoint, state_mismatch
 from spikingformer.loading import load_checkpoint
@@ -44,7 +45,8 @@ def exported(tmp_path):
     return out
 
 
-def test_eval_builds_the_options_a_file_records_and_load_names_those_that_differ(exported, tmp_path, capsys):
+def test_eval_builds_the_options_a_file_records_and_load_names_those_that_differ(exported, tmp_path, capsys,
+                                                                                 monkeypatch):
     data = write_class_tree(tmp_path / "data" / "train", per_class=4).parent
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: spikingformer_4_256\nmodel_args: {depth: 1, num_heads: 4, T: 1}\n"
@@ -52,6 +54,11 @@ def test_eval_builds_the_options_a_file_records_and_load_names_those_that_differ
     args = ["eval", "--checkpoint", str(exported), "--config", str(recipe), "--data", str(data)]
     assert cli.main(args) == 0  # the options the file records win over the recipe's
     assert "(spikingformer_4_256)" in capsys.readouterr().out
+    built = []
+    real = spikingformer.create_model
+    monkeypatch.setattr(spikingformer, "create_model", lambda name, **kw: built.append(kw) or real(name, **kw))
+    assert cli.main([*args, "--set", "model_args.T=2"]) == 0  # the command line wins over the file
+    assert built[-1]["T"] == 2 and built[-1]["dim"] == 32
     assert cli.main([*args, "--set", "model=spikformer_4_384"]) == 2
     assert f"{exported} holds a spikingformer_4_256, not the recipe's spikformer_4_384" in capsys.readouterr().err
     # the library call reads what the file records by itself, and names the options that differ

@@ -87,7 +87,7 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     from torch.utils.data import DataLoader
 
     from . import create_model
-    from .config import TrainConfig, device_ok, from_dict, load_config
+    from .config import TrainConfig, device_ok, from_dict, load_config, parse_overrides
     from .data import DataError, build_data
     from .engine import resolve_img_size
     from .loading import load_into
@@ -122,7 +122,11 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
         name, margs = cfg.model, model_kwargs(cfg, len(data.classes), data.in_chans)
         if build.get("model") not in (None, name):
             raise ValueError(f"{path} holds a {build['model']}, not the recipe's {name}")
-        margs = {**margs, **build.get("model_args", {})}  # the options the weights were made with win
+        # the options the weights were made with win over the recipe's, and the command line over both
+        # (evaluating at another T, or at another size)
+        given = parse_overrides(list(sets))
+        asked = {**given.get("model_args", {}), **({"img_size": cfg.img_size} if "img_size" in given else {})}
+        margs = {**margs, **build.get("model_args", {}), **asked}
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
     model = load_into(create_model(name, **margs), path, weights, build, f"{name} with {margs}").to(dev)

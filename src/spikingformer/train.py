@@ -53,11 +53,11 @@ def model_kwargs(cfg: TrainConfig, num_classes: int, in_chans: int) -> dict:
     return args
 
 
-def init_from(model: torch.nn.Module, cfg: TrainConfig) -> str:
+def init_from(model: torch.nn.Module, cfg: TrainConfig, classes: list[str] | None = None) -> str:
     """Start ``model`` from ``cfg.init_from``: the encoder of a ``spikingformer pretrain`` checkpoint (the
     head starts fresh), or every tensor of a ``spikingformer train`` checkpoint of the same model, whose
-    ``T`` may differ (V2 §5.2 fine-tunes at T = 1, then at T = 2, 4 or 6); its head is kept when it has
-    this run's number of classes.  Returns what was loaded, in words."""
+    ``T`` may differ (V2 §5.2 fine-tunes at T = 1, then at T = 2, 4 or 6); its head is kept when it was
+    trained on this run's ``classes`` (the same names, in the same order).  Returns what was loaded, in words."""
     from .pretrain import KIND, load_pretrained_encoder
 
     path = cfg.init_from
@@ -76,7 +76,8 @@ def init_from(model: torch.nn.Module, cfg: TrainConfig) -> str:
     source = f"{path} ({meta['model']} {meta['model_args']})"
     head = ckpt.load_backbone(model, weights, source)
     own = model.state_dict()
-    if all(k in weights and weights[k].shape == own[k].shape for k in head):
+    same_classes = classes is None or meta.get("classes") in (None, list(classes))
+    if same_classes and all(k in weights and weights[k].shape == own[k].shape for k in head):
         model.load_state_dict({**own, **{k: weights[k] for k in head}})
         return f"initialised every tensor from {source}"
     return f"initialised the backbone from {source}; head {head} freshly initialised (other classes)"
@@ -121,7 +122,7 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> dict:
     margs = model_kwargs(cfg, len(data.classes), data.in_chans)
     model = create_model(cfg.model, **margs)
     if cfg.init_from and resume_state is None:
-        report = init_from(model, cfg)
+        report = init_from(model, cfg, data.classes)
         if info.is_main:
             print(report, flush=True)
     if cfg.sync_bn and info.world > 1:

@@ -38,7 +38,7 @@ def test_random_baseline_and_pretrained_encoder(linear_probe, tmp_path, monkeypa
     loaded = []
     real_load = linear_probe.load_pretrained_encoder
     monkeypatch.setattr(linear_probe, "load_pretrained_encoder", lambda m, p: loaded.append(p) or real_load(m, p))
-    out = tmp_path / "probe.json"
+    out = tmp_path / "new" / "probe.json"  # a folder that does not exist yet
     assert linear_probe.main(["--config", str(recipe), "--encoder", str(tmp_path / "mae" / "last.pt"),
                               "--calibrate", "8", "--batch-size", "8", "--k", "3", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())

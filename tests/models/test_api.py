@@ -27,14 +27,26 @@ def test_bad_config_values(kw, msg):
 
 @pytest.mark.parametrize("kw,msg", [
     (dict(depth="2"), "option 'depth' expects int, got '2'"), (dict(depth=2.0), "'depth' expects int"),
-    (dict(cml=1), "'cml' expects bool"), (dict(head=3), "'head' expects str"),
-    (dict(downsample=[0, 0, 1, 1]), r"'downsample' expects tuple\[bool, bool, bool, bool\]"),
+    (dict(cml=2), "'cml' expects bool"), (dict(head=3), "'head' expects str"),
+    (dict(downsample=[0, 0, 1, 2]), r"'downsample' expects tuple\[bool, bool, bool, bool\]"),
     (dict(downsample=[True]), "'downsample' expects tuple"),
 ])
 def test_wrongly_typed_option_is_named(kw, msg):
     with pytest.raises(TypeError, match=msg):
         sf.create_model("spikingformer_dagger_4_384", **kw)
-    assert sf.create_model("spikingformer_4_256", depth=1, mlp_ratio=2, downsample=[False, True, True, True])
+
+
+def test_options_of_numeric_kin_are_taken_as_plain_python():
+    """numpy scalars (``labels.max() + 1``), 0/1 flags and YAML lists: accepted and stored as the field's type."""
+    import numpy as np
+
+    m = sf.create_model("spikingformer_4_256", depth=np.int64(1), num_classes=np.int64(7), tau=np.float32(1.5),
+                        mlp_ratio=2, cml=1, downsample=[0, 1, True, np.bool_(True)])
+    cfg = m.cfg
+    assert (cfg.depth, cfg.num_classes, cfg.tau, cfg.mlp_ratio, cfg.cml) == (1, 7, 1.5, 2.0, True)
+    assert [type(v) for v in (cfg.depth, cfg.num_classes, cfg.tau, cfg.mlp_ratio, cfg.cml)] == [int, int, float,
+                                                                                                 float, bool]
+    assert cfg.downsample == (False, True, True, True) and m(torch.randn(2, 3, 32, 32)).shape == (2, 7)
 
 
 def test_overrides_apply():

@@ -2,25 +2,35 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import typing
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..layers import ClassifierHead
 
 
-def _fits(hint, value) -> bool:
-    """Whether ``value`` has the type ``hint`` of a config field (scalars, fixed-length tuples, dicts)."""
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _coerce(hint, value):
+    """``value`` as the plain Python type ``hint`` of a config field, or ``None`` if it is not one.
+
+    Accepted: any integer for ``int`` (numpy's too), any real for ``float``, ``bool`` or 0/1 for
+    ``bool``, a list or tuple of the right length for a fixed tuple (YAML has no tuples), and
+    instances for the rest (``str``, ``dict``)."""
+    if hint is bool:
+        return bool(value) if isinstance(value, (bool, numbers.Integral, np.bool_)) and value in (0, 1) else None
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if typing.get_origin(hint) is tuple:  # from YAML a tuple arrives as a list
+        return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else None
+    if hint is float:
+        return float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else None
+    if typing.get_origin(hint) is tuple:
         args = typing.get_args(hint)
-        return (isinstance(value, (list, tuple)) and len(value) == len(args)
-                and all(_fits(a, v) for a, v in zip(args, value)))
-    return isinstance(value, typing.get_origin(hint) or hint)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            return None
+        items = tuple(_coerce(a, v) for a, v in zip(args, value))
+        return None if None in items else items
+    return value if isinstance(value, typing.get_origin(hint) or hint) else None
 
 
 def build_config(cls, defaults: dict, overrides: dict):
@@ -34,11 +44,13 @@ def build_config(cls, defaults: dict, overrides: dict):
     if unknown:
         raise TypeError(f"unknown option(s) {unknown} for {cls.__name__}; valid options: {', '.join(valid)}")
     hints = typing.get_type_hints(cls)
+    typed = {}
     for key, value in overrides.items():
-        if not _fits(hints[key], value):
+        typed[key] = _coerce(hints[key], value)
+        if typed[key] is None:
             name = getattr(hints[key], "__name__", None) if typing.get_origin(hints[key]) is None else None
             raise TypeError(f"{cls.__name__} option {key!r} expects {name or hints[key]}, got {value!r}")
-    return cls(**{**defaults, **overrides})
+    return cls(**{**defaults, **typed})
 
 
 class SpikingVisionModel(nn.Module):
