@@ -1,12 +1,8 @@
 """Event data: raw-format readers (against encoders written here and SpikingJelly's loaders), frame
 integration, augmentation, the time-major collate, dataset layouts, and a 1-epoch training run."""
-import importlib
 import json
-import os
 import struct
-import sys
 import tarfile
-import types
 from pathlib import Path
 
 import numpy as np
@@ -69,23 +65,6 @@ def encode_cifar10_dvs(ev, flags: int = 0) -> bytes:
 def _event_cache(tmp_path, monkeypatch):
     """Gesture windows are cached under tmp_path, never in the home directory."""
     monkeypatch.setenv("SPIKINGFORMER_EVENT_CACHE", str(tmp_path / "event-cache"))
-
-
-@pytest.fixture(scope="module")
-def sj():
-    """SpikingJelly's dataset modules, without ``spikingjelly.datasets/__init__`` (which needs h5py for SHD)."""
-    sjp = pytest.importorskip("spikingjelly")
-    name, saved = "spikingjelly.datasets", dict(sys.modules)
-    pkg = types.ModuleType(name)
-    pkg.__path__ = [os.path.join(os.path.dirname(sjp.__file__), "datasets")]
-    sys.modules[name] = pkg
-    try:
-        yield types.SimpleNamespace(utils=importlib.import_module(f"{name}.utils"),
-                                    cifar10_dvs=importlib.import_module(f"{name}.cifar10_dvs"))
-    finally:
-        for k in set(sys.modules) - set(saved):
-            del sys.modules[k]
-        sys.modules.update(saved)
 
 
 # ----------------------------------------------------------------------------- readers

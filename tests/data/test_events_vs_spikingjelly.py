@@ -25,35 +25,13 @@ Differences, deliberate and asserted as such (not forced to equality):
 3. A time window without events (a pause in the recording, or fewer than T microseconds in all): SpikingJelly's
    time split raises ``IndexError``; ours gives an empty frame.
 """
-import importlib
-import os
 import struct
-import sys
-import types
 
 import numpy as np
 import pytest
 
 from spikingformer.data.events import (SENSOR_SIZE, EventFrames, integrate_frames, load_event_raw, make_events,
                                        read_aedat3, read_cifar10_dvs_aedat, read_nmnist_bin, read_npz_events)
-
-
-@pytest.fixture(scope="module")
-def sj():
-    """SpikingJelly's dataset modules, without ``spikingjelly/datasets/__init__`` (it imports SHD's h5py, which
-    CI does not install)."""
-    sjp = pytest.importorskip("spikingjelly")
-    name, saved = "spikingjelly.datasets", dict(sys.modules)
-    pkg = types.ModuleType(name)
-    pkg.__path__ = [os.path.join(os.path.dirname(sjp.__file__), "datasets")]
-    sys.modules[name] = pkg
-    try:
-        yield types.SimpleNamespace(**{m: importlib.import_module(f"{name}.{m}")
-                                       for m in ("utils", "n_mnist", "dvs128_gesture", "cifar10_dvs")})
-    finally:
-        for k in set(sys.modules) - set(saved):
-            del sys.modules[k]
-        sys.modules.update(saved)
 
 
 def random_events(n, size, seed, t_max=300_000, t_min=0):
