@@ -56,7 +56,7 @@ from torch import Tensor, nn
 from .checkpoint import CheckpointError
 from .data import DataError
 # calibrate_bn and load_checkpoint live in loading (shared with verify) and stay importable from here
-from .loading import add_input_args, calibrate_bn, load_checkpoint, prepare, run_model
+from .loading import add_input_args, calibrate_bn, load_checkpoint, prepare, run_model, with_progress
 from .metrics import output_path, write_json
 from .probe import LayerProbe, Stage, SynapticProbe
 
@@ -258,20 +258,21 @@ def _split(x: Tensor | dict, T: int | None, time_major: bool | None, model: nn.M
 @torch.no_grad()
 def estimate_energy(model: nn.Module, inputs: Tensor | dict | Iterable, *, T: int | None = None,
                     time_major: bool | None = None, e_mac: float = E_MAC_PJ, e_ac: float = E_AC_PJ,
-                    model_name: str | None = None, unit: str = "image", integer_inputs: str = "mac") -> EnergyReport:
+                    model_name: str | None = None, unit: str = "image", integer_inputs: str = "mac",
+                    progress: bool = False) -> EnergyReport:
     """Run ``model`` on ``inputs`` (a tensor or text batch dict, or an iterable of them or of
     ``(x, y)`` pairs) and return its energy per image, or per ``unit`` (Eq. 19-20).
 
     The model runs in the mode it is in: call ``model.eval()`` first for deployment
     figures.  ``T`` defaults to the input's time axis (5-d inputs, or ``time_major=True``)
     or to ``model.T`` for static images.  ``integer_inputs``: ``"mac"`` or ``"ac"``, how integer-valued
-    inputs count (module docstring).
+    inputs count (module docstring).  ``progress``: a progress bar over the batches.
     """
     _check_integer_inputs(integer_inputs)  # before the forward passes, not after
     batches = [inputs] if isinstance(inputs, (Tensor, dict)) else inputs
     images, steps = 0, set()
     with SynapticProbe(model) as probe:
-        for x in batches:
+        for x in with_progress(batches, "energy", progress):
             x = x[0] if isinstance(x, (tuple, list)) else x
             t, b = _split(x, T, time_major, model)
             steps.add(t)
@@ -291,7 +292,7 @@ def _cmd_energy(args: argparse.Namespace) -> int:
     try:
         prep = prepare(args)
         report = estimate_energy(prep.model, prep.batches, e_mac=args.e_mac, e_ac=args.e_ac, model_name=prep.name,
-                                 unit=prep.unit, integer_inputs=args.integer_inputs)
+                                 unit=prep.unit, integer_inputs=args.integer_inputs, progress=True)
     except (ValueError, FileNotFoundError, CheckpointError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -48,6 +48,16 @@ class Prepared:
     notes: list[str] = field(default_factory=list)
 
 
+def with_progress(batches, desc: str, enabled: bool):
+    """``batches``, behind a tqdm bar on stderr when ``enabled`` and more than one batch will run (tqdm
+    is a training extra: a plain library call, ``enabled=False``, does not need it)."""
+    if not enabled or (hasattr(batches, "__len__") and len(batches) < 2):
+        return batches
+    from tqdm import tqdm
+
+    return tqdm(batches, desc=desc, leave=False, disable=None)  # None: off without a terminal
+
+
 def run_model(model: nn.Module, x: Batch | tuple | list):
     """``model(x)``: a text batch is a dict of keyword inputs; an ``(x, y)`` pair contributes its ``x``."""
     x = x[0] if isinstance(x, (tuple, list)) else x

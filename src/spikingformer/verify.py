@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from .checkpoint import CheckpointError
 from .data import DataError
 from .layers import SpikeQKV
-from .loading import add_input_args, prepare, run_model
+from .loading import add_input_args, prepare, run_model, with_progress
 from .metrics import write_json
 from .probe import LayerProbe, SynapticProbe
 
@@ -136,12 +136,14 @@ def certify(probe: SynapticProbe, model_name: str = "") -> Certificate:
 
 
 @torch.no_grad()
-def verify_model(model: nn.Module, inputs: Tensor | dict | Iterable, model_name: str | None = None) -> Certificate:
+def verify_model(model: nn.Module, inputs: Tensor | dict | Iterable, model_name: str | None = None,
+                 progress: bool = False) -> Certificate:
     """Run ``model`` (in its current mode) on ``inputs`` (a tensor or text batch dict, or an iterable
-    of them or of ``(x, y)`` pairs) and certify whether it is spike-driven (see ``certify``)."""
+    of them or of ``(x, y)`` pairs) and certify whether it is spike-driven (see ``certify``).
+    ``progress``: a progress bar over the batches."""
     batches = [inputs] if isinstance(inputs, (Tensor, dict)) else inputs
     with SynapticProbe(model) as probe:
-        for x in batches:
+        for x in with_progress(batches, "verify", progress):
             run_model(model, x)
     return certify(probe, model_name or type(model).__name__)
 
@@ -261,7 +263,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     try:
         prep = prepare(args)
         other = _compared(args, prep.name)  # before the passes: a usage error costs no work
-        cert = verify_model(prep.model, prep.batches, prep.name)
+        cert = verify_model(prep.model, prep.batches, prep.name, progress=True)
         cert.notes += prep.notes
         print(cert.table())
         if args.json:
