@@ -77,6 +77,12 @@ def test_masked_pixels_cannot_change_the_encoder_output(train, T):
     assert torch.equal(a, b) and a.abs().sum() > 0
     assert torch.equal(stats_a, bn.running_mean)  # BN running statistics saw visible positions only
     assert torch.equal(model.forward_decoder(a, ids, (4, 4)), model.forward_decoder(b, ids, (4, 4)))
+    # No gradient reaches a masked pixel: a leak too small to flip a spike would still show here.
+    model.load_state_dict(state)
+    xg = y.clone().requires_grad_()
+    out = model.forward_encoder(xg, ids, visible)
+    (out * torch.randn_like(out)).sum().backward()
+    assert xg.grad[~pix].abs().max() == 0 and xg.grad[pix].abs().sum() > 0
     # Control: one changed visible pixel does change it, and the dense stem would leak masked pixels.
     model.load_state_dict(state)
     z = x.clone()
