@@ -14,6 +14,15 @@ def test_models_command_reports_counts_and_verdicts(tmp_path, capsys):
     assert "spikingformer_4_384" in capsys.readouterr().out
 
 
+def test_models_command_lists_the_text_models_too(tmp_path, capsys):
+    out = tmp_path / "t.json"
+    assert cli.main(["models", "spikingformer_text_2_*", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert (row["model"], row["params"], row["input_size"], row["spike_driven"]) == (
+        "spikingformer_text_2_128", 4_323_330, [64], True)
+    assert "64 tokens" in capsys.readouterr().out
+
+
 def test_models_command_rejects_a_pattern_that_matches_nothing(capsys):
     assert cli.main(["models", "resnet*"]) == 2
     assert "no model matches 'resnet*'" in capsys.readouterr().err

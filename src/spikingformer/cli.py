@@ -30,6 +30,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
     from . import create_model, list_models
     from .metrics import write_json
+    from .models.text import create_text_model, list_text_models
     from .probe import SynapticProbe
 
     if args.t < 1 or args.batch_size < 1:
@@ -38,24 +39,34 @@ def _cmd_models(args: argparse.Namespace) -> int:
         return 2
     torch.manual_seed(args.seed)
     rows = []
-    names = list_models(args.pattern)
+    text_names = list_text_models(args.pattern)
+    names = list_models(args.pattern) + text_names
     if not names:
-        print(f"no model matches {args.pattern!r}; available: {', '.join(list_models())}", file=sys.stderr)
+        print(f"no model matches {args.pattern!r}; available: {', '.join(list_models() + list_text_models())}",
+              file=sys.stderr)
         return 2
     print(f"{'model':28s} {'params':>10s} {'paper':>8s} {'input':>12s}  spike-driven  (non-spike inputs)")
     for name in names:
-        model = create_model(name, T=args.t).train()  # batch statistics: BN at init then makes neurons fire
+        # train mode: batch statistics, with which BN at initialisation makes the neurons fire
+        if name in text_names:  # random token ids, every one a real token (no [PAD])
+            model = create_text_model(name, T=args.t).train()
+            size = [min(64, model.cfg.max_len)]
+            ids = torch.randint(model.cfg.pad_id + 1, model.cfg.vocab_size, (args.batch_size, *size))
+            inputs, shown = dict(input_ids=ids), f"{size[0]} tokens"
+        else:
+            model = create_model(name, T=args.t).train()
+            size = list(model.default_input_size)
+            inputs, shown = dict(x=torch.randn(args.batch_size, *size)), "x".join(map(str, size))
         n_params = sum(p.numel() for p in model.parameters())
-        c, h, w = model.default_input_size
         with SynapticProbe(model) as probe, torch.no_grad():
-            model(torch.randn(args.batch_size, c, h, w))
+            model(**inputs)
         bad = probe.violations
         row = dict(model=name, params=n_params, paper_params_M=SPEC_PARAMS_M.get(name),
-                   input_size=[c, h, w], T=args.t, spike_driven=probe.spike_driven,
+                   input_size=size, T=args.t, spike_driven=probe.spike_driven,
                    encoding_layer=probe.encoding_layer.name if probe.encoding_layer else None, non_spike_layers=[r.name for r in bad])
         rows.append(row)
         paper = f"{row['paper_params_M']:.2f}M" if row["paper_params_M"] else "-"
-        print(f"{name:28s} {n_params / 1e6:9.2f}M {paper:>8s} {f'{c}x{h}x{w}':>12s}  "
+        print(f"{name:28s} {n_params / 1e6:9.2f}M {paper:>8s} {shown:>12s}  "
               f"{'yes' if probe.spike_driven else 'NO':12s}  {f'({len(bad)} layers)' if bad else ''}", flush=True)
     if args.json:
         write_json(args.json, rows)
@@ -70,11 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "evaluate and audit Spikingformer, Spikingformer-dagger and Spikformer V1/V2.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     p = sub.add_parser("models",
-                       help="list every named vision model with its parameter count and spike-driven verdict",
-                       description="Build every named vision model (or those matching PATTERN), print its "
-                                   "parameter count beside the paper's, and probe one forward pass on random input "
-                                   "to say whether every synaptic layer after the encoding conv receives only "
-                                   "spikes.")
+                       help="list every named model with its parameter count and spike-driven verdict",
+                       description="Build every named model, vision and text (or those matching PATTERN), print "
+                                   "its parameter count beside the paper's, and probe one forward pass on random "
+                                   "input (images, or token ids) to say whether every synaptic layer after the "
+                                   "encoding layer receives only spikes.")
     p.add_argument("pattern", nargs="?", default=None, help="shell glob over model names, e.g. 'spikingformer_*'")
     p.add_argument("--t", type=int, default=1, help="time steps for the probe pass (default 1: fast)")
     p.add_argument("--batch-size", type=int, default=2, help="batch size of the probe pass (default 2)")
