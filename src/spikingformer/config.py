@@ -29,14 +29,16 @@ class ConfigError(ValueError):
     """A configuration key or value is wrong; the message says which and what is valid."""
 
 
-def device_ok(device: str) -> bool:
-    """Whether a config's ``device`` is ``auto`` or a string ``torch.device`` parses."""
+def validate_device(device: str) -> None:
+    """Raise ``ConfigError`` unless ``device`` is ``auto`` or a string ``torch.device`` parses."""
     import torch
 
     try:
-        return device == "auto" or bool(torch.device(device))
+        if device == "auto" or torch.device(device):
+            return
     except (RuntimeError, ValueError):
-        return False
+        pass
+    raise ConfigError(f"device must be auto or a torch device (cpu, cuda, cuda:1, ...), got {device!r}")
 
 
 @dataclass
@@ -150,7 +152,6 @@ class TrainConfig:
              f"event_policy must be one of {', '.join(EVENT_POLICIES)}, got {self.event_policy!r}"),
             (self.holdout_pick in HOLDOUT_PICKS,
              f"holdout_pick must be one of {', '.join(HOLDOUT_PICKS)}, got {self.holdout_pick!r}"),
-            (device_ok(self.device), f"device must be auto or a torch device (cpu, cuda, cuda:1, ...), got {self.device!r}"),
             (bool(self.output), "output must name the run's folder, got an empty string"),
         ]
         if self.is_event_data:
@@ -163,6 +164,7 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        validate_device(self.device)
 
     def _transform_check(self) -> tuple[bool, str]:
         """timm parses ``aa``, ``interpolation`` and ``remode`` when it builds the transforms, in the first

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["DistInfo", "init_distributed", "cleanup", "session", "all_reduce_sum", "barrier", "gather_objects",
+__all__ = ["DistInfo", "resolve_device", "init_distributed", "cleanup", "session", "all_reduce_sum", "barrier", "gather_objects",
            "AllReduceBatchNorm", "convert_sync_batchnorm"]
 
 
@@ -34,17 +34,22 @@ class DistInfo:
         return self.rank == 0
 
 
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto``: CUDA when available, else the CPU; a CUDA device asked for on a machine without one is
+    a ``ValueError``."""
+    dev = torch.device(device if device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available (device=auto falls back "
+                         "to the cpu)")
+    return dev
+
+
 def init_distributed(device: str = "auto") -> DistInfo:
     """Read torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` and join the process group (nccl on CUDA, else gloo)."""
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank, local = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = resolve_device(device)
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available (device=auto falls back "
-                             "to the cpu)")
         if dev.index is None:
             dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)

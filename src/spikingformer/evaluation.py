@@ -87,17 +87,16 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     from torch.utils.data import DataLoader
 
     from . import create_model
-    from .config import TrainConfig, device_ok, from_dict, load_config, parse_overrides
+    from .config import TrainConfig, from_dict, load_config, parse_overrides, validate_device
     from .data import DataError, build_data
+    from .distributed import resolve_device
     from .engine import resolve_img_size
     from .loading import load_into
     from .official import check_family
     from .train import model_kwargs
 
-    if device is not None and not device_ok(device):
-        raise ValueError(f"device must be auto or a torch device (cpu, cuda, cuda:1, ...), got {device!r}")
-    if device not in (None, "auto") and torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available (--device auto uses the CPU)")
+    validate_device(device)
+    dev = resolve_device(device)
     extra = {k: v for k, v in (("device", device), ("data_dir", data_dir), ("val_batch_size", batch_size or None),
                                ("workers", workers)) if v is not None}
     if recipe is None:
@@ -127,8 +126,6 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
         given = parse_overrides(list(sets))
         asked = {**given.get("model_args", {}), **({"img_size": cfg.img_size} if "img_size" in given else {})}
         margs = {**margs, **build.get("model_args", {}), **asked}
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       "cpu" if device == "auto" else device)
     model = load_into(create_model(name, **margs), path, weights, build, f"{name} with {margs}").to(dev)
     loader = DataLoader(data.val, cfg.val_batch_size, num_workers=cfg.workers, collate_fn=data.collate)
     run_as = eval_path(cfg, dev)
@@ -138,8 +135,8 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .metrics import write_json
     from .data import DataError
+    from .metrics import write_json
 
     try:
         r = evaluate_checkpoint(args.checkpoint, args.data, args.device, args.batch_size, args.workers,

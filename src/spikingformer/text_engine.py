@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from . import checkpoint as ckpt
-from .config import ConfigError, add_run_args, device_ok, load_config
+from .config import ConfigError, add_run_args, load_config, validate_device
 from .distributed import DistInfo, all_reduce_sum, convert_sync_batchnorm
 from .fast import AMP_MODES, FAST_MODES, FastPath
 from .metrics import MetricsLog, write_json
@@ -87,12 +87,12 @@ class TextTrainConfig:
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}"),
             (self.fast in FAST_MODES, f"fast must be one of {', '.join(FAST_MODES)}, got {self.fast!r}"),
-            (device_ok(self.device), f"device must be auto or a torch device (cpu, cuda, cuda:1, ...), got {self.device!r}"),
             (bool(self.output), "output must name the run's folder, got an empty string"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        validate_device(self.device)
         try:  # model options fail here, before the vocabulary or any data loads
             with torch.device("meta"):
                 create_text_model(self.model, **self.model_args)
