@@ -41,3 +41,16 @@ def test_a_missing_training_extra_names_the_install(tmp_path, monkeypatch, capsy
     assert cli.main(["train", "--config", str(tmp_path / "c.yaml")]) == 2
     err = capsys.readouterr().err
     assert "`spikingformer train` needs 'yaml'" in err and 'pip install "spikingformer[train]"' in err
+
+
+def test_recipes_command_lists_and_prints_the_shipped_recipes(capsys):
+    from spikingformer.config import recipe_dir
+
+    assert cli.main(["recipes"]) == 0
+    listing = capsys.readouterr().out
+    assert "imagenet_8_512             Spikingformer-8-512 on ImageNet-1k, the paper's recipe (SPEC §8)\n" in listing
+    assert "nmnist " in listing and "--config NAME" in listing
+    assert cli.main(["recipes", "nmnist"]) == 0
+    assert capsys.readouterr().out == (recipe_dir() / "nmnist.yaml").read_text()
+    assert cli.main(["recipes", "nmnst"]) == 2
+    assert "config file not found: nmnst" in capsys.readouterr().err

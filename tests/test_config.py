@@ -139,3 +139,45 @@ def test_on_off_words_survive_yaml_booleans(tmp_path):
     assert load_config(None, ["fast=on"]).fast == "on"
     with pytest.raises(ConfigError, match="fast must be one of"):
         load_config(None, ["fast=maybe"])
+
+
+def test_shipped_recipes_are_the_repository_configs():
+    """`configs/` ships as the package `spikingformer.configs`, so a wheel install has every recipe."""
+    from spikingformer.config import list_recipes, recipe_dir
+
+    assert recipe_dir().resolve() == CONFIGS.resolve()
+    assert list_recipes() == sorted(p.stem for p in CONFIGS.glob("*.yaml")) and "cifar10" in list_recipes()
+
+
+def test_packaging_lists_every_package_and_ships_the_recipes():
+    """pyproject names its packages one by one (configs/ is mapped in): a new subpackage must be added there."""
+    import tomllib
+
+    root = CONFIGS.parent
+    tool = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = {".".join(p.parent.relative_to(root / "src").parts) for p in (root / "src").rglob("__init__.py")}
+    assert set(tool["packages"]) == on_disk | {"spikingformer.configs"}
+    assert tool["package-dir"]["spikingformer.configs"] == "configs"
+    assert tool["package-data"]["spikingformer.configs"] == ["*.yaml"]
+
+
+@pytest.mark.parametrize("given", ["cifar10", "cifar10.yaml", "configs/cifar10.yaml"])
+def test_a_recipe_is_found_by_name_from_any_folder(given, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # outside the checkout, as after a wheel install
+    cfg = load_config(given, ["epochs=3"])
+    assert cfg == load_config(CONFIGS / "cifar10.yaml", ["epochs=3"])
+
+
+def test_a_local_file_wins_over_a_shipped_recipe_of_the_same_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "cifar10.yaml").write_text("epochs: 7\n")
+    assert load_config("configs/cifar10.yaml").epochs == 7
+    assert load_config("cifar10").epochs == 400
+
+
+@pytest.mark.parametrize("given", ["cifar1O", "elsewhere/cifar10.yaml", "cifar10.yml"])
+def test_an_unknown_recipe_lists_the_shipped_ones(given, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"config file not found: .*shipped: cifar10, cifar100, "):
+        load_config(given)

@@ -28,6 +28,7 @@ __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_weight
            "remove_partial_writes", "rng_state", "set_rng_state", "FORMAT", "VERSION"]
 
 FORMAT = "spikingformer.checkpoint"
+DATA_KEYS = ("classes", "mean", "std", "img_size")  # a run's record of its inputs, which inference needs
 VERSION = 1
 
 
@@ -141,8 +142,10 @@ def load_weights(path: str | Path) -> tuple[dict, dict]:
     state_dict (bare, or under ``model``/``state_dict``/``model_state_dict``, as timm's checkpoints of
     the official code), or a ``.safetensors`` file.  Returns ``(state_dict, build)``: ``build`` is
     ``{"model": name, "model_args": {...}, "task": "mlm"/GLUE task or None, "config": the run's
-    config}`` as the training run created the model (``.safetensors`` from ``spikingformer export``:
-    model, model_args and ``folded``), or ``{}`` when the file does not say.
+    config, "data": what the run's inputs were (``DATA_KEYS``: class names, mean/std, image size)}`` as the
+    training run created the model (``.safetensors`` from ``spikingformer export``: model, model_args,
+    ``folded``, and config and data when the exported file came from a run), or ``{}`` when the file
+    does not say.
     ``module.`` (DDP) and ``_orig_mod.`` (``torch.compile``) prefixes are stripped, and an official
     repository's key layout is renamed to ours (``official.convert_official``; ``build`` then holds
     ``{"official": family, "notes": [...]}``)."""
@@ -163,7 +166,8 @@ def load_weights(path: str | Path) -> tuple[dict, dict]:
         if meta.get("format") == "spikingformer.weights":  # written by `spikingformer export`
             try:
                 build = {"model": meta["model"], "model_args": json.loads(meta["model_args"]),
-                         "folded": meta.get("bn_folded") == "true"}
+                         "folded": meta.get("bn_folded") == "true",
+                         **{k: json.loads(meta[k]) for k in ("config", "data") if k in meta}}
             except (KeyError, ValueError) as e:
                 raise CheckpointError(f"{path}: malformed spikingformer metadata ({type(e).__name__}: {e})") from None
     else:
@@ -171,7 +175,8 @@ def load_weights(path: str | Path) -> tuple[dict, dict]:
         if isinstance(state, dict) and state.get("format") == FORMAT:
             meta = state.get("meta", {})
             build = {"model": meta.get("model"), "model_args": meta.get("model_args", {}),
-                     "task": meta.get("task"), "config": state.get("config", {})}
+                     "task": meta.get("task"), "config": state.get("config", {}),
+                     "data": {k: meta[k] for k in DATA_KEYS if k in meta}}
         for key in ("model", "state_dict", "model_state_dict"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import sys
+import textwrap
 
 _COMMAND_MODULES: tuple[str, ...] = ("spikingformer.energy", "spikingformer.verify", "spikingformer.train",
                                      "spikingformer.pretrain", "spikingformer.mlm", "spikingformer.glue",
-                                     "spikingformer.export", "spikingformer.demo")
+                                     "spikingformer.export", "spikingformer.predict", "spikingformer.demo")
 
 SPEC_PARAMS_M = {  # SPEC §6: parameter counts (millions) the named models must match within 0.5 %
     "spikingformer_4_256": 4.15, "spikingformer_2_384": 5.76, "spikingformer_4_384": 9.32,
@@ -74,6 +76,24 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    from .config import ConfigError, list_recipes, recipe_dir, resolve_config_path
+
+    if args.name:  # print one, to copy and edit: spikingformer recipes cifar10 > mine.yaml
+        try:
+            sys.stdout.write(resolve_config_path(args.name).read_text())
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
+    for name in list_recipes():
+        lines = (recipe_dir() / f"{name}.yaml").read_text().splitlines()
+        header = " ".join(line.lstrip("# ") for line in itertools.takewhile(lambda s: s.startswith("#"), lines))
+        print(f"{name:26s} {textwrap.shorten(header.split('. ')[0], 90, placeholder=' ...')}")
+    print(f"\n(in {recipe_dir()}; use one with --config NAME, print it with `spikingformer recipes NAME`)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spikingformer",
@@ -92,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed for weights and input (default 0)")
     p.add_argument("--json", metavar="FILE", help="also write the table as JSON")
     p.set_defaults(func=_cmd_models)
+    p = sub.add_parser("recipes", help="list the shipped paper recipes (YAML configs), or print one",
+                       description="The recipes of configs/ ship with the package: `--config NAME` of train, "
+                                   "pretrain, mlm, glue, eval, energy and verify takes a recipe's name as well as "
+                                   "a file. Without NAME, list them; with NAME, print that YAML, e.g. "
+                                   "`spikingformer recipes cifar10 > mine.yaml` to edit a copy.")
+    p.add_argument("name", nargs="?", default=None, help="a recipe to print, e.g. cifar10")
+    p.set_defaults(func=_cmd_recipes)
     for modname in _COMMAND_MODULES:
         importlib.import_module(modname).register_cli(sub)
     return parser

@@ -304,16 +304,41 @@ def apply_overrides(base: dict, overrides: dict) -> dict:
     return merged
 
 
+def recipe_dir() -> Path:
+    """The shipped recipes: the repository's ``configs/``, installed as the package ``spikingformer.configs``."""
+    from importlib.resources import files
+
+    return Path(str(files("spikingformer.configs")))
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in recipe_dir().glob("*.yaml"))
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """``path`` if it is a file; else a shipped recipe named ``cifar10``, ``cifar10.yaml`` or ``configs/cifar10.yaml``.
+
+    The last form lets the README's commands run from a wheel install, outside a checkout."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.parent in (Path("."), Path("configs")) and path.suffix in ("", ".yaml"):
+        shipped = recipe_dir() / f"{path.stem}.yaml"
+        if shipped.is_file():
+            return shipped
+    raise ConfigError(f"config file not found: {path} (and no shipped recipe of that name; "
+                      f"shipped: {', '.join(list_recipes())})")
+
+
 def load_config(path: str | Path | None, overrides: list[str] = (), cls=TrainConfig):
-    """Read a YAML config (or start from the defaults when ``path`` is None) and apply ``--set`` overrides."""
+    """Read a YAML config (a file, or a shipped recipe's name; or start from the defaults when ``path`` is
+    None) and apply ``--set`` overrides."""
     import yaml
 
     data: dict = {}
     source = "defaults"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        path = resolve_config_path(path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
@@ -329,7 +354,8 @@ def load_config(path: str | Path | None, overrides: list[str] = (), cls=TrainCon
 
 def add_run_args(parser, config_help: str, required: bool = True) -> None:
     """The options every training command shares: ``--config``, ``--set`` (repeatable), ``--resume``."""
-    parser.add_argument("--config", required=required, metavar="FILE", help=config_help)
+    parser.add_argument("--config", required=required, metavar="FILE|RECIPE",
+                        help=f"{config_help}, or a shipped recipe's name (`spikingformer recipes` lists them)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key (repeatable); values are parsed as YAML")
     parser.add_argument("--resume", action="store_true",

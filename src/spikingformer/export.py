@@ -1,7 +1,8 @@
 """``spikingformer export``: any checkpoint to one portable ``.safetensors`` file, optionally deployed.
 
 The file holds the weights (no pickle at all) and, as safetensors metadata, the model's registry
-name and options, so ``energy``, ``verify`` and ``eval --config`` rebuild it without ``--model``.
+name and options, so ``energy``, ``verify`` and ``eval --config`` rebuild it without ``--model``; a
+run's file also carries its config and class names, so ``predict`` needs nothing else.
 With ``--fold-bn`` the weights are the deployed form of ``deploy.fold_bn`` (every BatchNorm folded
 into its conv/linear): what a neuromorphic back end runs, and what Eq. 19-20 count.  Inputs are
 whatever ``checkpoint.load_weights`` reads: a run's checkpoint, a state_dict, or official weights.
@@ -29,11 +30,13 @@ def export(checkpoint: str, out: str, model: str | None = None, overrides: dict 
     from .deploy import fold_bn
     from .loading import build_model
 
-    net, name, margs, notes = build_model(checkpoint, model, overrides or {})
+    net, name, margs, notes, build = build_model(checkpoint, model, overrides or {})
     if fold:
         net = fold_bn(net)
     meta = {"format": METADATA_FORMAT, "model": name, "model_args": json.dumps(margs, sort_keys=True),
-            "bn_folded": "true" if fold or _is_folded(net) else "false", "source": str(checkpoint)}
+            "bn_folded": "true" if fold or _is_folded(net) else "false", "source": str(checkpoint),
+            # a run's config and inputs (class names, normalisation) travel along: `predict` needs them
+            **{k: json.dumps(build[k], sort_keys=True) for k in ("config", "data") if build.get(k)}}
     # clone: tied weights (the text model's MLM decoder) share storage, which safetensors refuses
     tensors = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
     _atomic(Path(out), lambda f: f.write(save(tensors, meta)))

@@ -130,8 +130,8 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
                         "run evaluated on is rebuilt. MLM checkpoint: a text corpus file, cut into masked blocks. "
                         "Default: random N(0,1) images or random token ids, whose firing rates are not those of "
                         "real data")
-    p.add_argument("--config", metavar="FILE", help="vision weights that are not a run's checkpoint: a YAML recipe "
-                   "(configs/*.yaml) whose dataset, split and evaluation transform --data is read with")
+    p.add_argument("--config", metavar="FILE|RECIPE", help="vision weights that are not a run's checkpoint: a YAML recipe "
+                   "(a file, or a shipped recipe's name such as cifar10) whose dataset, split and evaluation transform --data is read with")
     p.add_argument("--vocab", metavar="FILE", help="text models with --data: the WordPiece vocabulary "
                    "(default: the one the checkpoint's run used)")
     p.add_argument("--batches", type=int, default=1, help="number of batches to run (default 1)")
@@ -142,11 +142,14 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed for weights and random input (default 0)")
 
 
-def resolve(checkpoint: str | None, model: str | None, recipe: str | None = None) -> tuple[dict | None, dict, str]:
+def resolve(checkpoint: str | None, model: str | None, recipe: str | None = None,
+            unnamed: str = "give --model, or a --checkpoint written by a training run or `spikingformer export` "
+                           "(which names its model)") -> tuple[dict | None, dict, str]:
     """``(state, build, name)``: the weights of ``checkpoint`` (None without one), what the file says of
     its model (``checkpoint.load_weights``; for a bare state_dict the classifier size read from its head)
-    and the model name, from ``model`` or the file; a contradiction between them is an error.  A
-    ``recipe`` (YAML config) stands in for a run's config: model name and options, data reading."""
+    and the model name, from ``model`` or the file; a contradiction between them is an error, and so is
+    no name at all (``unnamed`` says what to do).  A ``recipe`` (YAML config) stands in for a run's
+    config: model name and options, data reading."""
     state, build = load_weights(checkpoint) if checkpoint else (None, {})
     if state is not None and "head.fc.weight" in state and "model_args" not in build:
         # a bare state_dict says its classifier size; --num-classes still wins
@@ -161,8 +164,7 @@ def resolve(checkpoint: str | None, model: str | None, recipe: str | None = None
         model = model or cfg.model
     name = model or build.get("model")
     if not name:
-        raise ValueError("give --model, or a --checkpoint written by a training run or `spikingformer export` "
-                         "(which names its model)")
+        raise ValueError(unnamed)
     if build.get("model") not in (None, name):  # the command line may not silently rebuild another model
         raise ValueError(f"{checkpoint} holds a {build['model']}, not a {name}")
     check_family(name, build.get("official"), checkpoint)
@@ -187,12 +189,14 @@ def load_into(model: nn.Module, path: str, state: dict, build: dict, name: str |
     return load_checkpoint(model, path, state, name, build)
 
 
-def build_model(checkpoint: str, model: str | None = None, overrides: dict | None = None):
-    """``(model, name, model_args, notes)`` with the weights of ``checkpoint`` loaded, in eval mode."""
-    state, build, name = resolve(checkpoint, model)
+def build_model(checkpoint: str, model: str | None = None, overrides: dict | None = None, recipe: str | None = None,
+                **resolve_kw):
+    """``(model, name, model_args, notes, build)`` with the weights of ``checkpoint`` loaded, in eval mode
+    (``build``: what the file, or the ``recipe``, says of the model; ``resolve``)."""
+    state, build, name = resolve(checkpoint, model, recipe, **resolve_kw)
     margs = {**build.get("model_args", {}), **(overrides or {})}
     net = load_into(create_any(name, **margs), checkpoint, state, build, name).eval()
-    return net, name, margs, list(build.get("notes", []))
+    return net, name, margs, list(build.get("notes", [])), build
 
 
 def prepare(args: argparse.Namespace) -> Prepared:

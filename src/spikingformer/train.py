@@ -236,7 +236,7 @@ def _eval_entry(args: argparse.Namespace) -> int:
 def register_cli(sub) -> None:
     p = sub.add_parser(
         "train", help="train a model from a YAML recipe (configs/*.yaml); resumable, torchrun-ready",
-        description="Train from a YAML config (see configs/ for the paper recipes). Every key of the config "
+        description="Train from a YAML config (`spikingformer recipes` lists the paper recipes). Every key of the config "
                     "can be overridden with --set key=value (model_args.depth=2 reaches into the model's "
                     "overrides); unknown keys are errors. Several GPUs: torchrun --nproc_per_node=N -m "
                     "spikingformer.cli train --config FILE.")
@@ -253,7 +253,7 @@ def register_cli(sub) -> None:
                     "--data /data/imagenet`.")
     p.add_argument("--checkpoint", required=True, metavar="FILE",
                    help="best.pt/last.pt of a run, or (with --config) any weights file")
-    p.add_argument("--config", metavar="FILE", help="YAML recipe for weights that are not a run's checkpoint")
+    p.add_argument("--config", metavar="FILE|RECIPE", help="YAML recipe for weights that are not a run's checkpoint")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one key of --config (repeatable)")
     p.add_argument("--data", metavar="DIR", help="data_dir to evaluate on instead of the checkpoint's or recipe's")

@@ -1,0 +1,137 @@
+"""`spikingformer predict`: a run's checkpoint classifies image files as its own evaluation would."""
+import csv
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from spikingformer import cli, create_model
+from spikingformer.checkpoint import load_checkpoint
+from spikingformer.predict import find_images, load_predictor
+from spikingformer.train import run
+
+from .data.helpers import CLASSES, write_class_tree
+from .test_train import tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny run on class-coloured images (cat: red, dog: green, frog: blue), trained until it separates them."""
+    root = tmp_path_factory.mktemp("predict")
+    tree = write_class_tree(root / "data" / "train", per_class=12).parent
+    # enough updates (90) for BN's running statistics to settle: eval mode separates the classes too
+    cfg = tiny_config(tree, root / "run", aa=None, reprob=0.0, mixup=0.0, cutmix=0.0, scale=(1.0, 1.0),
+                      model_args=dict(depth=1, dim=32, num_heads=2, T=2, downsample=[False, False, True, True]),
+                      batch_size=4, lr=3e-3, epochs=12, warmup_epochs=0, cooldown_epochs=0, clip_grad=0.0,
+                      mean=(0.3, 0.3, 0.3), std=(0.4, 0.4, 0.4))
+    run(cfg)
+    fresh = write_class_tree(root / "fresh", per_class=3, seed=7)  # images the run never saw
+    return root / "run" / "last.pt", fresh
+
+
+def _by_hand(ckpt_path, images):
+    """The run's model and its evaluation transform rebuilt without predict: softmax over its logits."""
+    from torchvision import transforms
+
+    state = load_checkpoint(ckpt_path)
+    meta = state["meta"]
+    model = create_model(meta["model"], **meta["model_args"])
+    model.load_state_dict(state["model"])
+    tf = transforms.Compose([transforms.Resize(16, transforms.InterpolationMode.BICUBIC), transforms.CenterCrop(16),
+                             transforms.ToTensor(), transforms.Normalize(meta["mean"], meta["std"])])
+    x = torch.stack([tf(Image.open(p).convert("RGB")) for p in images])
+    with torch.no_grad():
+        return model.eval()(x).softmax(-1)
+
+
+def test_predict_names_the_classes_of_unseen_images(trained, tmp_path, capsys):
+    ckpt, fresh = trained
+    out_json, out_csv = tmp_path / "p" / "pred.json", tmp_path / "p" / "pred.csv"
+    assert cli.main(["predict", str(fresh), "--checkpoint", str(ckpt), "--topk", "2", "--batch-size", "4",
+                     "--json", str(out_json), "--csv", str(out_csv)]) == 0
+    records = json.loads(out_json.read_text())["predictions"]
+    paths = sorted(str(p) for p in fresh.rglob("*.png"))
+    assert [r["path"] for r in records] == paths  # folders searched recursively, in sorted order
+    truth = [p.split("/")[-2] for p in paths]
+    hits = sum(r["top"][0]["class"] == t for r, t in zip(records, truth))
+    assert hits >= 6, f"{hits} of 9 unseen images classified right (chance: 3)"
+
+    # the same probabilities as the run's own model with the run's mean/std (0.3/0.4, not ImageNet's)
+    probs = _by_hand(ckpt, paths)
+    for r, p in zip(records, probs):
+        assert [t["index"] for t in r["top"]] == p.topk(2).indices.tolist()
+        assert [t["class"] for t in r["top"]] == [CLASSES[i] for i in p.topk(2).indices]
+        assert [t["prob"] for t in r["top"]] == pytest.approx(p.topk(2).values.tolist(), abs=1e-5)
+
+    rows = list(csv.reader(out_csv.open()))
+    assert rows[0] == ["path", "class_1", "prob_1", "class_2", "prob_2"]
+    assert [row[0] for row in rows[1:]] == paths and [row[1] for row in rows[1:]] == [
+        r["top"][0]["class"] for r in records]
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[0].startswith(f"{paths[0]}: {records[0]['top'][0]['class']} ")
+
+
+def test_an_exported_file_predicts_alone_and_a_state_dict_needs_a_recipe(trained, tmp_path, capsys):
+    ckpt, fresh = trained
+    images = sorted(fresh.rglob("*.png"))[::4]  # cat, dog, frog
+
+    def top(pred):
+        return pred(torch.stack([pred.transform(Image.open(p).convert("RGB")) for p in images]))
+
+    want = top(load_predictor(str(ckpt)))
+    exported = tmp_path / "m.safetensors"
+    assert cli.main(["export", "--checkpoint", str(ckpt), "--out", str(exported), "--fold-bn"]) == 0
+    got = top(load_predictor(str(exported)))  # class names and normalisation travel in the metadata
+    assert [[c for c, _, _ in row] for row in got] == [[c for c, _, _ in row] for row in want]
+    assert [p for row in got for _, _, p in row] == pytest.approx([p for row in want for _, _, p in row], abs=1e-4)
+
+    bare = tmp_path / "sd.pt"
+    torch.save(load_checkpoint(ckpt)["model"], bare)
+    assert cli.main(["predict", str(images[0]), "--checkpoint", str(bare)]) == 2
+    assert "does not say which model it holds nor how its images were read" in capsys.readouterr().err
+    names = tmp_path / "names.txt"
+    names.write_text("rouge\nvert\nbleu\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: spikingformer_4_256\nmodel_args: {depth: 1, dim: 32, num_heads: 2, T: 2, "
+                      "downsample: [false, false, true, true]}\ndataset: folder\nimg_size: 16\n")
+    pred = load_predictor(str(bare), str(recipe), str(names))
+    assert pred.classes == ["rouge", "vert", "bleu"] and pred.model.cfg.num_classes == 3
+    assert load_predictor(str(bare), str(recipe)).classes == ["0", "1", "2"]
+    names.write_text("one\ntwo\n")
+    with pytest.raises(ValueError, match="names 2 classes; the model has 3"):
+        load_predictor(str(bare), str(recipe), str(names))
+
+
+def test_bad_inputs_are_named(trained, tmp_path, capsys):
+    ckpt, fresh = trained
+    assert cli.main(["predict", str(tmp_path / "nope.png"), "--checkpoint", str(ckpt)]) == 2
+    assert "no such image file or folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["predict", str(tmp_path / "empty"), "--checkpoint", str(ckpt)]) == 2
+    assert "no images (.jpg" in capsys.readouterr().err
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    assert cli.main(["predict", str(broken), "--checkpoint", str(ckpt)]) == 2
+    assert f"cannot decode image {broken}" in capsys.readouterr().err
+    assert cli.main(["predict", str(fresh), "--checkpoint", str(ckpt), "--topk", "0"]) == 2
+    assert "--topk and --batch-size must be >= 1" in capsys.readouterr().err
+    assert cli.main(["predict", str(fresh), "--checkpoint", str(ckpt), "--device", "gpu"]) == 2
+    assert "device must be auto or a torch device" in capsys.readouterr().err
+    assert find_images([str(fresh / "cat" / "000.png"), str(fresh / "dog")])[1:] == sorted((fresh / "dog").glob("*"))
+
+
+def test_checkpoints_of_other_inputs_are_refused(tmp_path):
+    from spikingformer.checkpoint import save_checkpoint
+
+    model = create_model("spikingformer_4_256", depth=1, dim=32, num_heads=2, T=1, num_classes=3, img_size=16)
+    for dataset, msg in (("nmnist", "trained on nmnist, not on image files"),
+                         ("digits", "trained on digits, not on image files")):
+        path = tmp_path / f"{dataset}.pt"
+        save_checkpoint({"model": model.state_dict(), "config": {"model": "spikingformer_4_256", "dataset": dataset},
+                         "meta": {"model": "spikingformer_4_256", "model_args": dict(
+                             depth=1, dim=32, num_heads=2, T=1, num_classes=3, img_size=16)}}, path)
+        with pytest.raises(ValueError, match=msg):
+            load_predictor(str(path))
