@@ -2,8 +2,13 @@
 import json
 
 import pytest
+import torch
 
 from spikingformer import cli
+from spikingformer.data import build_data
+from spikingformer.demo import demo_config
+from spikingformer.energy import estimate_energy
+from spikingformer.loading import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -24,3 +29,22 @@ def test_demo_reaches_90_percent_on_held_out_digits(tmp_path, capsys):
     ev = tmp_path / "eval" / "e.json"
     assert cli.main(["eval", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--json", str(ev)]) == 0
     assert json.loads(ev.read_text())["val_acc"] == pytest.approx(r["val_acc"])
+
+    # the printed energy is Eq. 19-20 of the run's last.pt over all 360 held-out digits
+    model = build_model(str(tmp_path / "run" / "last.pt"))[0]
+    val = build_data(demo_config(), 8).val
+    want = estimate_energy(model, torch.stack([val[i][0] for i in range(360)])).total_mJ
+    assert r["energy_uJ"] == pytest.approx(1e3 * want, rel=1e-6) and "uJ per image (Eq. 19-20" in printed
+
+
+def test_demo_compare_trains_both_families_on_the_same_split(tmp_path, capsys):
+    out = tmp_path / "c.json"
+    assert cli.main(["demo", "--compare", "--epochs", "1", "--json", str(out)]) == 0
+    runs = {r["model"]: r for r in json.loads(out.read_text())["runs"]}
+    ours, sew = runs["spikingformer_4_256"], runs["spikformer_4_384"]
+    assert ours["params"] == sew["params"] and ours["val_split"] == sew["val_split"]
+    # the papers' point: the SEW residual feeds integers to the next Linears, which multiply (MACs)
+    assert ours["spike_driven"] and not sew["spike_driven"]
+    assert sew["energy_uJ"] > 3 * ours["energy_uJ"] > 0
+    table = capsys.readouterr().out
+    assert "Spikingformer " in table and "Spikformer (SEW)" in table and "uJ  NO" in table

@@ -4,7 +4,9 @@ Nothing is downloaded.  The run goes through the full training engine (timm Adam
 schedule with warm-up, label smoothing, checkpoints, metrics), so it is also the quickest
 end-to-end check of an installation.  It reports accuracy on a seeded, class-balanced
 held-out validation split (the digits have no official one), the mean firing rate of the
-spikes fed to synaptic layers, and whether the model is spike-driven.
+spikes fed to synaptic layers, the energy per image of Eq. 19-20 and whether the model is
+spike-driven.  ``--compare`` trains a Spikformer V1 of the same size beside it: the papers'
+comparison (accuracy, energy, spike-driven or not) in miniature.
 """
 from __future__ import annotations
 
@@ -18,14 +20,20 @@ __all__ = ["demo_config", "register_cli"]
 DEMO_EPOCHS = 12
 
 
-def demo_config(epochs: int = DEMO_EPOCHS, output: str = "runs/demo", seed: int = 0):
-    """A Spikingformer (1 block, dim 64, 4 heads, T = 4; pooling only before the last tokenizer
-    conv, so 8x8 digits become 4x4 = 16 tokens) and a schedule that fits about a minute on 2 cores."""
+# 1 block of 64, 4 heads, T = 4; pooling only before the last tokenizer conv: 8x8 digits -> 4x4 = 16 tokens
+DEMO_ARGS = dict(depth=1, dim=64, num_heads=4, T=4, img_size=8, downsample=(False, False, False, True))
+# --compare: the paper's comparison in miniature (its Tables 1-2), Spikingformer against Spikformer V1
+COMPARED = {"spikingformer_4_256": "Spikingformer", "spikformer_4_384": "Spikformer (SEW)"}
+
+
+def demo_config(epochs: int = DEMO_EPOCHS, output: str = "runs/demo", seed: int = 0,
+                model: str = "spikingformer_4_256"):
+    """``model`` (a Spikingformer, or with ``--compare`` also a Spikformer V1) at ``DEMO_ARGS``'s size and a
+    schedule that fits about a minute on 2 cores."""
     from .config import TrainConfig
 
     return TrainConfig(
-        model="spikingformer_4_256",
-        model_args=dict(depth=1, dim=64, num_heads=4, T=4, img_size=8, downsample=(False, False, False, True)),
+        model=model, model_args=dict(DEMO_ARGS),
         dataset="digits", val_split="holdout", holdout=360, seed=seed,
         batch_size=32, val_batch_size=360, workers=0,
         opt="adamw", lr=2e-3, weight_decay=0.01, smoothing=0.1,
@@ -33,11 +41,34 @@ def demo_config(epochs: int = DEMO_EPOCHS, output: str = "runs/demo", seed: int 
         sched_on_updates=True, amp="off", device="cpu", output=output, progress=False)
 
 
+def _energy_mJ(cfg, out: Path) -> float:
+    """Eq. 19-20 energy per image of the run's final model over its held-out digits."""
+    import torch
+
+    from .data import build_data
+    from .energy import estimate_energy
+    from .loading import build_model
+
+    model = build_model(str(out / "last.pt"))[0]
+    val = build_data(cfg, model.cfg.img_size).val
+    return estimate_energy(model, torch.stack([val[i][0] for i in range(len(val))])).total_mJ
+
+
+def _train(args: argparse.Namespace, model: str, out: Path) -> dict:
+    from .train import run
+
+    cfg = demo_config(args.epochs, str(out), args.seed, model)
+    s = run(cfg)
+    return dict(model=model, val_acc=s["final_val_acc"], best_val_acc=s["best_val_acc"], firing_rate=s["firing_rate"],
+                energy_uJ=1e3 * _energy_mJ(cfg, out), spike_driven=s["spike_driven"], params=s["params"],
+                seconds=s["seconds"], val_split=s["val_split"], epochs=args.epochs,
+                non_spike_layers=s["non_spike_layers"], probe_images=s["probe_images"])
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
     from .metrics import write_json
-    from .train import run
 
     if args.epochs < 1:
         print("error: --epochs must be >= 1", file=sys.stderr)
@@ -46,20 +77,31 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     # slow it down by orders of magnitude on a machine that is busy with anything else.
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="spikingformer-demo-") as tmp:
-        out = args.output or tmp
-        if args.output and (Path(out) / "last.pt").exists():
+        out = Path(args.output or tmp)
+        if args.output and any((out / sub / "last.pt").exists() for sub in ("", *COMPARED)):
             print(f"error: {out} already holds a run; choose another --output", file=sys.stderr)
             return 2
-        s = run(demo_config(args.epochs, out, args.seed))
-    print(f"\nvalidation accuracy: {100 * s['final_val_acc']:.2f} % on {s['val_split']}")
-    print(f"mean firing rate:    {s['firing_rate']:.3f} (spikes fed to synaptic layers, over "
-          f"{s['probe_images']} validation images)")
-    print(f"spike-driven:        {'yes' if s['spike_driven'] else 'NO: ' + ', '.join(s['non_spike_layers'])}")
-    print(f"time:                {s['seconds']:.1f} s ({s['params']:,} parameters, {args.epochs} epochs, CPU)")
+        runs = ([_train(args, m, out / m) for m in COMPARED] if args.compare
+                else [_train(args, "spikingformer_4_256", out)])
+    r = runs[0]
+    if args.compare:
+        print(f"\nthe same block (1 x {DEMO_ARGS['dim']}, T = {DEMO_ARGS['T']}), split and schedule; {r['val_split']}:")
+        print(f"{'model':18s} {'val acc':>8s} {'firing rate':>12s} {'energy/image':>13s}  spike-driven")
+        for r in runs:
+            print(f"{COMPARED[r['model']]:18s} {100 * r['val_acc']:7.2f}% {r['firing_rate']:12.3f} "
+                  f"{r['energy_uJ']:10.3f} uJ  {'yes' if r['spike_driven'] else 'NO'}")
+    else:
+        print(f"\nvalidation accuracy: {100 * r['val_acc']:.2f} % on {r['val_split']}")
+        print(f"mean firing rate:    {r['firing_rate']:.3f} (spikes fed to synaptic layers, over "
+              f"{r['probe_images']} validation images)")
+        print(f"energy:              {r['energy_uJ']:.3f} uJ per image (Eq. 19-20, 45 nm: 0.9 pJ per AC, 4.6 pJ per MAC)")
+        print(f"spike-driven:        {'yes' if r['spike_driven'] else 'NO: ' + ', '.join(r['non_spike_layers'])}")
+        print(f"time:                {r['seconds']:.1f} s ({r['params']:,} parameters, {args.epochs} epochs, CPU)")
     if args.json:
-        keys = ("val_acc", "firing_rate", "seconds", "spike_driven", "val_split", "params", "best_val_acc")
-        record = dict(s, val_acc=s["final_val_acc"], epochs=args.epochs)
-        write_json(args.json, {k: record[k] for k in (*keys, "epochs")})
+        keys = ("model", "val_acc", "best_val_acc", "firing_rate", "energy_uJ", "spike_driven", "params", "seconds",
+                "val_split", "epochs")
+        rows = [{k: r[k] for k in keys} for r in runs]
+        write_json(args.json, {"runs": rows} if args.compare else rows[0])
         print(f"wrote {args.json}")
     return 0
 
@@ -69,9 +111,13 @@ def register_cli(sub) -> None:
         "demo", help="train a small Spikingformer on the bundled 8x8 digits (CPU, about a minute)",
         description="Train a 1-block Spikingformer (T=4) on scikit-learn's bundled 8x8 digits on the CPU, then "
                     "print accuracy on a seeded class-balanced held-out validation split (360 of 1797 images), "
-                    "the mean firing rate and whether the model is spike-driven. Nothing is downloaded.")
+                    "the mean firing rate, its energy per image (Eq. 19-20) and whether the model is spike-driven. "
+                    "Nothing is downloaded.")
     p.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help=f"training epochs (default {DEMO_EPOCHS})")
     p.add_argument("--seed", type=int, default=0, help="seed for weights, data order and the held-out split (default 0)")
     p.add_argument("--output", metavar="DIR", help="keep the run (checkpoints, metrics.jsonl, metrics.png) here")
-    p.add_argument("--json", metavar="FILE", help="write val_acc, firing_rate, seconds (and more) as JSON")
+    p.add_argument("--compare", action="store_true",
+                   help="also train a Spikformer V1 (SEW residual) of the same size on the same split and schedule, "
+                        "and compare accuracy, firing rate, energy and the spike-driven verdict (about 2 minutes)")
+    p.add_argument("--json", metavar="FILE", help="write val_acc, firing_rate, energy_uJ, seconds (and more) as JSON")
     p.set_defaults(func=_cmd_demo)
