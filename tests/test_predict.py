@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from spikingformer import cli, create_model
 from spikingformer.checkpoint import load_checkpoint
@@ -88,10 +89,25 @@ def test_an_exported_file_predicts_alone_and_a_state_dict_needs_a_recipe(trained
     assert [[c for c, _, _ in row] for row in got] == [[c for c, _, _ in row] for row in want]
     assert [p for row in got for _, _, p in row] == pytest.approx([p for row in want for _, _, p in row], abs=1e-4)
 
+    # eval too: the exported file names the run's split, and scores it as the run's checkpoint does
+    for source, out in ((ckpt, "run.json"), (exported, "exported.json")):
+        assert cli.main(["eval", "--checkpoint", str(source), "--json", str(tmp_path / out)]) == 0
+    run_eval, exp_eval = (json.loads((tmp_path / out).read_text()) for out in ("run.json", "exported.json"))
+    assert exp_eval["val_split"] == run_eval["val_split"] and exp_eval["val_images"] == 6
+    assert exp_eval["val_acc"] == run_eval["val_acc"] and exp_eval["val_loss"] == pytest.approx(run_eval["val_loss"], abs=1e-4)
+
     bare = tmp_path / "sd.pt"
     torch.save(load_checkpoint(ckpt)["model"], bare)
+    from_bare = tmp_path / "bare.safetensors"  # as `export` writes a state_dict: model and options, no run
+    margs = load_checkpoint(ckpt)["meta"]["model_args"]
+    save_file(load_checkpoint(ckpt)["model"], str(from_bare), metadata={
+        "format": "spikingformer.weights", "model": "spikingformer_4_256", "model_args": json.dumps(margs)})
+    assert cli.main(["eval", "--checkpoint", str(from_bare)]) == 2
+    assert "does not record the run it came from" in capsys.readouterr().err
+    assert cli.main(["predict", str(images[0]), "--checkpoint", str(from_bare)]) == 2
+    assert "does not record how its images were read" in capsys.readouterr().err
     assert cli.main(["predict", str(images[0]), "--checkpoint", str(bare)]) == 2
-    assert "does not say which model it holds nor how its images were read" in capsys.readouterr().err
+    assert "names neither its model nor how its images were read: add --config" in capsys.readouterr().err
     names = tmp_path / "names.txt"
     names.write_text("rouge\nvert\nbleu\n")
     recipe = tmp_path / "r.yaml"

@@ -80,10 +80,10 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
                         workers: int | None = None, recipe: str | None = None, sets: list[str] = ()) -> dict:
     """Evaluate a checkpoint on a validation split.
 
-    Without ``recipe``, ``path`` is a run's checkpoint: its model is rebuilt and evaluated on the split it
-    was trained with (or ``data_dir``'s).  With ``recipe`` (a YAML config, plus ``--set`` overrides), ``path``
-    may hold any weights ``checkpoint.load_weights`` reads, the official repositories' included: the recipe
-    names the model, the dataset and its evaluation transform."""
+    Without ``recipe``, ``path`` is a run's checkpoint (or a ``.safetensors`` exported from one): its model
+    is rebuilt and evaluated on the split it was trained with (or ``data_dir``'s).  With ``recipe`` (a YAML
+    config, plus ``--set`` overrides), ``path`` may hold any weights ``checkpoint.load_weights`` reads, the
+    official repositories' included: the recipe names the model, the dataset and its evaluation transform."""
     from torch.utils.data import DataLoader
 
     from . import create_model
@@ -99,13 +99,22 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     dev = resolve_device(device)
     extra = {k: v for k, v in (("device", device), ("data_dir", data_dir), ("val_batch_size", batch_size or None),
                                ("workers", workers)) if v is not None}
-    if recipe is None:
+    if recipe is None:  # a run's checkpoint, or a .safetensors exported from one: both record the run
         if sets:
             raise ValueError("--set needs --config (a run's checkpoint brings its own config)")
-        state = ckpt.load_checkpoint(path, hint=" (for a state_dict or official weights add --config RECIPE.yaml, "
-                                              "e.g. configs/cifar10.yaml, which names the model and the data)")
-        cfg = from_dict(TrainConfig, dict(state["config"], **extra), f"{path} config")
-        meta, weights, epoch, notes, build = state["meta"], state["model"], state["progress"]["epoch"], [], {}
+        if str(path).endswith(".safetensors"):
+            weights, build = ckpt.load_weights(path)
+            meta, epoch = {"model": build.get("model"), "model_args": build.get("model_args"), **build.get("data", {})}, None
+            if not build.get("config") or "classes" not in meta:
+                raise ValueError(f"{path} does not record the run it came from (exported from a state_dict?): "
+                                 "add --config RECIPE, e.g. --config cifar10")
+            config = build["config"]
+        else:
+            state = ckpt.load_checkpoint(path, hint=" (for a state_dict or official weights add --config RECIPE, "
+                                                  "e.g. --config cifar10, which names the model and the data)")
+            meta, weights, epoch, build, config = state["meta"], state["model"], state["progress"]["epoch"], {}, state["config"]
+        cfg = from_dict(TrainConfig, dict(config, **extra), f"{path} config")
+        notes = []
         data = build_data(cfg, meta["img_size"])
         if data.classes != meta["classes"]:
             raise DataError(f"{cfg.data_dir} has classes {data.classes[:5]}... but {path} was trained on "

@@ -51,13 +51,13 @@ def load_predictor(checkpoint: str, recipe: str | None = None, classes_file: str
     from .loading import build_model
     from .models.text import list_text_models
 
-    unread = (f"{checkpoint} does not say which model it holds nor how its images were read (size, "
-              f"normalisation): add --config RECIPE, e.g. --config cifar10")
-    model, name, margs, notes, build = build_model(checkpoint, recipe=recipe, unnamed=unread)
+    advice = "add --config RECIPE, e.g. --config cifar10"
+    model, name, margs, notes, build = build_model(
+        checkpoint, recipe=recipe, unnamed=f"{checkpoint} names neither its model nor how its images were read: {advice}")
     if name in list_text_models():
         raise ValueError(f"{checkpoint} holds the text model {name}; predict classifies image files")
     if not build.get("config"):
-        raise ValueError(unread)
+        raise ValueError(f"{checkpoint} does not record how its images were read (size, normalisation): {advice}")
     try:
         cfg = from_dict(TrainConfig, build["config"], f"{checkpoint} config")
     except ConfigError as e:
