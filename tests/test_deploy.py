@@ -63,6 +63,19 @@ def test_fold_gives_bias_free_convs_a_bias():
     torch.testing.assert_close(folded(x), block.eval()(x), atol=1e-5, rtol=1e-5)
 
 
+def test_fold_uses_each_bn_own_eps_and_gives_an_eval_mode_copy():
+    block = ConvBN(3, 5, 3, 1, 1)
+    block.bn = nn.BatchNorm2d(5, eps=0.1)  # not the default 1e-5: small variances make the difference plain
+    block.bn.running_var.uniform_(0.01, 0.05)
+    block.bn.running_mean.normal_()
+    folded = fold_bn(block)  # block is in train mode
+    assert not folded.training and block.training
+    assert not any(m.training for m in folded.modules() if not isinstance(m, nn.Identity))  # (the folded-out BN)
+    x = torch.randn(2, 1, 3, 6, 6)
+    # the reference: torch's own BatchNorm in eval mode, with its eps
+    torch.testing.assert_close(folded(x), block.eval()(x), atol=1e-5, rtol=1e-5)
+
+
 def test_bn_without_running_stats_is_refused():
     block = ConvBN(3, 5)
     block.bn = nn.BatchNorm2d(5, track_running_stats=False)

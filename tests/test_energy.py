@@ -63,7 +63,12 @@ def test_spike_input_of_known_rate_costs_fr_T_flops_acs():
     flops = 8 * 8 * 8 * 4 * 9  # per image and step: H*W*C_out*C_in*k*k
     assert (row.kind, row.fr, row.flops, report.T, report.images) == ("spike", 0.25, flops, T, B)
     assert row.ac == 0.25 * T * flops and row.mac == 0
-    assert report.total_mJ == pytest.approx(E_AC_PJ * 0.25 * T * flops * 1e-9, rel=1e-12)
+    # SPEC §7: E_AC = 0.9 pJ, E_MAC = 4.6 pJ (45 nm), written out, not read back from the module
+    assert (E_AC_PJ, E_MAC_PJ) == (0.9, 4.6)
+    assert report.total_mJ == pytest.approx(0.9 * 0.25 * T * flops * 1e-9, rel=1e-12)
+    real = estimate_energy(SpikeFed().eval(), x * 0.5)  # not 0/1: T * FLOPs multiply-accumulates
+    assert (real.layers[0].kind, real.mac) == ("real", T * flops)
+    assert real.total_mJ == pytest.approx(4.6 * T * flops * 1e-9, rel=1e-12)
     # a DataLoader-style iterable of (x, y) pairs, two batches: the same figures per image
     again = estimate_energy(SpikeFed().eval(), [(x, None), (x, None)])
     assert (again.images, again.layers[0].ac) == (2 * B, row.ac)
@@ -96,6 +101,76 @@ def test_attention_count_matches_hand_computation(n, d):
         expect = [("Q K^T", 1 / 4, per_head * n * d * n), ("(Q K^T) V", 1 / 8, per_head * n * n * d)]
     assert [(r.op, r.fr, r.ac) for r in report.layers] == [(op, fr, fr * m) for op, fr, m in expect]
     assert all(r.kind == "spike" and r.mac == 0 for r in report.layers)
+
+
+class CrossAttention(nn.Module):
+    """A user's own cross-attention: ``x`` is ``[T, B, heads, n_q + 2 n_k, d]``, Q then K then V along tokens."""
+
+    def __init__(self, n_q):
+        super().__init__()
+        self.n_q, self.qkv = n_q, SpikeQKV()
+
+    def forward(self, x):
+        q, kv = x[..., :self.n_q, :], x[..., self.n_q:, :]
+        k, v = kv.chunk(2, dim=-2)
+        return self.qkv(q, k, v)
+
+
+@pytest.mark.parametrize("n_q,n_k,d", [(8, 6, 4), (4, 6, 8)])  # n_q > d: Q (K^T V); n_q <= d: (Q K^T) V
+def test_cross_attention_counts_each_factor_with_its_own_length(n_q, n_k, d):
+    T = 2
+    q, k, v = torch.zeros(T, 1, 1, n_q, d), torch.zeros(T, 1, 1, n_k, d), torch.zeros(T, 1, 1, n_k, d)
+    q.view(-1)[::8] = 1   # fr_Q = 1/8 (the sparsest: K^T V must not be driven by it)
+    k.view(-1)[::4] = 1   # fr_K = 1/4
+    v.view(-1)[::2] = 1   # fr_V = 1/2
+    report = estimate_energy(CrossAttention(n_q), torch.cat([q, k, v], dim=-2))
+    if n_q > d:  # K^T V: d x n_k times n_k x d; Q (K^T V): n_q x d times d x d
+        expect = [("K^T V", 1 / 4, d * n_k * d), ("Q (K^T V)", 1 / 8, n_q * d * d)]
+    else:        # Q K^T: n_q x d times d x n_k; (Q K^T) V: n_q x n_k times n_k x d
+        expect = [("Q K^T", 1 / 8, n_q * d * n_k), ("(Q K^T) V", 1 / 2, n_q * n_k * d)]
+    assert [(r.op, r.fr, r.flops, r.ac) for r in report.layers] == [(op, fr, m, fr * T * m) for op, fr, m in expect]
+
+
+def test_attention_order_may_change_from_batch_to_batch():
+    """Text batches are padded to their longest sequence: a layer's N may be above d in one batch and not in the
+    next, so the product runs in the other order.  Each order's products are counted as computed."""
+    T, d = 2, 4
+    batches = []
+    for n in (8, 2):  # 8 > d: Q (K^T V); 2 <= d: (Q K^T) V
+        q, k, v = torch.zeros(3, T, 1, 1, n, d)
+        q.view(-1)[::2] = 1   # fr_Q = 1/2
+        k.view(-1)[::4] = 1   # fr_K = 1/4
+        v.view(-1)[::8] = 1   # fr_V = 1/8
+        batches.append(torch.stack([q, k, v], dim=2))
+    report = estimate_energy(Attention(), batches, time_major=True)
+    # per image and step, over the 2 images: each order ran on one of them
+    expect = [("K^T V", 1 / 8, d * 8 * d / 2), ("Q (K^T V)", 1 / 2, 8 * d * d / 2),
+              ("Q K^T", 1 / 4, 2 * d * 2 / 2), ("(Q K^T) V", 1 / 8, 2 * 2 * d / 2)]
+    assert report.images == 2
+    assert [(r.op, r.fr, r.flops, r.ac) for r in report.layers] == [(op, fr, m, fr * T * m) for op, fr, m in expect]
+
+
+class Convs(nn.Module):
+    """A user's own module: a depthwise Conv2d, a Conv1d and a Conv3d, all fed the same spikes."""
+
+    def __init__(self):
+        super().__init__()
+        self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.c1 = nn.Conv1d(4, 2, 3, padding=1)
+        self.c3 = nn.Conv3d(4, 2, (1, 3, 3), padding=(0, 1, 1))
+
+    def forward(self, x):  # [B, 4, 6, 6]
+        return self.dw(x), self.c1(x.flatten(2)), self.c3(x.unsqueeze(2))
+
+
+def test_every_conv_kind_is_counted_with_its_own_fan_in():
+    x = torch.zeros(2, 4, 6, 6)
+    x.view(-1)[::4] = 1  # firing rate 1/4
+    report = estimate_energy(Convs(), x, T=1)
+    # output elements x (C_in / groups) x kernel volume, per image
+    expect = {"dw": 6 * 6 * 4 * 1 * 9, "c1": 36 * 2 * 4 * 3, "c3": 6 * 6 * 2 * 4 * 9}
+    assert [(r.name, r.kind, r.flops, r.ac) for r in report.layers] == [
+        (n, "spike", m, 0.25 * m) for n, m in expect.items()]
 
 
 @pytest.mark.parametrize("size,order", [(32, "K^T V"), (16, "Q K^T")])
@@ -155,6 +230,27 @@ def test_integer_inputs_as_acs_count_each_value_as_that_many_spikes():
         estimate_energy(model, x, integer_inputs="nonzero")
 
 
+@pytest.mark.parametrize("integer_inputs,sign", [("mac", 1), ("ac", 1), ("ac", -1)])
+def test_a_product_of_an_integer_and_a_real_factor(integer_inputs, sign):
+    """Q spikes, K integer counts, V real.  K^T V has no binary factor: MACs, a real-valued product, unless
+    integer inputs count as ACs and K's values are counts of spikes (never negative)."""
+    T, n, d = 2, 8, 4
+    q, k = torch.zeros(2, T, 1, 1, n, d)
+    q.view(-1)[::2] = 1          # fr_Q = 1/2
+    k.view(-1)[::4] = 2 * sign   # {0, 2}: mean 1/2;  {0, -2}: mean -1/2
+    v = torch.full_like(q, 0.3)
+    report = estimate_energy(Attention(), torch.stack([q, k, v], dim=2), time_major=True,
+                             integer_inputs=integer_inputs)
+    kv, qkv = report.layers
+    flops = d * n * d
+    assert (qkv.op, qkv.kind, qkv.fr, qkv.ac, qkv.mac) == ("Q (K^T V)", "spike", 0.5, 0.5 * T * n * d * d, 0)
+    if integer_inputs == "ac" and sign > 0:
+        assert (kv.op, kv.kind, kv.fr, kv.ac, kv.mac) == ("K^T V", "integer", 0.5, 0.5 * T * flops, 0)
+    else:
+        assert (kv.op, kv.kind, kv.fr, kv.ac, kv.mac) == ("K^T V", "real", None, 0, T * flops)
+        assert report.total_mJ == pytest.approx((0.9 * 0.5 * T * n * d * d + 4.6 * T * flops) * 1e-9, rel=1e-12)
+
+
 @pytest.mark.parametrize("name", sf.list_models())
 def test_every_named_model_gets_a_full_report(name):
     model = sf.create_model(name, depth=1, T=1).train()
@@ -172,9 +268,15 @@ def test_every_named_model_gets_a_full_report(name):
 
 def test_spike_fed_head_counts_as_acs():
     head = ClassifierHead(16, 5, kind="sn_fc_avgpool")
-    report = estimate_energy(head, torch.randn(2, 3, 4, 16) * 3, time_major=True)
+    x = torch.full((2, 3, 4, 16), -10.0)  # [T, B, N, D]
+    x[..., :8] = 10.0  # LIF (tau 2, threshold 1): H = 10 / 2 = 5 fires every step; -10 never: fr exactly 1/2
+    report = estimate_energy(head, x, time_major=True)
     (row,) = report.layers
-    assert row.readout and row.kind == "spike" and row.ac > 0 and row.mac == 0
+    flops = 4 * 16 * 5  # FC per token and step: N x D x classes
+    assert (row.readout, row.kind, row.fr, row.flops, row.ac, row.mac) == (True, "spike", 0.5, flops, 0.5 * 2 * flops, 0)
+    # the head is in the total, and it is all of it here; Eq. 20 (backbone) leaves it out
+    assert report.total_mJ == pytest.approx(0.9 * 0.5 * 2 * flops * 1e-9, rel=1e-12)
+    assert report.readout_mJ == pytest.approx(report.total_mJ, rel=1e-12) and report.backbone_mJ == pytest.approx(0)
 
 
 def test_unknown_time_steps_is_a_clear_error():
@@ -194,6 +296,7 @@ def test_cli_total_is_e_ac_times_ac_plus_e_mac_times_mac(tmp_path, capsys):
     data = json.loads(js.read_text())
     assert {"total_mJ", "mac", "ac", "layers", "readout_mJ", "backbone_mJ"} <= set(data)
     assert data["total_mJ"] == pytest.approx((0.7 * data["ac"] + 3.1 * data["mac"]) * 1e-9, rel=1e-12)
+    assert (data["e_ac_pJ"], data["e_mac_pJ"]) == (0.7, 3.1)
     printed = float(re.search(r"= ([0-9.e+-]+) mJ", out).group(1))
     assert printed == pytest.approx(data["total_mJ"], rel=1e-5)
     assert "untrained model" in out and "random N(0,1) input" in out

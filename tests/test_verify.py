@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from spikingformer.cli import main
-from spikingformer.layers import ConvBN
+from spikingformer.energy import estimate_energy
+from spikingformer.layers import ConvBN, SpikeQKV
 from spikingformer.neuron import MultiStepLIF
 from spikingformer.verify import verify_model
 
@@ -40,6 +41,67 @@ def test_certificate_of_a_users_module(sew):
     else:
         assert cert.spike_driven and set(conv.inputs[0].counts) == {0, 1}
     assert sum(conv.inputs[0].counts.values()) == 2 * 2 * 8 * 8 * 8  # every input element counted once
+
+
+class RealV(nn.Module):
+    """A user's attention whose Q and K are spikes but whose V is the encoding layer's real output
+    (``real_v=False``: V is the spikes too)."""
+
+    def __init__(self, real_v: bool):
+        super().__init__()
+        self.real_v = real_v
+        self.encode, self.sn, self.qkv = nn.Linear(4, 4), MultiStepLIF(), SpikeQKV()
+
+    def forward(self, x):  # [T, B, N, 4]
+        h = self.encode(x)
+        s = self.sn(h).unsqueeze(2)  # one head
+        return self.qkv(s, s, h.unsqueeze(2) if self.real_v else s)
+
+
+@pytest.mark.parametrize("real_v", [False, True])
+def test_one_non_spike_factor_of_the_attention_product_is_a_violation(real_v):
+    torch.manual_seed(0)
+    model, x = RealV(real_v), torch.randn(2, 2, 8, 4)
+    cert = verify_model(model, x)
+    enc, attn = cert.layers
+    assert (enc.role, attn.role, attn.op) == ("encoding", "synaptic", "attention")
+    assert [(i.name, i.kind) for i in attn.inputs] == [("q", "spike"), ("k", "spike"), ("v", "real" if real_v else "spike")]
+    assert attn.spike_input is (not real_v) and cert.spike_driven is (not real_v)
+    assert cert.violations == ([attn] if real_v else [])
+    assert estimate_energy(model, x, time_major=True).spike_driven is (not real_v)  # the probe's verdict agrees
+
+
+class Fed(nn.Module):
+    """A user's module: an encoding layer, then one Linear(1, 1) fed each of ``values``."""
+
+    def __init__(self, values):
+        super().__init__()
+        self.values = [torch.tensor(v, dtype=torch.float32).view(-1, 1) for v in values]
+        self.encode = nn.Linear(1, 1)
+        self.fcs = nn.ModuleList(nn.Linear(1, 1) for _ in values)
+
+    def forward(self, x):
+        self.encode(x)
+        return [fc(v) for fc, v in zip(self.fcs, self.values)]
+
+
+def test_input_values_are_classified_exactly_and_counted_up_to_64_distinct():
+    values = [[0, 1, 1, 0],             # spikes
+              list(range(35)),          # the SEW residual sums of a 16-block Spikformer, {0, ..., 34}
+              list(range(64)) * 2,      # 64 distinct values: still counted
+              list(range(65)),          # 65: only the range is kept
+              [0.0, 1.0001, 2.0],       # within 1e-4 of integers is still not integers
+              [0.0, 0.5]]
+    cert = verify_model(Fed(values), torch.randn(3, 1))
+    rows = cert.layers[1:]
+    assert [r.inputs[0].kind for r in rows] == ["spike", "integer", "integer", "integer", "real", "real"]
+    spikes, sew, many, more, near, half = (r.inputs[0] for r in rows)
+    assert spikes.counts == {0: 2, 1: 2} and spikes.firing_rate == 0.5
+    assert sew.counts == {float(v): 1 for v in range(35)} and sew.describe() == "{0, 1, ..., 34} (35 values)"
+    assert many.counts == {float(v): 2 for v in range(64)}
+    assert more.counts is None and (more.min, more.max) == (0, 64) and more.describe() == "integers in [0, 64]"
+    assert near.counts is None and half.counts is None
+    assert [r.name for r in cert.violations] == [f"fcs.{i}" for i in range(1, 6)]
 
 
 def test_verify_exits_0_for_spikingformer(capsys):

@@ -203,10 +203,14 @@ class SynapticProbe:
         # A forward (post) hook: a conv's MAC count needs its output size.
         def hook(mod, args, kwargs, out):
             rec = self.layers[name]
-            for i, (label, operands, macs) in enumerate(_stages(mod, _tensors(args, kwargs), out)):
-                if i == len(rec.stages):
-                    rec.stages.append(Stage(label, operands))
-                rec.stages[i].macs += macs
+            for label, operands, macs in _stages(mod, _tensors(args, kwargs), out):
+                # by label, not position: the attention product runs in the other order on a batch whose
+                # token count is on the other side of the head dim (text batches padded to their longest)
+                stage = next((s for s in rec.stages if s.label == label), None)
+                if stage is None:
+                    stage = Stage(label, operands)
+                    rec.stages.append(stage)
+                stage.macs += macs
         return hook
 
     @property
