@@ -61,7 +61,7 @@ def fold_bn(model: nn.Module) -> nn.Module:
             _fold_into(mod.linear, mod.bn, name)
         else:
             continue
-        mod.bn = nn.Identity()
+        mod.bn = nn.Identity().eval()  # the whole copy reports eval mode, its new modules included
     left = [n for n, m in folded.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if left:
         warnings.warn(f"fold_bn left {len(left)} BatchNorm layer(s) that do not follow a ConvBN/LinearBN "
