@@ -88,3 +88,25 @@ def test_matches_spikingjelly_lifnode(tau, v_th):
     (s * g).sum().backward()
     (s_sj * g).sum().backward()
     torch.testing.assert_close(x.grad, x_sj.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_layer_defaults_are_tau_2_threshold_1():
+    # SPEC §2 defaults, by hand: constant 1.6 with tau 2, V_th 1 charges H = 0.8 (silent), then
+    # 0.8 + (1.6 - 0.8) / 2 = 1.2 (spike, reset to 0), and so on: 0, 1, 0, 1.  (tau 1.5 would fire at once.)
+    x = torch.full((4, 1), 1.6)
+    assert MultiStepLIF()(x).squeeze().tolist() == [0.0, 1.0, 0.0, 1.0]
+    # The layer passes its own threshold on: at V_th = 0.5, constant 1.0 fires every step (H = 0.5 each time).
+    assert MultiStepLIF(v_threshold=0.5)(torch.ones(3, 1)).squeeze().tolist() == [1.0] * 3
+    # and its tau: 1.6 / 1.5 >= 1 fires at the first step, and again after each reset.
+    assert MultiStepLIF(tau=1.5)(x).squeeze().tolist() == [1.0] * 4
+
+
+def test_membrane_starts_at_and_resets_to_v_reset():
+    # V[-1] = V_reset and the hard reset goes back to V_reset (SPEC §2).  V_reset = -0.5, tau 2, V_th 1,
+    # constant input 2.6: H0 = -0.5 + (2.6 - 0) / 2 = 0.8 (silent); H1 = 0.8 + (2.6 - 1.3) / 2 = 1.45 (spike,
+    # V = -0.5); then the same again.  Starting from V = 0 would give H0 = 0 + (2.6 + 0.5) / 2 = 1.05 (spike
+    # at once); resetting to 0 would give H2 = 1.05 (spike again).
+    x = torch.full((4, 1), 2.6)
+    assert multistep_lif(x, v_reset=-0.5).squeeze().tolist() == [0.0, 1.0, 0.0, 1.0]
+    y = torch.randn(5, 4, 6, dtype=torch.float64) * 2
+    assert torch.equal(multistep_lif(y, 1.5, 1.0, -0.3), reference_lif(y, 1.5, 1.0, -0.3))

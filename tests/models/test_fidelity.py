@@ -4,6 +4,10 @@ import torch
 
 import spikingformer as sf
 from spikingformer.cli import SPEC_PARAMS_M
+from spikingformer.layers import ClassifierHead, ConvBN, SeqMaxPool, SpikeQKV
+from spikingformer.models.spikformer import SEWBlock
+from spikingformer.models.spikingformer import MSBlock
+from spikingformer.neuron import MultiStepLIF, multistep_lif
 from spikingformer.probe import SynapticProbe
 
 from ..helpers import calibrate_bn
@@ -120,3 +124,289 @@ def test_heads_of_eq_15_to_18(head):
         assert fc.kind == "spike"
     else:
         assert fc.kind == "real"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The building blocks and the wiring of SPEC §2-5, checked against hand computation and the spec's
+# formulas (written out here independently of the library's own reshapes).
+
+
+def test_maxpool_is_3x3_stride_2_pad_1():
+    # SPEC §4: MaxPool(3, stride 2, pad 1).  A spike at (1, 1) of a 4x4 map lies in all four 3x3 windows
+    # (rows/cols -1..1 and 1..3); a 2x2 pool would only see it in the top-left output.
+    x = torch.zeros(1, 1, 1, 4, 4)
+    x[..., 1, 1] = 1
+    assert SeqMaxPool()(x).flatten().tolist() == [1.0] * 4
+    assert SeqMaxPool()(torch.zeros(2, 1, 3, 5, 5)).shape == (2, 1, 3, 3, 3)  # (5 + 2 - 3) // 2 + 1
+
+
+@pytest.mark.parametrize("n,d", [(3, 2), (2, 3)])  # both orders of evaluation: N > d and N <= d
+def test_attention_product_is_q_kt_v_times_one_eighth(n, d):
+    # All-ones Q, K, V: Q K^T = d everywhere, (Q K^T) V = n d everywhere, times s = 0.125 -> 6 / 8.
+    ones = torch.ones(1, n, d)
+    assert torch.equal(SpikeQKV()(ones, ones, ones), torch.full((1, n, d), 0.75))
+    q, k, v = ((torch.rand(2, 3, n, d) < 0.5).float() for _ in range(3))
+    assert torch.equal(SpikeQKV()(q, k, v), torch.einsum("...ij,...kj,...kl->...il", q, k, v) / 8)
+
+
+@pytest.mark.parametrize("kind,expected", [("avgpool_fc", [1.5, 2.8]), ("fc_avgpool", [1.5, 2.8]),
+                                           ("sn_avgpool_fc", [0.5, 1.25]), ("sn_fc_avgpool", [0.5, 1.25])])
+def test_heads_by_hand(kind, expected):
+    # X [T=2, B=1, N=2, D=2]; FC y = W x + b with W = [[1, 0], [1, 1]], b = [0, 0.5].
+    x = torch.tensor([[[[4.0, 1.6], [0.0, 0.0]]], [[[0.0, 1.6], [2.0, 0.0]]]])
+    # (FC is linear, so Eq. 17 equals Eq. 15 and Eq. 18 equals Eq. 16 in value; they differ in cost only.)
+    # Eq. 15/17: mean over T and tokens = [(4 + 0 + 0 + 2) / 4, (1.6 + 0 + 1.6 + 0) / 4] = [1.5, 0.8] -> [1.5, 2.8].
+    # Eq. 16/18: SN (tau 2, V_th 1) per (token, channel) over T: [4, 0] -> H 2, 0 -> spikes 1, 0;
+    # [1.6, 1.6] -> H 0.8, 1.2 -> 0, 1;  [0, 2] -> H 0, 1 -> 0, 1;  [0, 0] -> 0, 0.
+    # Means [(1 + 0 + 0 + 1) / 4, (0 + 1 + 0 + 0) / 4] = [0.5, 0.25] -> [0.5, 1.25].
+    head = ClassifierHead(2, 2, kind)
+    with torch.no_grad():
+        head.fc.weight.copy_(torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
+        head.fc.bias.copy_(torch.tensor([0.0, 0.5]))
+    torch.testing.assert_close(head(x), torch.tensor([expected]))
+
+
+def test_dvs_head_neuron_uses_tau_1_5():
+    # SPEC §2: the DVS models use tau 1.5, their SN heads too.  Constant 1.6: H = 1.6 / 1.5 >= 1 fires at
+    # every step; with tau 2 the first step would be silent (H = 0.8).
+    model = sf.create_model("spikingformer_dvs_2_256", depth=1, dim=32, num_heads=4, head="sn_avgpool_fc")
+    assert model.head.sn(torch.full((3, 1), 1.6)).squeeze().tolist() == [1.0] * 3
+    model.reset_classifier(4)
+    assert model.head.sn(torch.full((3, 1), 1.6)).squeeze().tolist() == [1.0] * 3
+
+
+def capture(module, names):
+    """{name: (input, output)} of the named submodules' latest calls."""
+    seen, mods = {}, dict(module.named_modules())
+    for n in names:
+        mods[n].register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, (i[0].detach(), o.detach())))
+    return seen
+
+
+def spec_attention(q, k, v, heads):
+    """Q K^T V * 0.125 per head on token tensors [T, B, N, C]; head i owns channels [i C/h, (i+1) C/h)."""
+    dh = q.shape[-1] // heads
+    parts = [(q[..., i * dh:(i + 1) * dh] @ k[..., i * dh:(i + 1) * dh].transpose(-2, -1))
+             @ v[..., i * dh:(i + 1) * dh] * 0.125 for i in range(heads)]
+    return torch.cat(parts, dim=-1)
+
+
+def tokens(x):  # [T, B, C, H, W] -> [T, B, H*W, C], token n = row-major position (n // W, n % W)
+    return x.permute(0, 1, 3, 4, 2).reshape(x.shape[0], x.shape[1], -1, x.shape[2])
+
+
+def test_ms_block_is_eq_7_8_with_pssa_of_eq_12_14():
+    blk = MSBlock(16, num_heads=4).train()
+    for n in "qkv":  # BN shift 1.5: Q, K, V fire at ~40 %, so the attention neuron fires at some positions
+        getattr(blk.attn, n).bn.bias.data.fill_(1.5)
+    x = torch.randn(2, 3, 16, 3, 5) * 2  # [T, B, C, H, W]: H != W, so a transposed token grid shows
+    names = ["attn", "attn.sn_in", "attn.q", "attn.k", "attn.v", "attn.sn_q", "attn.sn_k", "attn.sn_v",
+             "attn.sn_attn", "attn.proj", "mlp", "mlp.sn1", "mlp.fc1", "mlp.sn2", "mlp.fc2"]
+    c = capture(blk, names)
+    out = blk(x)
+    # PSSA: every synaptic layer sees SN(X), the pre-activation spikes of the real-valued stream.
+    assert torch.equal(c["attn.sn_in"][0], x)
+    xs = multistep_lif(x)
+    for n in "qkv":
+        assert torch.equal(c[f"attn.{n}"][0], xs)
+        assert torch.equal(c[f"attn.sn_{n}"][0], c[f"attn.{n}"][1])
+    q, k, v = (tokens(c[f"attn.sn_{n}"][1]) for n in "qkv")
+    a = spec_attention(q, k, v, heads=4)
+    assert torch.equal(tokens(c["attn.sn_attn"][0]), a)
+    # SN_attn fires at V_th = 0.5, and here that is not the same as at 1.0
+    assert torch.equal(c["attn.sn_attn"][1], multistep_lif(c["attn.sn_attn"][0], v_threshold=0.5))
+    assert not torch.equal(c["attn.sn_attn"][1], multistep_lif(c["attn.sn_attn"][0]))
+    assert torch.equal(c["attn.proj"][0], c["attn.sn_attn"][1]) and torch.equal(c["attn"][1], c["attn.proj"][1])
+    # MS residual: X' = X + PSSA(X) (real values, not spikes), X'' = X' + SMLP(X')
+    x1 = x + c["attn"][1]
+    assert torch.equal(c["mlp"][0], x1) and torch.equal(c["mlp.sn1"][0], x1)
+    assert torch.equal(c["mlp.fc1"][0], c["mlp.sn1"][1]) and torch.equal(c["mlp.sn2"][0], c["mlp.fc1"][1])
+    assert torch.equal(c["mlp.fc2"][0], c["mlp.sn2"][1]) and c["mlp.fc1"][1].shape[2] == 64  # hidden 4D
+    assert torch.equal(out, x1 + c["mlp.fc2"][1])
+    assert 0 < c["attn.sn_attn"][1].mean() < 1 and 0 < xs.mean() < 1  # not vacuous
+
+
+def test_sew_block_and_ssa_of_spikformer():
+    blk = SEWBlock(16, num_heads=4).train()
+    for n in "qkv":
+        getattr(blk.attn, n).bn.bias.data.fill_(1.5)
+    x = (torch.rand(2, 3, 15, 16) < 0.4).float() + (torch.rand(2, 3, 15, 16) < 0.4).float()  # SEW sums {0, 1, 2}
+    names = ["attn", "attn.q", "attn.k", "attn.v", "attn.sn_q", "attn.sn_k", "attn.sn_v", "attn.sn_attn",
+             "attn.proj", "attn.sn_proj", "mlp", "mlp.fc1", "mlp.sn1", "mlp.fc2", "mlp.sn2"]
+    c = capture(blk, names)
+    out = blk(x)
+    for n in "qkv":  # SSA: Q = SN(BN(Linear(X))) straight on the block input
+        assert torch.equal(c[f"attn.{n}"][0], x) and torch.equal(c[f"attn.sn_{n}"][0], c[f"attn.{n}"][1])
+    a = spec_attention(*(c[f"attn.sn_{n}"][1] for n in "qkv"), heads=4)
+    assert torch.equal(c["attn.sn_attn"][0], a)
+    assert torch.equal(c["attn.sn_attn"][1], multistep_lif(a, v_threshold=0.5))
+    assert not torch.equal(c["attn.sn_attn"][1], multistep_lif(a))
+    assert torch.equal(c["attn.proj"][0], c["attn.sn_attn"][1])
+    assert torch.equal(c["attn.sn_proj"][0], c["attn.proj"][1]) and torch.equal(c["attn"][1], c["attn.sn_proj"][1])
+    x1 = x + c["attn"][1]  # SEW residual: spikes added to the stream
+    assert torch.equal(c["mlp"][0], x1) and torch.equal(c["mlp.fc1"][0], x1)
+    assert torch.equal(c["mlp.sn1"][0], c["mlp.fc1"][1]) and torch.equal(c["mlp.fc2"][0], c["mlp.sn1"][1])
+    assert torch.equal(c["mlp.sn2"][0], c["mlp.fc2"][1]) and torch.equal(out, x1 + c["mlp.sn2"][1])
+    assert 0 < c["attn.sn_attn"][1].mean() < 1
+
+
+def stem_trace(model, x):
+    """The ConvBN / SN / MaxPool calls of the model's tokenizer or stem, in order: (letter, module, in, out)."""
+    stem = getattr(model, "tokenizer", None) or model.stem
+    calls = []
+    letter = {ConvBN: "C", MultiStepLIF: "S", SeqMaxPool: "P"}
+    for m in stem.modules():
+        if type(m) in letter:
+            m.register_forward_hook(lambda m, i, o: calls.append((letter[type(m)], m, i[0].detach(), o.detach())))
+    with torch.no_grad():
+        out = stem(model.check_input(x))
+    return calls, out
+
+
+@pytest.mark.parametrize("name,size,ops", [
+    # SPEC §4: encoding ConvBN, then per stage SN, [MaxPool], ConvBN; CIFAR pools in stages 3-4, ImageNet in all.
+    ("spikingformer_4_384", 32, "C S C S C S P C S P C"),
+    ("spikingformer_8_512", 64, "C S P C S P C S P C S P C"),
+    ("spikingformer_dvs_2_256", 64, "C S P C S P C S P C S P C"),
+    # SPEC §5, dagger: ConvBN-MaxPool-LIF; CIFAR pools follow the ConvBN of stages 2, 3, ImageNet of 0-3.
+    ("spikingformer_dagger_4_384", 32, "C S C S C P S C P S C"),
+    ("spikingformer_dagger_8_768", 64, "C P S C P S C P S C P S C"),
+    # Spikformer V1 SPS: ConvBN -> SN -> [MaxPool] (CIFAR: no pool in the first two), then RPE = SN(ConvBN(x)).
+    ("spikformer_4_384", 32, "C S C S C S P C S P C S"),
+    ("spikformer_8_512", 64, "C S P C S P C S P C S P C S"),
+])
+def test_tokenizer_order_of_spec(name, size, ops):
+    model = sf.create_model(name, depth=1, dim=32, num_heads=4, T=2).train()
+    x = torch.randn(2, model.cfg.in_chans, size, size)
+    calls, out = stem_trace(model, x)
+    assert " ".join(c[0] for c in calls) == ops
+    assert torch.equal(calls[0][2], torch.stack([x] * 2))  # the encoding conv sees the raw input, T times
+    sps = name.startswith("spikformer")
+    chain = calls[:-2] if sps else calls
+    for prev, cur in zip(chain, chain[1:]):  # each op consumes the previous one's output
+        assert torch.equal(cur[2], prev[3])
+    convs = [c[1].conv for c in calls if c[0] == "C"]
+    assert all(cv.kernel_size == (3, 3) and cv.stride == (1, 1) and cv.padding == (1, 1) for cv in convs)
+    assert [cv.out_channels for cv in convs] == [4, 8, 16, 32, 32]  # D/8, D/4, D/2, D, D (SPS: RPE)
+    assert out.shape[-1] == size // model.patch_size == (8 if size == 32 else 4)
+    if sps:  # RPE: x + SN(ConvBN_3x3(x)), x the last stage's (pooled) spikes
+        (_, _, rpe_in, _), (_, _, _, rpe_spikes) = calls[-2:]
+        assert torch.equal(rpe_in, calls[-3][3]) and torch.equal(out, rpe_in + rpe_spikes)
+
+
+def test_spikformer_v2_convolutional_stem():
+    # SPEC §5 / V2 §4.1: four blocks of a 2x2 stride-2 ConvBN and a 3x3 ConvBN pair (x4, then back),
+    # an SN before every conv after the first, spikes out; channels D/8, D/4, D/2, D.
+    model = sf.create_model("spikformer_v2_8_384", depth=1, dim=32, num_heads=4, T=2).train()
+    x = torch.randn(2, 3, 32, 32)
+    calls, out = stem_trace(model, x)
+    assert " ".join(c[0] for c in calls) == "C S C S C" + " S C S C S C" * 3 + " S"
+    for prev, cur in zip(calls, calls[1:]):
+        assert torch.equal(cur[2], prev[3])
+    convs = [c[1].conv for c in calls if c[0] == "C"]
+    assert [(cv.kernel_size[0], cv.stride[0], cv.out_channels) for cv in convs] == [
+        (k, s, o) for c in (4, 8, 16, 32) for k, s, o in ((2, 2, c), (3, 1, 4 * c), (3, 1, c))]
+    assert torch.equal(out, calls[-1][3]) and out.shape[-2:] == (2, 2)  # 32 / 16
+
+
+# SPEC §4-6: name -> (depth, dim, heads, T, tau, in_chans, img_size, downsample, cml); None: not given,
+# a set: any of its values is the paper's.
+CIFAR, IMNET = (False, False, True, True), (True,) * 4
+SPEC_CONFIGS = {
+    "spikingformer_4_256": (4, 256, 8, 4, 2.0, 3, 32, CIFAR, False),
+    "spikingformer_2_384": (2, 384, 12, 4, 2.0, 3, 32, CIFAR, False),
+    "spikingformer_4_384": (4, 384, 12, 4, 2.0, 3, 32, CIFAR, False),
+    "spikingformer_8_384": (8, 384, 8, 4, 2.0, 3, 224, IMNET, False),
+    "spikingformer_8_512": (8, 512, 8, 4, 2.0, 3, 224, IMNET, False),
+    "spikingformer_8_768": (8, 768, 12, 4, 2.0, 3, 224, IMNET, False),
+    "spikingformer_dvs_2_256": (2, 256, 16, {10, 16}, 1.5, 2, 128, IMNET, False),
+    "spikingformer_dagger_4_384": (4, 384, 12, 4, 2.0, 3, 32, CIFAR, True),
+    "spikingformer_dagger_8_512": (8, 512, 8, 4, 2.0, 3, 224, IMNET, True),
+    "spikingformer_dagger_8_768": (8, 768, 12, 4, 2.0, 3, 224, IMNET, True),
+    "spikformer_4_384": (4, 384, 12, 4, 2.0, 3, 32, CIFAR, None),
+    "spikformer_8_512": (8, 512, 8, 4, 2.0, 3, 224, IMNET, None),
+    "spikformer_8_768": (8, 768, 12, 4, 2.0, 3, 224, IMNET, None),
+    "spikformer_v2_8_384": (8, 384, None, None, 2.0, 3, 224, None, None),
+    "spikformer_v2_8_512": (8, 512, None, None, 2.0, 3, 224, None, None),
+    "spikformer_v2_12_512": (12, 512, None, None, 2.0, 3, 224, None, None),
+    "spikformer_v2_12_768": (12, 768, None, None, 2.0, 3, 224, None, None),
+    "spikformer_v2_16_768": (16, 768, None, None, 2.0, 3, 224, None, None),
+}
+
+
+def test_spec_configs_cover_every_model():
+    assert sorted(SPEC_CONFIGS) == sf.list_models()
+
+
+@pytest.mark.parametrize("name", sorted(SPEC_CONFIGS))
+def test_named_model_is_the_spec_table_row(name):
+    depth, dim, heads, T, tau, in_chans, img, down, cml = SPEC_CONFIGS[name]
+    with torch.device("meta"):
+        model = sf.create_model(name)
+    cfg = model.cfg
+    assert (cfg.depth, cfg.dim, cfg.tau, cfg.in_chans, cfg.img_size) == (depth, dim, tau, in_chans, img)
+    assert cfg.mlp_ratio == 4.0 and cfg.head == "avgpool_fc" and len(model.blocks) == depth
+    for want, got in ((heads, cfg.num_heads), (T, cfg.T), (down, getattr(cfg, "downsample", None)),
+                      (cml, getattr(cfg, "cml", None))):
+        assert want is None or want == got or (isinstance(want, set) and got in want)
+    if name.startswith("spikformer_v2"):
+        assert cfg.stem == "scs" and model.patch_size == 16
+    # the attention of every block: s = 0.125, SN_attn at V_th = 0.5; every other neuron V_th 1 and the model's tau
+    assert {m.scale for m in model.modules() if isinstance(m, SpikeQKV)} == {0.125}
+    for n, m in model.named_modules():
+        if isinstance(m, MultiStepLIF):
+            assert (m.tau, m.v_threshold, m.v_reset) == (tau, 0.5 if n.endswith("sn_attn") else 1.0, 0.0), n
+
+
+@pytest.mark.parametrize("name", SPIKINGFORMERS)
+def test_conv_biases_of_spec_section_3(name):
+    # Tokenizer and Q/K/V convs have no bias (a BN follows); projection and MLP convs have one.
+    model = sf.create_model(name, depth=1, dim=32, num_heads=4)
+    convs = dict((n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d))
+    assert len(convs) == 5 + 6
+    for n, m in convs.items():
+        with_bias = n.startswith("blocks.") and (".proj." in n or ".mlp." in n)
+        assert (m.bias is not None) == with_bias, n
+
+
+@pytest.mark.parametrize("name", ["spikingformer_4_256", "spikformer_4_384", "spikformer_v2_8_384"])
+def test_init_of_the_official_code(name):
+    # SPEC is silent; the official models' _init_weights (Spikingformer, Spikformer): Linear weights
+    # trunc_normal(std 0.02), Linear biases 0, norms weight 1 / bias 0.
+    model = sf.create_model(name, depth=1, dim=256, num_heads=8)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    w = torch.cat([m.weight.flatten() for m in linears])
+    assert w.numel() > 2000 and 0.018 < w.std() < 0.022 and w.mean().abs() < 0.002
+    assert all(m.bias is None or not m.bias.any() for m in linears)
+    bns = [m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))]
+    assert all((m.weight == 1).all() and not m.bias.any() for m in bns)
+
+
+@pytest.mark.parametrize("name", ["spikingformer_4_256", "spikformer_4_384"])
+def test_tokens_are_row_major_positions(name):
+    # Token n is spatial position (n // W, n % W) of the [T, B, D, H, W] map, feature d its channel d:
+    # for Spikingformer in forward_features (after the blocks), for Spikformer where the stem's map enters the blocks.
+    model = sf.create_model(name, depth=1, dim=32, num_heads=4, T=2)
+    grid, tok = [], []
+    if name.startswith("spikingformer"):
+        model.blocks[-1].register_forward_hook(lambda m, i, o: grid.append(o.detach()))
+        tok.append(model.forward_features(torch.randn(2, 3, 32, 32)))
+    else:
+        model.stem.register_forward_hook(lambda m, i, o: grid.append(o.detach()))
+        model.blocks[0].register_forward_pre_hook(lambda m, i: tok.append(i[0].detach()))
+        model.forward_features(torch.randn(2, 3, 32, 32))
+    assert grid[0].shape == (2, 2, 32, 8, 8)
+    assert tok[0][1, 0, 8 * 3 + 5, 7] == grid[0][1, 0, 7, 3, 5] and torch.equal(tok[0], tokens(grid[0]))
+
+
+def test_every_step_of_a_sequence_counts():
+    # [T, B, C, H, W] input: the model sees every step; changing only the last step changes the logits.
+    model = sf.create_model("spikingformer_dvs_2_256", depth=1, dim=32, num_heads=4, img_size=32).train()
+    seq = torch.rand(4, 2, 2, 32, 32) * 4
+    calls, _ = stem_trace(model, seq)
+    assert torch.equal(calls[0][2], seq)
+    with torch.no_grad():
+        a = model(seq)
+        seq2 = seq.clone()
+        seq2[-1] = 0
+        assert not torch.allclose(a, model(seq2))
