@@ -69,8 +69,8 @@ def test_eval_builds_the_options_a_file_records_and_load_names_those_that_differ
 def test_a_safetensors_file_without_a_recipe_is_named_as_such(exported, capsys):
     assert cli.main(["eval", "--checkpoint", str(exported)]) == 2
     err = capsys.readouterr().err
-    assert f"{exported} is a .safetensors weights file, not a spikingformer checkpoint" in err
-    assert "add --config RECIPE.yaml" in err
+    assert f"{exported} does not record the run it came from" in err  # its run's config was empty
+    assert "add --config RECIPE" in err
 
 
 def test_progress_bar_only_where_it_helps():
@@ -86,3 +86,21 @@ def test_progress_bar_only_where_it_helps():
     model = create_model("spikingformer_4_256", depth=1, dim=32, num_heads=2, T=1)
     a, b = estimate_energy(model, two), estimate_energy(model, two, progress=True)
     assert (a.images, a.total_mJ) == (b.images, b.total_mJ) == (2, a.total_mJ)
+
+
+def test_load_model_rebuilds_what_a_file_records(exported, tmp_path):
+    trained = create_model("spikingformer_4_256", **SMALL)
+    run = tmp_path / "run.pt"
+    save_checkpoint({"model": trained.state_dict(), "config": {},
+                     "meta": {"model": "spikingformer_4_256", "model_args": SMALL}}, run)
+    for path in (run, exported):
+        model = spikingformer.load_model(str(path))
+        assert not model.training and model.cfg.dim == 32 and model.cfg.num_classes == 3
+    model = spikingformer.load_model(str(run), T=3)  # an option that leaves the weights as they are
+    assert model.cfg.T == 3
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), trained.state_dict().values()))
+    bare = tmp_path / "sd.pt"
+    torch.save(trained.state_dict(), bare)
+    with pytest.raises(ValueError, match="give --model"):
+        spikingformer.load_model(str(bare))
+    assert spikingformer.load_model(str(bare), "spikingformer_4_256", depth=1, dim=32, num_heads=4).cfg.T == 4

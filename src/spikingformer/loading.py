@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from .checkpoint import load_weights, state_mismatch
 from .official import check_family
 
-__all__ = ["Prepared", "add_input_args", "prepare", "resolve", "build_model", "create_any", "load_into",
+__all__ = ["Prepared", "add_input_args", "prepare", "resolve", "build_model", "load_model", "create_any", "load_into",
            "run_model", "load_checkpoint", "calibrate_bn"]
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -197,6 +197,14 @@ def build_model(checkpoint: str, model: str | None = None, overrides: dict | Non
     margs = {**build.get("model_args", {}), **(overrides or {})}
     net = load_into(create_any(name, **margs), checkpoint, state, build, name).eval()
     return net, name, margs, list(build.get("notes", [])), build
+
+
+def load_model(checkpoint: str, model: str | None = None, **overrides) -> nn.Module:
+    """The model of ``checkpoint``, weights loaded, in eval mode: a run's ``best.pt``/``last.pt`` (vision or
+    text) or a ``.safetensors`` from ``spikingformer export`` rebuild the model they record; a bare
+    state_dict or official weights need its registry name ``model``.  ``overrides``: model options
+    that do not change the weights, e.g. ``T=8``."""
+    return build_model(checkpoint, model, overrides)[0]
 
 
 def prepare(args: argparse.Namespace) -> Prepared:
