@@ -53,4 +53,16 @@ def test_recipes_command_lists_and_prints_the_shipped_recipes(capsys):
     assert cli.main(["recipes", "nmnist"]) == 0
     assert capsys.readouterr().out == (recipe_dir() / "nmnist.yaml").read_text()
     assert cli.main(["recipes", "nmnst"]) == 2
-    assert "config file not found: nmnst" in capsys.readouterr().err
+    assert "no shipped recipe nmnst (shipped: cifar10, " in capsys.readouterr().err
+
+
+def test_recipes_prints_the_shipped_recipe_even_over_a_file_of_that_name(tmp_path, monkeypatch, capsys):
+    """`spikingformer recipes cifar10.yaml > cifar10.yaml`: the shell empties the file before the command runs."""
+    from spikingformer.config import recipe_dir
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cifar10.yaml").write_text("")
+    assert cli.main(["recipes", "cifar10.yaml"]) == 0
+    assert capsys.readouterr().out == (recipe_dir() / "cifar10.yaml").read_text()
+    (tmp_path / "hostname").write_text("vm\n")
+    assert cli.main(["recipes", "hostname"]) == 2

@@ -51,6 +51,8 @@ def test_overrides_are_typed_and_merge_into_model_args(tmp_path):
 def test_yaml_must_be_a_mapping(tmp_path):
     with pytest.raises(ConfigError, match="must hold a mapping"):
         load_config(write(tmp_path, "- lr\n- 3\n"))
+    with pytest.raises(ConfigError, match=r"config file .*c\.yaml is empty"):  # `recipes x > x.yaml` truncation
+        load_config(write(tmp_path, "\n"))
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
 
@@ -161,7 +163,7 @@ def test_packaging_lists_every_package_and_ships_the_recipes():
     assert tool["package-data"]["spikingformer.configs"] == ["*.yaml"]
 
 
-@pytest.mark.parametrize("given", ["cifar10", "cifar10.yaml", "configs/cifar10.yaml"])
+@pytest.mark.parametrize("given", ["cifar10", "cifar10.yaml", "configs/cifar10.yaml", "cifar10.yml"])
 def test_a_recipe_is_found_by_name_from_any_folder(given, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # outside the checkout, as after a wheel install
     cfg = load_config(given, ["epochs=3"])
@@ -176,7 +178,7 @@ def test_a_local_file_wins_over_a_shipped_recipe_of_the_same_name(tmp_path, monk
     assert load_config("cifar10").epochs == 400
 
 
-@pytest.mark.parametrize("given", ["cifar1O", "elsewhere/cifar10.yaml", "cifar10.yml"])
+@pytest.mark.parametrize("given", ["cifar1O", "elsewhere/cifar10.yaml", "cifar10.json"])
 def test_an_unknown_recipe_lists_the_shipped_ones(given, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=r"config file not found: .*shipped: cifar10, cifar100, "):

@@ -40,8 +40,10 @@ def test_demo_reaches_90_percent_on_held_out_digits(tmp_path, capsys):
 def test_demo_compare_trains_both_families_on_the_same_split(tmp_path, capsys):
     out = tmp_path / "c.json"
     assert cli.main(["demo", "--compare", "--epochs", "1", "--json", str(out)]) == 0
-    runs = {r["model"]: r for r in json.loads(out.read_text())["runs"]}
-    ours, sew = runs["spikingformer_4_256"], runs["spikformer_4_384"]
+    runs = {r["label"]: r for r in json.loads(out.read_text())["runs"]}
+    ours, sew = runs["Spikingformer"], runs["Spikformer (SEW)"]
+    assert (ours["model"], sew["model"]) == ("spikingformer_4_256", "spikformer_4_384")  # the families' names
+    assert ours["model_args"] == sew["model_args"] and ours["model_args"]["dim"] == 64  # at the demo's size
     assert ours["params"] == sew["params"] and ours["val_split"] == sew["val_split"]
     # the papers' point: the SEW residual feeds integers to the next Linears, which multiply (MACs)
     assert ours["spike_driven"] and not sew["spike_driven"]

@@ -184,7 +184,7 @@ def test_eval_scores_official_weights_with_a_recipe(tmp_path, capsys):
     assert "input: folder val (held-out 6 of 12 train images, class-balanced, seed 0)" in notes
     # Without a recipe the file is not a run's checkpoint: the error says what to add.
     assert cli.main(["eval", "--checkpoint", str(f)]) == 2
-    assert "add --config RECIPE.yaml" in capsys.readouterr().err
+    assert "add --config RECIPE, e.g. --config cifar10" in capsys.readouterr().err
     # A recipe whose model the weights do not fit: the mismatch is named, no traceback.
     assert cli.main(["eval", "--checkpoint", str(f), "--config", str(recipe), "--data", str(data),
                      "--set", "model_args.dim=64"]) == 2

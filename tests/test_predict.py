@@ -96,6 +96,15 @@ def test_an_exported_file_predicts_alone_and_a_state_dict_needs_a_recipe(trained
     assert exp_eval["val_split"] == run_eval["val_split"] and exp_eval["val_images"] == 6
     assert exp_eval["val_acc"] == run_eval["val_acc"] and exp_eval["val_loss"] == pytest.approx(run_eval["val_loss"], abs=1e-4)
 
+    # with a recipe and other data: classes that differ from those the file records are refused, not
+    # scored as shifted labels
+    other = write_class_tree(tmp_path / "other" / "train", per_class=4, classes=("cat", "frog", "owl")).parent
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: spikingformer_4_256\ndataset: folder\nholdout: 3\nimg_size: 16\nworkers: 0\n")
+    for source in (ckpt, exported):
+        assert cli.main(["eval", "--checkpoint", str(source), "--config", str(recipe), "--data", str(other)]) == 2
+        assert "has classes ['cat', 'frog', 'owl']... (3) but" in capsys.readouterr().err
+
     bare = tmp_path / "sd.pt"
     torch.save(load_checkpoint(ckpt)["model"], bare)
     from_bare = tmp_path / "bare.safetensors"  # as `export` writes a state_dict: model and options, no run
@@ -128,15 +137,35 @@ def test_bad_inputs_are_named(trained, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert cli.main(["predict", str(tmp_path / "empty"), "--checkpoint", str(ckpt)]) == 2
     assert "no images (.jpg" in capsys.readouterr().err
-    broken = tmp_path / "broken.png"
+    broken = tmp_path / "mixed" / "broken.png"
+    broken.parent.mkdir()
     broken.write_bytes(b"\x89PNG not really")
     assert cli.main(["predict", str(broken), "--checkpoint", str(ckpt)]) == 2
-    assert f"cannot decode image {broken}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"skipped: cannot decode image {broken}" in err and "none of the 1 image(s) could be read" in err
+    # an unreadable file among readable ones is reported, and the others are still classified
+    good = fresh / "cat" / "000.png"
+    (broken.parent / "good.png").write_bytes(good.read_bytes())
+    out = tmp_path / "mixed.json"
+    assert cli.main(["predict", str(broken.parent), "--checkpoint", str(ckpt), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [r["path"] for r in result["predictions"]] == [str(broken.parent / "good.png")]
+    assert [r["path"] for r in result["skipped"]] == [str(broken)]
+    assert f"skipped: cannot decode image {broken}" in capsys.readouterr().err
     assert cli.main(["predict", str(fresh), "--checkpoint", str(ckpt), "--topk", "0"]) == 2
     assert "--topk and --batch-size must be >= 1" in capsys.readouterr().err
     assert cli.main(["predict", str(fresh), "--checkpoint", str(ckpt), "--device", "gpu"]) == 2
     assert "device must be auto or a torch device" in capsys.readouterr().err
     assert find_images([str(fresh / "cat" / "000.png"), str(fresh / "dog")])[1:] == sorted((fresh / "dog").glob("*"))
+    # a file given twice, or given and found in its folder, is classified once
+    assert find_images([str(fresh / "cat" / "001.png"), str(fresh / "cat")]) == [
+        fresh / "cat" / "001.png", fresh / "cat" / "000.png", fresh / "cat" / "002.png"]
+
+
+def test_the_transform_takes_any_image_mode(trained):
+    pred = load_predictor(str(trained[0]))
+    for mode in ("L", "RGBA", "P", "RGB"):
+        assert pred.transform(Image.new(mode, (20, 24))).shape == (3, 16, 16)
 
 
 def test_checkpoints_of_other_inputs_are_refused(tmp_path):

@@ -81,7 +81,7 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
 
     if args.name:  # print one, to copy and edit: spikingformer recipes cifar10 > mine.yaml
         try:
-            sys.stdout.write(resolve_config_path(args.name).read_text())
+            sys.stdout.write(resolve_config_path(args.name, files=False).read_text())
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -315,19 +315,20 @@ def list_recipes() -> list[str]:
     return sorted(p.stem for p in recipe_dir().glob("*.yaml"))
 
 
-def resolve_config_path(path: str | Path) -> Path:
-    """``path`` if it is a file; else a shipped recipe named ``cifar10``, ``cifar10.yaml`` or ``configs/cifar10.yaml``.
-
-    The last form lets the README's commands run from a wheel install, outside a checkout."""
+def resolve_config_path(path: str | Path, files: bool = True) -> Path:
+    """``path`` if it is a file (and ``files``); else a shipped recipe named ``cifar10``, ``cifar10.yaml`` or
+    ``configs/cifar10.yaml``.  The last form lets the README's commands run from a wheel install."""
     path = Path(path)
-    if path.is_file():
+    if files and path.is_file():
         return path
-    if path.parent in (Path("."), Path("configs")) and path.suffix in ("", ".yaml"):
+    if path.parent in (Path("."), Path("configs")) and path.suffix in ("", ".yaml", ".yml"):
         shipped = recipe_dir() / f"{path.stem}.yaml"
         if shipped.is_file():
             return shipped
-    raise ConfigError(f"config file not found: {path} (and no shipped recipe of that name; "
-                      f"shipped: {', '.join(list_recipes())})")
+    shipped = ", ".join(list_recipes())
+    if files:
+        raise ConfigError(f"config file not found: {path} (and no shipped recipe of that name; shipped: {shipped})")
+    raise ConfigError(f"no shipped recipe {path} (shipped: {shipped})")
 
 
 def load_config(path: str | Path | None, overrides: list[str] = (), cls=TrainConfig):
@@ -339,8 +340,11 @@ def load_config(path: str | Path | None, overrides: list[str] = (), cls=TrainCon
     source = "defaults"
     if path is not None:
         path = resolve_config_path(path)
+        text = path.read_text()
+        if not text.strip():  # e.g. truncated by a shell redirect into the file it was to be read from
+            raise ConfigError(f"config file {path} is empty")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path} is not valid YAML: {e}") from None
         if not isinstance(data, dict):

@@ -59,10 +59,11 @@ def _train(args: argparse.Namespace, model: str, out: Path) -> dict:
 
     cfg = demo_config(args.epochs, str(out), args.seed, model)
     s = run(cfg)
-    return dict(model=model, val_acc=s["final_val_acc"], best_val_acc=s["best_val_acc"], firing_rate=s["firing_rate"],
-                energy_uJ=1e3 * _energy_mJ(cfg, out), spike_driven=s["spike_driven"], params=s["params"],
-                seconds=s["seconds"], val_split=s["val_split"], epochs=args.epochs,
-                non_spike_layers=s["non_spike_layers"], probe_images=s["probe_images"])
+    # the registry name picks the family; DEMO_ARGS, the size
+    return dict(model=model, label=COMPARED[model], model_args=dict(DEMO_ARGS), val_acc=s["final_val_acc"],
+                best_val_acc=s["best_val_acc"], firing_rate=s["firing_rate"], energy_uJ=1e3 * _energy_mJ(cfg, out),
+                spike_driven=s["spike_driven"], params=s["params"], seconds=s["seconds"], val_split=s["val_split"],
+                epochs=args.epochs, non_spike_layers=s["non_spike_layers"], probe_images=s["probe_images"])
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -88,7 +89,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"\nthe same block (1 x {DEMO_ARGS['dim']}, T = {DEMO_ARGS['T']}), split and schedule; {r['val_split']}:")
         print(f"{'model':18s} {'val acc':>8s} {'firing rate':>12s} {'energy/image':>13s}  spike-driven")
         for r in runs:
-            print(f"{COMPARED[r['model']]:18s} {100 * r['val_acc']:7.2f}% {r['firing_rate']:12.3f} "
+            print(f"{r['label']:18s} {100 * r['val_acc']:7.2f}% {r['firing_rate']:12.3f} "
                   f"{r['energy_uJ']:10.3f} uJ  {'yes' if r['spike_driven'] else 'NO'}")
     else:
         print(f"\nvalidation accuracy: {100 * r['val_acc']:.2f} % on {r['val_split']}")
@@ -98,7 +99,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"spike-driven:        {'yes' if r['spike_driven'] else 'NO: ' + ', '.join(r['non_spike_layers'])}")
         print(f"time:                {r['seconds']:.1f} s ({r['params']:,} parameters, {args.epochs} epochs, CPU)")
     if args.json:
-        keys = ("model", "val_acc", "best_val_acc", "firing_rate", "energy_uJ", "spike_driven", "params", "seconds",
+        keys = ("label", "model", "model_args", "val_acc", "best_val_acc", "firing_rate", "energy_uJ", "spike_driven", "params", "seconds",
                 "val_split", "epochs")
         rows = [{k: r[k] for k in keys} for r in runs]
         write_json(args.json, {"runs": rows} if args.compare else rows[0])

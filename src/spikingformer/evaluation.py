@@ -88,7 +88,7 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
 
     from . import create_model
     from .config import TrainConfig, from_dict, load_config, parse_overrides, validate_device
-    from .data import DataError, build_data
+    from .data import build_data
     from .distributed import resolve_device
     from .engine import resolve_img_size
     from .loading import load_into
@@ -116,9 +116,7 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
         cfg = from_dict(TrainConfig, dict(config, **extra), f"{path} config")
         notes = []
         data = build_data(cfg, meta["img_size"])
-        if data.classes != meta["classes"]:
-            raise DataError(f"{cfg.data_dir} has classes {data.classes[:5]}... but {path} was trained on "
-                            f"{meta['classes'][:5]}... ({len(meta['classes'])} classes)")
+        _check_classes(data, meta["classes"], meta["model_args"], cfg, path)
         name, margs = meta["model"], meta["model_args"]
     else:
         cfg = load_config(recipe, list(sets))
@@ -127,6 +125,8 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
         check_family(cfg.model, build.get("official"), path)
         epoch, notes = None, list(build.get("notes", []))
         data = build_data(cfg, resolve_img_size(cfg))
+        # labels are indices into the data's classes: a file trained on others would score them shifted
+        _check_classes(data, build.get("data", {}).get("classes"), build.get("model_args", {}), cfg, path)
         name, margs = cfg.model, model_kwargs(cfg, len(data.classes), data.in_chans)
         if build.get("model") not in (None, name):
             raise ValueError(f"{path} holds a {build['model']}, not the recipe's {name}")
@@ -141,6 +141,17 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     result = evaluate(run_as.prepare(model), loader, dev, run_as, progress=cfg.progress)
     return {"checkpoint": str(path), "model": name, "epoch": epoch, "val_split": data.val_name, **result,
             **spike_stats(model, loader, dev), "notes": notes}
+
+
+def _check_classes(data, classes: list[str] | None, model_args: dict, cfg, path) -> None:
+    """The evaluation data must have the classes (names, else number) the weights were trained on."""
+    from .data import DataError
+
+    n = model_args.get("num_classes")
+    if (classes is not None and data.classes != list(classes)) or (n is not None and n != len(data.classes)):
+        trained = f"{list(classes)[:5]}... ({len(classes)} classes)" if classes is not None else f"{n} classes"
+        raise DataError(f"{cfg.data_dir} has classes {data.classes[:5]}... ({len(data.classes)}) but {path} was "
+                        f"trained on {trained}")
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ class Predictor:
     model: nn.Module   # in eval mode, on ``device``, laid out as ``path`` runs it
     name: str
     classes: list[str]
-    transform: object  # PIL image -> normalised tensor [C, H, W]: the run's evaluation transform
+    transform: object  # PIL image (any mode) -> normalised RGB tensor [C, H, W]: the run's evaluation transform
     device: torch.device
     path: object       # evaluation.eval_path: the run's precision and neurons on this device
 
@@ -43,6 +43,8 @@ class Predictor:
 def load_predictor(checkpoint: str, recipe: str | None = None, classes_file: str | None = None,
                    device: str = "cpu") -> Predictor:
     """The model of ``checkpoint`` in eval mode on ``device``, with the transform its run evaluated with."""
+    from torchvision.transforms import Compose
+
     from .config import ConfigError, TrainConfig, from_dict
     from .data.sources import DATASET_STATS
     from .data.transforms import eval_transform
@@ -64,7 +66,7 @@ def load_predictor(checkpoint: str, recipe: str | None = None, classes_file: str
         raise ValueError(f"{checkpoint} is not a classifier trained by `spikingformer train` ({e})") from None
     if cfg.dataset not in DATASET_STATS:  # event recordings, or digits' 8x8 tensors: not image files
         raise ValueError(f"{checkpoint} was trained on {cfg.dataset}, not on image files; "
-                         f"`spikingformer eval --checkpoint {checkpoint} --data DIR` evaluates it")
+                         f"`spikingformer eval --checkpoint {checkpoint}` evaluates it on its validation split")
     data = build.get("data", {})
     n = model.cfg.num_classes
     classes = _class_names(classes_file, n) if classes_file else data.get("classes") or [str(i) for i in range(n)]
@@ -72,7 +74,7 @@ def load_predictor(checkpoint: str, recipe: str | None = None, classes_file: str
         raise ValueError(f"{len(classes)} class names for a model with {n} classes")
     mean, std = DATASET_STATS[cfg.dataset]
     mean, std = data.get("mean") or cfg.mean or mean, data.get("std") or cfg.std or std
-    transform = eval_transform(cfg, data.get("img_size") or model.cfg.img_size, mean, std)
+    transform = Compose([_to_rgb, eval_transform(cfg, data.get("img_size") or model.cfg.img_size, mean, std)])
     dev = resolve_device(device)
     path = eval_path(cfg, dev)
     return Predictor(path.prepare(model.to(dev)), name, list(classes), transform, dev, path)
@@ -100,20 +102,37 @@ def find_images(inputs: list[str]) -> list[Path]:
             raise FileNotFoundError(f"no such image file or folder: {item}")
     if not found:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(inputs)}")
-    return found
+    return list(dict.fromkeys(found))  # a file named twice (or as itself and in its folder) once
+
+
+def _to_rgb(image):
+    """Grayscale, palette and RGBA images as the RGB the models were trained on."""
+    return image.convert("RGB")
 
 
 class _Images(torch.utils.data.Dataset):
+    """``(index, image tensor or None, why not)``: an unreadable file is reported, not fatal to the others."""
+
     def __init__(self, paths: list[Path], transform):
         self.paths, self.transform = paths, transform
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def __getitem__(self, i: int):
+        from .data import DataError
         from .data.sources import _load_rgb
 
-        return self.transform(_load_rgb(str(self.paths[i])))
+        try:
+            return i, self.transform(_load_rgb(str(self.paths[i]))), ""
+        except DataError as e:
+            return i, None, str(e)
+
+
+def _collate(items):
+    good = [(i, x) for i, x, _ in items if x is not None]
+    return [i for i, _ in good], torch.stack([x for _, x in good]) if good else None, [
+        (i, why) for i, x, why in items if x is None]
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -131,19 +150,26 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         paths = find_images(args.inputs)
         pred = load_predictor(args.checkpoint, args.config, args.classes, args.device)
         loader = torch.utils.data.DataLoader(_Images(paths, pred.transform), args.batch_size,
-                                             num_workers=args.workers)
-        rows = []
-        for batch in tqdm(loader, desc="predict", leave=False, disable=None):
-            rows += pred(batch, args.topk)
+                                             num_workers=args.workers, collate_fn=_collate)
+        tops, skipped = {}, []
+        for good, x, bad in tqdm(loader, desc="predict", leave=False, disable=None):
+            tops.update(zip(good, pred(x, args.topk) if good else []))
+            skipped += [{"path": str(paths[i]), "error": why} for i, why in bad]
     except (CheckpointError, ConfigError, DataError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for path, top in zip(paths, rows):
-        print(f"{path}: " + ", ".join(f"{c} {p:.3f}" for c, _, p in top))
-    records = [{"path": str(p), "top": [{"class": c, "index": i, "prob": pr} for c, i, pr in top]}
-               for p, top in zip(paths, rows)]
+    for s in skipped:
+        print(f"skipped: {s['error']}", file=sys.stderr)
+    if not tops:
+        print(f"error: none of the {len(paths)} image(s) could be read", file=sys.stderr)
+        return 2
+    records = [{"path": str(paths[i]), "top": [{"class": c, "index": j, "prob": p} for c, j, p in top]}
+               for i, top in sorted(tops.items())]
+    for r in records:
+        print(f"{r['path']}: " + ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"]))
     if args.json:
-        write_json(args.json, {"checkpoint": args.checkpoint, "model": pred.name, "predictions": records})
+        write_json(args.json, {"checkpoint": args.checkpoint, "model": pred.name, "predictions": records,
+                               "skipped": skipped})
     if args.csv:
         k = min(args.topk, len(pred.classes))
         with open(output_path(args.csv), "w", newline="") as f:

@@ -245,14 +245,15 @@ def register_cli(sub) -> None:
     p = sub.add_parser(
         "eval", help="evaluate a checkpoint (a run's, or official weights with a recipe) on a validation split",
         description="Report top-1/top-5 accuracy, loss, mean firing rate and the spike-driven verdict. A run's "
-                    "checkpoint is rebuilt and evaluated on the validation split it was trained with (the same "
-                    "seeded held-out split when it had one), or on --data. Other weights (a state_dict, "
-                    ".safetensors, or the official repositories' checkpoints, whose tensor names are converted) "
-                    "need --config: the recipe names the model, dataset and evaluation transform, e.g. "
+                    "checkpoint, or a .safetensors exported from one, is rebuilt and evaluated on the validation "
+                    "split it was trained with (the same seeded held-out split when it had one), or on --data. "
+                    "Other weights (a state_dict, or the official repositories' checkpoints, whose tensor names "
+                    "are converted) need --config: the recipe names the model, dataset and evaluation transform, e.g. "
                     "`spikingformer eval --checkpoint spikingformer-8-512.pth.tar --config configs/imagenet_8_512.yaml "
                     "--data /data/imagenet`.")
     p.add_argument("--checkpoint", required=True, metavar="FILE",
-                   help="best.pt/last.pt of a run, or (with --config) any weights file")
+                   help="best.pt/last.pt of a run or a .safetensors exported from one, or (with --config) any "
+                        "weights file")
     p.add_argument("--config", metavar="FILE|RECIPE", help="YAML recipe for weights that are not a run's checkpoint")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one key of --config (repeatable)")

@@ -105,6 +105,15 @@ def test_corrupt_image_is_named(tmp_path):
         load_raw("folder", str(tmp_path))
 
 
+def test_a_decompression_bomb_is_a_data_error(tmp_path, monkeypatch):
+    from PIL import Image
+
+    write_class_tree(tmp_path / "train", per_class=2)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 16x16 = 256 pixels > 2 x 100: PIL refuses to decode
+    with pytest.raises(DataError, match=r"cannot decode image .*cat/000\.png: .*decompression bomb"):
+        load_raw("folder", str(tmp_path))
+
+
 def test_val_classes_must_match_train(tmp_path):
     write_class_tree(tmp_path / "train", per_class=2)
     write_class_tree(tmp_path / "val", per_class=1, classes=("cat", "dog", "horse"))

@@ -100,7 +100,7 @@ def _load_rgb(path: str):
     try:
         with open(path, "rb") as f:
             return Image.open(f).convert("RGB")
-    except OSError as e:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+    except (OSError, Image.DecompressionBombError) as e:  # unidentified and truncated files are OSErrors
         raise DataError(f"cannot decode image {path}: {e} (expected a readable image file)") from None
 
 
