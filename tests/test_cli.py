@@ -48,8 +48,13 @@ def test_recipes_command_lists_and_prints_the_shipped_recipes(capsys):
 
     assert cli.main(["recipes"]) == 0
     listing = capsys.readouterr().out
-    assert "imagenet_8_512             Spikingformer-8-512 on ImageNet-1k, the paper's recipe (SPEC §8)\n" in listing
-    assert "nmnist " in listing and "--config NAME" in listing
+    assert "imagenet_8_512             train     Spikingformer-8-512 on ImageNet-1k, the paper's recipe (SPEC §8)\n" \
+        in listing
+    commands = {line.split()[0]: line.split()[1] for line in listing.splitlines()[1:] if line.strip()
+                and not line.startswith("(")}
+    assert commands["glue"] == "glue" and commands["mlm_wikitext2"] == "mlm" and commands["nmnist"] == "train"
+    assert commands["imagenet_v2_mae_pretrain"] == "pretrain" and commands["cifar10_speedrun"] == "benchmark"
+    assert "--config NAME" in listing
     assert cli.main(["recipes", "nmnist"]) == 0
     assert capsys.readouterr().out == (recipe_dir() / "nmnist.yaml").read_text()
     assert cli.main(["recipes", "nmnst"]) == 2

@@ -86,12 +86,35 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 0
+    print(f"{'recipe':26s} {'command':9s} what")
     for name in list_recipes():
-        lines = (recipe_dir() / f"{name}.yaml").read_text().splitlines()
-        header = " ".join(line.lstrip("# ") for line in itertools.takewhile(lambda s: s.startswith("#"), lines))
-        print(f"{name:26s} {textwrap.shorten(header.split('. ')[0], 90, placeholder=' ...')}")
-    print(f"\n(in {recipe_dir()}; use one with --config NAME, print it with `spikingformer recipes NAME`)")
+        text = (recipe_dir() / f"{name}.yaml").read_text()
+        lines = itertools.takewhile(lambda s: s.startswith("#"), text.splitlines())
+        header = " ".join(line.lstrip("# ") for line in lines).split(". ")[0]
+        print(f"{name:26s} {_recipe_command(text):9s} {textwrap.shorten(header, 80, placeholder=' ...')}")
+    print(f"\n(in {recipe_dir()}; `spikingformer COMMAND --config NAME` runs one, `spikingformer recipes NAME` "
+          "prints it)")
     return 0
+
+
+def _recipe_command(text: str) -> str:
+    """The command whose config class takes every key of a recipe (the speed run's is a benchmark's)."""
+    import yaml
+
+    from .config import ConfigError, TrainConfig, from_dict
+    from .glue import GlueConfig
+    from .mlm import MLMConfig
+    from .pretrain import PretrainConfig
+
+    data = yaml.safe_load(text)
+    for command, cls in (("train", TrainConfig), ("pretrain", PretrainConfig), ("mlm", MLMConfig),
+                         ("glue", GlueConfig)):
+        try:
+            from_dict(cls, data)
+            return command
+        except (ConfigError, ValueError):
+            continue
+    return "benchmark"
 
 
 def build_parser() -> argparse.ArgumentParser:
