@@ -130,6 +130,22 @@ def test_an_exported_file_predicts_alone_and_a_state_dict_needs_a_recipe(trained
         load_predictor(str(bare), str(recipe), str(names))
 
 
+def test_eval_sets_keys_of_the_runs_own_config(trained, tmp_path):
+    """`--set` without `--config`: a subset of the run's split, and the model at another T (trained at T = 2)."""
+    ckpt, _ = trained
+    results = []
+    for T in (2, 1):
+        out = tmp_path / f"T{T}.json"
+        assert cli.main(["eval", "--checkpoint", str(ckpt), "--set", "limit_val=3", "--set", f"model_args.T={T}",
+                         "--json", str(out)]) == 0
+        results.append(json.loads(out.read_text()))
+    assert [r["val_images"] for r in results] == [3, 3] and "limited to 3 val images" in results[0]["val_split"]
+    assert results[0]["val_loss"] != results[1]["val_loss"]  # T = 1 is another model's output
+    full = tmp_path / "full.json"
+    assert cli.main(["eval", "--checkpoint", str(ckpt), "--json", str(full)]) == 0
+    assert json.loads(full.read_text())["val_images"] == 6
+
+
 def test_bad_inputs_are_named(trained, tmp_path, capsys):
     ckpt, fresh = trained
     assert cli.main(["predict", str(tmp_path / "nope.png"), "--checkpoint", str(ckpt)]) == 2

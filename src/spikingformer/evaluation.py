@@ -87,7 +87,7 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     from torch.utils.data import DataLoader
 
     from . import create_model
-    from .config import TrainConfig, from_dict, load_config, parse_overrides, validate_device
+    from .config import TrainConfig, apply_overrides, from_dict, load_config, parse_overrides, validate_device
     from .data import build_data
     from .distributed import resolve_device
     from .engine import resolve_img_size
@@ -99,12 +99,14 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     dev = resolve_device(device)
     extra = {k: v for k, v in (("device", device), ("data_dir", data_dir), ("val_batch_size", batch_size or None),
                                ("workers", workers)) if v is not None}
+    given = parse_overrides(list(sets))
+    # options asked for on the command line win over what the weights record (evaluating at another T or size)
+    asked = {**given.get("model_args", {}), **({"img_size": given["img_size"]} if "img_size" in given else {})}
     if recipe is None:  # a run's checkpoint, or a .safetensors exported from one: both record the run
-        if sets:
-            raise ValueError("--set needs --config (a run's checkpoint brings its own config)")
         if str(path).endswith(".safetensors"):
             weights, build = ckpt.load_weights(path)
-            meta, epoch = {"model": build.get("model"), "model_args": build.get("model_args"), **build.get("data", {})}, None
+            meta, epoch = {"model": build.get("model"), "model_args": build.get("model_args"),
+                           **build.get("data", {})}, None
             if not build.get("config") or "classes" not in meta:
                 raise ValueError(f"{path} does not record the run it came from (exported from a state_dict?): "
                                  "add --config RECIPE, e.g. --config cifar10")
@@ -112,12 +114,15 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
         else:
             state = ckpt.load_checkpoint(path, hint=" (for a state_dict or official weights add --config RECIPE, "
                                                   "e.g. --config cifar10, which names the model and the data)")
-            meta, weights, epoch, build, config = state["meta"], state["model"], state["progress"]["epoch"], {}, state["config"]
-        cfg = from_dict(TrainConfig, dict(config, **extra), f"{path} config")
+            meta, weights, epoch, build = state["meta"], state["model"], state["progress"]["epoch"], {}
+            config = state["config"]
+        # --set reaches the run's own config too: limit_val=500, model_args.T=8, ...
+        where = f"{path} config" + (" + --set " + " ".join(sets) if sets else "")
+        cfg = from_dict(TrainConfig, dict(apply_overrides(config, given), **extra), where)
         notes = []
-        data = build_data(cfg, meta["img_size"])
+        name, margs = meta["model"], {**meta["model_args"], **asked}
+        data = build_data(cfg, margs.get("img_size") or meta["img_size"])
         _check_classes(data, meta["classes"], meta["model_args"], cfg, path)
-        name, margs = meta["model"], meta["model_args"]
     else:
         cfg = load_config(recipe, list(sets))
         cfg = from_dict(TrainConfig, dict(cfg.to_dict(), **extra), f"{recipe} + command line")
@@ -131,9 +136,6 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
         if build.get("model") not in (None, name):
             raise ValueError(f"{path} holds a {build['model']}, not the recipe's {name}")
         # the options the weights were made with win over the recipe's, and the command line over both
-        # (evaluating at another T, or at another size)
-        given = parse_overrides(list(sets))
-        asked = {**given.get("model_args", {}), **({"img_size": cfg.img_size} if "img_size" in given else {})}
         margs = {**margs, **build.get("model_args", {}), **asked}
     model = load_into(create_model(name, **margs), path, weights, build, f"{name} with {margs}").to(dev)
     loader = DataLoader(data.val, cfg.val_batch_size, num_workers=cfg.workers, collate_fn=data.collate)

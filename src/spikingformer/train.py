@@ -256,7 +256,8 @@ def register_cli(sub) -> None:
                         "weights file")
     p.add_argument("--config", metavar="FILE|RECIPE", help="YAML recipe for weights that are not a run's checkpoint")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one key of --config (repeatable)")
+                   help="override one config key (repeatable), of --config or of the run's own config: "
+                        "limit_val=500, model_args.T=8 (evaluate at another T), ...")
     p.add_argument("--data", metavar="DIR", help="data_dir to evaluate on instead of the checkpoint's or recipe's")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=0, help="evaluation batch size (default: the config's)")
