@@ -101,6 +101,6 @@ def test_load_model_rebuilds_what_a_file_records(exported, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), trained.state_dict().values()))
     bare = tmp_path / "sd.pt"
     torch.save(trained.state_dict(), bare)
-    with pytest.raises(ValueError, match="give --model"):
+    with pytest.raises(ValueError, match=r"does not name its model: pass load_model\(path, model="):
         spikingformer.load_model(str(bare))
     assert spikingformer.load_model(str(bare), "spikingformer_4_256", depth=1, dim=32, num_heads=4).cfg.T == 4

@@ -146,6 +146,20 @@ def test_eval_sets_keys_of_the_runs_own_config(trained, tmp_path):
     assert json.loads(full.read_text())["val_images"] == 6
 
 
+def test_eval_refuses_what_the_weights_cannot_be(trained, tmp_path, capsys):
+    from spikingformer.checkpoint import save_checkpoint
+
+    ckpt, _ = trained
+    assert cli.main(["eval", "--checkpoint", str(ckpt), "--set", "model=spikformer_4_384"]) == 2
+    assert "--set model=spikformer_4_384: " in capsys.readouterr().err
+    assert cli.main(["eval", "--checkpoint", str(ckpt), "--set", "model_args.dim=64"]) == 2
+    assert "--set {'dim': 64} may change the weights' shapes (T does not)" in capsys.readouterr().err
+    text = tmp_path / "text.pt"  # an mlm/glue run's checkpoint
+    save_checkpoint({"model": {}, "config": {}, "meta": {"model": "spikingformer_text_2_128", "task": "mlm"}}, text)
+    assert cli.main(["eval", "--checkpoint", str(text)]) == 2
+    assert "holds the text model spikingformer_text_2_128: eval scores image and event" in capsys.readouterr().err
+
+
 def test_bad_inputs_are_named(trained, tmp_path, capsys):
     ckpt, fresh = trained
     assert cli.main(["predict", str(tmp_path / "nope.png"), "--checkpoint", str(ckpt)]) == 2

@@ -9,7 +9,7 @@ from .probe import SynapticProbe
 from .verify import verify_model
 
 __version__ = "0.1.0"
-__all__ = ["create_model", "list_models", "load_model", "MultiStepLIF", "multistep_lif", "SynapticProbe", "estimate_energy",
-           "verify_model", "fold_bn", "FastPath", "__version__"]
+__all__ = ["create_model", "list_models", "load_model", "MultiStepLIF", "multistep_lif", "SynapticProbe",
+           "estimate_energy", "verify_model", "fold_bn", "FastPath", "__version__"]
 
 register_with_timm()

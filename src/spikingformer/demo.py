@@ -22,12 +22,12 @@ DEMO_EPOCHS = 12
 
 # 1 block of 64, 4 heads, T = 4; pooling only before the last tokenizer conv: 8x8 digits -> 4x4 = 16 tokens
 DEMO_ARGS = dict(depth=1, dim=64, num_heads=4, T=4, img_size=8, downsample=(False, False, False, True))
+DEMO_MODEL = "spikingformer_4_256"  # its family; DEMO_ARGS give the size
 # --compare: the paper's comparison in miniature (its Tables 1-2), Spikingformer against Spikformer V1
-COMPARED = {"spikingformer_4_256": "Spikingformer", "spikformer_4_384": "Spikformer (SEW)"}
+COMPARED = {DEMO_MODEL: "Spikingformer", "spikformer_4_384": "Spikformer (SEW)"}
 
 
-def demo_config(epochs: int = DEMO_EPOCHS, output: str = "runs/demo", seed: int = 0,
-                model: str = "spikingformer_4_256"):
+def demo_config(epochs: int = DEMO_EPOCHS, output: str = "runs/demo", seed: int = 0, model: str = DEMO_MODEL):
     """``model`` (a Spikingformer, or with ``--compare`` also a Spikformer V1) at ``DEMO_ARGS``'s size and a
     schedule that fits about a minute on 2 cores."""
     from .config import TrainConfig
@@ -83,24 +83,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             print(f"error: {out} already holds a run; choose another --output", file=sys.stderr)
             return 2
         runs = ([_train(args, m, out / m) for m in COMPARED] if args.compare
-                else [_train(args, "spikingformer_4_256", out)])
-    r = runs[0]
+                else [_train(args, DEMO_MODEL, out)])
     if args.compare:
-        print(f"\nthe same block (1 x {DEMO_ARGS['dim']}, T = {DEMO_ARGS['T']}), split and schedule; {r['val_split']}:")
+        print(f"\nthe same block (1 x {DEMO_ARGS['dim']}, T = {DEMO_ARGS['T']}), split and schedule; "
+              f"{runs[0]['val_split']}:")
         print(f"{'model':18s} {'val acc':>8s} {'firing rate':>12s} {'energy/image':>13s}  spike-driven")
         for r in runs:
             print(f"{r['label']:18s} {100 * r['val_acc']:7.2f}% {r['firing_rate']:12.3f} "
                   f"{r['energy_uJ']:10.3f} uJ  {'yes' if r['spike_driven'] else 'NO'}")
     else:
+        r = runs[0]
         print(f"\nvalidation accuracy: {100 * r['val_acc']:.2f} % on {r['val_split']}")
         print(f"mean firing rate:    {r['firing_rate']:.3f} (spikes fed to synaptic layers, over "
               f"{r['probe_images']} validation images)")
-        print(f"energy:              {r['energy_uJ']:.3f} uJ per image (Eq. 19-20, 45 nm: 0.9 pJ per AC, 4.6 pJ per MAC)")
+        print(f"energy:              {r['energy_uJ']:.3f} uJ per image "
+              "(Eq. 19-20, 45 nm: 0.9 pJ per AC, 4.6 pJ per MAC)")
         print(f"spike-driven:        {'yes' if r['spike_driven'] else 'NO: ' + ', '.join(r['non_spike_layers'])}")
         print(f"time:                {r['seconds']:.1f} s ({r['params']:,} parameters, {args.epochs} epochs, CPU)")
     if args.json:
-        keys = ("label", "model", "model_args", "val_acc", "best_val_acc", "firing_rate", "energy_uJ", "spike_driven", "params", "seconds",
-                "val_split", "epochs")
+        keys = ("label", "model", "model_args", "val_acc", "best_val_acc", "firing_rate", "energy_uJ", "spike_driven",
+                "params", "seconds", "val_split", "epochs")
         rows = [{k: r[k] for k in keys} for r in runs]
         write_json(args.json, {"runs": rows} if args.compare else rows[0])
         print(f"wrote {args.json}")

@@ -92,6 +92,7 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     from .distributed import resolve_device
     from .engine import resolve_img_size
     from .loading import load_into
+    from .models.text import list_text_models
     from .official import check_family
     from .train import model_kwargs
 
@@ -107,20 +108,26 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
             weights, build = ckpt.load_weights(path)
             meta, epoch = {"model": build.get("model"), "model_args": build.get("model_args"),
                            **build.get("data", {})}, None
-            if not build.get("config") or "classes" not in meta:
-                raise ValueError(f"{path} does not record the run it came from (exported from a state_dict?): "
-                                 "add --config RECIPE, e.g. --config cifar10")
-            config = build["config"]
         else:
             state = ckpt.load_checkpoint(path, hint=" (for a state_dict or official weights add --config RECIPE, "
                                                   "e.g. --config cifar10, which names the model and the data)")
-            meta, weights, epoch, build = state["meta"], state["model"], state["progress"]["epoch"], {}
-            config = state["config"]
-        # --set reaches the run's own config too: limit_val=500, model_args.T=8, ...
-        where = f"{path} config" + (" + --set " + " ".join(sets) if sets else "")
-        cfg = from_dict(TrainConfig, dict(apply_overrides(config, given), **extra), where)
-        notes = []
+            meta, weights, build = state["meta"], state["model"], {"config": state["config"]}
+            epoch = state.get("progress", {}).get("epoch")
+        if meta["model"] in list_text_models():
+            raise ValueError(f"{path} holds the text model {meta['model']}: eval scores image and event "
+                             "classifiers (a glue run's summary.json holds its GLUE scores)")
+        if not build.get("config") or "classes" not in meta:
+            raise ValueError(f"{path} does not record the run it came from (exported from a state_dict?): "
+                             "add --config RECIPE, e.g. --config cifar10")
+        if given.get("model", meta["model"]) != meta["model"]:
+            raise ValueError(f"--set model={given['model']}: {path} holds a {meta['model']}")
         name, margs = meta["model"], {**meta["model_args"], **asked}
+        # --set reaches the run's own config too (limit_val=500, model_args.T=8), and the data follows the model
+        # that runs: event recordings become frames at its T (an export at another T, or --set model_args.T)
+        config = apply_overrides(apply_overrides(build["config"], given), {"model_args": margs})
+        where = f"{path} config" + (f" + --set {' '.join(sets)}" if sets else "")
+        cfg = from_dict(TrainConfig, dict(config, **extra), where)
+        notes = []
         data = build_data(cfg, margs.get("img_size") or meta["img_size"])
         _check_classes(data, meta["classes"], meta["model_args"], cfg, path)
     else:
@@ -137,7 +144,12 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
             raise ValueError(f"{path} holds a {build['model']}, not the recipe's {name}")
         # the options the weights were made with win over the recipe's, and the command line over both
         margs = {**margs, **build.get("model_args", {}), **asked}
-    model = load_into(create_model(name, **margs), path, weights, build, f"{name} with {margs}").to(dev)
+    try:
+        model = load_into(create_model(name, **margs), path, weights, build, f"{name} with {margs}").to(dev)
+    except ValueError as e:
+        if not asked:
+            raise
+        raise ValueError(f"{e}; --set {asked} may change the weights' shapes (T does not)") from None
     loader = DataLoader(data.val, cfg.val_batch_size, num_workers=cfg.workers, collate_fn=data.collate)
     run_as = eval_path(cfg, dev)
     result = evaluate(run_as.prepare(model), loader, dev, run_as, progress=cfg.progress)

@@ -130,8 +130,9 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
                         "run evaluated on is rebuilt. MLM checkpoint: a text corpus file, cut into masked blocks. "
                         "Default: random N(0,1) images or random token ids, whose firing rates are not those of "
                         "real data")
-    p.add_argument("--config", metavar="FILE|RECIPE", help="vision weights that are not a run's checkpoint: a YAML recipe "
-                   "(a file, or a shipped recipe's name such as cifar10) whose dataset, split and evaluation transform --data is read with")
+    p.add_argument("--config", metavar="FILE|RECIPE",
+                   help="vision weights that are not a run's checkpoint: a YAML recipe (a file, or a shipped recipe's "
+                        "name such as cifar10) whose dataset, split and evaluation transform --data is read with")
     p.add_argument("--vocab", metavar="FILE", help="text models with --data: the WordPiece vocabulary "
                    "(default: the one the checkpoint's run used)")
     p.add_argument("--batches", type=int, default=1, help="number of batches to run (default 1)")
@@ -200,11 +201,12 @@ def build_model(checkpoint: str, model: str | None = None, overrides: dict | Non
 
 
 def load_model(checkpoint: str, model: str | None = None, **overrides) -> nn.Module:
-    """The model of ``checkpoint``, weights loaded, in eval mode: a run's ``best.pt``/``last.pt`` (vision or
-    text) or a ``.safetensors`` from ``spikingformer export`` rebuild the model they record; a bare
-    state_dict or official weights need its registry name ``model``.  ``overrides``: model options
-    that do not change the weights, e.g. ``T=8``."""
-    return build_model(checkpoint, model, overrides)[0]
+    """The model of ``checkpoint``, weights loaded, in eval mode: a ``train``, ``mlm`` or ``glue`` run's
+    ``best.pt``/``last.pt`` or a ``.safetensors`` from ``spikingformer export`` rebuild the model they
+    record; a bare state_dict or official weights need its registry name ``model`` (and the options it
+    was built with).  ``overrides``: model options, e.g. ``T=8``."""
+    unnamed = f"{checkpoint} does not name its model: pass load_model(path, model='spikingformer_...', **options)"
+    return build_model(checkpoint, model, overrides, unnamed=unnamed)[0]
 
 
 def prepare(args: argparse.Namespace) -> Prepared:

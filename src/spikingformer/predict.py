@@ -55,7 +55,8 @@ def load_predictor(checkpoint: str, recipe: str | None = None, classes_file: str
 
     advice = "add --config RECIPE, e.g. --config cifar10"
     model, name, margs, notes, build = build_model(
-        checkpoint, recipe=recipe, unnamed=f"{checkpoint} names neither its model nor how its images were read: {advice}")
+        checkpoint, recipe=recipe,
+        unnamed=f"{checkpoint} names neither its model nor how its images were read: {advice}")
     if name in list_text_models():
         raise ValueError(f"{checkpoint} holds the text model {name}; predict classifies image files")
     if not build.get("config"):
@@ -65,6 +66,8 @@ def load_predictor(checkpoint: str, recipe: str | None = None, classes_file: str
     except ConfigError as e:
         raise ValueError(f"{checkpoint} is not a classifier trained by `spikingformer train` ({e})") from None
     if cfg.dataset not in DATASET_STATS:  # event recordings, or digits' 8x8 tensors: not image files
+        if recipe:
+            raise ValueError(f"recipe {recipe} reads {cfg.dataset}, not image files")
         raise ValueError(f"{checkpoint} was trained on {cfg.dataset}, not on image files; "
                          f"`spikingformer eval --checkpoint {checkpoint}` evaluates it on its validation split")
     data = build.get("data", {})

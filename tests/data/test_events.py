@@ -431,3 +431,29 @@ def test_one_epoch_on_synthetic_events_is_spike_driven(tmp_path, recipe):
     assert s["val_split"].endswith("by file name)") == (cfg.holdout_pick == "last")
     assert s["spike_driven"] is True and s["non_spike_layers"] == [] and 0.0 < s["firing_rate"] < 1.0
     assert s["params"] > 0 and s["epochs"] == 1
+
+
+def test_eval_feeds_frames_at_the_T_of_the_model_it_runs(tmp_path, monkeypatch):
+    """An event run evaluated at another T (exported with --t, or --set model_args.T) is fed frames at that T."""
+    from spikingformer import cli, evaluation
+    from spikingformer.train import run
+
+    torch.set_num_threads(1)
+    write_nmnist_subset(tmp_path / "nmnist", per_class=2)
+    run(TrainConfig(model="spikingformer_dvs_2_256", dataset="nmnist", data_dir=str(tmp_path / "nmnist"),
+                    model_args=dict(depth=1, dim=32, num_heads=2, T=2, downsample=[False, False, True, True]),
+                    img_size=32, val_split="holdout", holdout=3, batch_size=3, val_batch_size=3, workers=0,
+                    epochs=1, warmup_epochs=0, cooldown_epochs=0, output=str(tmp_path / "run"), progress=False))
+    steps, evaluate = [], evaluation.evaluate
+
+    def spy(model, loader, *args, **kwargs):
+        steps.append((next(iter(loader))[0].shape[0], model.cfg.T))
+        return evaluate(model, loader, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate", spy)
+    last, exported = tmp_path / "run" / "last.pt", tmp_path / "t3.safetensors"
+    assert cli.main(["export", "--checkpoint", str(last), "--out", str(exported), "--t", "3"]) == 0
+    assert cli.main(["eval", "--checkpoint", str(exported)]) == 0
+    assert cli.main(["eval", "--checkpoint", str(last), "--set", "model_args.T=4"]) == 0
+    assert cli.main(["eval", "--checkpoint", str(last)]) == 0
+    assert steps == [(3, 3), (4, 4), (2, 2)]  # (frames fed, model's T)
