@@ -26,7 +26,10 @@ channels per head; ``SpikeQKV.kv_first`` picks the order):
 
 In general a product costs ACs when at least one factor is observed to be binary (driven
 by the sparsest binary factor) and MACs otherwise; the intermediate product is never
-assumed binary.
+assumed binary.  Each input's firing rate is pooled over every batch, as for any layer.  Padded
+text batches can run the attention in both orders (``N`` on either side of ``d``): each
+order's count is then its own row, priced at those pooled rates, an approximation where the
+batches of one order fire more than those of the other.
 
 Integer-valued inputs (Spikformer's SEW residual sums, ``{0, 1, ..., 2L + 1}``) have two
 readings, the two calculations the official energy script offers for the paper's recalculation
