@@ -2,6 +2,7 @@
 import os
 import pickle
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,3 +121,62 @@ def test_partial_writes_of_a_crash_are_cleaned_up(tmp_path):
     (tmp_path / "notes.tmp").write_text("not ours")
     remove_partial_writes(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "notes.tmp"]
+
+
+def test_a_write_is_fsynced_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    """Atomic means durable too: the file's bytes reach the disk before it replaces the old checkpoint, and the
+    rename itself is made durable by syncing the folder."""
+    import stat
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", "dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", Path(dst).name))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    save_checkpoint({"v": torch.tensor(1)}, tmp_path / "last.pt")
+    atomic_copy(tmp_path / "last.pt", tmp_path / "best.pt")
+    assert events == [("fsync", "file"), ("replace", "last.pt"), ("fsync", "dir"),
+                      ("fsync", "file"), ("replace", "best.pt"), ("fsync", "dir")]
+
+
+def test_a_checkpoint_of_another_version_is_refused(tmp_path):
+    torch.save({"format": "spikingformer.checkpoint", "version": 2, "model": {}}, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="has checkpoint version 2; this spikingformer reads version 1"):
+        load_checkpoint(tmp_path / "future.pt")
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])
+def test_load_weights_strips_the_ddp_and_compile_prefixes(tmp_path, prefix):
+    """A state_dict saved from DDP (``module.``), torch.compile (``_orig_mod.``) or both loads into the bare model."""
+    from spikingformer.checkpoint import load_weights
+
+    weights = {"blocks.0.w": torch.randn(2, 2), "head.bias": torch.randn(2)}
+    torch.save({"state_dict": {prefix + k: v for k, v in weights.items()}}, tmp_path / "w.pth")
+    state, build = load_weights(tmp_path / "w.pth")
+    assert state.keys() == weights.keys() and build == {}
+    assert all(torch.equal(state[k], v) for k, v in weights.items())
+    torch.save({"model": {"module.a": torch.zeros(1), "b": torch.zeros(1)}}, tmp_path / "mixed.pth")
+    assert sorted(load_weights(tmp_path / "mixed.pth")[0]) == ["b", "module.a"]  # only a prefix every key has
+
+
+def test_cuda_rng_states_are_saved_and_restored(monkeypatch):
+    """Every GPU's generator is part of the state (faked here: the check must run on a CPU-only machine)."""
+    states = [torch.tensor([1, 2], dtype=torch.uint8), torch.tensor([3, 4], dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: states)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.extend)
+    saved = rng_state()
+    assert saved["cuda"] == states
+    set_rng_state(saved)
+    assert len(restored) == 2 and all(torch.equal(a, b) for a, b in zip(restored, states))

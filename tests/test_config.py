@@ -34,6 +34,9 @@ def test_unknown_override_is_an_error(tmp_path):
     ("device=bogus", "device must be auto or a torch device"), ("output=", "output must name"),
     ("aa=bogus", "timm cannot build the transforms of aa='bogus'.*Unknown AA policy"),
     ("interpolation=bogus", "interpolation='bogus'.*KeyError"),
+    ("lr=0", "lr must be > 0"), ("epochs=0", "epochs must be >= 1"), ("val_batch_size=0", "val_batch_size"),
+    ("mean=[0.5,0.5,0.5]", "give both mean and std"), ("warmup_epochs=-1", "warmup_epochs.* must be >= 0"),
+    ("mixup_off_epoch=-1", "mixup_off_epoch.* must be >= 0"), ("ckpt_every=-2", "ckpt_every.* must be >= 0"),
 ])
 def test_bad_values_are_named(item, msg):
     with pytest.raises(ConfigError, match=msg):

@@ -225,75 +225,6 @@ def test_fast_path_trains_like_the_eager_path(tree, tmp_path):
     assert abs(fast["final_val_loss"] - eager["final_val_loss"]) < 1e-2
 
 
-class FixedLoader:
-    """The batches of one epoch, as ``train_one_epoch`` reads a loader (its sampler knows the epoch's length)."""
-
-    def __init__(self, batches):
-        from types import SimpleNamespace
-
-        self.batches, self.sampler = batches, SimpleNamespace(steps_per_epoch=len(batches))
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self):
-        return len(self.batches)
-
-
-def one_epoch(batches, accum_steps, model):
-    """``train_one_epoch`` with SGD + momentum on ``batches``; returns its loss, the schedule's update counts and
-    the progress."""
-    from types import SimpleNamespace
-
-    from spikingformer.distributed import DistInfo
-    from spikingformer.fast import FastPath
-    from spikingformer.engine import train_one_epoch
-    from spikingformer.train import Progress
-
-    cfg = SimpleNamespace(accum_steps=accum_steps, clip_grad=0.0, sched_on_updates=True, ckpt_every=0,
-                          total_epochs=1, progress=False)
-    updates = []
-    sched = SimpleNamespace(step_update=updates.append)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    state = Progress()
-    info = DistInfo(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
-    loss, _ = train_one_epoch(cfg, state, model, FixedLoader(batches), opt, sched,
-                              torch.amp.GradScaler("cpu", enabled=False), info, FastPath.off(), lambda: None,
-                              lambda m, x, y: (torch.nn.functional.cross_entropy(m(x), y), None))
-    return loss, updates, state
-
-
-def test_accumulated_batches_update_like_one_batch_of_their_union(ddp_of_one):
-    """accum_steps=2 over five batches of 4 makes the updates of batches of 8, 8 and 4 (the epoch's last group
-    is short): same weights, same mean loss, the schedule counts three updates, DDP all-reduces once per update
-    (a real DDP, whose all-reduces are counted)."""
-    torch.manual_seed(0)
-    xs, ys = torch.randn(5, 4, 6), torch.randint(0, 3, (5, 4))
-    small = [(xs[i], ys[i]) for i in range(5)]
-    large = [(xs[0:2].flatten(0, 1), ys[0:2].flatten()), (xs[2:4].flatten(0, 1), ys[2:4].flatten()), (xs[4], ys[4])]
-    ref_model = torch.nn.Linear(6, 3)
-    model, allreduces = ddp_of_one(torch.nn.Linear(6, 3))
-    model.module.load_state_dict(ref_model.state_dict())
-
-    ref_loss, ref_updates, ref_state = one_epoch(large, 1, ref_model)
-    loss, updates, state = one_epoch(small, 2, model)
-    assert updates == ref_updates == [1, 2, 3]
-    assert len(allreduces) == 3  # after batches 1, 3 and 4, which end their groups
-    assert (state.step, state.global_step) == (5, 5) and (ref_state.step, ref_state.global_step) == (3, 3)
-    for a, b in zip(model.module.parameters(), ref_model.parameters()):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
-    assert abs(loss - ref_loss) < 1e-6
-    assert all(p.grad is None for p in model.parameters())  # nothing left over for the next epoch
-
-
-def test_accumulation_config_is_checked():
-    with pytest.raises(ValueError, match="accum_steps must be >= 1"):
-        TrainConfig(accum_steps=0)
-    with pytest.raises(ValueError, match="ckpt_every .* must be a multiple of accum_steps"):
-        TrainConfig(accum_steps=4, ckpt_every=6)
-    assert TrainConfig(accum_steps=4, ckpt_every=8).accum_steps == 4
-
-
 def test_accumulating_run_resumes_mid_epoch_to_the_same_weights(tree, tmp_path, monkeypatch):
     """accum_steps=4 over 6 batches an epoch (groups of 4 and 2), per-update schedule: a run that stops
     right after its mid-epoch checkpoint in epoch 2 and resumes ends with the weights, optimizer state
@@ -323,3 +254,30 @@ def test_accumulating_run_resumes_mid_epoch_to_the_same_weights(tree, tmp_path, 
     assert_same_run(tmp_path / "ref" / "last.pt", tmp_path / "stopped" / "last.pt")
     assert resumed["final_val_acc"] == reference["final_val_acc"]
     assert load_checkpoint(tmp_path / "ref" / "last.pt")["optimizer"]["state"][0]["step"] == 4  # 2 updates an epoch
+
+
+def test_best_is_the_first_epoch_of_the_highest_val_acc_and_mixup_stops_at_mixup_off_epoch(tree, tmp_path,
+                                                                                         monkeypatch):
+    """best.pt: strictly higher val_acc (a tie keeps the earlier epoch, as timm's CheckpointSaver), whatever the
+    loss does; Mixup runs in epochs 0 .. mixup_off_epoch - 1 (0-based, timm's ``epoch >= mixup_off_epoch``)."""
+    import spikingformer.train as train_module
+
+    accs, losses = iter([0.5, 0.5, 0.25]), iter([2.0, 1.0, 0.5])  # the loss keeps falling: not the criterion
+
+    def scripted_evaluate(*args, **kwargs):
+        return {"val_loss": next(losses), "val_acc": next(accs), "val_acc5": 1.0, "val_images": 6}
+
+    mixing = []
+    make_loss = train_module.classification_loss
+
+    def recording(mixup, criterion):
+        mixing.append(mixup.mixup_enabled)
+        return make_loss(mixup, criterion)
+
+    monkeypatch.setattr(train_module, "evaluate", scripted_evaluate)
+    monkeypatch.setattr(train_module, "classification_loss", recording)
+    out = tmp_path / "run"
+    summary = run(tiny_config(tree, out, aa=None, reprob=0.0))  # epochs=2 + cooldown 1, mixup_off_epoch=2
+    assert mixing == [True, True, False]
+    assert (summary["best_val_acc"], summary["best_epoch"]) == (0.5, 1)
+    assert load_checkpoint(out / "best.pt")["progress"]["epoch"] == 1
