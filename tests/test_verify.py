@@ -148,7 +148,7 @@ def test_help(command, capsys):
 
 
 def test_verify_text_and_event_checkpoints(tmp_path, capsys):
-    from .test_energy import event_checkpoint, text_checkpoint
+    from .test_energy_cli import event_checkpoint, text_checkpoint
 
     js = tmp_path / "cert.json"
     assert main(["verify", "--checkpoint", str(text_checkpoint(tmp_path)), "--data", str(tmp_path),
@@ -169,7 +169,7 @@ def test_verify_text_and_event_checkpoints(tmp_path, capsys):
 
 
 def test_bad_data_for_a_run_checkpoint_is_a_usage_error_not_a_verdict(tmp_path, capsys):
-    from .test_energy import event_checkpoint
+    from .test_energy_cli import event_checkpoint
 
     # exit 1 would read as "NOT spike-driven"
     assert main(["verify", "--checkpoint", str(event_checkpoint(tmp_path)), "--data", str(tmp_path / "nope")]) == 2
