@@ -121,6 +121,7 @@ def register_cli(sub) -> None:
     p.add_argument("--output", metavar="DIR", help="keep the run (checkpoints, metrics.jsonl, metrics.png) here")
     p.add_argument("--compare", action="store_true",
                    help="also train a Spikformer V1 (SEW residual) of the same size on the same split and schedule, "
-                        "and compare accuracy, firing rate, energy and the spike-driven verdict (about 2.5 minutes on 2 cores)")
+                        "and compare accuracy, firing rate, energy and the spike-driven verdict (about 2.5 minutes "
+                        "on 2 cores)")
     p.add_argument("--json", metavar="FILE", help="write val_acc, firing_rate, energy_uJ, seconds (and more) as JSON")
     p.set_defaults(func=_cmd_demo)
