@@ -47,9 +47,9 @@ def _energy_mJ(cfg, out: Path) -> float:
 
     from .data import build_data
     from .energy import estimate_energy
-    from .loading import build_model
+    from .loading import load_model
 
-    model = build_model(str(out / "last.pt"))[0]
+    model = load_model(str(out / "last.pt"))
     val = build_data(cfg, model.cfg.img_size).val
     return estimate_energy(model, torch.stack([val[i][0] for i in range(len(val))])).total_mJ
 
