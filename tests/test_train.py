@@ -86,6 +86,32 @@ def test_eval_names_a_bad_device(tmp_path, capsys):
         assert msg in capsys.readouterr().err
 
 
+def _eval(ckpt, out: Path, *args) -> dict:
+    assert cli.main(["eval", "--checkpoint", str(ckpt), "--json", str(out), *args]) == 0
+    return json.loads(out.read_text())
+
+
+def test_eval_on_data_with_its_own_val_split_holds_out_as_the_run_did_and_says_so(tree, tmp_path, capsys):
+    """A `val_split: holdout` run (the cifar10_jpeg recipe's) evaluated with `--data DIR`, DIR having a val/."""
+    data = write_class_tree(tmp_path / "data" / "train", per_class=10).parent
+    write_class_tree(data / "val", per_class=3, seed=7)
+    run(tiny_config(data, tmp_path / "run", val_split="holdout", epochs=1, warmup_epochs=0, cooldown_epochs=0))
+    ckpt, held_out = tmp_path / "run" / "last.pt", "val (held-out 6 of 30 train images, class-balanced, seed 0)"
+    own = _eval(ckpt, tmp_path / "own.json")
+    assert own["val_split"] == held_out and own["notes"] == []
+    capsys.readouterr()
+
+    given = _eval(ckpt, tmp_path / "given.json", "--data", str(data))
+    assert (given["val_split"], given["val_acc"], given["val_images"]) == (held_out, own["val_acc"], 6)
+    (note,) = given["notes"]
+    assert f"{data} has its own validation split (val ({data / 'val'}, 9 images))" in note
+    assert "--set val_split=auto evaluates on" in note and f"note: {note}" in capsys.readouterr().out
+
+    auto = _eval(ckpt, tmp_path / "auto.json", "--data", str(data), "--set", "val_split=auto")
+    assert (auto["val_split"], auto["val_images"], auto["notes"]) == (f"val ({data / 'val'}, 9 images)", 9, [])
+    assert _eval(ckpt, tmp_path / "tree.json", "--data", str(tree))["notes"] == []  # no val/ of its own
+
+
 def test_eval_runs_the_neurons_the_config_trains_with():
     """``spikingformer eval`` compiles nothing, keeps the config's precision, and on CUDA runs the neurons
     that the run's fast path trained and validated with."""

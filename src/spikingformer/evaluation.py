@@ -144,6 +144,7 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
             raise ValueError(f"{path} holds a {build['model']}, not the recipe's {name}")
         # the options the weights were made with win over the recipe's, and the command line over both
         margs = {**margs, **build.get("model_args", {}), **asked}
+    notes += _unused_val_note(data, cfg, data_dir, given)
     try:
         model = load_into(create_model(name, **margs), path, weights, build, f"{name} with {margs}").to(dev)
     except ValueError as e:
@@ -155,6 +156,15 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     result = evaluate(run_as.prepare(model), loader, dev, run_as, progress=cfg.progress)
     return {"checkpoint": str(path), "model": name, "epoch": epoch, "val_split": data.val_name, **result,
             **spike_stats(model, loader, dev), "notes": notes}
+
+
+def _unused_val_note(data, cfg, data_dir: str | None, given: dict) -> list[str]:
+    """A config that holds out of the train split keeps doing so on ``--data DIR`` (numbers stay comparable
+    with the run's) even where DIR has a validation split of its own, which nothing would otherwise show."""
+    if data_dir is None or data.own_val is None or cfg.val_split != "holdout" or "val_split" in given:
+        return []
+    return [f"{data_dir} has its own validation split ({data.own_val}), but the config says val_split: holdout, "
+            f"so this evaluates on {data.val_name}; --set val_split=auto evaluates on {data_dir}'s own instead"]
 
 
 def _check_classes(data, classes: list[str] | None, model_args: dict, cfg, path) -> None:

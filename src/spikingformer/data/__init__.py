@@ -34,6 +34,7 @@ class DataSplits:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     collate: Callable | None = None  # DataLoader collate_fn (None: PyTorch's default)
+    own_val: str | None = None       # the dataset's own validation split, also when val_split: holdout skips it
 
 
 def split_train_val(raw: RawData, val_split: str, holdout: int, seed: int,
@@ -80,7 +81,7 @@ def build_data(cfg, img_size: int) -> DataSplits:
         train=SeededTransform(train, train_transform(cfg, img_size, mean, std, raw.tensor_images)),
         val=SeededTransform(val, eval_transform(cfg, img_size, mean, std, raw.tensor_images)),
         val_name=val_name + note, classes=raw.classes, in_chans=raw.in_chans, img_size=img_size,
-        mean=mean, std=std)
+        mean=mean, std=std, own_val=raw.val_name)
 
 
 def _model_T(cfg) -> int:
@@ -102,4 +103,4 @@ def _event_splits(cfg, raw: RawData, train: Dataset, val: Dataset, val_name: str
         train=SeededTransform(train, EventFrames(T, cfg.split_by, raw.native_size, img_size, aug)),
         val=SeededTransform(val, EventFrames(T, cfg.split_by, raw.native_size, img_size)),
         val_name=val_name, classes=raw.classes, in_chans=raw.in_chans, img_size=img_size,
-        mean=raw.mean, std=raw.std, collate=event_collate)
+        mean=raw.mean, std=raw.std, collate=event_collate, own_val=raw.val_name)
