@@ -18,6 +18,8 @@ For each ``MODEL:BATCH`` it times, with synthetic data already on the device:
 - ``+fold`` after ``eager`` or ``fast``: inference runs the deployed model, every BatchNorm folded
   into its conv (``deploy.fold_bn``; prepared, and so compiled, on its own), so no normalisation
   pass sits between a convolution and its neuron.  Training is unchanged.
+- ``+ckpt`` after ``eager`` or ``fast``: training with gradient checkpointing (``set_grad_checkpointing``:
+  every block recomputed in the backward pass), for its peak memory and its cost in speed.
 
 Warm-up steps are excluded from the rates; the fast path's compile time (first steps
 minus steady-state steps) is reported separately.  Peak memory is the training peak.
@@ -46,7 +48,8 @@ from spikingformer.deploy import fold_bn
 from spikingformer.fast import FastPath
 from spikingformer.neuron import MultiStepLIF
 
-VARIANTS = "reference, eager[+triton][+fold], fast[:MODE][+triton|+torch][+nchw][+fold] (MODE a torch.compile mode)"
+VARIANTS = ("reference, eager[+triton][+fold][+ckpt], fast[:MODE][+triton|+torch][+nchw][+fold][+ckpt] "
+            "(MODE a torch.compile mode)")
 
 
 def swap_in_spikingjelly(model: nn.Module) -> nn.Module:
@@ -86,12 +89,13 @@ class Variant:
         base, *extras = name.split("+")
         kind, _, mode = base.partition(":")
         if kind not in ("reference", "eager", "fast") or (mode and kind != "fast") \
-                or not set(extras) <= {"triton", "torch", "nchw", "fold"} or {"triton", "torch"} <= set(extras) \
+                or not set(extras) <= {"triton", "torch", "nchw", "fold", "ckpt"} or {"triton", "torch"} <= set(extras) \
                 or ("nchw" in extras and kind != "fast") or (extras and kind == "reference"):
             raise ValueError(f"unknown variant {name!r}; valid: {VARIANTS}")
         backend = "triton" if "triton" in extras else "torch" if "torch" in extras else "auto"
         self.triton = backend == "triton"
         self.fold = "fold" in extras
+        self.checkpointing = "ckpt" in extras
         if kind == "fast":
             cuda = device.type == "cuda"
             self.path = FastPath(compile_mode=mode or None, lif_backend=backend,
@@ -108,6 +112,7 @@ class Variant:
 
     def build(self, model_name: str, **overrides) -> nn.Module:
         model = spikingformer.create_model(model_name, **overrides).to(self.device)
+        model.set_grad_checkpointing(self.checkpointing)
         if self.name == "reference":
             swap_in_spikingjelly(model)
         return model

@@ -145,3 +145,18 @@ def test_help_shows_percent_signs_as_written(capsys):
         cli(["mlm", "--help"])
     text = capsys.readouterr().out
     assert "15 % of tokens" in " ".join(text.split()) and "%%" not in text
+
+
+def test_grad_checkpointing_trains_to_the_same_weights(files, monkeypatch):
+    import spikingformer.layers as layers
+
+    calls = []
+    monkeypatch.setattr(layers, "checkpoint", lambda *a, **k: calls.append(1) or torch.utils.checkpoint.checkpoint(
+        *a, **k))
+    assert cli(mlm_args(files, "--set", f"output={files}/plain")) == 0
+    assert not calls
+    assert cli(mlm_args(files, "--set", f"output={files}/ckpt", "--set", "grad_checkpointing=true")) == 0
+    assert calls
+    plain, ckpt = (load_checkpoint(files / d / "last.pt")["model"] for d in ("plain", "ckpt"))
+    for k, v in plain.items():
+        assert torch.equal(ckpt[k], v), k

@@ -192,3 +192,16 @@ def test_train_init_from_fine_tunes_the_pretrained_encoder(tree, tmp_path, refer
     bad = dataclasses.replace(cfg, output=str(tmp_path / "bad"), init_from=str(tmp_path / "nope.pt"))
     with pytest.raises(CheckpointError, match="nope.pt"):
         train.run(bad)
+
+
+def test_grad_checkpointing_pretrains_to_the_same_weights(tree, tmp_path, reference, monkeypatch):
+    import spikingformer.layers as layers
+
+    calls = []
+    monkeypatch.setattr(layers, "checkpoint", lambda *a, **k: calls.append(1) or torch.utils.checkpoint.checkpoint(
+        *a, **k))
+    run(tiny_config(tree, tmp_path / "ckpt", ckpt_every=2, grad_checkpointing=True))
+    assert calls
+    ref, got = load_checkpoint(reference[0] / "last.pt")["model"], load_checkpoint(tmp_path / "ckpt" / "last.pt")["model"]
+    for k, v in ref.items():
+        assert torch.equal(got[k], v), k

@@ -307,3 +307,22 @@ def test_best_is_the_first_epoch_of_the_highest_val_acc_and_mixup_stops_at_mixup
     assert mixing == [True, True, False]
     assert (summary["best_val_acc"], summary["best_epoch"]) == (0.5, 1)
     assert load_checkpoint(out / "best.pt")["progress"]["epoch"] == 1
+
+
+def test_grad_checkpointing_trains_to_the_same_weights(tree, tmp_path, monkeypatch):
+    """``grad_checkpointing: true`` recomputes the blocks (the spy counts them) and changes nothing else;
+    a run may switch it on when it resumes (after running out of memory, say)."""
+    import spikingformer.layers as layers
+
+    calls = []
+    monkeypatch.setattr(layers, "checkpoint", lambda *a, **k: calls.append(1) or torch.utils.checkpoint.checkpoint(
+        *a, **k))
+    kw = dict(epochs=1, cooldown_epochs=0)
+    run(tiny_config(tree, tmp_path / "plain", **kw))
+    assert not calls
+    run(tiny_config(tree, tmp_path / "ckpt", grad_checkpointing=True, **kw))
+    assert calls
+    assert_same_run(tmp_path / "plain" / "last.pt", tmp_path / "ckpt" / "last.pt")
+    from spikingformer.engine import open_run
+
+    assert open_run(tiny_config(tree, tmp_path / "plain", grad_checkpointing=True, **kw), resume=True)

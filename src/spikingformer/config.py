@@ -94,6 +94,7 @@ class TrainConfig:
                                       # the last block at lr x layer_decay, each block below it x layer_decay again
     batch_size: int = 64             # per process and per forward pass: BatchNorm normalises over these images
     accum_steps: int = 1              # batches per optimizer update: an update sees batch_size x accum_steps x processes
+    grad_checkpointing: bool = False  # recompute each block in the backward pass: less memory, one more forward
     val_batch_size: int = 128
     # --- schedule (timm.scheduler); the run lasts epochs + cooldown_epochs epochs, as in timm
     sched: str = "cosine"

@@ -24,7 +24,8 @@ __all__ = ["RESUME_MUTABLE", "resolve_img_size", "build_training", "seed_all", "
            "open_run", "load_data", "make_loaders", "restore", "open_output", "wrap_ddp"]
 
 # Keys that may change between a run and its resumption without changing the result.
-RESUME_MUTABLE = {"progress", "workers", "ckpt_every", "device", "val_batch_size", "output", "init_from"}
+RESUME_MUTABLE = {"progress", "workers", "ckpt_every", "device", "val_batch_size", "output", "init_from",
+                  "grad_checkpointing"}
 
 
 def resolve_img_size(cfg: TrainConfig) -> int:

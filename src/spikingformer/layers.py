@@ -5,11 +5,15 @@ merge ``T*B`` into the batch axis; neurons (``MultiStepLIF``) run over ``T``.
 """
 from __future__ import annotations
 
+import contextlib
+
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .neuron import MultiStepLIF
 
-__all__ = ["ConvBN", "LinearBN", "SeqMaxPool", "SpikeQKV", "ClassifierHead", "HEADS", "seq_apply"]
+__all__ = ["ConvBN", "LinearBN", "SeqMaxPool", "SpikeQKV", "ClassifierHead", "HEADS", "seq_apply", "run_blocks"]
 
 
 def seq_apply(fn, x: Tensor) -> Tensor:
@@ -17,6 +21,44 @@ def seq_apply(fn, x: Tensor) -> Tensor:
     t, b = x.shape[:2]
     y = fn(x.flatten(0, 1))
     return y.reshape(t, b, *y.shape[1:])
+
+
+def run_blocks(blocks, x: Tensor, *args, checkpointing: bool = False, owner: nn.Module | None = None) -> Tensor:
+    """``x`` through ``blocks`` (modules, or stages of ``owner``) in turn; ``args`` go to every block.
+
+    With ``checkpointing`` (timm's ``set_grad_checkpointing``) a block keeps only its input for the
+    backward pass, which runs its forward again to get the rest: the ``T``-fold activations of all
+    but one block are never held at once, for one more forward per step.  Neurons start every call
+    from rest, so the second forward emits the same spikes; it must not move BatchNorm's running
+    statistics a second time, which eager recomputation would (compiled, the forward graph alone
+    updates them)."""
+    if not (checkpointing and torch.is_grad_enabled()):
+        for blk in blocks:
+            x = blk(x, *args)
+        return x
+    for blk in blocks:
+        if torch.compiler.is_compiling():
+            x = checkpoint(blk, x, *args, use_reentrant=False)
+        else:
+            x = checkpoint(blk, x, *args, use_reentrant=False,
+                           context_fn=lambda m=owner or blk: (contextlib.nullcontext(), _frozen_bn_stats(m)))
+    return x
+
+
+@contextlib.contextmanager
+def _frozen_bn_stats(module: nn.Module):
+    # Momentum 0 keeps the running statistics as they are while the BatchNorm still normalises by the
+    # batch's and saves for backward what it saved the first time (which the recomputation must match).
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    kept = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(bns, kept):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
 
 
 class ConvBN(nn.Module):

@@ -48,7 +48,7 @@ __all__ = ["TextTrainConfig", "TextTask", "fit", "finish", "epoch_order", "eval_
            "expand", "add_command", "SCHEDS", "RESUME_MUTABLE"]
 
 SCHEDS = ("linear", "cosine")
-RESUME_MUTABLE = {"progress", "output", "device"}  # may differ between a run and its resumption
+RESUME_MUTABLE = {"progress", "output", "device", "grad_checkpointing"}  # may differ between a run and its resumption
 
 
 @dataclass
@@ -60,6 +60,7 @@ class TextTrainConfig:
     vocab: str = "~/.cache/spikingformer/text/bert-base-uncased-vocab.txt"
     batch_size: int = 32              # the global batch: split over the processes under torchrun
     accum_steps: int = 1              # parts each process's share runs in, their gradients added (less memory)
+    grad_checkpointing: bool = False  # recompute each block in the backward pass: less memory, one more forward
     lr: float = 5e-4
     weight_decay: float = 0.01        # on matrices and embeddings only (nanoGPT's rule)
     warmup_steps: int = 100
@@ -189,6 +190,7 @@ def fit(cfg: TextTrainConfig, info: DistInfo, task: TextTask, resume: bool) -> l
     if cfg.sync_bn and world > 1:
         model = convert_sync_batchnorm(model, info.device)  # in place: task.model's modules are replaced
     model.to(info.device)
+    model.set_grad_checkpointing(cfg.grad_checkpointing)
     path = FastPath.from_modes(cfg.fast, cfg.amp, info.device)
     objective = path.prepare(_Objective(model, task.loss))
     opt, sched = _optimizer(model, cfg, path)

@@ -128,6 +128,7 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> dict:
     if cfg.sync_bn and info.world > 1:
         model = convert_sync_batchnorm(model, info.device)
     model.to(info.device)
+    model.set_grad_checkpointing(cfg.grad_checkpointing)
     path = FastPath.from_modes(cfg.fast, cfg.amp, info.device, cfg.compile_mode, cfg.lif_backend)
     fast = path.prepare(model)  # before the optimizer: channels-last re-lays the parameters out in place
     sampler, train_loader, val_loader = make_loaders(cfg, data, info)

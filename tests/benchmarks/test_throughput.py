@@ -51,8 +51,10 @@ def test_variant_names(throughput):
     assert throughput.Variant("fast", cpu).path.lif_backend == "auto"  # as `spikingformer train` runs it
     assert throughput.Variant("fast+torch+nchw", cpu).path.lif_backend == "torch"
     assert throughput.Variant("fast+fold", cpu).fold and not throughput.Variant("fast", cpu).fold
+    assert throughput.Variant("fast+ckpt", cpu).checkpointing and not throughput.Variant("fast", cpu).checkpointing
+    assert throughput.Variant("eager+ckpt", cpu).build("spikingformer_4_256", depth=1).grad_checkpointing
     for bad in ("eager:max-autotune", "reference+triton", "fast+cupy", "faster", "fast+triton+torch", "eager+nchw",
-                "reference+fold"):
+                "reference+fold", "reference+ckpt"):
         with pytest.raises(ValueError, match="unknown variant"):
             throughput.Variant(bad, cpu)
 

@@ -53,7 +53,20 @@ def build_config(cls, defaults: dict, overrides: dict):
     return cls(**{**defaults, **typed})
 
 
-class SpikingVisionModel(nn.Module):
+class GradCheckpointing:
+    """timm's switch, for a model and its stem, which run their blocks or stages through ``layers.run_blocks``."""
+
+    grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's (and each stem stage's) activations in the backward pass instead of
+        keeping them: less memory for one more forward per step, the same gradients and BatchNorm statistics."""
+        for m in self.modules():
+            if isinstance(m, GradCheckpointing):
+                m.grad_checkpointing = enable
+
+
+class SpikingVisionModel(GradCheckpointing, nn.Module):
     """Base for the vision models.  Subclasses set ``cfg`` (with ``T``, ``in_chans``,
     ``img_size``, ``num_classes``, ``head``, ``tau``) and ``patch_size``, build
     ``self.head = ClassifierHead(...)`` and implement ``forward_features``, which starts with

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..layers import ConvBN, seq_apply
+from ..layers import ConvBN, run_blocks, seq_apply
 from ._registry import create_model
 
 __all__ = ["MAEConfig", "MAEOutput", "SpikformerV2MAE", "random_masking", "patchify", "unpatchify",
@@ -193,9 +193,7 @@ class SpikformerV2MAE(nn.Module):
         tokens = x.flatten(3).transpose(2, 3)                           # [T, B, N, D]
         t, b, _, d = tokens.shape
         tokens = tokens.gather(2, ids_keep[None, :, :, None].expand(t, b, -1, d))
-        for blk in self.encoder.blocks:
-            tokens = blk(tokens)
-        return tokens
+        return run_blocks(self.encoder.blocks, tokens, checkpointing=self.encoder.grad_checkpointing)
 
     def forward_decoder(self, latent: Tensor, ids_keep: Tensor, grid: tuple[int, int]) -> Tensor:
         """Visible features ``[T, B, N_v, D]`` -> pixel predictions ``[B, N, p*p*C]`` for every patch.

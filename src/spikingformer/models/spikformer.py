@@ -6,13 +6,14 @@ weights: not spike-driven.  That is the property Spikingformer fixes.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ..layers import ClassifierHead, ConvBN, LinearBN, SeqMaxPool, SpikeQKV
+from ..layers import ClassifierHead, ConvBN, LinearBN, SeqMaxPool, SpikeQKV, run_blocks
 from ..neuron import MultiStepLIF
-from ._base import SpikingVisionModel, build_config
+from ._base import GradCheckpointing, SpikingVisionModel, build_config
 from ._registry import register_model
 
 __all__ = ["SpikformerConfig", "SPS", "SCS", "SSA", "MLP", "SEWBlock", "Spikformer"]
@@ -50,7 +51,7 @@ class SpikformerConfig:
             raise ValueError(f"T and depth must be >= 1, got T={self.T}, depth={self.depth}")
 
 
-class SPS(nn.Module):
+class SPS(GradCheckpointing, nn.Module):
     """Spiking Patch Splitting (Spikformer V1): four ``ConvBN -> SN -> [MaxPool]`` stages with
     channels ``D/8, D/4, D/2, D``, then the relative position embedding
     ``RPE = SN(ConvBN_3x3(x))`` added to ``x``.  Output ``[T, B, D, h, w]`` in {0, 1, 2}."""
@@ -64,13 +65,16 @@ class SPS(nn.Module):
         self.rpe = ConvBN(dim, dim, 3, 1, 1)
         self.rpe_sn = MultiStepLIF(tau)
 
+    def stage(self, i: int, x: Tensor) -> Tensor:
+        return self.pool[i](self.sn[i](self.convs[i](x)))
+
     def forward(self, x: Tensor) -> Tensor:
-        for conv, sn, pool in zip(self.convs, self.sn, self.pool):
-            x = pool(sn(conv(x)))
+        stages = [functools.partial(self.stage, i) for i in range(4)]
+        x = run_blocks(stages, x, checkpointing=self.grad_checkpointing, owner=self)
         return x + self.rpe_sn(self.rpe(x))
 
 
-class SCS(nn.Module):
+class SCS(GradCheckpointing, nn.Module):
     """Spiking Convolutional Stem (Spikformer V2 §4.1): four blocks, each a stride-2 2x2
     ConvBN that halves the resolution, then an MLP-like pair of 3x3 ConvBNs (expand by
     ``expansion``, then back), with channels ``D/8, D/4, D/2, D`` and a neuron before every
@@ -82,8 +86,10 @@ class SCS(nn.Module):
         super().__init__()
         chans = [in_chans, dim // 8, dim // 4, dim // 2, dim]
         layers: list[nn.Module] = []
+        starts = []
         for i in range(4):
             c = chans[i + 1]
+            starts.append(len(layers))
             if i > 0:
                 layers.append(MultiStepLIF(tau))
             layers += [ConvBN(chans[i], c, 2, 2, 0), MultiStepLIF(tau),
@@ -91,9 +97,11 @@ class SCS(nn.Module):
                        ConvBN(c * expansion, c, 3, 1, 1)]
         layers.append(MultiStepLIF(tau))
         self.layers = nn.Sequential(*layers)
+        self.stage_bounds = tuple(zip(starts, starts[1:] + [len(layers)]))  # the last stage owns the final SN
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.layers(x)
+        stages = [self.layers[a:b] for a, b in self.stage_bounds]
+        return run_blocks(stages, x, checkpointing=self.grad_checkpointing, owner=self)
 
 
 class SSA(nn.Module):
@@ -172,9 +180,7 @@ class Spikformer(SpikingVisionModel):
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.stem(self.check_input(x)).flatten(3).transpose(2, 3)  # [T, B, N, D]
-        for blk in self.blocks:
-            x = blk(x)
-        return x
+        return run_blocks(self.blocks, x, checkpointing=self.grad_checkpointing)
 
 
 _CIFAR = dict(in_chans=3, num_classes=10, img_size=32, downsample=(False, False, True, True))

@@ -5,13 +5,14 @@ conv sees spikes; the residual stream itself stays real-valued (MS residual, Eq.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ..layers import ClassifierHead, ConvBN, SeqMaxPool, SpikeQKV
+from ..layers import ClassifierHead, ConvBN, SeqMaxPool, SpikeQKV, run_blocks
 from ..neuron import MultiStepLIF
-from ._base import SpikingVisionModel, build_config
+from ._base import GradCheckpointing, SpikingVisionModel, build_config
 from ._registry import register_model
 
 __all__ = ["SpikingformerConfig", "SpikingTokenizer", "PSSA", "SMLP", "MSBlock", "Spikingformer"]
@@ -46,7 +47,7 @@ class SpikingformerConfig:
             raise ValueError(f"T and depth must be >= 1, got T={self.T}, depth={self.depth}")
 
 
-class SpikingTokenizer(nn.Module):
+class SpikingTokenizer(GradCheckpointing, nn.Module):
     """Spiking Tokenizer (ST): five 3x3 ConvBNs, ``C_in -> D/8 -> D/4 -> D/2 -> D -> D``.
 
     Stage 0 is the encoding layer on the raw input.  Stages 1-4 are SPE (Eq. 10,
@@ -66,12 +67,14 @@ class SpikingTokenizer(nn.Module):
         self.pool = nn.ModuleList(SeqMaxPool() if d else nn.Identity() for d in downsample)
         self.convs = nn.ModuleList(ConvBN(chans[i + 1], chans[i + 2], 3, 1, 1) for i in range(4))
 
+    def stage(self, i: int, x: Tensor) -> Tensor:
+        """SPE/SPED ``i`` (0-3)."""
+        x = self.sn[i](self.pool[i](x)) if self.cml else self.pool[i](self.sn[i](x))
+        return self.convs[i](x)
+
     def forward(self, x: Tensor) -> Tensor:
-        x = self.encode(x)
-        for sn, pool, conv in zip(self.sn, self.pool, self.convs):
-            x = sn(pool(x)) if self.cml else pool(sn(x))
-            x = conv(x)
-        return x
+        stages = [functools.partial(self.stage, i) for i in range(4)]
+        return run_blocks(stages, self.encode(x), checkpointing=self.grad_checkpointing, owner=self)
 
 
 class PSSA(nn.Module):
@@ -153,9 +156,7 @@ class Spikingformer(SpikingVisionModel):
         self.init_weights()
 
     def forward_features(self, x: Tensor) -> Tensor:
-        x = self.tokenizer(self.check_input(x))
-        for blk in self.blocks:
-            x = blk(x)
+        x = run_blocks(self.blocks, self.tokenizer(self.check_input(x)), checkpointing=self.grad_checkpointing)
         return x.flatten(3).transpose(2, 3)  # [T, B, N, D]
 
 

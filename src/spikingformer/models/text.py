@@ -31,9 +31,9 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..layers import ClassifierHead, LinearBN, SpikeQKV
+from ..layers import ClassifierHead, LinearBN, SpikeQKV, run_blocks
 from ..neuron import MultiStepLIF
-from ._base import SpikingVisionModel, build_config
+from ._base import GradCheckpointing, SpikingVisionModel, build_config
 
 __all__ = ["TextConfig", "TextEmbedding", "MaskedLinearBN", "TextPSSA", "TextSMLP", "TextBlock", "MLMHead",
            "SequenceHead", "SpikingformerText", "create_text_model", "list_text_models", "TEXT_HEADS"]
@@ -193,7 +193,7 @@ class MLMHead(ClassifierHead):
         return self.fc(self.norm(x.mean(0)))
 
 
-class SpikingformerText(nn.Module):
+class SpikingformerText(GradCheckpointing, nn.Module):
     """Spikingformer over token sequences: ``TextEmbedding`` (direct encoding over ``T``),
     ``depth`` ``TextBlock`` s and one read-out (``cfg.head``).
 
@@ -263,9 +263,8 @@ class SpikingformerText(nn.Module):
         ids, segs, mask, padded = self.check_input(input_ids, token_type_ids, attention_mask)
         x = self.embed(ids, segs)
         x = x.unsqueeze(0).expand(self.cfg.T, *x.shape)  # direct encoding: the same input every step
-        for blk in self.blocks:
-            x = blk(x, mask if padded else None)  # decided once here, not in every layer
-        return x, mask
+        # whether to mask is decided once here, not in every layer
+        return run_blocks(self.blocks, x, mask if padded else None, checkpointing=self.grad_checkpointing), mask
 
     def forward_head(self, x: Tensor, mask: Tensor) -> Tensor:
         return self.head(x) if self.cfg.head == "mlm" else self.head(x, mask)
