@@ -125,6 +125,7 @@ def test_an_exported_file_predicts_alone_and_a_state_dict_needs_a_recipe(trained
     pred = load_predictor(str(bare), str(recipe), str(names))
     assert pred.classes == ["rouge", "vert", "bleu"] and pred.model.cfg.num_classes == 3
     assert load_predictor(str(bare), str(recipe)).classes == ["0", "1", "2"]
+    assert load_predictor(str(bare), str(recipe), sets=["model_args.T=1"]).model.T == 1  # --set reaches a recipe too
     names.write_text("one\ntwo\n")
     with pytest.raises(ValueError, match="names 2 classes; the model has 3"):
         load_predictor(str(bare), str(recipe), str(names))
@@ -158,6 +159,34 @@ def test_eval_refuses_what_the_weights_cannot_be(trained, tmp_path, capsys):
     save_checkpoint({"model": {}, "config": {}, "meta": {"model": "spikingformer_text_2_128", "task": "mlm"}}, text)
     assert cli.main(["eval", "--checkpoint", str(text)]) == 2
     assert "holds the text model spikingformer_text_2_128: eval scores image and event" in capsys.readouterr().err
+
+
+def test_predict_sets_keys_of_the_runs_config_as_eval_does(trained, tmp_path, capsys):
+    """`--set model_args.T=1` predicts with the model at T = 1 (trained at 2); the transform follows img_size,
+    mean and std; what the weights cannot be is refused as eval refuses it."""
+    ckpt, fresh = trained
+    probs = {}
+    for T in (2, 1):
+        out = tmp_path / f"T{T}.json"
+        assert cli.main(["predict", str(fresh), "--checkpoint", str(ckpt), "--set", f"model_args.T={T}",
+                         "--json", str(out)]) == 0
+        probs[T] = [t["prob"] for r in json.loads(out.read_text())["predictions"] for t in r["top"]]
+    assert len(probs[1]) == 9 * 3 and probs[1] != probs[2]  # every image, by another model's output
+    pred = load_predictor(str(ckpt), sets=["model_args.T=1", "img_size=24", "mean=[0.5, 0.5, 0.5]"])
+    assert pred.model.T == 1 and pred.model.cfg.img_size == 24
+    image = Image.new("RGB", (30, 30), (255, 0, 0))
+    assert pred.transform(image).shape == (3, 24, 24)
+    assert pred.transform(image)[:, 0, 0].tolist() == pytest.approx([(1 - 0.5) / 0.4, -0.5 / 0.4, -0.5 / 0.4])
+    assert len(pred(pred.transform(image)[None])[0]) == 3
+
+    capsys.readouterr()
+    for setting, message in (
+            ("nope=1", f"unknown config key(s) ['nope'] in {ckpt} config + --set nope=1; valid keys: "),
+            ("model=spikformer_4_384", f"--set model=spikformer_4_384: {ckpt} holds a spikingformer_4_256"),
+            ("model_args.dim=64", "--set {'dim': 64} may change the weights' shapes (T does not)")):
+        assert cli.main(["predict", str(fresh), "--checkpoint", str(ckpt), "--set", setting]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err, err
 
 
 def test_bad_inputs_are_named(trained, tmp_path, capsys):

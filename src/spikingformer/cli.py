@@ -31,13 +31,18 @@ def _cmd_models(args: argparse.Namespace) -> int:
     import torch
 
     from . import create_model, list_models
-    from .metrics import write_json
+    from .metrics import check_output, write_json
     from .models.text import create_text_model, list_text_models
     from .probe import SynapticProbe
 
     if args.t < 1 or args.batch_size < 1:
         print(f"error: --t and --batch-size must be >= 1, got --t {args.t} --batch-size {args.batch_size}",
               file=sys.stderr)
+        return 2
+    try:
+        check_output("--json", args.json)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     torch.manual_seed(args.seed)
     rows = []

@@ -69,10 +69,16 @@ def _train(args: argparse.Namespace, model: str, out: Path) -> dict:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
-    from .metrics import write_json
+    from .metrics import check_output, write_json
 
     if args.epochs < 1:
         print("error: --epochs must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        check_output("--json", args.json)
+        check_output("--output", args.output, folder=True)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     # A model this small gains little from intra-op threads, and OpenMP threads that spin-wait
     # slow it down by orders of magnitude on a machine that is busy with anything else.

@@ -60,7 +60,7 @@ from .checkpoint import CheckpointError
 from .data import DataError
 # calibrate_bn and load_checkpoint live in loading (shared with verify) and stay importable from here
 from .loading import add_input_args, calibrate_bn, load_checkpoint, prepare, run_model, with_progress
-from .metrics import output_path, write_json
+from .metrics import check_output, output_path, write_json
 from .probe import LayerProbe, Stage, SynapticProbe
 
 __all__ = ["E_MAC_PJ", "E_AC_PJ", "LayerEnergy", "EnergyReport", "estimate_energy", "energy_from_probe",
@@ -293,6 +293,9 @@ def estimate_energy(model: nn.Module, inputs: Tensor | dict | Iterable, *, T: in
 
 def _cmd_energy(args: argparse.Namespace) -> int:
     try:
+        check_output("--json", args.json)
+        check_output("--csv", args.csv)
+        check_output("--plot", args.plot)
         prep = prepare(args)
         report = estimate_energy(prep.model, prep.batches, e_mac=args.e_mac, e_ac=args.e_ac, model_name=prep.name,
                                  unit=prep.unit, integer_inputs=args.integer_inputs, progress=True)

@@ -16,7 +16,7 @@ from torch import nn
 from . import checkpoint as ckpt
 from .fast import FastPath, resolve_lif_backend
 
-__all__ = ["evaluate", "spike_stats", "eval_path", "evaluate_checkpoint"]
+__all__ = ["evaluate", "spike_stats", "eval_path", "evaluate_checkpoint", "asked_options", "run_config", "rebuild"]
 
 
 @torch.no_grad()
@@ -76,6 +76,44 @@ def eval_path(cfg, device: torch.device | str) -> FastPath:
     return dataclasses.replace(FastPath.from_modes("off", cfg.amp, device), lif_backend=backend)
 
 
+def asked_options(given: dict) -> dict:
+    """The model options among parsed ``--set`` overrides (``model_args.*``, and ``img_size``, which sizes the
+    model too): asked for on the command line, they win over what the weights record (another T or size)."""
+    return {**given.get("model_args", {}), **({"img_size": given["img_size"]} if "img_size" in given else {})}
+
+
+def run_config(path, name: str, model_args: dict, config: dict, sets: list[str] = (), source: str = "",
+               extra: dict | None = None):
+    """``(cfg, model_args)``: the config a checkpoint's model ``name`` was trained (or a recipe read it) with,
+    and its model options, both with ``--set`` applied; ``extra``: keys the command line sets by their own
+    options.  The weights fix the model: a ``--set model=`` naming another is refused."""
+    from .config import TrainConfig, apply_overrides, from_dict, parse_overrides
+
+    given = parse_overrides(list(sets))
+    if given.get("model", name) != name:
+        raise ValueError(f"--set model={given['model']}: {path} holds a {name}")
+    margs = {**model_args, **asked_options(given)}
+    # --set reaches the run's own config too (limit_val=500, model_args.T=8), and the data follows the model
+    # that runs: event recordings become frames at its T (an export at another T, or --set model_args.T)
+    config = apply_overrides(apply_overrides(config, given), {"model_args": margs})
+    where = (source or f"{path} config") + (f" + --set {' '.join(sets)}" if sets else "")
+    return from_dict(TrainConfig, dict(config, **(extra or {})), where), margs
+
+
+def rebuild(path, name: str, model_args: dict, weights: dict, build: dict, asked: dict) -> nn.Module:
+    """The model ``name`` with ``model_args`` and the ``weights`` of ``path`` (``build``: what the file says of
+    it); when they do not fit, the ``--set`` model options ``asked`` are named as a possible cause."""
+    from . import create_model
+    from .loading import load_into
+
+    try:
+        return load_into(create_model(name, **model_args), path, weights, build, f"{name} with {model_args}")
+    except ValueError as e:
+        if not asked:
+            raise
+        raise ValueError(f"{e}; --set {asked} may change the weights' shapes (T does not)") from None
+
+
 def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "auto", batch_size: int = 0,
                         workers: int | None = None, recipe: str | None = None, sets: list[str] = ()) -> dict:
     """Evaluate a checkpoint on a validation split.
@@ -86,12 +124,10 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     official repositories' included: the recipe names the model, the dataset and its evaluation transform."""
     from torch.utils.data import DataLoader
 
-    from . import create_model
-    from .config import TrainConfig, apply_overrides, from_dict, load_config, parse_overrides, validate_device
+    from .config import TrainConfig, from_dict, load_config, parse_overrides, validate_device
     from .data import build_data
     from .distributed import resolve_device
     from .engine import resolve_img_size
-    from .loading import load_into
     from .models.text import list_text_models
     from .official import check_family
     from .train import model_kwargs
@@ -101,8 +137,7 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     extra = {k: v for k, v in (("device", device), ("data_dir", data_dir), ("val_batch_size", batch_size or None),
                                ("workers", workers)) if v is not None}
     given = parse_overrides(list(sets))
-    # options asked for on the command line win over what the weights record (evaluating at another T or size)
-    asked = {**given.get("model_args", {}), **({"img_size": given["img_size"]} if "img_size" in given else {})}
+    asked = asked_options(given)
     if recipe is None:  # a run's checkpoint, or a .safetensors exported from one: both record the run
         if str(path).endswith(".safetensors"):
             weights, build = ckpt.load_weights(path)
@@ -119,14 +154,8 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
         if not build.get("config") or "classes" not in meta:
             raise ValueError(f"{path} does not record the run it came from (exported from a state_dict?): "
                              "add --config RECIPE, e.g. --config cifar10")
-        if given.get("model", meta["model"]) != meta["model"]:
-            raise ValueError(f"--set model={given['model']}: {path} holds a {meta['model']}")
-        name, margs = meta["model"], {**meta["model_args"], **asked}
-        # --set reaches the run's own config too (limit_val=500, model_args.T=8), and the data follows the model
-        # that runs: event recordings become frames at its T (an export at another T, or --set model_args.T)
-        config = apply_overrides(apply_overrides(build["config"], given), {"model_args": margs})
-        where = f"{path} config" + (f" + --set {' '.join(sets)}" if sets else "")
-        cfg = from_dict(TrainConfig, dict(config, **extra), where)
+        name = meta["model"]
+        cfg, margs = run_config(path, name, meta["model_args"], build["config"], sets, extra=extra)
         notes = []
         data = build_data(cfg, margs.get("img_size") or meta["img_size"])
         _check_classes(data, meta["classes"], meta["model_args"], cfg, path)
@@ -145,12 +174,7 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
         # the options the weights were made with win over the recipe's, and the command line over both
         margs = {**margs, **build.get("model_args", {}), **asked}
     notes += _unused_val_note(data, cfg, data_dir, given)
-    try:
-        model = load_into(create_model(name, **margs), path, weights, build, f"{name} with {margs}").to(dev)
-    except ValueError as e:
-        if not asked:
-            raise
-        raise ValueError(f"{e}; --set {asked} may change the weights' shapes (T does not)") from None
+    model = rebuild(path, name, margs, weights, build, asked).to(dev)
     loader = DataLoader(data.val, cfg.val_batch_size, num_workers=cfg.workers, collate_fn=data.collate)
     run_as = eval_path(cfg, dev)
     result = evaluate(run_as.prepare(model), loader, dev, run_as, progress=cfg.progress)
@@ -180,9 +204,10 @@ def _check_classes(data, classes: list[str] | None, model_args: dict, cfg, path)
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .data import DataError
-    from .metrics import write_json
+    from .metrics import check_output, write_json
 
     try:
+        check_output("--json", args.json)
         r = evaluate_checkpoint(args.checkpoint, args.data, args.device, args.batch_size, args.workers,
                                 args.config, args.set)
     except (ckpt.CheckpointError, DataError, ValueError) as e:

@@ -49,9 +49,11 @@ def _is_folded(net: nn.Module) -> bool:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError
+    from .metrics import check_output
 
     overrides = {k: v for k, v in (("T", args.t), ("num_classes", args.num_classes)) if v is not None}
     try:
+        check_output("--out", args.out)
         r = export(args.checkpoint, args.out, args.model, overrides, args.fold_bn)
     except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

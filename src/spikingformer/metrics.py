@@ -1,13 +1,14 @@
 """Run records: ``metrics.jsonl`` (one JSON object per epoch), ``metrics.png`` (loss and accuracy
 curves) and ``summary.json``, all in the run's output folder and all rewritten atomically; and the
-writers every command's ``--json``, ``--csv`` and ``--plot`` files go through."""
+writers every command's ``--json``, ``--csv`` and ``--plot`` files go through, with the check those paths
+pass before the command's work."""
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
 
-__all__ = ["MetricsLog", "plot_curves", "write_json", "output_path", "save_figure"]
+__all__ = ["MetricsLog", "plot_curves", "write_json", "output_path", "check_output", "save_figure"]
 
 
 def output_path(path: Path | str) -> Path:
@@ -16,6 +17,26 @@ def output_path(path: Path | str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def check_output(option: str, path: Path | str | None, folder: bool = False) -> None:
+    """Refuse, as ``ValueError("OPTION PATH: why")``, an output file (a folder when ``folder``) that could not
+    be written: a command calls this before its work, so that a bad path does not lose that work.
+    Nothing is created: the writers make missing folders, so the nearest existing one must take them."""
+    if not path:
+        return
+    named, path = f"{option} {path}", Path(path)
+    if path.is_dir() and not folder:
+        raise ValueError(f"{named}: is a folder, not a file")
+    if path.exists() and not path.is_dir() and folder:
+        raise ValueError(f"{named}: is a file, not a folder")
+    base = path if path.is_dir() else path.parent
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise ValueError(f"{named}: {base} is a file, not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ValueError(f"{named}: no permission to write in {base}")
 
 
 def write_json(path: Path | str, obj, lines: bool = False) -> None:

@@ -41,36 +41,42 @@ class Predictor:
 
 
 def load_predictor(checkpoint: str, recipe: str | None = None, classes_file: str | None = None,
-                   device: str = "cpu") -> Predictor:
-    """The model of ``checkpoint`` in eval mode on ``device``, with the transform its run evaluated with."""
+                   device: str = "cpu", sets: list[str] = ()) -> Predictor:
+    """The model of ``checkpoint`` in eval mode on ``device``, with the transform its run evaluated with;
+    ``sets``: ``--set KEY=VALUE`` overrides of that config and model, as ``eval`` takes them (e.g. another T)."""
     from torchvision.transforms import Compose
 
-    from .config import ConfigError, TrainConfig, from_dict
+    from .config import ConfigError, TrainConfig, from_dict, parse_overrides
     from .data.sources import DATASET_STATS
     from .data.transforms import eval_transform
     from .distributed import resolve_device
-    from .evaluation import eval_path
-    from .loading import build_model
+    from .evaluation import asked_options, eval_path, rebuild, run_config
+    from .loading import resolve
     from .models.text import list_text_models
 
     advice = "add --config RECIPE, e.g. --config cifar10"
-    model, name, margs, notes, build = build_model(
-        checkpoint, recipe=recipe,
-        unnamed=f"{checkpoint} names neither its model nor how its images were read: {advice}")
+    given = parse_overrides(list(sets))
+    # a recipe's model may be chosen by --set model=, as with eval --config; a run's checkpoint names its own
+    state, build, name = resolve(checkpoint, given.get("model") if recipe else None, recipe,
+                                 unnamed=f"{checkpoint} names neither its model nor how its images were read: {advice}")
     if name in list_text_models():
         raise ValueError(f"{checkpoint} holds the text model {name}; predict classifies image files")
     if not build.get("config"):
         raise ValueError(f"{checkpoint} does not record how its images were read (size, normalisation): {advice}")
-    try:
-        cfg = from_dict(TrainConfig, build["config"], f"{checkpoint} config")
+    try:  # the recorded config alone: a bad --set is named as such below, not as another kind of checkpoint
+        from_dict(TrainConfig, build["config"], f"{checkpoint} config")
     except ConfigError as e:
         raise ValueError(f"{checkpoint} is not a classifier trained by `spikingformer train` ({e})") from None
+    cfg, margs = run_config(checkpoint, name, build.get("model_args", {}), build["config"], sets, source=recipe or "")
     if cfg.dataset not in DATASET_STATS:  # event recordings, or digits' 8x8 tensors: not image files
         if recipe:
             raise ValueError(f"recipe {recipe} reads {cfg.dataset}, not image files")
         raise ValueError(f"{checkpoint} was trained on {cfg.dataset}, not on image files; "
                          f"`spikingformer eval --checkpoint {checkpoint}` evaluates it on its validation split")
-    data = build.get("data", {})
+    asked = asked_options(given)
+    model = rebuild(checkpoint, name, margs, state, build, asked).eval()
+    # what the run recorded of its images, but for what the command line sets anew (mean, std, img_size)
+    data = {**build.get("data", {}), **{k: getattr(cfg, k) for k in ("mean", "std", "img_size") if k in given}}
     n = model.cfg.num_classes
     classes = _class_names(classes_file, n) if classes_file else data.get("classes") or [str(i) for i in range(n)]
     if len(classes) != n:
@@ -144,14 +150,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError, validate_device
     from .data import DataError
-    from .metrics import output_path, write_json
+    from .metrics import check_output, output_path, write_json
 
     try:
         if args.topk < 1 or args.batch_size < 1:
             raise ValueError(f"--topk and --batch-size must be >= 1, got {args.topk} and {args.batch_size}")
+        check_output("--json", args.json)
+        check_output("--csv", args.csv)
         validate_device(args.device)
         paths = find_images(args.inputs)
-        pred = load_predictor(args.checkpoint, args.config, args.classes, args.device)
+        pred = load_predictor(args.checkpoint, args.config, args.classes, args.device, args.set)
         loader = torch.utils.data.DataLoader(_Images(paths, pred.transform), args.batch_size,
                                              num_workers=args.workers, collate_fn=_collate)
         tops, skipped = {}, []
@@ -189,10 +197,14 @@ def register_cli(sub) -> None:
         description="Classify images with a checkpoint: a run's best.pt/last.pt, or a .safetensors exported from "
                     "one, brings its model, class names and evaluation transform (resize, crop, normalise). Other "
                     "weights (a state_dict, official weights) need --config: the recipe names the model and how "
-                    "images are read; classes are then numbered unless --classes names them.")
+                    "images are read; classes are then numbered unless --classes names them. --set overrides a key of "
+                    "that config as with eval, e.g. --set model_args.T=8 to predict at another T.")
     p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR", help="image files, or folders searched recursively")
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="the trained weights")
     p.add_argument("--config", metavar="FILE|RECIPE", help="recipe for weights that are not a run's checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one key of the run's config or of --config (repeatable), as eval takes it: "
+                        "model_args.T=8 (predict at another T), img_size, mean, std, crop_pct, ...")
     p.add_argument("--classes", metavar="FILE", help="class names, one per line, in the model's class order")
     p.add_argument("--topk", type=int, default=5, help="classes reported per image (default 5)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")

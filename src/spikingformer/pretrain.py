@@ -28,7 +28,7 @@ from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig, add_run_args
 from .distributed import DistInfo
 from .fast import FastPath
-from .metrics import MetricsLog, pyplot, save_figure, write_json
+from .metrics import MetricsLog, check_output, pyplot, save_figure, write_json
 from .models.mae import MAEConfig, SpikformerV2MAE
 
 __all__ = ["PretrainConfig", "IMAGE_DATASETS", "run", "load_pretrained_encoder", "masked_loss", "save_reconstructions",
@@ -297,6 +297,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         return 2
 
     try:
+        check_output("--json", args.json)
         cfg = load_config(args.config, args.set, cls=PretrainConfig)
         with torch.device("meta"):  # unknown or non-V2 models and bad model_args fail here, before any data loads
             SpikformerV2MAE(cfg.mae_config())

@@ -40,7 +40,7 @@ from . import checkpoint as ckpt
 from .config import ConfigError, add_run_args, load_config, validate_device
 from .distributed import DistInfo, all_reduce_sum, convert_sync_batchnorm
 from .fast import AMP_MODES, FAST_MODES, FastPath
-from .metrics import MetricsLog, write_json
+from .metrics import MetricsLog, check_output, write_json
 from .models.text import SpikingformerText, create_text_model, list_text_models
 from .engine import open_run, wrap_ddp
 
@@ -276,6 +276,7 @@ def finish(cfg: TextTrainConfig, info: DistInfo, summary: dict, json_path: str |
 def _cmd(runner, cls):
     def cmd(args: argparse.Namespace) -> int:
         try:  # bad config, missing or malformed data files, unreadable init checkpoint: one clear line
+            check_output("--json", args.json)
             runner(load_config(args.config, args.set, cls=cls), resume=args.resume, json_path=args.json)
         except (ValueError, FileNotFoundError, FileExistsError, ckpt.CheckpointError) as e:
             print(f"error: {e}", file=sys.stderr)

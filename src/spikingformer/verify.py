@@ -22,7 +22,7 @@ from .checkpoint import CheckpointError
 from .data import DataError
 from .layers import SpikeQKV
 from .loading import add_input_args, prepare, run_model, with_progress
-from .metrics import write_json
+from .metrics import check_output, write_json
 from .probe import LayerProbe, SynapticProbe
 
 __all__ = ["InputReport", "LayerVerdict", "Certificate", "certify", "verify_model", "plot_fig3", "register_cli"]
@@ -261,6 +261,8 @@ def _plot(args: argparse.Namespace, cert: Certificate, other: str | None) -> str
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     try:
+        check_output("--json", args.json)
+        check_output("--plot", args.plot, folder=True)
         prep = prepare(args)
         other = _compared(args, prep.name)  # before the passes: a usage error costs no work
         cert = verify_model(prep.model, prep.batches, prep.name, progress=True)

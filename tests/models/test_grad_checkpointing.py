@@ -129,9 +129,16 @@ def test_mae_encoder_blocks_checkpoint():
         assert torch.equal(b, results[1][2][n]), n
 
 
-def test_compiled_checkpointed_step_equals_the_compiled_plain_one():
-    """Under ``torch.compile`` checkpointing is the compiler's (its forward graph alone updates BatchNorm)."""
+@pytest.fixture
+def fresh_dynamo():
+    # compiling the same model at other shapes later would otherwise be traced with dynamic shapes
     torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def test_compiled_checkpointed_step_equals_the_compiled_plain_one(fresh_dynamo):
+    """Under ``torch.compile`` checkpointing is the compiler's (its forward graph alone updates BatchNorm)."""
     torch.manual_seed(0)
     plain, inputs, y = CASES["spikingformer"]()
     ckpt = copy.deepcopy(plain)
