@@ -1,40 +1,58 @@
 """Peak memory and speed of a training step, with and without gradient checkpointing.
 
-For each ``MODEL:BATCH`` every variant runs in a fresh process, so that one variant's allocations
-never hide another's peak:
+Variants, for each ``MODEL:BATCH``:
 
 - ``plain``: the model as built (autograd keeps every layer's ``T``-fold activations);
-- ``ckpt``: ``model.set_grad_checkpointing()``: each block keeps only its input and is recomputed
-  in the backward pass (``spikingformer.layers.run_blocks``).
+- ``ckpt``: ``model.set_grad_checkpointing()``: each block and stem stage keeps only its input and is
+  recomputed in the backward pass (``spikingformer.layers.run_blocks``).
 
-A process builds the model, AdamW and a synthetic batch, then runs one training step and reports
-how far memory rose above what it held before that step (parameters, input): on CUDA torch's
-allocator high-water mark, on the CPU the process's peak resident set (``VmHWM``), which also
-counts the optimizer state that step creates (the same in both variants) and the C allocator's
-slack.  Then ``--steps`` more steps are timed.  Ratios are against ``plain`` of the same run.
+After one warm-up step (the optimizer's state exists from then on), one training step (forward,
+backward, AdamW) is measured: the peak of the memory held by tensors, above what they held when
+the step began.  On CUDA that is torch's allocator high-water mark; on the CPU, which keeps no
+such count, the peak of the PyTorch profiler's memory timeline of that step (tensors only, not the
+C allocator's slack).  Then ``--steps`` more steps are timed.  Ratios are against ``plain``.
 
-    python benchmarks/memory.py spikingformer_4_384:32 --steps 3 --json memory.json
+    python benchmarks/memory.py spikingformer_4_384:16 --steps 3 --json memory.json
 """
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
-import subprocess
+import os
 import sys
+import tempfile
 import time
+import warnings
 
 import torch
 
 VARIANTS = ("plain", "ckpt")
 
 
-def _cpu_rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+def cpu_step_peak(step) -> float:
+    """Bytes: the most that tensors made during ``step()`` held at once (the profiler's raw memory events:
+    ``(time, action, bytes, category)``, where action 1 marks tensors that existed before the step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        step()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "events.raw.json.gz")
+        with warnings.catch_warnings():  # deprecated for CUDA's memory snapshots, which the CPU does not have
+            warnings.simplefilter("ignore", FutureWarning)
+            prof.export_memory_timeline(path, device="cpu")
+        with gzip.open(path, "rt") as f:
+            events = json.load(f)
+    held = peak = 0
+    for _, action, nbytes, _ in sorted((e for e in events if e[1] != 1), key=lambda e: e[0]):
+        held += nbytes
+        peak = max(peak, held)
+    return peak
 
 
 def measure(model_name: str, batch: int, variant: str, device: str, steps: int, overrides: dict) -> dict:
-    """One variant in this process: the first training step's memory rise, then the rate of ``steps`` more."""
+    """One variant: the measured step's peak memory, then the rate of ``steps`` more."""
     import spikingformer
 
     dev = torch.device(device)
@@ -50,6 +68,7 @@ def measure(model_name: str, batch: int, variant: str, device: str, steps: int, 
         torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
 
+    step()
     if dev.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -58,9 +77,7 @@ def measure(model_name: str, batch: int, variant: str, device: str, steps: int, 
         torch.cuda.synchronize()
         rise = torch.cuda.max_memory_allocated() - before
     else:
-        before = _cpu_rss_kib("VmRSS")
-        step()
-        rise = (_cpu_rss_kib("VmHWM") - before) * 1024
+        rise = cpu_step_peak(step)
     start = time.perf_counter()
     for _ in range(steps):
         step()
@@ -71,40 +88,27 @@ def measure(model_name: str, batch: int, variant: str, device: str, steps: int, 
             "step_peak_mib": rise / 2**20, "train_img_s": batch * steps / elapsed if steps else None}
 
 
-def run_child(run: str, variant: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--child", variant, run, "--device", args.device, "--steps", str(args.steps),
-           "--set", *args.set]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", metavar="MODEL:BATCH", help="e.g. spikingformer_4_384:32")
+    p.add_argument("runs", nargs="+", metavar="MODEL:BATCH", help="e.g. spikingformer_4_384:16 (batch default 16)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--steps", type=int, default=3, help="timed training steps after the measured one")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="model overrides, e.g. depth=2 dim=64 (integers only)")
     p.add_argument("--json", metavar="FILE", help="write every measurement as JSON")
-    p.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     try:
         overrides = {k: int(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     except ValueError:
         p.error(f"--set takes KEY=INTEGER pairs, got {args.set}")
-    if args.child:  # one measurement in a fresh process, as one JSON line
-        model_name, _, batch = args.runs[0].partition(":")
-        print(json.dumps(measure(model_name, int(batch or 32), args.child, args.device, args.steps, overrides)))
-        return 0
-
     results, errors = [], []
     for run in args.runs:
         for variant in VARIANTS:
+            model_name, _, batch = run.partition(":")
             try:
-                results.append(run_child(run, variant, args))
-            except RuntimeError as e:
+                results.append(measure(model_name, int(batch or 16), variant, args.device, args.steps, overrides))
+                print(json.dumps(results[-1]), flush=True)
+            except Exception as e:  # one failed measurement (out of memory, say) must not cost the others
                 errors.append({"run": run, "variant": variant, "error": str(e)})
                 print(f"{variant} on {run} failed: {e}", file=sys.stderr)
     print(f"device: {args.device}, torch {torch.__version__}; ratios against 'plain'")

@@ -1,0 +1,44 @@
+"""The memory benchmark on the CPU: checkpointing lowers a step's peak tensor memory."""
+import json
+
+import pytest
+
+from . import load_script
+
+
+@pytest.fixture(scope="module")
+def memory():
+    with load_script("memory") as module:
+        yield module
+
+
+def test_checkpointing_lowers_the_step_peak(memory, tmp_path, capsys):
+    out = tmp_path / "m.json"
+    assert memory.main(["spikingformer_4_256:2", "--steps", "1", "--device", "cpu", "--set", "depth=2", "dim=32",
+                        "num_heads=4", "--json", str(out)]) == 0
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["results"]}
+    assert rows.keys() == {"plain", "ckpt"}
+    # 2 blocks and 4 tokenizer stages keep only their inputs: far below the plain step, not merely below it
+    assert 0 < rows["ckpt"]["step_peak_mib"] < 0.6 * rows["plain"]["step_peak_mib"]
+    assert rows["plain"]["peak_x"] == 1.0 and rows["ckpt"]["train_img_s"] > 0
+    assert "| spikingformer_4_256, 2 | ckpt |" in capsys.readouterr().out
+
+
+def test_cpu_step_peak_counts_what_a_step_allocates(memory):
+    import torch
+
+    w = torch.ones(2**20)              # 4 MiB from before the step: not counted
+
+    def step():
+        c = w + 1                      # 4 MiB
+        a = torch.ones(2**20)          # 4 MiB more
+        b = torch.ones(2**20)          # and 4 more: 12 MiB alive
+        del a, b, c
+        torch.ones(2**19)              # 2 MiB, after all were freed
+
+    assert memory.cpu_step_peak(step) / 2**20 == pytest.approx(12.0, abs=0.01)
+
+
+def test_a_failed_measurement_is_reported_and_the_run_fails(memory, capsys):
+    assert memory.main(["no_such_model:2", "--steps", "0", "--device", "cpu"]) == 1
+    assert "plain on no_such_model:2 failed" in capsys.readouterr().err
