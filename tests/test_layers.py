@@ -50,3 +50,23 @@ def test_dvs_head_neuron_uses_tau_1_5():
     assert model.head.sn(torch.full((3, 1), 1.6)).squeeze().tolist() == [1.0] * 3
     model.reset_classifier(4)
     assert model.head.sn(torch.full((3, 1), 1.6)).squeeze().tolist() == [1.0] * 3
+
+
+@pytest.mark.parametrize("head", ["avgpool_fc", "sn_avgpool_fc", "fc_avgpool", "sn_fc_avgpool"])
+def test_read_out_after_t_steps_is_the_model_run_for_t_steps(head):
+    """``forward_steps``: neurons never look ahead, so step t's read-out is what the same weights give at T = t."""
+    from .helpers import calibrate_bn
+
+    torch.manual_seed(0)
+    kw = dict(depth=1, dim=32, num_heads=4, num_classes=5, head=head)
+    model, x = sf.create_model("spikingformer_4_256", T=4, **kw), torch.randn(6, 3, 32, 32)
+    calibrate_bn(model, x)
+    with torch.no_grad():
+        steps = model.forward_steps(x)
+        assert steps.shape == (4, 6, 5)
+        torch.testing.assert_close(steps[-1], model(x), atol=1e-6, rtol=1e-5)
+        for t in (1, 2, 3):
+            short = sf.create_model("spikingformer_4_256", T=t, **kw).eval()
+            short.load_state_dict(model.state_dict())
+            torch.testing.assert_close(steps[t - 1], short(x), atol=1e-6, rtol=1e-5)
+        assert not torch.allclose(steps[0], steps[-1])  # the read-out does change with time

@@ -112,6 +112,42 @@ def test_eval_on_data_with_its_own_val_split_holds_out_as_the_run_did_and_says_s
     assert _eval(ckpt, tmp_path / "tree.json", "--data", str(tree))["notes"] == []  # no val/ of its own
 
 
+def test_eval_reports_accuracy_after_each_time_step(tree, tmp_path, capsys):
+    """Step t's top-1 is what evaluating at T = t gives (static images, causal neurons); the last is the top-1."""
+    run(tiny_config(tree, tmp_path / "run", model_args={**TINY, "T": 3}, epochs=1, warmup_epochs=0,
+                    cooldown_epochs=0))
+    ckpt = tmp_path / "run" / "last.pt"
+    full = _eval(ckpt, tmp_path / "full.json", "--plot", str(tmp_path / "steps.png"))
+    steps = full["val_acc_per_step"]
+    assert len(steps) == 3 and steps[-1] == full["val_acc"]
+    assert "top-1 after each time step: 1 " in capsys.readouterr().out
+    assert (tmp_path / "steps.png").read_bytes().startswith(b"\x89PNG")
+    for t in (1, 2):
+        assert _eval(ckpt, tmp_path / f"t{t}.json", "--set", f"model_args.T={t}")["val_acc"] == steps[t - 1]
+
+
+def test_per_step_accuracy_counts_each_steps_read_out():
+    from spikingformer import create_model
+    from spikingformer.evaluation import evaluate
+
+    from .helpers import calibrate_bn
+
+    torch.manual_seed(0)
+    kw = dict(depth=1, dim=32, num_heads=4, num_classes=5)
+    model, x = create_model("spikingformer_4_256", T=3, **kw), torch.randn(16, 3, 32, 32)
+    calibrate_bn(model, x)
+    one = create_model("spikingformer_4_256", T=1, **kw).eval()
+    one.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        y = one(x).argmax(1)  # labels the first step's read-out gets all right
+        last = (model(x).argmax(1) == y).float().mean().item()
+    batches = [(x[:10], y[:10]), (x[10:], y[10:])]
+    r = evaluate(model, batches, torch.device("cpu"), per_step=True)
+    assert r["val_acc_per_step"][0] == 1.0 and r["val_acc_per_step"][-1] == pytest.approx(last) == r["val_acc"]
+    assert last < 1.0 and len(r["val_acc_per_step"]) == 3
+    assert "val_acc_per_step" not in evaluate(model, batches, torch.device("cpu"))
+
+
 def test_eval_runs_the_neurons_the_config_trains_with():
     """``spikingformer eval`` compiles nothing, keeps the config's precision, and on CUDA runs the neurons
     that the run's fast path trained and validated with."""

@@ -21,29 +21,38 @@ __all__ = ["evaluate", "spike_stats", "eval_path", "evaluate_checkpoint", "asked
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, path: FastPath | None = None,
-             progress: bool = False) -> dict:
+             progress: bool = False, per_step: bool = False) -> dict:
     """Mean cross-entropy, top-1 and top-5 accuracy over ``loader``, summed over every process.
-    ``path`` gives the autocast dtype and input layout (default: fp32, as laid out)."""
+    ``path`` gives the autocast dtype and input layout (default: fp32, as laid out).  With ``per_step``
+    also ``val_acc_per_step``: the top-1 of the read-out after each time step (``forward_steps``)."""
     from tqdm import tqdm
 
     from .distributed import all_reduce_sum
 
     path = path or FastPath.off()
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, n
+    # loss, top1, top5, n[, top1 after step 1..T]; zeros where this process's shard of the split is empty
+    sums = torch.zeros(4 + (model.T if per_step else 0), dtype=torch.float64, device=device)
     for x, y in tqdm(loader, desc="eval", leave=False, disable=not progress):
         x, y = path.to_input(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
         path.step_begin()
         with path.autocast(device):
-            logits = model(x).float()  # with CUDA graphs the output lives only until the next step
+            if per_step:  # one pass of the backbone for both read-outs
+                features = model.forward_features(x)
+                logits, steps = model.forward_head(features).float(), model.head.forward_steps(features).float()
+            else:
+                logits = model(x).float()  # with CUDA graphs the output lives only until the next step
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        sums += torch.stack([nn.functional.cross_entropy(logits, y, reduction="sum").double(),
-                             (top[:, 0] == y).sum().double(), (top == y[:, None]).any(1).sum().double(),
-                             torch.tensor(float(len(y)), dtype=torch.float64, device=device)])
-    loss, top1, top5, n = all_reduce_sum(sums).tolist()
+        batch = [nn.functional.cross_entropy(logits, y, reduction="sum").double(), (top[:, 0] == y).sum().double(),
+                 (top == y[:, None]).any(1).sum().double(), torch.tensor(float(len(y)), device=device).double()]
+        if per_step:
+            batch += list((steps.argmax(-1) == y).sum(1).double())
+        sums += torch.stack(batch)
+    loss, top1, top5, n, *step_top1 = all_reduce_sum(sums).tolist()
     if n == 0:
         raise RuntimeError("the validation split is empty")
-    return {"val_loss": loss / n, "val_acc": top1 / n, "val_acc5": top5 / n, "val_images": int(n)}
+    out = {"val_loss": loss / n, "val_acc": top1 / n, "val_acc5": top5 / n, "val_images": int(n)}
+    return {**out, "val_acc_per_step": [c / n for c in step_top1]} if per_step else out
 
 
 @torch.no_grad()
@@ -177,7 +186,7 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     model = rebuild(path, name, margs, weights, build, asked).to(dev)
     loader = DataLoader(data.val, cfg.val_batch_size, num_workers=cfg.workers, collate_fn=data.collate)
     run_as = eval_path(cfg, dev)
-    result = evaluate(run_as.prepare(model), loader, dev, run_as, progress=cfg.progress)
+    result = evaluate(run_as.prepare(model), loader, dev, run_as, progress=cfg.progress, per_step=True)
     return {"checkpoint": str(path), "model": name, "epoch": epoch, "val_split": data.val_name, **result,
             **spike_stats(model, loader, dev), "notes": notes}
 
@@ -208,6 +217,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     try:
         check_output("--json", args.json)
+        check_output("--plot", args.plot)
         r = evaluate_checkpoint(args.checkpoint, args.data, args.device, args.batch_size, args.workers,
                                 args.config, args.set)
     except (ckpt.CheckpointError, DataError, ValueError) as e:
@@ -219,6 +229,26 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(f"{r['checkpoint']} ({r['model']}){when} on {r['val_split']}: top-1 {100 * r['val_acc']:.2f} %, "
           f"top-5 {100 * r['val_acc5']:.2f} %, loss {r['val_loss']:.4f}; firing rate {r['firing_rate']:.3f}; "
           f"spike-driven: {'yes' if r['spike_driven'] else 'NO'}")
+    steps = r["val_acc_per_step"]
+    if len(steps) > 1:
+        print("top-1 after each time step: " + ", ".join(f"{t} {100 * a:.2f} %" for t, a in enumerate(steps, 1)))
+    if args.plot:
+        plot_steps(steps, args.plot, f"{r['model']} on {r['val_split']}")
     if args.json:
         write_json(args.json, r)
     return 0
+
+
+def plot_steps(acc: list[float], path: str, title: str) -> None:
+    """Top-1 accuracy of the read-out after each time step, as a PNG."""
+    from matplotlib.ticker import MaxNLocator
+
+    from .metrics import pyplot, save_figure
+
+    fig, ax = pyplot().subplots(figsize=(5, 3.5))
+    ax.plot(range(1, len(acc) + 1), [100 * a for a in acc], marker="o")
+    ax.set(xlabel="time steps given to the read-out", ylabel="top-1 accuracy (%)", title=title)
+    ax.title.set_fontsize(8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)

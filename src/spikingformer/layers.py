@@ -164,3 +164,14 @@ class ClassifierHead(nn.Module):
         if self.kind.endswith("avgpool_fc"):
             return self.fc(x.mean(dim=(0, 2)))
         return self.fc(x).mean(dim=(0, 2))  # FC per token and step, then average
+
+    def forward_steps(self, x: Tensor) -> Tensor:
+        """``[T, B, classes]``: at step ``t`` the read-out of steps ``1..t`` alone (the average over time
+        taken so far).  Neurons never look ahead, so that is the output of the model run for ``t`` steps
+        on the first ``t`` inputs; the last equals ``forward`` up to rounding."""
+        if self.sn is not None:
+            x = self.sn(x)
+        steps = torch.arange(1, x.shape[0] + 1, device=x.device, dtype=x.dtype).view(-1, 1, 1)
+        if self.kind.endswith("avgpool_fc"):
+            return self.fc(x.mean(dim=2).cumsum(0) / steps)
+        return self.fc(x).mean(dim=2).cumsum(0) / steps

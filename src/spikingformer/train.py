@@ -245,7 +245,8 @@ def register_cli(sub) -> None:
     p.set_defaults(func=_cmd_train)
     p = sub.add_parser(
         "eval", help="evaluate a checkpoint (a run's, or official weights with a recipe) on a validation split",
-        description="Report top-1/top-5 accuracy, loss, mean firing rate and the spike-driven verdict. A run's "
+        description="Report top-1/top-5 accuracy, loss, mean firing rate, the spike-driven verdict and the top-1 of "
+                    "the read-out after each time step (what the model scores when stopped early). A run's "
                     "checkpoint, or a .safetensors exported from one, is rebuilt and evaluated on the validation "
                     "split it was trained with (the same seeded held-out split when it had one), or on --data. "
                     "Other weights (a state_dict, or the official repositories' checkpoints, whose tensor names "
@@ -264,4 +265,5 @@ def register_cli(sub) -> None:
     p.add_argument("--batch-size", type=int, default=0, help="evaluation batch size (default: the config's)")
     p.add_argument("--workers", type=int, default=None, help="data-loading worker processes (default: the config's)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="plot top-1 accuracy against the time steps the read-out is given")
     p.set_defaults(func=_eval_entry)

@@ -124,6 +124,11 @@ class SpikingVisionModel(GradCheckpointing, nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def forward_steps(self, x: Tensor) -> Tensor:
+        """Logits after each time step ``[T, B, classes]`` (``ClassifierHead.forward_steps``): how
+        accuracy grows with the time steps an inference is given, from one pass."""
+        return self.head.forward_steps(self.forward_features(x))
+
     def group_matcher(self, coarse: bool = False) -> dict:
         """timm's parameter groups, bottom to top: the tokenizer or stem, each block, the head.  Layer-wise
         lr decay (``timm.optim``, ``layer_decay``) scales group ``i`` of ``n`` by ``decay ** (n - 1 - i)``,
