@@ -71,3 +71,17 @@ def test_recipes_prints_the_shipped_recipe_even_over_a_file_of_that_name(tmp_pat
     assert capsys.readouterr().out == (recipe_dir() / "cifar10.yaml").read_text()
     (tmp_path / "hostname").write_text("vm\n")
     assert cli.main(["recipes", "hostname"]) == 2
+
+
+def test_single_process_commands_refuse_torchrun(monkeypatch, capsys):
+    """Under torchrun every process would evaluate (or predict, export...) everything and write the same files."""
+    def evaluated(*args, **kwargs):
+        raise ValueError("evaluated")
+
+    monkeypatch.setattr("spikingformer.evaluation.evaluate_checkpoint", evaluated)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert cli.main(["eval", "--checkpoint", "run.pt"]) == 2
+    assert "`spikingformer eval` runs in one process; start it without torchrun" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert cli.main(["eval", "--checkpoint", "run.pt"]) == 2
+    assert capsys.readouterr().err.strip() == "error: evaluated"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import itertools
+import os
 import sys
 import textwrap
 
@@ -156,8 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
 _TRAIN_EXTRAS = ("torchvision", "timm", "yaml", "tqdm", "matplotlib", "sklearn", "safetensors")
 
 
+# Commands that split their work over torchrun's processes; the others would each do all of it.
+_DISTRIBUTED = ("train", "pretrain", "mlm", "glue")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command not in _DISTRIBUTED:
+        print(f"error: `spikingformer {args.command}` runs in one process; start it without torchrun "
+              f"(torchrun is for {', '.join(_DISTRIBUTED)})", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except ModuleNotFoundError as e:
