@@ -169,9 +169,16 @@ class ClassifierHead(nn.Module):
         """``[T, B, classes]``: at step ``t`` the read-out of steps ``1..t`` alone (the average over time
         taken so far).  Neurons never look ahead, so that is the output of the model run for ``t`` steps
         on the first ``t`` inputs; the last equals ``forward`` up to rounding."""
+        pooled = self.pool_steps(x)
+        return self.finish(pooled.cumsum(0) / torch.arange(1, len(pooled) + 1, device=x.device,
+                                                           dtype=pooled.dtype).view(-1, 1, 1))
+
+    def pool_steps(self, x: Tensor) -> Tensor:
+        """``[T, B, F]``: each step's token average, of the features (Eq. 15-16) or of the FC's output
+        (Eq. 17-18); the read-out averages these over time, then ``finish`` es."""
         if self.sn is not None:
             x = self.sn(x)
-        steps = torch.arange(1, x.shape[0] + 1, device=x.device, dtype=x.dtype).view(-1, 1, 1)
-        if self.kind.endswith("avgpool_fc"):
-            return self.fc(x.mean(dim=2).cumsum(0) / steps)
-        return self.fc(x).mean(dim=2).cumsum(0) / steps
+        return x.mean(dim=2) if self.kind.endswith("avgpool_fc") else self.fc(x).mean(dim=2)
+
+    def finish(self, pooled: Tensor) -> Tensor:
+        return self.fc(pooled) if self.kind.endswith("avgpool_fc") else pooled

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SigmoidSurrogateSpike", "multistep_lif", "MultiStepLIF", "LIF_BACKENDS"]
+__all__ = ["SigmoidSurrogateSpike", "multistep_lif", "lif_steps", "MultiStepLIF", "LIF_BACKENDS"]
 
 LIF_BACKENDS = ("torch", "triton")
 
@@ -53,7 +53,12 @@ def multistep_lif(
     """
     if x.dim() < 1:
         raise ValueError("multistep_lif expects a time-major tensor [T, ...], got a scalar")
-    v = torch.full_like(x[0], v_reset)
+    return lif_steps(x, torch.full_like(x[0], v_reset), tau, v_threshold, v_reset, alpha, detach_reset)[0]
+
+
+def lif_steps(x: Tensor, v: Tensor, tau: float, v_threshold: float, v_reset: float, alpha: float,
+              detach_reset: bool) -> tuple[Tensor, Tensor]:
+    """``multistep_lif`` from the membrane ``v`` (``V[-1]``): the spikes and the last membrane ``V[T-1]``."""
     spikes = []
     # unbind, not x[t]: autograd then stacks the T step gradients once, where indexing builds a
     # zero-filled [T, ...] gradient per step and adds them up (O(T^2) memory traffic).
@@ -64,7 +69,7 @@ def multistep_lif(
         s_reset = s.detach() if detach_reset else s
         v = h * (1.0 - s_reset) + v_reset * s_reset
         spikes.append(s)
-    return torch.stack(spikes)
+    return torch.stack(spikes), v
 
 
 class MultiStepLIF(nn.Module):
@@ -74,7 +79,13 @@ class MultiStepLIF(nn.Module):
     fused by ``torch.compile``) or ``"triton"`` (``kernels.multistep_lif_triton``: CUDA, or the CPU
     under ``TRITON_INTERPRET=1``; needs ``detach_reset=True``).  It can be changed after
     construction, as ``FastPath.prepare`` does.
+
+    While ``streaming.Stream`` feeds the model its input a few steps at a time (``streaming``), each
+    call starts from the ``membrane`` the previous one left (PyTorch loop; None: at rest).
     """
+
+    streaming = False
+    membrane: Tensor | None = None
 
     def __init__(
         self,
@@ -108,6 +119,14 @@ class MultiStepLIF(nn.Module):
         self._backend = backend
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.streaming:
+            v = torch.full_like(x[0], self.v_reset) if self.membrane is None else self.membrane
+            if v.shape != x.shape[1:]:
+                raise ValueError(f"a stream's input changed shape: {tuple(v.shape)} per step, now "
+                                 f"{tuple(x.shape[1:])} (Stream.reset() starts a new one)")
+            spikes, v = lif_steps(x, v, self.tau, self.v_threshold, self.v_reset, self.alpha, self.detach_reset)
+            self.membrane = v.detach()
+            return spikes
         if self._backend == "triton":
             from .kernels import multistep_lif_triton  # triton is optional: imported on first use
 

@@ -1,0 +1,66 @@
+"""Online inference: a vision model fed its input as it arrives, a time step (or a few) per call.
+
+Training and ``forward`` see all ``T`` steps at once and every neuron starts each call from rest.
+A sensor delivers event frames one at a time, and an answer may be wanted before the last one.
+Inside ``Stream(model)`` every neuron keeps its membrane between calls, and each call returns the
+read-out of all the steps seen so far:
+
+    with Stream(model) as stream:
+        for frame in frames:                # [B, C, H, W] per step, or [t, B, C, H, W] chunks
+            logits = stream(frame)          # the read-out of the steps seen so far
+
+Every layer but the neurons works on each time step alone (convolutions, BatchNorm in eval mode,
+pools, the attention product of SPEC §3, the head's token average), so after ``t`` steps the
+logits equal ``model.forward_steps(x)[t - 1]`` for the whole sequence ``x``, and after ``T``
+steps of a repeated image they equal ``model(image)`` (tested, up to float rounding).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .models._base import SpikingVisionModel
+from .neuron import MultiStepLIF
+
+__all__ = ["Stream"]
+
+
+class Stream:
+    """``model`` in eval mode with stateful neurons, for the length of a ``with`` block."""
+
+    def __init__(self, model: nn.Module):
+        if not isinstance(model, SpikingVisionModel):
+            raise TypeError(f"Stream runs the vision models (Spikingformer, Spikformer V1/V2), not a "
+                            f"{type(model).__name__}")
+        self.model = model
+        self.neurons = [m for m in model.modules() if isinstance(m, MultiStepLIF)]
+        self.steps, self._pooled = 0, None
+
+    def __enter__(self) -> Stream:
+        self.model.eval()
+        for m in self.neurons:
+            m.streaming = True
+        self.reset()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for m in self.neurons:
+            m.streaming, m.membrane = False, None
+
+    def reset(self) -> None:
+        """Start a new stream: every neuron back at rest, no steps seen."""
+        for m in self.neurons:
+            m.membrane = None
+        self.steps, self._pooled = 0, None
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor) -> Tensor:
+        """The next step ``[B, C, H, W]`` or steps ``[t, B, C, H, W]`` -> logits ``[B, classes]`` of all so far."""
+        if not self.neurons or not self.neurons[0].streaming:
+            raise RuntimeError("use the stream inside `with Stream(model) as stream:`")
+        if isinstance(x, Tensor) and x.dim() == 4:
+            x = x.unsqueeze(0)
+        pooled = self.model.head.pool_steps(self.model.forward_features(x)).sum(0)
+        self._pooled = pooled if self._pooled is None else self._pooled + pooled
+        self.steps += x.shape[0]
+        return self.model.head.finish(self._pooled / self.steps)
