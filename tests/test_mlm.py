@@ -160,3 +160,21 @@ def test_grad_checkpointing_trains_to_the_same_weights(files, monkeypatch):
     plain, ckpt = (load_checkpoint(files / d / "last.pt")["model"] for d in ("plain", "ckpt"))
     for k, v in plain.items():
         assert torch.equal(ckpt[k], v), k
+
+
+def test_text_heads_read_out_after_each_step_as_their_forward():
+    """``forward_steps`` of the sequence head pools real tokens only, as its ``forward``; the MLM head per token."""
+    from spikingformer.models.text import MLMHead, SequenceHead
+
+    torch.manual_seed(0)
+    x, mask = torch.randn(3, 2, 5, 8), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]).bool()
+    head = SequenceHead(8, 3)
+    steps = head.forward_steps(x, mask)
+    assert steps.shape == (3, 2, 3)
+    for t in (1, 2, 3):
+        torch.testing.assert_close(steps[t - 1], head(x[:t], mask))
+    mlm = MLMHead(torch.nn.Embedding(11, 8))
+    steps = mlm.forward_steps(x)
+    assert steps.shape == (3, 2, 5, 11)
+    for t in (1, 2, 3):
+        torch.testing.assert_close(steps[t - 1], mlm(x[:t]))

@@ -178,6 +178,9 @@ def test_predict_sets_keys_of_the_runs_config_as_eval_does(trained, tmp_path, ca
     assert pred.transform(image).shape == (3, 24, 24)
     assert pred.transform(image)[:, 0, 0].tolist() == pytest.approx([(1 - 0.5) / 0.4, -0.5 / 0.4, -0.5 / 0.4])
     assert len(pred(pred.transform(image)[None])[0]) == 3
+    # the model's own size option resizes the images too, as eval reads its data at it
+    pred = load_predictor(str(ckpt), sets=["model_args.img_size=24"])
+    assert pred.model.cfg.img_size == 24 and pred.transform(image).shape == (3, 24, 24)
 
     capsys.readouterr()
     for setting, message in (

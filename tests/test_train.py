@@ -362,3 +362,20 @@ def test_grad_checkpointing_trains_to_the_same_weights(tree, tmp_path, monkeypat
     from spikingformer.engine import open_run
 
     assert open_run(tiny_config(tree, tmp_path / "plain", grad_checkpointing=True, **kw), resume=True)
+
+
+def test_per_step_accuracy_follows_the_time_steps_of_sequence_inputs():
+    """Sequences ``[T, B, C, H, W]`` of another T than the model's (event frames of a recipe's T, the weights
+    exported at another): one figure per step the inputs have; batches that disagree are an error."""
+    from spikingformer import create_model
+    from spikingformer.evaluation import evaluate
+
+    torch.manual_seed(0)
+    model = create_model("spikingformer_4_256", T=4, depth=1, dim=32, num_heads=4, num_classes=5).eval()
+    for T in (2, 6):
+        batches = [(torch.rand(T, 3, 3, 32, 32).round(), torch.arange(3)) for _ in range(2)]
+        r = evaluate(model, batches, torch.device("cpu"), per_step=True)
+        assert len(r["val_acc_per_step"]) == T and r["val_acc_per_step"][-1] == r["val_acc"]
+    mixed = [(torch.rand(t, 3, 3, 32, 32).round(), torch.arange(3)) for t in (2, 3)]
+    with pytest.raises(ValueError, match="a batch of 3 time steps after one of 2"):
+        evaluate(model, mixed, torch.device("cpu"), per_step=True)

@@ -31,8 +31,9 @@ def evaluate(model: nn.Module, loader, device: torch.device, path: FastPath | No
 
     path = path or FastPath.off()
     model.eval()
-    # loss, top1, top5, n[, top1 after step 1..T]; zeros where this process's shard of the split is empty
-    sums = torch.zeros(4 + (model.T if per_step else 0), dtype=torch.float64, device=device)
+    # loss, top1, top5, n[, top1 after step 1..T], T the inputs' (a sequence's may differ from model.T);
+    # zeros where this process's shard of the split is empty
+    sums = None
     for x, y in tqdm(loader, desc="eval", leave=False, disable=not progress):
         x, y = path.to_input(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
         path.step_begin()
@@ -47,7 +48,14 @@ def evaluate(model: nn.Module, loader, device: torch.device, path: FastPath | No
                  (top == y[:, None]).any(1).sum().double(), torch.tensor(float(len(y)), device=device).double()]
         if per_step:
             batch += list((steps.argmax(-1) == y).sum(1).double())
-        sums += torch.stack(batch)
+        batch = torch.stack(batch)
+        if sums is None:
+            sums = torch.zeros_like(batch)
+        elif len(batch) != len(sums):
+            raise ValueError(f"per_step: a batch of {len(batch) - 4} time steps after one of {len(sums) - 4}")
+        sums += batch
+    if sums is None:
+        sums = torch.zeros(4 + (model.T if per_step else 0), dtype=torch.float64, device=device)
     loss, top1, top5, n, *step_top1 = all_reduce_sum(sums).tolist()
     if n == 0:
         raise RuntimeError("the validation split is empty")

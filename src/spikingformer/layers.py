@@ -13,7 +13,8 @@ from torch.utils.checkpoint import checkpoint
 
 from .neuron import MultiStepLIF
 
-__all__ = ["ConvBN", "LinearBN", "SeqMaxPool", "SpikeQKV", "ClassifierHead", "HEADS", "seq_apply", "run_blocks"]
+__all__ = ["ConvBN", "LinearBN", "SeqMaxPool", "SpikeQKV", "ClassifierHead", "HEADS", "seq_apply", "run_blocks",
+           "recomputing"]
 
 
 def seq_apply(fn, x: Tensor) -> Tensor:
@@ -45,20 +46,43 @@ def run_blocks(blocks, x: Tensor, *args, checkpointing: bool = False, owner: nn.
     return x
 
 
-@contextlib.contextmanager
-def _frozen_bn_stats(module: nn.Module):
-    # Momentum 0 keeps the running statistics as they are while the BatchNorm still normalises by the
-    # batch's and saves for backward what it saved the first time (which the recomputation must match).
-    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    kept = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
-    for m in bns:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, (momentum, count) in zip(bns, kept):
+_recomputing = 0  # checkpointed forwards being recomputed right now (backward passes, any thread)
+
+
+def recomputing() -> bool:
+    """True while ``run_blocks`` recomputes a checkpointed block in a backward pass: forward hooks that
+    count calls (``probe.SynapticProbe``) skip it, so that they see one forward per forward pass."""
+    return _recomputing > 0
+
+
+class _frozen_bn_stats:
+    """The recomputation's context (``context_fn``).  Momentum 0 keeps the running statistics as they are
+    while the BatchNorm still normalises by the batch's and saves for backward what it saved the first time
+    (which the recomputation must match); ``num_batches_tracked`` is restored.  A class, not a generator:
+    ``checkpoint`` calls ``context_fn`` once per forward and enters the context at every recomputation, and a
+    graph can be backpropagated through more than once (``retain_graph=True``, ``torch.autograd.grad``)."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self._kept: list[list] = []
+
+    def __enter__(self):
+        global _recomputing
+        bns = [m for m in self.module.modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        self._kept.append([(m, m.momentum, m.num_batches_tracked.clone()) for m in bns])
+        for m in bns:
+            m.momentum = 0.0
+        _recomputing += 1
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        global _recomputing
+        _recomputing -= 1
+        for m, momentum, count in self._kept.pop():
             m.momentum = momentum
             m.num_batches_tracked.copy_(count)
+        return False
 
 
 class ConvBN(nn.Module):

@@ -83,7 +83,9 @@ def load_predictor(checkpoint: str, recipe: str | None = None, classes_file: str
         raise ValueError(f"{len(classes)} class names for a model with {n} classes")
     mean, std = DATASET_STATS[cfg.dataset]
     mean, std = data.get("mean") or cfg.mean or mean, data.get("std") or cfg.std or std
-    transform = Compose([_to_rgb, eval_transform(cfg, data.get("img_size") or model.cfg.img_size, mean, std)])
+    # the size eval reads the data at: a --set img_size or model_args.img_size, else the run's
+    size = asked.get("img_size") or data.get("img_size") or model.cfg.img_size
+    transform = Compose([_to_rgb, eval_transform(cfg, size, mean, std)])
     dev = resolve_device(device)
     path = eval_path(cfg, dev)
     return Predictor(path.prepare(model.to(dev)), name, list(classes), transform, dev, path)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .layers import ClassifierHead, SpikeQKV
+from .layers import ClassifierHead, SpikeQKV, recomputing
 
 __all__ = ["TensorStats", "Stage", "LayerProbe", "SynapticProbe", "SYNAPTIC_TYPES"]
 
@@ -189,6 +189,8 @@ class SynapticProbe:
 
     def _input_hook(self, name: str, readout: bool):
         def hook(mod, args, kwargs):
+            if recomputing():  # gradient checkpointing runs the layer again in the backward pass: not a call
+                return
             tensors = _tensors(args, kwargs)
             rec = self.layers.get(name)
             if rec is None:
@@ -202,6 +204,8 @@ class SynapticProbe:
     def _count_hook(self, name: str):
         # A forward (post) hook: a conv's MAC count needs its output size.
         def hook(mod, args, kwargs, out):
+            if recomputing():
+                return
             rec = self.layers[name]
             for label, operands, macs in _stages(mod, _tensors(args, kwargs), out):
                 # by label, not position: the attention product runs in the other order on a batch whose

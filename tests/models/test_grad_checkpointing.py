@@ -151,3 +151,37 @@ def test_compiled_checkpointed_step_equals_the_compiled_plain_one(fresh_dynamo):
         torch.testing.assert_close(grads_a[n], grads_b[n], atol=1e-6, rtol=1e-5, msg=n)
     for n in bufs_a:
         torch.testing.assert_close(bufs_a[n], bufs_b[n], atol=1e-7, rtol=1e-6, msg=n)
+
+
+def test_a_graph_backpropagated_twice_recomputes_twice():
+    """``checkpoint`` enters its recomputation context at every recomputation: ``retain_graph=True`` (or
+    ``torch.autograd.grad`` more than once) recomputes again, with the same gradients and statistics."""
+    torch.manual_seed(0)
+    plain, inputs, y = CASES["spikingformer"]()
+    ckpt = copy.deepcopy(plain)
+    ckpt.set_grad_checkpointing()
+    results = []
+    for model in (plain.train(), ckpt.train()):
+        loss = torch.nn.functional.cross_entropy(model(*inputs), y)
+        loss.backward(retain_graph=True)
+        loss.backward()
+        results.append(({n: p.grad for n, p in model.named_parameters()}, dict(model.named_buffers())))
+    for a, b in zip(*results):
+        for n in a:
+            assert torch.equal(a[n], b[n]), n
+    assert all(m.momentum == 0.1 for m in ckpt.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+
+
+def test_the_probe_counts_a_training_step_once():
+    """``SynapticProbe`` around forward and backward: the recomputation is not another call of its layers."""
+    torch.manual_seed(0)
+    plain, inputs, y = CASES["spikingformer"]()
+    ckpt = copy.deepcopy(plain)
+    ckpt.set_grad_checkpointing()
+    seen = []
+    for model in (plain.train(), ckpt.train()):
+        with sf.SynapticProbe(model) as probe:
+            torch.nn.functional.cross_entropy(model(*inputs), y).backward()
+        seen.append({n: (r.calls, [s.macs for s in r.stages], [(s.numel, s.nonzero) for s in r.inputs])
+                     for n, r in probe.layers.items()})
+    assert seen[0] == seen[1]

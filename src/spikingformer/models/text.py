@@ -178,6 +178,12 @@ class SequenceHead(ClassifierHead):
         w = mask[None, :, :, None].to(x.dtype)
         return self.fc((x * w).sum(dim=(0, 2)) / (w.sum(dim=(0, 2)) * x.shape[0]))
 
+    def forward_steps(self, x: Tensor, mask: Tensor) -> Tensor:
+        """``[T, B, classes]``: the read-out of steps ``1..t`` (``ClassifierHead.forward_steps``), real tokens only."""
+        w = mask[None, :, :, None].to(x.dtype)
+        steps = torch.arange(1, x.shape[0] + 1, device=x.device, dtype=x.dtype).view(-1, 1, 1)
+        return self.fc((x * w).sum(dim=2).cumsum(0) / (w.sum(dim=2) * steps))
+
 
 class MLMHead(ClassifierHead):
     """Masked-LM read-out per token: ``W_tok LayerNorm(mean_T X) + b``, ``W_tok`` tied to the token
@@ -191,6 +197,11 @@ class MLMHead(ClassifierHead):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.norm(x.mean(0)))
+
+    def forward_steps(self, x: Tensor) -> Tensor:
+        """``[T, ..., V]``: the read-out of steps ``1..t`` (``ClassifierHead.forward_steps``)."""
+        steps = torch.arange(1, x.shape[0] + 1, device=x.device, dtype=x.dtype).view(-1, *[1] * (x.dim() - 1))
+        return self.fc(self.norm(x.cumsum(0) / steps))
 
 
 class SpikingformerText(GradCheckpointing, nn.Module):
