@@ -182,6 +182,10 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
         weights, build = ckpt.load_weights(path)
         check_family(cfg.model, build.get("official"), path)
         epoch, notes = None, list(build.get("notes", []))
+        # the data follows the model that runs: the weights' T and size win over the recipe's (and --set over
+        # both), so event recordings become frames at the T the model was exported with
+        shaping = {k: build.get("model_args", {})[k] for k in ("T", "img_size") if k in build.get("model_args", {})}
+        cfg = dataclasses.replace(cfg, model_args={**cfg.model_args, **shaping, **asked})
         data = build_data(cfg, resolve_img_size(cfg))
         # labels are indices into the data's classes: a file trained on others would score them shifted
         _check_classes(data, build.get("data", {}).get("classes"), build.get("model_args", {}), cfg, path)

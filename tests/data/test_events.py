@@ -436,6 +436,7 @@ def test_one_epoch_on_synthetic_events_is_spike_driven(tmp_path, recipe):
 def test_eval_feeds_frames_at_the_T_of_the_model_it_runs(tmp_path, monkeypatch):
     """An event run evaluated at another T (exported with --t, or --set model_args.T) is fed frames at that T."""
     from spikingformer import cli, evaluation
+    from spikingformer.checkpoint import load_checkpoint
     from spikingformer.train import run
 
     torch.set_num_threads(1)
@@ -456,4 +457,8 @@ def test_eval_feeds_frames_at_the_T_of_the_model_it_runs(tmp_path, monkeypatch):
     assert cli.main(["eval", "--checkpoint", str(exported)]) == 0
     assert cli.main(["eval", "--checkpoint", str(last), "--set", "model_args.T=4"]) == 0
     assert cli.main(["eval", "--checkpoint", str(last)]) == 0
-    assert steps == [(3, 3), (4, 4), (2, 2)]  # (frames fed, model's T)
+    recipe = tmp_path / "recipe.yaml"  # the run's own config, at T = 2: the weights' T = 3 wins, --set over both
+    recipe.write_text(json.dumps(load_checkpoint(last)["config"]))
+    assert cli.main(["eval", "--checkpoint", str(exported), "--config", str(recipe)]) == 0
+    assert cli.main(["eval", "--checkpoint", str(exported), "--config", str(recipe), "--set", "model_args.T=4"]) == 0
+    assert steps == [(3, 3), (4, 4), (2, 2), (3, 3), (4, 4)]  # (frames fed, model's T)
