@@ -185,3 +185,30 @@ def test_the_probe_counts_a_training_step_once():
         seen.append({n: (r.calls, [s.macs for s in r.stages], [(s.numel, s.nonzero) for s in r.inputs])
                      for n, r in probe.layers.items()})
     assert seen[0] == seen[1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fast_path_with_checkpointing_trains_as_without(fresh_dynamo, monkeypatch):
+    """On CUDA the fast path compiles the Triton LIF kernels into checkpointed blocks: the same fp32 step."""
+    from spikingformer.fast import FastPath
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    torch.manual_seed(0)
+    plain = sf.create_model("spikingformer_4_256", **TINY).cuda()
+    ckpt = copy.deepcopy(plain)
+    ckpt.set_grad_checkpointing()
+    x, y = torch.randn(4, 3, 32, 32, device="cuda"), torch.arange(4, device="cuda") % 5
+    results = []
+    for model in (plain, ckpt):
+        torch._dynamo.reset()
+        fast = FastPath(amp_dtype=None).prepare(model.train())
+        loss = torch.nn.functional.cross_entropy(fast(x.contiguous(memory_format=torch.channels_last)), y)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()},
+                        {n: b.clone() for n, b in model.named_buffers()}))
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-6, rtol=1e-6)
+    for n, g in results[0][1].items():
+        torch.testing.assert_close(results[1][1][n], g, atol=1e-5, rtol=1e-4, msg=n)
+    for n, b in results[0][2].items():
+        torch.testing.assert_close(results[1][2][n], b, atol=1e-6, rtol=1e-5, msg=n)
