@@ -104,3 +104,27 @@ def test_load_model_rebuilds_what_a_file_records(exported, tmp_path):
     with pytest.raises(ValueError, match=r"does not name its model: pass load_model\(path, model="):
         spikingformer.load_model(str(bare))
     assert spikingformer.load_model(str(bare), "spikingformer_4_256", depth=1, dim=32, num_heads=4).cfg.T == 4
+
+
+def test_model_kwargs_size_a_bare_state_dict(tmp_path, capsys):
+    """A state_dict records no size: ``--model-kwargs`` (timm's spelling) gives it to export, energy and verify."""
+    import json
+
+    from safetensors import safe_open
+
+    bare = tmp_path / "bare.pt"
+    torch.save(create_model("spikingformer_4_384", depth=1, dim=64, num_heads=4, num_classes=10).state_dict(), bare)
+    out = tmp_path / "m.safetensors"
+    base = ["export", "--checkpoint", str(bare), "--model", "spikingformer_4_384", "--out", str(out)]
+    assert cli.main(base) == 2
+    assert "does not fit" in capsys.readouterr().err
+    assert cli.main(base + ["--model-kwargs", "depth=1", "dim=64", "num_heads=4"]) == 0
+    with safe_open(out, "pt") as f:
+        assert json.loads(f.metadata()["model_args"]) == {"depth": 1, "dim": 64, "num_classes": 10, "num_heads": 4}
+    capsys.readouterr()
+    assert cli.main(["verify", "--checkpoint", str(bare), "--model", "spikingformer_4_384", "--model-kwargs",
+                     "depth=1", "dim=64", "num_heads=4"]) == 0
+    assert cli.main(["energy", "--model", "spikingformer_4_384", "--model-kwargs", "depht=1"]) == 2
+    assert "unknown option(s) ['depht']" in capsys.readouterr().err
+    assert cli.main(["energy", "--model", "spikingformer_4_384", "--model-kwargs", "depth"]) == 2
+    assert "--model-kwargs expects KEY=VALUE, got 'depth'" in capsys.readouterr().err

@@ -299,7 +299,7 @@ def _cmd_energy(args: argparse.Namespace) -> int:
         prep = prepare(args)
         report = estimate_energy(prep.model, prep.batches, e_mac=args.e_mac, e_ac=args.e_ac, model_name=prep.name,
                                  unit=prep.unit, integer_inputs=args.integer_inputs, progress=True)
-    except (ValueError, FileNotFoundError, CheckpointError, DataError) as e:
+    except (ValueError, TypeError, FileNotFoundError, CheckpointError, DataError) as e:  # TypeError: model options
         print(f"error: {e}", file=sys.stderr)
         return 2
     report.notes += prep.notes

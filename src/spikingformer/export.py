@@ -51,11 +51,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError
     from .metrics import check_output
 
-    overrides = {k: v for k, v in (("T", args.t), ("num_classes", args.num_classes)) if v is not None}
+    from .loading import model_overrides
+
     try:
         check_output("--out", args.out)
-        r = export(args.checkpoint, args.out, args.model, overrides, args.fold_bn)
-    except (CheckpointError, ValueError) as e:
+        r = export(args.checkpoint, args.out, args.model, model_overrides(args), args.fold_bn)
+    except (CheckpointError, ValueError, TypeError) as e:  # TypeError: a model option that does not exist
         print(f"error: {e}", file=sys.stderr)
         return 2
     for note in r["notes"]:
@@ -66,6 +67,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def register_cli(sub) -> None:
+    from .loading import add_model_kwargs_arg
+
     p = sub.add_parser(
         "export", help="write a checkpoint's model as one .safetensors file (optionally with BN folded)",
         description="Convert a run's checkpoint, a state_dict or official weights into a .safetensors file that "
@@ -76,5 +79,6 @@ def register_cli(sub) -> None:
     p.add_argument("--model", help="model name, for weights that do not name it (state_dicts, official weights)")
     p.add_argument("--num-classes", type=int, help="classifier size (default: read from the weights)")
     p.add_argument("--t", type=int, help="time steps T stored with the model (default: the checkpoint's)")
+    add_model_kwargs_arg(p)
     p.add_argument("--fold-bn", action="store_true", help="fold every BatchNorm into its conv/linear (deployed form)")
     p.set_defaults(func=_cmd_export)

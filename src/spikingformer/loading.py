@@ -78,7 +78,7 @@ def load_checkpoint(model: nn.Module, path: str, state: dict | None = None, name
         build = build or {}
         other = _other_options(model, build.get("model_args", {}))
         cause = (f"the file records a {build.get('model') or 'model'} with {other}" if other
-                 else "wrong model, or other model options (classes, T?)")
+                 else "wrong model, or other model options (its size: depth, dim, num_heads? classes, T?)")
         raise ValueError(f"checkpoint {path} does not fit {name or type(model).__name__}: {cause}; "
                          f"{state_mismatch(model.state_dict(), state) or e}") from e
     return model
@@ -122,6 +122,7 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
                         "and every figure is for an untrained model")
     p.add_argument("--num-classes", type=int, help="classifier size, to match a checkpoint (default: the model's)")
     p.add_argument("--t", type=int, help="time steps T (default: the model's)")
+    add_model_kwargs_arg(p)
     p.add_argument("--data", metavar="PATH",
                    help="real input. A run's checkpoint (or weights with --config): the dataset root; the "
                         "config rebuilds the validation split with its transform (images, or event frames). Otherwise "
@@ -229,15 +230,30 @@ def prepare(args: argparse.Namespace) -> Prepared:
     return prep
 
 
-def _overrides(args: argparse.Namespace) -> dict:
-    return {k: v for k, v in (("T", args.t), ("num_classes", args.num_classes)) if v is not None}
+def add_model_kwargs_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-kwargs", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="model options, as timm's train.py takes them: depth=2 dim=256 (values read as YAML); "
+                        "for weights that do not record them, e.g. a state_dict of another size")
+
+
+def model_overrides(args: argparse.Namespace) -> dict:
+    """The model options a command line asks for: ``--model-kwargs``, then ``--t`` and ``--num-classes``."""
+    import yaml
+
+    out = {}
+    for item in args.model_kwargs:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--model-kwargs expects KEY=VALUE, got {item!r}")
+        out[key] = yaml.safe_load(raw)
+    return {**out, **{k: v for k, v in (("T", args.t), ("num_classes", args.num_classes)) if v is not None}}
 
 
 # ---------------------------------------------------------------- vision
 
 def _vision(args: argparse.Namespace, name: str, build: dict) -> Prepared:
     from . import create_model
-    model = create_model(name, **{**build.get("model_args", {}), **_overrides(args)})
+    model = create_model(name, **{**build.get("model_args", {}), **model_overrides(args)})
     c, h, _ = model.default_input_size
     config = build.get("config") or {}
     if args.data and config:
@@ -293,7 +309,7 @@ def _text(args: argparse.Namespace, name: str, build: dict) -> Prepared:
     if args.input_size is not None or getattr(args, "config", None):
         raise ValueError(f"--input-size and --config are for image models; {name} reads token sequences "
                          f"(--seq-len, or --data with its run's checkpoint)")
-    model = create_text_model(name, **{**build.get("model_args", {}), **_overrides(args)})
+    model = create_text_model(name, **{**build.get("model_args", {}), **model_overrides(args)})
     if args.data:
         batches, what = _text_data(args, build, model)
         return Prepared(model, batches, name, "sequence", what, [f"input: {what}"])

@@ -274,7 +274,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         if args.plot:
             print(f"wrote {_plot(args, cert, other)}")
     # a bad --data is a usage error (2), never mistaken for a failed certificate (1)
-    except (ValueError, FileNotFoundError, CheckpointError, DataError) as e:
+    except (ValueError, TypeError, FileNotFoundError, CheckpointError, DataError) as e:  # TypeError: model options
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0 if cert.spike_driven else 1
