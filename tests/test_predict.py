@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from spikingformer import cli, create_model
 from spikingformer.checkpoint import load_checkpoint
-from spikingformer.predict import find_images, load_predictor
+from spikingformer.predict import find_inputs, input_files, load_predictor
 from spikingformer.train import run
 
 from .data.helpers import CLASSES, write_class_tree
@@ -218,9 +218,11 @@ def test_bad_inputs_are_named(trained, tmp_path, capsys):
     assert "--topk and --batch-size must be >= 1" in capsys.readouterr().err
     assert cli.main(["predict", str(fresh), "--checkpoint", str(ckpt), "--device", "gpu"]) == 2
     assert "device must be auto or a torch device" in capsys.readouterr().err
-    assert find_images([str(fresh / "cat" / "000.png"), str(fresh / "dog")])[1:] == sorted((fresh / "dog").glob("*"))
+    images = input_files("folder")
+    assert find_inputs([str(fresh / "cat" / "000.png"), str(fresh / "dog")], images)[1:] == sorted(
+        (fresh / "dog").glob("*"))
     # a file given twice, or given and found in its folder, is classified once
-    assert find_images([str(fresh / "cat" / "001.png"), str(fresh / "cat")]) == [
+    assert find_inputs([str(fresh / "cat" / "001.png"), str(fresh / "cat")], images) == [
         fresh / "cat" / "001.png", fresh / "cat" / "000.png", fresh / "cat" / "002.png"]
 
 
@@ -231,14 +233,13 @@ def test_the_transform_takes_any_image_mode(trained):
 
 
 def test_checkpoints_of_other_inputs_are_refused(tmp_path):
+    """Digits' 8x8 tensors are no files to classify (event runs classify recordings: test_predict_events.py)."""
     from spikingformer.checkpoint import save_checkpoint
 
     model = create_model("spikingformer_4_256", depth=1, dim=32, num_heads=2, T=1, num_classes=3, img_size=16)
-    for dataset, msg in (("nmnist", "trained on nmnist, not on image files"),
-                         ("digits", "trained on digits, not on image files")):
-        path = tmp_path / f"{dataset}.pt"
-        save_checkpoint({"model": model.state_dict(), "config": {"model": "spikingformer_4_256", "dataset": dataset},
-                         "meta": {"model": "spikingformer_4_256", "model_args": dict(
-                             depth=1, dim=32, num_heads=2, T=1, num_classes=3, img_size=16)}}, path)
-        with pytest.raises(ValueError, match=msg):
-            load_predictor(str(path))
+    path = tmp_path / "digits.pt"
+    save_checkpoint({"model": model.state_dict(), "config": {"model": "spikingformer_4_256", "dataset": "digits"},
+                     "meta": {"model": "spikingformer_4_256", "model_args": dict(
+                         depth=1, dim=32, num_heads=2, T=1, num_classes=3, img_size=16)}}, path)
+    with pytest.raises(ValueError, match="trained on digits, not on image files or event recordings"):
+        load_predictor(str(path))

@@ -16,7 +16,8 @@ from torch import nn
 from . import checkpoint as ckpt
 from .fast import FastPath, resolve_lif_backend
 
-__all__ = ["evaluate", "spike_stats", "eval_path", "evaluate_checkpoint", "asked_options", "run_config", "rebuild"]
+__all__ = ["evaluate", "read_outs", "spike_stats", "eval_path", "evaluate_checkpoint", "asked_options", "run_config",
+           "rebuild"]
 
 
 @torch.no_grad()
@@ -38,9 +39,8 @@ def evaluate(model: nn.Module, loader, device: torch.device, path: FastPath | No
         x, y = path.to_input(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
         path.step_begin()
         with path.autocast(device):
-            if per_step:  # one pass of the backbone for both read-outs
-                features = model.forward_features(x)
-                logits, steps = model.forward_head(features).float(), model.head.forward_steps(features).float()
+            if per_step:
+                logits, steps = (out.float() for out in read_outs(model, x))
             else:
                 logits = model(x).float()  # with CUDA graphs the output lives only until the next step
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
@@ -61,6 +61,13 @@ def evaluate(model: nn.Module, loader, device: torch.device, path: FastPath | No
         raise RuntimeError("the validation split is empty")
     out = {"val_loss": loss / n, "val_acc": top1 / n, "val_acc5": top5 / n, "val_images": int(n)}
     return {**out, "val_acc_per_step": [c / n for c in step_top1]} if per_step else out
+
+
+def read_outs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``model(x)`` and ``model.forward_steps(x)`` (logits ``[B, classes]``, and ``[T, B, classes]`` after each
+    time step) from one pass of the backbone."""
+    features = model.forward_features(x)
+    return model.forward_head(features), model.head.forward_steps(features)
 
 
 @torch.no_grad()

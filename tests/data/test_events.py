@@ -119,6 +119,12 @@ def test_npz_reader_reads_spikingjellys_arrays_and_never_unpickles(tmp_path):
     np.savez(tmp_path / "nop.npz", t=ev["t"], x=ev["x"], y=ev["y"])
     with pytest.raises(DataError, match=r"nop.npz: event .npz lacks array\(s\) \['p'\]"):
         read_npz_events(tmp_path / "nop.npz")
+    # a window of the DVS128 Gesture event cache: one structured array (and the cache's own meta)
+    np.savez(tmp_path / "cached.npz", meta=np.arange(7), events=ev)
+    assert_same_events(read_npz_events(tmp_path / "cached.npz"), ev["t"], ev["x"], ev["y"], ev["p"])
+    np.savez(tmp_path / "noy.npz", events=ev[["t", "x", "p"]])
+    with pytest.raises(DataError, match=r"noy.npz: the array events lacks field\(s\) \['y'\]"):
+        read_npz_events(tmp_path / "noy.npz")
 
 
 def _corrupt(tmp_path, kind):

@@ -159,14 +159,19 @@ def read_cifar10_dvs_aedat(path) -> np.ndarray:
 
 
 def read_npz_events(path) -> np.ndarray:
-    """SpikingJelly's extracted ``events_np`` sample: an ``.npz`` holding arrays ``t, x, y, p``."""
+    """One sample as an ``.npz``: SpikingJelly's extracted ``events_np`` (arrays ``t, x, y, p``), or a DVS128
+    Gesture window of the event cache (``event_cache``: a structured array ``events`` with those fields)."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as z:
-            missing = sorted({"t", "x", "y", "p"} - set(z.files))
+            cached = z["events"] if "events" in z.files else None
+            have = (cached.dtype.names or ()) if cached is not None else z.files
+            missing = sorted({"t", "x", "y", "p"} - set(have))
             if missing:
-                raise DataError(f"{path}: event .npz lacks array(s) {missing} (has {sorted(z.files)})")
-            t, x, y, p = (np.asarray(z[k]).ravel() for k in ("t", "x", "y", "p"))
+                what = "the array events lacks field(s)" if cached is not None else "event .npz lacks array(s)"
+                raise DataError(f"{path}: {what} {missing} (has {sorted(have)})")
+            source = z if cached is None else cached
+            t, x, y, p = (np.asarray(source[k]).ravel() for k in ("t", "x", "y", "p"))
     except DataError:
         raise
     except Exception as e:  # zipfile.BadZipFile, ValueError (pickled objects), OSError, EOFError

@@ -30,11 +30,21 @@ from .sources import DataError, RawData
 
 __all__ = ["EVENT_DTYPE", "make_events", "read_nmnist_bin", "read_aedat3", "read_gesture_labels",
            "read_cifar10_dvs_aedat", "read_npz_events", "segment_bounds", "integrate_frames", "EventRecordings",
-           "EventFrames", "EventAugment", "wide_op", "event_collate", "load_event_raw", "SENSOR_SIZE", "GESTURE_CLASSES",
-           "CIFAR10_DVS_CLASSES"]
+           "EventFrames", "EventAugment", "wide_op", "time_major", "event_collate", "load_event_raw", "on_sensor",
+           "not_a_sample", "read_sample", "SAMPLE_READERS", "SENSOR_SIZE", "GESTURE_CLASSES", "CIFAR10_DVS_CLASSES"]
 
 SENSOR_SIZE = {"nmnist": 34, "dvs128_gesture": 128, "cifar10_dvs": 128}  # square sensors (get_H_W in SpikingJelly)
 CIFAR10_DVS_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+# The files that hold one sample of each dataset, by suffix (``read_sample``, for ``spikingformer predict``).
+SAMPLE_READERS = {
+    "nmnist": {".bin": read_nmnist_bin, ".bs2": read_nmnist_bin, ".npz": read_npz_events},
+    "dvs128_gesture": {".npz": read_npz_events},
+    "cifar10_dvs": {".aedat": read_cifar10_dvs_aedat, ".npz": read_npz_events},
+}
+# Why a dataset's own recording files are not samples: a Gesture sample is one labelled window of a recording.
+_NOT_A_SAMPLE = {"dvs128_gesture": "a raw DVS128 Gesture recording (.aedat) holds many labelled gestures, not one "
+                                   "sample: give one window as an .npz (SpikingJelly's events_np, or a "
+                                   "<recording>_<start>_<end>.npz of the event cache)"}
 
 
 # ----------------------------------------------------------------------------- frames
@@ -176,14 +186,19 @@ class EventFrames:
         return self.augment(frames) if self.augment is not None else frames
 
 
-def event_collate(batch: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
+def time_major(frames: list[Tensor]) -> Tensor:
     """Samples ``[T, 2, H, W]`` -> the time-major batch ``[T, B, 2, H, W]`` the models take (SPEC §1:
-    loaders give ``[B, T, ...]``; this is the one place it is transposed) and targets ``[B]``."""
-    frames, targets = zip(*batch)
+    loaders give ``[B, T, ...]``; this is the one place it is transposed)."""
     shapes = {tuple(f.shape) for f in frames}
     if len(shapes) != 1:
         raise DataError(f"event frames of one batch differ in shape: {sorted(shapes)}")
-    return torch.stack(frames, dim=1), torch.tensor(targets, dtype=torch.long)
+    return torch.stack(frames, dim=1)
+
+
+def event_collate(batch: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
+    """``(frames, target)`` samples -> the time-major batch ``[T, B, 2, H, W]`` and targets ``[B]``."""
+    frames, targets = zip(*batch)
+    return time_major(list(frames)), torch.tensor(targets, dtype=torch.long)
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -200,11 +215,34 @@ class EventRecordings(Dataset):
 
     def __getitem__(self, i):
         reader, path, args = self.items[i]
-        ev = reader(path, *args)
-        if len(ev) and (ev["x"].max() >= self.sensor or ev["y"].max() >= self.sensor):
-            raise DataError(f"{path}: event at x={ev['x'].max()} / y={ev['y'].max()} outside the "
-                            f"{self.sensor}x{self.sensor} sensor")
-        return ev, self.targets[i]
+        return on_sensor(reader(path, *args), path, self.sensor), self.targets[i]
+
+
+def on_sensor(ev: np.ndarray, path, sensor: int) -> np.ndarray:
+    """``ev``, whose events must lie on the ``sensor x sensor`` grid that frames integrate them on."""
+    if len(ev) and (ev["x"].max() >= sensor or ev["y"].max() >= sensor):
+        raise DataError(f"{path}: event at x={ev['x'].max()} / y={ev['y'].max()} outside the "
+                        f"{sensor}x{sensor} sensor")
+    return ev
+
+
+def not_a_sample(dataset: str, path) -> str | None:
+    """Why the file ``path`` is not one that ``read_sample`` reads a sample of ``dataset`` from, judged by its
+    suffix; ``None`` if it is."""
+    if Path(path).suffix.lower() in SAMPLE_READERS[dataset]:
+        return None
+    note = _NOT_A_SAMPLE.get(dataset)
+    return (f"{path}: {dataset} samples are read from {', '.join(SAMPLE_READERS[dataset])} files"
+            + (f"; {note}" if note else ""))
+
+
+def read_sample(dataset: str, path) -> np.ndarray:
+    """The events of one sample of ``dataset`` held by the file ``path``, read as its suffix says
+    (``SAMPLE_READERS``) and as evaluation reads that sample."""
+    why = not_a_sample(dataset, path)
+    if why:
+        raise DataError(why)
+    return on_sensor(SAMPLE_READERS[dataset][Path(path).suffix.lower()](path), path, SENSOR_SIZE[dataset])
 
 
 def _class_folders(root: Path, classes: list[str], ext: str, reader: Callable, sensor: int) -> EventRecordings:
