@@ -85,7 +85,7 @@ def measure(model_name: str, batch: int, variant: str, device: str, steps: int, 
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     return {"model": model_name, "batch": batch, "variant": variant, "T": model.T, "device": device,
-            "step_peak_mib": rise / 2**20, "train_img_s": batch * steps / elapsed if steps else None}
+            "step_peak_mib": rise / 2**20, "train_img_s": batch * steps / elapsed}
 
 
 def main(argv=None) -> int:
@@ -93,14 +93,17 @@ def main(argv=None) -> int:
     p.add_argument("runs", nargs="+", metavar="MODEL:BATCH", help="e.g. spikingformer_4_384:16 (batch default 16)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--steps", type=int, default=3, help="timed training steps after the measured one")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="model overrides, e.g. depth=2 dim=64 (integers only)")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="model overrides, e.g. depth=2 dim=64 or --set depth=2 --set dim=64 (integers only)")
     p.add_argument("--json", metavar="FILE", help="write every measurement as JSON")
     args = p.parse_args(argv)
     try:
         overrides = {k: int(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     except ValueError:
         p.error(f"--set takes KEY=INTEGER pairs, got {args.set}")
+    if args.steps < 1 or any(not run.partition(":")[2].isdigit() or int(run.partition(":")[2]) < 1
+                             for run in args.runs if ":" in run):
+        p.error("--steps and every batch must be >= 1")
     results, errors = [], []
     for run in args.runs:
         for variant in VARIANTS:
@@ -118,14 +121,14 @@ def main(argv=None) -> int:
         base = next((b for b in results if (b["model"], b["batch"], b["variant"]) == (r["model"], r["batch"], "plain")),
                     None)
         r["peak_x"] = r["step_peak_mib"] / base["step_peak_mib"] if base and base["step_peak_mib"] else None
-        r["speed_x"] = r["train_img_s"] / base["train_img_s"] if base and r["train_img_s"] else None
+        r["speed_x"] = r["train_img_s"] / base["train_img_s"] if base else None
         fmt = lambda v: f"{v:.2f}" if v is not None else "-"  # noqa: E731
         print(f"| {r['model']}, {r['batch']} | {r['variant']} | {r['step_peak_mib']:,.0f} | {fmt(r['peak_x'])} | "
-              f"{r['train_img_s'] or 0:,.1f} | {fmt(r['speed_x'])} |")
+              f"{r['train_img_s']:,.1f} | {fmt(r['speed_x'])} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": args.device, "torch": torch.__version__, "results": results, "errors": errors}, f,
-                      indent=2)
+            json.dump({"device": args.device, "torch": torch.__version__, "model_overrides": overrides,
+                       "results": results, "errors": errors}, f, indent=2)
     return 1 if errors else 0
 
 

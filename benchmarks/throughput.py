@@ -230,7 +230,8 @@ def bench_variant(variant: Variant, model_name: str, batch: int, args) -> dict:
             infer_runner(x)
         variant.after_batch(model)
 
-    out = {"variant": variant.name, "model": model_name, "batch": batch, "input": [c, h, w], "T": model.T}
+    out = {"variant": variant.name, "model": model_name, "batch": batch, "input": [c, h, w], "T": model.T,
+           "model_overrides": args.overrides}
     model.train()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -267,8 +268,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=5, help="untimed warm-up steps (include compilation)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--input-size", type=int, default=None, help="override the model's input size")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="model overrides, e.g. depth=1 dim=64 (integers only)")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="model overrides, e.g. depth=1 dim=64 or --set depth=1 --set dim=64 (integers only)")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="after timing, profile N training and N inference steps: device time by kernel kind")
     p.add_argument("--json", metavar="FILE", help="write every measurement as JSON")

@@ -43,7 +43,7 @@ def test_plot_draws_each_layer_firing_rate_and_energy(tmp_path, monkeypatch):
     report = estimate_energy(model, torch.randn(2, 3, 32, 32))
     figures = []
     monkeypatch.setattr(metrics, "save_figure", lambda fig, path: figures.append(fig))
-    report.write_png(str(tmp_path / "e.png"))
+    report.write_plot(str(tmp_path / "e.png"))
     ax_fr, ax_e = figures[0].axes
     fr_bars, e_bars = ax_fr.patches, ax_e.patches
     assert len(fr_bars) == len(e_bars) == len(report.layers)

@@ -216,3 +216,22 @@ def test_the_seed_decides_initial_weights_and_data_order():
 
     assert order(3, 0) == order(3, 0)
     assert len({tuple(order(3, 0)), tuple(order(4, 0)), tuple(order(3, 1))}) == 3
+
+
+def test_an_output_that_is_a_file_is_refused_before_the_data_loads(tmp_path):
+    from spikingformer.engine import open_run
+
+    (tmp_path / "run").write_text("not a folder")
+    with pytest.raises(ValueError, match="is a file; the run needs a folder there"):
+        open_run(TrainConfig(output=str(tmp_path / "run")), resume=False)
+
+
+def test_the_first_log_line_says_when_blocks_are_recomputed(tmp_path):
+    from types import SimpleNamespace
+
+    from spikingformer.engine import open_output
+
+    start = SimpleNamespace(epoch=0, step=0)
+    assert open_output(tmp_path / "a", TrainConfig(), False, start) == "starting"
+    assert open_output(tmp_path / "b", TrainConfig(grad_checkpointing=True), False, start).endswith(
+        "blocks recomputed in the backward pass (grad_checkpointing)")

@@ -65,3 +65,20 @@ def test_writable_paths_pass_and_nothing_is_created(tmp_path, monkeypatch):
     check_output("--plot", tmp_path / "new", folder=True)
     check_output("--json", None)
     assert [p.name for p in tmp_path.iterdir()] == ["existing.json"]
+
+
+@pytest.mark.parametrize("command", ["eval", "energy"])
+def test_a_figure_is_named_by_a_format_it_can_be_written_in(command, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "steps.xyz"
+    assert _refused(monkeypatch, capsys, command, "--plot", out) == (
+        f"error: --plot {out}: the file's name must end in .png, .pdf, .svg")
+
+
+def test_a_figure_is_written_in_its_suffixs_format(tmp_path):
+    from spikingformer.metrics import pyplot, save_figure
+
+    for suffix, magic in ((".png", b"\x89PNG"), (".pdf", b"%PDF"), (".svg", b"<?xml")):
+        fig, _ = pyplot().subplots()
+        save_figure(fig, tmp_path / f"f{suffix}")
+        assert (tmp_path / f"f{suffix}").read_bytes().startswith(magic)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.pdf", "f.png", "f.svg"]  # no temporary left

@@ -70,7 +70,24 @@ def test_misuse_is_named():
         stream(torch.randn(1, 3, 32, 32))
     with stream:
         stream(torch.randn(2, 3, 32, 32))
-        with pytest.raises(ValueError, match="a stream's input changed shape"):
+        with pytest.raises(ValueError, match=r"this stream's steps are \[B, C, H, W\] = \(2, 3, 32, 32\), got \(3, "):
             stream(torch.randn(3, 3, 32, 32))
+        with pytest.raises(RuntimeError, match="already streaming"), Stream(model):
+            pass
     with pytest.raises(TypeError, match="vision models"):
         Stream(torch.nn.Linear(2, 2))
+
+
+def test_the_model_outside_the_streams_calls_is_untouched():
+    """``model(x)`` inside the block neither reads nor moves the stream's membranes; the mode is restored."""
+    x = torch.randn(4, 2, 3, 32, 32)
+    model = _model(x, T=4).train()
+    with torch.no_grad():
+        whole, plain = model.eval().forward_steps(x), model(x)
+    model.train()
+    with Stream(model) as stream:
+        stream(x[0])
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), plain)
+        torch.testing.assert_close(stream(x[1]), whole[1], atol=1e-5, rtol=1e-5)
+    assert model.training

@@ -148,6 +148,19 @@ def test_per_step_accuracy_counts_each_steps_read_out():
     assert "val_acc_per_step" not in evaluate(model, batches, torch.device("cpu"))
 
 
+def test_eval_set_of_bad_model_options_is_one_error_line(tree, tmp_path, capsys):
+    run(tiny_config(tree, tmp_path / "run", epochs=1, warmup_epochs=0, cooldown_epochs=0))
+    ckpt = str(tmp_path / "run" / "last.pt")
+    for item, said in [("model_args.bogus=1", "unknown option(s) ['bogus']"),
+                       ("model_args.T=abc", "option 'T' expects int, got 'abc'"),
+                       ("model_args=5", "model options are set one by one"),
+                       ("model_args.tau=1.0", "tau must be > 1")]:
+        assert cli.main(["eval", "--checkpoint", ckpt, "--set", item]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and said in err and "Traceback" not in err, item
+        assert "may change the weights' shapes" not in err  # not a question of shapes
+
+
 def test_eval_runs_the_neurons_the_config_trains_with():
     """``spikingformer eval`` compiles nothing, keeps the config's precision, and on CUDA runs the neurons
     that the run's fast path trained and validated with."""

@@ -163,7 +163,7 @@ _DISTRIBUTED = ("train", "pretrain", "mlm", "glue")
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command not in _DISTRIBUTED:
+    if os.environ.get("WORLD_SIZE", "").strip() not in ("", "1") and args.command not in _DISTRIBUTED:
         print(f"error: `spikingformer {args.command}` runs in one process; start it without torchrun "
               f"(torchrun is for {', '.join(_DISTRIBUTED)})", file=sys.stderr)
         return 2
@@ -175,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: `spikingformer {args.command}` needs {e.name!r}, one of the training extras: "
               f"pip install \"spikingformer[train]\"", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `spikingformer recipes | head`: the reader left; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

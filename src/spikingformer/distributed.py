@@ -46,8 +46,11 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def init_distributed(device: str = "auto") -> DistInfo:
     """Read torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` and join the process group (nccl on CUDA, else gloo)."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    rank, local = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    try:  # an empty variable (`export WORLD_SIZE=$N` with N unset) means one process, as an absent one
+        world, rank, local = (int(os.environ.get(k) or 0) for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"))
+    except ValueError as e:
+        raise ValueError(f"torchrun's WORLD_SIZE/RANK/LOCAL_RANK must be integers: {e}") from None
+    world = max(world, 1)
     dev = resolve_device(device)
     if dev.type == "cuda":
         if dev.index is None:

@@ -60,7 +60,7 @@ from .checkpoint import CheckpointError
 from .data import DataError
 # calibrate_bn and load_checkpoint live in loading (shared with verify) and stay importable from here
 from .loading import add_input_args, calibrate_bn, load_checkpoint, prepare, run_model, with_progress
-from .metrics import check_output, output_path, write_json
+from .metrics import FIGURE_SUFFIXES, check_output, output_path, write_json
 from .probe import LayerProbe, Stage, SynapticProbe
 
 __all__ = ["E_MAC_PJ", "E_AC_PJ", "LayerEnergy", "EnergyReport", "estimate_energy", "energy_from_probe",
@@ -179,7 +179,7 @@ class EnergyReport:
     def write_json(self, path: str) -> None:
         write_json(path, self.to_dict())
 
-    def write_png(self, path: str) -> None:
+    def write_plot(self, path: str) -> None:
         """Two panels in network order: each layer's input firing rate (the ``fr`` of Eq. 19; a product
         whose input is not spikes has none) and its energy per sample, coloured by AC or MAC."""
         from matplotlib.patches import Patch
@@ -295,7 +295,7 @@ def _cmd_energy(args: argparse.Namespace) -> int:
     try:
         check_output("--json", args.json)
         check_output("--csv", args.csv)
-        check_output("--plot", args.plot)
+        check_output("--plot", args.plot, suffixes=FIGURE_SUFFIXES)
         prep = prepare(args)
         report = estimate_energy(prep.model, prep.batches, e_mac=args.e_mac, e_ac=args.e_ac, model_name=prep.name,
                                  unit=prep.unit, integer_inputs=args.integer_inputs, progress=True)
@@ -305,7 +305,7 @@ def _cmd_energy(args: argparse.Namespace) -> int:
     report.notes += prep.notes
     print(f"{prep.name}: {prep.input}, T={report.T}, {report.images} {prep.unit}(s)")
     print(report.table())
-    for path, write in ((args.json, report.write_json), (args.csv, report.write_csv), (args.plot, report.write_png)):
+    for path, write in ((args.json, report.write_json), (args.csv, report.write_csv), (args.plot, report.write_plot)):
         if path:
             write(path)
             print(f"wrote {path}")
@@ -331,5 +331,5 @@ def register_cli(sub) -> None:
                         "calculations of the official energy script)")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     p.add_argument("--csv", metavar="FILE", help="also write the per-layer table as CSV")
-    p.add_argument("--plot", metavar="FILE", help="also draw each layer's input firing rate and energy as a PNG")
+    p.add_argument("--plot", metavar="FILE", help="also draw each layer's input firing rate and energy (.png, .pdf or .svg)")
     p.set_defaults(func=_cmd_energy)

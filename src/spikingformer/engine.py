@@ -185,6 +185,8 @@ def open_run(cfg, resume: bool, mutable=RESUME_MUTABLE) -> dict | None:
     with (the keys in ``mutable`` aside)."""
     out = Path(cfg.output).expanduser()
     last = out / "last.pt"
+    if out.exists() and not out.is_dir():  # before the data loads: mkdir would fail only after it
+        raise ValueError(f"output {out} is a file; the run needs a folder there")
     if resume and last.exists():
         state = ckpt.load_checkpoint(last)
         diff = _config_diff(_with_new_defaults(state["config"], cfg), cfg.to_dict(), mutable)
@@ -245,7 +247,8 @@ def open_output(out: Path, cfg, resuming: bool, state) -> str:
     out.mkdir(parents=True, exist_ok=True)
     ckpt.remove_partial_writes(out)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    return f"resuming at epoch {state.epoch + 1} step {state.step}" if resuming else "starting"
+    where = f"resuming at epoch {state.epoch + 1} step {state.step}" if resuming else "starting"
+    return where + (", blocks recomputed in the backward pass (grad_checkpointing)" if cfg.grad_checkpointing else "")
 
 
 def wrap_ddp(module: nn.Module, info: DistInfo) -> nn.Module:

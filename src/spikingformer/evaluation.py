@@ -103,6 +103,9 @@ def eval_path(cfg, device: torch.device | str) -> FastPath:
 def asked_options(given: dict) -> dict:
     """The model options among parsed ``--set`` overrides (``model_args.*``, and ``img_size``, which sizes the
     model too): asked for on the command line, they win over what the weights record (another T or size)."""
+    if not isinstance(given.get("model_args", {}), dict):
+        raise ValueError(f"--set model_args={given['model_args']!r}: model options are set one by one, "
+                         "e.g. --set model_args.T=8")
     return {**given.get("model_args", {}), **({"img_size": given["img_size"]} if "img_size" in given else {})}
 
 
@@ -131,7 +134,11 @@ def rebuild(path, name: str, model_args: dict, weights: dict, build: dict, asked
     from .loading import load_into
 
     try:
-        return load_into(create_model(name, **model_args), path, weights, build, f"{name} with {model_args}")
+        model = create_model(name, **model_args)
+    except (TypeError, ValueError) as e:  # an option that does not exist, or a value it cannot take
+        raise ValueError(f"{name}: {e}" + (f" (--set {asked})" if asked else "")) from None
+    try:
+        return load_into(model, path, weights, build, f"{name} with {model_args}")
     except ValueError as e:
         if not asked:
             raise
@@ -232,11 +239,11 @@ def _check_classes(data, classes: list[str] | None, model_args: dict, cfg, path)
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .data import DataError
-    from .metrics import check_output, write_json
+    from .metrics import FIGURE_SUFFIXES, check_output, write_json
 
     try:
         check_output("--json", args.json)
-        check_output("--plot", args.plot)
+        check_output("--plot", args.plot, suffixes=FIGURE_SUFFIXES)
         r = evaluate_checkpoint(args.checkpoint, args.data, args.device, args.batch_size, args.workers,
                                 args.config, args.set)
     except (ckpt.CheckpointError, DataError, ValueError) as e:
@@ -253,21 +260,25 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print("top-1 after each time step: " + ", ".join(f"{t} {100 * a:.2f} %" for t, a in enumerate(steps, 1)))
     if args.plot:
         plot_steps(steps, args.plot, f"{r['model']} on {r['val_split']}")
+        print(f"wrote {args.plot}")
     if args.json:
         write_json(args.json, r)
+        print(f"wrote {args.json}")
     return 0
 
 
 def plot_steps(acc: list[float], path: str, title: str) -> None:
-    """Top-1 accuracy of the read-out after each time step, as a PNG."""
+    """Top-1 accuracy of the read-out after each time step, as a figure (PNG, PDF or SVG by ``path``'s suffix)."""
+    import textwrap
+
     from matplotlib.ticker import MaxNLocator
 
     from .metrics import pyplot, save_figure
 
     fig, ax = pyplot().subplots(figsize=(5, 3.5))
     ax.plot(range(1, len(acc) + 1), [100 * a for a in acc], marker="o")
-    ax.set(xlabel="time steps given to the read-out", ylabel="top-1 accuracy (%)", title=title)
-    ax.title.set_fontsize(8)
+    ax.set(xlabel="time steps given to the read-out", ylabel="top-1 accuracy (%)")
+    ax.set_title(textwrap.fill(title, 60), fontsize=8)  # split names are long: wrapped, not cut at the edge
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     save_figure(fig, path)

@@ -78,7 +78,8 @@ def load_checkpoint(model: nn.Module, path: str, state: dict | None = None, name
         build = build or {}
         other = _other_options(model, build.get("model_args", {}))
         cause = (f"the file records a {build.get('model') or 'model'} with {other}" if other
-                 else "wrong model, or other model options (its size: depth, dim, num_heads? classes, T?)")
+                 else "wrong model, or other model options (its size: depth, dim, num_heads? classes, T? "
+                      "A command line sets them with --model-kwargs depth=... dim=...)")
         raise ValueError(f"checkpoint {path} does not fit {name or type(model).__name__}: {cause}; "
                          f"{state_mismatch(model.state_dict(), state) or e}") from e
     return model
@@ -246,7 +247,11 @@ def model_overrides(args: argparse.Namespace) -> dict:
         if not sep or not key:
             raise ValueError(f"--model-kwargs expects KEY=VALUE, got {item!r}")
         out[key] = yaml.safe_load(raw)
-    return {**out, **{k: v for k, v in (("T", args.t), ("num_classes", args.num_classes)) if v is not None}}
+    own = {k: v for k, v in (("T", args.t), ("num_classes", args.num_classes)) if v is not None}
+    both = sorted(set(out) & set(own))
+    if both:
+        raise ValueError(f"--model-kwargs sets {both}, which --t / --num-classes set too: give each once")
+    return {**out, **own}
 
 
 # ---------------------------------------------------------------- vision

@@ -8,7 +8,8 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["MetricsLog", "plot_curves", "write_json", "output_path", "check_output", "save_figure"]
+__all__ = ["MetricsLog", "plot_curves", "write_json", "output_path", "check_output", "save_figure",
+           "FIGURE_SUFFIXES"]
 
 
 def output_path(path: Path | str) -> Path:
@@ -19,9 +20,14 @@ def output_path(path: Path | str) -> Path:
     return path
 
 
-def check_output(option: str, path: Path | str | None, folder: bool = False) -> None:
+# what save_figure writes, by the file's suffix
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def check_output(option: str, path: Path | str | None, folder: bool = False, suffixes: tuple[str, ...] = ()) -> None:
     """Refuse, as ``ValueError("OPTION PATH: why")``, an output file (a folder when ``folder``) that could not
-    be written: a command calls this before its work, so that a bad path does not lose that work.
+    be written, or whose suffix is none of ``suffixes`` (when given): a command calls this before its work,
+    so that a bad path does not lose that work.
     Nothing is created: the writers make missing folders, so the nearest existing one must take them."""
     if not path:
         return
@@ -37,6 +43,8 @@ def check_output(option: str, path: Path | str | None, folder: bool = False) -> 
         raise ValueError(f"{named}: {base} is a file, not a folder")
     if not os.access(base, os.W_OK | os.X_OK):
         raise ValueError(f"{named}: no permission to write in {base}")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise ValueError(f"{named}: the file's name must end in {', '.join(suffixes)}")
 
 
 def write_json(path: Path | str, obj, lines: bool = False) -> None:
@@ -59,11 +67,13 @@ def pyplot():
 
 
 def save_figure(fig, path: Path | str, dpi: int = 100) -> None:
-    """Write ``fig`` as a PNG atomically (a reader never sees half a file) and close it."""
+    """Write ``fig`` atomically (a reader never sees half a file) as its suffix says (``FIGURE_SUFFIXES``;
+    PNG for any other) and close it."""
     path = output_path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
+    tmp = path.with_name(f".{path.name}.tmp")
+    fmt = path.suffix.lower()[1:] if path.suffix.lower() in FIGURE_SUFFIXES else "png"
     fig.tight_layout()
-    fig.savefig(tmp, dpi=dpi)
+    fig.savefig(tmp, dpi=dpi, format=fmt)
     pyplot().close(fig)
     os.replace(tmp, path)
 

@@ -80,8 +80,8 @@ class MultiStepLIF(nn.Module):
     under ``TRITON_INTERPRET=1``; needs ``detach_reset=True``).  It can be changed after
     construction, as ``FastPath.prepare`` does.
 
-    While ``streaming.Stream`` feeds the model its input a few steps at a time (``streaming``), each
-    call starts from the ``membrane`` the previous one left (PyTorch loop; None: at rest).
+    During the calls of a ``streaming.Stream`` (``streaming``), each call starts from the ``membrane``
+    the stream's previous call left (PyTorch loop; None: at rest).
     """
 
     streaming = False

@@ -26,7 +26,8 @@ __all__ = ["Stream"]
 
 
 class Stream:
-    """``model`` in eval mode with stateful neurons, for the length of a ``with`` block."""
+    """``model`` in eval mode with stateful neurons, for the length of a ``with`` block.  Only the
+    stream's calls use and move the membranes: ``model(x)`` inside the block runs as ever."""
 
     def __init__(self, model: nn.Module):
         if not isinstance(model, SpikingVisionModel):
@@ -34,33 +35,46 @@ class Stream:
                             f"{type(model).__name__}")
         self.model = model
         self.neurons = [m for m in model.modules() if isinstance(m, MultiStepLIF)]
-        self.steps, self._pooled = 0, None
+        self.steps, self._pooled, self._shape, self._open, self._was_training = 0, None, None, False, False
 
     def __enter__(self) -> Stream:
+        if getattr(self.model, "_open_stream", None) is not None:  # the membranes live in the model's neurons
+            raise RuntimeError("this model is already streaming (one open Stream per model)")
+        self.model._open_stream, self._open, self._was_training = self, True, self.model.training
         self.model.eval()
-        for m in self.neurons:
-            m.streaming = True
         self.reset()
         return self
 
     def __exit__(self, *exc) -> None:
         for m in self.neurons:
-            m.streaming, m.membrane = False, None
+            m.membrane = None
+        self.model._open_stream, self._open = None, False
+        self.model.train(self._was_training)
 
     def reset(self) -> None:
         """Start a new stream: every neuron back at rest, no steps seen."""
         for m in self.neurons:
             m.membrane = None
-        self.steps, self._pooled = 0, None
+        self.steps, self._pooled, self._shape = 0, None, None
 
     @torch.no_grad()
     def __call__(self, x: Tensor) -> Tensor:
         """The next step ``[B, C, H, W]`` or steps ``[t, B, C, H, W]`` -> logits ``[B, classes]`` of all so far."""
-        if not self.neurons or not self.neurons[0].streaming:
+        if not self._open:
             raise RuntimeError("use the stream inside `with Stream(model) as stream:`")
         if isinstance(x, Tensor) and x.dim() == 4:
             x = x.unsqueeze(0)
-        pooled = self.model.head.pool_steps(self.model.forward_features(x)).sum(0)
+        if self._shape is not None and isinstance(x, Tensor) and x.shape[1:] != self._shape:
+            raise ValueError(f"this stream's steps are [B, C, H, W] = {tuple(self._shape)}, got "
+                             f"{tuple(x.shape[1:])}: stream.reset() starts a stream of other samples")
+        for m in self.neurons:
+            m.streaming = True
+        try:
+            pooled = self.model.head.pool_steps(self.model.forward_features(x)).sum(0)
+        finally:
+            for m in self.neurons:
+                m.streaming = False
+        self._shape = x.shape[1:]
         self._pooled = pooled if self._pooled is None else self._pooled + pooled
         self.steps += x.shape[0]
         return self.model.head.finish(self._pooled / self.steps)

@@ -265,5 +265,6 @@ def register_cli(sub) -> None:
     p.add_argument("--batch-size", type=int, default=0, help="evaluation batch size (default: the config's)")
     p.add_argument("--workers", type=int, default=None, help="data-loading worker processes (default: the config's)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    p.add_argument("--plot", metavar="FILE.png", help="plot top-1 accuracy against the time steps the read-out is given")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="plot top-1 accuracy against the time steps the read-out is given (.png, .pdf or .svg)")
     p.set_defaults(func=_eval_entry)

@@ -15,8 +15,10 @@ def memory():
 def test_checkpointing_lowers_the_step_peak(memory, tmp_path, capsys):
     out = tmp_path / "m.json"
     assert memory.main(["spikingformer_4_256:2", "--steps", "1", "--device", "cpu", "--set", "depth=2", "dim=32",
-                        "num_heads=4", "--json", str(out)]) == 0
-    rows = {r["variant"]: r for r in json.loads(out.read_text())["results"]}
+                        "--set", "num_heads=4", "--json", str(out)]) == 0  # --set given once or repeated: all kept
+    written = json.loads(out.read_text())
+    assert written["model_overrides"] == {"depth": 2, "dim": 32, "num_heads": 4}
+    rows = {r["variant"]: r for r in written["results"]}
     assert rows.keys() == {"plain", "ckpt"}
     # 2 blocks and 4 tokenizer stages keep only their inputs: far below the plain step, not merely below it
     assert 0 < rows["ckpt"]["step_peak_mib"] < 0.6 * rows["plain"]["step_peak_mib"]
@@ -40,5 +42,11 @@ def test_cpu_step_peak_counts_what_a_step_allocates(memory):
 
 
 def test_a_failed_measurement_is_reported_and_the_run_fails(memory, capsys):
-    assert memory.main(["no_such_model:2", "--steps", "0", "--device", "cpu"]) == 1
+    assert memory.main(["no_such_model:2", "--steps", "1", "--device", "cpu"]) == 1
     assert "plain on no_such_model:2 failed" in capsys.readouterr().err
+
+
+def test_bad_steps_or_batch_are_usage_errors(memory):
+    for argv in (["spikingformer_4_256:0"], ["spikingformer_4_256:2", "--steps", "0"]):
+        with pytest.raises(SystemExit):
+            memory.main(argv)
