@@ -124,6 +124,10 @@ def test_model_kwargs_size_a_bare_state_dict(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["verify", "--checkpoint", str(bare), "--model", "spikingformer_4_384", "--model-kwargs",
                      "depth=1", "dim=64", "num_heads=4"]) == 0
+    report = tmp_path / "e.json"
+    assert cli.main(["energy", "--checkpoint", str(out), "--json", str(report)]) == 0  # the file records its size
+    config = json.loads(report.read_text())["model_config"]
+    assert (config["depth"], config["dim"], config["num_heads"], config["T"]) == (1, 64, 4, 4)
     assert cli.main(["energy", "--model", "spikingformer_4_384", "--model-kwargs", "depht=1"]) == 2
     assert "unknown option(s) ['depht']" in capsys.readouterr().err
     assert cli.main(["energy", "--model", "spikingformer_4_384", "--model-kwargs", "depth"]) == 2

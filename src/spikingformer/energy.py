@@ -49,8 +49,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Iterable
 
 import torch
@@ -129,6 +130,7 @@ class EnergyReport:
     notes: list[str] = field(default_factory=list)
     unit: str = "image"
     integer_inputs: str = "mac"
+    model_config: dict = field(default_factory=dict)  # the options the model was built with (its size, T, ...)
 
     @property
     def mac(self) -> float:
@@ -156,7 +158,7 @@ class EnergyReport:
                     e_ac_pJ=self.e_ac,
                     mac=self.mac, ac=self.ac, total_mJ=self.total_mJ, backbone_mJ=self.backbone_mJ,
                     readout_mJ=self.readout_mJ, spike_driven=self.spike_driven, notes=self.notes,
-                    integer_inputs=self.integer_inputs,
+                    integer_inputs=self.integer_inputs, model_config=self.model_config,
                     layers=[asdict(r) for r in self.layers])
 
     def table(self) -> str:
@@ -288,6 +290,8 @@ def estimate_energy(model: nn.Module, inputs: Tensor | dict | Iterable, *, T: in
     report = energy_from_probe(probe, images, steps.pop(), e_mac, e_ac, model_name or type(model).__name__,
                                integer_inputs)
     report.unit = unit
+    cfg = getattr(model, "cfg", None)  # a JSON report names the model's size, not only its name
+    report.model_config = json.loads(json.dumps(asdict(cfg), default=str)) if is_dataclass(cfg) else {}
     return report
 
 
