@@ -14,7 +14,7 @@ from torch.utils.checkpoint import checkpoint
 from .neuron import MultiStepLIF
 
 __all__ = ["ConvBN", "LinearBN", "SeqMaxPool", "SpikeQKV", "ClassifierHead", "HEADS", "seq_apply", "run_blocks",
-           "recomputing"]
+           "recomputing", "running_mean"]
 
 
 def seq_apply(fn, x: Tensor) -> Tensor:
@@ -22,6 +22,11 @@ def seq_apply(fn, x: Tensor) -> Tensor:
     t, b = x.shape[:2]
     y = fn(x.flatten(0, 1))
     return y.reshape(t, b, *y.shape[1:])
+
+
+def running_mean(x: Tensor) -> Tensor:
+    """``x [T, ...]`` averaged over its first ``t`` steps, for every ``t``: the read-outs after each step."""
+    return x.cumsum(0) / torch.arange(1, len(x) + 1, device=x.device, dtype=x.dtype).view(-1, *[1] * (x.dim() - 1))
 
 
 def run_blocks(blocks, x: Tensor, *args, checkpointing: bool = False, owner: nn.Module | None = None) -> Tensor:
@@ -193,9 +198,7 @@ class ClassifierHead(nn.Module):
         """``[T, B, classes]``: at step ``t`` the read-out of steps ``1..t`` alone (the average over time
         taken so far).  Neurons never look ahead, so that is the output of the model run for ``t`` steps
         on the first ``t`` inputs; the last equals ``forward`` up to rounding."""
-        pooled = self.pool_steps(x)
-        return self.finish(pooled.cumsum(0) / torch.arange(1, len(pooled) + 1, device=x.device,
-                                                           dtype=pooled.dtype).view(-1, 1, 1))
+        return self.finish(running_mean(self.pool_steps(x)))
 
     def pool_steps(self, x: Tensor) -> Tensor:
         """``[T, B, F]``: each step's token average, of the features (Eq. 15-16) or of the FC's output

@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..layers import ClassifierHead, LinearBN, SpikeQKV, run_blocks
+from ..layers import ClassifierHead, LinearBN, SpikeQKV, run_blocks, running_mean
 from ..neuron import MultiStepLIF
 from ._base import GradCheckpointing, SpikingVisionModel, build_config
 
@@ -181,8 +181,7 @@ class SequenceHead(ClassifierHead):
     def forward_steps(self, x: Tensor, mask: Tensor) -> Tensor:
         """``[T, B, classes]``: the read-out of steps ``1..t`` (``ClassifierHead.forward_steps``), real tokens only."""
         w = mask[None, :, :, None].to(x.dtype)
-        steps = torch.arange(1, x.shape[0] + 1, device=x.device, dtype=x.dtype).view(-1, 1, 1)
-        return self.fc((x * w).sum(dim=2).cumsum(0) / (w.sum(dim=2) * steps))
+        return self.fc(running_mean((x * w).sum(dim=2)) / w.sum(dim=2))
 
 
 class MLMHead(ClassifierHead):
@@ -200,8 +199,7 @@ class MLMHead(ClassifierHead):
 
     def forward_steps(self, x: Tensor) -> Tensor:
         """``[T, ..., V]``: the read-out of steps ``1..t`` (``ClassifierHead.forward_steps``)."""
-        steps = torch.arange(1, x.shape[0] + 1, device=x.device, dtype=x.dtype).view(-1, *[1] * (x.dim() - 1))
-        return self.fc(self.norm(x.cumsum(0) / steps))
+        return self.fc(self.norm(running_mean(x)))
 
 
 class SpikingformerText(GradCheckpointing, nn.Module):
