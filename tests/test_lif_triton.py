@@ -106,8 +106,8 @@ def test_charge_rounds_like_aten_on_each_device(tau):
     # the CUDA charge, run by the interpreter through the raw kernel
     spikes = torch.empty_like(x)
     forward, _ = lif_triton._kernels(True)
-    forward[(triton.cdiv(x[0].numel(), BLOCK),)](x, spikes, x[0].numel(), 2, tau, inv_tau, 1.0, 0.0,
-                                                BLOCK=BLOCK, RECIPROCAL=True)
+    forward[(triton.cdiv(x[0].numel(), BLOCK),)](x, spikes, x, x[0].numel(), 2, tau, inv_tau, 1.0, 0.0,
+                                                BLOCK=BLOCK, RECIPROCAL=True, STATEFUL=False)
     assert torch.equal(spikes, like_cuda)
 
 
@@ -168,6 +168,52 @@ def test_half_precision_input_keeps_an_fp32_membrane(dtype):
     (s_ref * g.to(dtype).float()).sum().backward()
     assert xt.grad.dtype == dtype
     torch.testing.assert_close(xt.grad.float(), xr.grad, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_stream_of_calls_emits_the_whole_sequences_spikes(dtype):
+    """``lif_stream`` carries the fp32 membrane from call to call, whatever each chunk's layout
+    (the middle chunk's steps are channels-last)."""
+    x = (torch.randn(8, 2, 6, 5, 7) * 3).to(dtype)
+    whole = multistep_lif_triton(x, 1.5, 0.8, -0.1)
+    chunk = x[1:4].reshape(6, 6, 5, 7).contiguous(memory_format=torch.channels_last).view(3, 2, 6, 5, 7)
+    with torch.no_grad():
+        s1, v = lif_triton.lif_stream(x[:1], None, 1.5, 0.8, -0.1)
+        s2, v = lif_triton.lif_stream(chunk, v, 1.5, 0.8, -0.1)
+        s3, v = lif_triton.lif_stream(x[4:], v, 1.5, 0.8, -0.1)
+    assert v.dtype == torch.float32 and s2.dtype == dtype
+    assert torch.equal(torch.cat([s1, s2, s3]), whole)
+    if dtype == torch.float32:
+        assert torch.equal(whole, multistep_lif(x, 1.5, 0.8, -0.1))
+    assert 0 < whole.mean() < 1 and not torch.equal(s3, multistep_lif_triton(x[4:], 1.5, 0.8, -0.1))
+
+
+def test_a_stream_refuses_gradients_and_a_foreign_membrane():
+    x = torch.randn(2, 3, 4)
+    with pytest.raises(RuntimeError, match="inference only"):
+        lif_triton.lif_stream(x.requires_grad_(), None)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"membrane must be fp32 \(3, 4\), got torch.float16"):
+        lif_triton.lif_stream(x, torch.zeros(3, 4, dtype=torch.float16))
+
+
+@pytest.mark.parametrize("name", ["spikingformer_4_256", "spikformer_4_384"])
+def test_a_stream_on_the_triton_backend_reads_out_as_the_eager_whole_sequence(name):
+    from spikingformer.streaming import Stream
+
+    from .helpers import calibrate_bn
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 2, 3, 32, 32)
+    model = sf.create_model(name, depth=1, dim=32, num_heads=4, num_classes=5, T=4)
+    calibrate_bn(model, x)
+    with torch.no_grad():
+        whole = model.eval().forward_steps(x)
+    FastPath(compile=False, amp_dtype=None, channels_last=False, lif_backend="triton").prepare(model)
+    with Stream(model) as stream:
+        got = [stream(x[0]), stream(x[1:3]), stream(x[3])]
+        assert all(m.membrane.dtype == torch.float32 for m in stream.neurons)
+    for logits, t in zip(got, (1, 3, 4)):
+        torch.testing.assert_close(logits, whole[t - 1], atol=1e-5, rtol=1e-5)
 
 
 FAMILIES = [("spikingformer_4_256", {}, 11), ("spikingformer_dagger_4_384", {}, 11), ("spikformer_4_384", {}, 12),
@@ -282,18 +328,20 @@ def stack_bytes(cubin: bytes, tmp_path) -> int:
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
-@pytest.mark.parametrize("scalar", ["fp32", "fp64"])  # a plain launch passes floats as fp32, inductor as fp64
-@pytest.mark.parametrize("T", [4, 17])
-def test_kernels_compile_for_an_h100_without_spilling(monkeypatch, tmp_path, dtype, scalar, T):
+# a plain launch passes floats as fp32, inductor as fp64; only a plain launch runs a stream (STATEFUL)
+@pytest.mark.parametrize("T,scalar,stateful", [(4, "fp32", False), (4, "fp64", False), (17, "fp32", False),
+                                               (17, "fp64", False), (4, "fp32", True)])
+def test_kernels_compile_for_an_h100_without_spilling(monkeypatch, tmp_path, dtype, scalar, T, stateful):
     """The GPU build of both kernels, checked on a machine without one: the CPU tests run the
     interpreter, which would not have caught fp64 scalars promoting the loop-carried membrane."""
     pytest.importorskip("triton.backends.nvidia.compiler", reason="triton without its CUDA backend")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     forward, backward = lif_triton._kernels(False)
     floats = {k: scalar for k in ("tau", "inv_tau", "v_threshold", "v_reset")}
-    fwd = compile_for_h100(forward, {"x_ptr": f"*{dtype}", "s_ptr": f"*{dtype}", "n": "i32", "T": "i32", **floats,
-                                     "BLOCK": "constexpr", "RECIPROCAL": "constexpr"},
-                           {"BLOCK": BLOCK, "RECIPROCAL": True})
+    fwd = compile_for_h100(forward, {"x_ptr": f"*{dtype}", "s_ptr": f"*{dtype}", "v_ptr": "*fp32", "n": "i32",
+                                     "T": "i32", **floats, "BLOCK": "constexpr", "RECIPROCAL": "constexpr",
+                                     "STATEFUL": "constexpr"},
+                           {"BLOCK": BLOCK, "RECIPROCAL": True, "STATEFUL": stateful})
     chunk, block = lif_triton.backward_blocks(T)
     bwd = compile_for_h100(backward, {"x_ptr": f"*{dtype}", "grad_s_ptr": f"*{dtype}", "grad_x_ptr": f"*{dtype}",
                                       "n": "i32", **floats, "alpha": scalar, "T": "constexpr", "CHUNK": "constexpr",

@@ -81,7 +81,7 @@ class MultiStepLIF(nn.Module):
     construction, as ``FastPath.prepare`` does.
 
     During the calls of a ``streaming.Stream`` (``streaming``), each call starts from the ``membrane``
-    the stream's previous call left (PyTorch loop; None: at rest).
+    the stream's previous call left (None: at rest), on either backend.
     """
 
     streaming = False
@@ -120,18 +120,28 @@ class MultiStepLIF(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.streaming:
-            v = torch.full_like(x[0], self.v_reset) if self.membrane is None else self.membrane
-            if v.shape != x.shape[1:]:
-                raise ValueError(f"a stream's input changed shape: {tuple(v.shape)} per step, now "
-                                 f"{tuple(x.shape[1:])} (Stream.reset() starts a new one)")
-            spikes, v = lif_steps(x, v, self.tau, self.v_threshold, self.v_reset, self.alpha, self.detach_reset)
-            self.membrane = v.detach()
-            return spikes
+            return self._stream(x)
         if self._backend == "triton":
             from .kernels import multistep_lif_triton  # triton is optional: imported on first use
 
             return multistep_lif_triton(x, self.tau, self.v_threshold, self.v_reset, self.alpha)
         return multistep_lif(x, self.tau, self.v_threshold, self.v_reset, self.alpha, self.detach_reset)
+
+    def _stream(self, x: Tensor) -> Tensor:
+        """One call of a stream: from the membrane the previous call left, keeping the last one."""
+        v = self.membrane
+        if v is not None and v.shape != x.shape[1:]:
+            raise ValueError(f"a stream's input changed shape: {tuple(v.shape)} per step, now "
+                             f"{tuple(x.shape[1:])} (Stream.reset() starts a new one)")
+        if self._backend == "triton":  # membrane in fp32, as in multistep_lif_triton
+            from .kernels import lif_stream
+
+            spikes, v = lif_stream(x, v, self.tau, self.v_threshold, self.v_reset)
+        else:
+            v = torch.full_like(x[0], self.v_reset) if v is None else v
+            spikes, v = lif_steps(x, v, self.tau, self.v_threshold, self.v_reset, self.alpha, self.detach_reset)
+        self.membrane = v.detach()
+        return spikes
 
     def extra_repr(self) -> str:
         backend = f", backend={self._backend}" if self._backend != "torch" else ""

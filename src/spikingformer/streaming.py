@@ -12,7 +12,8 @@ read-out of all the steps seen so far:
 Every layer but the neurons works on each time step alone (convolutions, BatchNorm in eval mode,
 pools, the attention product of SPEC §3, the head's token average), so after ``t`` steps the
 logits equal ``model.forward_steps(x)[t - 1]`` for the whole sequence ``x``, and after ``T``
-steps of a repeated image they equal ``model(image)`` (tested, up to float rounding).
+steps of a repeated image they equal ``model(image)`` (tested, up to float rounding).  Each
+neuron streams on its backend: the PyTorch loop, or the Triton forward kernel (``kernels.lif_stream``).
 """
 from __future__ import annotations
 

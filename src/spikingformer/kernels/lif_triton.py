@@ -61,13 +61,13 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
-__all__ = ["multistep_lif_triton", "check_device"]
+__all__ = ["multistep_lif_triton", "lif_stream", "check_device"]
 
 BLOCK = 1024  # neurons per program: 4 warps x 32 lanes x 8 elements
 
 
-def _lif_forward_kernel(x_ptr, s_ptr, n, T, tau, inv_tau, v_threshold, v_reset,
-                        BLOCK: tl.constexpr, RECIPROCAL: tl.constexpr):
+def _lif_forward_kernel(x_ptr, s_ptr, v_ptr, n, T, tau, inv_tau, v_threshold, v_reset,
+                        BLOCK: tl.constexpr, RECIPROCAL: tl.constexpr, STATEFUL: tl.constexpr):
     # torch.compile passes Python floats as fp64 scalars; the values are fp32-exact (_launch_args),
     # and the arithmetic must stay fp32 to round as the eager neuron does.
     tau, inv_tau = tl.cast(tau, tl.float32), tl.cast(inv_tau, tl.float32)
@@ -75,7 +75,9 @@ def _lif_forward_kernel(x_ptr, s_ptr, n, T, tau, inv_tau, v_threshold, v_reset,
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     x_ptrs, s_ptrs = x_ptr + offs, s_ptr + offs
-    v = tl.full([BLOCK], v_reset, tl.float32)
+    # STATEFUL (a stream's call, ``lif_stream``): start from the fp32 membrane at v_ptr and leave the
+    # last one there; otherwise start at rest (v_ptr unused).
+    v = tl.load(v_ptr + offs, mask=mask, other=0.0) if STATEFUL else tl.full([BLOCK], v_reset, tl.float32)
     for _ in range(T):
         x = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
         h = v + (tl.fma(x - (v - v_reset), inv_tau, 0.0) if RECIPROCAL else tl.math.div_rn(x - (v - v_reset), tau))
@@ -85,6 +87,8 @@ def _lif_forward_kernel(x_ptr, s_ptr, n, T, tau, inv_tau, v_threshold, v_reset,
         v = tl.where(spike, v_reset, h)
         x_ptrs += n  # pointer steps keep offsets below 2**31 however long T * n gets
         s_ptrs += n
+    if STATEFUL:
+        tl.store(v_ptr + offs, v, mask=mask)
 
 
 def _lif_backward_kernel(x_ptr, grad_s_ptr, grad_x_ptr, n, tau, inv_tau, v_threshold, v_reset, alpha,
@@ -194,7 +198,7 @@ def lif_forward(x: Tensor, tau: float, v_threshold: float, v_reset: float, alpha
     n, T, inv_tau, reciprocal = _launch_args(x, tau)
     forward, _ = _kernels(_interpreting())
     _launcher(forward)[(triton.cdiv(n, BLOCK),)](
-        x, spikes, n, T, tau, inv_tau, v_threshold, v_reset, BLOCK=BLOCK, RECIPROCAL=reciprocal)
+        x, spikes, x, n, T, tau, inv_tau, v_threshold, v_reset, BLOCK=BLOCK, RECIPROCAL=reciprocal, STATEFUL=False)
     return spikes
 
 
@@ -246,6 +250,34 @@ def multistep_lif_triton(
     if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"multistep_lif_triton takes fp32, bf16 or fp16 input, got {x.dtype}")
     return lif_forward(_time_major_dense(x), float(tau), float(v_threshold), float(v_reset), float(alpha))
+
+
+def lif_stream(x: Tensor, v: Tensor | None, tau: float = 2.0, v_threshold: float = 1.0,
+               v_reset: float = 0.0) -> tuple[Tensor, Tensor]:
+    """The next ``T`` steps of a neuron whose fp32 membrane ``v`` (``V[-1]``; None: at rest) an
+    earlier call left: ``(spikes, V[T-1])``.  Inference only (``streaming.Stream``).
+
+    The forward kernel with its membrane loaded and stored, so a stream of calls emits the spikes of
+    ``multistep_lif_triton`` on the whole sequence, bit for bit.  ``v`` may be updated in place.
+    """
+    if x.dim() < 1:
+        raise ValueError("lif_stream expects a time-major tensor [T, ...], got a scalar")
+    if torch.is_grad_enabled() and x.requires_grad:
+        raise RuntimeError("lif_stream is inference only (no backward): run it under torch.no_grad()")
+    check_device(x.device)
+    x = _time_major_dense(x)
+    if v is None:
+        v = torch.full_like(x[0], v_reset, dtype=torch.float32)
+    elif v.shape != x.shape[1:] or v.dtype != torch.float32:
+        raise ValueError(f"the membrane must be fp32 {tuple(x.shape[1:])}, got {v.dtype} {tuple(v.shape)}")
+    elif v.stride() != x[0].stride():  # one flat index for both: the membrane follows the steps' layout
+        v = torch.empty_like(x[0], dtype=torch.float32).copy_(v)
+    spikes = torch.empty_like(x)
+    n, T, inv_tau, reciprocal = _launch_args(x, tau)
+    forward, _ = _kernels(_interpreting())
+    forward[(triton.cdiv(n, BLOCK),)](x, spikes, v, n, T, float(tau), inv_tau, float(v_threshold), float(v_reset),
+                                      BLOCK=BLOCK, RECIPROCAL=reciprocal, STATEFUL=True)
+    return spikes, v
 
 
 def _time_major_dense(x: Tensor) -> Tensor:
