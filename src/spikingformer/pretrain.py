@@ -210,7 +210,7 @@ def _run(cfg: PretrainConfig, resume: bool, info: DistInfo) -> dict:
     if cfg.sync_bn and info.world > 1:
         model = convert_sync_batchnorm(model, info.device)
     model.to(info.device)
-    model.encoder.set_grad_checkpointing(cfg.grad_checkpointing)
+    model.set_grad_checkpointing(cfg.grad_checkpointing)
     path = FastPath.from_modes(cfg.fast, cfg.amp, info.device, cfg.compile_mode, cfg.lif_backend)
     fast = path.prepare(model)
     sampler, train_loader, val_loader = make_loaders(cfg, data, info)

@@ -106,13 +106,23 @@ def test_momentum_none_keeps_the_cumulative_average():
     assert all(m.momentum is None for m in ckpt.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
 
 
-def test_mae_encoder_blocks_checkpoint():
+def test_mae_checkpoints_its_sparse_stem_encoder_and_decoder():
+    """Every stage of the sparse stem, every encoder block and every decoder block runs twice; the
+    step is the plain one, sparse BatchNorm statistics included."""
     torch.manual_seed(0)
     plain = SpikformerV2MAE(MAEConfig("spikformer_v2_8_384", dict(depth=2, dim=32, num_heads=2, img_size=64),
                                       decoder_dim=32, decoder_depth=1, decoder_heads=2))
     ckpt = copy.deepcopy(plain)
-    ckpt.encoder.set_grad_checkpointing()
+    ckpt.set_grad_checkpointing()
+    assert ckpt.grad_checkpointing and ckpt.encoder.grad_checkpointing and ckpt.encoder.stem.grad_checkpointing
     calls = _count_block_calls(ckpt.encoder)
+    decoder_calls = []
+    ckpt.decoder_blocks[0].register_forward_pre_hook(lambda *_: decoder_calls.append(1))
+    convs = {}
+    for name, m in ckpt.encoder.stem.named_modules():
+        if isinstance(m, torch.nn.Conv2d):
+            convs[name] = 0
+            m.register_forward_pre_hook(lambda *_, n=name: convs.__setitem__(n, convs[n] + 1))
     imgs = torch.randn(2, 3, 64, 64)
     results = []
     for model in (plain, ckpt):
@@ -120,7 +130,8 @@ def test_mae_encoder_blocks_checkpoint():
         loss.backward()
         results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None},
                         {n: b.clone() for n, b in model.named_buffers()}))
-    assert len(calls) == 2 * 2
+    assert len(calls) == 2 * 2 and len(decoder_calls) == 2
+    assert len(convs) == 12 and set(convs.values()) == {2}, convs
     assert torch.equal(results[0][0], results[1][0])
     assert results[0][1].keys() == results[1][1].keys()
     for n, g in results[0][1].items():

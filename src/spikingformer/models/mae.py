@@ -15,6 +15,7 @@ sparse BN"); after the stem only the visible tokens are gathered for the encoder
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import ConvBN, run_blocks, seq_apply
+from ._base import GradCheckpointing
 from ._registry import create_model
 
 __all__ = ["MAEConfig", "MAEOutput", "SpikformerV2MAE", "random_masking", "patchify", "unpatchify",
@@ -127,12 +129,14 @@ def sparse_conv_bn(m: ConvBN, x: Tensor, keep: Tensor) -> Tensor:
     return out.permute(0, 1, 4, 2, 3)
 
 
-class SpikformerV2MAE(nn.Module):
+class SpikformerV2MAE(GradCheckpointing, nn.Module):
     """Spikformer V2 encoder + ANN Transformer decoder for masked image modelling (V2 Fig. 6).
 
     ``self.encoder`` is a Spikformer V2 built by the registry with ``num_classes=0``: loading
     its ``state_dict`` into a classifier of the same name and ``encoder_args`` fills every
     backbone weight (``spikingformer.pretrain.load_pretrained_encoder``).
+    ``set_grad_checkpointing()`` recomputes the sparse stem's stages, the encoder's blocks and the
+    decoder's blocks in the backward pass.
     """
 
     def __init__(self, cfg: MAEConfig = MAEConfig()):
@@ -184,16 +188,23 @@ class SpikformerV2MAE(nn.Module):
         masked positions, so no masked pixel reaches a visible output.
         """
         x = self.encoder.check_input(x)
-        for layer in self.encoder.stem.layers:
+        stem = self.encoder.stem
+        stages = [functools.partial(self._sparse_stage, a, b) for a, b in stem.stage_bounds]
+        x = run_blocks(stages, x, visible, checkpointing=stem.grad_checkpointing, owner=stem)
+        tokens = x.flatten(3).transpose(2, 3)                           # [T, B, N, D]
+        t, b, _, d = tokens.shape
+        tokens = tokens.gather(2, ids_keep[None, :, :, None].expand(t, b, -1, d))
+        return run_blocks(self.encoder.blocks, tokens, checkpointing=self.encoder.grad_checkpointing)
+
+    def _sparse_stage(self, start: int, stop: int, x: Tensor, visible: Tensor) -> Tensor:
+        """Stem layers ``start:stop`` (one SCS stage), each ConvBN sparse at its own resolution."""
+        for layer in self.encoder.stem.layers[start:stop]:
             if isinstance(layer, ConvBN):
                 h, w = _conv_out_size(layer.conv, x.shape[-2:])
                 x = sparse_conv_bn(layer, x, _upsample(visible, (h, w)))
             else:  # a LIF: 0 in -> 0 out, so masked positions stay silent
                 x = layer(x)
-        tokens = x.flatten(3).transpose(2, 3)                           # [T, B, N, D]
-        t, b, _, d = tokens.shape
-        tokens = tokens.gather(2, ids_keep[None, :, :, None].expand(t, b, -1, d))
-        return run_blocks(self.encoder.blocks, tokens, checkpointing=self.encoder.grad_checkpointing)
+        return x
 
     def forward_decoder(self, latent: Tensor, ids_keep: Tensor, grid: tuple[int, int]) -> Tensor:
         """Visible features ``[T, B, N_v, D]`` -> pixel predictions ``[B, N, p*p*C]`` for every patch.
@@ -206,8 +217,7 @@ class SpikformerV2MAE(nn.Module):
         full = self.mask_token.to(vis.dtype).expand(b, grid[0] * grid[1], ddim)
         full = full.scatter(1, ids_keep.unsqueeze(-1).expand(-1, -1, ddim), vis)
         x = full + sincos_pos_embed_2d(ddim, grid, vis.device).to(vis.dtype)
-        for blk in self.decoder_blocks:
-            x = blk(x)
+        x = run_blocks(self.decoder_blocks, x, checkpointing=self.grad_checkpointing)
         return self.decoder_pred(self.decoder_norm(x))
 
     def target(self, imgs: Tensor) -> Tensor:
