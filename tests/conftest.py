@@ -8,6 +8,17 @@ def _seed():
 
 
 @pytest.fixture
+def cuda_capability(monkeypatch):
+    """``set(major, minor)``: the compute capability every CUDA device reports, GPU or not, for code
+    that only asks (``fast.amp_dtype``).  Hopper unless a test sets another."""
+    def set_capability(major: int, minor: int = 0) -> None:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (major, minor))
+
+    set_capability(9)
+    return set_capability
+
+
+@pytest.fixture
 def one_thread():
     """Tiny models gain nothing from intra-op threads, and spinning OpenMP threads crawl on a busy machine."""
     n = torch.get_num_threads()

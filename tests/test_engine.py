@@ -194,6 +194,22 @@ def test_restore_loads_optimizer_and_grad_scaler_state(tmp_path):
                    for a, b in zip(model.parameters(), model2.parameters()))
 
 
+def test_a_run_without_loss_scaling_resumes_with_it(capsys):
+    """``amp: auto`` is bf16 on an A100 and fp16 on a T4: a run saved by the one resumes on the other."""
+    from spikingformer.engine import load_scaler
+
+    bf16_run, fp16_run = torch.amp.GradScaler("cpu", enabled=False), torch.amp.GradScaler("cpu", init_scale=512.0)
+    scaler = torch.amp.GradScaler("cpu")
+    load_scaler(scaler, bf16_run.state_dict())
+    assert scaler.is_enabled() and scaler.get_scale() == 65536.0  # torch's initial scale
+    assert "loss scale starts afresh" in capsys.readouterr().err
+    load_scaler(scaler, fp16_run.state_dict())
+    assert scaler.get_scale() == 512.0
+    off = torch.amp.GradScaler("cpu", enabled=False)
+    load_scaler(off, fp16_run.state_dict())  # fp16 run resumed in bf16: nothing to scale
+    assert not off.is_enabled() and capsys.readouterr().err == ""
+
+
 def test_the_seed_decides_initial_weights_and_data_order():
     """``seed``: the same seed gives the same weights and batches, another seed other ones."""
     from types import SimpleNamespace

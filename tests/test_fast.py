@@ -57,7 +57,7 @@ def test_fast_path_spikes_equal_eager_in_fp32(device, monkeypatch):
         torch.testing.assert_close(p.grad, eager_grads[n], atol=1e-4, rtol=1e-3, msg=n)
 
 
-def test_switches():
+def test_switches(cuda_capability):
     model = torch.nn.Linear(2, 2)
     assert FastPath.off().prepare(model) is model
     assert FastPath.from_modes("auto", "auto", "cpu") == dataclasses.replace(FastPath.off(), lif_backend="auto")
@@ -67,7 +67,7 @@ def test_switches():
     assert opt.defaults["fused"]
 
 
-def test_modes_resolve_per_device():
+def test_modes_resolve_per_device(cuda_capability):
     assert FastPath.from_modes("auto", "auto", "cpu", lif_backend="torch") == dataclasses.replace(
         FastPath.off(), lif_backend="torch")
     on_cpu = FastPath.from_modes("on", "bf16", "cpu")
@@ -78,6 +78,17 @@ def test_modes_resolve_per_device():
         compile=False, amp_dtype=torch.bfloat16, channels_last=False, fused_optimizer=False)
     with pytest.raises(ValueError, match="fast must be one of auto, on, off"):
         FastPath.from_modes("fastest", "auto", "cpu")
+
+
+@pytest.mark.parametrize("capability,dtype", [((9, 0), torch.bfloat16), ((8, 0), torch.bfloat16),
+                                              ((7, 5), torch.float16), ((7, 0), torch.float16)])
+def test_auto_precision_is_bf16_only_where_the_gpu_computes_in_it(cuda_capability, capability, dtype):
+    """Turing and Volta (T4, V100) emulate bf16: ``amp: auto`` picks fp16 there, which the engines
+    pair with a GradScaler; explicit modes are taken as given, and the CPU stays in fp32."""
+    cuda_capability(*capability)
+    assert FastPath.from_modes("auto", "auto", "cuda").amp_dtype == dtype
+    assert FastPath.from_modes("auto", "bf16", "cuda").amp_dtype == torch.bfloat16
+    assert FastPath.from_modes("auto", "auto", "cpu").amp_dtype is None
 
 
 def test_channels_last_input_layout():
@@ -116,7 +127,7 @@ def test_prepare_sets_the_lif_backend_of_every_neuron():
         FastPath(lif_backend="cuda")
 
 
-def test_auto_lif_backend_is_triton_exactly_when_compiled_on_cuda(monkeypatch):
+def test_auto_lif_backend_is_triton_exactly_when_compiled_on_cuda(monkeypatch, cuda_capability):
     assert FastPath().lif_backend == FastPath.from_modes("auto", "auto", "cuda").lif_backend == "auto"
     assert resolve_lif_backend("auto", compiled=True, device="cuda") == "triton"
     assert resolve_lif_backend("auto", compiled=True, device="cuda:1") == "triton"

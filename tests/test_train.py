@@ -161,7 +161,7 @@ def test_eval_set_of_bad_model_options_is_one_error_line(tree, tmp_path, capsys)
         assert "may change the weights' shapes" not in err  # not a question of shapes
 
 
-def test_eval_runs_the_neurons_the_config_trains_with():
+def test_eval_runs_the_neurons_the_config_trains_with(cuda_capability):
     """``spikingformer eval`` compiles nothing, keeps the config's precision, and on CUDA runs the neurons
     that the run's fast path trained and validated with."""
     import dataclasses

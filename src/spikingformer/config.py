@@ -106,7 +106,7 @@ class TrainConfig:
     sched_on_updates: bool = False    # update the lr every step instead of every epoch
     # --- engine
     device: str = "auto"              # auto: cuda when available (cuda:LOCAL_RANK under torchrun), else cpu
-    amp: str = "auto"                 # auto: bf16 autocast on CUDA, fp32 on CPU | bf16 | fp16 | off
+    amp: str = "auto"                 # auto: bf16 autocast on CUDA (fp16 before Ampere), fp32 on CPU | bf16 | fp16 | off
     fast: str = "auto"                # the fast path (spikingformer.fast: torch.compile, channels-last, fused
                                       # AdamW): auto = on CUDA only | on | off
     compile_mode: str = ""            # torch.compile mode of the fast path: "" (default) | reduce-overhead (CUDA

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from .distributed import DistInfo
 from .fast import FastPath
 
 __all__ = ["RESUME_MUTABLE", "resolve_img_size", "build_training", "seed_all", "train_one_epoch", "begin_epoch",
-           "open_run", "load_data", "make_loaders", "restore", "open_output", "wrap_ddp"]
+           "open_run", "load_data", "make_loaders", "restore", "load_scaler", "open_output", "wrap_ddp"]
 
 # Keys that may change between a run and its resumption without changing the result.
 RESUME_MUTABLE = {"progress", "workers", "ckpt_every", "device", "val_batch_size", "output", "init_from",
@@ -234,11 +235,21 @@ def restore(state: dict, info: DistInfo, model: nn.Module, opt, sched, scaler) -
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
+    load_scaler(scaler, state["scaler"], info.is_main)
     if state["progress"]["step"] and state["world_size"] != info.world:
         raise ValueError(f"the checkpoint was written mid-epoch by {state['world_size']} process(es); resume it "
                          f"with as many (the data order is sharded by process), not {info.world}")
     return state["progress"]
+
+
+def load_scaler(scaler: torch.amp.GradScaler, saved: dict, report: bool = True) -> None:
+    """Resume the loss scaler.  ``amp: auto`` is bf16 on some GPUs and fp16 on others, so a run
+    saved without loss scaling (an empty state) may resume with it: the scale then starts afresh."""
+    if saved or not scaler.is_enabled():
+        scaler.load_state_dict(saved)
+    elif report:
+        print("note: the checkpoint was trained without fp16 loss scaling (bf16 or fp32); this run "
+              "uses fp16, so the loss scale starts afresh", file=sys.stderr)
 
 
 def open_output(out: Path, cfg, resuming: bool, state) -> str:

@@ -51,9 +51,15 @@ LIF_BACKEND_MODES = ("auto",) + LIF_BACKENDS
 
 
 def amp_dtype(amp: str, device: torch.device | str) -> torch.dtype | None:
-    """``None`` (fp32) or the autocast dtype: bf16 on CUDA for ``auto``; CPU autocast is slow, so fp32."""
+    """``None`` (fp32) or the autocast dtype.  ``auto``: bf16 on CUDA devices that compute in it
+    (compute capability 8.0 and up: A100, H100, RTX 30xx and later); fp16, which the engines pair with
+    a loss-scaling ``GradScaler``, on older ones (V100, T4), where bf16 is emulated and slow; fp32 on
+    the CPU, where autocast is slow too."""
     if amp == "auto":
-        return torch.bfloat16 if torch.device(device).type == "cuda" else None
+        device = torch.device(device)
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
 
 

@@ -10,7 +10,7 @@ depend only on ``(seed, s)``, so a resumed run reproduces the uninterrupted one 
 
 Devices and processes, as the vision engine (``train.py``): ``device`` (``auto``: CUDA when
 available, ``cuda:LOCAL_RANK`` under ``torchrun``), ``amp`` (bf16 autocast on CUDA by default,
-fp16 with a ``GradScaler``) and ``fast`` (``spikingformer.fast``: ``torch.compile`` and the
+fp16 before Ampere; fp16 with a ``GradScaler``) and ``fast`` (``spikingformer.fast``: ``torch.compile`` and the
 fused AdamW, on by default on CUDA only).  Under ``torchrun`` every process builds the step's
 whole batch (``batch_size`` is the global batch) and trains on its contiguous share; DDP
 averages the gradients, and each loss is a sum scaled by ``world / (terms in the global
@@ -42,7 +42,7 @@ from .distributed import DistInfo, all_reduce_sum, convert_sync_batchnorm
 from .fast import AMP_MODES, FAST_MODES, FastPath
 from .metrics import MetricsLog, check_output, write_json
 from .models.text import SpikingformerText, create_text_model, list_text_models
-from .engine import open_run, wrap_ddp
+from .engine import load_scaler, open_run, wrap_ddp
 
 __all__ = ["TextTrainConfig", "TextTask", "fit", "finish", "epoch_order", "eval_shard", "stack", "to_device",
            "expand", "add_command", "SCHEDS", "RESUME_MUTABLE"]
@@ -71,7 +71,7 @@ class TextTrainConfig:
     limit_val: int = 0                # >0: evaluate on the first this many held-out items only
     seed: int = 0
     device: str = "auto"              # auto: cuda when available (cuda:LOCAL_RANK under torchrun), else cpu
-    amp: str = "auto"                 # auto: bf16 autocast on CUDA, fp32 on CPU | bf16 | fp16 | off
+    amp: str = "auto"                 # auto: bf16 autocast on CUDA (fp16 before Ampere), fp32 on CPU | bf16 | fp16 | off
     fast: str = "auto"                # torch.compile + fused AdamW (spikingformer.fast): auto = on CUDA only
     sync_bn: bool = False             # BatchNorm statistics over every process's share of the batch
     output: str = "runs/text"
@@ -202,7 +202,7 @@ def fit(cfg: TextTrainConfig, info: DistInfo, task: TextTask, resume: bool) -> l
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
+            load_scaler(scaler, state["scaler"], info.is_main)
         ckpt.set_rng_state(state["rng"])
         step, history = state["step"], state["history"]
         log.restore(history)
