@@ -87,8 +87,16 @@ def test_auto_precision_is_bf16_only_where_the_gpu_computes_in_it(cuda_capabilit
     pair with a GradScaler; explicit modes are taken as given, and the CPU stays in fp32."""
     cuda_capability(*capability)
     assert FastPath.from_modes("auto", "auto", "cuda").amp_dtype == dtype
+    assert FastPath.from_modes("auto", "auto", "cuda").compile
     assert FastPath.from_modes("auto", "bf16", "cuda").amp_dtype == torch.bfloat16
     assert FastPath.from_modes("auto", "auto", "cpu").amp_dtype is None
+
+
+def test_auto_leaves_gpus_that_triton_cannot_target_on_the_eager_path(cuda_capability):
+    cuda_capability(6, 0)  # P100: inductor's Triton code needs 7.0
+    assert FastPath.from_modes("auto", "auto", "cuda") == dataclasses.replace(
+        FastPath.off(), amp_dtype=torch.float16, lif_backend="auto")
+    assert FastPath.from_modes("on", "auto", "cuda").compile  # asked for: inductor names the limit itself
 
 
 def test_channels_last_input_layout():

@@ -74,6 +74,13 @@ def resolve_lif_backend(mode: str, compiled: bool, device: torch.device | str) -
     return "triton" if compiled and cuda and importlib.util.find_spec("triton") is not None else "torch"
 
 
+def _compiles_on(device: torch.device | str) -> bool:
+    """Whether ``fast: auto`` is on: CUDA devices that Triton, and so inductor, generates code for
+    (compute capability 7.0 and up); an older GPU, such as a P100, trains on the eager path."""
+    device = torch.device(device)
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (7, 0)
+
+
 @dataclass(frozen=True)
 class FastPath:
     """Switches of the fast path; ``FastPath.off()`` is the plain eager path."""
@@ -113,14 +120,14 @@ class FastPath:
     @classmethod
     def from_modes(cls, fast: str, amp: str, device: torch.device | str, compile_mode: str = "",
                    lif_backend: str = "auto") -> "FastPath":
-        """The path a config asks for: ``fast`` in ``FAST_MODES`` (``auto``: on exactly on CUDA),
+        """The path a config asks for: ``fast`` in ``FAST_MODES`` (``auto``: on exactly on CUDA, from Volta on),
         ``amp`` in ``AMP_MODES`` (independent of ``fast``, so the eager path can run in bf16),
         ``compile_mode`` in ``COMPILE_MODES`` and the neurons' ``lif_backend`` in ``LIF_BACKEND_MODES``."""
         if fast not in FAST_MODES:
             raise ValueError(f"fast must be one of {', '.join(FAST_MODES)}, got {fast!r}")
         if compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {', '.join(map(repr, COMPILE_MODES))}, got {compile_mode!r}")
-        on = torch.device(device).type == "cuda" if fast == "auto" else fast == "on"
+        on = _compiles_on(device) if fast == "auto" else fast == "on"
         base = cls() if on else cls.off()
         return dataclasses.replace(base, amp_dtype=amp_dtype(amp, device), compile_mode=compile_mode or None,
                                    lif_backend=lif_backend)
