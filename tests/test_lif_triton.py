@@ -351,3 +351,34 @@ def test_kernels_compile_for_an_h100_without_spilling(monkeypatch, tmp_path, dty
         f64 = [line.strip() for line in kernel.asm["ptx"].splitlines() if ".f64" in line]
         assert all(op.startswith((".param", "ld.param", "cvt.rn.f32.f64")) for op in f64), f64
         assert stack_bytes(kernel.asm["cubin"], tmp_path) == 0
+
+
+def test_inductor_sees_the_kernels_write_only_their_outputs(monkeypatch):
+    """Inductor reads which tensors a user kernel writes from its TTIR; a write to an input would make
+    the compiled graph clone it first.  The training kernels write spikes and ``grad_X`` only (the
+    forward's ``v_ptr`` is dead unless STATEFUL); a stream's call writes its membrane too."""
+    pytest.importorskip("triton.backends.nvidia.compiler", reason="triton without its CUDA backend")
+    from triton.backends.compiler import GPUTarget
+
+    tkw = pytest.importorskip("torch._higher_order_ops.triton_kernel_wrap")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+
+    class H100:
+        def get_current_target(self):
+            return GPUTarget("cuda", 90, 32)
+
+    def written(kernel, tensors, constants):
+        return tkw.get_mutated_tensors(tkw.kernel_side_table.add_kernel(kernel),
+                                       tkw.kernel_side_table.add_constant_args(constants), tensors, {})
+
+    forward, backward = lif_triton._kernels(False)
+    x, s, v = torch.randn(4, 3000), torch.empty(4, 3000), torch.zeros(3000)
+    scalars = dict(n=3000, tau=2.0, inv_tau=0.5, v_threshold=1.0, v_reset=0.0)
+    # TTIR for an H100, generated without one (the driver is created on first use: a GPU machine's is kept)
+    monkeypatch.setattr(triton.runtime.driver, "_active", H100())
+    assert written(forward, dict(x_ptr=x, s_ptr=s, v_ptr=s),
+                   dict(scalars, T=4, BLOCK=BLOCK, RECIPROCAL=True, STATEFUL=False)) == ["s_ptr"]
+    assert sorted(written(forward, dict(x_ptr=x, s_ptr=s, v_ptr=v),
+                          dict(scalars, T=4, BLOCK=BLOCK, RECIPROCAL=True, STATEFUL=True))) == ["s_ptr", "v_ptr"]
+    assert written(backward, dict(x_ptr=x, grad_s_ptr=s, grad_x_ptr=torch.empty_like(x)),
+                   dict(scalars, alpha=4.0, T=4, CHUNK=4, BLOCK=512, RECIPROCAL=True)) == ["grad_x_ptr"]
