@@ -74,6 +74,49 @@ def test_folder_with_val_uses_it_and_accepts_jpeg(tmp_path):
     assert len(d.val) == 3 and "held-out 3 of 12" in d.val_name
 
 
+def kaggle_imagenet(top, wnids=("n01440764", "n01443537", "n01484850"), labels=None):
+    """Kaggle's ImageNet release in miniature: ``ILSVRC/Data/CLS-LOC/{train/<wnid>/, val/*.JPEG}`` and
+    ``LOC_val_solution.csv`` at the top; val image i is of class ``i % 3``.  Returns the data_dir."""
+    from PIL import Image
+
+    root = top / "ILSVRC" / "Data" / "CLS-LOC"
+    write_class_tree(root / "train", per_class=2, classes=wnids, fmt="jpg")
+    (root / "val").mkdir()
+    rows = ["ImageId,PredictionString"]
+    for i in range(6):
+        name = f"ILSVRC2012_val_{i + 1:08d}"
+        Image.new("RGB", (16, 16), ((60 * i) % 255, 0, 0)).save(root / "val" / f"{name}.JPEG")
+        rows.append(f"{name},{wnids[i % 3]} 1 2 10 12 {wnids[i % 3]} 0 0 5 5 ")
+    (top / "LOC_val_solution.csv").write_text("\n".join(labels or rows) + "\n")
+    return root
+
+
+def test_kaggles_flat_imagenet_val_is_labelled_by_its_csv(tmp_path):
+    root = kaggle_imagenet(tmp_path)
+    d = build_data(cfg(dataset="folder", data_dir=str(root)), img_size=16)
+    assert d.classes == ["n01440764", "n01443537", "n01484850"] and len(d.train) == 6 and len(d.val) == 6
+    assert d.val_name == f"val ({root / 'val'}, 6 images labelled by {tmp_path / 'LOC_val_solution.csv'})"
+    assert d.val.base.targets == [0, 1, 2, 0, 1, 2]
+    x, y = d.val[4]
+    assert x.shape == (3, 16, 16) and y == 1
+
+
+@pytest.mark.parametrize("labels,msg", [
+    (None, r"has no class folders: sort its images into .*/val/<class>/ .*valprep.sh.*LOC_val_solution.csv"),
+    (["ImageId,PredictionString", "ILSVRC2012_val_00000001,n01440764 1 2 3 4"],
+     r"does not match .*LOC_val_solution.csv: 5 images without a label \(e.g. \['ILSVRC2012_val_00000002.JPEG'"),
+    (["ImageId,PredictionString"] + [f"ILSVRC2012_val_{i:08d},n09999999 1 2 3 4" for i in range(1, 7)],
+     r"classes that are no train folder: \['n09999999'\]"),
+    (["id,label", "ILSVRC2012_val_00000001,n01440764"], r"expected Kaggle's ImageNet labels, a header ImageId"),
+])
+def test_a_flat_val_folder_without_matching_labels_is_named(tmp_path, labels, msg):
+    root = kaggle_imagenet(tmp_path, labels=labels)
+    if labels is None:
+        (tmp_path / "LOC_val_solution.csv").unlink()
+    with pytest.raises(DataError, match=msg):
+        load_raw("folder", str(root))
+
+
 def test_bare_class_tree_is_the_training_set(tmp_path):
     write_class_tree(tmp_path, per_class=3)
     assert len(build_data(cfg(dataset="folder", data_dir=str(tmp_path), holdout=3), 16).train) == 6

@@ -115,7 +115,8 @@ def _image_folder(path: Path):
 
 
 def _folder(root: Path) -> RawData:
-    """``root/train/<class>/...`` (+ optional ``root/val/<class>/...``, as ImageNet), or ``root/<class>/...``."""
+    """``root/train/<class>/...`` (+ optional ``root/val/<class>/...``, as ImageNet, or ``root/val/*.JPEG``
+    labelled by Kaggle's ``LOC_val_solution.csv``), or ``root/<class>/...``."""
     if not root.is_dir():
         raise DataError(f"data_dir {root} does not exist: expected a class-folder tree "
                         f"({root}/train/<class>/*.jpg, optionally {root}/val/<class>/*.jpg)")
@@ -123,17 +124,81 @@ def _folder(root: Path) -> RawData:
     train = _image_folder(train_dir)
     val, val_name = None, None
     if (root / "val").is_dir() and train_dir != root:
-        val = _image_folder(root / "val")
-        if val.classes != train.classes:
-            missing = sorted(set(train.classes) ^ set(val.classes))
-            raise DataError(f"{root}/val and {train_dir} must hold the same class folders; "
-                            f"these are in only one of them: {missing[:10]}")
-        val_name = f"val ({root / 'val'}, {len(val)} images)"
+        if any(p.is_dir() for p in (root / "val").iterdir()):
+            val = _image_folder(root / "val")
+            if val.classes != train.classes:
+                missing = sorted(set(train.classes) ^ set(val.classes))
+                raise DataError(f"{root}/val and {train_dir} must hold the same class folders; "
+                                f"these are in only one of them: {missing[:10]}")
+            val_name = f"val ({root / 'val'}, {len(val)} images)"
+        else:
+            val, labels = _flat_val(root, train.classes)
+            val_name = f"val ({root / 'val'}, {len(val)} images labelled by {labels})"
     _probe(train, train_dir)
     if val is not None:
         _probe(val, root / "val")
     mean, std = DATASET_STATS["folder"]
     return RawData(train, val, val_name, list(train.classes), 3, None, mean, std)
+
+
+KAGGLE_VAL_LABELS = "LOC_val_solution.csv"  # ImageId,PredictionString ("<wnid> x y x y ..." per box)
+
+
+class _LabelledFiles(Dataset):
+    """Image files with their class indices: ``(PIL image, class)`` items, as ``ImageFolder``'s."""
+
+    def __init__(self, samples: list[tuple[str, int]], classes: list[str]):
+        self.samples, self.classes = samples, classes
+        self.targets = [t for _, t in samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, target = self.samples[i]
+        return _load_rgb(path), target
+
+
+def _flat_val(root: Path, classes: list[str]) -> tuple[_LabelledFiles, Path]:
+    """``root/val`` holding ImageNet's validation images side by side, as Kaggle's ImageNet release
+    ships them (``ILSVRC/Data/CLS-LOC/val``), labelled by its ``LOC_val_solution.csv``, found in
+    ``root`` or one of the three folders above it (the release's top folder)."""
+    import csv
+
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    val_dir = root / "val"
+    labels = next((d / KAGGLE_VAL_LABELS for d in (root, *list(root.parents)[:3])
+                   if (d / KAGGLE_VAL_LABELS).is_file()), None)
+    if labels is None:
+        raise DataError(f"{val_dir} has no class folders: sort its images into {val_dir}/<class>/ "
+                        f"(as ImageNet's valprep.sh does), or put Kaggle's {KAGGLE_VAL_LABELS} in {root} "
+                        f"or a folder above it")
+    try:
+        with open(labels, newline="") as f:
+            rows = list(csv.DictReader(f))
+        wnid = {row["ImageId"]: row["PredictionString"].split()[0] for row in rows}
+    except (KeyError, IndexError, AttributeError, csv.Error, UnicodeDecodeError) as e:
+        raise DataError(f"{labels}: expected Kaggle's ImageNet labels, a header ImageId,PredictionString and "
+                        f"one '<wnid> x_min y_min x_max y_max ...' per image ({type(e).__name__}: {e})") from None
+    index = {c: i for i, c in enumerate(classes)}
+    samples, unlabelled, unknown = [], [], set()
+    for path in sorted(val_dir.iterdir()):
+        if path.suffix.lower() not in IMG_EXTENSIONS:
+            continue
+        name = wnid.get(path.stem)
+        if name is None:
+            unlabelled.append(path.name)
+        elif name not in index:
+            unknown.add(name)
+        else:
+            samples.append((str(path), index[name]))
+    if unlabelled or unknown:
+        raise DataError(f"{val_dir} does not match {labels}: "
+                        + (f"{len(unlabelled)} images without a label (e.g. {unlabelled[:3]})" if unlabelled else "")
+                        + ("; " if unlabelled and unknown else "")
+                        + (f"classes that are no train folder: {sorted(unknown)[:10]}" if unknown else ""))
+    return _LabelledFiles(samples, classes), labels
 
 
 def _probe(ds, where: Path) -> None:
