@@ -117,13 +117,35 @@ def test_eval_reports_accuracy_after_each_time_step(tree, tmp_path, capsys):
     run(tiny_config(tree, tmp_path / "run", model_args={**TINY, "T": 3}, epochs=1, warmup_epochs=0,
                     cooldown_epochs=0))
     ckpt = tmp_path / "run" / "last.pt"
-    full = _eval(ckpt, tmp_path / "full.json", "--plot", str(tmp_path / "steps.png"))
+    full = _eval(ckpt, tmp_path / "full.json", "--plot", str(tmp_path / "steps.png"), "--early-exit", "1e-9", "1")
     steps = full["val_acc_per_step"]
     assert len(steps) == 3 and steps[-1] == full["val_acc"]
-    assert "top-1 after each time step: 1 " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "top-1 after each time step: 1 " in out
+    assert f"early exit at confidence 1e-09: top-1 {100 * steps[0]:.2f} % in 1.00 of 3 time steps" in out
+    # any read-out is sure enough at 1e-9 (the first step answers); none at 1 short of a softmax of exactly 1
+    first, last = full["early_exit"]
+    assert (first["confidence"], first["val_acc"], first["mean_steps"]) == (1e-9, steps[0], 1.0)
+    assert last["confidence"] == 1.0 and last["val_acc"] == steps[-1] and last["mean_steps"] <= 3.0
     assert (tmp_path / "steps.png").read_bytes().startswith(b"\x89PNG")
+    assert cli.main(["eval", "--checkpoint", str(ckpt), "--early-exit", "0"]) == 2
+    assert "early-exit confidences are softmax probabilities in (0, 1], got [0.0]" in capsys.readouterr().err
     for t in (1, 2):
         assert _eval(ckpt, tmp_path / f"t{t}.json", "--set", f"model_args.T={t}")["val_acc"] == steps[t - 1]
+
+
+def test_early_exit_answers_each_sample_at_its_first_sure_step():
+    from spikingformer.evaluation import early_exit
+
+    sure, unsure = [4.0, 0.0], [0.1, 0.0]  # softmax top probability 0.98 and 0.52 over two classes
+    steps = torch.tensor([[sure, unsure, unsure, sure[::-1]],     # step 1: samples 0 and 3 sure (3 of class 1)
+                          [unsure, sure[::-1], unsure, sure],     # step 2: sample 1 sure, of class 1
+                          [unsure, sure, unsure[::-1], sure]])    # step 3: sample 2 answered unsure, class 1
+    y = torch.tensor([0, 0, 1, 0])
+    correct, used = early_exit(steps, y, 0.9)
+    assert (correct.item(), used.item()) == (2, 1 + 2 + 3 + 1)    # samples 0 and 2 right; 1 and 3 wrong
+    correct, used = early_exit(steps, y, 0.99)                    # nobody sure: all answered at step 3
+    assert (correct.item(), used.item()) == ((steps[-1].argmax(-1) == y).sum().item(), 12)
 
 
 def test_per_step_accuracy_counts_each_steps_read_out():

@@ -22,10 +22,11 @@ __all__ = ["evaluate", "read_outs", "spike_stats", "eval_path", "evaluate_checkp
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, path: FastPath | None = None,
-             progress: bool = False, per_step: bool = False) -> dict:
+             progress: bool = False, per_step: bool = False, exit_at: tuple[float, ...] = ()) -> dict:
     """Mean cross-entropy, top-1 and top-5 accuracy over ``loader``, summed over every process.
     ``path`` gives the autocast dtype and input layout (default: fp32, as laid out).  With ``per_step``
-    also ``val_acc_per_step``: the top-1 of the read-out after each time step (``forward_steps``)."""
+    also ``val_acc_per_step``: the top-1 of the read-out after each time step (``forward_steps``), and
+    for each confidence in ``exit_at`` the top-1 and mean time steps of exiting early (``early_exit``)."""
     from tqdm import tqdm
 
     from .distributed import all_reduce_sum
@@ -48,19 +49,40 @@ def evaluate(model: nn.Module, loader, device: torch.device, path: FastPath | No
                  (top == y[:, None]).any(1).sum().double(), torch.tensor(float(len(y)), device=device).double()]
         if per_step:
             batch += list((steps.argmax(-1) == y).sum(1).double())
+            for p in exit_at:
+                batch += early_exit(steps, y, p)
         batch = torch.stack(batch)
         if sums is None:
             sums = torch.zeros_like(batch)
         elif len(batch) != len(sums):
-            raise ValueError(f"per_step: a batch of {len(batch) - 4} time steps after one of {len(sums) - 4}")
+            raise ValueError(f"per_step: a batch of {len(steps)} time steps after one of "
+                             f"{len(sums) - len(batch) + len(steps)}")
         sums += batch
     if sums is None:
-        sums = torch.zeros(4 + (model.T if per_step else 0), dtype=torch.float64, device=device)
-    loss, top1, top5, n, *step_top1 = all_reduce_sum(sums).tolist()
+        sums = torch.zeros(4 + (model.T + 2 * len(exit_at) if per_step else 0), dtype=torch.float64, device=device)
+    loss, top1, top5, n, *rest = all_reduce_sum(sums).tolist()
     if n == 0:
         raise RuntimeError("the validation split is empty")
     out = {"val_loss": loss / n, "val_acc": top1 / n, "val_acc5": top5 / n, "val_images": int(n)}
-    return {**out, "val_acc_per_step": [c / n for c in step_top1]} if per_step else out
+    if not per_step:
+        return out
+    n_steps = len(rest) - 2 * len(exit_at)
+    exits = [{"confidence": p, "val_acc": rest[n_steps + 2 * i] / n, "mean_steps": rest[n_steps + 2 * i + 1] / n}
+             for i, p in enumerate(exit_at)]
+    return {**out, "val_acc_per_step": [c / n for c in rest[:n_steps]], **({"early_exit": exits} if exit_at else {})}
+
+
+def early_exit(steps: torch.Tensor, y: torch.Tensor, confidence: float) -> list[torch.Tensor]:
+    """Correct answers and time steps used when each sample stops at the first step whose read-out
+    (``steps``, logits ``[T, B, classes]`` after each step) gives its top class a softmax probability of at
+    least ``confidence``, or after the last step.  Neurons never look ahead, so a sample stopped after
+    ``t`` steps is answered exactly as a run of ``t`` steps would answer it."""
+    probs, pred = steps.softmax(-1).max(-1)                            # [T, B]
+    sure = probs >= confidence
+    sure[-1] = True
+    stop = sure.to(torch.uint8).argmax(0)                              # the first sure step of each sample
+    answer = pred.gather(0, stop[None])[0]
+    return [(answer == y).sum().double(), (stop + 1).sum().double()]
 
 
 def read_outs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,7 +168,8 @@ def rebuild(path, name: str, model_args: dict, weights: dict, build: dict, asked
 
 
 def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "auto", batch_size: int = 0,
-                        workers: int | None = None, recipe: str | None = None, sets: list[str] = ()) -> dict:
+                        workers: int | None = None, recipe: str | None = None, sets: list[str] = (),
+                        exit_at: tuple[float, ...] = ()) -> dict:
     """Evaluate a checkpoint on a validation split.
 
     Without ``recipe``, ``path`` is a run's checkpoint (or a ``.safetensors`` exported from one): its model
@@ -164,6 +187,9 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     from .train import model_kwargs
 
     validate_device(device)
+    bad = [p for p in exit_at if not 0 < p <= 1]
+    if bad:
+        raise ValueError(f"early-exit confidences are softmax probabilities in (0, 1], got {bad}")
     dev = resolve_device(device)
     extra = {k: v for k, v in (("device", device), ("data_dir", data_dir), ("val_batch_size", batch_size or None),
                                ("workers", workers)) if v is not None}
@@ -212,7 +238,8 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     model = rebuild(path, name, margs, weights, build, asked).to(dev)
     loader = DataLoader(data.val, cfg.val_batch_size, num_workers=cfg.workers, collate_fn=data.collate)
     run_as = eval_path(cfg, dev)
-    result = evaluate(run_as.prepare(model), loader, dev, run_as, progress=cfg.progress, per_step=True)
+    result = evaluate(run_as.prepare(model), loader, dev, run_as, progress=cfg.progress, per_step=True,
+                      exit_at=tuple(exit_at))
     return {"checkpoint": str(path), "model": name, "epoch": epoch, "val_split": data.val_name, **result,
             **spike_stats(model, loader, dev), "notes": notes}
 
@@ -245,7 +272,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         check_output("--json", args.json)
         check_output("--plot", args.plot, suffixes=FIGURE_SUFFIXES)
         r = evaluate_checkpoint(args.checkpoint, args.data, args.device, args.batch_size, args.workers,
-                                args.config, args.set)
+                                args.config, args.set, tuple(args.early_exit))
     except (ckpt.CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -258,8 +285,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     steps = r["val_acc_per_step"]
     if len(steps) > 1:
         print("top-1 after each time step: " + ", ".join(f"{t} {100 * a:.2f} %" for t, a in enumerate(steps, 1)))
+    for e in r.get("early_exit", []):
+        print(f"early exit at confidence {e['confidence']:g}: top-1 {100 * e['val_acc']:.2f} % in "
+              f"{e['mean_steps']:.2f} of {len(steps)} time steps on average")
     if args.plot:
-        plot_steps(steps, args.plot, f"{r['model']} on {r['val_split']}")
+        plot_steps(steps, args.plot, f"{r['model']} on {r['val_split']}", r.get("early_exit", []))
         print(f"wrote {args.plot}")
     if args.json:
         write_json(args.json, r)
@@ -267,8 +297,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def plot_steps(acc: list[float], path: str, title: str) -> None:
-    """Top-1 accuracy of the read-out after each time step, as a figure (PNG, PDF or SVG by ``path``'s suffix)."""
+def plot_steps(acc: list[float], path: str, title: str, exits: list[dict] = ()) -> None:
+    """Top-1 accuracy of the read-out after each time step, and of the ``early_exit`` policies at their mean
+    time steps, as a figure (PNG, PDF or SVG by ``path``'s suffix)."""
     import textwrap
 
     from matplotlib.ticker import MaxNLocator
@@ -276,7 +307,14 @@ def plot_steps(acc: list[float], path: str, title: str) -> None:
     from .metrics import pyplot, save_figure
 
     fig, ax = pyplot().subplots(figsize=(5, 3.5))
-    ax.plot(range(1, len(acc) + 1), [100 * a for a in acc], marker="o")
+    ax.plot(range(1, len(acc) + 1), [100 * a for a in acc], marker="o", label="every sample stopped after t steps")
+    if exits:
+        ax.plot([e["mean_steps"] for e in exits], [100 * e["val_acc"] for e in exits], "s", color="C1",
+                label="early exit at a confidence (mean steps)")
+        for e in exits:
+            ax.annotate(f"{e['confidence']:g}", (e["mean_steps"], 100 * e["val_acc"]), fontsize=7,
+                        textcoords="offset points", xytext=(4, -9))
+        ax.legend(fontsize=7, loc="lower right")
     ax.set(xlabel="time steps given to the read-out", ylabel="top-1 accuracy (%)")
     ax.set_title(textwrap.fill(title, 60), fontsize=8)  # split names are long: wrapped, not cut at the edge
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

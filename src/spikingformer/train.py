@@ -267,4 +267,7 @@ def register_cli(sub) -> None:
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--plot", metavar="FILE.png",
                    help="plot top-1 accuracy against the time steps the read-out is given (.png, .pdf or .svg)")
+    p.add_argument("--early-exit", nargs="+", type=float, default=[], metavar="P",
+                   help="also score stopping each sample at the first time step whose read-out gives its top class "
+                        "a softmax probability of at least P (0 < P <= 1): top-1 and mean time steps per P")
     p.set_defaults(func=_eval_entry)
