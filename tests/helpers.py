@@ -1,5 +1,5 @@
 """Small helpers shared by test modules."""
-from spikingformer import energy
+from spikingformer import loading
 from spikingformer.neuron import MultiStepLIF
 
 
@@ -14,4 +14,4 @@ def record_spikes(model):
 
 def calibrate_bn(model, x, steps: int = 3):
     """Give BN running statistics from real forward passes, so an eval-mode model fires."""
-    return energy.calibrate_bn(model, [x] * steps)
+    return loading.calibrate_bn(model, [x] * steps)

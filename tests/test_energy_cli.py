@@ -8,7 +8,8 @@ import torch
 
 import spikingformer as sf
 from spikingformer.cli import main
-from spikingformer.energy import estimate_energy, load_checkpoint
+from spikingformer.energy import estimate_energy
+from spikingformer.loading import load_checkpoint
 
 from .helpers import calibrate_bn
 

@@ -43,7 +43,7 @@ def one_epoch(batches, accum_steps, model, clip_grad=0.0):
     sched = SimpleNamespace(step_update=updates.append)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     state = Progress()
-    info = DistInfo(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
+    info = DistInfo(rank=0, world=1, device=torch.device("cpu"))
     loss, _ = train_one_epoch(cfg, state, model, FixedLoader(batches), opt, sched,
                               torch.amp.GradScaler("cpu", enabled=False), info, FastPath.off(), lambda: None,
                               lambda m, x, y: (torch.nn.functional.cross_entropy(m(x), y), None))
@@ -185,7 +185,7 @@ def test_restore_loads_optimizer_and_grad_scaler_state(tmp_path):
                      "scaler": scaler.state_dict(), "progress": progress, "world_size": 1}, tmp_path / "last.pt")
     model2, opt2, sched2 = fresh()
     scaler2 = torch.amp.GradScaler("cpu")
-    info = DistInfo(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
+    info = DistInfo(rank=0, world=1, device=torch.device("cpu"))
     assert restore(load_checkpoint(tmp_path / "last.pt"), info, model2, opt2, sched2, scaler2) == progress
     assert scaler2.get_scale() == 1024.0
     assert all(torch.equal(a, b) for a, b in zip(model2.parameters(), model.parameters()))
@@ -223,7 +223,7 @@ def test_the_seed_decides_initial_weights_and_data_order():
 
     assert torch.equal(weights(3), weights(3)) and not torch.equal(weights(3), weights(4))
     data = SimpleNamespace(train=list(range(64)), val=list(range(8)), collate=None)
-    info = DistInfo(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
+    info = DistInfo(rank=0, world=1, device=torch.device("cpu"))
 
     def order(seed, epoch):
         sampler = make_loaders(TrainConfig(seed=seed, batch_size=8, workers=0), data, info)[0]

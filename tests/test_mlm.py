@@ -89,14 +89,14 @@ def test_parts_of_a_step_all_reduce_once(files, monkeypatch, ddp_of_one):
 
 
 def test_global_batch_must_divide_by_the_processes(files, monkeypatch, capsys):
-    three = DistInfo(rank=0, world=3, local_rank=0, device=torch.device("cpu"))
+    three = DistInfo(rank=0, world=3, device=torch.device("cpu"))
     monkeypatch.setattr(mlm, "session", lambda device: contextlib.nullcontext(three))
     assert cli(mlm_args(files)) == 2
     assert "error: batch_size 8 (the global batch) does not divide into 3 process(es) x accum_steps 1 parts" \
         in capsys.readouterr().err
     assert not (files / "mlm" / "last.pt").exists()
     monkeypatch.setattr(mlm, "session", lambda device: contextlib.nullcontext(
-        DistInfo(rank=0, world=1, local_rank=0, device=torch.device("cpu"))))
+        DistInfo(rank=0, world=1, device=torch.device("cpu"))))
     assert cli(mlm_args(files, "--set", "accum_steps=3")) == 2
     assert "does not divide into 1 process(es) x accum_steps 3 parts" in capsys.readouterr().err
 

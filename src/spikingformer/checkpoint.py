@@ -157,13 +157,15 @@ def load_weights(path: str | Path) -> tuple[dict, dict]:
         from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_file
 
+        from .export import METADATA_FORMAT
+
         try:
             state = load_file(str(path), device="cpu")
             with safe_open(str(path), "pt") as f:
                 meta = f.metadata() or {}
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
-        if meta.get("format") == "spikingformer.weights":  # written by `spikingformer export`
+        if meta.get("format") == METADATA_FORMAT:  # written by `spikingformer export`
             try:
                 build = {"model": meta["model"], "model_args": json.loads(meta["model_args"]),
                          "folded": meta.get("bn_folded") == "true",

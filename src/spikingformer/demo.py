@@ -69,6 +69,7 @@ def _train(args: argparse.Namespace, model: str, out: Path) -> dict:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
+    from .energy import E_AC_PJ, E_MAC_PJ
     from .metrics import check_output, write_json
 
     if args.epochs < 1:
@@ -103,7 +104,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"mean firing rate:    {r['firing_rate']:.3f} (spikes fed to synaptic layers, over "
               f"{r['probe_images']} validation images)")
         print(f"energy:              {r['energy_uJ']:.3f} uJ per image "
-              "(Eq. 19-20, 45 nm: 0.9 pJ per AC, 4.6 pJ per MAC)")
+              f"(Eq. 19-20, 45 nm: {E_AC_PJ} pJ per AC, {E_MAC_PJ} pJ per MAC)")
         print(f"spike-driven:        {'yes' if r['spike_driven'] else 'NO: ' + ', '.join(r['non_spike_layers'])}")
         print(f"time:                {r['seconds']:.1f} s ({r['params']:,} parameters, {args.epochs} epochs, CPU)")
     if args.json:

@@ -26,7 +26,6 @@ __all__ = ["DistInfo", "resolve_device", "init_distributed", "cleanup", "session
 class DistInfo:
     rank: int
     world: int
-    local_rank: int
     device: torch.device
 
     @property
@@ -58,7 +57,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return DistInfo(rank, world, local, dev)
+    return DistInfo(rank, world, dev)
 
 
 def cleanup(info: DistInfo) -> None:

@@ -59,13 +59,12 @@ from torch import Tensor, nn
 
 from .checkpoint import CheckpointError
 from .data import DataError
-# calibrate_bn and load_checkpoint live in loading (shared with verify) and stay importable from here
-from .loading import add_input_args, calibrate_bn, load_checkpoint, prepare, run_model, with_progress
+from .loading import add_input_args, prepare, run_model, with_progress
 from .metrics import FIGURE_SUFFIXES, check_output, output_path, write_json
 from .probe import LayerProbe, Stage, SynapticProbe
 
 __all__ = ["E_MAC_PJ", "E_AC_PJ", "LayerEnergy", "EnergyReport", "estimate_energy", "energy_from_probe",
-           "stage_energy", "load_checkpoint", "calibrate_bn", "register_cli"]
+           "stage_energy", "register_cli"]
 
 E_MAC_PJ = 4.6  # 45 nm, Horowitz 2014, as the paper
 E_AC_PJ = 0.9

@@ -21,12 +21,24 @@ from .config import TrainConfig
 from .distributed import DistInfo
 from .fast import FastPath
 
-__all__ = ["RESUME_MUTABLE", "resolve_img_size", "build_training", "seed_all", "train_one_epoch", "begin_epoch",
-           "open_run", "load_data", "make_loaders", "restore", "load_scaler", "open_output", "wrap_ddp"]
+__all__ = ["RESUME_MUTABLE", "Progress", "resolve_img_size", "build_training", "seed_all", "train_one_epoch",
+           "begin_epoch", "open_run", "load_data", "make_loaders", "restore", "load_scaler", "open_output",
+           "wrap_ddp"]
 
 # Keys that may change between a run and its resumption without changing the result.
 RESUME_MUTABLE = {"progress", "workers", "ckpt_every", "device", "val_batch_size", "output", "init_from",
                   "grad_checkpointing"}
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where a run stands; stored in every checkpoint."""
+    epoch: int = 0           # the epoch in progress (or next to start)
+    step: int = 0            # batches already done in that epoch (an update every accum_steps of them)
+    global_step: int = 0     # batches done in the whole run (pretrain: seeds each batch's masks)
+    history: list = dataclasses.field(default_factory=list)  # one metrics dict per finished epoch
+    # this epoch so far: loss * n, correct (0 where nothing is counted), n
+    epoch_sums: list = dataclasses.field(default_factory=lambda: [0.0, 0.0, 0.0])
 
 
 def resolve_img_size(cfg: TrainConfig) -> int:

@@ -8,9 +8,7 @@ Measured choices (``benchmarks/throughput.py``; the README's performance section
   the time, for a higher peak memory (9.2 against 7.1 GiB at batch 256; the reference takes
   13.0); the spikes are the same (tested).
 - ``torch.compile`` of the whole model: the BatchNorms, pools, residual adds and attention
-  reshapes between the neurons fuse into few kernels.  ``regional=True`` compiles the
-  top-level regions one by one instead (blocks share one graph: faster to compile, slower
-  to run).
+  reshapes between the neurons fuse into few kernels.
 - bf16 autocast.  Spikes are exactly 0/1 in bf16 too; the kernels keep the membrane in fp32.
 - channels-last convolutions, and the fused AdamW kernel.
 - CUDA graphs (``compile_mode="reduce-overhead"`` or ``"max-autotune"``), off by default: at
@@ -87,7 +85,6 @@ class FastPath:
 
     compile: bool = True
     compile_mode: str | None = None        # torch.compile mode, e.g. "reduce-overhead" (CUDA graphs)
-    regional: bool = False                 # compile top-level regions (faster compile, slower run)
     amp_dtype: torch.dtype | None = torch.bfloat16
     channels_last: bool = True
     fused_optimizer: bool = True
@@ -135,10 +132,8 @@ class FastPath:
     def prepare(self, model: nn.Module) -> nn.Module:
         """Lay out and compile ``model`` for speed; returns the module to call.
 
-        Regional compilation works in place (``nn.Module.compile``), so the returned module
-        is ``model`` itself and its ``state_dict`` keys are unchanged.  Every ``MultiStepLIF``
-        is switched in place to the backend ``lif_backend`` resolves to on the model's device
-        (unless it is None).
+        Every ``MultiStepLIF`` is switched in place to the backend ``lif_backend`` resolves to on
+        the model's device (unless it is None).
         """
         neurons = [m for m in model.modules() if isinstance(m, MultiStepLIF)]
         device = next(model.parameters(), torch.empty(0)).device
@@ -157,12 +152,7 @@ class FastPath:
             model = model.to(memory_format=torch.channels_last)
         if not self.compile:
             return model
-        if not self.regional:
-            return torch.compile(model, mode=self.compile_mode)
-        for child in model.children():
-            for region in (child if isinstance(child, nn.ModuleList) else [child]):
-                region.compile(mode=self.compile_mode)
-        return model
+        return torch.compile(model, mode=self.compile_mode)
 
     def autocast(self, device: torch.device | str):
         """Autocast context for the forward pass (a no-op when ``amp_dtype`` is None)."""

@@ -34,7 +34,6 @@ from .official import check_family
 __all__ = ["Prepared", "add_input_args", "prepare", "resolve", "build_model", "load_model", "create_any", "load_into",
            "run_model", "load_checkpoint", "calibrate_bn"]
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 Batch = Tensor | dict
 
 
@@ -192,11 +191,10 @@ def load_into(model: nn.Module, path: str, state: dict, build: dict, name: str |
     return load_checkpoint(model, path, state, name, build)
 
 
-def build_model(checkpoint: str, model: str | None = None, overrides: dict | None = None, recipe: str | None = None,
-                **resolve_kw):
+def build_model(checkpoint: str, model: str | None = None, overrides: dict | None = None, **resolve_kw):
     """``(model, name, model_args, notes, build)`` with the weights of ``checkpoint`` loaded, in eval mode
-    (``build``: what the file, or the ``recipe``, says of the model; ``resolve``)."""
-    state, build, name = resolve(checkpoint, model, recipe, **resolve_kw)
+    (``build``: what the file says of the model; ``resolve``)."""
+    state, build, name = resolve(checkpoint, model, **resolve_kw)
     margs = {**build.get("model_args", {}), **(overrides or {})}
     net = load_into(create_any(name, **margs), checkpoint, state, build, name).eval()
     return net, name, margs, list(build.get("notes", [])), build
@@ -294,10 +292,12 @@ def _run_val(args: argparse.Namespace, config: dict, model: nn.Module, size: int
 def _image_folder(root: str, size: int, batch_size: int, n_batches: int) -> list[Tensor]:
     from torchvision import datasets, transforms
 
+    from .data.sources import DATASET_STATS
+
     if not os.path.isdir(root):
         raise FileNotFoundError(f"--data: no such directory: {root}")
     tf = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(),
-                             transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+                             transforms.Normalize(*DATASET_STATS["folder"])])
     try:
         ds = datasets.ImageFolder(root, transform=tf)
     except (FileNotFoundError, RuntimeError) as e:

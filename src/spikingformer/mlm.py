@@ -41,12 +41,12 @@ class MLMConfig(TextTrainConfig):
             raise ConfigError("mask_prob and val_fraction must lie in (0, 1)")
 
 
-def masked_lm_loss(model, b: dict, reduction: str = "sum"):
-    """Cross-entropy at the chosen tokens (``labels >= 0``) and those tokens' logits and gold ids."""
+def masked_lm_loss(model, b: dict):
+    """Summed cross-entropy at the chosen tokens (``labels >= 0``) and those tokens' logits and gold ids."""
     x, _ = model.forward_features(b["input_ids"], b["token_type_ids"], b["attention_mask"])
     target = b["labels"] >= 0
     logits, gold = model.head(x[:, target]), b["labels"][target]
-    return F.cross_entropy(logits.float(), gold, reduction=reduction), logits, gold, target
+    return F.cross_entropy(logits.float(), gold, reduction="sum"), logits, gold, target
 
 
 def run_mlm(cfg: MLMConfig, resume: bool = False, json_path: str | None = None) -> dict:

@@ -1,4 +1,4 @@
-"""MAE-style self-supervised pre-training of Spikformer V2: ``spikingformer pretrain`` (V2 §4.2, §5.4).
+"""MAE-style self-supervised pre-training of Spikformer V2: ``spikingformer pretrain`` (V2 §4.2, §5.2).
 
 ``run(cfg)`` pre-trains a ``SpikformerV2MAE`` (``spikingformer.models.mae``) on a dataset's
 images (labels ignored) with the classifier engine's pieces: ``build_data``, timm's AdamW and
@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ from torch import nn
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig, add_run_args
 from .distributed import DistInfo
+from .engine import Progress
 from .fast import FastPath
 from .metrics import MetricsLog, check_output, pyplot, save_figure, write_json
 from .models.mae import MAEConfig, SpikformerV2MAE
@@ -40,7 +41,7 @@ IMAGE_DATASETS = ("cifar10", "cifar100", "folder", "digits")  # static images: t
 
 @dataclass
 class PretrainConfig(TrainConfig):
-    """``TrainConfig``'s data, optimizer, schedule and engine keys, the V2 §5.4 recipe as defaults,
+    """``TrainConfig``'s data, optimizer, schedule and engine keys, the V2 §5.2 recipe as defaults,
     and the MAE keys.  ``model_args.T`` sets the encoder's time steps (default 1, as the paper)."""
     model: str = "spikformer_v2_8_512"
     scale: tuple[float, float] = (0.2, 1.0)   # MAE's random-resized-crop range
@@ -91,16 +92,6 @@ class PretrainConfig(TrainConfig):
             args["in_chans"] = in_chans
         return MAEConfig(self.model, args, T, self.mask_ratio, self.decoder_dim, self.decoder_depth,
                          self.decoder_heads, norm_pix_loss=self.norm_pix_loss)
-
-
-@dataclass
-class Progress:
-    """Where a run stands; stored in every checkpoint."""
-    epoch: int = 0
-    step: int = 0            # batches already done in ``epoch`` (an update every accum_steps of them)
-    global_step: int = 0     # batches done in the whole run: seeds each batch's masks
-    history: list = field(default_factory=list)
-    epoch_sums: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # this epoch so far: loss * n, 0, n
 
 
 def mask_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
@@ -179,7 +170,7 @@ class PretrainLog(MetricsLog):
         save_figure(fig, self.out / "metrics.png")
 
 
-def masked_patch_loss(cfg: PretrainConfig, state: "Progress", info: DistInfo):
+def masked_patch_loss(cfg: PretrainConfig, state: Progress, info: DistInfo):
     """``step_loss`` of pre-training (``engine.train_one_epoch``): the MAE loss with this step's masks."""
     def step_loss(model, x, _labels):
         return model(x, generator=mask_generator(cfg.seed, state.global_step, info.rank)).loss, None

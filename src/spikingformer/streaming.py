@@ -10,7 +10,7 @@ read-out of all the steps seen so far:
             logits = stream(frame)          # the read-out of the steps seen so far
 
 Every layer but the neurons works on each time step alone (convolutions, BatchNorm in eval mode,
-pools, the attention product of SPEC §3, the head's token average), so after ``t`` steps the
+pools, the attention product of SPEC §4, the head's token average), so after ``t`` steps the
 logits equal ``model.forward_steps(x)[t - 1]`` for the whole sequence ``x``, and after ``T``
 steps of a repeated image they equal ``model(image)`` (tested, up to float rounding).  Each
 neuron streams on its backend: the PyTorch loop, or the Triton forward kernel (``kernels.lif_stream``).
@@ -47,8 +47,7 @@ class Stream:
         return self
 
     def __exit__(self, *exc) -> None:
-        for m in self.neurons:
-            m.membrane = None
+        self.reset()
         self.model._open_stream, self._open = None, False
         self.model.train(self._was_training)
 

@@ -14,12 +14,13 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from . import checkpoint as ckpt
+from . import engine
 from .config import TrainConfig, add_run_args
 from .distributed import DistInfo
 from .engine import (begin_epoch, build_training, load_data, make_loaders, open_output, open_run,
@@ -27,18 +28,13 @@ from .engine import (begin_epoch, build_training, load_data, make_loaders, open_
 from .evaluation import evaluate, spike_stats
 from .fast import FastPath
 
-__all__ = ["TrainConfig", "Progress", "run", "register_cli"]
+__all__ = ["Progress", "run", "register_cli"]
 
 @dataclass
-class Progress:
-    """Where a run stands; stored in every checkpoint."""
-    epoch: int = 0           # the epoch in progress (or next to start)
-    step: int = 0            # batches already done in that epoch (an update every accum_steps of them)
-    global_step: int = 0     # batches done in the whole run
+class Progress(engine.Progress):
+    """``engine.Progress`` and the best validation accuracy so far."""
     best_acc: float = -1.0
     best_epoch: int = -1
-    history: list = field(default_factory=list)  # one metrics dict per finished epoch
-    epoch_sums: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # this epoch so far: loss * n, correct, n
 
 
 def model_kwargs(cfg: TrainConfig, num_classes: int, in_chans: int) -> dict:

@@ -22,7 +22,7 @@ from .checkpoint import CheckpointError
 from .data import DataError
 from .layers import SpikeQKV
 from .loading import add_input_args, prepare, run_model, with_progress
-from .metrics import check_output, write_json
+from .metrics import check_output, pyplot, save_figure, write_json
 from .probe import LayerProbe, SynapticProbe
 
 __all__ = ["InputReport", "LayerVerdict", "Certificate", "certify", "verify_model", "plot_fig3", "register_cli"]
@@ -170,12 +170,9 @@ def plot_fig3(certs: list[Certificate], prefix: str, path: str) -> str:
     """The paper's Fig. 3 as a PNG: per model, the histogram of the values fed to the
     conv/linear layers of one block (``prefix``, e.g. ``"blocks.7."``) and the mean input of
     every synaptic layer (the firing rate where the input is spikes)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    fig, axes = plt.subplots(2, len(certs), figsize=(7 * len(certs), 8), squeeze=False)
+    fig, axes = pyplot().subplots(2, len(certs), figsize=(7 * len(certs), 8), squeeze=False)
     for col, cert in enumerate(certs):
         hist, partial = block_histogram(cert, prefix)
         values, counts = list(hist), list(hist.values())
@@ -207,9 +204,7 @@ def plot_fig3(certs: list[Certificate], prefix: str, path: str) -> str:
                   loc="upper left")
     fig.suptitle("Spike-driven behaviour (Spikingformer paper, Fig. 3)" +
                  "".join(f"\n{n}" for n in dict.fromkeys(n for c in certs for n in c.notes)), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
+    save_figure(fig, path, dpi=150)
     return path
 
 

@@ -77,7 +77,7 @@ class SeededTransform(Dataset):
     with Python's, NumPy's and torch's RNGs seeded by ``seed``, restoring them afterwards
     (timm's RandAugment and random erasing draw from all three)."""
 
-    def __init__(self, base: Dataset, transform: Callable | None):
+    def __init__(self, base: Dataset, transform: Callable):
         self.base, self.transform = base, transform
 
     def __len__(self) -> int:
@@ -86,8 +86,6 @@ class SeededTransform(Dataset):
     def __getitem__(self, key):
         index, seed = key if isinstance(key, tuple) else (key, None)
         img, target = self.base[index]
-        if self.transform is None:
-            return img, target
         if seed is None:
             return self.transform(img), target
         py, np_state = random.getstate(), np.random.get_state()

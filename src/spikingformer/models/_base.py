@@ -67,7 +67,7 @@ class GradCheckpointing:
 
 
 class SpikingVisionModel(GradCheckpointing, nn.Module):
-    """Base for the vision models.  Subclasses set ``cfg`` (with ``T``, ``in_chans``,
+    """Base for the vision models.  Subclasses set ``cfg`` (with ``T``, ``dim``, ``in_chans``,
     ``img_size``, ``num_classes``, ``head``, ``tau``) and ``patch_size``, build
     ``self.head = ClassifierHead(...)`` and implement ``forward_features``, which starts with
     ``check_input``.

@@ -40,7 +40,7 @@ class MAEConfig:
     decoder_depth: int = 4
     decoder_heads: int = 4
     decoder_mlp_ratio: float = 4.0
-    norm_pix_loss: bool = True                         # targets: per-patch normalized pixels (V2 §5.4)
+    norm_pix_loss: bool = True                         # targets: per-patch normalized pixels (V2 §5.2)
 
     def __post_init__(self):
         clash = sorted({"T", "num_classes"} & set(self.encoder_args))
