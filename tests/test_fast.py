@@ -99,6 +99,16 @@ def test_auto_leaves_gpus_that_triton_cannot_target_on_the_eager_path(cuda_capab
     assert FastPath.from_modes("on", "auto", "cuda").compile  # asked for: inductor names the limit itself
 
 
+def test_auto_without_triton_stays_on_the_eager_path(cuda_capability, monkeypatch):
+    """PyTorch's Windows wheels come without Triton, which inductor needs to compile for a GPU."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else find_spec(name, *a))
+    path = FastPath.from_modes("auto", "auto", "cuda")
+    assert not path.compile and path.amp_dtype == torch.bfloat16
+
+
 def test_channels_last_input_layout():
     x = torch.randn(2, 3, 8, 8)
     assert FastPath().to_input(x).is_contiguous(memory_format=torch.channels_last)

@@ -74,9 +74,11 @@ def resolve_lif_backend(mode: str, compiled: bool, device: torch.device | str) -
 
 def _compiles_on(device: torch.device | str) -> bool:
     """Whether ``fast: auto`` is on: CUDA devices that Triton, and so inductor, generates code for
-    (compute capability 7.0 and up); an older GPU, such as a P100, trains on the eager path."""
+    (compute capability 7.0 and up), where Triton is installed (PyTorch's Windows wheels lack it).
+    An older GPU, such as a P100, or a machine without Triton trains on the eager path."""
     device = torch.device(device)
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (7, 0)
+    return (device.type == "cuda" and importlib.util.find_spec("triton") is not None
+            and torch.cuda.get_device_capability(device) >= (7, 0))
 
 
 @dataclass(frozen=True)
