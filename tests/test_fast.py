@@ -99,6 +99,14 @@ def test_auto_leaves_gpus_that_triton_cannot_target_on_the_eager_path(cuda_capab
     assert FastPath.from_modes("on", "auto", "cuda").compile  # asked for: inductor names the limit itself
 
 
+def test_describe_names_compilation_and_precision(cuda_capability):
+    assert FastPath.off().describe() == "eager, fp32"
+    assert FastPath.from_modes("auto", "auto", "cuda").describe() == "compiled, bf16 autocast"
+    cuda_capability(7, 5)
+    assert FastPath.from_modes("auto", "auto", "cuda", "reduce-overhead").describe() == \
+        "compiled (reduce-overhead), fp16 autocast"
+
+
 def test_auto_without_triton_stays_on_the_eager_path(cuda_capability, monkeypatch):
     """PyTorch's Windows wheels come without Triton, which inductor needs to compile for a GPU."""
     import importlib.util

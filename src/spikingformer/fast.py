@@ -156,6 +156,12 @@ class FastPath:
             return model
         return torch.compile(model, mode=self.compile_mode)
 
+    def describe(self) -> str:
+        """How a run computes, for its first log line: ``compiled, bf16 autocast``, ``eager, fp32``, ..."""
+        how = "eager" if not self.compile else f"compiled ({self.compile_mode})" if self.compile_mode else "compiled"
+        precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[self.amp_dtype]
+        return f"{how}, {precision}"
+
     def autocast(self, device: torch.device | str):
         """Autocast context for the forward pass (a no-op when ``amp_dtype`` is None)."""
         if self.amp_dtype is None:

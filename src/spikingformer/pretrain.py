@@ -231,7 +231,7 @@ def _run(cfg: PretrainConfig, resume: bool, info: DistInfo) -> dict:
         where = open_output(out, cfg, resume_state is not None, state)
         print(f"{cfg.model} MAE: encoder {n_enc / 1e6:.2f}M + decoder {n_dec / 1e6:.2f}M params, T={mae_cfg.T}, "
               f"mask {cfg.mask_ratio:.0%}, {len(data.train)} train images; {info.world} process(es) on "
-              f"{info.device}, amp={path.amp_dtype or 'fp32'}; {where}", flush=True)
+              f"{info.device}, {path.describe()}; {where}", flush=True)
     while state.epoch < cfg.total_epochs:
         epoch_start = time.time()
         lr = begin_epoch(cfg, state, sampler, sched, opt)
