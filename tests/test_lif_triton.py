@@ -63,6 +63,18 @@ def test_long_runs_recompute_the_backward_in_chunks(monkeypatch, T, max_chunk):
     assert grad[0].abs().max() > 0.1  # gradient reaches the first step through every chunk
 
 
+@pytest.mark.parametrize("dtype,eager,kernel", [(torch.float32, 5, 4), (torch.bfloat16, 3, 2)])
+def test_bytes_kept_for_the_backward_per_neuron_step(dtype, eager, kernel):
+    """The eager loop keeps ``H - V_th`` and a bool spike mask per step; the kernel only ``X``."""
+    for lif, expected in ((multistep_lif, eager), (multistep_lif_triton, kernel)):
+        x = (torch.randn(4, 1000) * 3).to(dtype).requires_grad_()
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t,
+                                                      lambda t: t):
+            lif(x)
+        assert sum(saved) / x.numel() == expected, lif.__name__
+
+
 def test_non_contiguous_input():
     x = (torch.randn(300, 4, 5) * 3).permute(1, 0, 2)  # [T=4, 300, 5], time not the outer stride
     assert not x.is_contiguous()

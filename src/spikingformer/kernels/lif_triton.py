@@ -17,11 +17,11 @@ Memory held between forward and backward, per neuron per time step (``b`` = byte
 input dtype: 4 in fp32, 2 in bf16/fp16):
 
 - autograd of the eager loop (``neuron.multistep_lif``) saves two tensors per step: the
-  surrogate's input ``H[t] - V_th`` and the reset factor ``1 - S[t]``: ``2b`` bytes;
-- this kernel saves ``X[t]`` only: ``b`` bytes, half of it.
+  surrogate's input ``H[t] - V_th`` and the reset's spike mask (bool): ``b + 1`` bytes;
+- this kernel saves ``X[t]`` only: ``b`` bytes.
 
-(Counted with ``torch.autograd.graph.saved_tensors_hooks``: 8 vs 4 bytes in fp32, 4 vs 2 in
-bf16.)  In bf16/fp16 the fp32 membrane gives the spikes of the fp32 loop on the upcast input,
+(Counted with ``torch.autograd.graph.saved_tensors_hooks``, ``tests/test_lif_triton.py``: 5 vs 4
+bytes in fp32, 3 vs 2 in bf16.)  In bf16/fp16 the fp32 membrane gives the spikes of the fp32 loop on the upcast input,
 not those of the eager loop's low-precision membrane.
 
 The backward's memory traffic is the minimum, ``3b`` bytes per neuron-step (read ``X`` and
