@@ -76,6 +76,7 @@ def test_misuse_is_named():
             pass
     with pytest.raises(TypeError, match="vision models"):
         Stream(torch.nn.Linear(2, 2))
+    assert Stream(torch.compile(model)).model is model  # the fast path's compiled model streams its module
 
 
 def test_the_model_outside_the_streams_calls_is_untouched():

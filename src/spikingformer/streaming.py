@@ -31,6 +31,7 @@ class Stream:
     stream's calls use and move the membranes: ``model(x)`` inside the block runs as ever."""
 
     def __init__(self, model: nn.Module):
+        model = getattr(model, "_orig_mod", model)  # a torch.compile'd model streams its module, eagerly
         if not isinstance(model, SpikingVisionModel):
             raise TypeError(f"Stream runs the vision models (Spikingformer, Spikformer V1/V2), not a "
                             f"{type(model).__name__}")
