@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from spikingformer.checkpoint import (CheckpointError, atomic_copy, load_checkpoint, rng_state, save_checkpoint,
-                                      set_rng_state)
+from spikingformer.checkpoint import (CheckpointError, atomic_copy, load_checkpoint, load_weights, rng_state,
+                                      save_checkpoint, set_rng_state)
 
 MARKER = "unpickled-marker"
 
@@ -180,3 +180,19 @@ def test_cuda_rng_states_are_saved_and_restored(monkeypatch):
     assert saved["cuda"] == states
     set_rng_state(saved)
     assert len(restored) == 2 and all(torch.equal(a, b) for a, b in zip(restored, states))
+
+
+def test_a_run_folder_given_as_the_checkpoint_names_its_checkpoints(tmp_path):
+    """`--checkpoint runs/NAME/` is the natural slip for `runs/NAME/best.pt`: the folder is called one."""
+    save_checkpoint({"v": torch.tensor(1)}, tmp_path / "run" / "best.pt")
+    save_checkpoint({"v": torch.tensor(1)}, tmp_path / "run" / "last.pt")
+    (tmp_path / "run" / "metrics.jsonl").write_text("{}\n")
+    for load in (load_checkpoint, load_weights):
+        with pytest.raises(CheckpointError, match=r"run is a folder, not a checkpoint file: name one of its files "
+                                                  r"\(best.pt, last.pt\)$"):
+            load(tmp_path / "run")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match=r"empty is a folder, .*\(it holds no .pt/.safetensors file\)$"):
+        load_checkpoint(tmp_path / "empty")
+    with pytest.raises(CheckpointError, match=r"checkpoint not found: .*missing.safetensors$"):
+        load_weights(tmp_path / "missing.safetensors")

@@ -251,3 +251,15 @@ def test_event_checkpoint_reads_real_frames_of_its_validation_split(tmp_path):
 def test_bad_data_for_a_run_checkpoint_is_a_usage_error(tmp_path, capsys):
     assert main(["energy", "--checkpoint", str(event_checkpoint(tmp_path)), "--data", str(tmp_path / "nope")]) == 2
     assert f"error: data_dir {tmp_path / 'nope'} does not exist (dataset nmnist)" in capsys.readouterr().err
+
+
+def test_data_too_small_for_the_runs_split_says_what_data_means_for_a_run(tmp_path, capsys):
+    """A folder of a few validation recordings is the natural --data; a run's checkpoint reads it as its dataset."""
+    from .data.test_events import write_nmnist_subset
+
+    ck = event_checkpoint(tmp_path)
+    write_nmnist_subset(tmp_path / "val_only", per_class=1)  # 3 recordings; the run holds out 3
+    assert main(["energy", "--checkpoint", str(ck), "--data", str(tmp_path / "val_only")]) == 2
+    assert ("error: holdout 3 must be smaller than the 3 training images (with a run's checkpoint or --config, "
+            "--data is the root of the nmnist dataset it names, from which its validation split is rebuilt)"
+            in capsys.readouterr().err)

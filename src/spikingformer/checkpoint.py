@@ -79,10 +79,20 @@ def remove_partial_writes(folder: str | Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _not_found(path: Path) -> CheckpointError:
+    """``path`` is no file; a run's folder (a natural slip for ``runs/NAME/best.pt``) is named as one, with the
+    checkpoints it holds."""
+    if not path.is_dir():
+        return CheckpointError(f"checkpoint not found: {path}")
+    found = sorted(p.name for p in path.iterdir() if p.suffix in (".pt", ".pth", ".tar", ".safetensors"))
+    return CheckpointError(f"{path} is a folder, not a checkpoint file: name one of its files"
+                           + (f" ({', '.join(found)})" if found else " (it holds no .pt/.safetensors file)"))
+
+
 def _safe_load(path: Path, map_location="cpu"):
     """``torch.load(weights_only=True)`` with every failure turned into a ``CheckpointError`` that says why."""
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise _not_found(path)
     try:
         # timm's CheckpointSaver (the official repositories' training scripts) stores the command line as
         # an argparse.Namespace: a plain attribute bag, safe to rebuild, so it is the one class allowed.
@@ -153,7 +163,7 @@ def load_weights(path: str | Path) -> tuple[dict, dict]:
     build: dict = {}
     if path.suffix == ".safetensors":
         if not path.is_file():
-            raise CheckpointError(f"checkpoint not found: {path}")
+            raise _not_found(path)
         from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_file
 

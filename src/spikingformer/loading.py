@@ -4,10 +4,9 @@
 (``add_input_args``) into ``(model, batches)``, for every kind of model a run can produce:
 
 - vision classifiers (``spikingformer train``), by ``--model`` name or from a checkpoint; with
-  ``--data`` a class-folder image directory, or, for a checkpoint trained on an event dataset
-  (nmnist, dvs128_gesture, cifar10_dvs), that dataset's root: the checkpoint's stored config
-  rebuilds its validation split through ``spikingformer.data`` and the model sees real frames
-  ``[T, B, 2, H, W]``;
+  ``--data`` a class-folder image directory, or, for a run's checkpoint (or weights with a ``--config``
+  recipe), the root of its dataset: the stored config rebuilds its validation split through
+  ``spikingformer.data`` with its evaluation transform (event data: real frames ``[T, B, 2, H, W]``);
 - text models (``spikingformer mlm`` / ``glue`` checkpoints, or a ``models.text`` name): with
   ``--data`` the run's own evaluation sequences (GLUE: the split ``glue`` evaluated on, rebuilt
   from the stored config with ``--data`` as its ``data_dir``; MLM: masked blocks of the corpus file
@@ -279,12 +278,16 @@ def _run_val(args: argparse.Namespace, config: dict, model: nn.Module, size: int
     """The first batches of a validation split as a run (its stored config, or a ``--config`` recipe) reads it:
     its dataset format, split and evaluation transform (event data: frames at the model's ``T``)."""
     from .config import TrainConfig, from_dict
-    from .data import build_data
+    from .data import DataError, build_data
 
     conf = dict(config, data_dir=args.data, workers=0, model_args={**config.get("model_args", {}),
                                                                    "T": model.T})
     cfg = from_dict(TrainConfig, conf, f"{args.checkpoint} config")
-    data = build_data(cfg, size)
+    try:
+        data = build_data(cfg, size)
+    except DataError as e:  # a folder of validation images is the natural reading of --data: say what it is here
+        raise DataError(f"{e} (with a run's checkpoint or --config, --data is the root of the {cfg.dataset} "
+                        f"dataset it names, from which its validation split is rebuilt)") from None
     loader = torch.utils.data.DataLoader(data.val, args.batch_size, collate_fn=data.collate)
     return [x for x, _ in itertools.islice(loader, args.batches)], f"{cfg.dataset} {data.val_name}"
 

@@ -171,6 +171,17 @@ def test_missing_cifar_names_the_expected_layout(tmp_path):
         load_raw("cifar100", str(tmp_path))
 
 
+def test_cifar_pointed_at_class_folders_says_dataset_folder_reads_them(tmp_path):
+    """The CIFAR-10 JPEG copy (train/<class>/*.jpg) given to a cifar10 recipe: the error says what reads it."""
+    write_class_tree(tmp_path / "train", per_class=1, fmt="jpg")
+    with pytest.raises(DataError, match=r"cifar-10-batches-py/ \(.*\); .*train holds class folders, which "
+                                        r"dataset: folder reads \(as configs/cifar10_jpeg.yaml"):
+        load_raw("cifar10", str(tmp_path))
+    (tmp_path / "damaged" / "cifar-10-batches-py").mkdir(parents=True)  # the right layout, files missing
+    with pytest.raises(DataError, match=r"set download: true"):
+        load_raw("cifar10", str(tmp_path / "damaged"))
+
+
 def test_cifar_canonical_format(tmp_path, monkeypatch):
     """torchvision's pickled batches (checksums are checked against the real files, so skip that here)."""
     import torchvision

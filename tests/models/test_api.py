@@ -13,6 +13,16 @@ def test_unknown_model_lists_valid_names():
         sf.create_model("spikingformer_9_999")
 
 
+def test_a_text_model_name_points_to_the_text_registry():
+    """The README's model table lists the text models too; create_model names where they are built."""
+    with pytest.raises(ValueError, match=r"unknown model 'spikingformer_text_2_128'; .*\('spikingformer_text_2_128' "
+                                         r"is a text model: spikingformer.models.text.create_text_model"):
+        sf.create_model("spikingformer_text_2_128")
+    with pytest.raises(ValueError) as e:
+        sf.create_model("spikingformer_9_999")
+    assert "text model" not in str(e.value)
+
+
 def test_bad_override_lists_valid_options():
     with pytest.raises(TypeError, match=r"unknown option\(s\) \['depht'\].*depth"):
         sf.create_model("spikingformer_4_384", depht=2)

@@ -85,6 +85,7 @@ def _cifar(name: str, root: Path, download: bool) -> RawData:
         test = cls(str(root), train=False, download=download)
     except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
         hint = "download failed or files are corrupt" if download else "set download: true to fetch it"
+        hint = _class_folder_hint(root) or hint
         raise DataError(f"{cls_name} not found or corrupt at {root}: expected torchvision's layout "
                         f"{root / folder}/ ({files}); {hint} ({e})") from None
     except OSError as e:  # no network, no permission
@@ -92,6 +93,19 @@ def _cifar(name: str, root: Path, download: bool) -> RawData:
     mean, std = DATASET_STATS[name]
     return RawData(train, test, f"test (official {cls_name} test split, {len(test)} images)",
                    list(train.classes), 3, 32, mean, std)
+
+
+def _class_folder_hint(root: Path) -> str:
+    """What to do when a CIFAR ``data_dir`` holds class folders instead (such as the CIFAR-10 JPEG copy,
+    ``train/<class>/*.jpg``): a natural slip is to point ``configs/cifar10.yaml`` at them."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    train = root / "train" if (root / "train").is_dir() else root
+    if not root.is_dir() or not any(f.suffix.lower() in IMG_EXTENSIONS
+                                    for d in train.iterdir() if d.is_dir() for f in d.iterdir()):
+        return ""  # not a class-folder tree (a damaged cifar-10-batches-py/ is a folder of no images)
+    return (f"{train} holds class folders, which dataset: folder reads (as configs/cifar10_jpeg.yaml does, "
+            f"holding out a validation split)")
 
 
 def _load_rgb(path: str):

@@ -25,8 +25,18 @@ def list_models(pattern: str | None = None) -> list[str]:
 def create_model(name: str, **overrides):
     """Build the named model; ``overrides`` replace fields of its config (``num_classes=100``, ``T=2``)."""
     if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; available models: {', '.join(list_models())}")
+        raise ValueError(f"unknown model {name!r}; available models: {', '.join(list_models())}{_text_hint(name)}")
     return _MODELS[name](**overrides)
+
+
+def _text_hint(name: str) -> str:
+    """The README lists the text models beside the vision ones, so their names are a natural slip here."""
+    from .text import list_text_models  # imported on this error path only: the vision registry needs no text models
+
+    if name not in list_text_models():
+        return ""
+    return (f" ({name!r} is a text model: spikingformer.models.text.create_text_model({name!r}) builds it, "
+            f"`spikingformer mlm` and `glue` train it)")
 
 
 def register_with_timm() -> bool:
