@@ -44,6 +44,10 @@ def tree(tmp_path_factory):
 def test_train_writes_metrics_plot_summary_and_checkpoints(tree, tmp_path, capsys):
     out = tmp_path / "run"
     summary = run(tiny_config(tree, out))
+    first = capsys.readouterr().out.splitlines()[0]  # names the model's size and how it computes
+    assert first.startswith("spikingformer_4_256 (depth=1, dim=32, num_heads=2, T=1, downsample=[False, False, "
+                            "True, True]): 0.")
+    assert ", eager, fp32; starting" in first
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2, 3]
     assert {"train_loss", "val_loss", "val_acc", "val_acc5", "lr", "epoch_seconds", "val_split"} <= set(lines[0])

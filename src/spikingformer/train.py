@@ -158,7 +158,8 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> dict:
 
     if info.is_main:
         where = open_output(out, cfg, resume_state is not None, state)
-        print(f"{cfg.model}: {n_params / 1e6:.2f}M params, {len(data.train)} train images, "
+        sized = f" ({', '.join(f'{k}={v}' for k, v in cfg.model_args.items())})" if cfg.model_args else ""
+        print(f"{cfg.model}{sized}: {n_params / 1e6:.2f}M params, {len(data.train)} train images, "
               f"{data.val_name}; {info.world} process(es) on {info.device}, {path.describe()}; {where}",
               flush=True)
     while state.epoch < cfg.total_epochs:
