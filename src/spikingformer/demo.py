@@ -29,7 +29,7 @@ COMPARED = {DEMO_MODEL: "Spikingformer", "spikformer_4_384": "Spikformer (SEW)"}
 
 def demo_config(epochs: int = DEMO_EPOCHS, output: str = "runs/demo", seed: int = 0, model: str = DEMO_MODEL):
     """``model`` (a Spikingformer, or with ``--compare`` also a Spikformer V1) at ``DEMO_ARGS``'s size and a
-    schedule that fits about a minute on 2 cores."""
+    schedule that fits one to two minutes on 2 cores."""
     from .config import TrainConfig
 
     return TrainConfig(
@@ -118,7 +118,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def register_cli(sub) -> None:
     p = sub.add_parser(
-        "demo", help="train a small Spikingformer on the bundled 8x8 digits (CPU, about a minute)",
+        "demo", help="train a small Spikingformer on the bundled 8x8 digits (CPU, one to two minutes)",
         description="Train a 1-block Spikingformer (T=4) on scikit-learn's bundled 8x8 digits on the CPU, then "
                     "print accuracy on a seeded class-balanced held-out validation split (360 of 1797 images), "
                     "the mean firing rate, its energy per image (Eq. 19-20) and whether the model is spike-driven. "
