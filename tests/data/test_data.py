@@ -101,6 +101,31 @@ def test_kaggles_flat_imagenet_val_is_labelled_by_its_csv(tmp_path):
     assert x.shape == (3, 16, 16) and y == 1
 
 
+def test_kaggles_csv_saved_with_a_bom_and_windows_line_ends_reads(tmp_path):
+    """A spreadsheet's "CSV UTF-8" starts with a byte-order mark; the header is still ImageId,PredictionString."""
+    root = kaggle_imagenet(tmp_path)
+    csv_file = tmp_path / "LOC_val_solution.csv"
+    csv_file.write_bytes(b"\xef\xbb\xbf" + csv_file.read_bytes().replace(b"\n", b"\r\n"))
+    assert load_raw("folder", str(root)).val.targets == [0, 1, 2, 0, 1, 2]
+
+
+def test_kaggles_csv_is_found_above_a_relative_data_dir(tmp_path, monkeypatch):
+    """Run from the release's ILSVRC/Data/ with data_dir CLS-LOC: the CSV two folders up is still found."""
+    root = kaggle_imagenet(tmp_path)
+    monkeypatch.chdir(root.parent)
+    assert load_raw("folder", "CLS-LOC").val.targets == [0, 1, 2, 0, 1, 2]
+
+
+def test_a_val_folder_half_sorted_into_class_folders_is_named(tmp_path):
+    """valprep.sh stopped midway: ImageFolder would validate on the sorted images alone, silently."""
+    root = kaggle_imagenet(tmp_path)
+    for i, wnid in enumerate(("n01440764", "n01443537", "n01484850"), 1):
+        (root / "val" / wnid).mkdir()
+        (root / "val" / f"ILSVRC2012_val_{i:08d}.JPEG").rename(root / "val" / wnid / f"ILSVRC2012_val_{i:08d}.JPEG")
+    with pytest.raises(DataError, match=r"holds class folders and 3 images outside them .*ILSVRC2012_val_00000004"):
+        load_raw("folder", str(root))
+
+
 @pytest.mark.parametrize("labels,msg", [
     (None, r"has no class folders: sort its images into .*/val/<class>/ .*valprep.sh.*LOC_val_solution.csv"),
     (["ImageId,PredictionString", "ILSVRC2012_val_00000001,n01440764 1 2 3 4"],

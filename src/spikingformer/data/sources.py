@@ -139,6 +139,7 @@ def _folder(root: Path) -> RawData:
     val, val_name = None, None
     if (root / "val").is_dir() and train_dir != root:
         if any(p.is_dir() for p in (root / "val").iterdir()):
+            _no_loose_images(root / "val")
             val = _image_folder(root / "val")
             if val.classes != train.classes:
                 missing = sorted(set(train.classes) ^ set(val.classes))
@@ -153,6 +154,17 @@ def _folder(root: Path) -> RawData:
         _probe(val, root / "val")
     mean, std = DATASET_STATS["folder"]
     return RawData(train, val, val_name, list(train.classes), 3, None, mean, std)
+
+
+def _no_loose_images(val_dir: Path) -> None:
+    """Class folders with images beside them, as a ``valprep.sh`` stopped midway leaves a flat ``val/``: the
+    class folders alone (all ``ImageFolder`` reads) would validate on a part of the split, and say nothing."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    loose = sorted(p.name for p in val_dir.iterdir() if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+    if loose:
+        raise DataError(f"{val_dir} holds class folders and {len(loose)} images outside them (e.g. {loose[:3]}): "
+                        f"sort every image into {val_dir}/<class>/ (valprep.sh), or keep the folder flat")
 
 
 KAGGLE_VAL_LABELS = "LOC_val_solution.csv"  # ImageId,PredictionString ("<wnid> x y x y ..." per box)
@@ -182,14 +194,15 @@ def _flat_val(root: Path, classes: list[str]) -> tuple[_LabelledFiles, Path]:
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     val_dir = root / "val"
-    labels = next((d / KAGGLE_VAL_LABELS for d in (root, *list(root.parents)[:3])
+    # absolute: a relative data_dir ("CLS-LOC", run from the release's Data/) has no parents to search
+    labels = next((d / KAGGLE_VAL_LABELS for d in (root, *list(root.absolute().parents)[:3])
                    if (d / KAGGLE_VAL_LABELS).is_file()), None)
     if labels is None:
         raise DataError(f"{val_dir} has no class folders: sort its images into {val_dir}/<class>/ "
                         f"(as ImageNet's valprep.sh does), or put Kaggle's {KAGGLE_VAL_LABELS} in {root} "
                         f"or a folder above it")
     try:
-        with open(labels, newline="") as f:
+        with open(labels, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM (a spreadsheet's save) is no header
             rows = list(csv.DictReader(f))
         wnid = {row["ImageId"]: row["PredictionString"].split()[0] for row in rows}
     except (KeyError, IndexError, AttributeError, csv.Error, UnicodeDecodeError) as e:
