@@ -15,6 +15,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from .fast import FastPath, resolve_lif_backend
+from .layers import running_mean
 
 __all__ = ["evaluate", "read_outs", "spike_stats", "eval_path", "evaluate_checkpoint", "asked_options", "run_config",
            "rebuild"]
@@ -87,9 +88,10 @@ def early_exit(steps: torch.Tensor, y: torch.Tensor, confidence: float) -> list[
 
 def read_outs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``model(x)`` and ``model.forward_steps(x)`` (logits ``[B, classes]``, and ``[T, B, classes]`` after each
-    time step) from one pass of the backbone."""
-    features = model.forward_features(x)
-    return model.forward_head(features), model.head.forward_steps(features)
+    time step) from one pass of the backbone and the head."""
+    head = model.head
+    pooled = head.pool_steps(model.forward_features(x))
+    return head.finish(pooled.mean(0)), head.finish(running_mean(pooled))
 
 
 @torch.no_grad()

@@ -188,11 +188,7 @@ class ClassifierHead(nn.Module):
         self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.sn is not None:
-            x = self.sn(x)
-        if self.kind.endswith("avgpool_fc"):
-            return self.fc(x.mean(dim=(0, 2)))
-        return self.fc(x).mean(dim=(0, 2))  # FC per token and step, then average
+        return self.finish(self.pool_steps(x).mean(0))
 
     def forward_steps(self, x: Tensor) -> Tensor:
         """``[T, B, classes]``: at step ``t`` the read-out of steps ``1..t`` alone (the average over time
@@ -208,4 +204,5 @@ class ClassifierHead(nn.Module):
         return x.mean(dim=2) if self.kind.endswith("avgpool_fc") else self.fc(x).mean(dim=2)
 
     def finish(self, pooled: Tensor) -> Tensor:
+        """Logits from ``pool_steps`` averaged over the time steps read out."""
         return self.fc(pooled) if self.kind.endswith("avgpool_fc") else pooled

@@ -55,14 +55,20 @@ def _count_block_calls(model):
     return calls
 
 
-@pytest.mark.parametrize("family", CASES)
-def test_checkpointed_step_equals_the_plain_one(family):
-    """Same loss, gradients and BatchNorm statistics (counts included), bit for bit, while every block and
-    stem stage runs twice: once forward, once recomputed in the backward pass."""
+def _plain_and_checkpointed(family: str = "spikingformer"):
+    """A seeded model of ``family``, a copy of it that recomputes its blocks, and a batch ``(inputs, y)``."""
     torch.manual_seed(0)
     plain, inputs, y = CASES[family]()
     ckpt = copy.deepcopy(plain)
     ckpt.set_grad_checkpointing()
+    return plain, ckpt, inputs, y
+
+
+@pytest.mark.parametrize("family", CASES)
+def test_checkpointed_step_equals_the_plain_one(family):
+    """Same loss, gradients and BatchNorm statistics (counts included), bit for bit, while every block and
+    stem stage runs twice: once forward, once recomputed in the backward pass."""
+    plain, ckpt, inputs, y = _plain_and_checkpointed(family)
     assert ckpt.grad_checkpointing and not plain.grad_checkpointing
     calls = _count_layer_calls(ckpt)
     loss_a, grads_a, bufs_a = _train_step(plain.train(), inputs, y)
@@ -150,10 +156,7 @@ def fresh_dynamo():
 
 def test_compiled_checkpointed_step_equals_the_compiled_plain_one(fresh_dynamo):
     """Under ``torch.compile`` checkpointing is the compiler's (its forward graph alone updates BatchNorm)."""
-    torch.manual_seed(0)
-    plain, inputs, y = CASES["spikingformer"]()
-    ckpt = copy.deepcopy(plain)
-    ckpt.set_grad_checkpointing()
+    plain, ckpt, inputs, y = _plain_and_checkpointed()
     loss_a, grads_a, bufs_a = _train_step(torch.compile(plain.train()), inputs, y)
     torch._dynamo.reset()
     loss_b, grads_b, bufs_b = _train_step(torch.compile(ckpt.train()), inputs, y)
@@ -167,10 +170,7 @@ def test_compiled_checkpointed_step_equals_the_compiled_plain_one(fresh_dynamo):
 def test_a_graph_backpropagated_twice_recomputes_twice():
     """``checkpoint`` enters its recomputation context at every recomputation: ``retain_graph=True`` (or
     ``torch.autograd.grad`` more than once) recomputes again, with the same gradients and statistics."""
-    torch.manual_seed(0)
-    plain, inputs, y = CASES["spikingformer"]()
-    ckpt = copy.deepcopy(plain)
-    ckpt.set_grad_checkpointing()
+    plain, ckpt, inputs, y = _plain_and_checkpointed()
     results = []
     for model in (plain.train(), ckpt.train()):
         loss = torch.nn.functional.cross_entropy(model(*inputs), y)
@@ -185,10 +185,7 @@ def test_a_graph_backpropagated_twice_recomputes_twice():
 
 def test_the_probe_counts_a_training_step_once():
     """``SynapticProbe`` around forward and backward: the recomputation is not another call of its layers."""
-    torch.manual_seed(0)
-    plain, inputs, y = CASES["spikingformer"]()
-    ckpt = copy.deepcopy(plain)
-    ckpt.set_grad_checkpointing()
+    plain, ckpt, inputs, y = _plain_and_checkpointed()
     seen = []
     for model in (plain.train(), ckpt.train()):
         with sf.SynapticProbe(model) as probe:

@@ -95,14 +95,18 @@ def _cifar(name: str, root: Path, download: bool) -> RawData:
                    list(train.classes), 3, 32, mean, std)
 
 
+def _is_image(path: Path) -> bool:
+    """A file ``ImageFolder`` would read, by its extension."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    return path.suffix.lower() in IMG_EXTENSIONS
+
+
 def _class_folder_hint(root: Path) -> str:
     """What to do when a CIFAR ``data_dir`` holds class folders instead (such as the CIFAR-10 JPEG copy,
     ``train/<class>/*.jpg``): a natural slip is to point ``configs/cifar10.yaml`` at them."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
     train = root / "train" if (root / "train").is_dir() else root
-    if not root.is_dir() or not any(f.suffix.lower() in IMG_EXTENSIONS
-                                    for d in train.iterdir() if d.is_dir() for f in d.iterdir()):
+    if not root.is_dir() or not any(_is_image(f) for d in train.iterdir() if d.is_dir() for f in d.iterdir()):
         return ""  # not a class-folder tree (a damaged cifar-10-batches-py/ is a folder of no images)
     return (f"{train} holds class folders, which dataset: folder reads (as configs/cifar10_jpeg.yaml does, "
             f"holding out a validation split)")
@@ -159,9 +163,7 @@ def _folder(root: Path) -> RawData:
 def _no_loose_images(val_dir: Path) -> None:
     """Class folders with images beside them, as a ``valprep.sh`` stopped midway leaves a flat ``val/``: the
     class folders alone (all ``ImageFolder`` reads) would validate on a part of the split, and say nothing."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
-    loose = sorted(p.name for p in val_dir.iterdir() if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+    loose = sorted(p.name for p in val_dir.iterdir() if p.is_file() and _is_image(p))
     if loose:
         raise DataError(f"{val_dir} holds class folders and {len(loose)} images outside them (e.g. {loose[:3]}): "
                         f"sort every image into {val_dir}/<class>/ (valprep.sh), or keep the folder flat")
@@ -191,8 +193,6 @@ def _flat_val(root: Path, classes: list[str]) -> tuple[_LabelledFiles, Path]:
     ``root`` or one of the three folders above it (the release's top folder)."""
     import csv
 
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
     val_dir = root / "val"
     # absolute: a relative data_dir ("CLS-LOC", run from the release's Data/) has no parents to search
     labels = next((d / KAGGLE_VAL_LABELS for d in (root, *list(root.absolute().parents)[:3])
@@ -211,7 +211,7 @@ def _flat_val(root: Path, classes: list[str]) -> tuple[_LabelledFiles, Path]:
     index = {c: i for i, c in enumerate(classes)}
     samples, unlabelled, unknown = [], [], set()
     for path in sorted(val_dir.iterdir()):
-        if path.suffix.lower() not in IMG_EXTENSIONS:
+        if not _is_image(path):
             continue
         name = wnid.get(path.stem)
         if name is None:

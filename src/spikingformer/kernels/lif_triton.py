@@ -21,8 +21,8 @@ input dtype: 4 in fp32, 2 in bf16/fp16):
 - this kernel saves ``X[t]`` only: ``b`` bytes.
 
 (Counted with ``torch.autograd.graph.saved_tensors_hooks``, ``tests/test_lif_triton.py``: 5 vs 4
-bytes in fp32, 3 vs 2 in bf16.)  In bf16/fp16 the fp32 membrane gives the spikes of the fp32 loop on the upcast input,
-not those of the eager loop's low-precision membrane.
+bytes in fp32, 3 vs 2 in bf16.)  In bf16/fp16 the fp32 membrane gives the spikes of the fp32 loop
+on the upcast input, not those of the eager loop's low-precision membrane.
 
 The backward's memory traffic is the minimum, ``3b`` bytes per neuron-step (read ``X`` and
 ``grad_S``, write ``grad_X``): ``T`` is a constexpr, both sweeps unroll and the membranes stay
