@@ -260,6 +260,23 @@ def test_every_named_model_gets_a_full_report(name):
     assert report.backbone_mJ == pytest.approx(report.total_mJ - report.readout_mJ)
 
 
+@pytest.mark.parametrize("name", sf.list_models())
+def test_every_named_model_is_priced_per_time_step(name):
+    """Every layer of every model sees its input time-major, so a policy can be priced; running every step
+    costs the backbone's energy."""
+    from spikingformer.energy import energy_from_probe, policy_energy
+    from spikingformer.probe import SynapticProbe
+
+    model = sf.create_model(name, depth=1, T=2).train()
+    size = model.cfg.img_size if model.cfg.img_size <= 32 else 2 * model.patch_size
+    with SynapticProbe(model) as probe:
+        probe.per_step(2, 3)
+        model(torch.randn(3, model.cfg.in_chans, size, size))
+        probe.charge(torch.ones(1, 2, 3, dtype=torch.bool))
+    assert policy_energy(probe, images=3) == [pytest.approx(energy_from_probe(probe, 3, 2).backbone_mJ * 1e3,
+                                                            rel=1e-9)]
+
+
 def test_spike_fed_head_counts_as_acs():
     head = ClassifierHead(16, 5, kind="sn_fc_avgpool")
     x = torch.full((2, 3, 4, 16), -10.0)  # [T, B, N, D]
@@ -276,3 +293,54 @@ def test_spike_fed_head_counts_as_acs():
 def test_unknown_time_steps_is_a_clear_error():
     with pytest.raises(ValueError, match="time steps.*T="):
         estimate_energy(MultiStepLIF(), torch.randn(2, 3))
+
+
+def test_a_policy_stopping_after_t_steps_costs_the_energy_of_t_steps():
+    """``policy_energy`` prices the sample-steps a policy ran (``eval --early-exit``): stopping every sample
+    after t steps costs what the model built for T = t costs (static images, neurons that never look
+    ahead), and a mixed policy charges every layer input in exactly the sample-steps it ran."""
+    from spikingformer.energy import policy_energy
+    from spikingformer.probe import SYNAPTIC_TYPES, SynapticProbe
+
+    from .helpers import calibrate_bn
+
+    torch.manual_seed(0)
+    kw = dict(depth=1, dim=32, num_heads=4, num_classes=5)
+    model, x = sf.create_model("spikingformer_4_256", T=3, **kw), torch.randn(6, 3, 32, 32)
+    calibrate_bn(model, x).eval()
+    stops = torch.tensor([[0] * 6, [1] * 6, [2] * 6, [0, 2, 1, 0, 2, 1]])
+    runs = torch.arange(3)[None, :, None] <= stops[:, None]                       # [policy, t, b]
+    fed = {}  # each layer's inputs, seen by a hook of the test's own
+    hooks = [m.register_forward_pre_hook(lambda m, args, name=name: fed.setdefault(name, args))
+             for name, m in model.named_modules() if isinstance(m, SYNAPTIC_TYPES)]
+    with SynapticProbe(model) as probe:
+        probe.per_step(3, 6)
+        model(x)
+        probe.charge(runs)
+    for h in hooks:
+        h.remove()
+    mixed = runs[3].float()
+    for rec in probe.ordered:
+        if rec.readout:
+            assert rec.charged == []
+            continue
+        for spent, a in zip(rec.charged, fed[rec.name]):
+            assert spent[3].item() == pytest.approx((a.reshape(3, 6, -1).sum(-1) * mixed).sum().item(), rel=1e-6)
+    uJ = policy_energy(probe, images=6)
+    for t in (1, 2, 3):
+        short = sf.create_model("spikingformer_4_256", T=t, **kw).eval()
+        short.load_state_dict(model.state_dict())
+        assert uJ[t - 1] == pytest.approx(estimate_energy(short, x).backbone_mJ * 1e3, rel=1e-9)
+    assert uJ[0] < uJ[3] < uJ[2]
+
+
+def test_policy_energy_needs_inputs_laid_out_per_time_step():
+    from spikingformer.energy import policy_energy
+    from spikingformer.probe import SynapticProbe
+
+    model = nn.Sequential(nn.Linear(8, 4))
+    with SynapticProbe(model) as probe:
+        probe.per_step(3, 4)
+        model(torch.rand(5, 8).round())                # 5 rows: not [T, B] nor T * B
+        probe.charge(torch.ones(1, 3, 4, dtype=torch.bool))
+    assert policy_energy(probe, images=4) is None

@@ -126,11 +126,14 @@ def test_eval_reports_accuracy_after_each_time_step(tree, tmp_path, capsys):
     assert len(steps) == 3 and steps[-1] == full["val_acc"]
     out = capsys.readouterr().out
     assert "top-1 after each time step: 1 " in out
-    assert f"early exit at confidence 1e-09: top-1 {100 * steps[0]:.2f} % in 1.00 of 3 time steps" in out
     # any read-out is sure enough at 1e-9 (the first step answers); none at 1 short of a softmax of exactly 1
     first, last = full["early_exit"]
     assert (first["confidence"], first["val_acc"], first["mean_steps"]) == (1e-9, steps[0], 1.0)
     assert last["confidence"] == 1.0 and last["val_acc"] == steps[-1] and last["mean_steps"] <= 3.0
+    assert 0 < first["backbone_uJ"] < last["backbone_uJ"] <= full["backbone_uJ"]
+    assert (f"early exit at confidence 1e-09: top-1 {100 * steps[0]:.2f} % in 1.00 of 3 time steps on average, "
+            f"{first['backbone_uJ']:.4g} uJ per image") in out
+    assert f"read-out excluded; {full['backbone_uJ']:.4g} uJ per image for all 3 steps" in out
     assert (tmp_path / "steps.png").read_bytes().startswith(b"\x89PNG")
     assert cli.main(["eval", "--checkpoint", str(ckpt), "--early-exit", "0"]) == 2
     assert "early-exit confidences are softmax probabilities in (0, 1], got [0.0]" in capsys.readouterr().err
@@ -146,14 +149,15 @@ def test_early_exit_answers_each_sample_at_its_first_sure_step():
                           [unsure, sure[::-1], unsure, sure],     # step 2: sample 1 sure, of class 1
                           [unsure, sure, unsure[::-1], sure]])    # step 3: sample 2 answered unsure, class 1
     y = torch.tensor([0, 0, 1, 0])
-    correct, used = early_exit(steps, y, 0.9)
-    assert (correct.item(), used.item()) == (2, 1 + 2 + 3 + 1)    # samples 0 and 2 right; 1 and 3 wrong
-    correct, used = early_exit(steps, y, 0.99)                    # nobody sure: all answered at step 3
-    assert (correct.item(), used.item()) == ((steps[-1].argmax(-1) == y).sum().item(), 12)
+    correct, used, stop = early_exit(steps, y, 0.9)
+    assert (correct.item(), used.item(), stop.tolist()) == (2, 1 + 2 + 3 + 1, [0, 1, 2, 0])  # samples 0, 2 right
+    correct, used, stop = early_exit(steps, y, 0.99)              # nobody sure: all answered at step 3
+    assert (correct.item(), used.item(), stop.tolist()) == ((steps[-1].argmax(-1) == y).sum().item(), 12, [2] * 4)
 
 
 def test_per_step_accuracy_counts_each_steps_read_out():
     from spikingformer import create_model
+    from spikingformer.energy import estimate_energy
     from spikingformer.evaluation import evaluate
 
     from .helpers import calibrate_bn
@@ -172,6 +176,11 @@ def test_per_step_accuracy_counts_each_steps_read_out():
     assert r["val_acc_per_step"][0] == 1.0 and r["val_acc_per_step"][-1] == pytest.approx(last) == r["val_acc"]
     assert last < 1.0 and len(r["val_acc_per_step"]) == 3
     assert "val_acc_per_step" not in evaluate(model, batches, torch.device("cpu"))
+    # early exits are priced from the sample-steps they ran: all at step 1 is the energy of T = 1
+    r = evaluate(model, batches, torch.device("cpu"), per_step=True, exit_at=(1e-9,))
+    assert r["early_exit"][0]["backbone_uJ"] == pytest.approx(estimate_energy(one, batches).backbone_mJ * 1e3,
+                                                              rel=1e-9)
+    assert r["backbone_uJ"] == pytest.approx(estimate_energy(model, batches).backbone_mJ * 1e3, rel=1e-9)
 
 
 def test_eval_set_of_bad_model_options_is_one_error_line(tree, tmp_path, capsys):

@@ -64,7 +64,7 @@ from .metrics import FIGURE_SUFFIXES, check_output, output_path, write_json
 from .probe import LayerProbe, Stage, SynapticProbe
 
 __all__ = ["E_MAC_PJ", "E_AC_PJ", "LayerEnergy", "EnergyReport", "estimate_energy", "energy_from_probe",
-           "stage_energy", "register_cli"]
+           "stage_energy", "policy_energy", "register_cli"]
 
 E_MAC_PJ = 4.6  # 45 nm, Horowitz 2014, as the paper
 E_AC_PJ = 0.9
@@ -96,20 +96,49 @@ def _check_integer_inputs(integer_inputs: str) -> None:
 def stage_energy(rec: LayerProbe, stage: Stage, images: int, T: int, e_mac: float = E_MAC_PJ,
                  e_ac: float = E_AC_PJ, integer_inputs: str = "mac") -> LayerEnergy:
     """Eq. 19 for one product of one layer, per image (see the module docstring for the rule)."""
-    _check_integer_inputs(integer_inputs)
     flops = stage.macs / (images * T)  # a layer run once per image (e.g. AvgPool-FC) shows its count / T
-    operands = [rec.inputs[i] for i in stage.operands]
-    events = [s for s in operands if s.binary or (integer_inputs == "ac" and s.integer and s.min >= 0)]
+    events = _event_operands(rec, stage, integer_inputs)
     if events:
-        driver = min(events, key=lambda s: s.firing_rate)
-        fr, kind = driver.firing_rate, driver.kind
+        driver = min((rec.inputs[i] for i in events), key=lambda s: s.firing_rate)
+        fr = driver.firing_rate
         ac, mac = fr * T * flops, 0.0
-    else:
-        driver = min(operands, key=lambda s: s.kind != "real")  # a real factor makes the product real-valued
-        fr, kind = None, driver.kind
-        ac, mac = 0.0, T * flops
-    return LayerEnergy(rec.name, stage.label, kind, rec.readout, fr, driver.nonzero_rate, flops, ac, mac,
+    else:  # a real factor makes the product real-valued
+        driver = min((rec.inputs[i] for i in stage.operands), key=lambda s: s.kind != "real")
+        fr, ac, mac = None, 0.0, T * flops
+    return LayerEnergy(rec.name, stage.label, driver.kind, rec.readout, fr, driver.nonzero_rate, flops, ac, mac,
                        (e_ac * ac + e_mac * mac) * 1e-6)
+
+
+def _event_operands(rec: LayerProbe, stage: Stage, integer_inputs: str) -> list[int]:
+    """The inputs of ``stage`` that arrive as events (spikes, or counts with ``integer_inputs="ac"``): the
+    product costs accumulates driven by the sparsest of them, or multiply-accumulates when there is none."""
+    _check_integer_inputs(integer_inputs)
+    return [i for i in stage.operands if rec.inputs[i].binary
+            or (integer_inputs == "ac" and rec.inputs[i].integer and rec.inputs[i].min >= 0)]
+
+
+def policy_energy(probe: SynapticProbe, images: int, e_mac: float = E_MAC_PJ, e_ac: float = E_AC_PJ,
+                  integer_inputs: str = "mac") -> list[float] | None:
+    """Backbone energy per image (Eq. 20, µJ) of each policy ``probe.charge`` counted over ``images``
+    samples, or None where a layer's inputs were not laid out per time step.  Each product is priced as
+    ``stage_energy`` prices it, from the sample-steps the policy ran only: accumulates from the events of
+    its sparsest event input there, multiply-accumulates by the share of the sample-steps it ran.  So a
+    policy that stops every sample after ``t`` steps costs what ``estimate_energy`` gives the model run
+    for ``t`` steps."""
+    layers = [r for r in probe.ordered if not r.readout]
+    if probe.steps_run is None or any(not r.per_step or not r.charged for r in layers):
+        return None
+    share = (probe.steps_run / probe.steps_seen).tolist()
+    pj = torch.zeros(len(share), dtype=torch.float64)
+    for rec in layers:
+        for stage in rec.stages:
+            events = _event_operands(rec, stage, integer_inputs)
+            if events:  # the fraction of the dense products that an event drove, in the sample-steps run
+                fired = torch.stack([rec.charged[i] / rec.inputs[i].numel for i in events])
+                pj += e_ac * fired.amin(0) * stage.macs / images
+            else:
+                pj += e_mac * torch.tensor(share, dtype=torch.float64) * stage.macs / images
+    return (pj * 1e-6).tolist()
 
 
 @dataclass
@@ -239,7 +268,7 @@ def energy_from_probe(probe: SynapticProbe, images: int, T: int, e_mac: float = 
     return EnergyReport(model_name, T, images, e_mac, e_ac, rows, probe.spike_driven, integer_inputs=integer_inputs)
 
 
-def _split(x: Tensor | dict, T: int | None, time_major: bool | None, model: nn.Module) -> tuple[int, int]:
+def steps_and_samples(x: Tensor | dict, T: int | None, time_major: bool | None, model: nn.Module) -> tuple[int, int]:
     """``(T, samples)`` of one input batch: ``[T, B, ...]`` if time-major, else ``[B, ...]`` (or a text
     batch, a dict of ``forward`` keyword inputs) repeated T times."""
     if isinstance(x, dict):
@@ -278,7 +307,7 @@ def estimate_energy(model: nn.Module, inputs: Tensor | dict | Iterable, *, T: in
     with SynapticProbe(model) as probe:
         for x in with_progress(batches, "energy", progress):
             x = x[0] if isinstance(x, (tuple, list)) else x
-            t, b = _split(x, T, time_major, model)
+            t, b = steps_and_samples(x, T, time_major, model)
             steps.add(t)
             images += b
             run_model(model, x)

@@ -7,6 +7,7 @@ the dataset has none of its own, so numbers stay comparable across runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 
@@ -14,10 +15,12 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
+from .energy import policy_energy, steps_and_samples
 from .fast import FastPath, resolve_lif_backend
 from .layers import running_mean
+from .probe import SynapticProbe
 
-__all__ = ["evaluate", "read_outs", "spike_stats", "eval_path", "evaluate_checkpoint", "asked_options", "run_config",
+__all__ = ["evaluate", "early_exit", "read_outs", "spike_stats", "eval_path", "evaluate_checkpoint", "asked_options", "run_config",
            "rebuild"]
 
 
@@ -27,38 +30,51 @@ def evaluate(model: nn.Module, loader, device: torch.device, path: FastPath | No
     """Mean cross-entropy, top-1 and top-5 accuracy over ``loader``, summed over every process.
     ``path`` gives the autocast dtype and input layout (default: fp32, as laid out).  With ``per_step``
     also ``val_acc_per_step``: the top-1 of the read-out after each time step (``forward_steps``), and
-    for each confidence in ``exit_at`` the top-1 and mean time steps of exiting early (``early_exit``)."""
+    for each confidence in ``exit_at`` the top-1, mean time steps and backbone energy per image of exiting
+    early (``early_exit``), beside the energy of running every step (``backbone_uJ``)."""
     from tqdm import tqdm
 
     from .distributed import all_reduce_sum
 
     path = path or FastPath.off()
     model.eval()
+    # with early exits a probe counts, per layer, the synaptic events of the sample-steps each policy runs
+    probe = SynapticProbe(model) if per_step and exit_at else None
     # loss, top1, top5, n[, top1 after step 1..T], T the inputs' (a sequence's may differ from model.T);
     # zeros where this process's shard of the split is empty
-    sums = None
-    for x, y in tqdm(loader, desc="eval", leave=False, disable=not progress):
-        x, y = path.to_input(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
-        path.step_begin()
-        with path.autocast(device):
+    sums, images = None, 0
+    with probe or contextlib.nullcontext():
+        for x, y in tqdm(loader, desc="eval", leave=False, disable=not progress):
+            x, y = path.to_input(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+            path.step_begin()
+            if probe:
+                probe.per_step(*steps_and_samples(x, None, None, model))
+            with path.autocast(device):
+                if per_step:
+                    logits, steps = (out.float() for out in read_outs(model, x))
+                else:
+                    logits = model(x).float()  # with CUDA graphs the output lives only until the next step
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            batch = [nn.functional.cross_entropy(logits, y, reduction="sum").double(), (top[:, 0] == y).sum().double(),
+                     (top == y[:, None]).any(1).sum().double(), torch.tensor(float(len(y)), device=device).double()]
+            images += len(y)
             if per_step:
-                logits, steps = (out.float() for out in read_outs(model, x))
-            else:
-                logits = model(x).float()  # with CUDA graphs the output lives only until the next step
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        batch = [nn.functional.cross_entropy(logits, y, reduction="sum").double(), (top[:, 0] == y).sum().double(),
-                 (top == y[:, None]).any(1).sum().double(), torch.tensor(float(len(y)), device=device).double()]
-        if per_step:
-            batch += list((steps.argmax(-1) == y).sum(1).double())
-            for p in exit_at:
-                batch += early_exit(steps, y, p)
-        batch = torch.stack(batch)
-        if sums is None:
-            sums = torch.zeros_like(batch)
-        elif len(batch) != len(sums):
-            raise ValueError(f"per_step: a batch of {len(steps)} time steps after one of "
-                             f"{len(sums) - len(batch) + len(steps)}")
-        sums += batch
+                batch += list((steps.argmax(-1) == y).sum(1).double())
+                stops = []
+                for p in exit_at:
+                    correct, used, stop = early_exit(steps, y, p)
+                    batch += [correct, used]
+                    stops.append(stop)
+                if probe:  # the sample-steps each policy runs, then all of them
+                    stops.append(torch.full_like(stops[0], len(steps) - 1))
+                    probe.charge(torch.arange(len(steps), device=device)[None, :, None] <= torch.stack(stops)[:, None])
+            batch = torch.stack(batch)
+            if sums is None:
+                sums = torch.zeros_like(batch)
+            elif len(batch) != len(sums):
+                raise ValueError(f"per_step: a batch of {len(steps)} time steps after one of "
+                                 f"{len(sums) - len(batch) + len(steps)}")
+            sums += batch
     if sums is None:
         sums = torch.zeros(4 + (model.T + 2 * len(exit_at) if per_step else 0), dtype=torch.float64, device=device)
     loss, top1, top5, n, *rest = all_reduce_sum(sums).tolist()
@@ -70,20 +86,29 @@ def evaluate(model: nn.Module, loader, device: torch.device, path: FastPath | No
     n_steps = len(rest) - 2 * len(exit_at)
     exits = [{"confidence": p, "val_acc": rest[n_steps + 2 * i] / n, "mean_steps": rest[n_steps + 2 * i + 1] / n}
              for i, p in enumerate(exit_at)]
-    return {**out, "val_acc_per_step": [c / n for c in rest[:n_steps]], **({"early_exit": exits} if exit_at else {})}
+    out["val_acc_per_step"] = [c / n for c in rest[:n_steps]]
+    if exit_at:
+        out["early_exit"] = exits
+        # this process's share of the split: eval runs as one process (the probe's counts are not all-reduced)
+        uJ = policy_energy(probe, images) if images else None
+        if uJ is not None:
+            out["backbone_uJ"] = uJ.pop()
+            for e, u in zip(exits, uJ):
+                e["backbone_uJ"] = u
+    return out
 
 
-def early_exit(steps: torch.Tensor, y: torch.Tensor, confidence: float) -> list[torch.Tensor]:
-    """Correct answers and time steps used when each sample stops at the first step whose read-out
-    (``steps``, logits ``[T, B, classes]`` after each step) gives its top class a softmax probability of at
-    least ``confidence``, or after the last step.  Neurons never look ahead, so a sample stopped after
-    ``t`` steps is answered exactly as a run of ``t`` steps would answer it."""
+def early_exit(steps: torch.Tensor, y: torch.Tensor, confidence: float) -> tuple[torch.Tensor, ...]:
+    """Correct answers, time steps used, and each sample's last step (``[B]``, 0-based) when each sample
+    stops at the first step whose read-out (``steps``, logits ``[T, B, classes]`` after each step) gives its
+    top class a softmax probability of at least ``confidence``, or after the last step.  Neurons never look
+    ahead, so a sample stopped after ``t`` steps is answered exactly as a run of ``t`` steps would answer it."""
     probs, pred = steps.softmax(-1).max(-1)                            # [T, B]
     sure = probs >= confidence
     sure[-1] = True
     stop = sure.to(torch.uint8).argmax(0)                              # the first sure step of each sample
     answer = pred.gather(0, stop[None])[0]
-    return [(answer == y).sum().double(), (stop + 1).sum().double()]
+    return (answer == y).sum().double(), (stop + 1).sum().double(), stop
 
 
 def read_outs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,8 +123,6 @@ def read_outs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 def spike_stats(model: nn.Module, loader, device: torch.device, max_batches: int = 4) -> dict:
     """Mean firing rate of every spike input to a synaptic layer (encoding layer and read-out excluded)
     and the spike-driven verdict, from ``SynapticProbe`` on up to ``max_batches`` eval batches."""
-    from .probe import SynapticProbe
-
     model.eval()
     images = 0
     with SynapticProbe(model) as probe:
@@ -288,8 +311,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if len(steps) > 1:
         print("top-1 after each time step: " + ", ".join(f"{t} {100 * a:.2f} %" for t, a in enumerate(steps, 1)))
     for e in r.get("early_exit", []):
+        energy = f", {e['backbone_uJ']:.4g} uJ per image" if "backbone_uJ" in e else ""
         print(f"early exit at confidence {e['confidence']:g}: top-1 {100 * e['val_acc']:.2f} % in "
-              f"{e['mean_steps']:.2f} of {len(steps)} time steps on average")
+              f"{e['mean_steps']:.2f} of {len(steps)} time steps on average{energy}")
+    if "backbone_uJ" in r:
+        print(f"(energy of the backbone, Eq. 20, read-out excluded; {r['backbone_uJ']:.4g} uJ per image for all "
+              f"{len(steps)} steps)")
     if args.plot:
         plot_steps(steps, args.plot, f"{r['model']} on {r['val_split']}", r.get("early_exit", []))
         print(f"wrote {args.plot}")
@@ -301,7 +328,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def plot_steps(acc: list[float], path: str, title: str, exits: list[dict] = ()) -> None:
     """Top-1 accuracy of the read-out after each time step, and of the ``early_exit`` policies at their mean
-    time steps, as a figure (PNG, PDF or SVG by ``path``'s suffix)."""
+    time steps (labelled with their confidence and energy), as a figure (PNG, PDF or SVG by ``path``'s suffix)."""
     import textwrap
 
     from matplotlib.ticker import MaxNLocator
@@ -312,11 +339,13 @@ def plot_steps(acc: list[float], path: str, title: str, exits: list[dict] = ()) 
     ax.plot(range(1, len(acc) + 1), [100 * a for a in acc], marker="o", label="every sample stopped after t steps")
     if exits:
         ax.plot([e["mean_steps"] for e in exits], [100 * e["val_acc"] for e in exits], "s", color="C1",
-                label="early exit at a confidence (mean steps)")
+                label="early exit (confidence: backbone energy per image)")
         for e in exits:
-            ax.annotate(f"{e['confidence']:g}", (e["mean_steps"], 100 * e["val_acc"]), fontsize=7,
+            label = f"{e['confidence']:g}" + (f": {e['backbone_uJ']:.3g} uJ" if "backbone_uJ" in e else "")
+            ax.annotate(label, (e["mean_steps"], 100 * e["val_acc"]), fontsize=7,
                         textcoords="offset points", xytext=(4, -9))
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="center right")
+        ax.margins(x=0.15)  # room for the last square's label
     ax.set(xlabel="time steps given to the read-out", ylabel="top-1 accuracy (%)")
     ax.set_title(textwrap.fill(title, 60), fontsize=8)  # split names are long: wrapped, not cut at the edge
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

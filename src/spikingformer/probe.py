@@ -6,6 +6,9 @@ per layer and per input tensor, whether every value was 0/1 (spikes), an integer
 real, plus the firing rate; and, per layer, the dense multiply-accumulate count of each
 matrix product it performs (``LayerProbe.stages``), from which ``energy`` derives Eq. 19.
 Nothing is tied to one architecture: any module tree built from PyTorch layers works.
+
+For a policy that stops samples early (``eval --early-exit``), ``per_step`` and ``charge`` also count,
+per layer input, only the sample-steps the policy ran, from which ``energy.policy_energy`` prices it.
 """
 from __future__ import annotations
 
@@ -113,6 +116,17 @@ def _tensors(args: tuple, kwargs: dict) -> list[Tensor]:
     return [a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)]
 
 
+def _step_sums(x: Tensor, T: int, B: int) -> Tensor | None:
+    """``[T, B]``: ``x`` summed per time step and sample, or None when it is not laid out time-major."""
+    if x.dim() >= 2 and tuple(x.shape[:2]) == (T, B) or x.dim() >= 1 and x.shape[0] == T * B:
+        return x.detach().float().reshape(T, B, -1).sum(-1)
+    return None
+
+
+def _plus(total: Tensor | None, x: Tensor) -> Tensor:
+    return x if total is None else total + x
+
+
 def _stages(mod: nn.Module, inputs: list[Tensor], out) -> list[tuple[str, tuple[int, ...], int]]:
     """``(label, operands, dense MACs)`` of each product one call of ``mod`` computes."""
     if isinstance(mod, SpikeQKV):
@@ -142,6 +156,10 @@ class LayerProbe:
     inputs: list[TensorStats] = field(default_factory=list)
     calls: int = 0
     stages: list[Stage] = field(default_factory=list)
+    # per input: its sum per sample and step this forward pass ([T, B]), and over what each policy ran ([P])
+    pending: list[Tensor | None] = field(default_factory=list)
+    charged: list[Tensor | None] = field(default_factory=list)
+    per_step: bool = True  # every input came as [T, B, ...] or [T * B, ...]
 
     @property
     def kind(self) -> str:
@@ -171,6 +189,9 @@ class SynapticProbe:
         self.exempt_first = getattr(model, "synaptic_encoding", True)
         self.layers: dict[str, LayerProbe] = {}
         self._handles = []
+        self._layout: tuple[int, int] | None = None  # (T, B) of the next forward, for ``charge``
+        self.steps_run: Tensor | None = None         # per policy, the sample-steps ``charge`` counted
+        self.steps_seen = 0                          # the sample-steps of every charged forward pass
 
     def __enter__(self) -> "SynapticProbe":
         readout = {id(m) for h in self.model.modules() if isinstance(h, ClassifierHead) for m in h.modules()}
@@ -199,7 +220,33 @@ class SynapticProbe:
             rec.calls += 1
             for stats, a in zip(rec.inputs, tensors):
                 stats.update(a)
+            if self._layout is not None and not readout:
+                sums = [_step_sums(a, *self._layout) for a in tensors]
+                if any(s is None for s in sums):
+                    rec.per_step = False
+                else:
+                    rec.pending = list(map(_plus, rec.pending or [None] * len(sums), sums))
         return hook
+
+    def per_step(self, T: int, B: int) -> None:
+        """The next forward pass runs ``B`` samples for ``T`` steps: keep each input's sum per sample and step
+        (an input laid out ``[T, B, ...]`` or ``[T * B, ...]``, time-major as SPEC §1) until ``charge``."""
+        self._layout = (T, B)
+
+    @torch.no_grad()
+    def charge(self, runs: Tensor) -> None:
+        """Count the sample-steps of the last forward pass that each of ``P`` policies ran: ``runs [P, T, B]``
+        is 1 where a policy ran sample ``b`` at step ``t``.  Each non-readout input adds its sum over those
+        sample-steps to ``LayerProbe.charged``; ``energy.policy_energy`` prices them."""
+        runs = runs.float()
+        for rec in self.layers.values():
+            if rec.pending:
+                spent = [torch.einsum("ptb,tb->p", runs, sums).double().cpu() for sums in rec.pending]
+                rec.charged = list(map(_plus, rec.charged or [None] * len(spent), spent))
+            rec.pending = []
+        self.steps_run = _plus(self.steps_run, runs.sum((1, 2)).double().cpu())
+        self.steps_seen += runs[0].numel()
+        self._layout = None
 
     def _count_hook(self, name: str):
         # A forward (post) hook: a conv's MAC count needs its output size.
