@@ -128,6 +128,27 @@ def test_verify_exits_1_for_spikformer_with_json_and_fig3(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
 
 
+def test_layers_nothing_fired_into_are_named_not_certified(tmp_path, capsys):
+    """All-zero input is binary but proves nothing: an untrained Spikformer in eval mode (BN at its initial
+    statistics) passes the rule only because nothing fires, and says so; exit 3 where CI would gate on it."""
+    import spikingformer as sf
+
+    torch.manual_seed(0)
+    model, x = sf.create_model("spikformer_4_384", depth=1).eval(), torch.randn(2, 3, 32, 32)
+    cert = verify_model(model, x)
+    assert cert.spike_driven and "blocks.0.mlp.fc1.linear" in [r.name for r in cert.silent]
+    assert "warning: " in cert.table() and cert.to_dict()["silent"] == [r.name for r in cert.silent]
+    fired = verify_model(model.train(), x)                       # batch statistics: it fires, and is caught
+    assert not fired.silent and not fired.spike_driven
+
+    weights = {k: torch.full_like(v, -1.0) if k.endswith("bn.bias") else v
+               for k, v in sf.create_model("spikingformer_4_256", depth=1).state_dict().items()}
+    torch.save(weights, tmp_path / "quiet.pt")                   # every BN shifted below threshold
+    assert main(["verify", "--model", "spikingformer_4_256", "--model-kwargs", "depth=1", "--t", "2",
+                 "--batch-size", "1", "--checkpoint", str(tmp_path / "quiet.pt")]) == 3
+    assert "received nothing but zeros (tokenizer.convs.1.conv, " in capsys.readouterr().out
+
+
 def test_verify_errors_are_clear(tmp_path, capsys):
     assert main(["verify", "--model", "nope"]) == 2
     assert "unknown model 'nope'" in capsys.readouterr().err

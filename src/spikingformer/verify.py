@@ -70,6 +70,11 @@ class LayerVerdict:
     def ok(self) -> bool:
         return self.role != "synaptic" or self.spike_input
 
+    @property
+    def silent(self) -> bool:
+        """A synaptic layer that received nothing but zeros: binary, but no evidence of what it is fed."""
+        return self.role == "synaptic" and all(i.nonzero == 0 for i in self.inputs)
+
 
 @dataclass
 class Certificate:
@@ -85,6 +90,12 @@ class Certificate:
     def spike_driven(self) -> bool:
         return not self.violations
 
+    @property
+    def silent(self) -> list[LayerVerdict]:
+        """Synaptic layers that received only zeros: nothing fired into them, so the run proves nothing
+        about them (an untrained model in eval mode, say), and a verdict of spike-driven is vacuous there."""
+        return [r for r in self.layers if r.silent]
+
     def to_dict(self) -> dict:
         layers = []
         for r in self.layers:
@@ -95,7 +106,8 @@ class Certificate:
                 i["counts"] = [counts[v] for v in sorted(counts)] if counts is not None else None
             layers.append(dict(d, spike_input=r.spike_input, ok=r.ok))
         return dict(model=self.model, spike_driven=self.spike_driven,
-                    violations=[r.name for r in self.violations], notes=self.notes, layers=layers)
+                    violations=[r.name for r in self.violations], silent=[r.name for r in self.silent],
+                    notes=self.notes, layers=layers)
 
     def table(self) -> str:
         width = max([len("layer")] + [len(r.name) + 2 for r in self.layers])
@@ -112,6 +124,11 @@ class Certificate:
             lines.append(f"verdict: {self.model} is NOT spike-driven: {len(self.violations)} layer(s) received "
                          f"non-binary input: {', '.join(r.name for r in self.violations[:6])}"
                          + (", ..." if len(self.violations) > 6 else ""))
+        if self.silent:
+            names = ", ".join(r.name for r in self.silent[:6]) + (", ..." if len(self.silent) > 6 else "")
+            lines.append(f"warning: {len(self.silent)} synaptic layer(s) received nothing but zeros ({names}): "
+                         "nothing fired into them, so this run does not show what they are fed; give real data, "
+                         "trained weights or a model in train mode")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -272,7 +289,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, FileNotFoundError, CheckpointError, DataError) as e:  # TypeError: model options
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0 if cert.spike_driven else 1
+    return 1 if not cert.spike_driven else 3 if cert.silent else 0
 
 
 def register_cli(sub) -> None:
@@ -282,7 +299,9 @@ def register_cli(sub) -> None:
                     "input values it received and whether they are all 0/1. Exit status 0 when every "
                     "layer after the encoding layer (read-out head exempt; a text model's encoding is its "
                     "embedding, so there every linear layer counts) received only spikes, 1 when not, 2 on a "
-                    "usage error, so it can gate CI. Takes vision, event-data and text (mlm/glue) checkpoints.",
+                    "usage error, 3 when none broke the rule but some received only zeros (nothing fired into "
+                    "them, so the run proves nothing about them), so it can gate CI. Takes vision, event-data "
+                    "and text (mlm/glue) checkpoints.",
         epilog="example: spikingformer verify --model spikingformer_8_512 --plot figs/  "
                "(Fig. 3 against spikformer_8_512, block 7)")
     add_input_args(p)
