@@ -344,3 +344,10 @@ def test_policy_energy_needs_inputs_laid_out_per_time_step():
         model(torch.rand(5, 8).round())                # 5 rows: not [T, B] nor T * B
         probe.charge(torch.ones(1, 3, 4, dtype=torch.bool))
     assert policy_energy(probe, images=4) is None
+    with SynapticProbe(model) as probe:
+        probe.per_step(3, 4)
+        model(torch.rand(12, 8).round())               # T * B rows: priced
+        probe.charge(torch.ones(1, 3, 4, dtype=torch.bool))
+        assert policy_energy(probe, images=4) is not None
+        model(torch.rand(12, 8).round())               # a pass no policy was charged for
+    assert policy_energy(probe, images=4) is None

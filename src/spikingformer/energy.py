@@ -120,7 +120,8 @@ def _event_operands(rec: LayerProbe, stage: Stage, integer_inputs: str) -> list[
 def policy_energy(probe: SynapticProbe, images: int, e_mac: float = E_MAC_PJ, e_ac: float = E_AC_PJ,
                   integer_inputs: str = "mac") -> list[float] | None:
     """Backbone energy per image (Eq. 20, µJ) of each policy ``probe.charge`` counted over ``images``
-    samples, or None where a layer's inputs were not laid out per time step.  Each product is priced as
+    samples, or None where a layer ran without ``probe.per_step`` or its inputs were not laid out per
+    time step.  Each product is priced as
     ``stage_energy`` prices it, from the sample-steps the policy ran only: accumulates from the events of
     its sparsest event input there, multiply-accumulates by the share of the sample-steps it ran.  So a
     policy that stops every sample after ``t`` steps costs what ``estimate_energy`` gives the model run

@@ -157,9 +157,9 @@ class LayerProbe:
     calls: int = 0
     stages: list[Stage] = field(default_factory=list)
     # per input: its sum per sample and step this forward pass ([T, B]), and over what each policy ran ([P])
-    pending: list[Tensor | None] = field(default_factory=list)
-    charged: list[Tensor | None] = field(default_factory=list)
-    per_step: bool = True  # every input came as [T, B, ...] or [T * B, ...]
+    pending: list[Tensor] = field(default_factory=list)
+    charged: list[Tensor] = field(default_factory=list)
+    per_step: bool = True  # every call came after ``per_step``, each input as [T, B, ...] or [T * B, ...]
 
     @property
     def kind(self) -> str:
@@ -220,10 +220,10 @@ class SynapticProbe:
             rec.calls += 1
             for stats, a in zip(rec.inputs, tensors):
                 stats.update(a)
-            if self._layout is not None and not readout:
-                sums = [_step_sums(a, *self._layout) for a in tensors]
+            if not readout:
+                sums = [_step_sums(a, *self._layout) if self._layout else None for a in tensors]
                 if any(s is None for s in sums):
-                    rec.per_step = False
+                    rec.per_step = False  # a call no policy can be charged for: policy_energy gives None
                 else:
                     rec.pending = list(map(_plus, rec.pending or [None] * len(sums), sums))
         return hook
