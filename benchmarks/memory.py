@@ -11,8 +11,12 @@ backward, AdamW) is measured: the peak of the memory held by tensors, above what
 the step began.  On CUDA that is torch's allocator high-water mark; on the CPU, which keeps no
 such count, the peak of the PyTorch profiler's memory timeline of that step (tensors only, not the
 C allocator's slack).  Then ``--steps`` more steps are timed.  Ratios are against ``plain``.
+With ``--mae`` each model is the encoder of a Spikformer V2 MAE pre-training step instead
+(``SpikformerV2MAE``, T = 1 unless ``--set T=...``), whose checkpointing also recomputes the sparse
+stem's stages and the decoder's blocks.
 
     python benchmarks/memory.py spikingformer_4_384:16 --steps 3 --json memory.json
+    python benchmarks/memory.py spikformer_v2_8_384:8 --mae --steps 3
 """
 from __future__ import annotations
 
@@ -51,21 +55,35 @@ def cpu_step_peak(step) -> float:
     return peak
 
 
-def measure(model_name: str, batch: int, variant: str, device: str, steps: int, overrides: dict) -> dict:
-    """One variant: the measured step's peak memory, then the rate of ``steps`` more."""
+def build(model_name: str, overrides: dict, mae: bool, batch: int, dev: torch.device):
+    """``(model, loss)``: the model in train mode and a function giving one step's loss on a fixed batch."""
     import spikingformer
+    from spikingformer.models.mae import MAEConfig, SpikformerV2MAE
 
-    dev = torch.device(device)
-    torch.manual_seed(0)
+    if mae:
+        args = {k: v for k, v in overrides.items() if k != "T"}
+        model = SpikformerV2MAE(MAEConfig(model_name, args, T=overrides.get("T", 1))).to(dev).train()
+        x = torch.randn(batch, *model.encoder.default_input_size, device=dev)
+        gen = torch.Generator(dev).manual_seed(0)  # the same masks every step, as for the plain variant
+        return model, lambda: model(x, gen.manual_seed(0)).loss
     model = spikingformer.create_model(model_name, **overrides).to(dev).train()
-    model.set_grad_checkpointing(variant == "ckpt")
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(batch, *model.default_input_size, device=dev)
     y = torch.randint(0, model.num_classes, (batch,), device=dev)
+    return model, lambda: torch.nn.functional.cross_entropy(model(x), y)
+
+
+def measure(model_name: str, batch: int, variant: str, device: str, steps: int, overrides: dict,
+            mae: bool = False) -> dict:
+    """One variant: the measured step's peak memory, then the rate of ``steps`` more."""
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    model, loss = build(model_name, overrides, mae, batch, dev)
+    model.set_grad_checkpointing(variant == "ckpt")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step():
         opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(x), y).backward()
+        loss().backward()
         opt.step()
 
     step()
@@ -84,7 +102,8 @@ def measure(model_name: str, batch: int, variant: str, device: str, steps: int, 
     if dev.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
-    return {"model": model_name, "batch": batch, "variant": variant, "T": model.T, "device": device,
+    T = model.cfg.T if mae else model.T
+    return {"model": model_name + (" (MAE)" if mae else ""), "batch": batch, "variant": variant, "T": T, "device": device,
             "step_peak_mib": rise / 2**20, "train_img_s": batch * steps / elapsed}
 
 
@@ -95,6 +114,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=3, help="timed training steps after the measured one")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="model overrides, e.g. depth=2 dim=64 or --set depth=2 --set dim=64 (integers only)")
+    p.add_argument("--mae", action="store_true", help="each MODEL is the encoder of a Spikformer V2 MAE "
+                   "pre-training step (T = 1 unless --set T=...)")
     p.add_argument("--json", metavar="FILE", help="write every measurement as JSON")
     args = p.parse_args(argv)
     try:
@@ -109,7 +130,8 @@ def main(argv=None) -> int:
         for variant in VARIANTS:
             model_name, _, batch = run.partition(":")
             try:
-                results.append(measure(model_name, int(batch or 16), variant, args.device, args.steps, overrides))
+                results.append(measure(model_name, int(batch or 16), variant, args.device, args.steps, overrides,
+                                       args.mae))
                 print(json.dumps(results[-1]), flush=True)
             except Exception as e:  # one failed measurement (out of memory, say) must not cost the others
                 errors.append({"run": run, "variant": variant, "error": str(e)})

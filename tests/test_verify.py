@@ -172,9 +172,9 @@ def test_verify_text_and_event_checkpoints(tmp_path, capsys):
     from .test_energy_cli import event_checkpoint, text_checkpoint
 
     js = tmp_path / "cert.json"
-    assert main(["verify", "--checkpoint", str(text_checkpoint(tmp_path)), "--data", str(tmp_path),
-                 "--json", str(js)]) == 0
+    rc = main(["verify", "--checkpoint", str(text_checkpoint(tmp_path)), "--data", str(tmp_path), "--json", str(js)])
     data = json.loads(js.read_text())
+    assert rc == (3 if data["silent"] else 0)  # random weights on 2 sentences: a layer may see no spike at all
     # a text model encodes by embedding lookup: its first linear layer is no exempt encoding layer
     assert data["model"] == "spikingformer_text_2_128" and data["spike_driven"]
     assert [r["role"] for r in data["layers"]][:2] == ["synaptic", "synaptic"]

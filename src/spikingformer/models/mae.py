@@ -135,8 +135,8 @@ class SpikformerV2MAE(GradCheckpointing, nn.Module):
     ``self.encoder`` is a Spikformer V2 built by the registry with ``num_classes=0``: loading
     its ``state_dict`` into a classifier of the same name and ``encoder_args`` fills every
     backbone weight (``spikingformer.pretrain.load_pretrained_encoder``).
-    ``set_grad_checkpointing()`` recomputes the sparse stem's stages, the encoder's blocks and the
-    decoder's blocks in the backward pass.
+    ``set_grad_checkpointing()`` recomputes the sparse stem's segments (each conv and its neuron), the
+    encoder's blocks and the decoder's blocks in the backward pass.
     """
 
     def __init__(self, cfg: MAEConfig = MAEConfig()):
@@ -189,15 +189,15 @@ class SpikformerV2MAE(GradCheckpointing, nn.Module):
         """
         x = self.encoder.check_input(x)
         stem = self.encoder.stem
-        stages = [functools.partial(self._sparse_stage, a, b) for a, b in stem.stage_bounds]
-        x = run_blocks(stages, x, visible, checkpointing=stem.grad_checkpointing, owner=stem)
+        segments = [functools.partial(self._sparse_segment, a, b) for a, b in stem.segments]
+        x = run_blocks(segments, x, visible, checkpointing=stem.grad_checkpointing, owner=stem)
         tokens = x.flatten(3).transpose(2, 3)                           # [T, B, N, D]
         t, b, _, d = tokens.shape
         tokens = tokens.gather(2, ids_keep[None, :, :, None].expand(t, b, -1, d))
         return run_blocks(self.encoder.blocks, tokens, checkpointing=self.encoder.grad_checkpointing)
 
-    def _sparse_stage(self, start: int, stop: int, x: Tensor, visible: Tensor) -> Tensor:
-        """Stem layers ``start:stop`` (one SCS stage), each ConvBN sparse at its own resolution."""
+    def _sparse_segment(self, start: int, stop: int, x: Tensor, visible: Tensor) -> Tensor:
+        """Stem layers ``start:stop`` (one checkpointing segment), each ConvBN sparse at its own resolution."""
         for layer in self.encoder.stem.layers[start:stop]:
             if isinstance(layer, ConvBN):
                 h, w = _conv_out_size(layer.conv, x.shape[-2:])

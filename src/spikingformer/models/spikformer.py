@@ -86,10 +86,8 @@ class SCS(GradCheckpointing, nn.Module):
         super().__init__()
         chans = [in_chans, dim // 8, dim // 4, dim // 2, dim]
         layers: list[nn.Module] = []
-        starts = []
         for i in range(4):
             c = chans[i + 1]
-            starts.append(len(layers))
             if i > 0:
                 layers.append(MultiStepLIF(tau))
             layers += [ConvBN(chans[i], c, 2, 2, 0), MultiStepLIF(tau),
@@ -97,11 +95,15 @@ class SCS(GradCheckpointing, nn.Module):
                        ConvBN(c * expansion, c, 3, 1, 1)]
         layers.append(MultiStepLIF(tau))
         self.layers = nn.Sequential(*layers)
-        self.stage_bounds = tuple(zip(starts, starts[1:] + [len(layers)]))  # the last stage owns the final SN
+        # What set_grad_checkpointing recomputes at once: each conv with the neuron after it, not a whole stage,
+        # whose convs at the first stage's resolution hold most of the activations (benchmarks/memory.py, CPU,
+        # a step's peak against plain: spikformer_v2_8_384 at batch 2, 0.43 where whole stages gave 0.47; MAE
+        # pre-training at 224x224, 0.92 against 0.96-0.98; at 64x64, 0.68 against 0.73)
+        self.segments = tuple((a, a + 2) for a in range(0, len(layers), 2))
 
     def forward(self, x: Tensor) -> Tensor:
-        stages = [self.layers[a:b] for a, b in self.stage_bounds]
-        return run_blocks(stages, x, checkpointing=self.grad_checkpointing, owner=self)
+        segments = [self.layers[a:b] for a, b in self.segments]
+        return run_blocks(segments, x, checkpointing=self.grad_checkpointing, owner=self)
 
 
 class SSA(nn.Module):
