@@ -204,3 +204,15 @@ def test_each_event_dataset_reads_its_own_sample_files(tmp_path):
         f"{recording}: dvs128_gesture samples are read from .npz files; a raw DVS128 Gesture recording")
     assert input_files("nmnist").refusal(recording) == (
         f"{recording}: nmnist samples are read from .bin, .bs2, .npz files")
+
+
+def test_early_exit_on_event_frames_is_priced(event_run, tmp_path):
+    """Event batches come time-major ([T, B, 2, H, W]): every layer's spikes are still charged per sample
+    and step, so stopping all recordings after the first frame costs less than reading both."""
+    from spikingformer.evaluation import evaluate_checkpoint
+
+    ckpt, data = event_run
+    r = evaluate_checkpoint(str(ckpt), str(data), device="cpu", exit_at=(1e-9, 1.0))
+    first, last = r["early_exit"]
+    assert first["mean_steps"] == 1.0 and last["mean_steps"] == 2.0
+    assert 0 < first["backbone_uJ"] < last["backbone_uJ"] == pytest.approx(r["backbone_uJ"], rel=1e-9)
