@@ -134,6 +134,7 @@ def test_eval_reports_accuracy_after_each_time_step(tree, tmp_path, capsys):
     assert (f"early exit at confidence 1e-09: top-1 {100 * steps[0]:.2f} % in 1.00 of 3 time steps on average, "
             f"{first['backbone_uJ']:.4g} uJ per image") in out
     assert f"read-out excluded; {full['backbone_uJ']:.4g} uJ per image for all 3 steps" in out
+    assert ("received no spike at all" in out) == bool(full["silent_layers"])
     assert (tmp_path / "steps.png").read_bytes().startswith(b"\x89PNG")
     assert cli.main(["eval", "--checkpoint", str(ckpt), "--early-exit", "0"]) == 2
     assert "early-exit confidences are softmax probabilities in (0, 1], got [0.0]" in capsys.readouterr().err
@@ -153,6 +154,21 @@ def test_early_exit_answers_each_sample_at_its_first_sure_step():
     assert (correct.item(), used.item(), stop.tolist()) == (2, 1 + 2 + 3 + 1, [0, 1, 2, 0])  # samples 0, 2 right
     correct, used, stop = early_exit(steps, y, 0.99)              # nobody sure: all answered at step 3
     assert (correct.item(), used.item(), stop.tolist()) == ((steps[-1].argmax(-1) == y).sum().item(), 12, [2] * 4)
+
+
+def test_spike_stats_name_the_layers_nothing_fired_into():
+    from spikingformer import create_model
+    from spikingformer.evaluation import spike_stats
+
+    from .helpers import calibrate_bn
+
+    torch.manual_seed(0)
+    model, x = create_model("spikingformer_4_256", depth=1, dim=32, num_heads=4, num_classes=5), torch.randn(4, 3, 32, 32)
+    batches = [(x, torch.zeros(4, dtype=torch.long))]
+    s = spike_stats(model, batches, torch.device("cpu"))  # eval mode, BN at its initial statistics
+    assert s["spike_driven"] and "blocks.0.mlp.fc1.conv" in s["silent_layers"]
+    calibrate_bn(model, x)
+    assert spike_stats(model, batches, torch.device("cpu"))["silent_layers"] == []
 
 
 def test_per_step_accuracy_counts_each_steps_read_out():

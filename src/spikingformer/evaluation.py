@@ -134,7 +134,8 @@ def spike_stats(model: nn.Module, loader, device: torch.device, max_batches: int
     spiking = [s for r in probe.ordered[1:] if not r.readout for s in r.inputs if s.kind == "spike"]
     total, numel = sum(s.total for s in spiking), sum(s.numel for s in spiking)
     return {"firing_rate": total / numel if numel else 0.0, "spike_driven": probe.spike_driven,
-            "non_spike_layers": [r.name for r in probe.violations], "probe_images": images}
+            "non_spike_layers": [r.name for r in probe.violations], "silent_layers": [r.name for r in probe.silent],
+            "probe_images": images}
 
 
 def eval_path(cfg, device: torch.device | str) -> FastPath:
@@ -307,6 +308,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(f"{r['checkpoint']} ({r['model']}){when} on {r['val_split']}: top-1 {100 * r['val_acc']:.2f} %, "
           f"top-5 {100 * r['val_acc5']:.2f} %, loss {r['val_loss']:.4f}; firing rate {r['firing_rate']:.3f}; "
           f"spike-driven: {'yes' if r['spike_driven'] else 'NO'}")
+    if r["silent_layers"]:
+        print(f"note: {len(r['silent_layers'])} synaptic layer(s) received no spike at all "
+              f"({', '.join(r['silent_layers'][:4])}{', ...' if len(r['silent_layers']) > 4 else ''}): "
+              "the spike-driven verdict says nothing about them")
     steps = r["val_acc_per_step"]
     if len(steps) > 1:
         print("top-1 after each time step: " + ", ".join(f"{t} {100 * a:.2f} %" for t, a in enumerate(steps, 1)))

@@ -278,6 +278,13 @@ class SynapticProbe:
         return [r for r in self.ordered if r is not self.encoding_layer and not r.readout and r.kind != "spike"]
 
     @property
+    def silent(self) -> list[LayerProbe]:
+        """Layers (beyond the encoding layer and the read-out) fed nothing but zeros: binary, but nothing
+        fired into them, so the run shows nothing about what they are fed (``verify`` exits 3 on them)."""
+        return [r for r in self.ordered if r is not self.encoding_layer and not r.readout
+                and all(s.nonzero == 0 for s in r.inputs)]
+
+    @property
     def spike_driven(self) -> bool:
         if not self.layers:
             raise RuntimeError("the probe saw no synaptic layer: run a forward pass inside the `with` block")
