@@ -266,5 +266,6 @@ def register_cli(sub) -> None:
                    help="plot top-1 accuracy against the time steps the read-out is given (.png, .pdf or .svg)")
     p.add_argument("--early-exit", nargs="+", type=float, default=[], metavar="P",
                    help="also score stopping each sample at the first time step whose read-out gives its top class "
-                        "a softmax probability of at least P (0 < P <= 1): top-1 and mean time steps per P")
+                        "a softmax probability of at least P (0 < P <= 1): top-1, mean time steps and the backbone's "
+                        "energy per image (Eq. 20, from the spikes of the steps each sample ran) per P")
     p.set_defaults(func=_eval_entry)
