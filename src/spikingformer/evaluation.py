@@ -20,8 +20,8 @@ from .fast import FastPath, resolve_lif_backend
 from .layers import running_mean
 from .probe import SynapticProbe
 
-__all__ = ["evaluate", "early_exit", "read_outs", "spike_stats", "eval_path", "evaluate_checkpoint", "asked_options", "run_config",
-           "rebuild"]
+__all__ = ["evaluate", "early_exit", "read_outs", "spike_stats", "eval_path", "evaluate_checkpoint", "asked_options",
+           "run_config", "rebuild"]
 
 
 @torch.no_grad()
@@ -47,7 +47,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, path: FastPath | No
         for x, y in tqdm(loader, desc="eval", leave=False, disable=not progress):
             x, y = path.to_input(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
             path.step_begin()
-            if probe:
+            if probe is not None:
                 probe.per_step(*steps_and_samples(x, None, None, model))
             with path.autocast(device):
                 if per_step:
@@ -59,15 +59,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, path: FastPath | No
                      (top == y[:, None]).any(1).sum().double(), torch.tensor(float(len(y)), device=device).double()]
             images += len(y)
             if per_step:
-                batch += list((steps.argmax(-1) == y).sum(1).double())
-                stops = []
-                for p in exit_at:
-                    correct, used, stop = early_exit(steps, y, p)
-                    batch += [correct, used]
-                    stops.append(stop)
-                if probe:  # the sample-steps each policy runs, then all of them
-                    stops.append(torch.full_like(stops[0], len(steps) - 1))
-                    probe.charge(torch.arange(len(steps), device=device)[None, :, None] <= torch.stack(stops)[:, None])
+                batch += list((steps.argmax(-1) == y).sum(1).double()) + _early_exits(steps, y, exit_at, probe)
             batch = torch.stack(batch)
             if sums is None:
                 sums = torch.zeros_like(batch)
@@ -109,6 +101,21 @@ def early_exit(steps: torch.Tensor, y: torch.Tensor, confidence: float) -> tuple
     stop = sure.to(torch.uint8).argmax(0)                              # the first sure step of each sample
     answer = pred.gather(0, stop[None])[0]
     return (answer == y).sum().double(), (stop + 1).sum().double(), stop
+
+
+def _early_exits(steps: torch.Tensor, y: torch.Tensor, exit_at: tuple[float, ...], probe: SynapticProbe | None
+                 ) -> list[torch.Tensor]:
+    """Correct answers and time steps used by each ``early_exit`` policy of ``exit_at`` on one batch; a
+    ``probe`` is charged with the sample-steps each policy ran, then with all of them."""
+    sums, stops = [], []
+    for p in exit_at:
+        correct, used, stop = early_exit(steps, y, p)
+        sums += [correct, used]
+        stops.append(stop)
+    if probe is not None:
+        stops.append(torch.full_like(stops[0], len(steps) - 1))
+        probe.charge(torch.arange(len(steps), device=steps.device)[None, :, None] <= torch.stack(stops)[:, None])
+    return sums
 
 
 def read_outs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
