@@ -71,11 +71,13 @@ def _cmd_models(args: argparse.Namespace) -> int:
         bad = probe.violations
         row = dict(model=name, params=n_params, paper_params_M=SPEC_PARAMS_M.get(name),
                    input_size=size, T=args.t, spike_driven=probe.spike_driven,
-                   encoding_layer=probe.encoding_layer.name if probe.encoding_layer else None, non_spike_layers=[r.name for r in bad])
+                   encoding_layer=probe.encoding_layer.name if probe.encoding_layer else None,
+                   non_spike_layers=[r.name for r in bad], silent_layers=[r.name for r in probe.silent])
         rows.append(row)
         paper = f"{row['paper_params_M']:.2f}M" if row["paper_params_M"] else "-"
         print(f"{name:28s} {n_params / 1e6:9.2f}M {paper:>8s} {shown:>12s}  "
-              f"{'yes' if probe.spike_driven else 'NO':12s}  {f'({len(bad)} layers)' if bad else ''}", flush=True)
+              f"{'yes' if probe.spike_driven else 'NO':12s}  {f'({len(bad)} layers)' if bad else ''}"
+              f"{f' ({len(probe.silent)} layers fed no spike)' if probe.silent else ''}", flush=True)
     if args.json:
         write_json(args.json, rows)
         print(f"wrote {args.json}")
