@@ -13,7 +13,7 @@ such count, the peak of the PyTorch profiler's memory timeline of that step (ten
 C allocator's slack).  Then ``--steps`` more steps are timed.  Ratios are against ``plain``.
 With ``--mae`` each model is the encoder of a Spikformer V2 MAE pre-training step instead
 (``SpikformerV2MAE``, T = 1 unless ``--set T=...``), whose checkpointing also recomputes the sparse
-stem's stages and the decoder's blocks.
+stem's segments and the decoder's blocks.
 
     python benchmarks/memory.py spikingformer_4_384:16 --steps 3 --json memory.json
     python benchmarks/memory.py spikformer_v2_8_384:8 --mae --steps 3
@@ -103,8 +103,8 @@ def measure(model_name: str, batch: int, variant: str, device: str, steps: int, 
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     T = model.cfg.T if mae else model.T
-    return {"model": model_name + (" (MAE)" if mae else ""), "batch": batch, "variant": variant, "T": T, "device": device,
-            "step_peak_mib": rise / 2**20, "train_img_s": batch * steps / elapsed}
+    return {"model": model_name + (" (MAE)" if mae else ""), "batch": batch, "variant": variant, "T": T,
+            "device": device, "step_peak_mib": rise / 2**20, "train_img_s": batch * steps / elapsed}
 
 
 def main(argv=None) -> int:

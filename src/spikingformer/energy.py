@@ -121,16 +121,15 @@ def policy_energy(probe: SynapticProbe, images: int, e_mac: float = E_MAC_PJ, e_
                   integer_inputs: str = "mac") -> list[float] | None:
     """Backbone energy per image (Eq. 20, µJ) of each policy ``probe.charge`` counted over ``images``
     samples, or None where a layer ran without ``probe.per_step`` or its inputs were not laid out per
-    time step.  Each product is priced as
-    ``stage_energy`` prices it, from the sample-steps the policy ran only: accumulates from the events of
-    its sparsest event input there, multiply-accumulates by the share of the sample-steps it ran.  So a
-    policy that stops every sample after ``t`` steps costs what ``estimate_energy`` gives the model run
-    for ``t`` steps."""
+    time step.  Each product is priced as ``stage_energy`` prices it, from the sample-steps the policy ran
+    only: accumulates from the events of its sparsest event input there, multiply-accumulates by the share
+    of the sample-steps it ran.  So a policy that stops every sample after ``t`` steps costs what
+    ``estimate_energy`` gives the model run for ``t`` steps."""
     layers = [r for r in probe.ordered if not r.readout]
     if probe.steps_run is None or any(not r.per_step or not r.charged for r in layers):
         return None
-    share = (probe.steps_run / probe.steps_seen).tolist()
-    pj = torch.zeros(len(share), dtype=torch.float64)
+    share = probe.steps_run / probe.steps_seen  # [P] float64
+    pj = torch.zeros_like(share)
     for rec in layers:
         for stage in rec.stages:
             events = _event_operands(rec, stage, integer_inputs)
@@ -138,7 +137,7 @@ def policy_energy(probe: SynapticProbe, images: int, e_mac: float = E_MAC_PJ, e_
                 fired = torch.stack([rec.charged[i] / rec.inputs[i].numel for i in events])
                 pj += e_ac * fired.amin(0) * stage.macs / images
             else:
-                pj += e_mac * torch.tensor(share, dtype=torch.float64) * stage.macs / images
+                pj += e_mac * share * stage.macs / images
     return (pj * 1e-6).tolist()
 
 
