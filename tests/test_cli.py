@@ -11,6 +11,8 @@ def test_models_command_reports_counts_and_verdicts(tmp_path, capsys):
     assert set(rows) == {"spikingformer_4_384", "spikformer_4_384"}
     assert rows["spikingformer_4_384"]["params"] == 9_320_122 and rows["spikingformer_4_384"]["spike_driven"]
     assert not rows["spikformer_4_384"]["spike_driven"] and rows["spikformer_4_384"]["non_spike_layers"]
+    assert rows["spikingformer_4_384"]["proven"] and not rows["spikformer_4_384"]["proven"]
+    assert rows["spikformer_4_384"]["unproven_layers"] == rows["spikformer_4_384"]["non_spike_layers"]
     assert rows["spikingformer_4_384"]["silent_layers"] == []  # train mode: batch statistics, every layer fires
     assert "spikingformer_4_384" in capsys.readouterr().out
 

@@ -20,9 +20,9 @@ def test_demo_reaches_90_percent_on_held_out_digits(tmp_path, capsys):
     r = json.loads(out.read_text())
     assert r["val_acc"] >= 0.9, r
     assert r["val_split"] == "val (held-out 360 of 1797 train images, class-balanced, seed 0)"
-    assert r["spike_driven"] is True and 0.0 < r["firing_rate"] < 0.5 and r["seconds"] > 0
+    assert r["spike_driven"] is True and r["proven"] is True and 0.0 < r["firing_rate"] < 0.5 and r["seconds"] > 0
     printed = capsys.readouterr().out
-    assert "validation accuracy:" in printed and "spike-driven:        yes" in printed
+    assert "validation accuracy:" in printed and "spike-driven:        yes, proven" in printed
     assert (tmp_path / "run" / "metrics.png").exists()
 
     # `eval` of the run it kept, its --json into a folder not yet there
@@ -46,7 +46,7 @@ def test_demo_compare_trains_both_families_on_the_same_split(tmp_path, capsys):
     assert ours["model_args"] == sew["model_args"] and ours["model_args"]["dim"] == 64  # at the demo's size
     assert ours["params"] == sew["params"] and ours["val_split"] == sew["val_split"]
     # the papers' point: the SEW residual feeds integers to the next Linears, which multiply (MACs)
-    assert ours["spike_driven"] and not sew["spike_driven"]
+    assert ours["spike_driven"] and ours["proven"] and not sew["spike_driven"] and not sew["proven"]
     assert sew["energy_uJ"] > 3 * ours["energy_uJ"] > 0
     table = capsys.readouterr().out
     assert "Spikingformer " in table and "Spikformer (SEW)" in table and "uJ  NO" in table

@@ -262,6 +262,21 @@ def test_every_family_on_the_triton_backend_equals_the_torch_backend(name, extra
         torch.testing.assert_close(p.grad, grads_ref[n], atol=1e-5, rtol=1e-4, msg=n)
 
 
+@pytest.mark.parametrize("name", ["spikingformer_4_256", "spikformer_4_384"])
+def test_verify_proves_the_same_on_the_triton_backend(name):
+    """The kernels are opaque to the provenance context; their neurons are taken at their word (and tested
+    above to spike as the loop does), so the proof, and what it leaves unproven, match the torch backend."""
+    from spikingformer.verify import verify_model
+
+    torch.manual_seed(0)
+    model, x = sf.create_model(name, depth=1, dim=32, num_heads=4, T=2).eval(), torch.randn(2, 3, 32, 32)
+    ref = verify_model(model, x).to_dict()
+    FastPath(compile=False, amp_dtype=None, channels_last=False, lif_backend="triton").prepare(model)
+    cert = verify_model(model, x)
+    assert (cert.proven, cert.to_dict()["unproven"]) == (ref["proven"], ref["unproven"])
+    assert cert.proven == name.startswith("spikingformer")
+
+
 def tiny_model():
     return torch.nn.Sequential(torch.nn.Linear(4, 4), MultiStepLIF())
 

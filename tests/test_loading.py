@@ -122,9 +122,9 @@ def test_model_kwargs_size_a_bare_state_dict(tmp_path, capsys):
     with safe_open(out, "pt") as f:
         assert json.loads(f.metadata()["model_args"]) == {"depth": 1, "dim": 64, "num_classes": 10, "num_heads": 4}
     capsys.readouterr()
-    # loaded and run: untrained weights in eval mode fire nowhere past the encoding layer, which verify names (3)
+    # loaded and run: untrained weights in eval mode fire nowhere past the encoding layer, and are proven (0)
     assert cli.main(["verify", "--checkpoint", str(bare), "--model", "spikingformer_4_384", "--model-kwargs",
-                     "depth=1", "dim=64", "num_heads=4"]) == 3
+                     "depth=1", "dim=64", "num_heads=4"]) == 0
     report = tmp_path / "e.json"
     assert cli.main(["energy", "--checkpoint", str(out), "--json", str(report)]) == 0  # the file records its size
     config = json.loads(report.read_text())["model_config"]

@@ -134,7 +134,7 @@ def test_eval_reports_accuracy_after_each_time_step(tree, tmp_path, capsys):
     assert (f"early exit at confidence 1e-09: top-1 {100 * steps[0]:.2f} % in 1.00 of 3 time steps on average, "
             f"{first['backbone_uJ']:.4g} uJ per image") in out
     assert f"read-out excluded; {full['backbone_uJ']:.4g} uJ per image for all 3 steps" in out
-    assert ("received no spike at all" in out) == bool(full["silent_layers"])
+    assert full["proven"] and "spike-driven: yes, proven" in out  # silent layers or not: built of spikes
     assert (tmp_path / "steps.png").read_bytes().startswith(b"\x89PNG")
     assert cli.main(["eval", "--checkpoint", str(ckpt), "--early-exit", "0"]) == 2
     assert "early-exit confidences are softmax probabilities in (0, 1], got [0.0]" in capsys.readouterr().err
@@ -167,6 +167,7 @@ def test_spike_stats_name_the_layers_nothing_fired_into():
     batches = [(x, torch.zeros(4, dtype=torch.long))]
     s = spike_stats(model, batches, torch.device("cpu"))  # eval mode, BN at its initial statistics
     assert s["spike_driven"] and "blocks.0.mlp.fc1.conv" in s["silent_layers"]
+    assert s["proven"] and s["unproven_layers"] == []  # what the run cannot show, the construction proves
     calibrate_bn(model, x)
     assert spike_stats(model, batches, torch.device("cpu"))["silent_layers"] == []
 

@@ -128,25 +128,34 @@ def test_verify_exits_1_for_spikformer_with_json_and_fig3(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
 
 
-def test_layers_nothing_fired_into_are_named_not_certified(tmp_path, capsys):
-    """All-zero input is binary but proves nothing: an untrained Spikformer in eval mode (BN at its initial
-    statistics) passes the rule only because nothing fires, and says so; exit 3 where CI would gate on it."""
+def test_layers_nothing_fired_into_are_named_and_proven_by_construction(tmp_path, capsys):
+    """All-zero input is binary but the run proves nothing: an untrained Spikformer in eval mode (BN at its
+    initial statistics) passes the rule only because nothing fires, and its SEW sums are named as unproven
+    (exit 3 where CI would gate on it); a Spikingformer whose every BN sits below threshold is proven by
+    its construction, which the silent layers are named beside (exit 0)."""
     import spikingformer as sf
 
     torch.manual_seed(0)
     model, x = sf.create_model("spikformer_4_384", depth=1).eval(), torch.randn(2, 3, 32, 32)
     cert = verify_model(model, x)
     assert cert.spike_driven and "blocks.0.mlp.fc1.linear" in [r.name for r in cert.silent]
+    assert "blocks.0.mlp.fc1.linear" in [r.name for r in cert.unproven] and cert.exit_code == 3
     assert "warning: " in cert.table() and cert.to_dict()["silent"] == [r.name for r in cert.silent]
     fired = verify_model(model.train(), x)                       # batch statistics: it fires, and is caught
-    assert not fired.silent and not fired.spike_driven
+    assert not fired.silent and not fired.spike_driven and fired.exit_code == 1
 
     weights = {k: torch.full_like(v, -1.0) if k.endswith("bn.bias") else v
                for k, v in sf.create_model("spikingformer_4_256", depth=1).state_dict().items()}
     torch.save(weights, tmp_path / "quiet.pt")                   # every BN shifted below threshold
+    js = tmp_path / "cert.json"
     assert main(["verify", "--model", "spikingformer_4_256", "--model-kwargs", "depth=1", "--t", "2",
-                 "--batch-size", "1", "--checkpoint", str(tmp_path / "quiet.pt")]) == 3
-    assert "received nothing but zeros (tokenizer.convs.1.conv, " in capsys.readouterr().out
+                 "--batch-size", "1", "--checkpoint", str(tmp_path / "quiet.pt"), "--json", str(js)]) == 0
+    out = capsys.readouterr().out
+    assert "note: 10 synaptic layer(s) received nothing but zeros (tokenizer.convs.1.conv, " in out
+    assert "proven by construction" in out
+    data = json.loads(js.read_text())
+    assert data["proven"] and data["unproven"] == [] and len(data["silent"]) == 10
+    assert {i["built"] for r in data["layers"] if r["role"] == "synaptic" for i in r["inputs"]} == {"spike"}
 
 
 def test_verify_errors_are_clear(tmp_path, capsys):
@@ -174,7 +183,7 @@ def test_verify_text_and_event_checkpoints(tmp_path, capsys):
     js = tmp_path / "cert.json"
     rc = main(["verify", "--checkpoint", str(text_checkpoint(tmp_path)), "--data", str(tmp_path), "--json", str(js)])
     data = json.loads(js.read_text())
-    assert rc == (3 if data["silent"] else 0)  # random weights on 2 sentences: a layer may see no spike at all
+    assert rc == 0 and data["proven"]  # built of spikes, whether or not random weights on 2 sentences fire
     # a text model encodes by embedding lookup: its first linear layer is no exempt encoding layer
     assert data["model"] == "spikingformer_text_2_128" and data["spike_driven"]
     assert [r["role"] for r in data["layers"]][:2] == ["synaptic", "synaptic"]

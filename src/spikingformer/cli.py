@@ -66,18 +66,20 @@ def _cmd_models(args: argparse.Namespace) -> int:
             size = list(model.default_input_size)
             inputs, shown = dict(x=torch.randn(args.batch_size, *size)), "x".join(map(str, size))
         n_params = sum(p.numel() for p in model.parameters())
-        with SynapticProbe(model) as probe, torch.no_grad():
+        with SynapticProbe(model, provenance=True) as probe, torch.no_grad():
             model(**inputs)
-        bad = probe.violations
+        bad, unproven = probe.violations, probe.unproven
         row = dict(model=name, params=n_params, paper_params_M=SPEC_PARAMS_M.get(name),
                    input_size=size, T=args.t, spike_driven=probe.spike_driven,
+                   proven=probe.spike_driven and not unproven,
                    encoding_layer=probe.encoding_layer.name if probe.encoding_layer else None,
-                   non_spike_layers=[r.name for r in bad], silent_layers=[r.name for r in probe.silent])
+                   non_spike_layers=[r.name for r in bad], unproven_layers=[r.name for r in unproven],
+                   silent_layers=[r.name for r in probe.silent])
         rows.append(row)
         paper = f"{row['paper_params_M']:.2f}M" if row["paper_params_M"] else "-"
-        print(f"{name:28s} {n_params / 1e6:9.2f}M {paper:>8s} {shown:>12s}  "
-              f"{'yes' if probe.spike_driven else 'NO':12s}  {f'({len(bad)} layers)' if bad else ''}"
-              f"{f' ({len(probe.silent)} layers fed no spike)' if probe.silent else ''}", flush=True)
+        verdict = "NO" if bad else "yes" if row["proven"] else "unproven"
+        print(f"{name:28s} {n_params / 1e6:9.2f}M {paper:>8s} {shown:>12s}  {verdict:12s}  "
+              f"{f'({len(bad)} layers)' if bad else f'({len(unproven)} layers)' if unproven else ''}", flush=True)
     if args.json:
         write_json(args.json, rows)
         print(f"wrote {args.json}")
@@ -136,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Build every named model, vision and text (or those matching PATTERN), print "
                                    "its parameter count beside the paper's, and probe one forward pass on random "
                                    "input (images, or token ids) to say whether every synaptic layer after the "
-                                   "encoding layer receives only spikes.")
+                                   "encoding layer receives only spikes: 'yes' when each is also built to (0/1 "
+                                   "for any input and weights), 'NO' when one received something else, "
+                                   "'unproven' when none did but some are not built to.")
     p.add_argument("pattern", nargs="?", default=None, help="shell glob over model names, e.g. 'spikingformer_*'")
     p.add_argument("--t", type=int, default=1, help="time steps for the probe pass (default 1: fast)")
     p.add_argument("--batch-size", type=int, default=2, help="batch size of the probe pass (default 2)")

@@ -62,7 +62,7 @@ def _train(args: argparse.Namespace, model: str, out: Path) -> dict:
     # the registry name picks the family; DEMO_ARGS, the size
     return dict(model=model, label=COMPARED[model], model_args=dict(DEMO_ARGS), val_acc=s["final_val_acc"],
                 best_val_acc=s["best_val_acc"], firing_rate=s["firing_rate"], energy_uJ=1e3 * _energy_mJ(cfg, out),
-                spike_driven=s["spike_driven"], params=s["params"], seconds=s["seconds"], val_split=s["val_split"],
+                spike_driven=s["spike_driven"], proven=s["proven"], params=s["params"], seconds=s["seconds"], val_split=s["val_split"],
                 epochs=args.epochs, non_spike_layers=s["non_spike_layers"], probe_images=s["probe_images"])
 
 
@@ -71,6 +71,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from .energy import E_AC_PJ, E_MAC_PJ
     from .metrics import check_output, write_json
+    from .probe import verdict
 
     if args.epochs < 1:
         print("error: --epochs must be >= 1", file=sys.stderr)
@@ -97,7 +98,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"{'model':18s} {'val acc':>8s} {'firing rate':>12s} {'energy/image':>13s}  spike-driven")
         for r in runs:
             print(f"{r['label']:18s} {100 * r['val_acc']:7.2f}% {r['firing_rate']:12.3f} "
-                  f"{r['energy_uJ']:10.3f} uJ  {'yes' if r['spike_driven'] else 'NO'}")
+                  f"{r['energy_uJ']:10.3f} uJ  {verdict(r['spike_driven'], r['proven'])}")
     else:
         r = runs[0]
         print(f"\nvalidation accuracy: {100 * r['val_acc']:.2f} % on {r['val_split']}")
@@ -105,11 +106,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
               f"{r['probe_images']} validation images)")
         print(f"energy:              {r['energy_uJ']:.3f} uJ per image "
               f"(Eq. 19-20, 45 nm: {E_AC_PJ} pJ per AC, {E_MAC_PJ} pJ per MAC)")
-        print(f"spike-driven:        {'yes' if r['spike_driven'] else 'NO: ' + ', '.join(r['non_spike_layers'])}")
+        print(f"spike-driven:        {verdict(r['spike_driven'], r['proven'])}"
+              + (f" ({', '.join(r['non_spike_layers'])})" if r["non_spike_layers"] else ""))
         print(f"time:                {r['seconds']:.1f} s ({r['params']:,} parameters, {args.epochs} epochs, CPU)")
     if args.json:
         keys = ("label", "model", "model_args", "val_acc", "best_val_acc", "firing_rate", "energy_uJ", "spike_driven",
-                "params", "seconds", "val_split", "epochs")
+                "proven", "params", "seconds", "val_split", "epochs")
         rows = [{k: r[k] for k in keys} for r in runs]
         write_json(args.json, {"runs": rows} if args.compare else rows[0])
         print(f"wrote {args.json}")

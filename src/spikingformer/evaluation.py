@@ -18,7 +18,7 @@ from . import checkpoint as ckpt
 from .energy import policy_energy, steps_and_samples
 from .fast import FastPath, resolve_lif_backend
 from .layers import running_mean
-from .probe import SynapticProbe
+from .probe import SynapticProbe, verdict
 
 __all__ = ["evaluate", "early_exit", "read_outs", "spike_stats", "eval_path", "evaluate_checkpoint", "asked_options",
            "run_config", "rebuild"]
@@ -132,7 +132,7 @@ def spike_stats(model: nn.Module, loader, device: torch.device, max_batches: int
     and the spike-driven verdict, from ``SynapticProbe`` on up to ``max_batches`` eval batches."""
     model.eval()
     images = 0
-    with SynapticProbe(model) as probe:
+    with SynapticProbe(model, provenance=True) as probe:
         for i, (x, _) in enumerate(loader):
             if i == max_batches:
                 break
@@ -140,8 +140,10 @@ def spike_stats(model: nn.Module, loader, device: torch.device, max_batches: int
             images += x.shape[1] if x.dim() == 5 else len(x)  # [T, B, ...] sequences or [B, ...] images
     spiking = [s for r in probe.ordered[1:] if not r.readout for s in r.inputs if s.kind == "spike"]
     total, numel = sum(s.total for s in spiking), sum(s.numel for s in spiking)
+    unproven = probe.unproven
     return {"firing_rate": total / numel if numel else 0.0, "spike_driven": probe.spike_driven,
-            "non_spike_layers": [r.name for r in probe.violations], "silent_layers": [r.name for r in probe.silent],
+            "proven": probe.spike_driven and not unproven, "non_spike_layers": [r.name for r in probe.violations],
+            "unproven_layers": [r.name for r in unproven], "silent_layers": [r.name for r in probe.silent],
             "probe_images": images}
 
 
@@ -314,11 +316,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     when = f" (after epoch {r['epoch']})" if r["epoch"] is not None else ""
     print(f"{r['checkpoint']} ({r['model']}){when} on {r['val_split']}: top-1 {100 * r['val_acc']:.2f} %, "
           f"top-5 {100 * r['val_acc5']:.2f} %, loss {r['val_loss']:.4f}; firing rate {r['firing_rate']:.3f}; "
-          f"spike-driven: {'yes' if r['spike_driven'] else 'NO'}")
-    if r["silent_layers"]:
-        print(f"note: {len(r['silent_layers'])} synaptic layer(s) received no spike at all "
-              f"({', '.join(r['silent_layers'][:4])}{', ...' if len(r['silent_layers']) > 4 else ''}): "
-              "the spike-driven verdict says nothing about them")
+          f"spike-driven: {verdict(r['spike_driven'], r['proven'])}")
+    if r["spike_driven"] and r["unproven_layers"]:
+        print(f"note: {len(r['unproven_layers'])} synaptic layer(s) received only spikes here but are not built to "
+              f"({', '.join(r['unproven_layers'][:4])}{', ...' if len(r['unproven_layers']) > 4 else ''}); "
+              "`spikingformer verify` says which op makes their input")
     steps = r["val_acc_per_step"]
     if len(steps) > 1:
         print("top-1 after each time step: " + ", ".join(f"{t} {100 * a:.2f} %" for t, a in enumerate(steps, 1)))

@@ -19,8 +19,10 @@ import torch
 from torch import Tensor, nn
 
 from .layers import ClassifierHead, SpikeQKV, recomputing
+from .neuron import MultiStepLIF
+from .provenance import SPIKE, Built, SpikeProvenance
 
-__all__ = ["TensorStats", "Stage", "LayerProbe", "SynapticProbe", "SYNAPTIC_TYPES"]
+__all__ = ["TensorStats", "Stage", "LayerProbe", "SynapticProbe", "SYNAPTIC_TYPES", "verdict"]
 
 SYNAPTIC_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, SpikeQKV)
 # Enough for the SEW residual sums of a 16-block Spikformer ({0, ..., 34}); beyond it only the range is kept.
@@ -45,6 +47,7 @@ class TensorStats:
     integer: bool = True
     counts: dict[float, int] = field(default_factory=dict)
     distinct_overflow: bool = False
+    built: Built | None = None  # what it holds by construction, over every call (``SynapticProbe(provenance=True)``)
 
     @torch.no_grad()
     def update(self, x: Tensor) -> None:
@@ -75,6 +78,11 @@ class TensorStats:
         if len(self.counts) > _MAX_DISTINCT:
             self.distinct_overflow = True
             self.counts.clear()
+
+    def update_built(self, built: Built) -> None:
+        """Keep the widest kind any call was built as (and the op that made it)."""
+        if self.built is None or built.kind > self.built.kind:
+            self.built = built
 
     @property
     def distinct(self) -> set[float]:
@@ -110,6 +118,12 @@ class Stage:
     label: str
     operands: tuple[int, ...]
     macs: int = 0
+
+
+def verdict(spike_driven: bool, proven: bool | None = None) -> str:
+    """The spike-driven verdict in words: ``NO`` (a layer received a non-spike), ``yes, proven`` (and every
+    layer is built to receive spikes), or ``yes on this data`` (not proven: some layer is not built to)."""
+    return "NO" if not spike_driven else "yes" if proven is None else "yes, proven" if proven else "yes on this data"
 
 
 def _tensors(args: tuple, kwargs: dict) -> list[Tensor]:
@@ -167,6 +181,13 @@ class LayerProbe:
         return "real" if "real" in kinds else "integer" if "integer" in kinds else "spike"
 
     @property
+    def proven(self) -> bool | None:
+        """Every input is 0/1 by construction (``provenance``), whatever the model is fed; None when not traced."""
+        if any(s.built is None for s in self.inputs):
+            return None
+        return all(s.built.kind == SPIKE for s in self.inputs)
+
+    @property
     def input_names(self) -> tuple[str, ...]:
         """``("q", "k", "v")`` for the attention product, ``("input",)`` / ``("input0", ...)`` otherwise."""
         names = _INPUT_NAMES.get(type(self.module))
@@ -182,10 +203,14 @@ class SynapticProbe:
     ``probe.spike_driven`` is True when every other non-readout layer saw only 0/1.  A model
     that encodes without a synaptic layer (the text model's embedding lookup) says so with
     ``synaptic_encoding = False``: then no layer is exempt and ``encoding_layer`` is None.
+
+    ``provenance=True`` also follows how every input was built (``provenance.SpikeProvenance``), so
+    ``unproven`` names the layers not fed spikes by construction: proof for any input, not one run.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, provenance: bool = False):
         self.model = model
+        self.provenance = SpikeProvenance() if provenance else None
         self.exempt_first = getattr(model, "synaptic_encoding", True)
         self.layers: dict[str, LayerProbe] = {}
         self._handles = []
@@ -201,12 +226,25 @@ class SynapticProbe:
                 self._handles.append(mod.register_forward_pre_hook(self._input_hook(name, id(mod) in readout),
                                                                    with_kwargs=True))
                 self._handles.append(mod.register_forward_hook(self._count_hook(name), with_kwargs=True))
+        if self.provenance is not None:
+            for name, mod in self.model.named_modules():
+                if isinstance(mod, MultiStepLIF):  # the Triton kernels are opaque to the provenance context
+                    self._handles.append(mod.register_forward_hook(self._neuron_hook(name)))
+            self.provenance.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.provenance is not None:
+            self.provenance.__exit__(*exc)
         for h in self._handles:
             h.remove()
         self._handles.clear()
+
+    def _neuron_hook(self, name: str):
+        def hook(mod, args, out):
+            if mod.backend != "torch":
+                self.provenance.label(out, Built(SPIKE, f"{mod.backend} neuron {name}"))
+        return hook
 
     def _input_hook(self, name: str, readout: bool):
         def hook(mod, args, kwargs):
@@ -218,15 +256,22 @@ class SynapticProbe:
                 rec = self.layers[name] = LayerProbe(name, mod, len(self.layers), readout,
                                                      [TensorStats() for _ in tensors])
             rec.calls += 1
-            for stats, a in zip(rec.inputs, tensors):
-                stats.update(a)
-            if not readout:
-                sums = [_step_sums(a, *self._layout) if self._layout else None for a in tensors]
-                if any(s is None for s in sums):
-                    rec.per_step = False  # a call no policy can be charged for: policy_energy gives None
-                else:
-                    rec.pending = list(map(_plus, rec.pending or [None] * len(sums), sums))
+            if self.provenance is not None:
+                for stats, a in zip(rec.inputs, tensors):
+                    stats.update_built(self.provenance.of(a))
+            with torch._C.DisableTorchFunction():  # the probe's own arithmetic is no part of the model
+                self._record(rec, tensors, readout)
         return hook
+
+    def _record(self, rec: LayerProbe, tensors: list[Tensor], readout: bool) -> None:
+        for stats, a in zip(rec.inputs, tensors):
+            stats.update(a)
+        if not readout:
+            sums = [_step_sums(a, *self._layout) if self._layout else None for a in tensors]
+            if any(s is None for s in sums):
+                rec.per_step = False  # a call no policy can be charged for: policy_energy gives None
+            else:
+                rec.pending = list(map(_plus, rec.pending or [None] * len(sums), sums))
 
     def per_step(self, T: int, B: int) -> None:
         """The next forward pass runs ``B`` samples for ``T`` steps: keep each input's sum per sample and step
@@ -283,6 +328,13 @@ class SynapticProbe:
         fired into them, so the run shows nothing about what they are fed (``verify`` exits 3 on them)."""
         return [r for r in self.ordered if r is not self.encoding_layer and not r.readout
                 and all(s.nonzero == 0 for s in r.inputs)]
+
+    @property
+    def unproven(self) -> list[LayerProbe]:
+        """Layers (beyond the encoding layer and the read-out) not fed 0/1 by construction (``provenance``)."""
+        if self.provenance is None:
+            raise RuntimeError("build the probe with provenance=True to know how inputs were built")
+        return [r for r in self.ordered if r is not self.encoding_layer and not r.readout and not r.proven]
 
     @property
     def spike_driven(self) -> bool:

@@ -27,6 +27,7 @@ from .engine import (begin_epoch, build_training, load_data, make_loaders, open_
                      resolve_img_size, restore, seed_all, train_one_epoch, wrap_ddp)
 from .evaluation import evaluate, spike_stats
 from .fast import FastPath
+from .probe import verdict
 
 __all__ = ["Progress", "run", "register_cli"]
 
@@ -221,7 +222,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"{s['val_split']}: final top-1 {100 * s['final_val_acc']:.2f} %, best {100 * s['best_val_acc']:.2f} % "
               f"(epoch {s['best_epoch']}); firing rate {s['firing_rate']:.3f}; spike-driven: "
-              f"{'yes' if s['spike_driven'] else 'NO'}; {s['seconds']:.0f} s -> {cfg.output}/summary.json")
+              f"{verdict(s['spike_driven'], s['proven'])}; {s['seconds']:.0f} s -> {cfg.output}/summary.json")
     return 0
 
 

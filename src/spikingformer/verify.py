@@ -1,11 +1,14 @@
-"""Spike-driven certificate and the paper's Fig. 3, from what every synaptic layer is actually fed.
+"""Spike-driven certificate and the paper's Fig. 3, from what every synaptic layer is fed.
 
 SPEC §3: a model is spike-driven when every Conv/Linear (and the ``Q K^T V`` product)
 except the encoding layer receives only 0/1.  The read-out head is exempt too: the
 paper's Eq. 20 leaves it out, and the default AvgPooling-FC head (Eq. 15) averages
 spikes into reals by design.  ``verify_model`` runs the model under ``SynapticProbe``
 and returns a ``Certificate``: per layer, the distinct input values seen (or their
-range once there are more than 64), whether they are all 0/1, and the verdict.
+range once there are more than 64), whether they are all 0/1, how the input was built
+(``provenance``: 0/1 by construction, for any input and weights, or which op made it
+something else), and the verdict: spike-driven and proven, not spike-driven (a layer
+received a non-binary value), or binary on this input only (unproven).
 """
 from __future__ import annotations
 
@@ -47,6 +50,8 @@ class InputReport:
     firing_rate: float                # mean value (for spikes, the fraction of ones)
     nonzero: float                    # fraction of non-zero elements
     counts: dict[float, int] | None   # value -> count; None for reals or more than 64 distinct values
+    built: str | None = None          # by construction: "spike", "integer" or "real"; None: not traced
+    built_by: str | None = None       # the op that made it so ("add" for the SEW residual)
 
     def describe(self) -> str:
         if self.counts is not None:
@@ -75,6 +80,13 @@ class LayerVerdict:
         """A synaptic layer that received nothing but zeros: binary, but no evidence of what it is fed."""
         return self.role == "synaptic" and all(i.nonzero == 0 for i in self.inputs)
 
+    @property
+    def proven(self) -> bool | None:
+        """Every input is 0/1 by construction, whatever the model is fed; None when not traced."""
+        if any(i.built is None for i in self.inputs):
+            return None
+        return all(i.built == "spike" for i in self.inputs)
+
 
 @dataclass
 class Certificate:
@@ -92,9 +104,26 @@ class Certificate:
 
     @property
     def silent(self) -> list[LayerVerdict]:
-        """Synaptic layers that received only zeros: nothing fired into them, so the run proves nothing
-        about them (an untrained model in eval mode, say), and a verdict of spike-driven is vacuous there."""
+        """Synaptic layers that received only zeros: nothing fired into them, so the run itself shows nothing
+        about them (an untrained model in eval mode, say); only their construction can."""
         return [r for r in self.layers if r.silent]
+
+    @property
+    def unproven(self) -> list[LayerVerdict]:
+        """Synaptic layers that received only 0/1 here but are not built to: another input may give them
+        other values.  Without provenance (``certify`` of a plain probe), the silent ones."""
+        return [r for r in self.layers if r.role == "synaptic" and r.ok
+                and (r.proven is False or r.proven is None and r.silent)]
+
+    @property
+    def proven(self) -> bool:
+        """Spike-driven for any input and weights: no layer broke the rule and every one is built not to."""
+        return self.spike_driven and not self.unproven
+
+    @property
+    def exit_code(self) -> int:
+        """``verify``'s: 0 proven spike-driven, 1 not spike-driven, 3 binary on this input only."""
+        return 1 if not self.spike_driven else 0 if self.proven else 3
 
     def to_dict(self) -> dict:
         layers = []
@@ -105,32 +134,48 @@ class Certificate:
                 i["values"] = sorted(counts) if counts is not None else None
                 i["counts"] = [counts[v] for v in sorted(counts)] if counts is not None else None
             layers.append(dict(d, spike_input=r.spike_input, ok=r.ok))
-        return dict(model=self.model, spike_driven=self.spike_driven,
-                    violations=[r.name for r in self.violations], silent=[r.name for r in self.silent],
-                    notes=self.notes, layers=layers)
+        return dict(model=self.model, spike_driven=self.spike_driven, proven=self.proven,
+                    violations=[r.name for r in self.violations], unproven=[r.name for r in self.unproven],
+                    silent=[r.name for r in self.silent], notes=self.notes, layers=layers)
 
     def table(self) -> str:
         width = max([len("layer")] + [len(r.name) + 2 for r in self.layers])
-        lines = [f"{'layer':{width}s}  {'role':9s} {'kind':7s} {'fr':>6s}  values seen"]
+        lines = [f"{'layer':{width}s}  {'role':9s} {'kind':7s} {'fr':>6s}  {'built as':15s}  values seen"]
         for r in self.layers:
             for i in r.inputs:
                 name = r.name if len(r.inputs) == 1 else f"{r.name}[{i.name}]"
+                built = "-" if i.built is None else i.built if i.built == "spike" else f"{i.built} ({i.built_by})"
                 flag = "" if r.ok else "  <- not spikes"
-                lines.append(f"{name:{width}s}  {r.role:9s} {i.kind:7s} {i.firing_rate:6.3f}  {i.describe()}{flag}")
-        if self.spike_driven:
-            lines.append(f"verdict: {self.model} is spike-driven: every synaptic layer after the encoding layer "
-                         "received only 0/1 (read-out head exempt, as in Eq. 20)")
-        else:
+                lines.append(f"{name:{width}s}  {r.role:9s} {i.kind:7s} {i.firing_rate:6.3f}  {built:15s}  "
+                             f"{i.describe()}{flag}")
+        if not self.spike_driven:
             lines.append(f"verdict: {self.model} is NOT spike-driven: {len(self.violations)} layer(s) received "
-                         f"non-binary input: {', '.join(r.name for r in self.violations[:6])}"
-                         + (", ..." if len(self.violations) > 6 else ""))
+                         f"non-binary input: {_names(self.violations)}")
+        elif self.proven:
+            lines.append(f"verdict: {self.model} is spike-driven: every synaptic layer after the encoding layer "
+                         "received only 0/1 (read-out head exempt, as in Eq. 20), and is built to: its input is "
+                         "spikes moved only by ops that keep 0/1, whatever the input and weights")
+        else:
+            lines.append(f"verdict: {self.model} received only 0/1 on this input, but {len(self.unproven)} "
+                         f"layer(s) are not fed spikes by construction ({_names(self.unproven, built=True)}): "
+                         "another input may give them other values")
         if self.silent:
-            names = ", ".join(r.name for r in self.silent[:6]) + (", ..." if len(self.silent) > 6 else "")
-            lines.append(f"warning: {len(self.silent)} synaptic layer(s) received nothing but zeros ({names}): "
-                         "nothing fired into them, so this run does not show what they are fed; give real data, "
-                         "trained weights or a model in train mode")
+            covered = all(r.proven for r in self.silent)
+            lines.append(f"{'note' if covered else 'warning'}: {len(self.silent)} synaptic layer(s) received "
+                         f"nothing but zeros ({_names(self.silent)}): "
+                         + ("what they are fed is proven by construction, not by this run" if covered else
+                            "nothing fired into them, so this run does not show what they are fed; give real "
+                            "data, trained weights or a model in train mode"))
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def _names(layers: list[LayerVerdict], built: bool = False) -> str:
+    """The first six names, with the op that built their input when ``built``."""
+    def name(r: LayerVerdict) -> str:
+        ops = sorted({f"{i.built} ({i.built_by})" for i in r.inputs if i.built not in (None, "spike")})
+        return f"{r.name}: {', '.join(ops)}" if built and ops else r.name
+    return ", ".join(map(name, layers[:6])) + (", ..." if len(layers) > 6 else "")
 
 
 def _layer_verdict(rec: LayerProbe, encoding: bool) -> LayerVerdict:
@@ -138,7 +183,8 @@ def _layer_verdict(rec: LayerProbe, encoding: bool) -> LayerVerdict:
         else "conv"
     role = "readout" if rec.readout else "encoding" if encoding else "synaptic"
     inputs = [InputReport(n, s.kind, s.min, s.max, s.firing_rate, s.nonzero_rate,
-                          None if s.distinct_overflow else dict(sorted(s.counts.items())))
+                          None if s.distinct_overflow else dict(sorted(s.counts.items())),
+                          None if s.built is None else s.built.name, None if s.built is None else s.built.origin)
               for n, s in zip(rec.input_names, rec.inputs)]
     return LayerVerdict(rec.name, op, role, inputs)
 
@@ -156,10 +202,10 @@ def certify(probe: SynapticProbe, model_name: str = "") -> Certificate:
 def verify_model(model: nn.Module, inputs: Tensor | dict | Iterable, model_name: str | None = None,
                  progress: bool = False) -> Certificate:
     """Run ``model`` (in its current mode) on ``inputs`` (a tensor or text batch dict, or an iterable
-    of them or of ``(x, y)`` pairs) and certify whether it is spike-driven (see ``certify``).
-    ``progress``: a progress bar over the batches."""
+    of them or of ``(x, y)`` pairs) and certify whether it is spike-driven (see ``certify``), following
+    how every input was built (``provenance``).  ``progress``: a progress bar over the batches."""
     batches = [inputs] if isinstance(inputs, (Tensor, dict)) else inputs
-    with SynapticProbe(model) as probe:
+    with SynapticProbe(model, provenance=True) as probe:
         for x in with_progress(batches, "verify", progress):
             run_model(model, x)
     return certify(probe, model_name or type(model).__name__)
@@ -289,19 +335,21 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, FileNotFoundError, CheckpointError, DataError) as e:  # TypeError: model options
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 1 if not cert.spike_driven else 3 if cert.silent else 0
+    return cert.exit_code
 
 
 def register_cli(sub) -> None:
     p = sub.add_parser(
         "verify", help="certify that a model is spike-driven (exit 0) or not (exit 1)",
         description="Run a model and list, for every synaptic layer (conv, linear, Q K^T V), the distinct "
-                    "input values it received and whether they are all 0/1. Exit status 0 when every "
-                    "layer after the encoding layer (read-out head exempt; a text model's encoding is its "
-                    "embedding, so there every linear layer counts) received only spikes, 1 when not, 2 on a "
-                    "usage error, 3 when none broke the rule but some received only zeros (nothing fired into "
-                    "them, so the run proves nothing about them), so it can gate CI. Takes vision, event-data "
-                    "and text (mlm/glue) checkpoints.",
+                    "input values it received, whether they are all 0/1, and how its input was built: 0/1 by "
+                    "construction (spikes moved only by ops that keep 0/1, whatever the input and weights), or "
+                    "the op that made it otherwise (e.g. 'integer (add)': the SEW residual). Exit status 0 when "
+                    "every layer after the encoding layer (read-out head exempt; a text model's encoding is its "
+                    "embedding, so there every linear layer counts) received only spikes and is built to, 1 "
+                    "when one received something else, 3 when none did on this input but some are not built to "
+                    "(another input may break the rule), 2 on a usage error, so it can gate CI. Takes vision, "
+                    "event-data and text (mlm/glue) checkpoints.",
         epilog="example: spikingformer verify --model spikingformer_8_512 --plot figs/  "
                "(Fig. 3 against spikformer_8_512, block 7)")
     add_input_args(p)

@@ -1,0 +1,177 @@
+"""What every tensor is built from: the proof half of "spike-driven".
+
+``SynapticProbe`` sees the values a layer received on one input.  That shows a violation when one
+happens, but a layer fed binary values on this input may be fed others on the next, and a layer
+that nothing fired into (an untrained model in eval mode) shows nothing at all.  ``SpikeProvenance``
+answers for every input: while it is active it follows each tensor the forward pass computes
+(a ``TorchFunctionMode`` sees every torch function and tensor method) and labels it with the kind of
+value it holds **by construction**, whatever the input and the weights:
+
+- ``SPIKE``: only 0/1. A comparison makes one (the Heaviside step ``(H - V_th >= 0)`` of Eq. 2 is
+  a bool), and so does any op that only moves, copies, selects or takes the maximum of such values
+  (reshapes, ``cat``, ``MaxPool``, a cast), or multiplies two of them.
+- ``INTEGER``: a sum or product of spikes and integers (the SEW residual ``S + S'``, ``K^T V``).
+- ``REAL``: anything else (a conv, BatchNorm, a mean, a scale, the model's input).
+
+The rules are a whitelist: an op they do not know gives ``REAL``, so a proof can fail on an exotic
+op that does preserve 0/1, never pass on one that does not.  Each label keeps the op that made it
+(``origin``), so a layer that is not fed spikes says why: ``integer (add)`` for the SEW residual.
+Opaque kernels are not seen through: ``SynapticProbe`` takes a neuron on the Triton backend at its
+word (``label``), as its kernels are tested to spike as the PyTorch loop does, bit for bit.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.overrides import TorchFunctionMode
+
+__all__ = ["SPIKE", "INTEGER", "REAL", "KIND_NAMES", "Built", "SpikeProvenance"]
+
+SPIKE, INTEGER, REAL = 0, 1, 2
+KIND_NAMES = ("spike", "integer", "real")
+
+# Ops whose every output value is one of their tensor inputs' values, or 0 (padding, an empty slot).
+_MOVES = frozenset("""
+    view view_as reshape reshape_as flatten unflatten permute transpose swapaxes swapdims movedim t T mT
+    contiguous clone detach squeeze unsqueeze expand expand_as broadcast_to repeat repeat_interleave tile
+    getitem narrow select index_select gather take take_along_dim masked_select chunk split tensor_split
+    unbind cat concat concatenate stack hstack vstack dstack flip fliplr flipud roll rot90 pixel_shuffle
+    pixel_unshuffle channel_shuffle unfold to type type_as float half bfloat16 double cpu cuda
+    max_pool1d max_pool2d max_pool3d max_pool1d_with_indices max_pool2d_with_indices max_pool3d_with_indices
+    adaptive_max_pool1d adaptive_max_pool2d adaptive_max_pool3d max amax min amin maximum minimum relu where
+    masked_fill
+""".split())
+_ELEMENTWISE_EXTREMES = frozenset({"max", "min", "maximum", "minimum"})  # ``torch.max(a, b)``: values of both
+# Only the first output of these is values (the rest are indices).
+_WITH_INDICES = frozenset(n for n in _MOVES if n.endswith("with_indices") or "adaptive_max" in n) | {"max", "min"}
+_PRODUCTS = frozenset({"mul", "multiply"})                                  # 0/1 x 0/1 is 0/1
+_SUMS = frozenset({"add", "sub", "subtract", "neg", "negative", "sum", "cumsum",  # integers stay integers
+                   "matmul", "mm", "bmm", "einsum"})
+_CONSTANTS = frozenset({"zeros", "zeros_like", "ones", "ones_like", "new_zeros", "new_ones"})
+_REFLECTED = ("add", "sub", "mul", "matmul", "and")
+
+
+class Built(NamedTuple):
+    """The kind of value a tensor holds by construction, and the op that made it."""
+
+    kind: int
+    origin: str
+
+    @property
+    def name(self) -> str:
+        return KIND_NAMES[self.kind]
+
+    def describe(self) -> str:
+        return self.name if self.kind == SPIKE else f"{self.name} ({self.origin})"
+
+
+def _op_name(func) -> str:
+    """``add`` for ``torch.add``, ``Tensor.add_``, ``Tensor.__radd__`` and ``Tensor.__iadd__``; a property
+    getter (``Tensor.T``) by its property's name."""
+    name = getattr(func, "__name__", "")
+    if name == "__get__":
+        name = getattr(getattr(func, "__self__", None), "__name__", name)
+    dunder = name.startswith("__")
+    name = name.strip("_")
+    if dunder and name[:1] in "ri" and name[1:] in _REFLECTED:
+        name = name[1:]
+    return {"truediv": "div", "and": "mul"}.get(name, name)
+
+
+def _scalar_kind(v: Any) -> int | None:
+    if isinstance(v, bool) or v in (0, 1):
+        return SPIKE
+    if isinstance(v, (int, float)):
+        return INTEGER if float(v).is_integer() else REAL
+    return None
+
+
+class SpikeProvenance(TorchFunctionMode):
+    """``with SpikeProvenance() as prov: model(x)``; then ``prov.of(tensor)`` is its ``Built`` label.
+
+    Labels are kept on the tensors themselves, stamped with this context, so a tensor another
+    context labelled reads as unlabelled here.  A tensor made outside the context (the model's
+    input, its parameters) is ``REAL`` ("input"), or ``SPIKE`` if it is a bool tensor.
+    """
+
+    _ATTR = "_spikingformer_built"
+
+    def of(self, t: Tensor) -> Built:
+        tag = getattr(t, self._ATTR, None)
+        if tag is not None and tag[0] is self:
+            return tag[1]
+        return Built(SPIKE, "bool") if t.dtype == torch.bool else Built(REAL, "input")
+
+    def label(self, t: Tensor, built: Built) -> None:
+        with torch._C.DisableTorchFunction():
+            setattr(t, self._ATTR, (self, built))
+
+    def _kind(self, v: Any) -> int | None:
+        if isinstance(v, Tensor):
+            return self.of(v).kind
+        if isinstance(v, (list, tuple)):
+            kinds = [k for k in map(self._kind, v) if k is not None]
+            return max(kinds) if kinds else None
+        return _scalar_kind(v)
+
+    def _rule(self, name: str, args: tuple, kwargs: dict) -> Built:
+        if name in _CONSTANTS:
+            return Built(SPIKE, name)
+        if name in _MOVES:
+            # the values moved: the first argument (a tensor, or the list ``cat`` joins), never the shapes,
+            # dims, indices or dtypes after it; ``where``/``masked_fill``/``maximum`` also take the others'
+            values = [args[0]] if args else list(kwargs.values())[:1]
+            if name == "where":  # the condition only selects
+                values = list(args[1:]) + [kwargs[k] for k in ("input", "other") if k in kwargs]
+            elif name == "masked_fill":
+                values = [args[0], args[-1] if len(args) > 2 else kwargs.get("value")]
+            elif name in _ELEMENTWISE_EXTREMES:
+                values = [a for a in args if isinstance(a, Tensor)]
+        elif name == "pad":  # zero padding adds 0s; any other mode or value is not followed
+            mode = kwargs.get("mode", args[2] if len(args) > 2 else "constant")
+            value = kwargs.get("value", args[3] if len(args) > 3 else None)
+            if mode != "constant" or value not in (None, 0):
+                return Built(REAL, name)
+            values = args[:1]
+        elif name in _PRODUCTS or name in _SUMS:
+            values = [a for a in (*args, *kwargs.values()) if isinstance(a, (Tensor, list, tuple)) and not _is_shape(a)
+                      or _scalar_kind(a) is not None]
+        else:
+            return Built(REAL, name)
+        kinds = [self._kind(v) for v in values]
+        kind = max((k for k in kinds if k is not None), default=REAL)
+        if name in _SUMS:
+            kind = max(kind, INTEGER)
+        if name in _PRODUCTS or name in _SUMS:  # a new value is made here
+            return Built(kind, name)
+        # a moved value keeps the op that made it (``real (batch_norm)`` through any reshape)
+        made = (self.of(t).origin for t in _flat(values) if isinstance(t, Tensor) and self.of(t).kind == kind)
+        return Built(kind, next(made, name))
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = _op_name(func)
+        outs = out if isinstance(out, (list, tuple)) else (out,)
+        if not any(isinstance(o, Tensor) for o in outs):
+            return out
+        built = self._rule(name, args, kwargs)
+        for i, o in enumerate(outs):
+            if isinstance(o, Tensor):
+                self.label(o, Built(SPIKE, name) if o.dtype == torch.bool else
+                           built if i == 0 or name not in _WITH_INDICES else Built(REAL, "indices"))
+        return out
+
+
+def _is_shape(a: Any) -> bool:
+    return isinstance(a, torch.Size) or isinstance(a, (list, tuple)) and all(isinstance(i, int) for i in a)
+
+
+def _flat(items):
+    for a in items:
+        if isinstance(a, (list, tuple)):
+            yield from _flat(a)
+        else:
+            yield a

@@ -1,0 +1,140 @@
+"""How every tensor is built: 0/1 by construction, or the op that made it otherwise."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import spikingformer as sf
+from spikingformer.models.text import create_text_model
+from spikingformer.probe import SynapticProbe
+from spikingformer.provenance import INTEGER, REAL, SPIKE, Built, SpikeProvenance
+from spikingformer.verify import verify_model
+
+
+def built(fn, *inputs):
+    """The label of ``fn(*inputs)``, computed under a fresh provenance context."""
+    with SpikeProvenance() as prov:
+        out = fn(*inputs)
+    return prov.of(out)
+
+
+def spikes(*shape):
+    return (torch.randn(*shape) > 0).float()  # a comparison, then a cast: 0/1 by construction
+
+
+@pytest.mark.parametrize("fn, kind", [
+    (lambda x: x, REAL),                                                      # the input, as it came
+    (lambda x: (x >= 0).float(), SPIKE),                                      # Eq. 2's Heaviside step
+    (lambda x: (x > 0).to(torch.bfloat16).flatten(0, 1).transpose(0, 1)[:, 3], SPIKE),
+    (lambda x: F.max_pool2d((x > 0).float(), 2), SPIKE),
+    (lambda x: torch.cat([(x > 0).float(), torch.zeros_like(x)]), SPIKE),
+    (lambda x: torch.cat([(x > 0).float(), x]), REAL),
+    (lambda x: (x > 0).float() * (x < 1).float(), SPIKE),                     # AND of spikes
+    (lambda x: (x > 0).float() + (x < 1).float(), INTEGER),                   # the SEW residual
+    (lambda x: (x > 0).float().sum(-1), INTEGER),
+    (lambda x: (x > 0).float() @ (x > 1).float().mT, INTEGER),               # K^T V
+    (lambda x: (x > 0).float() * 0.5, REAL),                                  # a scale
+    (lambda x: (x > 0).float().mean(), REAL),
+    (lambda x: torch.where(x > 1, (x > 0).float(), 0.0), SPIKE),
+    (lambda x: torch.where(x > 1, (x > 0).float(), x), REAL),
+    (lambda x: F.pad((x > 0).float(), (1, 1)), SPIKE),                        # zero padding
+    (lambda x: F.pad((x > 0).float(), (1, 1), value=2.0), REAL),
+    (lambda x: (x > 0).float().masked_fill(x > 1, 1.0), SPIKE),
+    (lambda x: torch.abs((x > 0).float()), REAL),                            # unknown op: no proof, never a false one
+])
+def test_rules(fn, kind):
+    assert built(fn, torch.randn(4, 4, 8)).kind == kind
+
+
+def test_an_index_is_not_a_value_and_indices_are_not_spikes():
+    x = torch.randn(2, 3, 8, 8)
+    assert built(lambda x: (x > 0).float()[:, 2], x).kind == SPIKE                 # the 2 is where, not what
+    assert built(lambda x: (x > 0).float().index_select(1, torch.tensor([2])), x).kind == SPIKE
+    with SpikeProvenance() as prov:
+        values, indices = F.max_pool2d((x > 0).float(), 2, return_indices=True)
+    assert prov.of(values).kind == SPIKE and prov.of(indices) == Built(REAL, "indices")
+
+
+def test_in_place_ops_relabel_and_origins_name_the_op():
+    with SpikeProvenance() as prov:
+        s = spikes(4, 4)
+        s.add_(spikes(4, 4))
+        y = torch.relu(s).view(16)
+    assert prov.of(s) == Built(INTEGER, "add") and prov.of(y) == Built(INTEGER, "add")
+    assert prov.of(torch.ones(2, dtype=torch.bool)).kind == SPIKE  # a bool tensor is 0/1 whatever made it
+
+
+def test_labels_of_another_context_are_not_trusted():
+    with SpikeProvenance():
+        s = spikes(3)
+    with SpikeProvenance() as other:
+        assert other.of(s) == Built(REAL, "input")
+
+
+def _inputs(name: str, mode: str):
+    torch.manual_seed(0)
+    if name.startswith("spikingformer_text"):
+        model = create_text_model(name, T=2)
+        return getattr(model, mode)(), dict(input_ids=torch.randint(1, 100, (2, 12)))
+    small = {} if "dvs" in name else dict(depth=2, dim=64, num_heads=4)
+    model = sf.create_model(name, T=2, **small)
+    return getattr(model, mode)(), dict(x=torch.randn(2, *model.default_input_size))
+
+
+MODELS = ["spikingformer_4_384", "spikingformer_dagger_4_384", "spikingformer_dvs_2_256", "spikformer_4_384",
+          "spikformer_v2_8_384", "spikingformer_text_2_128"]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_construction_predicts_exactly_the_layers_that_break_the_rule(name):
+    """In train mode (batch statistics: every neuron population fires) the layers observed fed non-binary
+    values are exactly those not built to be fed spikes, for Spikingformer (none) as for Spikformer's SEW
+    residual; and in eval mode, where untrained weights fire nowhere, the proof is the same."""
+    labels = {}
+    for mode in ("train", "eval"):
+        model, inputs = _inputs(name, mode)
+        with SynapticProbe(model, provenance=True) as probe, torch.no_grad():
+            model(**inputs)
+        labels[mode] = [r.name for r in probe.unproven]
+        if mode == "train":
+            assert [r.name for r in probe.violations] == labels["train"]
+            for r in probe.unproven:
+                assert {s.built for s in r.inputs if s.built.kind != SPIKE} == {Built(INTEGER, "add")}
+    assert labels["eval"] == labels["train"]
+    assert (labels["train"] == []) == (not name.startswith("spikformer"))
+
+
+def test_verify_proves_what_a_silent_run_cannot(tmp_path):
+    """An untrained Spikingformer in eval mode fires nowhere past its first layers: the run alone shows
+    nothing about them, the construction does (exit 0).  A Spikformer there is binary on this input only:
+    its SEW sums are named as what is not built to be spikes (exit 3)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    cert = verify_model(sf.create_model("spikingformer_4_384", depth=1).eval(), x)
+    assert cert.silent and cert.proven and cert.exit_code == 0
+    assert "proven by construction" in cert.table()
+    cert = verify_model(sf.create_model("spikformer_4_384", depth=1).eval(), x)
+    assert cert.spike_driven and cert.silent and not cert.proven and cert.exit_code == 3
+    # V1's tokenizer adds its relative position embedding to its spikes, then every block a SEW sum
+    assert cert.to_dict()["unproven"] == [f"blocks.0.attn.{n}.linear" for n in "qkv"] + ["blocks.0.mlp.fc1.linear"]
+    assert "blocks.0.mlp.fc1.linear: integer (add)" in cert.table()
+
+
+class AbsSpikes(nn.Module):
+    """Spikes through an op the rules do not know (``abs`` keeps 0/1, but nothing says so)."""
+
+    synaptic_encoding = True
+
+    def __init__(self):
+        super().__init__()
+        self.enc, self.lif, self.fc = nn.Linear(4, 8), sf.MultiStepLIF(), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc(torch.abs(self.lif(self.enc(x))))
+
+
+def test_an_unknown_op_gives_no_proof_and_says_which():
+    cert = verify_model(AbsSpikes(), torch.randn(3, 2, 4) * 4)
+    (fc,) = [r for r in cert.layers if r.name == "fc"]
+    assert fc.inputs[0].kind == "spike" and (fc.inputs[0].built, fc.inputs[0].built_by) == ("real", "abs")
+    assert cert.spike_driven and not cert.proven and cert.exit_code == 3
