@@ -13,6 +13,7 @@ import torch
 from spikingformer import cli
 from spikingformer.checkpoint import CheckpointError, load_checkpoint
 from spikingformer.config import TrainConfig, from_dict
+from spikingformer.early_exit import calibration_split
 from spikingformer.train import run
 
 from .data.helpers import write_class_tree
@@ -138,22 +139,34 @@ def test_eval_reports_accuracy_after_each_time_step(tree, tmp_path, capsys):
     assert (tmp_path / "steps.png").read_bytes().startswith(b"\x89PNG")
     assert cli.main(["eval", "--checkpoint", str(ckpt), "--early-exit", "0"]) == 2
     assert "early-exit confidences are softmax probabilities in (0, 1], got [0.0]" in capsys.readouterr().err
+
+    # --calibrate: two passes over disjoint parts, which add up to the single pass above
+    exits = ["--early-exit", "1e-9", "0.6", "1"]
+    cal = _eval(ckpt, tmp_path / "cal.json", *exits, "--calibrate", "0.4", "--max-drop", "100",
+                "--plot", str(tmp_path / "cal.png"))
+    c = cal["early_exit_calibration"]
+    n_cal, n_scored = c["calibration_images"], c["scored_images"]
+    assert (n_cal, n_scored) == tuple(map(len, calibration_split(full["val_images"], 0.4, 0)))
+    for key in ("val_acc", "val_loss", "backbone_uJ"):
+        assert cal[key] == pytest.approx(full[key], rel=1e-9)
+    assert cal["val_acc_per_step"] == pytest.approx(steps, rel=1e-9)
+    whole = _eval(ckpt, tmp_path / "one.json", *exits)["early_exit"]
+    assert len(whole) == len(c["calibration"]["early_exit"]) == len(cal["early_exit"]) == 3
+    for w, a, b in zip(whole, c["calibration"]["early_exit"], cal["early_exit"]):
+        for key in ("val_acc", "mean_steps", "backbone_uJ"):  # each policy: the two parts weighted by images
+            assert (a[key] * n_cal + b[key] * n_scored) / (n_cal + n_scored) == pytest.approx(w[key], rel=1e-9)
+    # any top-1 is within 100 points: the cheapest policy is chosen, the first step's, and scored where not chosen
+    assert c["chosen"] == cal["early_exit"][0] and c["chosen"]["mean_steps"] == 1.0
+    out = capsys.readouterr().out
+    assert f"scored on {n_scored} of the {n_cal + n_scored} images" in out and "chosen: confidence 1e-09" in out
+    assert (tmp_path / "cal.png").read_bytes().startswith(b"\x89PNG")
+    for bad, msg in [(["--calibrate", "0.5"], "--calibrate chooses among early-exit confidences"),
+                     ([*exits, "--calibrate", "1"], "fraction of the split to choose the threshold on, in (0, 1)"),
+                     ([*exits, "--calibrate", "0.5", "--max-drop", "-1"], "--max-drop is the top-1")]:
+        assert cli.main(["eval", "--checkpoint", str(ckpt), *bad]) == 2
+        assert msg in capsys.readouterr().err
     for t in (1, 2):
         assert _eval(ckpt, tmp_path / f"t{t}.json", "--set", f"model_args.T={t}")["val_acc"] == steps[t - 1]
-
-
-def test_early_exit_answers_each_sample_at_its_first_sure_step():
-    from spikingformer.evaluation import early_exit
-
-    sure, unsure = [4.0, 0.0], [0.1, 0.0]  # softmax top probability 0.98 and 0.52 over two classes
-    steps = torch.tensor([[sure, unsure, unsure, sure[::-1]],     # step 1: samples 0 and 3 sure (3 of class 1)
-                          [unsure, sure[::-1], unsure, sure],     # step 2: sample 1 sure, of class 1
-                          [unsure, sure, unsure[::-1], sure]])    # step 3: sample 2 answered unsure, class 1
-    y = torch.tensor([0, 0, 1, 0])
-    correct, used, stop = early_exit(steps, y, 0.9)
-    assert (correct.item(), used.item(), stop.tolist()) == (2, 1 + 2 + 3 + 1, [0, 1, 2, 0])  # samples 0, 2 right
-    correct, used, stop = early_exit(steps, y, 0.99)              # nobody sure: all answered at step 3
-    assert (correct.item(), used.item(), stop.tolist()) == ((steps[-1].argmax(-1) == y).sum().item(), 12, [2] * 4)
 
 
 def test_spike_stats_name_the_layers_nothing_fired_into():

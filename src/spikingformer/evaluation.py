@@ -15,12 +15,13 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
+from .early_exit import calibration_split, choose, merge, plot_steps, print_choice, score_policies
 from .energy import policy_energy, steps_and_samples
 from .fast import FastPath, resolve_lif_backend
 from .layers import running_mean
 from .probe import SynapticProbe, verdict
 
-__all__ = ["evaluate", "early_exit", "read_outs", "spike_stats", "eval_path", "evaluate_checkpoint", "asked_options",
+__all__ = ["evaluate", "read_outs", "spike_stats", "eval_path", "evaluate_checkpoint", "asked_options",
            "run_config", "rebuild"]
 
 
@@ -59,7 +60,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, path: FastPath | No
                      (top == y[:, None]).any(1).sum().double(), torch.tensor(float(len(y)), device=device).double()]
             images += len(y)
             if per_step:
-                batch += list((steps.argmax(-1) == y).sum(1).double()) + _early_exits(steps, y, exit_at, probe)
+                batch += list((steps.argmax(-1) == y).sum(1).double()) + score_policies(steps, y, exit_at, probe)
             batch = torch.stack(batch)
             if sums is None:
                 sums = torch.zeros_like(batch)
@@ -88,34 +89,6 @@ def evaluate(model: nn.Module, loader, device: torch.device, path: FastPath | No
             for e, u in zip(exits, uJ):
                 e["backbone_uJ"] = u
     return out
-
-
-def early_exit(steps: torch.Tensor, y: torch.Tensor, confidence: float) -> tuple[torch.Tensor, ...]:
-    """Correct answers, time steps used, and each sample's last step (``[B]``, 0-based) when each sample
-    stops at the first step whose read-out (``steps``, logits ``[T, B, classes]`` after each step) gives its
-    top class a softmax probability of at least ``confidence``, or after the last step.  Neurons never look
-    ahead, so a sample stopped after ``t`` steps is answered exactly as a run of ``t`` steps would answer it."""
-    probs, pred = steps.softmax(-1).max(-1)                            # [T, B]
-    sure = probs >= confidence
-    sure[-1] = True
-    stop = sure.to(torch.uint8).argmax(0)                              # the first sure step of each sample
-    answer = pred.gather(0, stop[None])[0]
-    return (answer == y).sum().double(), (stop + 1).sum().double(), stop
-
-
-def _early_exits(steps: torch.Tensor, y: torch.Tensor, exit_at: tuple[float, ...], probe: SynapticProbe | None
-                 ) -> list[torch.Tensor]:
-    """Correct answers and time steps used by each ``early_exit`` policy of ``exit_at`` on one batch; a
-    ``probe`` is charged with the sample-steps each policy ran, then with all of them."""
-    sums, stops = [], []
-    for p in exit_at:
-        correct, used, stop = early_exit(steps, y, p)
-        sums += [correct, used]
-        stops.append(stop)
-    if probe is not None:
-        stops.append(torch.full_like(stops[0], len(steps) - 1))
-        probe.charge(torch.arange(len(steps), device=steps.device)[None, :, None] <= torch.stack(stops)[:, None])
-    return sums
 
 
 def read_outs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,14 +177,19 @@ def rebuild(path, name: str, model_args: dict, weights: dict, build: dict, asked
 
 def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "auto", batch_size: int = 0,
                         workers: int | None = None, recipe: str | None = None, sets: list[str] = (),
-                        exit_at: tuple[float, ...] = ()) -> dict:
+                        exit_at: tuple[float, ...] = (), calibrate: float = 0.0, max_drop: float = 0.005,
+                        calibrate_seed: int = 0) -> dict:
     """Evaluate a checkpoint on a validation split.
 
     Without ``recipe``, ``path`` is a run's checkpoint (or a ``.safetensors`` exported from one): its model
     is rebuilt and evaluated on the split it was trained with (or ``data_dir``'s).  With ``recipe`` (a YAML
     config, plus ``--set`` overrides), ``path`` may hold any weights ``checkpoint.load_weights`` reads, the
-    official repositories' included: the recipe names the model, the dataset and its evaluation transform."""
-    from torch.utils.data import DataLoader
+    official repositories' included: the recipe names the model, the dataset and its evaluation transform.
+
+    ``exit_at`` scores early-exit policies (``early_exit``); with ``calibrate``, a seeded ``calibrate``
+    share of the split chooses the cheapest one within ``max_drop`` (a fraction) of every step's top-1
+    (``choose``), the ``early_exit`` figures are those of the rest, and the whole split's are ``merge``d."""
+    from torch.utils.data import DataLoader, Subset
 
     from .config import TrainConfig, from_dict, load_config, parse_overrides, validate_device
     from .data import build_data
@@ -225,6 +203,10 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     bad = [p for p in exit_at if not 0 < p <= 1]
     if bad:
         raise ValueError(f"early-exit confidences are softmax probabilities in (0, 1], got {bad}")
+    if calibrate and not exit_at:
+        raise ValueError("--calibrate chooses among early-exit confidences: add --early-exit P [P ...]")
+    if not 0 <= max_drop <= 1:
+        raise ValueError(f"--max-drop is the top-1 an early exit may lose, in points from 0 to 100; got {100 * max_drop:g}")
     dev = resolve_device(device)
     extra = {k: v for k, v in (("device", device), ("data_dir", data_dir), ("val_batch_size", batch_size or None),
                                ("workers", workers)) if v is not None}
@@ -273,10 +255,31 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     model = rebuild(path, name, margs, weights, build, asked).to(dev)
     loader = DataLoader(data.val, cfg.val_batch_size, num_workers=cfg.workers, collate_fn=data.collate)
     run_as = eval_path(cfg, dev)
-    result = evaluate(run_as.prepare(model), loader, dev, run_as, progress=cfg.progress, per_step=True,
-                      exit_at=tuple(exit_at))
+    ready = run_as.prepare(model)
+    if calibrate:
+        parts = calibration_split(len(data.val), calibrate, calibrate_seed)
+        cal, scored = (evaluate(ready, DataLoader(Subset(data.val, part), cfg.val_batch_size, num_workers=cfg.workers,
+                                                  collate_fn=data.collate),
+                                dev, run_as, progress=cfg.progress, per_step=True, exit_at=tuple(exit_at))
+                       for part in parts)
+        result = {**merge([cal, scored]), "early_exit": scored["early_exit"],
+                  "early_exit_calibration": _calibration(cal, scored, calibrate, calibrate_seed, max_drop)}
+    else:
+        result = evaluate(ready, loader, dev, run_as, progress=cfg.progress, per_step=True, exit_at=tuple(exit_at))
     return {"checkpoint": str(path), "model": name, "epoch": epoch, "val_split": data.val_name, **result,
             **spike_stats(model, loader, dev), "notes": notes}
+
+
+def _calibration(cal: dict, scored: dict, fraction: float, seed: int, max_drop: float) -> dict:
+    """What ``--calibrate`` chose on ``cal`` and how it scores on ``scored``: the whole record, for ``--json``."""
+    pick = choose(cal["early_exit"], cal["val_acc"], max_drop)
+    return {"fraction": fraction, "seed": seed, "max_drop": max_drop,
+            "calibration_images": cal["val_images"], "scored_images": scored["val_images"],
+            "calibration": {"val_acc": cal["val_acc"], "early_exit": cal["early_exit"]},
+            "scored": {"val_acc": scored["val_acc"], "val_acc_per_step": scored["val_acc_per_step"],
+                       **({"backbone_uJ": scored["backbone_uJ"]} if "backbone_uJ" in scored else {})},
+            "chosen": None if pick is None else
+            next(e for e in scored["early_exit"] if e["confidence"] == pick["confidence"])}
 
 
 def _unused_val_note(data, cfg, data_dir: str | None, given: dict) -> list[str]:
@@ -307,7 +310,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         check_output("--json", args.json)
         check_output("--plot", args.plot, suffixes=FIGURE_SUFFIXES)
         r = evaluate_checkpoint(args.checkpoint, args.data, args.device, args.batch_size, args.workers,
-                                args.config, args.set, tuple(args.early_exit))
+                                args.config, args.set, tuple(args.early_exit), args.calibrate, args.max_drop / 100,
+                                args.calibrate_seed)
     except (ckpt.CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -324,44 +328,28 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     steps = r["val_acc_per_step"]
     if len(steps) > 1:
         print("top-1 after each time step: " + ", ".join(f"{t} {100 * a:.2f} %" for t, a in enumerate(steps, 1)))
+    cal = r.get("early_exit_calibration")
+    if cal:
+        print(f"early exit, scored on {cal['scored_images']} of the {r['val_images']} images (top-1 "
+              f"{100 * cal['scored']['val_acc']:.2f} % there with every step); its confidence chosen on the other "
+              f"{cal['calibration_images']} (a seeded {cal['fraction']:g} of the split, seed {cal['seed']}):")
     for e in r.get("early_exit", []):
         energy = f", {e['backbone_uJ']:.4g} uJ per image" if "backbone_uJ" in e else ""
         print(f"early exit at confidence {e['confidence']:g}: top-1 {100 * e['val_acc']:.2f} % in "
               f"{e['mean_steps']:.2f} of {len(steps)} time steps on average{energy}")
+    if cal:
+        print_choice(cal)
     if "backbone_uJ" in r:
         print(f"(energy of the backbone, Eq. 20, read-out excluded; {r['backbone_uJ']:.4g} uJ per image for all "
               f"{len(steps)} steps)")
     if args.plot:
-        plot_steps(steps, args.plot, f"{r['model']} on {r['val_split']}", r.get("early_exit", []))
+        title = f"{r['model']} on {r['val_split']}"
+        if cal:  # the squares score the held-out part: so does the curve beside them
+            steps, title = cal["scored"]["val_acc_per_step"], f"{title}, the {cal['scored_images']} not calibrated on"
+        plot_steps(steps, args.plot, title, r.get("early_exit", []),
+                   chosen=cal["chosen"]["confidence"] if cal and cal["chosen"] else None)
         print(f"wrote {args.plot}")
     if args.json:
         write_json(args.json, r)
         print(f"wrote {args.json}")
     return 0
-
-
-def plot_steps(acc: list[float], path: str, title: str, exits: list[dict] = ()) -> None:
-    """Top-1 accuracy of the read-out after each time step, and of the ``early_exit`` policies at their mean
-    time steps (labelled with their confidence and energy), as a figure (PNG, PDF or SVG by ``path``'s suffix)."""
-    import textwrap
-
-    from matplotlib.ticker import MaxNLocator
-
-    from .metrics import pyplot, save_figure
-
-    fig, ax = pyplot().subplots(figsize=(5, 3.5))
-    ax.plot(range(1, len(acc) + 1), [100 * a for a in acc], marker="o", label="every sample stopped after t steps")
-    if exits:
-        ax.plot([e["mean_steps"] for e in exits], [100 * e["val_acc"] for e in exits], "s", color="C1",
-                label="early exit (confidence: backbone energy per image)")
-        for e in exits:
-            label = f"{e['confidence']:g}" + (f": {e['backbone_uJ']:.3g} uJ" if "backbone_uJ" in e else "")
-            ax.annotate(label, (e["mean_steps"], 100 * e["val_acc"]), fontsize=7,
-                        textcoords="offset points", xytext=(4, -9))
-        ax.legend(fontsize=7, loc="center right")
-        ax.margins(x=0.15)  # room for the last square's label
-    ax.set(xlabel="time steps given to the read-out", ylabel="top-1 accuracy (%)")
-    ax.set_title(textwrap.fill(title, 60), fontsize=8)  # split names are long: wrapped, not cut at the edge
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    save_figure(fig, path)

@@ -269,4 +269,13 @@ def register_cli(sub) -> None:
                    help="also score stopping each sample at the first time step whose read-out gives its top class "
                         "a softmax probability of at least P (0 < P <= 1): top-1, mean time steps and the backbone's "
                         "energy per image (Eq. 20, from the spikes of the steps each sample ran) per P")
+    p.add_argument("--calibrate", type=float, default=0.0, metavar="FRACTION",
+                   help="choose the early-exit confidence on a seeded FRACTION of the split (e.g. 0.5): the one of "
+                        "least energy whose top-1 there is within --max-drop of every step's; the early-exit "
+                        "figures are then those of the rest of the split, which the choice never saw")
+    p.add_argument("--max-drop", type=float, default=0.5, metavar="POINTS",
+                   help="top-1 (percentage points) an early exit may lose against every step, for --calibrate "
+                        "(default 0.5)")
+    p.add_argument("--calibrate-seed", type=int, default=0, metavar="N",
+                   help="seed of the --calibrate split (default 0)")
     p.set_defaults(func=_eval_entry)
