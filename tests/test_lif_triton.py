@@ -298,6 +298,10 @@ def test_bad_arguments():
         FastPath(lif_backend="cupy")
     with pytest.raises(ValueError, match="torch.compile cannot trace the Triton interpreter"):
         FastPath(lif_backend="triton").prepare(tiny_model())
+    for fn in (multistep_lif_triton, multistep_lif, lambda x: lif_triton.lif_stream(x, None)):
+        for x in (torch.tensor(1.0), torch.zeros(0, 3)):  # no time axis, or no step on it
+            with pytest.raises(ValueError, match=r"time-major tensor \[T, ...\] of at least one step, got shape"):
+                fn(x)
     with pytest.raises(TypeError, match="fp32, bf16 or fp16"):
         multistep_lif_triton(torch.ones(2, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="time-major"):

@@ -51,8 +51,8 @@ def multistep_lif(
     The loop over ``T`` is plain tensor code with no Python-side state, so
     ``torch.compile`` traces and fuses it whole.
     """
-    if x.dim() < 1:
-        raise ValueError("multistep_lif expects a time-major tensor [T, ...], got a scalar")
+    if x.dim() < 1 or len(x) == 0:
+        raise ValueError(f"multistep_lif expects a time-major tensor [T, ...] of at least one step, got shape {tuple(x.shape)}")
     return lif_steps(x, torch.full_like(x[0], v_reset), tau, v_threshold, v_reset, alpha, detach_reset)[0]
 
 
