@@ -33,7 +33,8 @@ def test_encoding_conv_of_spikingformer_8_512_is_0_3468_gmac():
     assert round(enc.mac / 1e9, 4) == 0.3468
     # Spikingformer: besides the encoding conv, only the read-out head is a MAC layer
     assert [r.name for r in report.layers if r.mac] == ["tokenizer.encode.conv", "head.fc"]
-    assert report.spike_driven
+    assert report.spike_driven and report.proven and report.to_dict()["proven"]
+    assert "spike-driven: yes, proven" in report.table()
     check_row_arithmetic(report)
 
 
@@ -195,7 +196,7 @@ def test_spikformer_residual_sums_are_macs():
     assert all(r.mac > 0 for r in report.layers if r.name in integer)
     macs = {r.name for r in report.layers if r.mac}
     assert macs == integer | {"stem.convs.0.conv", "head.fc"}
-    assert not report.spike_driven
+    assert not report.spike_driven and not report.proven and "spike-driven: NO" in report.table()
 
 
 def test_integer_inputs_as_acs_count_each_value_as_that_many_spikes():

@@ -61,7 +61,7 @@ from .checkpoint import CheckpointError
 from .data import DataError
 from .loading import add_input_args, prepare, run_model, with_progress
 from .metrics import FIGURE_SUFFIXES, check_output, output_path, write_json
-from .probe import LayerProbe, Stage, SynapticProbe
+from .probe import LayerProbe, Stage, SynapticProbe, verdict
 
 __all__ = ["E_MAC_PJ", "E_AC_PJ", "LayerEnergy", "EnergyReport", "estimate_energy", "energy_from_probe",
            "stage_energy", "policy_energy", "register_cli"]
@@ -156,6 +156,7 @@ class EnergyReport:
     layers: list[LayerEnergy]
     spike_driven: bool
     notes: list[str] = field(default_factory=list)
+    proven: bool | None = None  # and every layer built to receive spikes (``provenance``); None: not traced
     unit: str = "image"
     integer_inputs: str = "mac"
     model_config: dict = field(default_factory=dict)  # the options the model was built with (its size, T, ...)
@@ -185,7 +186,7 @@ class EnergyReport:
         return dict(model=self.model, T=self.T, unit=self.unit, images=self.images, e_mac_pJ=self.e_mac,
                     e_ac_pJ=self.e_ac,
                     mac=self.mac, ac=self.ac, total_mJ=self.total_mJ, backbone_mJ=self.backbone_mJ,
-                    readout_mJ=self.readout_mJ, spike_driven=self.spike_driven, notes=self.notes,
+                    readout_mJ=self.readout_mJ, spike_driven=self.spike_driven, proven=self.proven, notes=self.notes,
                     integer_inputs=self.integer_inputs, model_config=self.model_config,
                     layers=[asdict(r) for r in self.layers])
 
@@ -201,7 +202,7 @@ class EnergyReport:
             f"total per {self.unit}: {self.ac / 1e9:.6g} G AC x {self.e_ac:g} pJ + {self.mac / 1e9:.6g} G MAC x "
             f"{self.e_mac:g} pJ = {self.total_mJ:.6g} mJ",
             f"  of which read-out head {self.readout_mJ:.6g} mJ; without it (Eq. 20) {self.backbone_mJ:.6g} mJ",
-            f"  T={self.T}, {self.images} {self.unit}(s), spike-driven: {'yes' if self.spike_driven else 'NO'}"
+            f"  T={self.T}, {self.images} {self.unit}(s), spike-driven: {verdict(self.spike_driven, self.proven)}"
             + (", integer inputs counted as ACs" if self.integer_inputs == "ac" else "")]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -265,7 +266,9 @@ def energy_from_probe(probe: SynapticProbe, images: int, T: int, e_mac: float = 
         raise RuntimeError("the probe saw no synaptic layer: run a forward pass inside the `with` block")
     rows = [stage_energy(rec, st, images, T, e_mac, e_ac, integer_inputs) for rec in probe.ordered
             for st in rec.stages]
-    return EnergyReport(model_name, T, images, e_mac, e_ac, rows, probe.spike_driven, integer_inputs=integer_inputs)
+    proven = probe.spike_driven and not probe.unproven if probe.provenance is not None else None
+    return EnergyReport(model_name, T, images, e_mac, e_ac, rows, probe.spike_driven, integer_inputs=integer_inputs,
+                        proven=proven)
 
 
 def steps_and_samples(x: Tensor | dict, T: int | None, time_major: bool | None, model: nn.Module) -> tuple[int, int]:
@@ -304,7 +307,7 @@ def estimate_energy(model: nn.Module, inputs: Tensor | dict | Iterable, *, T: in
     _check_integer_inputs(integer_inputs)  # before the forward passes, not after
     batches = [inputs] if isinstance(inputs, (Tensor, dict)) else inputs
     images, steps = 0, set()
-    with SynapticProbe(model) as probe:
+    with SynapticProbe(model, provenance=True) as probe:
         for x in with_progress(batches, "energy", progress):
             x = x[0] if isinstance(x, (tuple, list)) else x
             t, b = steps_and_samples(x, T, time_major, model)
