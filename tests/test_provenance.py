@@ -64,6 +64,17 @@ def test_in_place_ops_relabel_and_origins_name_the_op():
     assert prov.of(torch.ones(2, dtype=torch.bool)).kind == SPIKE  # a bool tensor is 0/1 whatever made it
 
 
+def test_a_view_changed_in_place_through_another_loses_its_label():
+    with SpikeProvenance() as prov:
+        s = spikes(4, 4)
+        v = s.view(16)
+        s.mul_(0.5)                     # v's values are now 0 and 0.5: its label is void, not still "spike"
+        w = s.view(16)
+    assert prov.of(v) == Built(REAL, "modified in place") and prov.of(w) == Built(REAL, "mul")
+    with torch.inference_mode(), SpikeProvenance() as prov:  # no version counter there, nor in-place changes
+        assert prov.of(spikes(2)).kind == SPIKE
+
+
 def test_labels_of_another_context_are_not_trusted():
     with SpikeProvenance():
         s = spikes(3)

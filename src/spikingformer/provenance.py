@@ -99,14 +99,17 @@ class SpikeProvenance(TorchFunctionMode):
     _ATTR = "_spikingformer_built"
 
     def of(self, t: Tensor) -> Built:
+        if t.dtype == torch.bool:
+            return Built(SPIKE, "bool")
         tag = getattr(t, self._ATTR, None)
-        if tag is not None and tag[0] is self:
-            return tag[1]
-        return Built(SPIKE, "bool") if t.dtype == torch.bool else Built(REAL, "input")
+        if tag is None or tag[0] is not self:
+            return Built(REAL, "input")
+        # views share their base's version counter: an in-place op on any of them since the label voids it
+        return tag[1] if tag[2] == _version(t) else Built(REAL, "modified in place")
 
     def label(self, t: Tensor, built: Built) -> None:
         with torch._C.DisableTorchFunction():
-            setattr(t, self._ATTR, (self, built))
+            setattr(t, self._ATTR, (self, built, _version(t)))
 
     def _kind(self, v: Any) -> int | None:
         if isinstance(v, Tensor):
@@ -152,17 +155,22 @@ class SpikeProvenance(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
         name = _op_name(func)
+        built = self._rule(name, args, kwargs)  # before the call: an in-place op changes its own operand
+        out = func(*args, **kwargs)
         outs = out if isinstance(out, (list, tuple)) else (out,)
-        if not any(isinstance(o, Tensor) for o in outs):
-            return out
-        built = self._rule(name, args, kwargs)
         for i, o in enumerate(outs):
             if isinstance(o, Tensor):
                 self.label(o, Built(SPIKE, name) if o.dtype == torch.bool else
                            built if i == 0 or name not in _WITH_INDICES else Built(REAL, "indices"))
         return out
+
+
+def _version(t: Tensor) -> int | None:
+    try:
+        return t._version
+    except RuntimeError:  # an inference-mode tensor keeps no version counter (and cannot be changed in place)
+        return None
 
 
 def _is_shape(a: Any) -> bool:
