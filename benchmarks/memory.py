@@ -13,7 +13,11 @@ such count, the peak of the PyTorch profiler's memory timeline of that step (ten
 C allocator's slack).  Then ``--steps`` more steps are timed.  Ratios are against ``plain``.
 With ``--mae`` each model is the encoder of a Spikformer V2 MAE pre-training step instead
 (``SpikformerV2MAE``, T = 1 unless ``--set T=...``), whose checkpointing also recomputes the sparse
-stem's segments and the decoder's blocks.
+stem's segments and the decoder's blocks, and a third variant is the baseline of its sparse stem:
+
+- ``dense_stem``: the stem as a dense convolution whose outputs are zeroed outside the mask, with BN over
+  the visible positions (``dense_stem_encoder``: the same outputs and gradients as the library's tiled
+  stem, which computes the visible patches only; tested).
 
     python benchmarks/memory.py spikingformer_4_384:16 --steps 3 --json memory.json
     python benchmarks/memory.py spikformer_v2_8_384:8 --mae --steps 3
@@ -21,6 +25,7 @@ stem's segments and the decoder's blocks.
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import json
 import os
@@ -32,6 +37,27 @@ import warnings
 import torch
 
 VARIANTS = ("plain", "ckpt")
+MAE_VARIANTS = ("dense_stem", *VARIANTS)
+
+
+def dense_stem_encoder(model, x, ids_keep, visible):
+    """``SpikformerV2MAE.forward_encoder`` with a dense masked stem: every ConvBN runs on the whole map, its
+    output is zeroed outside the mask (upsampled to its resolution), and its BN sees the visible positions."""
+    from spikingformer.layers import ConvBN, run_blocks, seq_apply
+
+    x = model.encoder.check_input(x)
+    for layer in model.encoder.stem.layers:
+        if isinstance(layer, ConvBN):
+            y = seq_apply(layer.conv, x)
+            t, b, c, h, w = y.shape
+            f = h // visible.shape[1]
+            where = visible.repeat_interleave(f, 1).repeat_interleave(f, 2).unsqueeze(0).expand(t, b, h, w)
+            tokens = layer.bn(y.permute(0, 1, 3, 4, 2)[where][:, :, None, None]).flatten(1)
+            x = y.new_zeros(t, b, h, w, c).index_put((where,), tokens).permute(0, 1, 4, 2, 3)
+        else:
+            x = layer(x)
+    tokens = x.permute(0, 1, 3, 4, 2)[:, visible].view(x.shape[0], *ids_keep.shape, -1)
+    return run_blocks(model.encoder.blocks, tokens)
 
 
 def cpu_step_peak(step) -> float:
@@ -79,6 +105,8 @@ def measure(model_name: str, batch: int, variant: str, device: str, steps: int, 
     torch.manual_seed(0)
     model, loss = build(model_name, overrides, mae, batch, dev)
     model.set_grad_checkpointing(variant == "ckpt")
+    if variant == "dense_stem":
+        model.forward_encoder = functools.partial(dense_stem_encoder, model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step():
@@ -127,7 +155,7 @@ def main(argv=None) -> int:
         p.error("--steps and every batch must be >= 1")
     results, errors = [], []
     for run in args.runs:
-        for variant in VARIANTS:
+        for variant in MAE_VARIANTS if args.mae else VARIANTS:
             model_name, _, batch = run.partition(":")
             try:
                 results.append(measure(model_name, int(batch or 16), variant, args.device, args.steps, overrides,

@@ -55,8 +55,10 @@ def test_bad_steps_or_batch_are_usage_errors(memory):
 def test_mae_pretraining_step(memory, tmp_path):
     """--mae measures a SpikformerV2MAE step (at T = 1 by default) on the named encoder."""
     out = tmp_path / "m.json"
-    assert memory.main(["spikformer_v2_8_384:2", "--mae", "--steps", "1", "--device", "cpu", "--set", "depth=1",
-                        "dim=32", "num_heads=2", "img_size=32", "--json", str(out)]) == 0
+    assert memory.main(["spikformer_v2_8_384:16", "--mae", "--steps", "1", "--device", "cpu", "--set", "depth=1",
+                        "dim=64", "num_heads=2", "img_size=64", "--json", str(out)]) == 0
     rows = {r["variant"]: r for r in json.loads(out.read_text())["results"]}
     assert rows["plain"]["model"] == "spikformer_v2_8_384 (MAE)" and rows["plain"]["T"] == 1
     assert 0 < rows["ckpt"]["step_peak_mib"] < rows["plain"]["step_peak_mib"]
+    # the baseline of the sparse stem: dense convolutions over masked maps hold more than the visible tiles
+    assert rows.keys() == {"dense_stem", "plain", "ckpt"} and rows["dense_stem"]["peak_x"] > 1.2

@@ -124,9 +124,9 @@ def test_mae_checkpoints_its_sparse_stem_encoder_and_decoder():
     calls = _count_block_calls(ckpt.encoder)
     decoder_calls = []
     ckpt.decoder_blocks[0].register_forward_pre_hook(lambda *_: decoder_calls.append(1))
-    convs = {}
+    convs = {}  # each ConvBN by its BN: the tiled stem's 3x3 convs are functional calls (models.mae.tile_conv_bn)
     for name, m in ckpt.encoder.stem.named_modules():
-        if isinstance(m, torch.nn.Conv2d):
+        if isinstance(m, torch.nn.BatchNorm2d):
             convs[name] = 0
             m.register_forward_pre_hook(lambda *_, n=name: convs.__setitem__(n, convs[n] + 1))
     imgs = torch.randn(2, 3, 64, 64)

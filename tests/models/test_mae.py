@@ -1,11 +1,16 @@
 """Spikformer V2 MAE (V2 §4.2): masking, no leakage from masked patches, encoder/classifier equivalence, loss."""
+import copy
+
 import pytest
 import torch
 
 from spikingformer import create_model
+from spikingformer.layers import ConvBN
 from spikingformer.models.mae import (MAEConfig, SpikformerV2MAE, patchify, random_masking, sincos_pos_embed_2d,
-                                      unpatchify)
+                                      unpatchify, neighbours, visible_tiles, with_halo)
 from spikingformer.probe import SynapticProbe
+
+from ..benchmarks import load_script
 
 ENCODER = dict(depth=1, dim=32, num_heads=2, img_size=64)  # 64x64 images: 4x4 = 16 patches
 
@@ -92,22 +97,64 @@ def test_masked_pixels_cannot_change_the_encoder_output(train, T):
     assert not torch.equal(*dense)  # the same visible tokens, changed by masked pixels
 
 
-def test_sparse_bn_statistics_are_over_visible_positions_only_and_masked_positions_stay_silent():
-    model = tiny().train()
+@pytest.mark.parametrize("train,T", [(True, 1), (False, 1), (True, 2)])
+def test_the_tiled_stem_computes_what_a_dense_masked_stem_does(train, T):
+    """Outputs, gradients and BN statistics of the tiles (visible patches only, with their halos) equal those
+    of the dense stem zeroed outside the mask, in float64; the first BN's statistics are the visible positions'."""
+    torch.manual_seed(0)
+    model = tiny(T, depth=2).double().train()
+    for m in model.modules():  # eval-mode BN gets the statistics of one batch (momentum None: cumulative)
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = None if not train else m.momentum
+    model(torch.randn(4, 3, 64, 64, dtype=torch.float64))
+    model.train(train)
+    ref = copy.deepcopy(model)
     ids, visible = masks()
-    x = torch.randn(3, 3, 64, 64)
+    x = torch.randn(3, 3, 64, 64, dtype=torch.float64)
     stem = model.encoder.stem.layers
-    stem[0].bn.reset_running_stats()
-    seen = {}
-    stem[-1].register_forward_hook(lambda m, a, out: seen.setdefault("stem", out))
-    model.forward_encoder(x, ids, visible)
-    keep = visible.repeat_interleave(8, 1).repeat_interleave(8, 2)  # x8 for SCS block 1
-    conv = stem[0].conv(x)
-    expected = conv.permute(0, 2, 3, 1)[keep].mean(0)
-    torch.testing.assert_close(stem[0].bn.running_mean, 0.1 * expected.detach())
-    spikes = seen["stem"]  # [T, B, D, 4, 4]: the stem's output spikes
-    assert ((spikes == 0) | (spikes == 1)).all() and spikes.sum() > 0
-    assert spikes.permute(0, 1, 3, 4, 2)[:, ~visible].abs().sum() == 0
+    if train:
+        for m in (model, ref):
+            m.encoder.stem.layers[0].bn.reset_running_stats()
+    seen = []
+    ref.encoder.stem.layers[-1].register_forward_hook(lambda m, a, out: seen.append(out))
+    with load_script("memory") as bench:  # the benchmark's baseline: the dense stem zeroed outside the mask
+        want = bench.dense_stem_encoder(ref, x, ids, visible)
+    assert seen[0].permute(0, 1, 3, 4, 2)[:, ~visible].abs().sum() == 0  # whose masked positions stay silent
+    out = model.forward_encoder(x, ids, visible)
+    assert out.shape == (T, 3, 4, 32) and want.abs().sum() > 0
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(out)
+    (out * g).sum().backward()
+    (want * g).sum().backward()
+    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+        if p.grad is not None or q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12, msg=name)
+    for (name, a), b in zip(model.state_dict().items(), ref.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
+    if train:  # momentum 0.1 from zero: a tenth of the mean over the visible positions of the first conv
+        keep = visible.repeat_interleave(8, 1).repeat_interleave(8, 2)
+        expected = stem[0].conv(x).permute(0, 2, 3, 1)[keep].mean(0)
+        torch.testing.assert_close(stem[0].bn.running_mean, 0.1 * expected.detach())
+
+
+def test_tiles_are_the_visible_patches_and_their_halos():
+    x = torch.arange(2 * 1 * 8 * 8.0).view(1, 2, 1, 8, 8)                 # T = 1, B = 2, 2x2 patches of 4x4
+    ids = torch.tensor([[0, 3], [1, 2]])
+    tiles = visible_tiles(x, ids, (2, 2))
+    assert tiles.shape == (1, 2, 2, 1, 4, 4)
+    assert torch.equal(tiles[0, 0, 1, 0], x[0, 0, 0, 4:, 4:]) and torch.equal(tiles[0, 1, 0, 0], x[0, 1, 0, :4, 4:])
+    near = neighbours(ids, (2, 2))                                         # 2 = the zero tile
+    assert near[0, 0].tolist() == [[2, 2, 2], [2, 0, 2], [2, 2, 1]]       # (0, 0) sees (1, 1) below-right
+    assert near[1, 1].tolist() == [[2, 2, 0], [2, 1, 2], [2, 2, 2]]       # (1, 0) sees (0, 1) above-right
+    halo = with_halo(tiles, near, 1)
+    masked = x.clone()
+    masked[0, 0, 0, :4, 4:] = masked[0, 0, 0, 4:, :4] = 0                 # sample 0 shows patches 0 and 3
+    padded = torch.nn.functional.pad(masked[0, 0, 0], (1, 1, 1, 1))
+    assert torch.equal(halo[0, 0, 0, 0], padded[:6, :6]) and torch.equal(halo[0, 0, 1, 0], padded[4:, 4:])
+    with pytest.raises(ValueError, match="a 3x3 patch grid does not tile the 8x8 feature map"):
+        visible_tiles(x, ids, (3, 3))
+    with pytest.raises(ValueError, match="a halo of 5 around 4x4 tiles reaches past"):
+        with_halo(tiles, near, 5)
 
 
 def test_encoder_blocks_see_only_the_visible_tokens():
@@ -131,7 +178,8 @@ def test_encoder_state_dict_keys_are_the_classifier_backbone_keys():
 
 def test_encoder_keeps_the_v2_classifiers_spike_driven_profile():
     """The MAE encoder feeds every synaptic layer the same kind of input (spike / integer / real)
-    as the V2 classifier does: masking changes which positions fire, not what the layers see."""
+    as the V2 classifier does: masking changes which positions fire, not what the layers see.  (The stem's
+    3x3 convs run unpadded on tiles with halos, as a function of their weights: no module call to hook.)"""
     model = tiny(depth=2).train()
     clf = create_model("spikformer_v2_8_384", **{**ENCODER, "depth": 2}, num_classes=10, T=1).train()
     clf.load_state_dict({**clf.state_dict(), **model.encoder.state_dict()})
@@ -141,7 +189,10 @@ def test_encoder_keeps_the_v2_classifiers_spike_driven_profile():
     with SynapticProbe(model.encoder) as probe, torch.no_grad():
         model(x)
     kinds = {r.name: r.kind for r in probe.ordered}
-    assert kinds == {r.name: r.kind for r in ref.ordered if not r.readout}
+    halo_convs = {f"stem.layers.{i}.conv" for i, m in enumerate(model.encoder.stem.layers)
+                  if isinstance(m, ConvBN) and m.conv.kernel_size == (3, 3)}
+    assert len(halo_convs) == 8
+    assert kinds == {r.name: r.kind for r in ref.ordered if not r.readout and r.name not in halo_convs}
     assert probe.encoding_layer.name == ref.encoding_layer.name == "stem.layers.0.conv"
     assert [r.name for r in probe.violations] == [r.name for r in ref.violations]
     assert ref.violations and all(r.kind == "integer" for r in ref.violations)  # SEW residual sums (SPEC §5)

@@ -8,10 +8,13 @@ The loss is MAE's: mean squared error over the masked patches only, on per-patch
 pixels (``norm_pix_loss``).
 
 No information leaks from masked patches into the encoder (MC-MAE / SparK, the paper's [74]
-and [75]): in the Spiking Convolutional Stem every ConvBN output is zeroed outside that
-stage's mask (M upsampled x8, x4, x2 for SCS blocks 1-3, M itself for block 4) and its
-BatchNorm statistics are computed over visible positions only ("sparse convolution and
-sparse BN"); after the stem only the visible tokens are gathered for the encoder blocks.
+and [75]): the Spiking Convolutional Stem is a sparse convolution with sparse BN.  It computes
+only the visible positions: each visible patch is a tile (16x16 pixels, then 8x8, 4x4, 2x2 and
+1x1 positions through SCS blocks 1-4), every conv reads a tile plus, for a 3x3 conv, a one-position
+halo from the neighbouring tiles, zero where they are masked (as a dense conv whose outputs are
+zeroed outside the mask reads them), and BatchNorm statistics are those of the visible positions.  The
+stem ends with one token per visible patch for the encoder blocks; with 75 % masked it does a
+quarter of a dense stem's convolution work, which dominates a pre-training step.
 """
 from __future__ import annotations
 
@@ -22,12 +25,12 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..layers import ConvBN, run_blocks, seq_apply
+from ..layers import ConvBN, run_blocks
 from ._base import GradCheckpointing
 from ._registry import create_model
 
 __all__ = ["MAEConfig", "MAEOutput", "SpikformerV2MAE", "random_masking", "patchify", "unpatchify",
-           "sincos_pos_embed_2d", "sparse_conv_bn"]
+           "sincos_pos_embed_2d", "visible_tiles", "neighbours", "with_halo", "tile_conv_bn"]
 
 
 @dataclass(frozen=True)
@@ -112,21 +115,68 @@ def sincos_pos_embed_2d(dim: int, grid: tuple[int, int], device=None) -> Tensor:
     return torch.cat([embed(cols), embed(rows)], dim=1).float()
 
 
-def sparse_conv_bn(m: ConvBN, x: Tensor, keep: Tensor) -> Tensor:
-    """``ConvBN`` on ``[T, B, C, H, W]`` as a sparse convolution with sparse BN (SparK).
+def visible_tiles(x: Tensor, ids_keep: Tensor, grid: tuple[int, int]) -> Tensor:
+    """The tiles of the visible patches of a map ``x`` ``[T, B, C, H, W]``: ``[T, B, N_v, C, s, s]``, where
+    ``s = H / h`` for the patch ``grid`` ``(h, w)``."""
+    (h, w), (H, W) = grid, x.shape[-2:]
+    if H % h or W % w or H // h != W // w:
+        raise ValueError(f"a {h}x{w} patch grid does not tile the {H}x{W} feature map")
+    s = H // h
+    windows = x.unfold(3, s, s).unfold(4, s, s)                     # a view [T, B, C, h, w, s, s]
+    rows = torch.arange(len(ids_keep), device=ids_keep.device)[:, None]
+    # advanced indices apart from each other go first: [B, N_v, T, C, s, s]
+    return windows[:, rows, :, ids_keep // w, ids_keep % w].permute(2, 0, 1, 3, 4, 5)
 
-    ``keep`` ``[B, H', W']`` (bool, the output resolution) marks visible positions.  The conv
-    runs densely; its output is kept only at visible positions (zero elsewhere, so the next conv
-    reads nothing from masked ones), and the BN (training: batch statistics and running-stat
-    updates; eval: running statistics) sees exactly those positions.
+
+def neighbours(ids_keep: Tensor, grid: tuple[int, int]) -> Tensor:
+    """``[B, N_v, 3, 3]``: for each visible patch, the index (among the visible ones) of the patch above-left,
+    above, ..., below-right of it, or ``N_v`` where that one is masked or beyond the map."""
+    (b, n), (h, w) = ids_keep.shape, grid
+    rows = torch.arange(b, device=ids_keep.device)[:, None, None, None]
+    slot = torch.full((b, h + 2, w + 2), n, dtype=torch.long, device=ids_keep.device)
+    r, c = ids_keep // w + 1, ids_keep % w + 1
+    slot[rows[..., 0, 0], r, c] = torch.arange(n, device=ids_keep.device)
+    step = torch.arange(-1, 2, device=ids_keep.device)
+    return slot[rows, r[..., None, None] + step[:, None], c[..., None, None] + step]
+
+
+def with_halo(tiles: Tensor, near: Tensor, p: int) -> Tensor:
+    """``[T, B, N_v, C, s, s]`` tiles with a halo ``p`` wide from their ``neighbours`` ``near``: ``[T, B, N_v, C,
+    s + 2p, s + 2p]``, zero where a neighbour is masked or beyond the map, as a dense map zeroed outside the mask
+    would read.  Only tiles are read and written: nothing the size of the whole map."""
+    t, b, n, c, s, _ = tiles.shape
+    if not 0 < p <= s:
+        raise ValueError(f"a halo of {p} around {s}x{s} tiles reaches past the neighbouring patches")
+    padded = torch.cat([tiles, tiles.new_zeros(t, b, 1, c, s, s)], 2)  # index N_v: the zero tile
+    rows = torch.arange(b, device=tiles.device)[:, None]
+    part = (slice(s - p, s), slice(0, s), slice(0, p))                 # of the tile above (left), beside, below
+    return torch.cat([torch.cat([tiles if (i, j) == (1, 1) else padded[..., part[i], part[j]][:, rows, near[..., i, j]]
+                                 for j in range(3)], -1) for i in range(3)], -2)
+
+
+def tile_conv_bn(m: ConvBN, tiles: Tensor, near: Tensor) -> Tensor:
+    """``ConvBN`` as a sparse convolution with sparse BN (SparK) on the visible tiles ``[T, B, N_v, C, s, s]``.
+
+    A conv whose stride is its kernel (the SCS's 2x2 downsampling) reads within a tile; a ``k x k`` conv
+    of stride 1 and padding ``(k - 1) / 2`` reads the tile and a halo of that width from its ``neighbours``
+    ``near``, and runs unpadded on it.  The BN (training: batch statistics and running-stat updates; eval:
+    running statistics) sees exactly the visible positions.
     """
-    y = seq_apply(m.conv, x)
-    t, b, c, h, w = y.shape
-    where = keep.unsqueeze(0).expand(t, b, h, w)
-    tokens = y.permute(0, 1, 3, 4, 2)[where]                         # [M, C]: visible positions only
-    tokens = m.bn(tokens[:, :, None, None]).flatten(1)               # BN statistics over those M
-    out = y.new_zeros(t, b, h, w, c).index_put((where,), tokens.to(y.dtype))
-    return out.permute(0, 1, 4, 2, 3)
+    conv = m.conv
+    t, b, n = tiles.shape[:3]
+    (k, _), (st, _), (pad, _) = conv.kernel_size, conv.stride, conv.padding
+    if k == st and pad == 0:
+        y = conv(tiles.flatten(0, 2))
+    elif st == 1 and 2 * pad == k - 1:
+        x = with_halo(tiles, near, pad).flatten(0, 2)
+        if x.shape[-1] == k and conv.groups == 1:  # one output per tile: a matrix product (CPU convs are slow here)
+            y = nn.functional.linear(x.flatten(1), conv.weight.flatten(1), conv.bias)[:, :, None, None]
+        else:
+            y = nn.functional.conv2d(x, conv.weight, conv.bias, 1, 0, conv.dilation, conv.groups)
+    else:
+        raise ValueError(f"a sparse stem conv must read within its tile or have 'same' padding, got {conv}")
+    y = m.bn(y)
+    return y.view(t, b, n, *y.shape[1:])
 
 
 class SpikformerV2MAE(GradCheckpointing, nn.Module):
@@ -182,28 +232,24 @@ class SpikformerV2MAE(GradCheckpointing, nn.Module):
     def forward_encoder(self, x: Tensor, ids_keep: Tensor, visible: Tensor) -> Tensor:
         """Images ``[B, C, H, W]`` -> visible token features ``[T, B, N_v, D]``.
 
-        The SCS runs with the mask upsampled to each ConvBN's resolution (x8, x4, x2, x1 for
-        blocks 1-4); then only the ``ids_keep`` tokens enter the encoder blocks.  The first conv
-        (2x2, stride 2) never reads across a 16x16 patch, and every later conv reads zeros at
-        masked positions, so no masked pixel reaches a visible output.
+        The SCS runs on the visible patches' tiles only (``tile_conv_bn``), which it shrinks to one
+        position each; those tokens enter the encoder blocks.  No conv reads a masked pixel: the first
+        (2x2, stride 2) reads within a 16x16 patch, and every 3x3 conv reads zeros where a neighbour
+        is masked.  ``visible`` ``[B, h, w]`` is ``ids_keep``'s patch grid.
         """
         x = self.encoder.check_input(x)
-        stem = self.encoder.stem
+        stem, grid = self.encoder.stem, tuple(visible.shape[-2:])
         segments = [functools.partial(self._sparse_segment, a, b) for a, b in stem.segments]
-        x = run_blocks(segments, x, visible, checkpointing=stem.grad_checkpointing, owner=stem)
-        tokens = x.flatten(3).transpose(2, 3)                           # [T, B, N, D]
-        t, b, _, d = tokens.shape
-        tokens = tokens.gather(2, ids_keep[None, :, :, None].expand(t, b, -1, d))
+        tiles = run_blocks(segments, visible_tiles(x, ids_keep, grid), neighbours(ids_keep, grid),
+                           checkpointing=stem.grad_checkpointing, owner=stem)
+        tokens = tiles.flatten(3)                                       # [T, B, N_v, D]: one position per tile
         return run_blocks(self.encoder.blocks, tokens, checkpointing=self.encoder.grad_checkpointing)
 
-    def _sparse_segment(self, start: int, stop: int, x: Tensor, visible: Tensor) -> Tensor:
-        """Stem layers ``start:stop`` (one checkpointing segment), each ConvBN sparse at its own resolution."""
+    def _sparse_segment(self, start: int, stop: int, x: Tensor, near: Tensor) -> Tensor:
+        """Stem layers ``start:stop`` (one checkpointing segment) on the visible tiles and their ``neighbours``."""
         for layer in self.encoder.stem.layers[start:stop]:
-            if isinstance(layer, ConvBN):
-                h, w = _conv_out_size(layer.conv, x.shape[-2:])
-                x = sparse_conv_bn(layer, x, _upsample(visible, (h, w)))
-            else:  # a LIF: 0 in -> 0 out, so masked positions stay silent
-                x = layer(x)
+            # a LIF is elementwise: on tiles as on the map
+            x = tile_conv_bn(layer, x, near) if isinstance(layer, ConvBN) else layer(x)
         return x
 
     def forward_decoder(self, latent: Tensor, ids_keep: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -255,15 +301,3 @@ class SpikformerV2MAE(GradCheckpointing, nn.Module):
         vis = out.visible.unsqueeze(-1)
         masked = unpatchify(patches * vis, p, grid)
         return masked, unpatchify(torch.where(vis, patches, pred), p, grid)
-
-
-def _upsample(visible: Tensor, size) -> Tensor:
-    """The patch mask ``[B, h, w]`` at resolution ``size`` (an integer multiple of ``h, w``)."""
-    (h, w), (H, W) = visible.shape[-2:], tuple(size)
-    if H % h or W % w:
-        raise ValueError(f"mask grid {h}x{w} does not divide the feature map {H}x{W}")
-    return visible.repeat_interleave(H // h, 1).repeat_interleave(W // w, 2)
-
-
-def _conv_out_size(conv: nn.Conv2d, size) -> tuple[int, int]:
-    return tuple((s + 2 * pd - k) // st + 1 for s, k, st, pd in zip(size, conv.kernel_size, conv.stride, conv.padding))
