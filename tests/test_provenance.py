@@ -41,6 +41,8 @@ def spikes(*shape):
     (lambda x: F.pad((x > 0).float(), (1, 1), value=2.0), REAL),
     (lambda x: (x > 0).float().masked_fill(x > 1, 1.0), SPIKE),
     (lambda x: torch.abs((x > 0).float()), REAL),                            # unknown op: no proof, never a false one
+    (lambda x: (x > 0).float().repeat_interleave(2, 0), SPIKE),
+    (lambda x: torch.repeat_interleave((x > 0).long().flatten()), REAL),      # this form returns indices
 ])
 def test_rules(fn, kind):
     assert built(fn, torch.randn(4, 4, 8)).kind == kind

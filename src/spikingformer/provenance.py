@@ -126,6 +126,8 @@ class SpikeProvenance(TorchFunctionMode):
             # the values moved: the first argument (a tensor, or the list ``cat`` joins), never the shapes,
             # dims, indices or dtypes after it; ``where``/``masked_fill``/``maximum`` also take the others'
             values = [args[0]] if args else list(kwargs.values())[:1]
+            if name == "repeat_interleave" and len(args) + len(kwargs) == 1:  # the one-argument form makes indices
+                return Built(REAL, name)
             if name == "where":  # the condition only selects
                 values = list(args[1:]) + [kwargs[k] for k in ("input", "other") if k in kwargs]
             elif name == "masked_fill":
