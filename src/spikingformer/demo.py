@@ -62,8 +62,9 @@ def _train(args: argparse.Namespace, model: str, out: Path) -> dict:
     # the registry name picks the family; DEMO_ARGS, the size
     return dict(model=model, label=COMPARED[model], model_args=dict(DEMO_ARGS), val_acc=s["final_val_acc"],
                 best_val_acc=s["best_val_acc"], firing_rate=s["firing_rate"], energy_uJ=1e3 * _energy_mJ(cfg, out),
-                spike_driven=s["spike_driven"], proven=s["proven"], params=s["params"], seconds=s["seconds"], val_split=s["val_split"],
-                epochs=args.epochs, non_spike_layers=s["non_spike_layers"], probe_images=s["probe_images"])
+                spike_driven=s["spike_driven"], proven=s["proven"], params=s["params"], seconds=s["seconds"],
+                val_split=s["val_split"], epochs=args.epochs, non_spike_layers=s["non_spike_layers"],
+                probe_images=s["probe_images"])
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

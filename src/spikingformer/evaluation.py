@@ -206,7 +206,8 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     if calibrate and not exit_at:
         raise ValueError("--calibrate chooses among early-exit confidences: add --early-exit P [P ...]")
     if not 0 <= max_drop <= 1:
-        raise ValueError(f"--max-drop is the top-1 an early exit may lose, in points from 0 to 100; got {100 * max_drop:g}")
+        raise ValueError(f"--max-drop is the top-1 an early exit may lose, in points from 0 to 100; "
+                         f"got {100 * max_drop:g}")
     dev = resolve_device(device)
     extra = {k: v for k, v in (("device", device), ("data_dir", data_dir), ("val_batch_size", batch_size or None),
                                ("workers", workers)) if v is not None}

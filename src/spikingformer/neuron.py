@@ -52,7 +52,8 @@ def multistep_lif(
     ``torch.compile`` traces and fuses it whole.
     """
     if x.dim() < 1 or len(x) == 0:
-        raise ValueError(f"multistep_lif expects a time-major tensor [T, ...] of at least one step, got shape {tuple(x.shape)}")
+        raise ValueError(f"multistep_lif expects a time-major tensor [T, ...] of at least one step, "
+                         f"got shape {tuple(x.shape)}")
     return lif_steps(x, torch.full_like(x[0], v_reset), tau, v_threshold, v_reset, alpha, detach_reset)[0]
 
 

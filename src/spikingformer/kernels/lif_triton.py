@@ -247,7 +247,8 @@ def multistep_lif_triton(
     The spikes keep the input's layout when its steps are dense, NCHW or channels-last.
     """
     if x.dim() < 1 or len(x) == 0:
-        raise ValueError(f"multistep_lif_triton expects a time-major tensor [T, ...] of at least one step, got shape {tuple(x.shape)}")
+        raise ValueError(f"multistep_lif_triton expects a time-major tensor [T, ...] of at least one step, "
+                         f"got shape {tuple(x.shape)}")
     if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"multistep_lif_triton takes fp32, bf16 or fp16 input, got {x.dtype}")
     return lif_forward(_time_major_dense(x), float(tau), float(v_threshold), float(v_reset), float(alpha))
@@ -262,7 +263,8 @@ def lif_stream(x: Tensor, v: Tensor | None, tau: float = 2.0, v_threshold: float
     ``multistep_lif_triton`` on the whole sequence, bit for bit.  ``v`` may be updated in place.
     """
     if x.dim() < 1 or len(x) == 0:
-        raise ValueError(f"lif_stream expects a time-major tensor [T, ...] of at least one step, got shape {tuple(x.shape)}")
+        raise ValueError(f"lif_stream expects a time-major tensor [T, ...] of at least one step, "
+                         f"got shape {tuple(x.shape)}")
     if torch.is_grad_enabled() and x.requires_grad:
         raise RuntimeError("lif_stream is inference only (no backward): run it under torch.no_grad()")
     check_device(x.device)
