@@ -25,6 +25,7 @@ stem's segments and the decoder's blocks, and a third variant is the baseline of
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import gzip
 import json
@@ -60,12 +61,33 @@ def dense_stem_encoder(model, x, ids_keep, visible):
     return run_blocks(model.encoder.blocks, tokens)
 
 
+# What Kineto writes to the C stderr around every CPU profile: no fault of the run (it looks for a GPU, and
+# says when it starts and stops), so it is held back; anything else it writes is passed on.
+_KINETO_CHATTER = ("gpuGetDeviceCount failed", "profiler_start", "profiler_stop", "Memory block of unknown size")
+
+
+@contextlib.contextmanager
+def _without_profiler_chatter():
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+") as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            sys.stderr.writelines(line for line in caught if not any(c in line for c in _KINETO_CHATTER))
+
+
 def cpu_step_peak(step) -> float:
     """Bytes: the most that tensors made during ``step()`` held at once (the profiler's raw memory events:
     ``(time, action, bytes, category)``, where action 1 marks tensors that existed before the step)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+    with _without_profiler_chatter(), profile(activities=[ProfilerActivity.CPU], profile_memory=True,
+                                              record_shapes=True, with_stack=True) as prof:
         step()
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "events.raw.json.gz")

@@ -62,3 +62,12 @@ def test_mae_pretraining_step(memory, tmp_path):
     assert 0 < rows["ckpt"]["step_peak_mib"] < rows["plain"]["step_peak_mib"]
     # the baseline of the sparse stem: dense convolutions over masked maps hold more than the visible tiles
     assert rows.keys() == {"dense_stem", "plain", "ckpt"} and rows["dense_stem"]["peak_x"] > 1.2
+
+
+def test_kineto_chatter_is_held_back_and_the_rest_passed_on(memory, capfd):
+    import os
+
+    with memory._without_profiler_chatter():
+        os.write(2, b"USDT:x SyncActivityProfilerHandler.cpp:39] profiler_start\n"
+                    b"ERROR:x DeviceProperties.cpp:56] gpuGetDeviceCount failed with code 35\nsomething else broke\n")
+    assert capfd.readouterr().err == "something else broke\n"
