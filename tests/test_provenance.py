@@ -151,3 +151,23 @@ def test_an_unknown_op_gives_no_proof_and_says_which():
     (fc,) = [r for r in cert.layers if r.name == "fc"]
     assert fc.inputs[0].kind == "spike" and (fc.inputs[0].built, fc.inputs[0].built_by) == ("real", "abs")
     assert cert.spike_driven and not cert.proven and cert.exit_code == 3
+
+
+@pytest.mark.parametrize("name", ["spikingformer_4_256", "spikformer_4_384"])
+def test_spikingjelly_neurons_are_taken_at_their_word(name):
+    """The official repositories' neurons (SpikingJelly's ``LIFNode``, whose multi-step loop is a custom op the
+    context cannot follow), swapped into the architecture as the throughput benchmark's reference does: the proof
+    is the one of our own neurons."""
+    pytest.importorskip("spikingjelly")
+    from .benchmarks import load_script
+
+    torch.manual_seed(0)
+    model, x = sf.create_model(name, depth=1, dim=32, num_heads=4, T=2).eval(), torch.randn(2, 3, 32, 32)
+    ours = verify_model(model, x).to_dict()
+    with load_script("throughput") as bench:
+        reference = bench.swap_in_spikingjelly(model)
+        assert not any(isinstance(m, sf.MultiStepLIF) for m in reference.modules())
+        bench.reset_spikingjelly(reference)
+        theirs = verify_model(reference, x).to_dict()
+    assert (theirs["proven"], theirs["unproven"]) == (ours["proven"], ours["unproven"])
+    assert theirs["proven"] == name.startswith("spikingformer")

@@ -22,7 +22,7 @@ from .layers import ClassifierHead, SpikeQKV, recomputing
 from .neuron import MultiStepLIF
 from .provenance import SPIKE, Built, SpikeProvenance
 
-__all__ = ["TensorStats", "Stage", "LayerProbe", "SynapticProbe", "SYNAPTIC_TYPES", "verdict"]
+__all__ = ["TensorStats", "Stage", "LayerProbe", "SynapticProbe", "SYNAPTIC_TYPES", "opaque_neuron", "verdict"]
 
 SYNAPTIC_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, SpikeQKV)
 # Enough for the SEW residual sums of a 16-block Spikformer ({0, ..., 34}); beyond it only the range is kept.
@@ -118,6 +118,15 @@ class Stage:
     label: str
     operands: tuple[int, ...]
     macs: int = 0
+
+
+def opaque_neuron(mod: nn.Module) -> bool:
+    """A spiking neuron whose spikes the provenance context cannot follow, so it is taken at its word: ours on
+    the Triton backend (its kernels are tested to spike as the PyTorch loop does), or any SpikingJelly neuron
+    (``BaseNode``: its multi-step loops are custom ops or CuPy kernels), as the official repositories build."""
+    if isinstance(mod, MultiStepLIF):
+        return mod.backend != "torch"
+    return any(c.__name__ == "BaseNode" and c.__module__.startswith("spikingjelly") for c in type(mod).__mro__)
 
 
 def verdict(spike_driven: bool, proven: bool | None = None) -> str:
@@ -228,7 +237,7 @@ class SynapticProbe:
                 self._handles.append(mod.register_forward_hook(self._count_hook(name), with_kwargs=True))
         if self.provenance is not None:
             for name, mod in self.model.named_modules():
-                if isinstance(mod, MultiStepLIF):  # the Triton kernels are opaque to the provenance context
+                if opaque_neuron(mod):
                     self._handles.append(mod.register_forward_hook(self._neuron_hook(name)))
             self.provenance.__enter__()
         return self
@@ -242,8 +251,8 @@ class SynapticProbe:
 
     def _neuron_hook(self, name: str):
         def hook(mod, args, out):
-            if mod.backend != "torch":
-                self.provenance.label(out, Built(SPIKE, f"{mod.backend} neuron {name}"))
+            if opaque_neuron(mod) and isinstance(out, Tensor):
+                self.provenance.label(out, Built(SPIKE, f"{type(mod).__name__} {name}"))
         return hook
 
     def _input_hook(self, name: str, readout: bool):

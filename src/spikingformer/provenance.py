@@ -16,8 +16,8 @@ value it holds **by construction**, whatever the input and the weights:
 The rules are a whitelist: an op they do not know gives ``REAL``, so a proof can fail on an exotic
 op that does preserve 0/1, never pass on one that does not.  Each label keeps the op that made it
 (``origin``), so a layer that is not fed spikes says why: ``integer (add)`` for the SEW residual.
-Opaque kernels are not seen through: ``SynapticProbe`` takes a neuron on the Triton backend at its
-word (``label``), as its kernels are tested to spike as the PyTorch loop does, bit for bit.
+Opaque kernels are not seen through: ``SynapticProbe`` takes a neuron on the Triton backend, or a
+SpikingJelly neuron, at its word (``label``; ``probe.opaque_neuron``).
 """
 from __future__ import annotations
 
