@@ -175,3 +175,21 @@ def test_probe_exempts_no_layer_of_a_text_model():
         model(ids)
     assert [r.name for r in probe.violations] == ["blocks.0.attn.q.linear", "blocks.0.attn.k.linear",
                                                   "blocks.0.attn.v.linear"]
+
+
+@pytest.mark.parametrize("head", ["sequence", "mlm"])
+def test_the_read_out_after_t_steps_is_a_run_of_t_steps(head):
+    """``forward_steps``: its last step is ``forward``, and step ``t`` what the same weights answer at ``T = t``
+    (the encoding repeats, neurons never look ahead, eval-mode BN treats each step alone), padding included."""
+    ids, segs = batch(n=12)
+    pids, psegs = pad(ids, segs, 5)
+    model = calibrate(tiny(head, **{**MIXING, "T": 3}), ids, segs)
+    with torch.no_grad():
+        steps = model.forward_steps(pids, psegs)
+        assert steps.shape == (3, *model(pids, psegs).shape)
+        torch.testing.assert_close(steps[-1], model(pids, psegs), rtol=1e-5, atol=1e-5)
+        for t in (1, 2):  # the same weights, run for t steps
+            short = tiny(head, **{**MIXING, "T": t})
+            short.load_state_dict(model.state_dict())
+            torch.testing.assert_close(steps[t - 1], short.eval()(pids, psegs), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(steps[0], steps[-1])

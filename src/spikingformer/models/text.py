@@ -282,6 +282,13 @@ class SpikingformerText(GradCheckpointing, nn.Module):
                 attention_mask: Tensor | None = None) -> Tensor:
         return self.forward_head(*self.forward_features(input_ids, token_type_ids, attention_mask))
 
+    def forward_steps(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
+                      attention_mask: Tensor | None = None) -> Tensor:
+        """Logits after each time step, ``[T, ...]`` of ``forward``'s shape: what an inference given ``t`` steps
+        answers (neurons never look ahead), from one pass, as the vision models' ``forward_steps``."""
+        x, mask = self.forward_features(input_ids, token_type_ids, attention_mask)
+        return self.head.forward_steps(x) if self.cfg.head == "mlm" else self.head.forward_steps(x, mask)
+
 
 # ---------------------------------------------------------------- named sizes (own registry)
 
