@@ -79,6 +79,8 @@ def test_mlm_then_glue_from_its_checkpoint(files):
                                 "no official dev.tsv found)")
     assert out["train_examples"] == 60 and 0 <= out["value"] <= 1
     assert out["majority_baseline"] == {"accuracy": 0.5}  # the held-out split is balanced
+    steps = out["per_step"]["accuracy"]  # the read-out after each of the T = 2 steps, the last the model's
+    assert len(steps) == 2 and steps[-1] == pytest.approx(out["value"]) and all(0 <= a <= 1 for a in steps)
     state = ckpt.load_checkpoint(d / "glue" / "last.pt")
     assert state["meta"]["model_args"]["head"] == "sequence" and state["meta"]["model_args"]["depth"] == 1
 
@@ -105,6 +107,9 @@ def test_glue_from_scratch_regression_task(files):
     out = json.loads((d / "stsb.json").read_text())
     assert out["metric"] == "pearson" and set(out["val_metrics"]) == {"loss", "pearson", "spearman"}
     assert out["init"] == "scratch" and "majority_baseline" not in out and "random" in out["val_split"]
+    # the same predictions as the trained model's, up to the rounding of its other path through the head
+    pearson = out["per_step"]["pearson"]
+    assert len(pearson) == 2 and pearson[-1] == pytest.approx(out["value"], rel=1e-4)
 
 
 def test_resume_reproduces_the_uninterrupted_run(files, monkeypatch, capsys):

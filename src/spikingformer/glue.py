@@ -153,18 +153,24 @@ def _run(cfg: GlueConfig, info, resume: bool, json_path: str | None) -> dict:
             return F.mse_loss(out.squeeze(-1).float(), labels.float(), reduction="sum")
         return F.cross_entropy(out.float(), labels.long(), reduction="sum")
 
-    def predict(model, ds) -> tuple[list, float]:
-        """Predictions and mean loss on ``ds``, each process scoring its share."""
-        preds, loss = [], 0.0
+    def predict(model, ds, per_step: bool = False) -> tuple[list, float]:
+        """Predictions and mean loss on ``ds``, each process scoring its share; with ``per_step``, the
+        predictions of the read-out after each time step (``forward_steps``), the last being the model's."""
+        steps, loss = None, 0.0
         part = eval_shard(len(ds), info)
         for s in range(part.start, part.stop, cfg.batch_size):
             b = gdata.collate([ds[i] for i in range(s, min(part.stop, s + cfg.batch_size))], tok.pad_id)
             b = to_device(b, info.device)
-            out = model(b["input_ids"], b["token_type_ids"], b["attention_mask"]).float()
-            loss += float(loss_sum(out, b["labels"]))
-            preds += out.squeeze(-1).tolist() if task.is_regression else out.argmax(-1).tolist()
-        shares = gather_objects((preds, loss))  # contiguous shares in rank order: the dataset's order
-        return [p for share, _ in shares for p in share], sum(x for _, x in shares) / len(ds)
+            args = b["input_ids"], b["token_type_ids"], b["attention_mask"]
+            outs = model.forward_steps(*args).float() if per_step else model(*args).float()[None]
+            loss += float(loss_sum(outs[-1], b["labels"]))
+            steps = steps or [[] for _ in outs]
+            for preds, out in zip(steps, outs):
+                preds += out.squeeze(-1).tolist() if task.is_regression else out.argmax(-1).tolist()
+        shares = gather_objects((steps, loss))  # contiguous shares in rank order: the dataset's order
+        n_steps = next(len(share) for share, _ in shares if share)
+        merged = [[p for share, _ in shares if share for p in share[t]] for t in range(n_steps)]
+        return merged if per_step else merged[0], sum(x for _, x in shares) / len(ds)
 
     def evaluate(model) -> dict:
         out = {}
@@ -200,11 +206,19 @@ def _run(cfg: GlueConfig, info, resume: bool, json_path: str | None) -> dict:
             gold = ds.labels
             summary["majority_baseline"].update(_suffixed(gdata.task_metrics(task, [majority] * len(gold), gold),
                                                           suffix))
+    model.eval()
+    with torch.no_grad():  # how early the answer is made: the headline metric of the read-out after each step
+        summary["per_step"] = {
+            _key(task.metric, suffix): [gdata.task_metrics(task, p, ds.labels)[task.metric]
+                                        for p in predict(model, ds, per_step=True)[0]]
+            for suffix, _, ds in splits.evals}
     scores = " / ".join(f"{k} {final[k]:.4f}" for k in headline)
     base = summary.get("majority_baseline", {})
     if info.is_main:
         print(f"{task.name} {scores} on {val_name}"
               + ("; majority class: " + " / ".join(f"{base[k]:.4f}" for k in headline) if base else ""))
+        for k, values in summary["per_step"].items():
+            print(f"{k} after each time step: " + ", ".join(f"{t} {v:.4f}" for t, v in enumerate(values, 1)))
     return finish(cfg, info, summary, json_path)
 
 
