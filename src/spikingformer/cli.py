@@ -34,7 +34,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from . import create_model, list_models
     from .metrics import check_output, write_json
     from .models.text import create_text_model, list_text_models
-    from .probe import SynapticProbe
+    from .probe import SynapticProbe, verdict
 
     if args.t < 1 or args.batch_size < 1:
         print(f"error: --t and --batch-size must be >= 1, got --t {args.t} --batch-size {args.batch_size}",
@@ -53,7 +53,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print(f"no model matches {args.pattern!r}; available: {', '.join(list_models() + list_text_models())}",
               file=sys.stderr)
         return 2
-    print(f"{'model':28s} {'params':>10s} {'paper':>8s} {'input':>12s}  spike-driven  (non-spike inputs)")
+    print(f"{'model':28s} {'params':>10s} {'paper':>8s} {'input':>12s}  {'spike-driven':16s}  (layers not fed spikes)")
     for name in names:
         # train mode: batch statistics, with which BN at initialisation makes the neurons fire
         if name in text_names:  # random token ids, every one a real token (no [PAD])
@@ -77,8 +77,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
                    silent_layers=[r.name for r in probe.silent])
         rows.append(row)
         paper = f"{row['paper_params_M']:.2f}M" if row["paper_params_M"] else "-"
-        verdict = "NO" if bad else "yes" if row["proven"] else "unproven"
-        print(f"{name:28s} {n_params / 1e6:9.2f}M {paper:>8s} {shown:>12s}  {verdict:12s}  "
+        said = verdict(probe.spike_driven, row["proven"])
+        print(f"{name:28s} {n_params / 1e6:9.2f}M {paper:>8s} {shown:>12s}  {said:16s}  "
               f"{f'({len(bad)} layers)' if bad else f'({len(unproven)} layers)' if unproven else ''}", flush=True)
     if args.json:
         write_json(args.json, rows)
@@ -138,9 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Build every named model, vision and text (or those matching PATTERN), print "
                                    "its parameter count beside the paper's, and probe one forward pass on random "
                                    "input (images, or token ids) to say whether every synaptic layer after the "
-                                   "encoding layer receives only spikes: 'yes' when each is also built to (0/1 "
+                                   "encoding layer receives only spikes: 'yes, proven' when each is also built to (0/1 "
                                    "for any input and weights), 'NO' when one received something else, "
-                                   "'unproven' when none did but some are not built to.")
+                                   "'yes on this data' when none did but some are not built to.")
     p.add_argument("pattern", nargs="?", default=None, help="shell glob over model names, e.g. 'spikingformer_*'")
     p.add_argument("--t", type=int, default=1, help="time steps for the probe pass (default 1: fast)")
     p.add_argument("--batch-size", type=int, default=2, help="batch size of the probe pass (default 2)")
