@@ -63,9 +63,6 @@ class Built(NamedTuple):
     def name(self) -> str:
         return KIND_NAMES[self.kind]
 
-    def describe(self) -> str:
-        return self.name if self.kind == SPIKE else f"{self.name} ({self.origin})"
-
 
 def _op_name(func) -> str:
     """``add`` for ``torch.add``, ``Tensor.add_``, ``Tensor.__radd__`` and ``Tensor.__iadd__``; a property
