@@ -97,8 +97,7 @@ class SCS(GradCheckpointing, nn.Module):
         self.layers = nn.Sequential(*layers)
         # What set_grad_checkpointing recomputes at once: each conv with the neuron after it, not a whole stage,
         # whose convs at the first stage's resolution hold most of the activations (benchmarks/memory.py, CPU,
-        # a step's peak against plain: spikformer_v2_8_384 at batch 2, 0.43 where whole stages gave 0.47; MAE
-        # pre-training at 224x224, 0.92 against 0.96-0.98; at 64x64, 0.68 against 0.73)
+        # a step's peak against plain: spikformer_v2_8_384 at batch 2, 0.43 where whole stages gave 0.47)
         self.segments = tuple((a, a + 2) for a in range(0, len(layers), 2))
 
     def forward(self, x: Tensor) -> Tensor:
