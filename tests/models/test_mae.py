@@ -6,8 +6,8 @@ import torch
 
 from spikingformer import create_model
 from spikingformer.layers import ConvBN
-from spikingformer.models.mae import (MAEConfig, SpikformerV2MAE, patchify, random_masking, sincos_pos_embed_2d,
-                                      unpatchify, neighbours, visible_tiles, with_halo)
+from spikingformer.models.mae import (MAEConfig, SpikformerV2MAE, neighbours, patchify, random_masking,
+                                      sincos_pos_embed_2d, tile_conv_bn, unpatchify, visible_tiles, with_halo)
 from spikingformer.probe import SynapticProbe
 
 from ..benchmarks import load_script
@@ -155,6 +155,11 @@ def test_tiles_are_the_visible_patches_and_their_halos():
         visible_tiles(x, ids, (3, 3))
     with pytest.raises(ValueError, match="a halo of 5 around 4x4 tiles reaches past"):
         with_halo(tiles, near, 5)
+    for conv in (dict(kernel_size=3, padding=2, dilation=2), dict(kernel_size=3, stride=2, padding=1)):
+        layer = ConvBN(1, 1)
+        layer.conv = torch.nn.Conv2d(1, 1, **conv)
+        with pytest.raises(ValueError, match="must read within its tile or have 'same' padding"):
+            tile_conv_bn(layer, tiles, near)
 
 
 def test_encoder_blocks_see_only_the_visible_tokens():

@@ -164,10 +164,11 @@ def tile_conv_bn(m: ConvBN, tiles: Tensor, near: Tensor) -> Tensor:
     """
     conv = m.conv
     t, b, n = tiles.shape[:3]
-    (k, _), (st, _), (pad, _) = conv.kernel_size, conv.stride, conv.padding
-    if k == st and pad == 0:
+    (k, k2), (st, st2), (pad, pad2) = conv.kernel_size, conv.stride, conv.padding
+    square = k == k2 and st == st2 and pad == pad2 and conv.dilation == (1, 1)
+    if square and k == st and pad == 0:
         y = conv(tiles.flatten(0, 2))
-    elif st == 1 and 2 * pad == k - 1:
+    elif square and st == 1 and 2 * pad == k - 1:
         x = with_halo(tiles, near, pad).flatten(0, 2)
         if x.shape[-1] == k and conv.groups == 1:  # one output per tile: a matrix product (CPU convs are slow here)
             y = nn.functional.linear(x.flatten(1), conv.weight.flatten(1), conv.bias)[:, :, None, None]
