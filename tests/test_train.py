@@ -304,15 +304,20 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path)
         while time.time() < deadline and proc.poll() is None:
             stamp = last.stat().st_mtime_ns if last.exists() else None
             if stamp is not None and stamp != seen:
-                seen = stamp
+                # frozen while its checkpoint is read, so the one read is the one it is killed at
+                os.kill(proc.pid, signal.SIGSTOP)
+                seen = last.stat().st_mtime_ns
                 progress = load_checkpoint(last)["progress"]
                 if progress["epoch"] == 1 and progress["step"] > 0:
                     os.kill(proc.pid, signal.SIGKILL)
                     break
+                os.kill(proc.pid, signal.SIGCONT)
             time.sleep(0.002)
     finally:
         if proc.poll() is None and seen is None:
             proc.kill()
+        elif proc.poll() is None:  # the deadline passed, or it was stopped: do not leave it frozen
+            os.kill(proc.pid, signal.SIGCONT)
     assert proc.wait() == -signal.SIGKILL, f"the run ended before it could be killed: {proc.stderr.read()[-2000:]}"
     proc.stderr.close()
     at_kill = load_checkpoint(last)["progress"]
