@@ -53,7 +53,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print(f"no model matches {args.pattern!r}; available: {', '.join(list_models() + list_text_models())}",
               file=sys.stderr)
         return 2
-    print(f"{'model':28s} {'params':>10s} {'paper':>8s} {'input':>12s}  {'spike-driven':16s}  (layers not fed spikes)")
+    print(f"{'model':28s} {'params':>10s} {'paper':>8s} {'input':>12s}  {'spike-driven':16s}  "
+          "(layers not fed spikes)")
     for name in names:
         # train mode: batch statistics, with which BN at initialisation makes the neurons fire
         if name in text_names:  # random token ids, every one a real token (no [PAD])
@@ -70,8 +71,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
             model(**inputs)
         bad, unproven = probe.violations, probe.unproven
         row = dict(model=name, params=n_params, paper_params_M=SPEC_PARAMS_M.get(name),
-                   input_size=size, T=args.t, spike_driven=probe.spike_driven,
-                   proven=probe.spike_driven and not unproven,
+                   input_size=size, T=args.t, spike_driven=probe.spike_driven, proven=probe.proven,
                    encoding_layer=probe.encoding_layer.name if probe.encoding_layer else None,
                    non_spike_layers=[r.name for r in bad], unproven_layers=[r.name for r in unproven],
                    silent_layers=[r.name for r in probe.silent])

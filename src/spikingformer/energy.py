@@ -266,9 +266,8 @@ def energy_from_probe(probe: SynapticProbe, images: int, T: int, e_mac: float = 
         raise RuntimeError("the probe saw no synaptic layer: run a forward pass inside the `with` block")
     rows = [stage_energy(rec, st, images, T, e_mac, e_ac, integer_inputs) for rec in probe.ordered
             for st in rec.stages]
-    proven = probe.spike_driven and not probe.unproven if probe.provenance is not None else None
     return EnergyReport(model_name, T, images, e_mac, e_ac, rows, probe.spike_driven, integer_inputs=integer_inputs,
-                        proven=proven)
+                        proven=probe.proven if probe.provenance is not None else None)
 
 
 def steps_and_samples(x: Tensor | dict, T: int | None, time_major: bool | None, model: nn.Module) -> tuple[int, int]:

@@ -113,10 +113,9 @@ def spike_stats(model: nn.Module, loader, device: torch.device, max_batches: int
             images += x.shape[1] if x.dim() == 5 else len(x)  # [T, B, ...] sequences or [B, ...] images
     spiking = [s for r in probe.ordered[1:] if not r.readout for s in r.inputs if s.kind == "spike"]
     total, numel = sum(s.total for s in spiking), sum(s.numel for s in spiking)
-    unproven = probe.unproven
     return {"firing_rate": total / numel if numel else 0.0, "spike_driven": probe.spike_driven,
-            "proven": probe.spike_driven and not unproven, "non_spike_layers": [r.name for r in probe.violations],
-            "unproven_layers": [r.name for r in unproven], "silent_layers": [r.name for r in probe.silent],
+            "proven": probe.proven, "non_spike_layers": [r.name for r in probe.violations],
+            "unproven_layers": [r.name for r in probe.unproven], "silent_layers": [r.name for r in probe.silent],
             "probe_images": images}
 
 
@@ -254,15 +253,16 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
         margs = {**margs, **build.get("model_args", {}), **asked}
     notes += _unused_val_note(data, cfg, data_dir, given)
     model = rebuild(path, name, margs, weights, build, asked).to(dev)
-    loader = DataLoader(data.val, cfg.val_batch_size, num_workers=cfg.workers, collate_fn=data.collate)
+    def loader_of(split):
+        return DataLoader(split, cfg.val_batch_size, num_workers=cfg.workers, collate_fn=data.collate)
+
+    loader = loader_of(data.val)
     run_as = eval_path(cfg, dev)
     ready = run_as.prepare(model)
     if calibrate:
         parts = calibration_split(len(data.val), calibrate, calibrate_seed)
-        cal, scored = (evaluate(ready, DataLoader(Subset(data.val, part), cfg.val_batch_size, num_workers=cfg.workers,
-                                                  collate_fn=data.collate),
-                                dev, run_as, progress=cfg.progress, per_step=True, exit_at=tuple(exit_at))
-                       for part in parts)
+        cal, scored = (evaluate(ready, loader_of(Subset(data.val, part)), dev, run_as, progress=cfg.progress,
+                                per_step=True, exit_at=tuple(exit_at)) for part in parts)
         result = {**merge([cal, scored]), "early_exit": scored["early_exit"],
                   "early_exit_calibration": _calibration(cal, scored, calibrate, calibrate_seed, max_drop)}
     else:

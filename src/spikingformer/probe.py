@@ -251,7 +251,7 @@ class SynapticProbe:
 
     def _neuron_hook(self, name: str):
         def hook(mod, args, out):
-            if opaque_neuron(mod) and isinstance(out, Tensor):
+            if isinstance(out, Tensor):
                 self.provenance.label(out, Built(SPIKE, f"{type(mod).__name__} {name}"))
         return hook
 
@@ -344,6 +344,11 @@ class SynapticProbe:
         if self.provenance is None:
             raise RuntimeError("build the probe with provenance=True to know how inputs were built")
         return [r for r in self.ordered if r is not self.encoding_layer and not r.readout and not r.proven]
+
+    @property
+    def proven(self) -> bool:
+        """Spike-driven on this run, and every layer built to receive spikes (``provenance``): for any input."""
+        return self.spike_driven and not self.unproven
 
     @property
     def spike_driven(self) -> bool:
