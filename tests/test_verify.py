@@ -43,6 +43,28 @@ def test_certificate_of_a_users_module(sew):
     assert sum(conv.inputs[0].counts.values()) == 2 * 2 * 8 * 8 * 8  # every input element counted once
 
 
+def test_a_compiled_model_is_verified_and_priced_as_the_model_it_wraps():
+    """The probe runs ``torch.compile``d code eagerly: compiled code would skip its hooks and hide how
+    inputs were built.  Whole model or one compiled part: the same report, names and proof as eager."""
+    compiled_frames = []
+
+    def backend(gm, example_inputs):  # counts what dynamo hands to a compiler
+        compiled_frames.append(gm)
+        return gm.forward
+
+    torch.manual_seed(0)
+    model, x = Tiny(sew=False).eval(), torch.randn(2, 2, 3, 8, 8)
+    eager_cert, eager_energy = verify_model(model, x).to_dict(), estimate_energy(model, x, time_major=True).to_dict()
+    whole = torch.compile(model, backend=backend)
+    assert verify_model(whole, x).to_dict() == eager_cert and eager_cert["proven"]
+    assert estimate_energy(whole, x, time_major=True).to_dict() == eager_energy
+    model.conv = torch.compile(model.conv, backend=backend)  # a compiled part: "conv._orig_mod.conv" inside
+    assert verify_model(model, x).to_dict() == eager_cert
+    assert compiled_frames == []
+    whole(x)  # outside the probe, compiled code runs again
+    assert compiled_frames
+
+
 class RealV(nn.Module):
     """A user's attention whose Q and K are spikes but whose V is the encoding layer's real output
     (``real_v=False``: V is the spikes too)."""

@@ -317,7 +317,7 @@ def estimate_energy(model: nn.Module, inputs: Tensor | dict | Iterable, *, T: in
         raise ValueError("no input: give at least one non-empty batch")
     if len(steps) > 1:
         raise ValueError(f"batches with different numbers of time steps {sorted(steps)}: estimate them apart")
-    report = energy_from_probe(probe, images, steps.pop(), e_mac, e_ac, model_name or type(model).__name__,
+    report = energy_from_probe(probe, images, steps.pop(), e_mac, e_ac, model_name or type(probe.model).__name__,
                                integer_inputs)
     report.unit = unit
     cfg = getattr(model, "cfg", None)  # a JSON report names the model's size, not only its name

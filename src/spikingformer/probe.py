@@ -6,6 +6,8 @@ per layer and per input tensor, whether every value was 0/1 (spikes), an integer
 real, plus the firing rate; and, per layer, the dense multiply-accumulate count of each
 matrix product it performs (``LayerProbe.stages``), from which ``energy`` derives Eq. 19.
 Nothing is tied to one architecture: any module tree built from PyTorch layers works.
+A ``torch.compile``d model, or one with compiled parts, runs eagerly inside the probe, so it is
+probed as the model it wraps, under the same layer names.
 
 For a policy that stops samples early (``eval --early-exit``), ``per_step`` and ``charge`` also count,
 per layer input, only the sample-steps the policy ran, from which ``energy.policy_energy`` prices it.
@@ -205,6 +207,11 @@ class LayerProbe:
         return names[:len(self.inputs)]
 
 
+def _uncompiled_name(name: str) -> str:
+    """A submodule's name as in the uncompiled model: ``blocks.0._orig_mod.attn`` -> ``blocks.0.attn``."""
+    return ".".join(part for part in name.split(".") if part != "_orig_mod")
+
+
 class SynapticProbe:
     """Context manager: ``with SynapticProbe(model) as probe: model(x)``; then read ``probe.layers``.
 
@@ -218,27 +225,30 @@ class SynapticProbe:
     """
 
     def __init__(self, model: nn.Module, provenance: bool = False):
-        self.model = model
+        self.model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: the model it compiles
         self.provenance = SpikeProvenance() if provenance else None
         self.exempt_first = getattr(model, "synaptic_encoding", True)
         self.layers: dict[str, LayerProbe] = {}
         self._handles = []
+        self._stance = None
         self._layout: tuple[int, int] | None = None  # (T, B) of the next forward, for ``charge``
         self.steps_run: Tensor | None = None         # per policy, the sample-steps ``charge`` counted
         self.steps_seen = 0                          # the sample-steps of every charged forward pass
 
     def __enter__(self) -> "SynapticProbe":
+        # Compiled code would run without the hooks, and the provenance mode cannot see into it.
+        self._stance = torch.compiler.set_stance("force_eager")
         readout = {id(m) for h in self.model.modules() if isinstance(h, ClassifierHead) for m in h.modules()}
         for name, mod in self.model.named_modules():
             if isinstance(mod, SYNAPTIC_TYPES):
-                name = name or type(mod).__name__
+                name = _uncompiled_name(name) or type(mod).__name__
                 self._handles.append(mod.register_forward_pre_hook(self._input_hook(name, id(mod) in readout),
                                                                    with_kwargs=True))
                 self._handles.append(mod.register_forward_hook(self._count_hook(name), with_kwargs=True))
         if self.provenance is not None:
             for name, mod in self.model.named_modules():
                 if opaque_neuron(mod):
-                    self._handles.append(mod.register_forward_hook(self._neuron_hook(name)))
+                    self._handles.append(mod.register_forward_hook(self._neuron_hook(_uncompiled_name(name))))
             self.provenance.__enter__()
         return self
 
@@ -248,6 +258,9 @@ class SynapticProbe:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        if self._stance is not None:
+            self._stance.__exit__(*exc)
+            self._stance = None
 
     def _neuron_hook(self, name: str):
         def hook(mod, args, out):

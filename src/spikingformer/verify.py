@@ -208,7 +208,7 @@ def verify_model(model: nn.Module, inputs: Tensor | dict | Iterable, model_name:
     with SynapticProbe(model, provenance=True) as probe:
         for x in with_progress(batches, "verify", progress):
             run_model(model, x)
-    return certify(probe, model_name or type(model).__name__)
+    return certify(probe, model_name or type(probe.model).__name__)
 
 
 # ---------------------------------------------------------------- Fig. 3
