@@ -118,15 +118,15 @@ SPEC_8 = {  # SPEC §8 key by key, and the official repositories' cifar10.yml / 
     "imagenet_8_512.yaml": dict(model="spikingformer_8_512", epochs=300, cooldown_epochs=10, batch_size=36,
                                 opt="adamw", lr=5e-4, weight_decay=5e-2, warmup_epochs=20,
                                 aa="rand-m9-mstd0.5-inc1", mixup=0.8, cutmix=1.0, smoothing=0.1, reprob=0.25,
-                                scale=(1.0, 1.0), crop_pct=1.0, remode="const", mixup_off_epoch=0),
+                                scale=(1.0, 1.0), ratio=(1.0, 1.0), crop_pct=1.0, remode="const", mixup_off_epoch=0),
     "imagenet_8_768.yaml": dict(model="spikingformer_8_768", epochs=300, lr=5e-4, mixup=0.8, cutmix=1.0,
-                                scale=(1.0, 1.0), crop_pct=1.0, remode="const"),
+                                scale=(1.0, 1.0), ratio=(1.0, 1.0), crop_pct=1.0, remode="const"),
     "cifar10_jpeg.yaml": dict(dataset="folder", val_split="holdout", holdout=5000, model="spikingformer_4_384"),
     # V2 §5.1: supervised training; §5.2: fine-tuning after MAE pre-training
     "imagenet_v2_8_512.yaml": dict(model="spikformer_v2_8_512", epochs=300, warmup_epochs=10, sched_on_updates=True,
                                    lr=5e-4, weight_decay=5e-2, mixup=0.0, cutmix=0.0, cooldown_epochs=0),
     "imagenet_v2_finetune.yaml": dict(model="spikformer_v2_8_512", epochs=150, sched="cosine", sched_on_updates=True,
-                                      lr=1e-3, layer_decay=0.7, cooldown_epochs=0),
+                                      lr=1e-3, layer_decay=0.7, cooldown_epochs=0, mixup=0.0, cutmix=0.0),
 }
 
 

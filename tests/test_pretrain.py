@@ -9,7 +9,7 @@ import torch
 from spikingformer import checkpoint as ckpt
 from spikingformer import create_model, pretrain
 from spikingformer.checkpoint import CheckpointError, load_checkpoint
-from spikingformer.config import DATASETS, ConfigError
+from spikingformer.config import DATASETS, ConfigError, load_config
 from spikingformer.pretrain import IMAGE_DATASETS, PretrainConfig, load_pretrained_encoder, run
 
 from .data.helpers import write_class_tree
@@ -131,6 +131,15 @@ def test_load_pretrained_encoder_rejects_what_does_not_fit(reference, tmp_path):
         load_pretrained_encoder(clf, tmp_path / "bare.pt")
     with pytest.raises(CheckpointError, match="not found"):
         load_pretrained_encoder(clf, tmp_path / "none.pt")
+
+
+def test_imagenet_recipe_follows_the_paper():
+    """V2 §5.2: 75 % masking, a 4-layer 256-dim 4-head decoder, 200 epochs (20 warm-up), base lr 1e-3, weight
+    decay 0.05, batch 1024 (8 x 128), T = 1, and "we employed random cropping": no flip."""
+    cfg = load_config("imagenet_v2_mae_pretrain", cls=PretrainConfig)
+    assert (cfg.mask_ratio, cfg.decoder_depth, cfg.decoder_dim, cfg.decoder_heads) == (0.75, 4, 256, 4)
+    assert (cfg.epochs, cfg.warmup_epochs, cfg.lr, cfg.weight_decay, cfg.batch_size) == (200, 20, 1e-3, 0.05, 128)
+    assert cfg.model_args["T"] == 1 and cfg.hflip == 0.0 and cfg.scale[1] == 1.0
 
 
 def test_config_rejects_label_options_and_bad_mae_keys(tree, tmp_path):
