@@ -1,6 +1,8 @@
 import json
 import sys
 
+import pytest
+
 from spikingformer import cli
 
 
@@ -44,6 +46,21 @@ def test_a_missing_training_extra_names_the_install(tmp_path, monkeypatch, capsy
     assert cli.main(["train", "--config", str(tmp_path / "c.yaml")]) == 2
     err = capsys.readouterr().err
     assert "`spikingformer train` needs 'yaml'" in err and 'pip install "spikingformer[train]"' in err
+
+
+@pytest.mark.parametrize("raised, code, said", [
+    (OSError("cannot write out.json: No space left on device"), 1, "error: cannot write out.json: No space left"),
+    (FloatingPointError("the training loss became nan by epoch 1 step 10: lower lr"), 1,
+     "error: the training loss became nan"),
+    (KeyboardInterrupt(), 130, "interrupted")])
+def test_what_the_machine_or_the_run_raises_is_one_line_not_a_traceback(monkeypatch, capsys, raised, code, said):
+    def command(args):
+        raise raised
+
+    monkeypatch.setattr(cli, "_cmd_recipes", command)
+    assert cli.main(["recipes"]) == code
+    err = capsys.readouterr().err
+    assert err.startswith(said) and err.count("\n") == 1
 
 
 def test_recipes_command_lists_and_prints_the_shipped_recipes(capsys):

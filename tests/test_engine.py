@@ -234,12 +234,21 @@ def test_the_seed_decides_initial_weights_and_data_order():
     assert len({tuple(order(3, 0)), tuple(order(4, 0)), tuple(order(3, 1))}) == 3
 
 
-def test_an_output_that_is_a_file_is_refused_before_the_data_loads(tmp_path):
+def test_an_output_that_cannot_be_written_is_refused_before_the_data_loads(tmp_path, monkeypatch):
     from spikingformer.engine import open_run
 
     (tmp_path / "run").write_text("not a folder")
-    with pytest.raises(ValueError, match="is a file; the run needs a folder there"):
+    with pytest.raises(ValueError, match="output .*run: is a file, not a folder"):
         open_run(TrainConfig(output=str(tmp_path / "run")), resume=False)
+    with pytest.raises(ValueError, match=r"output .*run/sub: .*run is a file, not a folder"):
+        open_run(TrainConfig(output=str(tmp_path / "run" / "sub")), resume=False)
+
+    def full_disk(*a, **k):  # what a read-only file system, or /proc, does even to root
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr("tempfile.TemporaryFile", full_disk)
+    with pytest.raises(ValueError, match=r"output .*new: cannot write in .*: Read-only file system"):
+        open_run(TrainConfig(output=str(tmp_path / "new")), resume=False)
 
 
 def test_the_first_log_line_says_when_blocks_are_recomputed(tmp_path):

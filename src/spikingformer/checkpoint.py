@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pickle
 import random
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
+from .metrics import atomic_write
 from .official import OfficialWeightsError, convert_official, official_family
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_weights", "state_mismatch", "atomic_copy",
@@ -36,41 +34,15 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated, foreign, or from an incompatible version."""
 
 
-def _atomic(path: Path, write: Callable) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a checkpoint is an ordinary file
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:  # make the rename itself durable
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_checkpoint(state: dict, path: str | Path) -> None:
     """Atomically write ``state`` (tensors and plain values only) as a spikingformer checkpoint."""
-    _atomic(Path(path), lambda f: torch.save({"format": FORMAT, "version": VERSION, **state}, f))
+    atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **state}, f))
 
 
 def atomic_copy(src: str | Path, dst: str | Path) -> None:
     """Copy a finished checkpoint (``last`` -> ``best``) with the same all-or-nothing guarantee."""
     with open(src, "rb") as s:
-        _atomic(Path(dst), lambda f: shutil.copyfileobj(s, f, 1 << 22))
+        atomic_write(dst, lambda f: shutil.copyfileobj(s, f, 1 << 22))
 
 
 def remove_partial_writes(folder: str | Path) -> None:

@@ -184,6 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `spikingformer recipes | head`: the reader left; nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except (OSError, FloatingPointError) as e:  # the machine or the run, not the code: a full disk, a diverged loss
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

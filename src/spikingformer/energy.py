@@ -48,7 +48,6 @@ total without it, the quantity Eq. 20 defines, and ``readout_mJ`` the difference
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from dataclasses import asdict, dataclass, field, is_dataclass
@@ -60,7 +59,7 @@ from torch import Tensor, nn
 from .checkpoint import CheckpointError
 from .data import DataError
 from .loading import add_input_args, prepare, run_model, with_progress
-from .metrics import FIGURE_SUFFIXES, check_output, output_path, write_json
+from .metrics import FIGURE_SUFFIXES, check_output, write_csv, write_json
 from .probe import LayerProbe, Stage, SynapticProbe, verdict
 
 __all__ = ["E_MAC_PJ", "E_AC_PJ", "LayerEnergy", "EnergyReport", "estimate_energy", "energy_from_probe",
@@ -246,10 +245,7 @@ class EnergyReport:
         save_figure(fig, path)
 
     def write_csv(self, path: str) -> None:
-        with open(output_path(path), "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS)
-            w.writeheader()
-            w.writerows(asdict(r) for r in self.layers)
+        write_csv(path, list(COLUMNS), ([asdict(r)[c] for c in COLUMNS] for r in self.layers))
 
 
 def _si(x: float) -> str:

@@ -196,10 +196,11 @@ def open_run(cfg, resume: bool, mutable=RESUME_MUTABLE) -> dict | None:
     """The checkpoint ``--resume`` continues from (None: a fresh run), for every engine's config.
     An existing run is never overwritten, and a run resumes only with the config it was started
     with (the keys in ``mutable`` aside)."""
+    from .metrics import check_output
+
     out = Path(cfg.output).expanduser()
     last = out / "last.pt"
-    if out.exists() and not out.is_dir():  # before the data loads: mkdir would fail only after it
-        raise ValueError(f"output {out} is a file; the run needs a folder there")
+    check_output("output", out, folder=True)  # before the data loads: writing would fail only after it
     if resume and last.exists():
         state = ckpt.load_checkpoint(last)
         diff = _config_diff(_with_new_defaults(state["config"], cfg), cfg.to_dict(), mutable)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from torch import nn
 
@@ -26,7 +25,7 @@ def export(checkpoint: str, out: str, model: str | None = None, overrides: dict 
     """Write ``checkpoint``'s model to ``out`` (safetensors, atomically); return the metadata written."""
     from safetensors.torch import save
 
-    from .checkpoint import _atomic
+    from .metrics import atomic_write
     from .deploy import fold_bn
     from .loading import build_model
 
@@ -39,7 +38,7 @@ def export(checkpoint: str, out: str, model: str | None = None, overrides: dict 
             **{k: json.dumps(build[k], sort_keys=True) for k in ("config", "data") if build.get(k)}}
     # clone: tied weights (the text model's MLM decoder) share storage, which safetensors refuses
     tensors = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
-    _atomic(Path(out), lambda f: f.write(save(tensors, meta)))
+    atomic_write(out, lambda f: f.write(save(tensors, meta)))
     return {**meta, "tensors": len(tensors), "notes": notes}
 
 

@@ -94,8 +94,8 @@ def _run(cfg: MLMConfig, info, resume: bool, json_path: str | None) -> dict:
                                  torch.tensor(float(len(gold)), dtype=torch.float64, device=info.device)])
         loss, correct, hits, copies, n = all_reduce_sum(sums).tolist()
         # copy_acc: echoing the visible input token scores on the 10 % of targets BERT leaves unmasked.
-        return dict(val_loss=loss / n, val_acc=correct / n, val_ppl=math.exp(loss / n), unigram_acc=hits / n,
-                    copy_acc=copies / n)
+        ppl = math.exp(loss / n) if loss / n < 709 else math.inf  # exp(710) overflows a float: a diverged run
+        return dict(val_loss=loss / n, val_acc=correct / n, val_ppl=ppl, unigram_acc=hits / n, copy_acc=copies / n)
 
     task = TextTask(model=model, meta=dict(model=cfg.model, model_args=dataclasses.asdict(model.cfg), task="mlm"),
                     batch_at=batch_at, loss=lambda m, b: masked_lm_loss(m, b)[0],

@@ -11,7 +11,6 @@ names them; their classes are then numbered, or named by ``--classes FILE`` (one
 from __future__ import annotations
 
 import argparse
-import csv
 import functools
 import sys
 from dataclasses import dataclass
@@ -222,7 +221,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError, validate_device
     from .data import DataError
-    from .metrics import check_output, output_path, write_json
+    from .metrics import check_output, write_csv, write_json
 
     try:
         if args.topk < 1 or args.batch_size < 1:
@@ -261,11 +260,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                                "skipped": skipped})
     if args.csv:
         k = min(args.topk, len(pred.classes))
-        with open(output_path(args.csv), "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path"] + [f"{c}_{j}" for j in range(1, k + 1) for c in ("class", "prob")])
-            w.writerows([r["path"]] + [v for t in r["top"] for v in (t["class"], f"{t['prob']:.6f}")]
-                        for r in records)
+        write_csv(args.csv, ["path"] + [f"{c}_{j}" for j in range(1, k + 1) for c in ("class", "prob")],
+                  ([r["path"]] + [v for t in r["top"] for v in (t["class"], f"{t['prob']:.6f}")] for r in records))
     return 0
 
 
