@@ -80,6 +80,34 @@ def test_safetensors_file_is_named_as_such(tmp_path):
     with pytest.raises(CheckpointError, match=r"m.safetensors is a .safetensors weights file, not a spikingformer "
                                               r"checkpoint .*; add --config$"):
         load_checkpoint(tmp_path / "m.safetensors", hint="; add --config")
+    (tmp_path / "m.safetensors").rename(tmp_path / "m.pt")  # known by its bytes, whatever its name
+    with pytest.raises(CheckpointError, match=r"m.pt is a .safetensors weights file"):
+        load_checkpoint(tmp_path / "m.pt")
+    assert torch.equal(load_weights(tmp_path / "m.pt")[0]["w"], torch.zeros(2))
+
+
+@pytest.mark.parametrize("cut", [0.01, 0.05, 0.5])
+def test_a_checkpoint_cut_anywhere_is_called_truncated(tmp_path, cut):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"w": torch.randn(100_000)}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * cut)])
+    with pytest.raises(CheckpointError, match=r"last.pt is not a readable checkpoint \(truncated or not a PyTorch file"):
+        load_checkpoint(path)
+
+
+def test_a_flipped_byte_in_the_weights_is_caught_by_the_stored_checksums(tmp_path):
+    """torch.load itself would return the damaged weights."""
+    path = tmp_path / "last.pt"
+    save_checkpoint({"w": torch.zeros(100_000)}, path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+    assert torch.load(path, weights_only=True)["w"].abs().max() > 0
+    with pytest.raises(CheckpointError, match=r"last.pt is damaged: the bytes of .*/data/0 do not match the checksum"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="is damaged"):
+        load_weights(path)
 
 
 def test_foreign_files_are_reported(tmp_path):

@@ -263,3 +263,18 @@ def test_data_too_small_for_the_runs_split_says_what_data_means_for_a_run(tmp_pa
     assert ("error: holdout 3 must be smaller than the 3 training images (with a run's checkpoint or --config, "
             "--data is the root of the nmnist dataset it names, from which its validation split is rebuilt)"
             in capsys.readouterr().err)
+
+
+def test_bad_numbers_and_undecodable_images_are_usage_errors(tmp_path, capsys):
+    """Nothing silently replaced by a default (``--input-size 0`` once meant the model's size), no traceback."""
+    for bad, msg in ((["--input-size", "0"], "--input-size must be >= 1, got 0"),
+                     (["--input-size", "-8"], "--input-size must be >= 1, got -8"),
+                     (["--e-mac", "-1"], "energies per operation must be >= 0 pJ")):
+        assert main(["energy", "--model", "spikingformer_4_256", "--t", "1", *bad]) == 2
+        assert msg in capsys.readouterr().err
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        (tmp_path / cls / "x.jpg").write_text("not an image")
+    for command in ("energy", "verify"):
+        assert main([command, "--model", "spikingformer_4_256", "--t", "1", "--data", str(tmp_path)]) == 2
+        assert "cannot decode image" in capsys.readouterr().err

@@ -162,6 +162,8 @@ def test_eval_reports_accuracy_after_each_time_step(tree, tmp_path, capsys):
     assert (tmp_path / "cal.png").read_bytes().startswith(b"\x89PNG")
     for bad, msg in [(["--calibrate", "0.5"], "--calibrate chooses among early-exit confidences"),
                      ([*exits, "--calibrate", "1"], "fraction of the split to choose the threshold on, in (0, 1)"),
+                     ([*exits, "--calibrate", "0"], "in (0, 1); got 0"),  # not "off"
+                     (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
                      ([*exits, "--calibrate", "0.5", "--max-drop", "-1"], "--max-drop is the top-1")]:
         assert cli.main(["eval", "--checkpoint", str(ckpt), *bad]) == 2
         assert msg in capsys.readouterr().err

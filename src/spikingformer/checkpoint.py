@@ -13,7 +13,9 @@ import argparse
 import json
 import pickle
 import random
+import os
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -69,9 +71,23 @@ def _safe_load(path: Path, map_location="cpu"):
         # timm's CheckpointSaver (the official repositories' training scripts) stores the command line as
         # an argparse.Namespace: a plain attribute bag, safe to rebuild, so it is the one class allowed.
         with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # the parser meets arbitrary bytes: any error means "not a checkpoint we can read"
         raise CheckpointError(_unreadable(path, e)) from None
+    _check_crcs(path)
+    return state
+
+
+def _check_crcs(path: Path) -> None:
+    """torch.load does not check the checksums its zip archive stores: a flipped bit in the weights would
+    load, and evaluate as NaN.  Reading them costs a second pass over the file (about a second per GB)."""
+    if not zipfile.is_zipfile(path):  # the legacy pickle format has no checksums
+        return
+    with zipfile.ZipFile(path) as z:
+        damaged = z.testzip()
+    if damaged is not None:
+        raise CheckpointError(f"{path} is damaged: the bytes of {damaged} do not match the checksum stored "
+                              "beside them (a flipped bit on disk, or an interrupted copy)")
 
 
 # How every file torch.load reads begins: a zip archive (torch.save since 1.6) or a pickle of protocol 2+
@@ -82,10 +98,11 @@ _TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
 def _unreadable(path: Path, e: Exception) -> str:
     """Why ``torch.load`` failed on ``path``, in our words.  torch's own message advises retrying with
     ``weights_only=False``, which would run any code a hostile file holds: it is never passed on."""
-    if isinstance(e, OSError):  # permissions, I/O: about the file, not its bytes
-        return f"{path} is not a readable checkpoint: {e}"
-    with open(path, "rb") as f:
-        head = f.read(12)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError as io:  # permissions, I/O: about the file, not its bytes
+        return f"{path} is not a readable checkpoint: {io}"
     if not head.startswith(_TORCH_MAGIC):
         begins = f"it begins {head!r}" if head else "it is empty"
         return (f"{path} is not a readable checkpoint: not a PyTorch file at all (not a zip archive / "
@@ -100,12 +117,23 @@ def _unreadable(path: Path, e: Exception) -> str:
     return f"{path} is not a readable checkpoint (truncated or not a PyTorch file): {reason}"
 
 
+def is_safetensors(path: Path) -> bool:
+    """Whether ``path`` is a safetensors file, by its bytes (whatever its name): an 8-byte little-endian
+    header length, then the JSON header."""
+    try:
+        with open(path, "rb") as f:
+            head, size = f.read(9), os.fstat(f.fileno()).st_size
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 9 <= int.from_bytes(head[:8], "little") + 8 <= size
+
+
 def load_checkpoint(path: str | Path, map_location="cpu", hint: str = "") -> dict:
     """Read a checkpoint written by ``save_checkpoint``; anything else raises ``CheckpointError``
     (``hint`` is appended to the message for a PyTorch file of another kind)."""
     path = Path(path)
     # torch.load may read a .safetensors file as a bare state_dict; say what it is instead
-    if path.suffix == ".safetensors" and path.is_file():
+    if is_safetensors(path):
         raise CheckpointError(f"{path} is a .safetensors weights file, not a spikingformer checkpoint (which "
                               f"holds a run's config and training state){hint}")
     state = _safe_load(path, map_location)
@@ -133,7 +161,7 @@ def load_weights(path: str | Path) -> tuple[dict, dict]:
     ``{"official": family, "notes": [...]}``)."""
     path = Path(path)
     build: dict = {}
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or is_safetensors(path):
         if not path.is_file():
             raise _not_found(path)
         from safetensors import SafetensorError, safe_open

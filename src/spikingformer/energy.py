@@ -300,6 +300,8 @@ def estimate_energy(model: nn.Module, inputs: Tensor | dict | Iterable, *, T: in
     inputs count (module docstring).  ``progress``: a progress bar over the batches.
     """
     _check_integer_inputs(integer_inputs)  # before the forward passes, not after
+    if e_mac < 0 or e_ac < 0:
+        raise ValueError(f"energies per operation must be >= 0 pJ, got e_mac={e_mac}, e_ac={e_ac}")
     batches = [inputs] if isinstance(inputs, (Tensor, dict)) else inputs
     images, steps = 0, set()
     with SynapticProbe(model, provenance=True) as probe:

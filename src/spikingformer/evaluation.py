@@ -176,7 +176,7 @@ def rebuild(path, name: str, model_args: dict, weights: dict, build: dict, asked
 
 def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "auto", batch_size: int = 0,
                         workers: int | None = None, recipe: str | None = None, sets: list[str] = (),
-                        exit_at: tuple[float, ...] = (), calibrate: float = 0.0, max_drop: float = 0.005,
+                        exit_at: tuple[float, ...] = (), calibrate: float | None = None, max_drop: float = 0.005,
                         calibrate_seed: int = 0) -> dict:
     """Evaluate a checkpoint on a validation split.
 
@@ -202,18 +202,20 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     bad = [p for p in exit_at if not 0 < p <= 1]
     if bad:
         raise ValueError(f"early-exit confidences are softmax probabilities in (0, 1], got {bad}")
-    if calibrate and not exit_at:
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    if calibrate is not None and not exit_at:
         raise ValueError("--calibrate chooses among early-exit confidences: add --early-exit P [P ...]")
     if not 0 <= max_drop <= 1:
         raise ValueError(f"--max-drop is the top-1 an early exit may lose, in points from 0 to 100; "
                          f"got {100 * max_drop:g}")
     dev = resolve_device(device)
-    extra = {k: v for k, v in (("device", device), ("data_dir", data_dir), ("val_batch_size", batch_size or None),
+    extra = {k: v for k, v in (("device", device), ("data_dir", data_dir), ("val_batch_size", batch_size),
                                ("workers", workers)) if v is not None}
     given = parse_overrides(list(sets))
     asked = asked_options(given)
     if recipe is None:  # a run's checkpoint, or a .safetensors exported from one: both record the run
-        if str(path).endswith(".safetensors"):
+        if ckpt.is_safetensors(path):
             weights, build = ckpt.load_weights(path)
             meta, epoch = {"model": build.get("model"), "model_args": build.get("model_args"),
                            **build.get("data", {})}, None
@@ -259,7 +261,7 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     loader = loader_of(data.val)
     run_as = eval_path(cfg, dev)
     ready = run_as.prepare(model)
-    if calibrate:
+    if calibrate is not None:
         parts = calibration_split(len(data.val), calibrate, calibrate_seed)
         cal, scored = (evaluate(ready, loader_of(Subset(data.val, part)), dev, run_as, progress=cfg.progress,
                                 per_step=True, exit_at=tuple(exit_at)) for part in parts)

@@ -214,6 +214,8 @@ def prepare(args: argparse.Namespace) -> Prepared:
 
     if args.batches < 1 or args.batch_size < 1:
         raise ValueError("--batches and --batch-size must be >= 1")
+    if args.input_size is not None and args.input_size < 1:
+        raise ValueError(f"--input-size must be >= 1, got {args.input_size}")
     torch.manual_seed(args.seed)
     state, build, name = resolve(args.checkpoint, args.model, getattr(args, "config", None))
     text = name in list_text_models()
@@ -263,7 +265,7 @@ def _vision(args: argparse.Namespace, name: str, build: dict) -> Prepared:
         what = (f"event frames {tuple(batches[0].shape[2:])} x T={batches[0].shape[0]}" if batches[0].dim() == 5
                 else f"images {tuple(batches[0].shape[1:])}")
         return Prepared(model, batches, name, "image", what, [f"input: {split}"])
-    size = args.input_size or h
+    size = h if args.input_size is None else args.input_size
     if args.data:
         if c != 3:
             raise ValueError(f"--data loads RGB images; {name} expects {c} input channels")
@@ -295,14 +297,14 @@ def _run_val(args: argparse.Namespace, config: dict, model: nn.Module, size: int
 def _image_folder(root: str, size: int, batch_size: int, n_batches: int) -> list[Tensor]:
     from torchvision import datasets, transforms
 
-    from .data.sources import DATASET_STATS
+    from .data.sources import DATASET_STATS, load_rgb
 
     if not os.path.isdir(root):
         raise FileNotFoundError(f"--data: no such directory: {root}")
     tf = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(),
                              transforms.Normalize(*DATASET_STATS["folder"])])
     try:
-        ds = datasets.ImageFolder(root, transform=tf)
+        ds = datasets.ImageFolder(root, transform=tf, loader=load_rgb)  # an undecodable file: DataError
     except (FileNotFoundError, RuntimeError) as e:
         raise ValueError(f"--data {root} is not a class-folder image directory (root/CLASS/IMAGE): {e}") from e
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)

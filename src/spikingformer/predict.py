@@ -51,12 +51,12 @@ class InputFiles:
 def input_files(dataset: str) -> InputFiles:
     """What a model trained on ``dataset`` classifies: single-sample recordings of an event dataset, else images."""
     from .data.events import SAMPLE_READERS, read_sample, time_major
-    from .data.sources import _load_rgb
+    from .data.sources import load_rgb
 
     if dataset in SAMPLE_READERS:
         return InputFiles(dataset, f"{dataset} recording", tuple(SAMPLE_READERS[dataset]),
                           functools.partial(read_sample, dataset), time_major, events=True)
-    return InputFiles(dataset, "image", IMAGE_SUFFIXES, _load_rgb, torch.stack)
+    return InputFiles(dataset, "image", IMAGE_SUFFIXES, load_rgb, torch.stack)
 
 
 @dataclass

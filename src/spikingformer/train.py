@@ -260,7 +260,7 @@ def register_cli(sub) -> None:
                         "limit_val=500, model_args.T=8 (evaluate at another T), ...")
     p.add_argument("--data", metavar="DIR", help="data_dir to evaluate on instead of the checkpoint's or recipe's")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--batch-size", type=int, default=0, help="evaluation batch size (default: the config's)")
+    p.add_argument("--batch-size", type=int, help="evaluation batch size (default: the config's)")
     p.add_argument("--workers", type=int, default=None, help="data-loading worker processes (default: the config's)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--plot", metavar="FILE.png",
@@ -269,7 +269,7 @@ def register_cli(sub) -> None:
                    help="also score stopping each sample at the first time step whose read-out gives its top class "
                         "a softmax probability of at least P (0 < P <= 1): top-1, mean time steps and the backbone's "
                         "energy per image (Eq. 20, from the spikes of the steps each sample ran) per P")
-    p.add_argument("--calibrate", type=float, default=0.0, metavar="FRACTION",
+    p.add_argument("--calibrate", type=float, metavar="FRACTION",
                    help="choose the early-exit confidence on a seeded FRACTION of the split (e.g. 0.5): the one of "
                         "least energy whose top-1 there is within --max-drop of every step's; the early-exit "
                         "figures are then those of the rest of the split, which the choice never saw")

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from ..config import EVENT_DATASETS
 
-__all__ = ["DataError", "RawData", "load_raw", "Subset", "DATASET_STATS"]
+__all__ = ["DataError", "RawData", "load_raw", "load_rgb", "Subset", "DATASET_STATS"]
 
 # Per-channel mean/std over each training set (CIFAR values as in the official configs).
 DATASET_STATS = {
@@ -112,7 +112,7 @@ def _class_folder_hint(root: Path) -> str:
             f"holding out a validation split)")
 
 
-def _load_rgb(path: str):
+def load_rgb(path: str):
     from PIL import Image
 
     try:
@@ -126,7 +126,7 @@ def _image_folder(path: Path):
     from torchvision.datasets import ImageFolder
 
     try:
-        return ImageFolder(str(path), loader=_load_rgb)
+        return ImageFolder(str(path), loader=load_rgb)
     except FileNotFoundError as e:  # no class folders, or class folders without images
         raise DataError(f"{path}: expected one folder per class holding images "
                         f"({path}/<class>/<image>.jpg|png|...): {e}") from None
@@ -184,7 +184,7 @@ class _LabelledFiles(Dataset):
 
     def __getitem__(self, i):
         path, target = self.samples[i]
-        return _load_rgb(path), target
+        return load_rgb(path), target
 
 
 def _flat_val(root: Path, classes: list[str]) -> tuple[_LabelledFiles, Path]:
