@@ -29,6 +29,11 @@ def test_demo_reaches_90_percent_on_held_out_digits(tmp_path, capsys):
     ev = tmp_path / "eval" / "e.json"
     assert cli.main(["eval", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--json", str(ev)]) == 0
     assert json.loads(ev.read_text())["val_acc"] == pytest.approx(r["val_acc"])
+    capsys.readouterr()
+    for command in ("eval", "energy"):  # digits ship with scikit-learn: a --data is said to be unread, not ignored
+        assert cli.main([command, "--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", "/nowhere"]) == 0
+        said = capsys.readouterr()
+        assert "note: --data /nowhere is not read: the digits dataset is bundled" in said.out + said.err
 
     # the printed energy is Eq. 19-20 of the run's last.pt over all 360 held-out digits
     model = build_model(str(tmp_path / "run" / "last.pt"))[0]

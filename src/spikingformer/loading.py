@@ -257,6 +257,8 @@ def model_overrides(args: argparse.Namespace) -> dict:
 
 def _vision(args: argparse.Namespace, name: str, build: dict) -> Prepared:
     from . import create_model
+    from .data.sources import unread_data_note
+
     model = create_model(name, **{**build.get("model_args", {}), **model_overrides(args)})
     c, h, _ = model.default_input_size
     config = build.get("config") or {}
@@ -264,7 +266,8 @@ def _vision(args: argparse.Namespace, name: str, build: dict) -> Prepared:
         batches, split = _run_val(args, config, model, h)
         what = (f"event frames {tuple(batches[0].shape[2:])} x T={batches[0].shape[0]}" if batches[0].dim() == 5
                 else f"images {tuple(batches[0].shape[1:])}")
-        return Prepared(model, batches, name, "image", what, [f"input: {split}"])
+        notes = [f"input: {split}"] + unread_data_note(config.get("dataset", ""), args.data)
+        return Prepared(model, batches, name, "image", what, notes)
     size = h if args.input_size is None else args.input_size
     if args.data:
         if c != 3:

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from ..config import EVENT_DATASETS
 
-__all__ = ["DataError", "RawData", "load_raw", "load_rgb", "Subset", "DATASET_STATS"]
+__all__ = ["DataError", "RawData", "load_raw", "load_rgb", "unread_data_note", "Subset", "DATASET_STATS"]
 
 # Per-channel mean/std over each training set (CIFAR values as in the official configs).
 DATASET_STATS = {
@@ -59,6 +59,16 @@ class RawData:
     std: tuple[float, ...]
     tensor_images: bool = False  # images are already tensors in [0, 1] (no PIL transforms)
     events: bool = False         # samples are event arrays (spikingformer.data.events), framed to the model's T
+
+
+BUNDLED_DATASETS = ("digits",)  # shipped with a package: no data_dir is read
+
+
+def unread_data_note(dataset: str, data_dir: str | None) -> list[str]:
+    """A note for a ``--data`` the dataset never reads (a bundled one): said, rather than silently ignored."""
+    if data_dir is None or dataset not in BUNDLED_DATASETS:
+        return []
+    return [f"--data {data_dir} is not read: the {dataset} dataset is bundled with scikit-learn"]
 
 
 def load_raw(dataset: str, data_dir: str, download: bool = False) -> RawData:
