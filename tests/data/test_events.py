@@ -114,8 +114,14 @@ def test_npz_reader_reads_spikingjellys_arrays_and_never_unpickles(tmp_path):
     np.savez(tmp_path / "s.npz", t=ev["t"], x=ev["x"], y=ev["y"], p=ev["p"])
     assert_same_events(read_npz_events(tmp_path / "s.npz"), ev["t"], ev["x"], ev["y"], ev["p"])
     np.savez(tmp_path / "obj.npz", t=np.array([object()]), x=ev["x"], y=ev["y"], p=ev["p"])
-    with pytest.raises(DataError, match="obj.npz"):
+    with pytest.raises(DataError, match="obj.npz: it holds pickled Python objects, which are never loaded") as e:
         read_npz_events(tmp_path / "obj.npz")
+    assert "allow_pickle" not in str(e.value)
+    for name, content in (("text.npz", b"hi\n"), ("pickle.npz", b"\x80\x04N.")):  # np.load would try these
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(DataError, match=f"{name}: not an .npz archive") as e:
+            read_npz_events(tmp_path / name)
+        assert "allow_pickle" not in str(e.value)
     np.savez(tmp_path / "nop.npz", t=ev["t"], x=ev["x"], y=ev["y"])
     with pytest.raises(DataError, match=r"nop.npz: event .npz lacks array\(s\) \['p'\]"):
         read_npz_events(tmp_path / "nop.npz")

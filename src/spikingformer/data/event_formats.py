@@ -6,6 +6,7 @@ bit for bit; where it departs from them, its docstring says so and why.  Files a
 """
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +163,8 @@ def read_npz_events(path) -> np.ndarray:
     """One sample as an ``.npz``: SpikingJelly's extracted ``events_np`` (arrays ``t, x, y, p``), or a DVS128
     Gesture window of the event cache (``event_cache``: a structured array ``events`` with those fields)."""
     path = Path(path)
+    if path.is_file() and not zipfile.is_zipfile(path):  # np.load would read on as .npy or pickle, and say so
+        raise DataError(f"cannot read event file {path}: not an .npz archive (a zip of numpy arrays)")
     try:
         with np.load(path, allow_pickle=False) as z:
             cached = z["events"] if "events" in z.files else None
@@ -174,7 +177,13 @@ def read_npz_events(path) -> np.ndarray:
             t, x, y, p = (np.asarray(source[k]).ravel() for k in ("t", "x", "y", "p"))
     except DataError:
         raise
-    except Exception as e:  # zipfile.BadZipFile, ValueError (pickled objects), OSError, EOFError
+    except ValueError as e:
+        if "pickle" not in str(e):
+            raise DataError(f"cannot read event file {path}: {e}") from None
+        # numpy's message offers allow_pickle=True, which would run whatever the file holds: never passed on
+        raise DataError(f"cannot read event file {path}: it holds pickled Python objects, which are never "
+                        "loaded; events are arrays of numbers") from None
+    except Exception as e:  # zipfile.BadZipFile, OSError, EOFError
         raise DataError(f"cannot read event file {path}: {type(e).__name__}: {e}") from None
     if not len(t) == len(x) == len(y) == len(p):
         raise DataError(f"{path}: arrays t, x, y, p differ in length ({len(t)}, {len(x)}, {len(y)}, {len(p)})")
