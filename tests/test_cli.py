@@ -105,3 +105,11 @@ def test_single_process_commands_refuse_torchrun(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert cli.main(["eval", "--checkpoint", "run.pt"]) == 2
     assert capsys.readouterr().err.strip() == "error: evaluated"
+
+
+def test_version(capsys):
+    import spikingformer
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"spikingformer {spikingformer.__version__}\n"

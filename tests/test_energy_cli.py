@@ -58,7 +58,8 @@ def test_plot_draws_each_layer_firing_rate_and_energy(tmp_path, monkeypatch):
 
 def test_cli_unknown_model(capsys):
     assert main(["energy", "--model", "spikingformer_9_999"]) == 2
-    assert "unknown model 'spikingformer_9_999'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown model 'spikingformer_9_999'" in err and "text models: spikingformer_text_12_768" in err
 
 
 @pytest.mark.parametrize("content,msg", [(None, "checkpoint not found"), (b"not a checkpoint", "not a readable checkpoint"),

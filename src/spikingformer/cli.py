@@ -13,6 +13,8 @@ import os
 import sys
 import textwrap
 
+from . import __version__
+
 _COMMAND_MODULES: tuple[str, ...] = ("spikingformer.energy", "spikingformer.verify", "spikingformer.train",
                                      "spikingformer.pretrain", "spikingformer.mlm", "spikingformer.glue",
                                      "spikingformer.export", "spikingformer.predict", "spikingformer.demo")
@@ -50,7 +52,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     text_names = list_text_models(args.pattern)
     names = list_models(args.pattern) + text_names
     if not names:
-        print(f"no model matches {args.pattern!r}; available: {', '.join(list_models() + list_text_models())}",
+        print(f"error: no model matches {args.pattern!r}; available: {', '.join(list_models() + list_text_models())}",
               file=sys.stderr)
         return 2
     print(f"{'model':28s} {'params':>10s} {'paper':>8s} {'input':>12s}  {'spike-driven':16s}  "
@@ -132,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="spikingformer",
         description="Spike-driven transformer SNNs: build, train (images, event recordings, text), pre-train, "
                     "evaluate and audit Spikingformer, Spikingformer-dagger and Spikformer V1/V2.")
+    parser.add_argument("--version", action="version", version=f"spikingformer {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     p = sub.add_parser("models",
                        help="list every named model with its parameter count and spike-driven verdict",

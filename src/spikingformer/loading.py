@@ -217,7 +217,12 @@ def prepare(args: argparse.Namespace) -> Prepared:
     if args.input_size is not None and args.input_size < 1:
         raise ValueError(f"--input-size must be >= 1, got {args.input_size}")
     torch.manual_seed(args.seed)
+    from . import list_models
+
     state, build, name = resolve(args.checkpoint, args.model, getattr(args, "config", None))
+    if name not in list_models() + list_text_models():  # both kinds are accepted here, so both are listed
+        raise ValueError(f"unknown model {name!r}; available models: {', '.join(list_models())}; text models: "
+                         f"{', '.join(list_text_models())}")
     text = name in list_text_models()
     prep = _text(args, name, build) if text else _vision(args, name, build)
     prep.notes += build.get("notes", [])
