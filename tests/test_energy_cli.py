@@ -264,6 +264,17 @@ def test_data_too_small_for_the_runs_split_says_what_data_means_for_a_run(tmp_pa
     assert ("error: holdout 3 must be smaller than the 3 training images (with a run's checkpoint or --config, "
             "--data is the root of the nmnist dataset it names, from which its validation split is rebuilt)"
             in capsys.readouterr().err)
+    # --set changes how the run's config reads --data, as eval's does
+    js = tmp_path / "e.json"
+    assert main(["energy", "--checkpoint", str(ck), "--data", str(tmp_path / "val_only"), "--set", "holdout=1",
+                 "--json", str(js)]) == 0
+    assert json.loads(js.read_text())["images"] == 1
+    for bad, msg in ((["--set", "model_args.T=2"], "the model's options go in --model-kwargs and --t"),
+                     (["--set", "holdot=1"], "unknown config key(s) ['holdot']")):
+        assert main(["energy", "--checkpoint", str(ck), "--data", str(tmp_path / "val_only"), *bad]) == 2
+        assert msg in capsys.readouterr().err
+    assert main(["verify", "--model", "spikingformer_4_256", "--set", "holdout=1"]) == 2
+    assert "give both --data and a run's checkpoint or --config" in capsys.readouterr().err
 
 
 def test_bad_numbers_and_undecodable_images_are_usage_errors(tmp_path, capsys):

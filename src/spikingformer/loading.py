@@ -133,6 +133,9 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE|RECIPE",
                    help="vision weights that are not a run's checkpoint: a YAML recipe (a file, or a shipped recipe's "
                         "name such as cifar10) whose dataset, split and evaluation transform --data is read with")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --data read as a run's config or --config recipe says: override one key of how it is "
+                        "read (repeatable), e.g. holdout=100 or limit_val=500; model options go in --model-kwargs")
     p.add_argument("--vocab", metavar="FILE", help="text models with --data: the WordPiece vocabulary "
                    "(default: the one the checkpoint's run used)")
     p.add_argument("--batches", type=int, default=1, help="number of batches to run (default 1)")
@@ -267,6 +270,9 @@ def _vision(args: argparse.Namespace, name: str, build: dict) -> Prepared:
     model = create_model(name, **{**build.get("model_args", {}), **model_overrides(args)})
     c, h, _ = model.default_input_size
     config = build.get("config") or {}
+    if args.set and not (args.data and config):
+        raise ValueError("--set changes how --data is read by a run's config or a --config recipe: give both "
+                         "--data and a run's checkpoint or --config")
     if args.data and config:
         batches, split = _run_val(args, config, model, h)
         what = (f"event frames {tuple(batches[0].shape[2:])} x T={batches[0].shape[0]}" if batches[0].dim() == 5
@@ -287,11 +293,14 @@ def _vision(args: argparse.Namespace, name: str, build: dict) -> Prepared:
 def _run_val(args: argparse.Namespace, config: dict, model: nn.Module, size: int) -> tuple[list[Tensor], str]:
     """The first batches of a validation split as a run (its stored config, or a ``--config`` recipe) reads it:
     its dataset format, split and evaluation transform (event data: frames at the model's ``T``)."""
-    from .config import TrainConfig, from_dict
+    from .config import TrainConfig, apply_overrides, from_dict, parse_overrides
     from .data import DataError, build_data
 
-    conf = dict(config, data_dir=args.data, workers=0, model_args={**config.get("model_args", {}),
-                                                                   "T": model.T})
+    given = parse_overrides(args.set)
+    if {"model", "model_args"} & set(given):
+        raise ValueError("--set changes how --data is read; the model's options go in --model-kwargs and --t")
+    conf = dict(apply_overrides(config, given), data_dir=args.data, workers=0,
+                model_args={**config.get("model_args", {}), "T": model.T})
     cfg = from_dict(TrainConfig, conf, f"{args.checkpoint} config")
     try:
         data = build_data(cfg, size)
@@ -324,8 +333,8 @@ def _image_folder(root: str, size: int, batch_size: int, n_batches: int) -> list
 def _text(args: argparse.Namespace, name: str, build: dict) -> Prepared:
     from .models.text import create_text_model
 
-    if args.input_size is not None or getattr(args, "config", None):
-        raise ValueError(f"--input-size and --config are for image models; {name} reads token sequences "
+    if args.input_size is not None or getattr(args, "config", None) or args.set:
+        raise ValueError(f"--input-size, --config and --set are for image models; {name} reads token sequences "
                          f"(--seq-len, or --data with its run's checkpoint)")
     model = create_text_model(name, **{**build.get("model_args", {}), **model_overrides(args)})
     if args.data:
