@@ -174,7 +174,7 @@ def rebuild(path, name: str, model_args: dict, weights: dict, build: dict, asked
         raise ValueError(f"{e}; --set {asked} may change the weights' shapes (T does not)") from None
 
 
-def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "auto", batch_size: int = 0,
+def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "auto", batch_size: int | None = None,
                         workers: int | None = None, recipe: str | None = None, sets: list[str] = (),
                         exit_at: tuple[float, ...] = (), calibrate: float | None = None, max_drop: float = 0.005,
                         calibrate_seed: int = 0) -> dict:
