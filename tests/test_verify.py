@@ -141,7 +141,7 @@ def test_verify_exits_1_for_spikformer_with_json_and_fig3(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "NOT spike-driven" in out
     data = json.loads(js.read_text())
-    assert data["spike_driven"] is False and "blocks.3.mlp.fc1.linear" in data["violations"]
+    assert data["spike_driven"] is False and "blocks.3.mlp.fc1.linear" in data["non_spike_layers"]
     fc1 = next(r for r in data["layers"] if r["name"] == "blocks.3.mlp.fc1.linear")
     (inp,) = fc1["inputs"]
     assert inp["kind"] == "integer" and inp["values"][:3] == [0, 1, 2] and len(inp["counts"]) == len(inp["values"])
@@ -162,7 +162,7 @@ def test_layers_nothing_fired_into_are_named_and_proven_by_construction(tmp_path
     cert = verify_model(model, x)
     assert cert.spike_driven and "blocks.0.mlp.fc1.linear" in [r.name for r in cert.silent]
     assert "blocks.0.mlp.fc1.linear" in [r.name for r in cert.unproven] and cert.exit_code == 3
-    assert "warning: " in cert.table() and cert.to_dict()["silent"] == [r.name for r in cert.silent]
+    assert "warning: " in cert.table() and cert.to_dict()["silent_layers"] == [r.name for r in cert.silent]
     fired = verify_model(model.train(), x)                       # batch statistics: it fires, and is caught
     assert not fired.silent and not fired.spike_driven and fired.exit_code == 1
 
@@ -176,7 +176,7 @@ def test_layers_nothing_fired_into_are_named_and_proven_by_construction(tmp_path
     assert "note: 10 synaptic layer(s) received nothing but zeros (tokenizer.convs.1.conv, " in out
     assert "proven by construction" in out
     data = json.loads(js.read_text())
-    assert data["proven"] and data["unproven"] == [] and len(data["silent"]) == 10
+    assert data["proven"] and data["unproven_layers"] == [] and len(data["silent_layers"]) == 10
     assert {i["built"] for r in data["layers"] if r["role"] == "synaptic" for i in r["inputs"]} == {"spike"}
 
 

@@ -71,17 +71,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
         n_params = sum(p.numel() for p in model.parameters())
         with SynapticProbe(model, provenance=True) as probe, torch.no_grad():
             model(**inputs)
-        bad, unproven = probe.violations, probe.unproven
-        row = dict(model=name, params=n_params, paper_params_M=SPEC_PARAMS_M.get(name),
-                   input_size=size, T=args.t, spike_driven=probe.spike_driven, proven=probe.proven,
-                   encoding_layer=probe.encoding_layer.name if probe.encoding_layer else None,
-                   non_spike_layers=[r.name for r in bad], unproven_layers=[r.name for r in unproven],
-                   silent_layers=[r.name for r in probe.silent])
+        row = dict(model=name, params=n_params, paper_params_M=SPEC_PARAMS_M.get(name), input_size=size, T=args.t,
+                   encoding_layer=probe.encoding_layer.name if probe.encoding_layer else None, **probe.verdict())
         rows.append(row)
         paper = f"{row['paper_params_M']:.2f}M" if row["paper_params_M"] else "-"
         said = verdict(probe.spike_driven, row["proven"])
+        named = row["non_spike_layers"] or row["unproven_layers"]
         print(f"{name:28s} {n_params / 1e6:9.2f}M {paper:>8s} {shown:>12s}  {said:16s}  "
-              f"{f'({len(bad)} layers)' if bad else f'({len(unproven)} layers)' if unproven else ''}", flush=True)
+              f"{f'({len(named)} layers)' if named else ''}", flush=True)
     if args.json:
         write_json(args.json, rows)
         print(f"wrote {args.json}")

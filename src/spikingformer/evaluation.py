@@ -113,10 +113,7 @@ def spike_stats(model: nn.Module, loader, device: torch.device, max_batches: int
             images += x.shape[1] if x.dim() == 5 else len(x)  # [T, B, ...] sequences or [B, ...] images
     spiking = [s for r in probe.ordered[1:] if not r.readout for s in r.inputs if s.kind == "spike"]
     total, numel = sum(s.total for s in spiking), sum(s.numel for s in spiking)
-    return {"firing_rate": total / numel if numel else 0.0, "spike_driven": probe.spike_driven,
-            "proven": probe.proven, "non_spike_layers": [r.name for r in probe.violations],
-            "unproven_layers": [r.name for r in probe.unproven], "silent_layers": [r.name for r in probe.silent],
-            "probe_images": images}
+    return {"firing_rate": total / numel if numel else 0.0, **probe.verdict(), "probe_images": images}
 
 
 def eval_path(cfg, device: torch.device | str) -> FastPath:

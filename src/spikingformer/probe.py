@@ -363,6 +363,13 @@ class SynapticProbe:
         """Spike-driven on this run, and every layer built to receive spikes (``provenance``): for any input."""
         return self.spike_driven and not self.unproven
 
+    def verdict(self) -> dict:
+        """The verdict as every command's JSON gives it: ``spike_driven``, ``proven`` and the layers behind them
+        (``non_spike_layers``, ``unproven_layers``, ``silent_layers``)."""
+        return {"spike_driven": self.spike_driven, "proven": self.proven,
+                "non_spike_layers": [r.name for r in self.violations],
+                "unproven_layers": [r.name for r in self.unproven], "silent_layers": [r.name for r in self.silent]}
+
     @property
     def spike_driven(self) -> bool:
         if not self.layers:

@@ -135,8 +135,8 @@ class Certificate:
                 i["counts"] = [counts[v] for v in sorted(counts)] if counts is not None else None
             layers.append(dict(d, spike_input=r.spike_input, ok=r.ok))
         return dict(model=self.model, spike_driven=self.spike_driven, proven=self.proven,
-                    violations=[r.name for r in self.violations], unproven=[r.name for r in self.unproven],
-                    silent=[r.name for r in self.silent], notes=self.notes, layers=layers)
+                    non_spike_layers=[r.name for r in self.violations], unproven_layers=[r.name for r in self.unproven],
+                    silent_layers=[r.name for r in self.silent], notes=self.notes, layers=layers)
 
     def table(self) -> str:
         width = max([len("layer")] + [len(r.name) + 2 for r in self.layers])
