@@ -77,7 +77,8 @@ def load_checkpoint(model: nn.Module, path: str, state: dict | None = None, name
         other = _other_options(model, build.get("model_args", {}))
         cause = (f"the file records a {build.get('model') or 'model'} with {other}" if other
                  else "wrong model, or other model options (its size: depth, dim, num_heads? classes, T? "
-                      "A command line sets them with --model-kwargs depth=... dim=...)")
+                      "energy, verify and export set them with --model-kwargs depth=... dim=..., eval and predict with "
+                      "--set model_args.depth=...)")
         raise ValueError(f"checkpoint {path} does not fit {name or type(model).__name__}: {cause}; "
                          f"{state_mismatch(model.state_dict(), state) or e}") from e
     return model
