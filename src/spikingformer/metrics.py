@@ -1,7 +1,7 @@
 """Run records: ``metrics.jsonl`` (one JSON object per epoch), ``metrics.png`` (loss and accuracy
 curves) and ``summary.json``, all in the run's output folder and all rewritten atomically; and the
-writers every command's ``--json``, ``--csv`` and ``--plot`` files go through, with the check those paths
-pass before the command's work."""
+writers every command's ``--json``, ``--csv`` and ``--plot`` files (and checkpoints) go through, with the
+check those paths pass before the command's work."""
 from __future__ import annotations
 
 import contextlib
@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["MetricsLog", "plot_curves", "write_json", "write_csv", "atomic_write", "output_path", "check_output", "save_figure",
-           "FIGURE_SUFFIXES"]
+__all__ = ["MetricsLog", "plot_curves", "write_json", "write_csv", "atomic_write", "output_path", "check_output",
+           "save_figure", "FIGURE_SUFFIXES"]
 
 
 @contextlib.contextmanager
