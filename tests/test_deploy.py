@@ -87,3 +87,10 @@ def test_stray_batchnorm_is_reported():
     model = nn.Sequential(ConvBN(3, 4), nn.BatchNorm1d(4))
     with pytest.warns(UserWarning, match="left 1 BatchNorm.*1"):
         fold_bn(model)
+
+
+def test_folding_a_folded_model_changes_nothing():
+    torch.manual_seed(0)
+    model, x = sf.create_model("spikingformer_4_384", depth=1, dim=64, num_heads=2, T=2).eval(), torch.randn(2, 3, 32, 32)
+    once = fold_bn(model)
+    assert torch.equal(fold_bn(once)(x), once(x))

@@ -171,3 +171,18 @@ def test_spikingjelly_neurons_are_taken_at_their_word(name):
         theirs = verify_model(reference, x).to_dict()
     assert (theirs["proven"], theirs["unproven_layers"]) == (ours["proven"], ours["unproven_layers"])
     assert theirs["proven"] == name.startswith("spikingformer")
+
+
+def test_probes_may_nest_each_keeps_its_own_proof():
+    """An ``estimate_energy`` (or a second probe) inside a probe: both see every op, neither erases the other's
+    labels (they once shared one attribute, and the outer probe then called every layer unproven)."""
+    from spikingformer.energy import estimate_energy
+
+    torch.manual_seed(0)
+    model, x = sf.create_model("spikingformer_4_384", depth=1, dim=32, num_heads=2, T=2).eval(), torch.randn(2, 3, 32, 32)
+    with SynapticProbe(model, provenance=True) as outer:
+        inner = estimate_energy(model, x)
+        with SynapticProbe(model, provenance=True) as second:
+            model(x)
+    assert outer.proven and inner.proven and second.proven
+    assert outer.verdict() == second.verdict()

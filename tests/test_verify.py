@@ -43,6 +43,13 @@ def test_certificate_of_a_users_module(sew):
     assert sum(conv.inputs[0].counts.values()) == 2 * 2 * 8 * 8 * 8  # every input element counted once
 
 
+def test_a_model_without_synaptic_layers_or_batches_is_named():
+    with pytest.raises(RuntimeError, match="Sequential has no synaptic layer"):
+        verify_model(nn.Sequential(nn.ReLU()), torch.randn(2, 3))
+    with pytest.raises(RuntimeError, match="run a forward pass"):
+        verify_model(Tiny(sew=False), [])
+
+
 def test_a_compiled_model_is_verified_and_priced_as_the_model_it_wraps():
     """The probe runs ``torch.compile``d code eagerly: compiled code would skip its hooks and hide how
     inputs were built.  Whole model or one compiled part: the same report, names and proof as eager."""

@@ -55,6 +55,8 @@ def fold_bn(model: nn.Module) -> nn.Module:
     """
     folded = copy.deepcopy(model).eval()
     for name, mod in list(folded.named_modules()):
+        if isinstance(getattr(mod, "bn", None), nn.Identity):  # folded already: folding twice changes nothing
+            continue
         if isinstance(mod, ConvBN):
             _fold_into(mod.conv, mod.bn, name)
         elif isinstance(mod, LinearBN):

@@ -258,8 +258,7 @@ def _si(x: float) -> str:
 def energy_from_probe(probe: SynapticProbe, images: int, T: int, e_mac: float = E_MAC_PJ,
                       e_ac: float = E_AC_PJ, model_name: str = "", integer_inputs: str = "mac") -> EnergyReport:
     """Turn what ``probe`` recorded over ``images`` images at ``T`` steps into an ``EnergyReport``."""
-    if not probe.layers:
-        raise RuntimeError("the probe saw no synaptic layer: run a forward pass inside the `with` block")
+    probe.require_run()
     rows = [stage_energy(rec, st, images, T, e_mac, e_ac, integer_inputs) for rec in probe.ordered
             for st in rec.stages]
     return EnergyReport(model_name, T, images, e_mac, e_ac, rows, probe.spike_driven, integer_inputs=integer_inputs,

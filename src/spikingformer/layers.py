@@ -122,7 +122,7 @@ class LinearBN(nn.Module):
         t, b, n, _ = x.shape
         y = self.linear(x.flatten(0, 1))                 # [TB, N, D']
         y = self.bn(y.transpose(1, 2)).transpose(1, 2)   # BN over channels
-        return y.reshape(t, b, n, -1)
+        return y.reshape(t, b, n, y.shape[-1])  # not -1: an empty batch has no size to infer
 
 
 class SeqMaxPool(nn.Module):

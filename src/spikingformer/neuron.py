@@ -100,7 +100,7 @@ class MultiStepLIF(nn.Module):
         backend: str = "torch",
     ):
         super().__init__()
-        if tau <= 1.0:
+        if not 1.0 < tau < float("inf"):  # not "tau <= 1": NaN would pass that
             raise ValueError(f"tau must be > 1 for a leaky neuron, got {tau}")
         self.tau = float(tau)
         self.v_threshold = float(v_threshold)

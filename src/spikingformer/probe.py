@@ -53,6 +53,8 @@ class TensorStats:
 
     @torch.no_grad()
     def update(self, x: Tensor) -> None:
+        if x.numel() == 0:  # an empty batch: nothing fed, nothing to count (and no min or max)
+            return
         x = x.detach().float()
         nonzero = int(torch.count_nonzero(x))
         self.numel += x.numel()
@@ -370,8 +372,15 @@ class SynapticProbe:
                 "non_spike_layers": [r.name for r in self.violations],
                 "unproven_layers": [r.name for r in self.unproven], "silent_layers": [r.name for r in self.silent]}
 
+    def require_run(self) -> None:
+        """Raise a ``RuntimeError`` saying why, unless some synaptic layer was fed some value."""
+        if not any(isinstance(m, SYNAPTIC_TYPES) for m in self.model.modules()):
+            raise RuntimeError(f"{type(self.model).__name__} has no synaptic layer (Conv, Linear or SpikeQKV) to probe")
+        if not any(s.numel for r in self.layers.values() for s in r.inputs):
+            raise RuntimeError("the probe saw no synaptic layer run: run a forward pass, on a non-empty batch, "
+                               "inside the `with` block")
+
     @property
     def spike_driven(self) -> bool:
-        if not self.layers:
-            raise RuntimeError("the probe saw no synaptic layer: run a forward pass inside the `with` block")
+        self.require_run()
         return not self.violations

@@ -21,6 +21,7 @@ SpikingJelly neuron, at its word (``label``; ``probe.opaque_neuron``).
 """
 from __future__ import annotations
 
+import itertools
 from typing import Any, NamedTuple
 
 import torch
@@ -88,25 +89,30 @@ def _scalar_kind(v: Any) -> int | None:
 class SpikeProvenance(TorchFunctionMode):
     """``with SpikeProvenance() as prov: model(x)``; then ``prov.of(tensor)`` is its ``Built`` label.
 
-    Labels are kept on the tensors themselves, stamped with this context, so a tensor another
-    context labelled reads as unlabelled here.  A tensor made outside the context (the model's
-    input, its parameters) is ``REAL`` ("input"), or ``SPIKE`` if it is a bool tensor.
+    Labels are kept on the tensors themselves, under an attribute of this context's own, so a tensor
+    another context labelled reads as unlabelled here, and contexts may nest (an ``estimate_energy``
+    inside a probe): each sees every op and keeps its own labels.  A tensor made outside the context
+    (the model's input, its parameters) is ``REAL`` ("input"), or ``SPIKE`` if it is a bool tensor.
     """
 
-    _ATTR = "_spikingformer_built"
+    _contexts = itertools.count()
+
+    def __init__(self):
+        super().__init__()
+        self._attr = f"_spikingformer_built_{next(self._contexts)}"
 
     def of(self, t: Tensor) -> Built:
         if t.dtype == torch.bool:
             return Built(SPIKE, "bool")
-        tag = getattr(t, self._ATTR, None)
-        if tag is None or tag[0] is not self:
+        tag = getattr(t, self._attr, None)
+        if tag is None:
             return Built(REAL, "input")
         # views share their base's version counter: an in-place op on any of them since the label voids it
-        return tag[1] if tag[2] == _version(t) else Built(REAL, "modified in place")
+        return tag[0] if tag[1] == _version(t) else Built(REAL, "modified in place")
 
     def label(self, t: Tensor, built: Built) -> None:
         with torch._C.DisableTorchFunction():
-            setattr(t, self._ATTR, (self, built, _version(t)))
+            setattr(t, self._attr, (built, _version(t)))
 
     def _kind(self, v: Any) -> int | None:
         if isinstance(v, Tensor):

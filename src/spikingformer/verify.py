@@ -192,8 +192,7 @@ def _layer_verdict(rec: LayerProbe, encoding: bool) -> LayerVerdict:
 def certify(probe: SynapticProbe, model_name: str = "") -> Certificate:
     """The certificate for what ``probe`` recorded; the probe's encoding layer (the first synaptic layer
     called, or none for a model that encodes by an embedding lookup, such as the text model) is exempt."""
-    if not probe.layers:
-        raise RuntimeError("the probe saw no synaptic layer: run a forward pass inside the `with` block")
+    probe.require_run()
     first = probe.encoding_layer
     return Certificate(model_name, [_layer_verdict(r, r is first) for r in probe.ordered])
 

@@ -28,11 +28,17 @@ def test_bad_override_lists_valid_options():
         sf.create_model("spikingformer_4_384", depht=2)
 
 
-@pytest.mark.parametrize("kw,msg", [(dict(dim=100), "multiple of 8"), (dict(num_heads=7), "divisible"),
-                                    (dict(head="softmax"), "unknown head"), (dict(T=0), "T and depth")])
-def test_bad_config_values(kw, msg):
+@pytest.mark.parametrize("kw,msg", [
+    (dict(dim=100), "multiple of 8"), (dict(dim=-8), "positive multiple of 8"), (dict(num_heads=7), "divide dim"),
+    (dict(num_heads=0), "num_heads must be >= 1"), (dict(num_heads=-2), "num_heads must be >= 1"),
+    (dict(mlp_ratio=0.001), "no hidden unit"), (dict(in_chans=0), "in_chans must be >= 1"),
+    (dict(num_classes=-1), "num_classes >= 0"), (dict(tau=float("nan")), "tau must be > 1"),
+    (dict(head="softmax"), "unknown head"), (dict(T=0), "T and depth")])
+@pytest.mark.parametrize("name", ["spikingformer_4_384", "spikformer_4_384", "spikformer_v2_8_384"])
+def test_bad_config_values(name, kw, msg):
+    """Refused as the model is built, naming the option (not a ZeroDivisionError, nor a failure at forward)."""
     with pytest.raises(ValueError, match=msg):
-        sf.create_model("spikingformer_4_384", **kw)
+        sf.create_model(name, **kw)
 
 
 @pytest.mark.parametrize("kw,msg", [
@@ -112,3 +118,23 @@ def test_registered_with_timm():
     assert m(torch.randn(1, 3, 32, 32)).shape == (1, 5)
     with pytest.raises(ValueError, match="pretrained"):
         timm.create_model("spikingformer_4_256", pretrained=True)
+
+
+@pytest.mark.parametrize("name", ["spikingformer_4_384", "spikformer_4_384", "spikformer_v2_8_384"])
+def test_an_empty_batch_gives_empty_logits_and_a_clear_energy_error(name):
+    model = sf.create_model(name, depth=1, dim=64, num_heads=2, T=2, img_size=32).eval()
+    assert model(torch.randn(0, 3, 32, 32)).shape == (0, model.num_classes)
+    with pytest.raises(ValueError, match="no input: give at least one non-empty batch"):
+        sf.estimate_energy(model, torch.randn(0, 3, 32, 32))
+    with pytest.raises(RuntimeError, match="on a non-empty batch"):
+        sf.verify_model(model, torch.randn(0, 3, 32, 32))
+
+
+def test_input_of_another_dtype_is_named():
+    model = sf.create_model("spikingformer_4_384", depth=1, dim=64, num_heads=2, T=2)
+    with pytest.raises(TypeError, match="input is torch.float64 but Spikingformer's weights are torch.float32"):
+        model(torch.randn(1, 3, 32, 32, dtype=torch.float64))
+    with pytest.raises(TypeError, match="expects floating-point input, got torch.uint8"):
+        model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts for the model: allowed
+        assert model(torch.randn(1, 3, 32, 32)).dtype == torch.bfloat16

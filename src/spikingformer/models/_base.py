@@ -53,6 +53,18 @@ def build_config(cls, defaults: dict, overrides: dict):
     return cls(**{**defaults, **typed})
 
 
+def check_sizes(cfg) -> None:
+    """What every vision family's config needs to build a model (raised as it is built, not at its first
+    forward): heads that divide ``dim``, an MLP of at least one unit, channels and classes to connect."""
+    if cfg.num_heads < 1 or cfg.dim % cfg.num_heads:
+        raise ValueError(f"num_heads must be >= 1 and divide dim {cfg.dim}, got {cfg.num_heads}")
+    if int(cfg.dim * cfg.mlp_ratio) < 1:
+        raise ValueError(f"mlp_ratio {cfg.mlp_ratio} leaves the MLP of dim {cfg.dim} no hidden unit")
+    if cfg.in_chans < 1 or cfg.num_classes < 0:
+        raise ValueError(f"in_chans must be >= 1 and num_classes >= 0 (0: no classifier), got in_chans="
+                         f"{cfg.in_chans}, num_classes={cfg.num_classes}")
+
+
 class GradCheckpointing:
     """timm's switch, for a model and its stem, which run their blocks or stages through ``layers.run_blocks``."""
 
@@ -103,6 +115,13 @@ class SpikingVisionModel(GradCheckpointing, nn.Module):
         if c != self.cfg.in_chans:
             raise ValueError(f"{type(self).__name__} was built for {self.cfg.in_chans} input channels, "
                              f"got {c} (input shape {tuple(x.shape)})")
+        weight = next(self.parameters())
+        if not x.is_floating_point():
+            raise TypeError(f"{type(self).__name__} expects floating-point input, got {x.dtype} (images as uint8: "
+                            f"x.float() / 255, then normalise)")
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"input is {x.dtype} but {type(self).__name__}'s weights are {weight.dtype}: "
+                            f"x.to({weight.dtype}), or model.to({x.dtype})")
         p = self.patch_size
         if h < p or w < p or h % p or w % p:
             raise ValueError(f"spatial size {h}x{w} must be a positive multiple of the tokenizer's "

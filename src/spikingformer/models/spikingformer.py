@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..layers import ClassifierHead, ConvBN, SeqMaxPool, SpikeQKV, run_blocks
 from ..neuron import MultiStepLIF
-from ._base import GradCheckpointing, SpikingVisionModel, build_config
+from ._base import GradCheckpointing, SpikingVisionModel, build_config, check_sizes
 from ._registry import register_model
 
 __all__ = ["SpikingformerConfig", "SpikingTokenizer", "PSSA", "SMLP", "MSBlock", "Spikingformer"]
@@ -37,10 +37,9 @@ class SpikingformerConfig:
     attn_threshold: float = 0.5
 
     def __post_init__(self):
-        if self.dim % 8:
-            raise ValueError(f"dim must be a multiple of 8 (the tokenizer starts at dim/8), got {self.dim}")
-        if self.dim % self.num_heads:
-            raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        if self.dim < 8 or self.dim % 8:
+            raise ValueError(f"dim must be a positive multiple of 8 (the tokenizer starts at dim/8), got {self.dim}")
+        check_sizes(self)
         if len(self.downsample) != 4:
             raise ValueError(f"downsample needs 4 flags (one per tokenizer stage), got {self.downsample}")
         if self.T < 1 or self.depth < 1:
