@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
 import random
-import os
 import shutil
 import zipfile
 from pathlib import Path

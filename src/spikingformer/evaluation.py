@@ -188,8 +188,8 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     from torch.utils.data import DataLoader, Subset
 
     from .config import TrainConfig, from_dict, load_config, parse_overrides, validate_device
-    from .data.sources import unread_data_note
     from .data import build_data
+    from .data.sources import unread_data_note
     from .distributed import resolve_device
     from .engine import resolve_img_size
     from .models.text import list_text_models
@@ -253,6 +253,7 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
         margs = {**margs, **build.get("model_args", {}), **asked}
     notes += _unused_val_note(data, cfg, data_dir, given) + unread_data_note(cfg.dataset, data_dir)
     model = rebuild(path, name, margs, weights, build, asked).to(dev)
+
     def loader_of(split):
         return DataLoader(split, cfg.val_batch_size, num_workers=cfg.workers, collate_fn=data.collate)
 

@@ -214,6 +214,7 @@ def load_model(checkpoint: str, model: str | None = None, **overrides) -> nn.Mod
 
 def prepare(args: argparse.Namespace) -> Prepared:
     """Build the model ``args`` describe, load its weights and make its input batches."""
+    from . import list_models
     from .models.text import list_text_models
 
     if args.batches < 1 or args.batch_size < 1:
@@ -221,8 +222,6 @@ def prepare(args: argparse.Namespace) -> Prepared:
     if args.input_size is not None and args.input_size < 1:
         raise ValueError(f"--input-size must be >= 1, got {args.input_size}")
     torch.manual_seed(args.seed)
-    from . import list_models
-
     state, build, name = resolve(args.checkpoint, args.model, getattr(args, "config", None))
     if name not in list_models() + list_text_models():  # both kinds are accepted here, so both are listed
         raise ValueError(f"unknown model {name!r}; available models: {', '.join(list_models())}; text models: "
