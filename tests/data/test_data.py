@@ -220,7 +220,7 @@ def test_cifar_canonical_format(tmp_path, monkeypatch):
     (root / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
     d = build_data(cfg(dataset="cifar10", data_dir=str(tmp_path)), img_size=32)
-    assert len(d.train) == 20 and d.val_name == "test (official CIFAR10 test split, 5 images)"
+    assert len(d.train) == 20 and d.val_name == f"test (official CIFAR10 test split of {tmp_path}, 5 images)"
     assert d.val[0][0].shape == (3, 32, 32)
     d = build_data(cfg(dataset="cifar10", data_dir=str(tmp_path), val_split="holdout", holdout=10), img_size=32)
     assert len(d.train) == 10 and "held-out 10 of 20" in d.val_name

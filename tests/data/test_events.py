@@ -350,7 +350,7 @@ def test_gesture_release_uses_the_official_trial_split(tmp_path):
     (raw / "trials_to_test.txt").write_text("user02_natural.aedat\n")
     r = load_raw("dvs128_gesture", str(tmp_path))
     assert r.train.targets == [0, 10] and r.val.targets == [2] and r.native_size == 128 and len(r.classes) == 11
-    assert r.val_name == "test (official DVS128 Gesture test split, 1 recordings)"
+    assert r.val_name == f"test (official DVS128 Gesture test split of {tmp_path}, 1 recordings)"
     window, label = r.val[0]
     assert label == 2 and window["t"].min() >= 100 and window["t"].max() < 300
     assert len(window) == ((ev["t"] >= 100) & (ev["t"] < 300)).sum()

@@ -31,7 +31,8 @@ from .sources import DataError, RawData
 __all__ = ["EVENT_DTYPE", "make_events", "read_nmnist_bin", "read_aedat3", "read_gesture_labels",
            "read_cifar10_dvs_aedat", "read_npz_events", "segment_bounds", "integrate_frames", "EventRecordings",
            "EventFrames", "EventAugment", "wide_op", "time_major", "event_collate", "load_event_raw", "on_sensor",
-           "not_a_sample", "read_sample", "SAMPLE_READERS", "SENSOR_SIZE", "GESTURE_CLASSES", "CIFAR10_DVS_CLASSES"]
+           "not_a_sample", "read_sample", "nmnist_label_list", "SAMPLE_READERS", "SENSOR_SIZE", "GESTURE_CLASSES",
+           "CIFAR10_DVS_CLASSES"]
 
 SENSOR_SIZE = {"nmnist": 34, "dvs128_gesture": 128, "cifar10_dvs": 128}  # square sensors (get_H_W in SpikingJelly)
 CIFAR10_DVS_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -281,20 +282,31 @@ def _nmnist(root: Path) -> tuple:
                         "SpikingJelly's events_np/{train,test}/<digit>/*.npz, or N.bs2 files with one "
                         f"'#sample #class' list (*.txt); found {len(lists)} .txt files")
     items, targets = [], []
-    for i, line in enumerate(lists[0].read_text().splitlines(), start=1):
+    for i, f, cls in nmnist_label_list(lists[0]):
+        if not f.is_file():
+            raise DataError(f"{lists[0]} line {i}: no recording {f} (or .bin)")
+        items.append((read_nmnist_bin, f, ()))
+        targets.append(cls)
+    return EventRecordings(items, targets, s), None
+
+
+def nmnist_label_list(path: Path) -> list[tuple[int, Path, int]]:
+    """``(line, recording, class)`` of an N-MNIST subset's ``'#sample #class'`` list: sample ``N`` is the file
+    ``N.bs2`` (or ``N.bin``) beside it, whether or not it exists."""
+    out = []
+    for i, line in enumerate(Path(path).read_text().splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:
             sample, cls = (int(v) for v in line.split())
         except ValueError:
-            raise DataError(f"{lists[0]} line {i}: expected '<sample> <class>', got {line!r}") from None
-        f = next((root / f"{sample}{e}" for e in (".bs2", ".bin") if (root / f"{sample}{e}").is_file()), None)
-        if f is None or not 0 <= cls <= 9:
-            raise DataError(f"{lists[0]} line {i}: " + (f"class {cls} outside 0..9" if f else
-                                                         f"no recording {root}/{sample}.bs2 (or .bin)"))
-        items.append((read_nmnist_bin, f, ()))
-        targets.append(cls)
-    return EventRecordings(items, targets, s), None
+            raise DataError(f"{path} line {i}: expected '<sample> <class>', got {line!r}") from None
+        if not 0 <= cls <= 9:
+            raise DataError(f"{path} line {i}: class {cls} outside 0..9")
+        root = Path(path).parent
+        out.append((i, next((f for f in (root / f"{sample}.bs2", root / f"{sample}.bin") if f.is_file()),
+                            root / f"{sample}.bs2"), cls))
+    return out
 
 
 def _gesture(root: Path) -> tuple:
@@ -343,6 +355,6 @@ def load_event_raw(dataset: str, data_dir: str) -> RawData:
     else:
         raise DataError(f"unknown event dataset {dataset!r}")
     title = {"nmnist": "N-MNIST", "dvs128_gesture": "DVS128 Gesture"}.get(dataset)
-    name = None if val is None else f"test (official {title} test split, {len(val)} recordings)"
+    name = None if val is None else f"test (official {title} test split of {root}, {len(val)} recordings)"
     # mean 0 / std 1: frames are raw event counts, as in SpikingJelly and the official code (no normalization).
     return RawData(train, val, name, classes, 2, SENSOR_SIZE[dataset], (0.0, 0.0), (1.0, 1.0), events=True)

@@ -15,7 +15,8 @@ from torch.utils.data import Dataset
 
 from ..config import EVENT_DATASETS
 
-__all__ = ["DataError", "RawData", "load_raw", "load_rgb", "unread_data_note", "Subset", "DATASET_STATS"]
+__all__ = ["DataError", "RawData", "load_raw", "load_labelled", "load_rgb", "unread_data_note", "Subset", "Relabelled",
+           "sample_names", "DATASET_STATS"]
 
 # Per-channel mean/std over each training set (CIFAR values as in the official configs).
 DATASET_STATS = {
@@ -47,6 +48,36 @@ class Subset(Dataset):
         return self.base[self.indices[i]]
 
 
+class Relabelled(Dataset):
+    """``base`` with each target ``t`` read as ``table[t]``: a test set's class indices as the model's."""
+
+    def __init__(self, base: Dataset, table: list[int]):
+        self.base, self.table = base, list(table)
+        self.targets = [self.table[t] for t in base.targets]
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i):
+        x, target = self.base[i]
+        return x, self.table[target]
+
+
+def sample_names(ds: Dataset) -> list[str] | None:
+    """Each sample's file (a DVS128 Gesture window: ``recording.aedat[start:end]``), through the wrappers of
+    ``spikingformer.data``; ``None`` where samples are no files (CIFAR's batches, digits)."""
+    if hasattr(ds, "indices"):  # Subset
+        names = sample_names(ds.base)
+        return None if names is None else [names[i] for i in ds.indices]
+    if hasattr(ds, "base"):  # SeededTransform, Relabelled
+        return sample_names(ds.base)
+    if hasattr(ds, "samples"):  # ImageFolder, Kaggle's flat val
+        return [str(path) for path, _ in ds.samples]
+    if hasattr(ds, "items"):  # EventRecordings
+        return [str(path) + (f"[{args[0]}:{args[1]}]" if args else "") for _, path, args in ds.items]
+    return None
+
+
 @dataclass
 class RawData:
     train: Dataset
@@ -59,6 +90,7 @@ class RawData:
     std: tuple[float, ...]
     tensor_images: bool = False  # images are already tensors in [0, 1] (no PIL transforms)
     events: bool = False         # samples are event arrays (spikingformer.data.events), framed to the model's T
+    train_only: bool = False     # a dataset root whose only split is DIR/train: training data, no test set
 
 
 BUNDLED_DATASETS = ("digits",)  # shipped with a package: no data_dir is read
@@ -85,6 +117,14 @@ def load_raw(dataset: str, data_dir: str, download: bool = False) -> RawData:
     raise DataError(f"unknown dataset {dataset!r}")
 
 
+def load_labelled(dataset: str, data_dir: str) -> RawData:
+    """A labelled set that a model trained on ``dataset`` is scored on (``build_test``): read as ``dataset`` is,
+    but a CIFAR model's test set may also be class folders of images (the CIFAR-10 JPEG copy's layout)."""
+    if dataset in _CIFAR_LAYOUT and not (Path(data_dir) / _CIFAR_LAYOUT[dataset][1]).is_dir():
+        return _folder(Path(data_dir))
+    return load_raw(dataset, data_dir)
+
+
 def _cifar(name: str, root: Path, download: bool) -> RawData:
     import torchvision
 
@@ -101,7 +141,7 @@ def _cifar(name: str, root: Path, download: bool) -> RawData:
     except OSError as e:  # no network, no permission
         raise DataError(f"could not download {cls_name} to {root}: {e}") from None
     mean, std = DATASET_STATS[name]
-    return RawData(train, test, f"test (official {cls_name} test split, {len(test)} images)",
+    return RawData(train, test, f"test (official {cls_name} test split of {root}, {len(test)} images)",
                    list(train.classes), 3, 32, mean, std)
 
 
@@ -167,7 +207,8 @@ def _folder(root: Path) -> RawData:
     if val is not None:
         _probe(val, root / "val")
     mean, std = DATASET_STATS["folder"]
-    return RawData(train, val, val_name, list(train.classes), 3, None, mean, std)
+    return RawData(train, val, val_name, list(train.classes), 3, None, mean, std,
+                   train_only=val is None and train_dir != root)
 
 
 def _no_loose_images(val_dir: Path) -> None:
