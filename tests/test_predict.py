@@ -67,12 +67,19 @@ def test_predict_names_the_classes_of_unseen_images(trained, tmp_path, capsys):
         assert [t["class"] for t in r["top"]] == [CLASSES[i] for i in p.topk(2).indices]
         assert [t["prob"] for t in r["top"]] == pytest.approx(p.topk(2).values.tolist(), abs=1e-5)
 
+    # the images lie in class folders: their true classes and the accuracy come beside the predictions
+    assert [r["label"] for r in records] == truth and [r["correct"] for r in records] == [
+        r["top"][0]["class"] == t for r, t in zip(records, truth)]
+    assert json.loads(out_json.read_text())["accuracy"] == {"top1": hits / 9, "top5": 1.0, "count": 9}
     rows = list(csv.reader(out_csv.open()))
-    assert rows[0] == ["path", "class_1", "prob_1", "class_2", "prob_2"]
-    assert [row[0] for row in rows[1:]] == paths and [row[1] for row in rows[1:]] == [
+    assert rows[0] == ["path", "label", "correct", "in_top5", "class_1", "prob_1", "class_2", "prob_2"]
+    assert [row[0] for row in rows[1:]] == paths and [row[4] for row in rows[1:]] == [
         r["top"][0]["class"] for r in records]
+    assert [row[1:4] for row in rows[1:]] == [[t, str(int(r["correct"])), "1"] for r, t in zip(records, truth)]
     shown = capsys.readouterr().out.splitlines()
     assert shown[0].startswith(f"{paths[0]}: {records[0]['top'][0]['class']} ")
+    assert shown[-1] == (f"accuracy on the 9 of 9 images whose class their folder or label list names: "
+                         f"top-1 {100 * hits / 9:.2f} %, top-5 100.00 %")
 
 
 def test_an_exported_file_predicts_alone_and_a_state_dict_needs_a_recipe(trained, tmp_path, capsys):

@@ -82,9 +82,14 @@ def test_recordings_get_the_probabilities_of_their_eval_frames(event_run, tmp_pa
         assert got[path]["per_step"][-1][0] == got[path]["top"][0]["class"]  # steps 1..T: the whole read-out
         assert got[path]["per_step"][-1][1] == pytest.approx(got[path]["top"][0]["prob"], abs=1e-5)
     shown = capsys.readouterr().out.splitlines()
-    assert len(shown) == 12 and "; after each step: " in shown[0]
+    assert len(shown) == 13 and "; after each step: " in shown[0]
     digits = {f"{i + 1}.bs2": str(i % 3) for i in range(12)}  # write_nmnist_subset's labels
     assert [got[p]["top"][0]["class"] for p in want] == [digits[p.split("/")[-1]] for p in want]
+    # train1K.txt labels them all: the accuracy comes beside the predictions
+    assert [got[p]["label"] for p in sorted(got)] == [digits[p.split("/")[-1]] for p in sorted(got)]
+    top1, top5 = (sum(r[k] for r in got.values()) for k in ("correct", "in_top5"))
+    assert shown[-1] == (f"accuracy on the 12 of 12 nmnist recordings whose class their folder or label list names: "
+                         f"top-1 {100 * top1 / 12:.2f} %, top-5 {100 * top5 / 12:.2f} %")
 
     # a single .bin file (the release's suffix for the same format)
     held, (probs, steps) = next(iter(want.items()))

@@ -6,7 +6,8 @@ exported from one) holds the model, its class names, normalisation, size and eva
 A run trained on an event dataset (``nmnist``, ``dvs128_gesture``, ``cifar10_dvs``) classifies single-sample
 recordings of it instead, integrated into frames as its evaluation integrates them, and also reports the
 top-1 after each time step.  Other weights (a state_dict, official weights) need ``--config``, a recipe that
-names them; their classes are then numbered, or named by ``--classes FILE`` (one name per line).
+names them; their classes are then numbered, or named by ``--classes FILE`` (one name per line).  Files whose true
+class is known (``true_labels``: class folders, an N-MNIST label list) are scored too: top-1, top-5 and count.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-__all__ = ["Predictor", "InputFiles", "load_predictor", "input_files", "find_inputs"]
+__all__ = ["Predictor", "InputFiles", "load_predictor", "input_files", "find_inputs", "true_labels",
+           "prediction_record", "accuracy", "write_prediction_csv"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -186,6 +188,61 @@ def find_inputs(inputs: list[str], files: InputFiles) -> list[Path]:
     return list(dict.fromkeys(found))  # a file named twice (or as itself and in its folder) once
 
 
+def true_labels(paths: list[Path], files: InputFiles, classes: list[str]) -> dict[int, str]:
+    """The true class of each file (by its index in ``paths``) that says it: an N-MNIST recording listed in the
+    one ``'#sample #class'`` list (*.txt) beside it, or a file in a class folder (``DIR/<class>/FILE``) named as
+    one of the model's ``classes`` (N-MNIST's official ``Test/<digit>/``, the CIFAR-10 JPEG copy's layout)."""
+    from .data.events import nmnist_label_list
+
+    listed = {}
+    if files.dataset == "nmnist":
+        for folder in {p.parent for p in paths}:
+            lists = sorted(folder.glob("*.txt"))
+            if len(lists) == 1:
+                listed.update({f.resolve(): str(c) for _, f, c in nmnist_label_list(lists[0])})
+    out = {i: listed.get(p.resolve(), p.parent.name) for i, p in enumerate(paths)}
+    return {i: c for i, c in out.items() if c in classes}
+
+
+def prediction_record(where: str | int, top: list[tuple[str, int, float]], label: str | None = None,
+                      keep: int | None = None) -> dict:
+    """One sample's prediction as ``predict`` and ``eval --predictions`` write it: its file (``path``) or
+    position in the split (``index``); with its true class ``label``, whether the top-1 is it (``correct``)
+    and whether it is among the top 5 (``in_top5``); and the first ``keep`` of its ``top`` classes, best
+    first, as ``{class, index, prob}``."""
+    rec = {"path" if isinstance(where, str) else "index": where}
+    if label is not None:
+        names = [c for c, _, _ in top]
+        rec.update(label=label, correct=names[0] == label, in_top5=label in names[:5])
+    rec["top"] = [{"class": c, "index": j, "prob": p} for c, j, p in top[:keep]]
+    return rec
+
+
+def accuracy(records: list[dict]) -> dict | None:
+    """Top-1, top-5 and their count over the ``records`` with a true class (``None`` if none has one)."""
+    labelled = [r for r in records if "label" in r]
+    if not labelled:
+        return None
+    n = len(labelled)
+    return {"top1": sum(r["correct"] for r in labelled) / n, "top5": sum(r["in_top5"] for r in labelled) / n,
+            "count": n}
+
+
+def write_prediction_csv(path, records: list[dict]) -> None:
+    """One row per record: path (or index), with true classes label, correct and in_top5 (1/0: their means are
+    the top-1 and top-5), then class_1, prob_1, ... (``metrics.write_csv``)."""
+    from .metrics import write_csv
+
+    where = "path" if "path" in records[0] else "index"
+    labelled = any("label" in r for r in records)
+    k = max(len(r["top"]) for r in records)
+    head = [where] + (["label", "correct", "in_top5"] if labelled else [])
+    write_csv(path, head + [f"{c}_{j}" for j in range(1, k + 1) for c in ("class", "prob")],
+              ([r[where]] + ([r.get("label", ""), *(int(r[c]) if "label" in r else "" for c in ("correct", "in_top5"))]
+                             if labelled else [])
+               + [v for t in r["top"] for v in (t["class"], f"{t['prob']:.6f}")] for r in records))
+
+
 def _to_rgb(image):
     """Grayscale, palette and RGBA images as the RGB the models were trained on."""
     return image.convert("RGB")
@@ -221,7 +278,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError, validate_device
     from .data import DataError
-    from .metrics import check_output, write_csv, write_json
+    from .metrics import check_output, write_json
 
     try:
         if args.topk < 1 or args.batch_size < 1:
@@ -234,10 +291,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         loader = torch.utils.data.DataLoader(_Samples(paths, pred.files.load, pred.transform), args.batch_size,
                                              num_workers=args.workers,
                                              collate_fn=functools.partial(_collate, stack=pred.files.stack))
+        labels = true_labels(paths, pred.files, pred.classes)
         tops, steps, skipped = {}, {}, []
         for good, x, bad in tqdm(loader, desc="predict", leave=False, disable=None):
             if good:
-                top, per_step = pred.classify(x, args.topk)
+                top, per_step = pred.classify(x, max(args.topk, 5))  # top-5 for the accuracy of labelled files
                 tops.update(zip(good, top))
                 steps.update(zip(good, per_step or []))
             skipped += [{"path": str(paths[i]), "error": why} for i, why in bad]
@@ -249,19 +307,21 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if not tops:
         print(f"error: none of the {len(paths)} {pred.files.noun}(s) could be read", file=sys.stderr)
         return 2
-    records = [{"path": str(paths[i]), "top": [{"class": c, "index": j, "prob": p} for c, j, p in top],
+    records = [{**prediction_record(str(paths[i]), top, labels.get(i), args.topk),
                 **({"per_step": [[c, p] for c, p in steps[i]]} if i in steps else {})}
                for i, top in sorted(tops.items())]
     for r in records:
         after = "; after each step: " + ", ".join(f"{c} {p:.3f}" for c, p in r["per_step"]) if "per_step" in r else ""
         print(f"{r['path']}: " + ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"]) + after)
+    acc = accuracy(records)
+    if acc:
+        print(f"accuracy on the {acc['count']} of {len(records)} {pred.files.noun}s whose class their folder or "
+              f"label list names: top-1 {100 * acc['top1']:.2f} %, top-5 {100 * acc['top5']:.2f} %")
     if args.json:
-        write_json(args.json, {"checkpoint": args.checkpoint, "model": pred.name, "predictions": records,
-                               "skipped": skipped})
+        write_json(args.json, {"checkpoint": args.checkpoint, "model": pred.name, "accuracy": acc,
+                               "predictions": records, "skipped": skipped})
     if args.csv:
-        k = min(args.topk, len(pred.classes))
-        write_csv(args.csv, ["path"] + [f"{c}_{j}" for j in range(1, k + 1) for c in ("class", "prob")],
-                  ([r["path"]] + [v for t in r["top"] for v in (t["class"], f"{t['prob']:.6f}")] for r in records))
+        write_prediction_csv(args.csv, records)
     return 0
 
 
@@ -277,7 +337,9 @@ def register_cli(sub) -> None:
                     "the top-1 after each time step. Other weights (a state_dict, official weights) need --config: "
                     "the recipe names the model and how images are read; classes are then numbered unless --classes "
                     "names them. --set overrides a key of that config as with eval, e.g. --set model_args.T=8 to "
-                    "predict at another T.")
+                    "predict at another T. Files in class folders named as the model's classes (DIR/cat/1.jpg), or "
+                    "N-MNIST recordings listed in the '#sample #class' list beside them, have a known class: their "
+                    "top-1 and top-5 accuracy and count are reported too.")
     p.add_argument("inputs", nargs="+", metavar="FILE|DIR",
                    help="image files (event recordings for an event-trained model), or folders searched recursively")
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="the trained weights")
@@ -292,5 +354,6 @@ def register_cli(sub) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--json", metavar="FILE", help="also write every prediction as JSON (event recordings: with "
                                                    "per_step, the [class, prob] of the top-1 after each time step)")
-    p.add_argument("--csv", metavar="FILE", help="also write path, class_1, prob_1, ... as CSV")
+    p.add_argument("--csv", metavar="FILE", help="also write path, class_1, prob_1, ... as CSV (with label, correct "
+                                                  "and in_top5 for files of a known class)")
     p.set_defaults(func=_cmd_predict)
