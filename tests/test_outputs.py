@@ -18,7 +18,8 @@ COMMANDS = {
     "glue": (["glue"], "spikingformer.glue.run_glue"),
     "pretrain": (["pretrain", "--config", "mae.yaml"], "spikingformer.pretrain.run"),
 }
-FILES = [("models", "--json"), ("eval", "--json"), ("eval", "--plot"), ("energy", "--json"), ("energy", "--csv"), ("energy", "--plot"),
+FILES = [("models", "--json"), ("eval", "--json"), ("eval", "--plot"), ("eval", "--predictions"),
+         ("energy", "--json"), ("energy", "--csv"), ("energy", "--plot"),
          ("verify", "--json"), ("predict", "--json"), ("predict", "--csv"), ("export", "--out"), ("demo", "--json"),
          ("mlm", "--json"), ("glue", "--json"), ("pretrain", "--json")]
 FOLDERS = [("verify", "--plot"), ("demo", "--output")]

@@ -109,12 +109,16 @@ def test_eval_on_data_with_its_own_val_split_holds_out_as_the_run_did_and_says_s
     given = _eval(ckpt, tmp_path / "given.json", "--data", str(data))
     assert (given["val_split"], given["val_acc"], given["val_images"]) == (held_out, own["val_acc"], 6)
     (note,) = given["notes"]
-    assert f"{data} has its own validation split (val ({data / 'val'}, 9 images))" in note
-    assert "--set val_split=auto evaluates on" in note and f"note: {note}" in capsys.readouterr().out
+    assert f"{data} has a split of its own (val ({data / 'val'}, 9 images))" in note
+    assert f"--split test scores {data}'s own instead" in note and f"note: {note}" in capsys.readouterr().out
 
     auto = _eval(ckpt, tmp_path / "auto.json", "--data", str(data), "--set", "val_split=auto")
     assert (auto["val_split"], auto["val_images"], auto["notes"]) == (f"val ({data / 'val'}, 9 images)", 9, [])
-    assert _eval(ckpt, tmp_path / "tree.json", "--data", str(tree))["notes"] == []  # no val/ of its own
+    own_split = _eval(ckpt, tmp_path / "test.json", "--data", str(data), "--split", "test")
+    assert (own_split["val_split"], own_split["val_images"], own_split["notes"]) == (auto["val_split"], 9, [])
+    # another root without a val/ of its own holds training images only: its held-out split, said so
+    (note,) = _eval(ckpt, tmp_path / "tree.json", "--data", str(tree))["notes"]
+    assert f"{tree} holds training images only ({tree}/train/), no test split: scored the held-out val split" in note
 
 
 def test_eval_reports_accuracy_after_each_time_step(tree, tmp_path, capsys):

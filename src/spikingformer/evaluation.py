@@ -2,7 +2,8 @@
 
 ``spikingformer eval --checkpoint FILE`` rebuilds the model a checkpoint was trained as and
 evaluates it on the validation split it was trained with: the same seeded held-out split when
-the dataset has none of its own, so numbers stay comparable across runs.
+the dataset has none of its own, so numbers stay comparable across runs; ``--data DIR`` other than
+the run's own data scores every sample of a labelled test set (``data.scored_split``).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import argparse
 import contextlib
 import dataclasses
 import sys
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -27,12 +29,14 @@ __all__ = ["evaluate", "read_outs", "spike_stats", "eval_path", "evaluate_checkp
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, path: FastPath | None = None,
-             progress: bool = False, per_step: bool = False, exit_at: tuple[float, ...] = ()) -> dict:
+             progress: bool = False, per_step: bool = False, exit_at: tuple[float, ...] = (),
+             record: list | None = None) -> dict:
     """Mean cross-entropy, top-1 and top-5 accuracy over ``loader``, summed over every process.
     ``path`` gives the autocast dtype and input layout (default: fp32, as laid out).  With ``per_step``
     also ``val_acc_per_step``: the top-1 of the read-out after each time step (``forward_steps``), and
     for each confidence in ``exit_at`` the top-1, mean time steps and backbone energy per image of exiting
-    early (``early_exit``), beside the energy of running every step (``backbone_uJ``)."""
+    early (``early_exit``), beside the energy of running every step (``backbone_uJ``).  ``record`` gets
+    each batch's top-5 ``(class indices, probabilities, targets)`` on the CPU, in the loader's order."""
     from tqdm import tqdm
 
     from .distributed import all_reduce_sum
@@ -56,6 +60,8 @@ def evaluate(model: nn.Module, loader, device: torch.device, path: FastPath | No
                 else:
                     logits = model(x).float()  # with CUDA graphs the output lives only until the next step
             top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            if record is not None:
+                record.append((top.cpu(), logits.softmax(1).gather(1, top).cpu(), y.cpu()))
             batch = [nn.functional.cross_entropy(logits, y, reduction="sum").double(), (top[:, 0] == y).sum().double(),
                      (top == y[:, None]).any(1).sum().double(), torch.tensor(float(len(y)), device=device).double()]
             images += len(y)
@@ -171,32 +177,71 @@ def rebuild(path, name: str, model_args: dict, weights: dict, build: dict, asked
         raise ValueError(f"{e}; --set {asked} may change the weights' shapes (T does not)") from None
 
 
+@dataclasses.dataclass
+class _Source:
+    """What eval scores with: the config that reads the data, the model's name, options and weights."""
+    cfg: object
+    name: str
+    margs: dict | None       # None until the data says the classes (a recipe's)
+    weights: dict
+    build: dict
+    img_size: int
+    classes: list[str] | None   # those the weights were trained on, when the file records them
+    n_classes: int | None
+    epoch: int | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
 def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "auto", batch_size: int | None = None,
                         workers: int | None = None, recipe: str | None = None, sets: list[str] = (),
                         exit_at: tuple[float, ...] = (), calibrate: float | None = None, max_drop: float = 0.005,
-                        calibrate_seed: int = 0) -> dict:
-    """Evaluate a checkpoint on a validation split.
+                        calibrate_seed: int = 0, split: str | None = None, predictions: bool = False) -> dict:
+    """Evaluate a checkpoint on a validation split or a given test set.
 
     Without ``recipe``, ``path`` is a run's checkpoint (or a ``.safetensors`` exported from one): its model
-    is rebuilt and evaluated on the split it was trained with (or ``data_dir``'s).  With ``recipe`` (a YAML
-    config, plus ``--set`` overrides), ``path`` may hold any weights ``checkpoint.load_weights`` reads, the
-    official repositories' included: the recipe names the model, the dataset and its evaluation transform.
+    is rebuilt and evaluated on the split it was trained with.  With ``recipe`` (a YAML config, plus ``--set``
+    overrides), ``path`` may hold any weights ``checkpoint.load_weights`` reads, the official repositories'
+    included: the recipe names the model, the dataset and its evaluation transform.
+
+    Which samples (``data.scored_split``): ``data_dir`` ``None``, or the run's own data, gives the run's validation
+    split; another ``data_dir`` is a labelled test set, scored whole; ``split`` (``"val"`` or ``"test"``)
+    forces either reading.  With ``predictions``, ``"predictions"`` holds a record per sample
+    (``predict.prediction_record``).
 
     ``exit_at`` scores early-exit policies (``early_exit``); with ``calibrate``, a seeded ``calibrate``
     share of the split chooses the cheapest one within ``max_drop`` (a fraction) of every step's top-1
     (``choose``), the ``early_exit`` figures are those of the rest, and the whole split's are ``merge``d."""
-    from torch.utils.data import DataLoader, Subset
-
-    from .config import TrainConfig, from_dict, load_config, parse_overrides, validate_device
-    from .data import build_data
-    from .data.sources import unread_data_note
+    from .config import parse_overrides, validate_device
+    from .data import scored_split
     from .distributed import resolve_device
-    from .engine import resolve_img_size
-    from .models.text import list_text_models
-    from .official import check_family
     from .train import model_kwargs
 
     validate_device(device)
+    _check_options(exit_at, batch_size, calibrate, max_drop, split)
+    dev = resolve_device(device)
+    extra = {k: v for k, v in (("device", device), ("val_batch_size", batch_size), ("workers", workers))
+             if v is not None}
+    given = parse_overrides(list(sets))
+    src = (_run_source(path, sets, extra) if recipe is None else
+           _recipe_source(path, recipe, sets, extra, asked_options(given)))
+    data, folder, notes = scored_split(src.cfg, data_dir, split, src.classes, src.img_size, given)
+    _check_classes(data, src.classes, src.n_classes, folder or src.cfg.dataset, path)
+    margs = src.margs
+    if margs is None:  # the options the weights were made with win over the recipe's, the command line over both
+        margs = {**model_kwargs(src.cfg, len(data.classes), data.in_chans), **src.build.get("model_args", {}),
+                 **asked_options(given)}
+    model = rebuild(path, src.name, margs, src.weights, src.build, asked_options(given)).to(dev)
+    record = [] if predictions else None
+    result = _score(model, data, src.cfg, dev, tuple(exit_at), calibrate, calibrate_seed, max_drop, record)
+    out = {"checkpoint": str(path), "model": src.name, "epoch": src.epoch, "split": data.val_name.partition(" ")[0],
+           "val_split": data.val_name, "data_dir": folder, **result,
+           **spike_stats(model, _loader(data, src.cfg), dev), "notes": src.notes + notes}
+    if predictions:
+        out["predictions"] = _records(data, record.pop(), record)
+    return out
+
+
+def _check_options(exit_at, batch_size, calibrate, max_drop, split) -> None:
     bad = [p for p in exit_at if not 0 < p <= 1]
     if bad:
         raise ValueError(f"early-exit confidences are softmax probabilities in (0, 1], got {bad}")
@@ -207,69 +252,92 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     if not 0 <= max_drop <= 1:
         raise ValueError(f"--max-drop is the top-1 an early exit may lose, in points from 0 to 100; "
                          f"got {100 * max_drop:g}")
-    dev = resolve_device(device)
-    extra = {k: v for k, v in (("device", device), ("data_dir", data_dir), ("val_batch_size", batch_size),
-                               ("workers", workers)) if v is not None}
-    given = parse_overrides(list(sets))
-    asked = asked_options(given)
-    if recipe is None:  # a run's checkpoint, or a .safetensors exported from one: both record the run
-        if ckpt.is_safetensors(path):
-            weights, build = ckpt.load_weights(path)
-            meta, epoch = {"model": build.get("model"), "model_args": build.get("model_args"),
-                           **build.get("data", {})}, None
-        else:
-            state = ckpt.load_checkpoint(path, hint=" (for a state_dict or official weights add --config RECIPE, "
-                                                  "e.g. --config cifar10, which names the model and the data)")
-            meta, weights, build = state["meta"], state["model"], {"config": state["config"]}
-            epoch = state.get("progress", {}).get("epoch")
-        if meta["model"] in list_text_models():
-            raise ValueError(f"{path} holds the text model {meta['model']}: eval scores image and event "
-                             "classifiers (a glue run's summary.json holds its GLUE scores)")
-        if not build.get("config") or "classes" not in meta:
-            raise ValueError(f"{path} does not record the run it came from (exported from a state_dict?): "
-                             "add --config RECIPE, e.g. --config cifar10")
-        name = meta["model"]
-        cfg, margs = run_config(path, name, meta["model_args"], build["config"], sets, extra=extra)
-        notes = []
-        data = build_data(cfg, margs.get("img_size") or meta["img_size"])
-        _check_classes(data, meta["classes"], meta["model_args"], cfg, path)
-    else:
-        cfg = load_config(recipe, list(sets))
-        cfg = from_dict(TrainConfig, dict(cfg.to_dict(), **extra), f"{recipe} + command line")
+    if split not in (None, "val", "test"):
+        raise ValueError(f"--split must be val or test, got {split!r}")
+
+
+def _run_source(path, sets, extra) -> _Source:
+    """A run's checkpoint, or a ``.safetensors`` exported from one: both record the run."""
+    from .models.text import list_text_models
+
+    if ckpt.is_safetensors(path):
         weights, build = ckpt.load_weights(path)
-        check_family(cfg.model, build.get("official"), path)
-        epoch, notes = None, list(build.get("notes", []))
-        # the data follows the model that runs: the weights' T and size win over the recipe's (and --set over
-        # both), so event recordings become frames at the T the model was exported with
-        shaping = {k: build.get("model_args", {})[k] for k in ("T", "img_size") if k in build.get("model_args", {})}
-        cfg = dataclasses.replace(cfg, model_args={**cfg.model_args, **shaping, **asked})
-        data = build_data(cfg, resolve_img_size(cfg))
-        # labels are indices into the data's classes: a file trained on others would score them shifted
-        _check_classes(data, build.get("data", {}).get("classes"), build.get("model_args", {}), cfg, path)
-        name, margs = cfg.model, model_kwargs(cfg, len(data.classes), data.in_chans)
-        if build.get("model") not in (None, name):
-            raise ValueError(f"{path} holds a {build['model']}, not the recipe's {name}")
-        # the options the weights were made with win over the recipe's, and the command line over both
-        margs = {**margs, **build.get("model_args", {}), **asked}
-    notes += _unused_val_note(data, cfg, data_dir, given) + unread_data_note(cfg.dataset, data_dir)
-    model = rebuild(path, name, margs, weights, build, asked).to(dev)
+        meta, epoch = {"model": build.get("model"), "model_args": build.get("model_args"),
+                       **build.get("data", {})}, None
+    else:
+        state = ckpt.load_checkpoint(path, hint=" (for a state_dict or official weights add --config RECIPE, "
+                                              "e.g. --config cifar10, which names the model and the data)")
+        meta, weights, build = state["meta"], state["model"], {"config": state["config"]}
+        epoch = state.get("progress", {}).get("epoch")
+    if meta["model"] in list_text_models():
+        raise ValueError(f"{path} holds the text model {meta['model']}: eval scores image and event "
+                         "classifiers (a glue run's summary.json holds its GLUE scores)")
+    if not build.get("config") or "classes" not in meta:
+        raise ValueError(f"{path} does not record the run it came from (exported from a state_dict?): "
+                         "add --config RECIPE, e.g. --config cifar10")
+    cfg, margs = run_config(path, meta["model"], meta["model_args"], build["config"], sets, extra=extra)
+    return _Source(cfg, meta["model"], margs, weights, build, margs.get("img_size") or meta["img_size"],
+                   meta["classes"], meta["model_args"].get("num_classes"), epoch)
 
-    def loader_of(split):
-        return DataLoader(split, cfg.val_batch_size, num_workers=cfg.workers, collate_fn=data.collate)
 
-    loader = loader_of(data.val)
+def _recipe_source(path, recipe, sets, extra, asked: dict) -> _Source:
+    """Any weights, read as the YAML ``recipe`` (plus ``--set``) says: model, dataset, evaluation transform."""
+    from .config import TrainConfig, from_dict, load_config
+    from .engine import resolve_img_size
+    from .official import check_family
+
+    cfg = load_config(recipe, list(sets))
+    cfg = from_dict(TrainConfig, dict(cfg.to_dict(), **extra), f"{recipe} + command line")
+    weights, build = ckpt.load_weights(path)
+    check_family(cfg.model, build.get("official"), path)
+    if build.get("model") not in (None, cfg.model):
+        raise ValueError(f"{path} holds a {build['model']}, not the recipe's {cfg.model}")
+    # the data follows the model that runs: the weights' T and size win over the recipe's (and --set over
+    # both), so event recordings become frames at the T the model was exported with
+    shaping = {k: build.get("model_args", {})[k] for k in ("T", "img_size") if k in build.get("model_args", {})}
+    cfg = dataclasses.replace(cfg, model_args={**cfg.model_args, **shaping, **asked})
+    # the classes an export records are checked against the data's: a file trained on others would score shifted
+    return _Source(cfg, cfg.model, None, weights, build, resolve_img_size(cfg), build.get("data", {}).get("classes"),
+                   build.get("model_args", {}).get("num_classes"), notes=list(build.get("notes", [])))
+
+
+def _loader(data, cfg, part: list[int] | None = None):
+    from torch.utils.data import DataLoader, Subset
+
+    split = data.val if part is None else Subset(data.val, part)
+    return DataLoader(split, cfg.val_batch_size, num_workers=cfg.workers, collate_fn=data.collate)
+
+
+def _score(model, data, cfg, dev, exit_at, calibrate, calibrate_seed, max_drop, record) -> dict:
+    """``evaluate`` over ``data.val``, or with ``calibrate`` over its two parts, merged; ``record`` gets the
+    per-sample batches (``evaluate``) and, last, the order of the samples they came in."""
     run_as = eval_path(cfg, dev)
     ready = run_as.prepare(model)
-    if calibrate is not None:
+    how = dict(progress=cfg.progress, per_step=True, exit_at=exit_at, record=record)
+    if calibrate is None:
+        parts = [None]
+        result = evaluate(ready, _loader(data, cfg), dev, run_as, **how)
+    else:
         parts = calibration_split(len(data.val), calibrate, calibrate_seed)
-        cal, scored = (evaluate(ready, loader_of(Subset(data.val, part)), dev, run_as, progress=cfg.progress,
-                                per_step=True, exit_at=tuple(exit_at)) for part in parts)
+        cal, scored = (evaluate(ready, _loader(data, cfg, part), dev, run_as, **how) for part in parts)
         result = {**merge([cal, scored]), "early_exit": scored["early_exit"],
                   "early_exit_calibration": _calibration(cal, scored, calibrate, calibrate_seed, max_drop)}
-    else:
-        result = evaluate(ready, loader, dev, run_as, progress=cfg.progress, per_step=True, exit_at=tuple(exit_at))
-    return {"checkpoint": str(path), "model": name, "epoch": epoch, "val_split": data.val_name, **result,
-            **spike_stats(model, loader, dev), "notes": notes}
+    if record is not None:
+        record.append([i for part in parts for i in (range(len(data.val)) if part is None else part)])
+    return result
+
+
+def _records(data, order: list[int], batches: list) -> list[dict]:
+    """One ``predict.prediction_record`` per sample of ``data.val``, by index, from ``evaluate``'s ``record``."""
+    from .data import sample_names
+    from .predict import prediction_record
+
+    names = sample_names(data.val)
+    tops, probs, labels = (torch.cat(t).tolist() for t in zip(*batches))
+    out = {i: prediction_record(names[i] if names else i,
+                                [(data.classes[j], j, p) for j, p in zip(top, prob)], data.classes[label])
+           for i, top, prob, label in zip(order, tops, probs, labels)}
+    return [out[i] for i in sorted(out)]
 
 
 def _calibration(cal: dict, scored: dict, fraction: float, seed: int, max_drop: float) -> dict:
@@ -284,23 +352,13 @@ def _calibration(cal: dict, scored: dict, fraction: float, seed: int, max_drop: 
             next(e for e in scored["early_exit"] if e["confidence"] == pick["confidence"])}
 
 
-def _unused_val_note(data, cfg, data_dir: str | None, given: dict) -> list[str]:
-    """A config that holds out of the train split keeps doing so on ``--data DIR`` (numbers stay comparable
-    with the run's) even where DIR has a validation split of its own, which nothing would otherwise show."""
-    if data_dir is None or data.own_val is None or cfg.val_split != "holdout" or "val_split" in given:
-        return []
-    return [f"{data_dir} has its own validation split ({data.own_val}), but the config says val_split: holdout, "
-            f"so this evaluates on {data.val_name}; --set val_split=auto evaluates on {data_dir}'s own instead"]
-
-
-def _check_classes(data, classes: list[str] | None, model_args: dict, cfg, path) -> None:
+def _check_classes(data, classes: list[str] | None, n: int | None, folder: str, path) -> None:
     """The evaluation data must have the classes (names, else number) the weights were trained on."""
     from .data import DataError
 
-    n = model_args.get("num_classes")
     if (classes is not None and data.classes != list(classes)) or (n is not None and n != len(data.classes)):
         trained = f"{list(classes)[:5]}... ({len(classes)} classes)" if classes is not None else f"{n} classes"
-        raise DataError(f"{cfg.data_dir} has classes {data.classes[:5]}... ({len(data.classes)}) but {path} was "
+        raise DataError(f"{folder} has classes {data.classes[:5]}... ({len(data.classes)}) but {path} was "
                         f"trained on {trained}")
 
 
@@ -311,16 +369,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     try:
         check_output("--json", args.json)
         check_output("--plot", args.plot, suffixes=FIGURE_SUFFIXES)
+        check_output("--predictions", args.predictions, suffixes=(".csv", ".json"))
+        if args.predictions and args.json and Path(args.predictions).resolve() == Path(args.json).resolve():
+            raise ValueError(f"--predictions and --json name the same file {args.json}: give each its own")
         r = evaluate_checkpoint(args.checkpoint, args.data, args.device, args.batch_size, args.workers,
                                 args.config, args.set, tuple(args.early_exit), args.calibrate, args.max_drop / 100,
-                                args.calibrate_seed)
+                                args.calibrate_seed, args.split, bool(args.predictions))
     except (ckpt.CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for note in r["notes"]:
         print(f"note: {note}")
     when = f" (after epoch {r['epoch']})" if r["epoch"] is not None else ""
-    print(f"{r['checkpoint']} ({r['model']}){when} on {r['val_split']}: top-1 {100 * r['val_acc']:.2f} %, "
+    print(f"{r['checkpoint']} ({r['model']}){when} on {_title(r)}: top-1 {100 * r['val_acc']:.2f} %, "
           f"top-5 {100 * r['val_acc5']:.2f} %, loss {r['val_loss']:.4f}; firing rate {r['firing_rate']:.3f}; "
           f"spike-driven: {verdict(r['spike_driven'], r['proven'])}")
     if r["spike_driven"] and r["unproven_layers"]:
@@ -351,7 +412,28 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         plot_steps(steps, args.plot, title, r.get("early_exit", []),
                    chosen=cal["chosen"]["confidence"] if cal and cal["chosen"] else None)
         print(f"wrote {args.plot}")
+    if args.predictions:
+        _write_predictions(args.predictions, r.pop("predictions"), r)
+        print(f"wrote {args.predictions}")
     if args.json:
         write_json(args.json, r)
         print(f"wrote {args.json}")
     return 0
+
+
+def _title(r: dict) -> str:
+    """The split scored, as printed: its name, and the folder it was read from where the name does not say it."""
+    folder = r["data_dir"]
+    return r["val_split"] if folder is None or str(folder) in r["val_split"] else f"{r['val_split']} of {folder}"
+
+
+def _write_predictions(path: str, records: list[dict], r: dict) -> None:
+    """``eval --predictions``: a CSV row or JSON record per sample (``predict.prediction_record``)."""
+    from .metrics import write_json
+    from .predict import write_prediction_csv
+
+    if path.lower().endswith(".csv"):
+        write_prediction_csv(path, records)
+    else:
+        write_json(path, {**{k: r[k] for k in ("checkpoint", "model", "split", "val_split", "data_dir")},
+                          "predictions": records})

@@ -242,11 +242,13 @@ def register_cli(sub) -> None:
     add_run_args(p, "YAML file of TrainConfig keys")
     p.set_defaults(func=_cmd_train)
     p = sub.add_parser(
-        "eval", help="evaluate a checkpoint (a run's, or official weights with a recipe) on a validation split",
+        "eval", help="evaluate a checkpoint (a run's, or official weights with a recipe) on its validation split "
+                     "or a labelled test set",
         description="Report top-1/top-5 accuracy, loss, mean firing rate, the spike-driven verdict and the top-1 of "
                     "the read-out after each time step (what the model scores when stopped early). A run's "
                     "checkpoint, or a .safetensors exported from one, is rebuilt and evaluated on the validation "
-                    "split it was trained with (the same seeded held-out split when it had one), or on --data. "
+                    "split it was trained with (the same seeded held-out split when it had one), or on all of a labelled "
+                    "test set --data DIR, and names which it scored: e.g. `test (DIR, 10000 images)`. "
                     "Other weights (a state_dict, or the official repositories' checkpoints, whose tensor names "
                     "are converted) need --config: the recipe names the model, dataset and evaluation transform, e.g. "
                     "`spikingformer eval --checkpoint spikingformer-8-512.pth.tar --config configs/imagenet_8_512.yaml "
@@ -258,7 +260,20 @@ def register_cli(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key (repeatable), of --config or of the run's own config: "
                         "limit_val=500, model_args.T=8 (evaluate at another T), ...")
-    p.add_argument("--data", metavar="DIR", help="data_dir to evaluate on instead of the checkpoint's or recipe's")
+    p.add_argument("--data", metavar="DIR",
+                   help="a labelled test set, every sample of which is scored: class folders of images, N-MNIST "
+                        "recordings with their '#sample #class' list, CIFAR10-DVS class folders, or a dataset root "
+                        "with a test split of its own (CIFAR's batches, N-MNIST's Train/ + Test/, DVS128 Gesture, "
+                        "DIR/train/ + DIR/val/), whose test split is scored. The run's own data folder (the config's "
+                        "data_dir, or its train/) and a root holding DIR/train/ only give its validation split, as "
+                        "without --data")
+    p.add_argument("--split", choices=("val", "test"),
+                   help="force how --data is read: val, as the run's dataset root, whose validation split the "
+                        "config holds out (or names); test, as a test set (without --data: the run's data's own "
+                        "test split, for a run that held out its val split)")
+    p.add_argument("--predictions", metavar="FILE.csv|FILE.json",
+                   help="also write each sample's prediction: its file (or index), true class, whether the top-1 "
+                        "and the top-5 hold it, and the top-5 classes with their probabilities")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--batch-size", type=int, help="evaluation batch size (default: the config's)")
     p.add_argument("--workers", type=int, default=None, help="data-loading worker processes (default: the config's)")
