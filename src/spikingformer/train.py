@@ -264,7 +264,8 @@ def register_cli(sub) -> None:
                    help="a labelled test set, every sample of which is scored: class folders of images, N-MNIST "
                         "recordings with their '#sample #class' list, CIFAR10-DVS class folders, or a dataset root "
                         "with a test split of its own (CIFAR's batches, N-MNIST's Train/ + Test/, DVS128 Gesture, "
-                        "DIR/train/ + DIR/val/), whose test split is scored. The run's own data folder (the config's "
+                        "DIR/train/ + DIR/val/), whose test split is scored; class folders are matched to the "
+                        "checkpoint's classes by name. The run's own data folder (the config's "
                         "data_dir, or its train/) and a root holding DIR/train/ only give its validation split, as "
                         "without --data")
     p.add_argument("--split", choices=("val", "test"),
