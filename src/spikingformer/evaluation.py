@@ -206,7 +206,7 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     Which samples (``data.scored_split``): ``data_dir`` ``None``, or the run's own data, gives the run's validation
     split; another ``data_dir`` is a labelled test set, scored whole; ``split`` (``"val"`` or ``"test"``)
     forces either reading.  With ``predictions``, ``"predictions"`` holds a record per sample
-    (``predict.prediction_record``).
+    (``predict.split_records``).
 
     ``exit_at`` scores early-exit policies (``early_exit``); with ``calibrate``, a seeded ``calibrate``
     share of the split chooses the cheapest one within ``max_drop`` (a fraction) of every step's top-1
@@ -237,7 +237,9 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
            "val_split": data.val_name, "data_dir": folder, **result,
            **spike_stats(model, _loader(data, src.cfg), dev), "notes": src.notes + notes}
     if predictions:
-        out["predictions"] = _records(data, record.pop(), record)
+        from .predict import split_records
+
+        out["predictions"] = split_records(data, record.pop(), record)
     return out
 
 
@@ -327,19 +329,6 @@ def _score(model, data, cfg, dev, exit_at, calibrate, calibrate_seed, max_drop, 
     return result
 
 
-def _records(data, order: list[int], batches: list) -> list[dict]:
-    """One ``predict.prediction_record`` per sample of ``data.val``, by index, from ``evaluate``'s ``record``."""
-    from .data import sample_names
-    from .predict import prediction_record
-
-    names = sample_names(data.val)
-    tops, probs, labels = (torch.cat(t).tolist() for t in zip(*batches))
-    out = {i: prediction_record(names[i] if names else i,
-                                [(data.classes[j], j, p) for j, p in zip(top, prob)], data.classes[label])
-           for i, top, prob, label in zip(order, tops, probs, labels)}
-    return [out[i] for i in sorted(out)]
-
-
 def _calibration(cal: dict, scored: dict, fraction: float, seed: int, max_drop: float) -> dict:
     """What ``--calibrate`` chose on ``cal`` and how it scores on ``scored``: the whole record, for ``--json``."""
     pick = choose(cal["early_exit"], cal["val_acc"], max_drop)
@@ -365,6 +354,7 @@ def _check_classes(data, classes: list[str] | None, n: int | None, folder: str, 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .data import DataError
     from .metrics import FIGURE_SUFFIXES, check_output, write_json
+    from .predict import write_predictions
 
     try:
         check_output("--json", args.json)
@@ -413,7 +403,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                    chosen=cal["chosen"]["confidence"] if cal and cal["chosen"] else None)
         print(f"wrote {args.plot}")
     if args.predictions:
-        _write_predictions(args.predictions, r.pop("predictions"), r)
+        about = {k: r[k] for k in ("checkpoint", "model", "split", "val_split", "data_dir")}
+        write_predictions(args.predictions, r.pop("predictions"), about)
         print(f"wrote {args.predictions}")
     if args.json:
         write_json(args.json, r)
@@ -425,15 +416,3 @@ def _title(r: dict) -> str:
     """The split scored, as printed: its name, and the folder it was read from where the name does not say it."""
     folder = r["data_dir"]
     return r["val_split"] if folder is None or str(folder) in r["val_split"] else f"{r['val_split']} of {folder}"
-
-
-def _write_predictions(path: str, records: list[dict], r: dict) -> None:
-    """``eval --predictions``: a CSV row or JSON record per sample (``predict.prediction_record``)."""
-    from .metrics import write_json
-    from .predict import write_prediction_csv
-
-    if path.lower().endswith(".csv"):
-        write_prediction_csv(path, records)
-    else:
-        write_json(path, {**{k: r[k] for k in ("checkpoint", "model", "split", "val_split", "data_dir")},
-                          "predictions": records})

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 __all__ = ["Predictor", "InputFiles", "load_predictor", "input_files", "find_inputs", "true_labels",
-           "prediction_record", "accuracy", "write_prediction_csv"]
+           "prediction_record", "accuracy", "split_records", "write_prediction_csv", "write_predictions"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -241,6 +241,29 @@ def write_prediction_csv(path, records: list[dict]) -> None:
               ([r[where]] + ([r.get("label", ""), *(int(r[c]) if "label" in r else "" for c in ("correct", "in_top5"))]
                              if labelled else [])
                + [v for t in r["top"] for v in (t["class"], f"{t['prob']:.6f}")] for r in records))
+
+
+def split_records(data, order: list[int], batches: list) -> list[dict]:
+    """A ``prediction_record`` per sample of ``data.val`` (``data.build_data`` / ``build_test``), by index, from
+    the top-5 batches ``evaluation.evaluate`` recorded for the samples ``order`` lists."""
+    from .data import sample_names
+
+    names = sample_names(data.val)
+    tops, probs, labels = (torch.cat(t).tolist() for t in zip(*batches))
+    out = {i: prediction_record(names[i] if names else i, [(data.classes[j], j, p) for j, p in zip(top, prob)],
+                                data.classes[label])
+           for i, top, prob, label in zip(order, tops, probs, labels)}
+    return [out[i] for i in sorted(out)]
+
+
+def write_predictions(path: str, records: list[dict], about: dict) -> None:
+    """``records`` as CSV (``write_prediction_csv``) or, for a ``.json`` path, ``{**about, "predictions": ...}``."""
+    from .metrics import write_json
+
+    if str(path).lower().endswith(".json"):
+        write_json(path, {**about, "predictions": records})
+    else:
+        write_prediction_csv(path, records)
 
 
 def _to_rgb(image):
