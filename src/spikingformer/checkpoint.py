@@ -25,7 +25,7 @@ from .metrics import atomic_write
 from .official import OfficialWeightsError, convert_official, official_layout, recorded_options
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_weights", "state_mismatch", "atomic_copy",
-           "remove_partial_writes", "rng_state", "set_rng_state", "FORMAT", "VERSION"]
+           "is_run_checkpoint", "remove_partial_writes", "rng_state", "set_rng_state", "FORMAT", "VERSION"]
 
 FORMAT = "spikingformer.checkpoint"
 DATA_KEYS = ("classes", "mean", "std", "img_size")  # a run's record of its inputs, which inference needs
@@ -126,6 +126,24 @@ def is_safetensors(path: Path) -> bool:
     except OSError:
         return False
     return len(head) == 9 and head[8:9] == b"{" and 9 <= int.from_bytes(head[:8], "little") + 8 <= size
+
+
+def is_run_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a checkpoint ``save_checkpoint`` wrote, which a run resumes from, whatever its name (its
+    tensors are memory-mapped, not read: only the small record around them is)."""
+    path = Path(path)
+    if not path.is_file() or is_safetensors(path) or not zipfile.is_zipfile(path):
+        return False
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            if path.suffix.lower() == ".safetensors":  # torch.load would read the file as one, by its name
+                with open(path, "rb") as f:
+                    state = torch.load(f, map_location="cpu", weights_only=True)
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a PyTorch archive we can read: not one of ours either
+        return False
+    return isinstance(state, dict) and state.get("format") == FORMAT
 
 
 def load_checkpoint(path: str | Path, map_location="cpu", hint: str = "") -> dict:
