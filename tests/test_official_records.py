@@ -11,6 +11,7 @@ from spikingformer import cli, create_model, load_model
 from spikingformer.checkpoint import load_weights
 from spikingformer.official import convert_official
 
+from .data.helpers import write_class_tree
 from .test_official import (SMALL, TINY, _bn, _timm_checkpoint, _w, attention_rates, calibrated, official_spikformer,
                             official_spikformer_forward, official_spikingformer, official_spikingformer_forward)
 
@@ -23,13 +24,15 @@ def test_the_8_768_checkpoint_builds_its_8_heads_and_other_heads_are_refused(tmp
                          dim=768, num_heads=8, depths=1, layer=1, time_step=4)
     model = load_model(f, "spikingformer_8_768", depth=1, num_classes=10)
     assert model.blocks[0].attn.num_heads == 8
-    with pytest.raises(ValueError, match=r"trained with num_heads=8 \(recorded in the checkpoint\), but "
-                                         r"spikingformer_8_768 has num_heads=12; build it so: --model-kwargs num_heads=8"):
+    said = (r"trained with num_heads=8 \(recorded in the checkpoint\), but spikingformer_8_768 has num_heads=12; "
+            r"build it so: --model-kwargs num_heads=8")
+    with pytest.raises(ValueError, match=said):
         load_model(f, "spikingformer_8_768", depth=1, num_classes=10, num_heads=12)
 
 
 @pytest.mark.parametrize("recorded,said", [
-    (dict(num_heads=2), "trained with num_heads=2 (recorded in the checkpoint), but spikingformer_4_256 has num_heads=4"),
+    (dict(num_heads=2), "trained with num_heads=2 (recorded in the checkpoint), but spikingformer_4_256 has "
+                        "num_heads=4"),
     (dict(time_step=2), "trained with T=2 (recorded in the checkpoint), but spikingformer_4_256 has T=1"),
     (dict(model="CML_Spikingformer"), "trained with cml=True (recorded in the checkpoint), but spikingformer_4_256 "
                                       "has cml=False; the CML variants are the *_dagger_* models"),
@@ -43,12 +46,19 @@ def test_recorded_options_that_contradict_the_model_are_refused_by_name(tmp_path
 
 
 def test_a_checkpoint_whose_args_give_its_size_needs_no_model_name(tmp_path, capsys):
-    f = _timm_checkpoint(tmp_path / "official.pth.tar", official_spikingformer(384, 4, 100), num_heads=6)
-    assert cli.main(["verify", "--checkpoint", str(f), "--t", "1"]) == 2  # its run was T=4: --t 1 contradicts it
+    """Spikformer V1's names say "no CML" (its CML twin's stem is block1..4): the args' size names the model."""
+    f = _timm_checkpoint(tmp_path / "official.pth.tar", official_spikformer(384, 4, 10), num_heads=6)
+    assert cli.main(["energy", "--checkpoint", str(f), "--t", "1"]) == 2  # its run was T=4: --t 1 contradicts it
     assert "trained with T=4" in capsys.readouterr().err
-    assert cli.main(["verify", "--checkpoint", str(f)]) == 0
+    assert cli.main(["energy", "--checkpoint", str(f)]) == 0
     out = capsys.readouterr().out
-    assert "model spikingformer_4_384 {'num_heads': 6, 'T': 4, 'mlp_ratio': 4.0}, as the checkpoint's training args" in out
+    assert "model spikformer_4_384 {'num_heads': 6, 'T': 4, 'mlp_ratio': 4.0}, as the checkpoint's training args" in out
+    # Spikingformer's and Spikingformer-CML's files have the same tensor names: which one is not guessed
+    f = _timm_checkpoint(tmp_path / "spikingformer.pth.tar", official_spikingformer(32, 1, 3),
+                         **{**TINY, "depths": 4, "dim": 384})
+    assert cli.main(["verify", "--checkpoint", str(f)]) == 2
+    assert ("its training args record a 4-384 spikingformer but not whether it downsamples with CML: give --model "
+            "spikingformer_4_384 or spikingformer_dagger_4_384") in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -113,15 +123,23 @@ def test_the_lifconvbn_checkpoint_is_the_spikingformer_it_is_and_refused_as_spik
             "spikformer_8_512 (its tensor names: the older 'lifconvbn'") in capsys.readouterr().err
 
 
-def test_a_bare_state_dict_in_the_shared_names_is_read_as_the_model_asked_for_and_says_so(tmp_path):
-    torch.save(official_lifconvbn(32, 1, 5), tmp_path / "bare.pth")
+def test_a_bare_state_dict_in_the_shared_names_is_read_as_the_model_asked_for_and_says_so(tmp_path, capsys):
+    torch.save(official_lifconvbn(32, 1, 3), tmp_path / "bare.pth")
     state, build = load_weights(tmp_path / "bare.pth", "spikingformer_8_512")
     assert build["official"] == "lifconvbn" and "tokenizer.convs.3.conv.weight" in state
     assert "read as Spikingformer in the older 'lifconvbn' names" in build["notes"][0]
     state, build = load_weights(tmp_path / "bare.pth", "spikformer_8_512")
     assert build["official"] == "spikformer" and "stem.rpe.conv.weight" in state
     assert "the official 8-512 energy log's Spikingformer ('lifconvbn') has the same tensor names" in build["notes"][0]
-    create_model("spikformer_8_512", depth=1, dim=32, num_heads=4, num_classes=5).load_state_dict(state)
+    create_model("spikformer_8_512", depth=1, dim=32, num_heads=4, num_classes=3).load_state_dict(state)
+    # eval --config: the recipe's model is the one asked for
+    data = write_class_tree(tmp_path / "data" / "train", per_class=4).parent
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: spikingformer_8_512\nmodel_args: {depth: 1, dim: 32, num_heads: 4, T: 1}\n"
+                      "dataset: folder\nholdout: 6\nimg_size: 16\nval_batch_size: 6\nworkers: 0\n")
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "bare.pth"), "--config", str(recipe),
+                     "--data", str(data)]) == 0
+    assert "read as Spikingformer in the older 'lifconvbn' names" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -236,7 +236,7 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     else:
         cfg = load_config(recipe, list(sets))
         cfg = from_dict(TrainConfig, dict(cfg.to_dict(), **extra), f"{recipe} + command line")
-        weights, build = ckpt.load_weights(path)
+        weights, build = ckpt.load_weights(path, cfg.model)  # the recipe's model reads names two layouts share
         check_family(cfg.model, build.get("official"), path)
         epoch, notes = None, list(build.get("notes", []))
         # the data follows the model that runs: the weights' T and size win over the recipe's (and --set over

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import load_weights, state_mismatch
-from .official import check_family
+from .official import check_family, check_recorded
 
 __all__ = ["Prepared", "add_input_args", "prepare", "resolve", "build_model", "load_model", "create_any", "load_into",
            "run_model", "load_checkpoint", "calibrate_bn"]
@@ -81,29 +81,8 @@ def load_checkpoint(model: nn.Module, path: str, state: dict | None = None, name
                       "--set model_args.depth=...)")
         raise ValueError(f"checkpoint {path} does not fit {name or type(model).__name__}: {cause}; "
                          f"{state_mismatch(model.state_dict(), state) or e}") from e
-    _check_recorded(model, path, build.get("recorded", {}), name)
+    check_recorded(model, path, build.get("recorded", {}), name)
     return model
-
-
-# What official weights record but their tensors' shapes cannot show (dim, depth and mlp_ratio they show).
-_UNSEEN = ("num_heads", "T", "cml")
-
-
-def _check_recorded(model: nn.Module, path: str, recorded: dict, name: str | None) -> None:
-    """Refuse official weights whose training args (or layout) record heads, T or CML otherwise than ``model``
-    is built: they would load, and predict wrongly without a word (``official.recorded_options``)."""
-    cfg = getattr(model, "cfg", None)
-    wrong = {k: v for k, v in recorded.items() if k in _UNSEEN and getattr(cfg, k, None) != v}
-    if not wrong:
-        return
-    said = ", ".join(f"{k}={v!r}" for k, v in wrong.items())
-    has = ", ".join(f"{k}={getattr(cfg, k, None)!r}" for k in wrong)
-    kv = [f"{k}={v}" for k, v in wrong.items()]
-    how = ("the CML variants are the *_dagger_* models" if "cml" in wrong else
-           f"build it so: --model-kwargs {' '.join(kv)} (energy, verify, export) or "
-           f"{' '.join('--set model_args.' + x for x in kv)} (eval, predict)")
-    raise ValueError(f"{path} was trained with {said} (recorded in the checkpoint), but "
-                     f"{name or type(model).__name__} has {has}; {how}")
 
 
 def _other_options(model: nn.Module, options: dict) -> str:
@@ -192,7 +171,7 @@ def resolve(checkpoint: str | None, model: str | None, recipe: str | None = None
         model = model or cfg.model
     name = model or build.get("model")
     if not name and build.get("official"):  # no name asked for: the official run's training args may give one
-        name, build = _recorded_model(build)
+        name, build = _recorded_model(build, checkpoint)
     if not name:
         raise ValueError(unnamed)
     if build.get("model") not in (None, name):  # the command line may not silently rebuild another model
@@ -201,11 +180,14 @@ def resolve(checkpoint: str | None, model: str | None, recipe: str | None = None
     return state, build, name
 
 
-def _recorded_model(build: dict) -> tuple[str | None, dict]:
+def _recorded_model(build: dict, source) -> tuple[str | None, dict]:
     """The named model, and its options, that official weights' training args record (``official.recorded_model``)."""
     from .official import recorded_model
 
-    found = recorded_model(build["official"], build.get("recorded", {}))
+    try:
+        found = recorded_model(build["official"], build.get("recorded", {}))
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
     if found is None:
         return None, build
     name, options = found

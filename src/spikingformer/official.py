@@ -35,8 +35,8 @@ import re
 
 from torch import Tensor
 
-__all__ = ["LAYOUTS", "official_layout", "convert_official", "recorded_options", "recorded_model", "check_family",
-           "OfficialWeightsError"]
+__all__ = ["LAYOUTS", "official_layout", "convert_official", "recorded_options", "recorded_model", "check_recorded",
+           "check_family", "OfficialWeightsError"]
 
 
 class OfficialWeightsError(ValueError):
@@ -86,7 +86,8 @@ LAYOUTS = {
                   "the older 'lifconvbn' Spikingformer names (proj_conv1..3, rpe_conv, mlp.fc1_conv) of the official "
                   "8-512 energy log"),
     "spikformer": ("spikformer", {"cml": False}, "Spikformer V1 (ZK-Zhou/spikformer model.py)"),
-    "spikformer_cml": ("spikformer", {"cml": True}, "Spikformer with CML (Spikingformer-CML cifar10/CML_Spikformer.py)"),
+    "spikformer_cml": ("spikformer", {"cml": True},
+                       "Spikformer with CML (Spikingformer-CML cifar10/CML_Spikformer.py)"),
 }
 _QKV_BIAS = re.compile(r"(blocks\.\d+\.attn\.[qkv])\.linear\.bias$")
 # flags of the Spikingformer train.py that ZK-Zhou/spikformer's ImageNet train.py does not have
@@ -174,8 +175,9 @@ def _shared_names_note(layout: str, state: dict) -> list[str]:
         return ["read as Spikingformer in the older 'lifconvbn' names of the official 8-512 energy log (its training "
                 "args, or the model asked for, say so; Spikformer V1's ImageNet model has the same tensor names)"]
     if layout == "spikformer" and any(".attn.q_conv." in k for k in state):
-        return ["read as Spikformer V1 (ZK-Zhou imagenet/model.py names); the official 8-512 energy log's Spikingformer "
-                "('lifconvbn') has the same tensor names: ask for a spikingformer_* model to read it as that"]
+        return ["read as Spikformer V1 (ZK-Zhou imagenet/model.py names); the official 8-512 energy log's "
+                "Spikingformer ('lifconvbn') has the same tensor names: ask for a spikingformer_* model to read it "
+                "as that"]
     return []
 
 
@@ -195,14 +197,45 @@ def recorded_options(layout: str, args=None) -> dict:
 
 def recorded_model(layout: str, recorded: dict) -> tuple[str, dict] | None:
     """``(name, model_args)`` of the named model whose size (``depth``-``dim``, and ``cml``: the dagger) ``recorded``
-    gives, with the recorded heads, T and MLP ratio as its options; ``None`` when the record does not name one."""
+    gives, with the recorded heads, T and MLP ratio as its options; ``None`` when the record does not name one.
+    Spikingformer's and Spikingformer-CML's files share their tensor names: without a record of CML, both sizes
+    are candidates, and an ``OfficialWeightsError`` names them."""
     from .models import list_models
 
     if "depth" not in recorded or "dim" not in recorded:
         return None
-    name = f"{LAYOUTS[layout][0]}_{'dagger_' if recorded.get('cml') else ''}{recorded['depth']}_{recorded['dim']}"
+    size, family = f"{recorded['depth']}_{recorded['dim']}", LAYOUTS[layout][0]
+    names = [f"{family}_{size}", f"{family}_dagger_{size}"]
+    if "cml" not in recorded:
+        found = [n for n in names if n in list_models()]
+        if found:
+            raise OfficialWeightsError(f"its training args record a {size.replace('_', '-')} {family} but not whether "
+                                       f"it downsamples with CML: give --model {' or '.join(found)}")
+        return None
+    name = names[bool(recorded["cml"])]
     options = {k: v for k, v in recorded.items() if k in ("num_heads", "T", "mlp_ratio")}
     return (name, options) if name in list_models() else None
+
+
+# What official weights record but their tensors' shapes cannot show (dim, depth and mlp_ratio they show).
+_UNSEEN = ("num_heads", "T", "cml")
+
+
+def check_recorded(model, path, recorded: dict, name: str | None) -> None:
+    """Refuse official weights whose training args (or layout) record heads, T or CML otherwise than ``model``
+    is built: they would load, and predict wrongly without a word (``recorded_options``)."""
+    cfg = getattr(model, "cfg", None)
+    wrong = {k: v for k, v in recorded.items() if k in _UNSEEN and getattr(cfg, k, None) != v}
+    if not wrong:
+        return
+    said = ", ".join(f"{k}={v!r}" for k, v in wrong.items())
+    has = ", ".join(f"{k}={getattr(cfg, k, None)!r}" for k in wrong)
+    kv = [f"{k}={v}" for k, v in wrong.items()]
+    how = ("the CML variants are the *_dagger_* models" if "cml" in wrong else
+           f"build it so: --model-kwargs {' '.join(kv)} (energy, verify, export) or "
+           f"{' '.join('--set model_args.' + x for x in kv)} (eval, predict)")
+    raise OfficialWeightsError(f"{path} was trained with {said} (recorded in the checkpoint), but "
+                     f"{name or type(model).__name__} has {has}; {how}")
 
 
 def check_family(model_name: str, layout: str | None, source) -> None:
