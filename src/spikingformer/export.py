@@ -32,7 +32,7 @@ def check_target(out: str, force: bool = False, option: str = "out") -> None:
         raise ValueError(f"{option} {out} is a training run's checkpoint (its run resumes from it); export never "
                          f"replaces one, even with --force: write the .safetensors beside it")
     if Path(out).is_file() and not force:
-        raise ValueError(f"{option} {out} exists; export replaces a file only when asked (--force, force=True)")
+        raise ValueError(f"{option} {out} exists; export replaces a file only when asked (--force)")
     check_output(option, out, suffixes=(".safetensors",))
 
 
