@@ -46,7 +46,7 @@ class OfficialWeightsError(ValueError):
 _DEAD = re.compile(r"block\.\d+\.norm[12]\.(weight|bias)$")
 
 # (pattern, replacement) per rule set; every official parameter/buffer key must match exactly one.
-_BLOCKS_CONV = [
+_CONV_ATTN_AND_HEAD = [  # named alike by Spikingformer and the lifconvbn names
     (r"block\.(\d+)\.attn\.(q|k|v|proj)_(conv|bn)\.(\w+)$", r"blocks.\1.attn.\2.\3.\4"),
     (r"head\.(weight|bias)$", r"head.fc.\1"),
 ]
@@ -56,14 +56,14 @@ _RULES = {
         (r"patch_embed\.(?:proj|block)([1-4])_(conv|bn)\.(\w+)$",
          lambda m: f"tokenizer.convs.{int(m[1]) - 1}.{m[2]}.{m[3]}"),
         (r"block\.(\d+)\.mlp\.mlp([12])_(conv|bn)\.(\w+)$", r"blocks.\1.mlp.fc\2.\3.\4"),
-        *_BLOCKS_CONV,
+        *_CONV_ATTN_AND_HEAD,
     ],
     "lifconvbn": [  # Spikformer's names on Spikingformer's modules: rpe_conv is the fifth tokenizer ConvBN
         (r"patch_embed\.proj_(conv|bn)\.(\w+)$", r"tokenizer.encode.\1.\2"),
         (r"patch_embed\.proj_(conv|bn)([1-3])\.(\w+)$", lambda m: f"tokenizer.convs.{int(m[2]) - 1}.{m[1]}.{m[3]}"),
         (r"patch_embed\.rpe_(conv|bn)\.(\w+)$", r"tokenizer.convs.3.\1.\2"),
         (r"block\.(\d+)\.mlp\.fc([12])_(conv|bn)\.(\w+)$", r"blocks.\1.mlp.fc\2.\3.\4"),
-        *_BLOCKS_CONV,
+        *_CONV_ATTN_AND_HEAD,
     ],
     "spikformer": [
         (r"patch_embed\.proj_(conv|bn)\.(\w+)$", r"stem.convs.0.\1.\2"),
