@@ -137,6 +137,13 @@ def test_recipes_follow_spec(name):
         assert getattr(cfg, key) == want, key
 
 
+def test_imagenet_8_768_recipe_builds_the_official_8_heads():
+    """The official imagenet.yml of both repositories sets num_heads 8 for 8-768 (SPEC §6), which no tensor shows."""
+    cfg = load_config(CONFIGS / "imagenet_8_768.yaml")
+    with torch.device("meta"):
+        assert sf.create_model(cfg.model, **cfg.model_args).cfg.num_heads == 8
+
+
 def test_on_off_words_survive_yaml_booleans(tmp_path):
     """YAML 1.1 reads `off` as False: `fast: off` in a file and `--set amp=off` must still mean "off"."""
     cfg = load_config(write(tmp_path, "fast: off\n"), ["amp=off"])

@@ -6,6 +6,7 @@ own names, with random values: a mapping that put a tensor in the wrong place fa
 value checks, and one that missed a tensor fails the strict load.
 """
 import argparse
+import functools
 import json
 import re
 
@@ -15,7 +16,7 @@ from torch import nn
 
 from spikingformer import cli, create_model
 from spikingformer.checkpoint import CheckpointError, load_weights
-from spikingformer.official import OfficialWeightsError, convert_official, official_family
+from spikingformer.official import OfficialWeightsError, convert_official, official_layout
 
 from .data.helpers import write_class_tree
 
@@ -60,15 +61,17 @@ def official_spikingformer(dim: int, depth: int, classes: int, in_ch: int = 3, c
     return sd
 
 
-def official_spikformer(dim: int, depth: int, classes: int, seed: int = 0) -> dict:
+def official_spikformer(dim: int, depth: int, classes: int, seed: int = 0, cml: bool = False) -> dict:
     """Spikformer V1's official CIFAR layout: SPS ``proj_conv``, ``proj_conv1..3``, ``rpe_conv``; Linear
-    Q/K/V with biases (``nn.Linear`` defaults), ``fc1_linear``/``fc2_linear``, unused LayerNorms."""
+    Q/K/V with biases (``nn.Linear`` defaults), ``fc1_linear``/``fc2_linear``, unused LayerNorms.  ``cml``:
+    Spikingformer-CML's cifar10/CML_Spikformer.py, whose SPS stages are ``block1..4`` (same blocks and head)."""
     g = torch.Generator().manual_seed(seed)
     sd, ch = {}, [3, dim // 8, dim // 4, dim // 2, dim]
     for i in range(4):
         sfx = "" if i == 0 else str(i)
-        sd[f"patch_embed.proj_conv{sfx}.weight"] = _w(ch[i + 1], ch[i], 3, 3, g=g)
-        sd.update(_bn(f"patch_embed.proj_bn{sfx}", ch[i + 1], g))
+        conv, bn = (f"block{i + 1}_conv", f"block{i + 1}_bn") if cml else (f"proj_conv{sfx}", f"proj_bn{sfx}")
+        sd[f"patch_embed.{conv}.weight"] = _w(ch[i + 1], ch[i], 3, 3, g=g)
+        sd.update(_bn(f"patch_embed.{bn}", ch[i + 1], g))
     sd["patch_embed.rpe_conv.weight"] = _w(dim, dim, 3, 3, g=g)
     sd.update(_bn("patch_embed.rpe_bn", dim, g))
     for j in range(depth):
@@ -130,15 +133,23 @@ def test_unknown_official_keys_and_foreign_layouts_are_named():
     sd["block.0.attn.extra_gate.weight"] = torch.zeros(1)
     with pytest.raises(OfficialWeightsError, match="extra_gate"):
         convert_official(sd)
-    assert official_family({"tokenizer.encode.conv.weight": torch.zeros(1)}) is None
+    assert official_layout({"tokenizer.encode.conv.weight": torch.zeros(1)}) is None
 
 
-def _timm_checkpoint(path, state):
+# The model options of the official cifar10.yml (Spikingformer-4-384), as its train.py's argparse spells them
+CIFAR10_YML = dict(dim=384, num_heads=12, depths=4, layer=4, time_step=4, mlp_ratio=4)
+
+
+def _timm_checkpoint(path, state, **options):
     """What timm's CheckpointSaver (the official train.py) writes: the command line as an argparse.Namespace."""
-    args = argparse.Namespace(model="Spikingformer", lr=5e-4, mean=[0.4914, 0.4822, 0.4465], dim=384, T=4)
+    args = argparse.Namespace(**{"model": "vitsnn", "lr": 5e-4, "mean": [0.4914, 0.4822, 0.4465], **CIFAR10_YML,
+                                 **options})
     torch.save({"epoch": 399, "arch": "Spikingformer", "state_dict": state, "optimizer": {"state": {}},
                 "version": 2, "args": args, "metric": 95.81}, path)
     return path
+
+
+TINY = dict(dim=32, num_heads=4, depths=1, layer=1, time_step=1)  # the recorded options of a 1-32 state_dict
 
 
 class Payload:  # any other class must still be refused by the weights-only loader
@@ -146,7 +157,7 @@ class Payload:  # any other class must still be refused by the weights-only load
 
 
 def test_timm_checkpoints_load_and_other_objects_stay_refused(tmp_path):
-    f = _timm_checkpoint(tmp_path / "model_best.pth.tar", official_spikingformer(32, 1, 3))
+    f = _timm_checkpoint(tmp_path / "model_best.pth.tar", official_spikingformer(32, 1, 3), **TINY)
     state, build = load_weights(f)
     assert build["official"] == "spikingformer" and "tokenizer.convs.3.conv.weight" in state
     torch.save({"state_dict": {"w": torch.zeros(1)}, "obj": Payload()}, tmp_path / "evil.pt")
@@ -168,7 +179,7 @@ def test_energy_and_verify_take_official_weights(tmp_path, capsys):
 
 def test_eval_scores_official_weights_with_a_recipe(tmp_path, capsys):
     data = write_class_tree(tmp_path / "data" / "train", per_class=4).parent
-    f = _timm_checkpoint(tmp_path / "official.pth.tar", official_spikingformer(32, 1, 3))
+    f = _timm_checkpoint(tmp_path / "official.pth.tar", official_spikingformer(32, 1, 3), **TINY)
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: spikingformer_4_256\nmodel_args: {depth: 1, dim: 32, num_heads: 4, T: 1}\n"
                       "dataset: folder\nholdout: 6\nimg_size: 16\nval_batch_size: 4\nworkers: 0\n")
@@ -252,9 +263,11 @@ def _heads(x, t, b, n, h):  # [T, B, C, N] -> [T, B, h, N, C/h], as the official
     return x.transpose(-1, -2).reshape(t, b, n, h, -1).permute(0, 1, 3, 2, 4)
 
 
-def official_spikingformer_forward(sd, img, T, heads, pools, cml=False):
+def official_spikingformer_forward(sd, img, T, heads, pools, cml=False, tau=2.0):
+    """``img``: images, repeated T times, or event frames ``[T, B, C, H, W]`` (the DVS models' input)."""
     F = nn.functional
-    x = img.unsqueeze(0).repeat(T, 1, 1, 1, 1)
+    lif = functools.partial(_lif, tau=tau)
+    x = img if img.dim() == 5 else img.unsqueeze(0).repeat(T, 1, 1, 1, 1)
     def conv(p):
         return lambda z: _bn_eval(sd, f"patch_embed.{p}_bn", F.conv2d(z, sd[f"patch_embed.{p}_conv.weight"], padding=1))
 
@@ -263,41 +276,48 @@ def official_spikingformer_forward(sd, img, T, heads, pools, cml=False):
     for i in range(1, 5):
         if cml:  # ConvBN-MaxPool-LIF: the pool of stage i follows the previous ConvBN
             x = _seq(pool, x) if pools[i - 1] else x
-            x = _lif(x)
+            x = lif(x)
         else:
-            x = _lif(x)
+            x = lif(x)
             x = _seq(pool, x) if pools[i - 1] else x
         x = _seq(conv(f"proj{i}"), x)
     for j in range(sum(k.startswith("block.") and k.endswith("attn.q_conv.weight") for k in sd)):
         p = f"block.{j}"
         t, b, c, hh, ww = x.shape
-        xs = _lif(x).flatten(3)
+        xs = lif(x).flatten(3)
         qkv = []
         for n in "qkv":
             y = _seq(lambda z: _bn_eval(sd, f"{p}.attn.{n}_bn", F.conv1d(z, sd[f"{p}.attn.{n}_conv.weight"])), xs)
-            qkv.append(_heads(_lif(y), t, b, hh * ww, heads))
+            qkv.append(_heads(lif(y), t, b, hh * ww, heads))
         q, k, v = qkv
         a = (q @ (k.transpose(-2, -1) @ v)) * 0.125
-        a = _lif(a.transpose(3, 4).reshape(t, b, c, hh * ww), th=0.5)
+        a = lif(a.transpose(3, 4).reshape(t, b, c, hh * ww), th=0.5)
         y = _seq(lambda z: _bn_eval(sd, f"{p}.attn.proj_bn", F.conv1d(z, sd[f"{p}.attn.proj_conv.weight"],
                                                                  sd[f"{p}.attn.proj_conv.bias"])), a)
         x = x + y.reshape(t, b, c, hh, ww)
         for n in ("mlp1", "mlp2"):
             x_in = x if n == "mlp1" else y
             y = _seq(lambda z: _bn_eval(sd, f"{p}.mlp.{n}_bn", F.conv2d(z, sd[f"{p}.mlp.{n}_conv.weight"],
-                                                                   sd[f"{p}.mlp.{n}_conv.bias"])), _lif(x_in))
+                                                                   sd[f"{p}.mlp.{n}_conv.bias"])), lif(x_in))
         x = x + y
     return F.linear(x.flatten(3).mean(3).mean(0), sd["head.weight"], sd["head.bias"])
 
 
-def official_spikformer_forward(sd, img, T, heads):
-    """Spikformer V1 on CIFAR: SPS conv-BN-LIF (pools after stages 2, 3), RPE, SEW blocks ending in LIF."""
+def official_spikformer_forward(sd, img, T, heads, cml=False):
+    """Spikformer V1 on CIFAR: SPS conv-BN-LIF (pools after stages 2, 3), RPE, SEW blocks ending in LIF.
+    ``cml``: Spikingformer-CML's CML_Spikformer.py, whose SPS stages ``block1..4`` are conv-BN-[pool]-LIF."""
     F = nn.functional
     x = img.unsqueeze(0).repeat(T, 1, 1, 1, 1)
+    pool = lambda z: _seq(lambda u: F.max_pool2d(u, 3, 2, 1), z)
     for i, sfx in enumerate(("", "1", "2", "3")):
-        w = sd[f"patch_embed.proj_conv{sfx}.weight"]
-        x = _lif(_seq(lambda z: _bn_eval(sd, f"patch_embed.proj_bn{sfx}", F.conv2d(z, w, padding=1)), x))
-        x = _seq(lambda z: F.max_pool2d(z, 3, 2, 1), x) if i >= 2 else x
+        conv, bn = (f"patch_embed.block{i + 1}_conv", f"patch_embed.block{i + 1}_bn") if cml else \
+            (f"patch_embed.proj_conv{sfx}", f"patch_embed.proj_bn{sfx}")
+        x = _seq(lambda z: _bn_eval(sd, bn, F.conv2d(z, sd[f"{conv}.weight"], padding=1)), x)
+        if cml:
+            x = _lif(pool(x) if i >= 2 else x)
+        else:
+            x = _lif(x)
+            x = pool(x) if i >= 2 else x
     x = x + _lif(_seq(lambda z: _bn_eval(sd, "patch_embed.rpe_bn", F.conv2d(z, sd["patch_embed.rpe_conv.weight"],
                                                                        padding=1)), x))
     x = x.flatten(3).transpose(-1, -2)  # [T, B, N, C]
@@ -369,6 +389,8 @@ def test_export_writes_safetensors_that_name_their_model(tmp_path, capsys):
     assert reports[0]["total_mJ"] == reports[1]["total_mJ"]
     assert reports[2]["total_mJ"] == pytest.approx(reports[0]["total_mJ"], rel=1e-4)
     assert cli.main(["verify", "--checkpoint", str(folded)]) == 0
-    # a file that does not name its model still needs --model, and says so
-    assert cli.main(["export", "--checkpoint", str(f), "--out", str(tmp_path / "x.safetensors")]) == 2
+    # a bare state_dict does not name its model: it still needs --model, and says so
+    torch.save(official_spikingformer(384, 4, 100), tmp_path / "bare.pth")
+    bare = ["export", "--checkpoint", str(tmp_path / "bare.pth"), "--out", str(tmp_path / "x.safetensors")]
+    assert cli.main(bare) == 2
     assert "give --model" in capsys.readouterr().err

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from .metrics import atomic_write
-from .official import OfficialWeightsError, convert_official, official_family
+from .official import OfficialWeightsError, convert_official, official_layout, recorded_options
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_weights", "state_mismatch", "atomic_copy",
-           "remove_partial_writes", "rng_state", "set_rng_state", "FORMAT", "VERSION"]
+           "is_run_checkpoint", "remove_partial_writes", "rng_state", "set_rng_state", "FORMAT", "VERSION"]
 
 FORMAT = "spikingformer.checkpoint"
 DATA_KEYS = ("classes", "mean", "std", "img_size")  # a run's record of its inputs, which inference needs
@@ -128,6 +128,24 @@ def is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and 9 <= int.from_bytes(head[:8], "little") + 8 <= size
 
 
+def is_run_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a checkpoint ``save_checkpoint`` wrote, which a run resumes from, whatever its name (its
+    tensors are memory-mapped, not read: only the small record around them is)."""
+    path = Path(path)
+    if not path.is_file() or is_safetensors(path) or not zipfile.is_zipfile(path):
+        return False
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            if path.suffix.lower() == ".safetensors":  # torch.load would read the file as one, by its name
+                with open(path, "rb") as f:
+                    state = torch.load(f, map_location="cpu", weights_only=True)
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a PyTorch archive we can read: not one of ours either
+        return False
+    return isinstance(state, dict) and state.get("format") == FORMAT
+
+
 def load_checkpoint(path: str | Path, map_location="cpu", hint: str = "") -> dict:
     """Read a checkpoint written by ``save_checkpoint``; anything else raises ``CheckpointError``
     (``hint`` is appended to the message for a PyTorch file of another kind)."""
@@ -147,7 +165,7 @@ def load_checkpoint(path: str | Path, map_location="cpu", hint: str = "") -> dic
     return state
 
 
-def load_weights(path: str | Path) -> tuple[dict, dict]:
+def load_weights(path: str | Path, model: str | None = None) -> tuple[dict, dict]:
     """Model weights from a training checkpoint (``best.pt``/``last.pt``), a ``torch.save``-d
     state_dict (bare, or under ``model``/``state_dict``/``model_state_dict``, as timm's checkpoints of
     the official code), or a ``.safetensors`` file.  Returns ``(state_dict, build)``: ``build`` is
@@ -158,9 +176,11 @@ def load_weights(path: str | Path) -> tuple[dict, dict]:
     does not say.
     ``module.`` (DDP) and ``_orig_mod.`` (``torch.compile``) prefixes are stripped, and an official
     repository's key layout is renamed to ours (``official.convert_official``; ``build`` then holds
-    ``{"official": family, "notes": [...]}``)."""
+    ``{"official": layout, "notes": [...], "recorded": {...}}``, ``recorded`` being what the layout and the
+    training args a timm checkpoint stores say of the model: ``official.recorded_options``).  ``model``: the
+    name asked for, which tells apart the two official layouts that share their tensor names when no args do."""
     path = Path(path)
-    build: dict = {}
+    build, args = {}, None
     if path.suffix == ".safetensors" or is_safetensors(path):
         if not path.is_file():
             raise _not_found(path)
@@ -184,6 +204,7 @@ def load_weights(path: str | Path) -> tuple[dict, dict]:
                 raise CheckpointError(f"{path}: malformed spikingformer metadata ({type(e).__name__}: {e})") from None
     else:
         state = _safe_load(path)
+        args = state.get("args") if isinstance(state, dict) else None  # timm's: the official run's command line
         if isinstance(state, dict) and state.get("format") == FORMAT:
             meta = state.get("meta", {})
             build = {"model": meta.get("model"), "model_args": meta.get("model_args", {}),
@@ -198,12 +219,13 @@ def load_weights(path: str | Path) -> tuple[dict, dict]:
     for prefix in ("module.", "_orig_mod."):
         if all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
-    if official_family(state):
+    layout = official_layout(state, args, model)
+    if layout:
         try:
-            state, family, notes = convert_official(state)
+            state, layout, notes = convert_official(state, layout)
         except OfficialWeightsError as e:
             raise CheckpointError(f"{path}: {e}") from None
-        build = {"official": family, "notes": notes}
+        build = {"official": layout, "notes": notes, "recorded": recorded_options(layout, args)}
     return state, build
 
 

@@ -24,6 +24,7 @@ SPEC_PARAMS_M = {  # SPEC §6: parameter counts (millions) the named models must
     "spikingformer_8_384": 16.81, "spikingformer_8_512": 29.68, "spikingformer_8_768": 66.34,
     "spikingformer_dvs_2_256": 2.57, "spikingformer_dagger_4_384": 9.32,
     "spikingformer_dagger_8_512": 29.68, "spikingformer_dagger_8_768": 66.34,
+    "spikingformer_dagger_dvs_2_256": 2.57, "spikformer_dagger_4_384": 9.32,  # the CML repository's (its logs)
     "spikformer_4_384": 9.32, "spikformer_8_512": 29.68, "spikformer_8_768": 66.34,
     "spikformer_v2_8_384": 29.11, "spikformer_v2_8_512": 51.55, "spikformer_v2_12_512": 64.18,
     "spikformer_v2_12_768": 143.89, "spikformer_v2_16_768": 172.28,

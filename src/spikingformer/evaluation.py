@@ -290,7 +290,7 @@ def _recipe_source(path, recipe, sets, extra, asked: dict) -> _Source:
 
     cfg = load_config(recipe, list(sets))
     cfg = from_dict(TrainConfig, dict(cfg.to_dict(), **extra), f"{recipe} + command line")
-    weights, build = ckpt.load_weights(path)
+    weights, build = ckpt.load_weights(path, cfg.model)  # the recipe's model reads names two layouts share
     check_family(cfg.model, build.get("official"), path)
     if build.get("model") not in (None, cfg.model):
         raise ValueError(f"{path} holds a {build['model']}, not the recipe's {cfg.model}")

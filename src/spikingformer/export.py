@@ -12,23 +12,42 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from torch import nn
 
-__all__ = ["export", "METADATA_FORMAT"]
+__all__ = ["export", "check_target", "METADATA_FORMAT"]
 
 METADATA_FORMAT = "spikingformer.weights"
 
 
+def check_target(out: str, force: bool = False, option: str = "out") -> None:
+    """Refuse (``ValueError`` naming ``option``) an ``out`` that is not a writable ``.safetensors`` path, that
+    exists (unless ``force``), or that is a training run's checkpoint: replacing that with weights alone would
+    leave the run nothing to resume from, so ``force`` does not either."""
+    from .checkpoint import is_run_checkpoint
+    from .metrics import check_output
+
+    if is_run_checkpoint(out):
+        raise ValueError(f"{option} {out} is a training run's checkpoint (its run resumes from it); export never "
+                         f"replaces one, even with --force: write the .safetensors beside it")
+    if Path(out).is_file() and not force:
+        raise ValueError(f"{option} {out} exists; export replaces a file only when asked (--force)")
+    check_output(option, out, suffixes=(".safetensors",))
+
+
 def export(checkpoint: str, out: str, model: str | None = None, overrides: dict | None = None,
-           fold: bool = False) -> dict:
-    """Write ``checkpoint``'s model to ``out`` (safetensors, atomically); return the metadata written."""
+           fold: bool = False, force: bool = False) -> dict:
+    """Write ``checkpoint``'s model to ``out`` (safetensors, atomically); return the metadata written.
+    ``out`` must end in ``.safetensors`` and may name an existing file only with ``force``, never a run's
+    checkpoint (``check_target``)."""
     from safetensors.torch import save
 
     from .metrics import atomic_write
     from .deploy import fold_bn
     from .loading import build_model
 
+    check_target(out, force)
     net, name, margs, notes, build = build_model(checkpoint, model, overrides or {})
     if fold:
         net = fold_bn(net)
@@ -48,13 +67,11 @@ def _is_folded(net: nn.Module) -> bool:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError
-    from .metrics import check_output
-
     from .loading import model_overrides
 
     try:
-        check_output("--out", args.out)
-        r = export(args.checkpoint, args.out, args.model, model_overrides(args), args.fold_bn)
+        check_target(args.out, args.force, "--out")  # before the work: a bad --out must not waste it
+        r = export(args.checkpoint, args.out, args.model, model_overrides(args), args.fold_bn, args.force)
     except (CheckpointError, ValueError, TypeError) as e:  # TypeError: a model option that does not exist
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -74,7 +91,9 @@ def register_cli(sub) -> None:
                     "names its model in its metadata (energy/verify then need no --model). --fold-bn writes the "
                     "deployed form: every BatchNorm folded into the conv/linear before it.")
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="weights to export (any format eval reads)")
-    p.add_argument("--out", required=True, metavar="FILE.safetensors", help="where to write")
+    p.add_argument("--out", required=True, metavar="FILE.safetensors",
+                   help="where to write: a new .safetensors file (never a run's checkpoint)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists (a run's checkpoint: never)")
     p.add_argument("--model", help="model name, for weights that do not name it (state_dicts, official weights)")
     p.add_argument("--num-classes", type=int, help="classifier size (default: read from the weights)")
     p.add_argument("--t", type=int, help="time steps T stored with the model (default: the checkpoint's)")

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import load_weights, state_mismatch
-from .official import check_family
+from .official import check_family, check_recorded
 
 __all__ = ["Prepared", "add_input_args", "prepare", "resolve", "build_model", "load_model", "create_any", "load_into",
            "run_model", "load_checkpoint", "calibrate_bn"]
@@ -70,17 +70,18 @@ def load_checkpoint(model: nn.Module, path: str, state: dict | None = None, name
     has otherwise are named as the cause."""
     if state is None:
         state, build = load_weights(path)
+    build = build or {}
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        build = build or {}
-        other = _other_options(model, build.get("model_args", {}))
+        other = _other_options(model, {**build.get("model_args", {}), **build.get("recorded", {})})
         cause = (f"the file records a {build.get('model') or 'model'} with {other}" if other
                  else "wrong model, or other model options (its size: depth, dim, num_heads? classes, T? "
                       "energy, verify and export set them with --model-kwargs depth=... dim=..., eval and predict with "
                       "--set model_args.depth=...)")
         raise ValueError(f"checkpoint {path} does not fit {name or type(model).__name__}: {cause}; "
                          f"{state_mismatch(model.state_dict(), state) or e}") from e
+    check_recorded(model, path, build.get("recorded", {}), name)
     return model
 
 
@@ -155,25 +156,43 @@ def resolve(checkpoint: str | None, model: str | None, recipe: str | None = None
     and the model name, from ``model`` or the file; a contradiction between them is an error, and so is
     no name at all (``unnamed`` says what to do).  A ``recipe`` (YAML config) stands in for a run's
     config: model name and options, data reading."""
-    state, build = load_weights(checkpoint) if checkpoint else (None, {})
+    from .config import load_config
+
+    cfg = load_config(recipe) if recipe else None  # as in `eval --config`: the recipe decides how --data is read
+    # the name asked for tells apart the official layouts whose tensor names are the same
+    state, build = load_weights(checkpoint, model or (cfg and cfg.model)) if checkpoint else (None, {})
     if state is not None and "head.fc.weight" in state and "model_args" not in build:
         # a bare state_dict says its classifier size; --num-classes still wins
         build = {**build, "model_args": {"num_classes": state["head.fc.weight"].shape[0]}}
-    if recipe:
-        from .config import load_config
-
-        cfg = load_config(recipe)  # as in `eval --config`: the recipe decides how --data is read
+    if cfg:
         margs = {**cfg.model_args, **({"img_size": cfg.img_size} if cfg.img_size else {}),
                  **build.get("model_args", {})}
         build = {**build, "config": cfg.to_dict(), "model_args": margs}
         model = model or cfg.model
     name = model or build.get("model")
+    if not name and build.get("official"):  # no name asked for: the official run's training args may give one
+        name, build = _recorded_model(build, checkpoint)
     if not name:
         raise ValueError(unnamed)
     if build.get("model") not in (None, name):  # the command line may not silently rebuild another model
         raise ValueError(f"{checkpoint} holds a {build['model']}, not a {name}")
     check_family(name, build.get("official"), checkpoint)
     return state, build, name
+
+
+def _recorded_model(build: dict, source) -> tuple[str | None, dict]:
+    """The named model, and its options, that official weights' training args record (``official.recorded_model``)."""
+    from .official import recorded_model
+
+    try:
+        found = recorded_model(build["official"], build.get("recorded", {}))
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+    if found is None:
+        return None, build
+    name, options = found
+    notes = [*build.get("notes", []), f"model {name} {options}, as the checkpoint's training args record it"]
+    return name, {**build, "notes": notes, "model_args": {**options, **build.get("model_args", {})}}
 
 
 def create_any(name: str, **kw) -> nn.Module:

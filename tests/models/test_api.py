@@ -41,6 +41,11 @@ def test_bad_config_values(name, kw, msg):
         sf.create_model(name, **kw)
 
 
+def test_cml_needs_the_pools_of_the_sps_stem():
+    with pytest.raises(ValueError, match="cml moves the max-pools of the SPS stem"):
+        sf.create_model("spikformer_v2_8_384", cml=True)
+
+
 @pytest.mark.parametrize("kw,msg", [
     (dict(depth="2"), "option 'depth' expects int, got '2'"), (dict(depth=2.0), "'depth' expects int"),
     (dict(cml=2), "'cml' expects bool"), (dict(head=3), "'head' expects str"),

@@ -274,11 +274,14 @@ SPEC_CONFIGS = {
     "spikingformer_4_384": (4, 384, 12, 4, 2.0, 3, 32, CIFAR, False),
     "spikingformer_8_384": (8, 384, 8, 4, 2.0, 3, 224, IMNET, False),
     "spikingformer_8_512": (8, 512, 8, 4, 2.0, 3, 224, IMNET, False),
-    "spikingformer_8_768": (8, 768, 12, 4, 2.0, 3, 224, IMNET, False),
+    "spikingformer_8_768": (8, 768, 8, 4, 2.0, 3, 224, IMNET, False),  # official imagenet.yml: num_heads 8
     "spikingformer_dvs_2_256": (2, 256, 16, {10, 16}, 1.5, 2, 128, IMNET, False),
     "spikingformer_dagger_4_384": (4, 384, 12, 4, 2.0, 3, 32, CIFAR, True),
     "spikingformer_dagger_8_512": (8, 512, 8, 4, 2.0, 3, 224, IMNET, True),
-    "spikingformer_dagger_8_768": (8, 768, 12, 4, 2.0, 3, 224, IMNET, True),
+    "spikingformer_dagger_8_768": (8, 768, 8, 4, 2.0, 3, 224, IMNET, True),
+    # Spikingformer-CML's cifar10-dvs / dvs128-gesture models (tau 1.75) and cifar10/CML_Spikformer.py
+    "spikingformer_dagger_dvs_2_256": (2, 256, 16, 16, 1.75, 2, 128, IMNET, True),
+    "spikformer_dagger_4_384": (4, 384, 12, 4, 2.0, 3, 32, CIFAR, True),
     "spikformer_4_384": (4, 384, 12, 4, 2.0, 3, 32, CIFAR, None),
     "spikformer_8_512": (8, 512, 8, 4, 2.0, 3, 224, IMNET, None),
     "spikformer_8_768": (8, 768, 12, 4, 2.0, 3, 224, IMNET, None),

@@ -33,6 +33,7 @@ class SpikformerConfig:
     stem: str = "sps"  # "sps" (V1: Spiking Patch Splitting + RPE) or "scs" (V2: Spiking Convolutional Stem)
     # SPS only: one flag per SPS stage, max-pool after that stage's neuron.
     downsample: tuple[bool, bool, bool, bool] = (False, False, True, True)
+    cml: bool = False  # SPS only: ConvBN-MaxPool-LIF stages (Spikingformer-CML's Spikformer), not ConvBN-LIF-MaxPool
     scs_expansion: int = 4
     head: str = "avgpool_fc"
     attn_scale: float = 0.125
@@ -41,6 +42,8 @@ class SpikformerConfig:
     def __post_init__(self):
         if self.stem not in ("sps", "scs"):
             raise ValueError(f"unknown stem {self.stem!r}; valid stems: sps, scs")
+        if self.cml and self.stem != "sps":
+            raise ValueError("cml moves the max-pools of the SPS stem; the scs stem has none (stride-2 convs)")
         if self.dim < 8 or self.dim % 8:
             raise ValueError(f"dim must be a positive multiple of 8 (the stem starts at dim/8), got {self.dim}")
         check_sizes(self)
@@ -53,11 +56,15 @@ class SpikformerConfig:
 class SPS(GradCheckpointing, nn.Module):
     """Spiking Patch Splitting (Spikformer V1): four ``ConvBN -> SN -> [MaxPool]`` stages with
     channels ``D/8, D/4, D/2, D``, then the relative position embedding
-    ``RPE = SN(ConvBN_3x3(x))`` added to ``x``.  Output ``[T, B, D, h, w]`` in {0, 1, 2}."""
+    ``RPE = SN(ConvBN_3x3(x))`` added to ``x``.  Output ``[T, B, D, h, w]`` in {0, 1, 2}.
+    With ``cml=True`` each stage is ``ConvBN -> [MaxPool] -> SN`` (the Spikingformer-CML repository's
+    ``cifar10/CML_Spikformer.py``): the pool sees the real-valued ConvBN output, and the neuron its maxima."""
 
-    def __init__(self, in_chans: int, dim: int, downsample=(False, False, True, True), tau: float = 2.0):
+    def __init__(self, in_chans: int, dim: int, downsample=(False, False, True, True), tau: float = 2.0,
+                 cml: bool = False):
         super().__init__()
         chans = [in_chans, dim // 8, dim // 4, dim // 2, dim]
+        self.cml = cml
         self.convs = nn.ModuleList(ConvBN(chans[i], chans[i + 1], 3, 1, 1) for i in range(4))
         self.sn = nn.ModuleList(MultiStepLIF(tau) for _ in range(4))
         self.pool = nn.ModuleList(SeqMaxPool() if d else nn.Identity() for d in downsample)
@@ -65,7 +72,8 @@ class SPS(GradCheckpointing, nn.Module):
         self.rpe_sn = MultiStepLIF(tau)
 
     def stage(self, i: int, x: Tensor) -> Tensor:
-        return self.pool[i](self.sn[i](self.convs[i](x)))
+        x = self.convs[i](x)
+        return self.sn[i](self.pool[i](x)) if self.cml else self.pool[i](self.sn[i](x))
 
     def forward(self, x: Tensor) -> Tensor:
         stages = [functools.partial(self.stage, i) for i in range(4)]
@@ -168,7 +176,7 @@ class Spikformer(SpikingVisionModel):
         self.cfg = cfg
         if cfg.stem == "sps":
             self.patch_size = 2 ** sum(map(bool, cfg.downsample))
-            self.stem = SPS(cfg.in_chans, cfg.dim, cfg.downsample, cfg.tau)
+            self.stem = SPS(cfg.in_chans, cfg.dim, cfg.downsample, cfg.tau, cfg.cml)
         else:
             self.patch_size = 16
             self.stem = SCS(cfg.in_chans, cfg.dim, cfg.scs_expansion, cfg.tau)
@@ -196,6 +204,13 @@ def _create(defaults: dict, overrides: dict) -> Spikformer:
 def spikformer_4_384(**kw):
     """Spikformer V1, CIFAR, 9.32M parameters."""
     return _create(dict(_CIFAR, depth=4, dim=384, num_heads=12), kw)
+
+
+@register_model
+def spikformer_dagger_4_384(**kw):
+    """Spikformer V1 with CML downsampling (Spikingformer-CML's ``cifar10/CML_Spikformer.py``), CIFAR, 9.32M
+    parameters."""
+    return _create(dict(_CIFAR, depth=4, dim=384, num_heads=12, cml=True), kw)
 
 
 @register_model
