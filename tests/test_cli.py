@@ -1,5 +1,8 @@
+import argparse
 import json
+import re
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -34,10 +37,11 @@ def test_models_command_rejects_a_pattern_that_matches_nothing(capsys):
 
 
 def test_models_command_rejects_zero_time_steps_or_batch(capsys):
-    assert cli.main(["models", "spikingformer_4_256", "--t", "0"]) == 2
-    assert "error: --t and --batch-size must be >= 1, got --t 0 --batch-size 2" in capsys.readouterr().err
+    for flag in ("--T", "--t"):  # --t: the old spelling, kept for scripts
+        assert cli.main(["models", "spikingformer_4_256", flag, "0"]) == 2
+        assert "error: --T and --batch-size must be >= 1, got --T 0 --batch-size 2" in capsys.readouterr().err
     assert cli.main(["models", "spikingformer_4_256", "--batch-size", "0"]) == 2
-    assert "got --t 1 --batch-size 0" in capsys.readouterr().err
+    assert "got --T 1 --batch-size 0" in capsys.readouterr().err
 
 
 def test_a_missing_training_extra_names_the_install(tmp_path, monkeypatch, capsys):
@@ -113,3 +117,47 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out == f"spikingformer {spikingformer.__version__}\n"
+
+
+def _command(name: str) -> argparse.ArgumentParser:
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name]
+
+
+@pytest.mark.parametrize("command", ["models", "energy", "verify", "export"])
+def test_time_steps_are_spelled_T_and_the_old_t_still_reads(command, capsys):
+    p, required = _command(command), {"export": ["--checkpoint", "x.pt", "--out", "x.safetensors"]}.get(command, [])
+    usage = p.format_help()
+    assert "--T T" in usage and "--t " not in usage  # --t is hidden: one documented spelling
+    for flag in ("--T", "--t"):
+        assert p.parse_args([*required, flag, "3"]).t == 3
+
+
+@pytest.mark.parametrize("command", ["eval", "predict"])
+def test_eval_and_predict_take_model_kwargs_as_their_set(command, capsys):
+    """Every command sets model options with --model-kwargs; here each is --set model_args.KEY=VALUE."""
+    p, inputs = _command(command), ["in.jpg"] if command == "predict" else []
+    args = p.parse_args([*inputs, "--checkpoint", "c.pt", "--set", "limit_val=5", "--model-kwargs", "T=2", "depth=1",
+                         "--set", "img_size=32"])
+    assert args.set == ["limit_val=5", "model_args.T=2", "model_args.depth=1", "img_size=32"]
+    assert p.parse_args([*inputs, "--checkpoint", "c.pt"]).set == []
+    with pytest.raises(SystemExit) as e:
+        p.parse_args([*inputs, "--checkpoint", "c.pt", "--model-kwargs", "T"])
+    assert e.value.code == 2 and "argument --model-kwargs: expects KEY=VALUE, got 'T'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "pretrain", "mlm", "glue"])
+def test_every_training_command_writes_its_summary_with_json(command):
+    assert _command(command).parse_args(["--config", "c.yaml", "--json", "s.json"]).json == "s.json"
+
+
+def test_the_readme_documents_every_command_in_one_table():
+    """The command table of the README: one row per command, which names its main flags."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| `spikingformer (\w+)` \|.*$", readme, re.M)}
+    assert set(rows) == set(sub.choices)
+    for name, p in sub.choices.items():
+        documented = {a.option_strings[0] for a in p._actions if a.option_strings and a.help != argparse.SUPPRESS}
+        named = set(re.findall(r"`(--[\w-]+)", rows[name]))
+        assert named <= documented and (named or not documented - {"-h"}), (name, named - documented)

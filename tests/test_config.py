@@ -75,7 +75,8 @@ def test_to_dict_round_trips():
 
 # Time steps the papers train with: T = 4 on images (SPEC §8), 16 on DVS (SPEC §6), 1 in V2 pre-training (V2 §4.2).
 RECIPE_T = {"dvs128_gesture.yaml": 16, "cifar10_dvs.yaml": 16, "imagenet_v2_mae_pretrain.yaml": 1,
-            "cifar10_v2_mae_pretrain.yaml": 1, "cifar10_v2_finetune.yaml": 1, "imagenet_v2_finetune.yaml": 1}
+            "cifar10_v2_mae_pretrain.yaml": 1, "cifar10_v2_finetune.yaml": 1, "imagenet_v2_finetune.yaml": 1,
+            "cifar10_cpu.yaml": 2}
 CPU_SIZED_V2 = ("cifar10_v2_mae_pretrain.yaml", "cifar10_v2_finetune.yaml")  # an ImageNet V2, shrunk, at 64x64
 
 

@@ -197,7 +197,7 @@ def test_text_checkpoint_on_the_held_out_glue_sequences(tmp_path):
     (_, name, ds), = glue.glue_splits(cfg, gdata.get_task("sst2"), tdata.WordPieceTokenizer(cfg.vocab)).evals
     longest = max(len(ds[i][0]) for i in range(4))
     assert data["images"] == 4 and data["layers"][0]["flops"] == longest * 32 * 32
-    assert any(n.startswith(f"input: 4 sequences of {name}") for n in data["notes"])
+    assert any(n.startswith(f"input: the first 4 sequences of {name}") for n in data["notes"])
     assert not any("random" in n or "untrained" in n for n in data["notes"])
 
 
@@ -269,7 +269,7 @@ def test_data_too_small_for_the_runs_split_says_what_data_means_for_a_run(tmp_pa
     assert main(["energy", "--checkpoint", str(ck), "--data", str(tmp_path / "val_only"), "--set", "holdout=1",
                  "--json", str(js)]) == 0
     assert json.loads(js.read_text())["images"] == 1
-    for bad, msg in ((["--set", "model_args.T=2"], "the model's options go in --model-kwargs and --t"),
+    for bad, msg in ((["--set", "model_args.T=2"], "the model's options go in --model-kwargs and --T"),
                      (["--set", "holdot=1"], "unknown config key(s) ['holdot']")):
         assert main(["energy", "--checkpoint", str(ck), "--data", str(tmp_path / "val_only"), *bad]) == 2
         assert msg in capsys.readouterr().err

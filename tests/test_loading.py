@@ -73,21 +73,6 @@ def test_a_safetensors_file_without_a_recipe_is_named_as_such(exported, capsys):
     assert "add --config RECIPE" in err
 
 
-def test_progress_bar_only_where_it_helps():
-    from tqdm import tqdm
-
-    from spikingformer.energy import estimate_energy
-    from spikingformer.loading import with_progress
-
-    two = [torch.randn(1, 3, 16, 16), torch.randn(1, 3, 16, 16)]
-    assert with_progress(two, "x", False) is two and with_progress(two[:1], "x", True) == two[:1]
-    bar = with_progress(two, "x", True)
-    assert isinstance(bar, tqdm) and len(list(bar)) == 2
-    model = create_model("spikingformer_4_256", depth=1, dim=32, num_heads=2, T=1)
-    a, b = estimate_energy(model, two), estimate_energy(model, two, progress=True)
-    assert (a.images, a.total_mJ) == (b.images, b.total_mJ) == (2, a.total_mJ)
-
-
 def test_load_model_rebuilds_what_a_file_records(exported, tmp_path):
     trained = create_model("spikingformer_4_256", **SMALL)
     run = tmp_path / "run.pt"

@@ -203,6 +203,33 @@ def test_train_init_from_fine_tunes_the_pretrained_encoder(tree, tmp_path, refer
         train.run(bad)
 
 
+def test_pretrain_help_fine_tunes_as_the_readme_does_and_that_command_works(tree, tmp_path, reference, capsys):
+    """`pretrain --help` and the README give one way to fine-tune: `spikingformer train --set init_from=`."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from spikingformer import cli as main_cli
+    from spikingformer.config import TrainConfig
+
+    with pytest.raises(SystemExit):
+        cli("pretrain", "--help")
+    told = " ".join(capsys.readouterr().out.split())
+    assert "`spikingformer train --config imagenet_v2_finetune --set init_from=OUTPUT/last.pt`" in told
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert re.search(r"spikingformer train --config \S+_finetune\S* .*\s+--set init_from=runs/\S+/last\.pt", readme)
+    out, _ = reference
+    cfg = TrainConfig(model="spikformer_v2_8_384", model_args={**TINY, "T": 2}, dataset="folder", data_dir=str(tree),
+                      holdout=6, img_size=32, batch_size=4, val_batch_size=8, workers=0, epochs=1, warmup_epochs=0,
+                      cooldown_epochs=0, output=str(tmp_path / "ft"), progress=False)
+    (tmp_path / "ft.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    assert main_cli.main(["train", "--config", str(tmp_path / "ft.yaml"), "--set", f"init_from={out}/last.pt",
+                          "--json", str(tmp_path / "ft.json")]) == 0
+    assert "backbone tensors from" in capsys.readouterr().out
+    assert json.loads((tmp_path / "ft.json").read_text())["config"]["init_from"] == f"{out}/last.pt"
+
+
 def test_grad_checkpointing_pretrains_to_the_same_weights(tree, tmp_path, reference, monkeypatch):
     import spikingformer.layers as layers
 

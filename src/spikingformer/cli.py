@@ -40,7 +40,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from .probe import SynapticProbe, verdict
 
     if args.t < 1 or args.batch_size < 1:
-        print(f"error: --t and --batch-size must be >= 1, got --t {args.t} --batch-size {args.batch_size}",
+        print(f"error: --T and --batch-size must be >= 1, got --T {args.t} --batch-size {args.batch_size}",
               file=sys.stderr)
         return 2
     try:
@@ -128,6 +128,8 @@ def _recipe_command(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .loading import add_time_steps_arg
+
     parser = argparse.ArgumentParser(
         prog="spikingformer",
         description="Spike-driven transformer SNNs: build, train (images, event recordings, text), pre-train, "
@@ -143,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "for any input and weights), 'NO' when one received something else, "
                                    "'yes on this data' when none did but some are not built to.")
     p.add_argument("pattern", nargs="?", default=None, help="shell glob over model names, e.g. 'spikingformer_*'")
-    p.add_argument("--t", type=int, default=1, help="time steps for the probe pass (default 1: fast)")
+    add_time_steps_arg(p, "time steps T of the probe pass (default 1: fast)", default=1)
     p.add_argument("--batch-size", type=int, default=2, help="batch size of the probe pass (default 2)")
     p.add_argument("--seed", type=int, default=0, help="random seed for weights and input (default 0)")
     p.add_argument("--json", metavar="FILE", help="also write the table as JSON")

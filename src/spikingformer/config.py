@@ -117,7 +117,7 @@ class TrainConfig:
     seed: int = 0
     output: str = "runs/train"
     ckpt_every: int = 0               # >0: also checkpoint every this many steps inside an epoch
-    progress: bool = True             # tqdm progress bar (main process only)
+    progress: bool = True             # a bar on a terminal, periodic lines in a log (main process only)
 
     def __post_init__(self):
         self.validate()
@@ -358,10 +358,11 @@ def load_config(path: str | Path | None, overrides: list[str] = (), cls=TrainCon
 
 
 def add_run_args(parser, config_help: str, required: bool = True) -> None:
-    """The options every training command shares: ``--config``, ``--set`` (repeatable), ``--resume``."""
+    """The options every training command shares: ``--config``, ``--set`` (repeatable), ``--resume``, ``--json``."""
     parser.add_argument("--config", required=required, metavar="FILE|RECIPE",
                         help=f"{config_help}, or a shipped recipe's name (`spikingformer recipes` lists them)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key (repeatable); values are parsed as YAML")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in the config's output folder from last.pt (starts fresh if none)")
+    parser.add_argument("--json", metavar="FILE", help="also write the run's summary (summary.json) to FILE")

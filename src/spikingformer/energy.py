@@ -58,9 +58,10 @@ from torch import Tensor, nn
 
 from .checkpoint import CheckpointError
 from .data import DataError
-from .loading import add_input_args, prepare, run_model, with_progress
+from .loading import add_input_args, prepare, run_model
 from .metrics import FIGURE_SUFFIXES, check_output, write_csv, write_json
 from .probe import LayerProbe, Stage, SynapticProbe, verdict
+from .progress import progress_bar
 
 __all__ = ["E_MAC_PJ", "E_AC_PJ", "LayerEnergy", "EnergyReport", "estimate_energy", "energy_from_probe",
            "stage_energy", "policy_energy", "register_cli"]
@@ -159,6 +160,7 @@ class EnergyReport:
     unit: str = "image"
     integer_inputs: str = "mac"
     model_config: dict = field(default_factory=dict)  # the options the model was built with (its size, T, ...)
+    sample: str = ""  # which samples of which data the figures are measured on (``loading.Prepared.sample``)
 
     @property
     def mac(self) -> float:
@@ -186,7 +188,7 @@ class EnergyReport:
                     e_ac_pJ=self.e_ac,
                     mac=self.mac, ac=self.ac, total_mJ=self.total_mJ, backbone_mJ=self.backbone_mJ,
                     readout_mJ=self.readout_mJ, spike_driven=self.spike_driven, proven=self.proven, notes=self.notes,
-                    integer_inputs=self.integer_inputs, model_config=self.model_config,
+                    integer_inputs=self.integer_inputs, model_config=self.model_config, sample=self.sample,
                     layers=[asdict(r) for r in self.layers])
 
     def table(self) -> str:
@@ -203,6 +205,7 @@ class EnergyReport:
             f"  of which read-out head {self.readout_mJ:.6g} mJ; without it (Eq. 20) {self.backbone_mJ:.6g} mJ",
             f"  T={self.T}, {self.images} {self.unit}(s), spike-driven: {verdict(self.spike_driven, self.proven)}"
             + (", integer inputs counted as ACs" if self.integer_inputs == "ac" else "")]
+        lines += [f"sample: {self.sample}"] if self.sample else []
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -304,7 +307,7 @@ def estimate_energy(model: nn.Module, inputs: Tensor | dict | Iterable, *, T: in
     batches = [inputs] if isinstance(inputs, (Tensor, dict)) else inputs
     images, steps = 0, set()
     with SynapticProbe(model, provenance=True) as probe:
-        for x in with_progress(batches, "energy", progress):
+        for x in progress_bar(batches, "energy", enabled=progress):
             x = x[0] if isinstance(x, (tuple, list)) else x
             t, b = steps_and_samples(x, T, time_major, model)
             steps.add(t)
@@ -334,6 +337,7 @@ def _cmd_energy(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     report.notes += prep.notes
+    report.sample = prep.sample
     print(f"{prep.name}: {prep.input}, T={report.T}, {report.images} {prep.unit}(s)")
     print(report.table())
     for path, write in ((args.json, report.write_json), (args.csv, report.write_csv), (args.plot, report.write_plot)):

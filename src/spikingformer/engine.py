@@ -116,16 +116,15 @@ def train_one_epoch(cfg, state, model, loader, opt, sched, scaler, info: DistInf
     group's size, so the update follows the mean loss) before one optimizer update; DDP
     all-reduces only on the group's last batch.
     """
-    from tqdm import tqdm
-
     from .distributed import all_reduce_sum
+    from .progress import progress_bar
 
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     # Resumed mid-epoch: the main process carries the totals of the steps already done (all processes').
     sums = torch.tensor(state.epoch_sums if info.is_main else [0.0] * 3, dtype=torch.float64, device=info.device)
-    bar = tqdm(loader, total=len(loader), desc=f"epoch {state.epoch + 1}/{cfg.total_epochs}", leave=False,
-               disable=None if info.is_main and cfg.progress else True, dynamic_ncols=True)  # None: off without a TTY
+    bar = progress_bar(loader, f"epoch {state.epoch + 1}/{cfg.total_epochs}", total=len(loader),
+                       enabled=info.is_main and cfg.progress)
     steps, accum = loader.sampler.steps_per_epoch, cfg.accum_steps
     no_sync = getattr(model, "no_sync", None)  # DDP: all-reduce once per update
     for x, y in bar:

@@ -23,8 +23,8 @@ from .fast import FastPath, resolve_lif_backend
 from .layers import running_mean
 from .probe import SynapticProbe, verdict
 
-__all__ = ["evaluate", "read_outs", "spike_stats", "eval_path", "evaluate_checkpoint", "asked_options",
-           "run_config", "rebuild"]
+__all__ = ["evaluate", "read_outs", "spike_stats", "sampled_spike_stats", "eval_path", "evaluate_checkpoint",
+           "asked_options", "run_config", "rebuild"]
 
 
 @torch.no_grad()
@@ -37,9 +37,9 @@ def evaluate(model: nn.Module, loader, device: torch.device, path: FastPath | No
     for each confidence in ``exit_at`` the top-1, mean time steps and backbone energy per image of exiting
     early (``early_exit``), beside the energy of running every step (``backbone_uJ``).  ``record`` gets
     each batch's top-5 ``(class indices, probabilities, targets)`` on the CPU, in the loader's order."""
-    from tqdm import tqdm
 
     from .distributed import all_reduce_sum
+    from .progress import progress_bar
 
     path = path or FastPath.off()
     model.eval()
@@ -49,7 +49,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, path: FastPath | No
     # zeros where this process's shard of the split is empty
     sums, images = None, 0
     with probe or contextlib.nullcontext():
-        for x, y in tqdm(loader, desc="eval", leave=False, disable=not progress):
+        for x, y in progress_bar(loader, "eval", enabled=progress):
             x, y = path.to_input(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
             path.step_begin()
             if probe is not None:
@@ -105,21 +105,35 @@ def read_outs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return head.finish(pooled.mean(0)), head.finish(running_mean(pooled))
 
 
+PROBE_BATCHES = 4  # batches of a split's batch size: the sample its firing rate and verdict are read off
+
+
 @torch.no_grad()
-def spike_stats(model: nn.Module, loader, device: torch.device, max_batches: int = 4) -> dict:
+def spike_stats(model: nn.Module, loader, device: torch.device) -> dict:
     """Mean firing rate of every spike input to a synaptic layer (encoding layer and read-out excluded)
-    and the spike-driven verdict, from ``SynapticProbe`` on up to ``max_batches`` eval batches."""
+    and the spike-driven verdict, from ``SynapticProbe`` on every ``(x, y)`` batch of ``loader``."""
     model.eval()
     images = 0
     with SynapticProbe(model, provenance=True) as probe:
-        for i, (x, _) in enumerate(loader):
-            if i == max_batches:
-                break
+        for x, _ in loader:
             model(x.to(device))
             images += x.shape[1] if x.dim() == 5 else len(x)  # [T, B, ...] sequences or [B, ...] images
     spiking = [s for r in probe.ordered[1:] if not r.readout for s in r.inputs if s.kind == "spike"]
     total, numel = sum(s.total for s in spiking), sum(s.numel for s in spiking)
     return {"firing_rate": total / numel if numel else 0.0, **probe.verdict(), "probe_images": images}
+
+
+def sampled_spike_stats(model: nn.Module, data, device: torch.device, batch_size: int, seed: int) -> dict:
+    """``spike_stats`` on a seeded, class-balanced sample of ``PROBE_BATCHES`` batches of ``data.val`` (a
+    ``DataSplits``; its first batches would be one class), and the sample's name (``probe_sample``: "1024 of 5000
+    images, class-balanced, seed 0" of ``data.val_name``)."""
+    from torch.utils.data import DataLoader
+
+    from .data.split import split_sample
+
+    sample, named = split_sample(data.val, PROBE_BATCHES * batch_size, seed)
+    loader = DataLoader(sample, batch_size, collate_fn=data.collate)
+    return {**spike_stats(model, loader, device), "probe_sample": named}
 
 
 def eval_path(cfg, device: torch.device | str) -> FastPath:
@@ -235,7 +249,7 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     result = _score(model, data, src.cfg, dev, tuple(exit_at), calibrate, calibrate_seed, max_drop, record)
     out = {"checkpoint": str(path), "model": src.name, "epoch": src.epoch, "split": data.val_name.partition(" ")[0],
            "val_split": data.val_name, "data_dir": folder, **result,
-           **spike_stats(model, _loader(data, src.cfg), dev), "notes": src.notes + notes}
+           **sampled_spike_stats(model, data, dev, src.cfg.val_batch_size, src.cfg.seed), "notes": src.notes + notes}
     if predictions:
         from .predict import split_records
 
@@ -372,7 +386,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     when = f" (after epoch {r['epoch']})" if r["epoch"] is not None else ""
     print(f"{r['checkpoint']} ({r['model']}){when} on {_title(r)}: top-1 {100 * r['val_acc']:.2f} %, "
-          f"top-5 {100 * r['val_acc5']:.2f} %, loss {r['val_loss']:.4f}; firing rate {r['firing_rate']:.3f}; "
+          f"top-5 {100 * r['val_acc5']:.2f} %, loss {r['val_loss']:.4f}; firing rate {r['firing_rate']:.3f} "
+          f"({r['probe_sample']}); "
           f"spike-driven: {verdict(r['spike_driven'], r['proven'])}")
     if r["spike_driven"] and r["unproven_layers"]:
         print(f"note: {len(r['unproven_layers'])} synaptic layer(s) received only spikes here but are not built to "

@@ -83,7 +83,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def register_cli(sub) -> None:
-    from .loading import add_model_kwargs_arg
+    from .loading import add_model_kwargs_arg, add_time_steps_arg
 
     p = sub.add_parser(
         "export", help="write a checkpoint's model as one .safetensors file (optionally with BN folded)",
@@ -96,7 +96,7 @@ def register_cli(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace --out if it exists (a run's checkpoint: never)")
     p.add_argument("--model", help="model name, for weights that do not name it (state_dicts, official weights)")
     p.add_argument("--num-classes", type=int, help="classifier size (default: read from the weights)")
-    p.add_argument("--t", type=int, help="time steps T stored with the model (default: the checkpoint's)")
+    add_time_steps_arg(p, "time steps T stored with the model (default: the checkpoint's)")
     add_model_kwargs_arg(p)
     p.add_argument("--fold-bn", action="store_true", help="fold every BatchNorm into its conv/linear (deployed form)")
     p.set_defaults(func=_cmd_export)

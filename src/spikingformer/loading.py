@@ -18,7 +18,6 @@ the difference from the counting code.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 from dataclasses import dataclass, field
@@ -44,16 +43,7 @@ class Prepared:
     unit: str = "image"             # what one sample is: "image" or "sequence" (figures are per unit)
     input: str = ""                 # what the model is fed, for the report's first line
     notes: list[str] = field(default_factory=list)
-
-
-def with_progress(batches, desc: str, enabled: bool):
-    """``batches``, behind a tqdm bar on stderr when ``enabled`` and more than one batch will run (tqdm
-    is a training extra: a plain library call, ``enabled=False``, does not need it)."""
-    if not enabled or (hasattr(batches, "__len__") and len(batches) < 2):
-        return batches
-    from tqdm import tqdm
-
-    return tqdm(batches, desc=desc, leave=False, disable=None)  # None: off without a terminal
+    sample: str = ""                # which samples of which data (``data.split.split_sample``), for the report
 
 
 def run_model(model: nn.Module, x: Batch | tuple | list):
@@ -77,8 +67,7 @@ def load_checkpoint(model: nn.Module, path: str, state: dict | None = None, name
         other = _other_options(model, {**build.get("model_args", {}), **build.get("recorded", {})})
         cause = (f"the file records a {build.get('model') or 'model'} with {other}" if other
                  else "wrong model, or other model options (its size: depth, dim, num_heads? classes, T? "
-                      "energy, verify and export set them with --model-kwargs depth=... dim=..., eval and predict with "
-                      "--set model_args.depth=...)")
+                      "every command sets them with --model-kwargs depth=... dim=...)")
         raise ValueError(f"checkpoint {path} does not fit {name or type(model).__name__}: {cause}; "
                          f"{state_mismatch(model.state_dict(), state) or e}") from e
     check_recorded(model, path, build.get("recorded", {}), name)
@@ -122,7 +111,7 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
                         "saved with torch.save (.pt/.pth) or .safetensors; without it the model has random weights "
                         "and every figure is for an untrained model")
     p.add_argument("--num-classes", type=int, help="classifier size, to match a checkpoint (default: the model's)")
-    p.add_argument("--t", type=int, help="time steps T (default: the model's)")
+    add_time_steps_arg(p, "time steps T (default: the model's)")
     add_model_kwargs_arg(p)
     p.add_argument("--data", metavar="PATH",
                    help="real input. A run's checkpoint (or weights with --config): the dataset root; the "
@@ -140,12 +129,15 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
                         "read (repeatable), e.g. holdout=100 or limit_val=500; model options go in --model-kwargs")
     p.add_argument("--vocab", metavar="FILE", help="text models with --data: the WordPiece vocabulary "
                    "(default: the one the checkpoint's run used)")
-    p.add_argument("--batches", type=int, default=1, help="number of batches to run (default 1)")
+    p.add_argument("--batches", type=int, default=1,
+                   help="number of batches to run (default 1); with --data they hold a seeded, class-balanced sample "
+                        "of --batches x --batch-size images of it (all of it if that is more), named in the report")
     p.add_argument("--batch-size", type=int, default=2, help="images or sequences per batch (default 2)")
     p.add_argument("--input-size", type=int, metavar="H", help="square image size (default: the model's)")
     p.add_argument("--seq-len", type=int, default=64,
                    help="tokens per random sequence for text models without --data (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="random seed for weights and random input (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed for weights, random input and the sample of --data (default 0)")
 
 
 def resolve(checkpoint: str | None, model: str | None, recipe: str | None = None,
@@ -257,14 +249,32 @@ def prepare(args: argparse.Namespace) -> Prepared:
     return prep
 
 
-def add_model_kwargs_arg(p: argparse.ArgumentParser) -> None:
+def add_model_kwargs_arg(p: argparse.ArgumentParser, as_set: bool = False) -> None:
+    """``--model-kwargs KEY=VALUE ...``, every command's spelling of model options.  ``as_set``: for the commands
+    whose config holds them (eval, predict), each becomes ``--set model_args.KEY=VALUE``."""
     p.add_argument("--model-kwargs", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="model options, as timm's train.py takes them: depth=2 dim=256 (values read as YAML); "
-                        "for weights that do not record them, e.g. a state_dict of another size")
+                   action=_ModelKwargsAsSet if as_set else "store",
+                   help="model options, as timm's train.py takes them: depth=2 dim=256 T=8 (values read as YAML); "
+                        "for weights that do not record them, e.g. a state_dict of another size" +
+                        (", or to run at another T (the same as --set model_args.KEY=VALUE)" if as_set else ""))
+
+
+class _ModelKwargsAsSet(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        bad = [v for v in values if not v.partition("=")[0] or "=" not in v]
+        if bad:
+            raise argparse.ArgumentError(self, f"expects KEY=VALUE, got {bad[0]!r}")
+        setattr(namespace, "set", [*(getattr(namespace, "set", None) or []), *(f"model_args.{v}" for v in values)])
+
+
+def add_time_steps_arg(p: argparse.ArgumentParser, help: str, default: int | None = None) -> None:
+    """``--T``, the papers' name for the time steps (``args.t``); ``--t``, its old spelling, still reads."""
+    p.add_argument("--T", dest="t", type=int, default=default, help=help)
+    p.add_argument("--t", dest="t", type=int, default=default, help=argparse.SUPPRESS)
 
 
 def model_overrides(args: argparse.Namespace) -> dict:
-    """The model options a command line asks for: ``--model-kwargs``, then ``--t`` and ``--num-classes``."""
+    """The model options a command line asks for: ``--model-kwargs``, then ``--T`` and ``--num-classes``."""
     import yaml
 
     out = {}
@@ -276,7 +286,7 @@ def model_overrides(args: argparse.Namespace) -> dict:
     own = {k: v for k, v in (("T", args.t), ("num_classes", args.num_classes)) if v is not None}
     both = sorted(set(out) & set(own))
     if both:
-        raise ValueError(f"--model-kwargs sets {both}, which --t / --num-classes set too: give each once")
+        raise ValueError(f"--model-kwargs sets {both}, which --T / --num-classes set too: give each once")
     return {**out, **own}
 
 
@@ -293,31 +303,34 @@ def _vision(args: argparse.Namespace, name: str, build: dict) -> Prepared:
         raise ValueError("--set changes how --data is read by a run's config or a --config recipe: give both "
                          "--data and a run's checkpoint or --config")
     if args.data and config:
-        batches, split = _run_val(args, config, model, h)
+        batches, split, sample = _run_val(args, config, model, h)
         what = (f"event frames {tuple(batches[0].shape[2:])} x T={batches[0].shape[0]}" if batches[0].dim() == 5
                 else f"images {tuple(batches[0].shape[1:])}")
         notes = [f"input: {split}"] + unread_data_note(config.get("dataset", ""), args.data)
-        return Prepared(model, batches, name, "image", what, notes)
+        return Prepared(model, batches, name, "image", what, notes, sample)
     size = h if args.input_size is None else args.input_size
     if args.data:
         if c != 3:
             raise ValueError(f"--data loads RGB images; {name} expects {c} input channels")
-        return Prepared(model, _image_folder(args.data, size, args.batch_size, args.batches), name,
-                        input=f"images {(c, size, size)}")
+        batches, sample = _image_folder(args.data, size, args.batch_size, args.batches, args.seed)
+        return Prepared(model, batches, name, input=f"images {(c, size, size)}", sample=sample)
     batches = [torch.randn(args.batch_size, c, size, size) for _ in range(args.batches)]
     return Prepared(model, batches, name, input=f"images {(c, size, size)}",
-                    notes=["random N(0,1) input (no --data): firing rates are not those of real images"])
+                    notes=["random N(0,1) input (no --data): firing rates are not those of real images"],
+                    sample=f"random N(0,1) images, {args.batches} x {args.batch_size} (seed {args.seed})")
 
 
-def _run_val(args: argparse.Namespace, config: dict, model: nn.Module, size: int) -> tuple[list[Tensor], str]:
-    """The first batches of a validation split as a run (its stored config, or a ``--config`` recipe) reads it:
-    its dataset format, split and evaluation transform (event data: frames at the model's ``T``)."""
+def _run_val(args: argparse.Namespace, config: dict, model: nn.Module, size: int) -> tuple[list[Tensor], str, str]:
+    """``(batches, split, sample)``: a seeded, class-balanced sample of ``--batches`` x ``--batch-size`` images of
+    a validation split as a run (its stored config, or a ``--config`` recipe) reads it: its dataset format, split
+    and evaluation transform (event data: frames at the model's ``T``); the split's name and the sample's."""
     from .config import TrainConfig, apply_overrides, from_dict, parse_overrides
     from .data import DataError, build_data
+    from .data.split import split_sample
 
     given = parse_overrides(args.set)
     if {"model", "model_args"} & set(given):
-        raise ValueError("--set changes how --data is read; the model's options go in --model-kwargs and --t")
+        raise ValueError("--set changes how --data is read; the model's options go in --model-kwargs and --T")
     conf = dict(apply_overrides(config, given), data_dir=args.data, workers=0,
                 model_args={**config.get("model_args", {}), "T": model.T})
     cfg = from_dict(TrainConfig, conf, f"{args.checkpoint} config")
@@ -326,14 +339,18 @@ def _run_val(args: argparse.Namespace, config: dict, model: nn.Module, size: int
     except DataError as e:  # a folder of validation images is the natural reading of --data: say what it is here
         raise DataError(f"{e} (with a run's checkpoint or --config, --data is the root of the {cfg.dataset} "
                         f"dataset it names, from which its validation split is rebuilt)") from None
-    loader = torch.utils.data.DataLoader(data.val, args.batch_size, collate_fn=data.collate)
-    return [x for x, _ in itertools.islice(loader, args.batches)], f"{cfg.dataset} {data.val_name}"
+    split = f"{cfg.dataset} {data.val_name}"
+    sample, named = split_sample(data.val, args.batches * args.batch_size, args.seed)
+    loader = torch.utils.data.DataLoader(sample, args.batch_size, collate_fn=data.collate)
+    return [x for x, _ in loader], split, f"{split}: {named}"
 
 
-def _image_folder(root: str, size: int, batch_size: int, n_batches: int) -> list[Tensor]:
+def _image_folder(root: str, size: int, batch_size: int, n_batches: int, seed: int) -> tuple[list[Tensor], str]:
+    """A seeded, class-balanced sample of ``n_batches`` x ``batch_size`` images of a class-folder tree, and its name."""
     from torchvision import datasets, transforms
 
     from .data.sources import DATASET_STATS, load_rgb
+    from .data.split import split_sample
 
     if not os.path.isdir(root):
         raise FileNotFoundError(f"--data: no such directory: {root}")
@@ -343,8 +360,8 @@ def _image_folder(root: str, size: int, batch_size: int, n_batches: int) -> list
         ds = datasets.ImageFolder(root, transform=tf, loader=load_rgb)  # an undecodable file: DataError
     except (FileNotFoundError, RuntimeError) as e:
         raise ValueError(f"--data {root} is not a class-folder image directory (root/CLASS/IMAGE): {e}") from e
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
-    return [x for x, _ in itertools.islice(loader, n_batches)]
+    sample, named = split_sample(ds, n_batches * batch_size, seed)
+    return [x for x, _ in torch.utils.data.DataLoader(sample, batch_size=batch_size)], f"{root}: {named}"
 
 
 # ---------------------------------------------------------------- text
@@ -358,7 +375,7 @@ def _text(args: argparse.Namespace, name: str, build: dict) -> Prepared:
     model = create_text_model(name, **{**build.get("model_args", {}), **model_overrides(args)})
     if args.data:
         batches, what = _text_data(args, build, model)
-        return Prepared(model, batches, name, "sequence", what, [f"input: {what}"])
+        return Prepared(model, batches, name, "sequence", what, [f"input: {what}"], what)
     n, vocab, pad = args.seq_len, model.cfg.vocab_size, model.cfg.pad_id
     if not 1 <= n <= model.cfg.max_len:
         raise ValueError(f"--seq-len {n} must be in 1..{model.cfg.max_len} (the model's max_len)")
@@ -370,7 +387,7 @@ def _text(args: argparse.Namespace, name: str, build: dict) -> Prepared:
         batches.append(dict(input_ids=ids, attention_mask=torch.ones_like(ids, dtype=torch.bool)))
     what = f"random token ids, {args.batch_size} x {args.batches} sequences of {n} tokens (seed {args.seed})"
     return Prepared(model, batches, name, "sequence", what,
-                    [f"{what} (no --data): firing rates are not those of real text"])
+                    [f"{what} (no --data): firing rates are not those of real text"], what)
 
 
 def _text_data(args: argparse.Namespace, build: dict, model: nn.Module) -> tuple[list[dict], str]:
@@ -392,7 +409,7 @@ def _text_data(args: argparse.Namespace, build: dict, model: nn.Module) -> tuple
         items = [blocks[i] for i in range(min(len(blocks), args.batch_size * args.batches))]
         batches = [{k: torch.stack([it[k] for it in items[s:s + args.batch_size]]) for k in
                     ("input_ids", "token_type_ids", "attention_mask")} for s in range(0, len(items), args.batch_size)]
-        return batches, f"masked blocks of {cfg.block_len} tokens from {args.data} ({len(items)} of {len(blocks)})"
+        return batches, f"masked blocks of {cfg.block_len} tokens from {args.data} (the first {len(items)} of {len(blocks)})"
     cfg = from_dict(glue.GlueConfig, dict(config, vocab=vocab, data_dir=args.data), f"{args.checkpoint} config")
     tok = tdata.WordPieceTokenizer(Path(vocab).expanduser())
     _, split, ds = glue.glue_splits(cfg, gdata.get_task(task), tok).evals[0]
@@ -404,6 +421,6 @@ def _text_data(args: argparse.Namespace, build: dict, model: nn.Module) -> tuple
         batches.append(b)
     real = sum(int(b["attention_mask"].sum()) for b in batches)
     padded = sum(b["input_ids"].numel() for b in batches)
-    return batches, (f"{n} sequences of {split}, {real / n:.1f} real tokens each on average "
+    return batches, (f"the first {n} sequences of {split}, {real / n:.1f} real tokens each on average "
                      f"(padded to the longest in each batch: {padded / n:.1f}; pad positions are computed "
                      f"and counted)")

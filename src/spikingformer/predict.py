@@ -296,12 +296,11 @@ def _collate(items, stack: Callable):
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from .checkpoint import CheckpointError
     from .config import ConfigError, validate_device
     from .data import DataError
     from .metrics import check_output, write_json
+    from .progress import progress_bar
 
     try:
         if args.topk < 1 or args.batch_size < 1:
@@ -316,7 +315,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                                              collate_fn=functools.partial(_collate, stack=pred.files.stack))
         labels = true_labels(paths, pred.files, pred.classes)
         tops, steps, skipped = {}, {}, []
-        for good, x, bad in tqdm(loader, desc="predict", leave=False, disable=None):
+        for good, x, bad in progress_bar(loader, "predict"):
             if good:
                 top, per_step = pred.classify(x, max(args.topk, 5))  # top-5 for the accuracy of labelled files
                 tops.update(zip(good, top))
@@ -349,6 +348,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def register_cli(sub) -> None:
+    from .loading import add_model_kwargs_arg
+
     p = sub.add_parser(
         "predict", help="classify image files, event recordings or folders with a trained model (top-k classes, "
                         "JSON/CSV)",
@@ -370,6 +371,7 @@ def register_cli(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one key of the run's config or of --config (repeatable), as eval takes it: "
                         "model_args.T=8 (predict at another T), img_size, mean, std, crop_pct, ...")
+    add_model_kwargs_arg(p, as_set=True)
     p.add_argument("--classes", metavar="FILE", help="class names, one per line, in the model's class order")
     p.add_argument("--topk", type=int, default=5, help="classes reported per file (default 5)")
     p.add_argument("--batch-size", type=int, default=32, help="files per forward pass (default 32)")

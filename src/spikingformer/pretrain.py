@@ -314,8 +314,12 @@ def register_cli(sub) -> None:
                     "is the MSE on masked patches (1.0 = predicting each patch's mean). The YAML takes every "
                     "train key (data, optimizer, schedule, engine) plus mask_ratio, decoder_dim, decoder_depth, "
                     "decoder_heads, norm_pix_loss; model_args.T sets the time steps (default 1). Writes last.pt, "
-                    "metrics.jsonl/png, reconstruction.png and summary.json to the output folder; fine-tune "
-                    "from last.pt with spikingformer.pretrain.load_pretrained_encoder.")
+                    "metrics.jsonl/png, reconstruction.png and summary.json to the output folder. Fine-tune a "
+                    "classifier from its encoder with `spikingformer train --config imagenet_v2_finetune --set "
+                    "init_from=OUTPUT/last.pt` (any Spikformer V2 recipe of the same model; in Python, "
+                    "spikingformer.pretrain.load_pretrained_encoder).",
+        epilog="example: spikingformer pretrain --config cifar10_v2_mae_pretrain --set data_dir=DIR, then "
+               "spikingformer train --config cifar10_v2_finetune --set data_dir=DIR "
+               "--set init_from=runs/cifar10_v2_mae_pretrain/last.pt")
     add_run_args(p, "YAML file of PretrainConfig keys")
-    p.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
     p.set_defaults(func=_cmd_pretrain)

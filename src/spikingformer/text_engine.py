@@ -178,7 +178,7 @@ def _optimizer(model: nn.Module, cfg: TextTrainConfig, path: FastPath):
 
 def fit(cfg: TextTrainConfig, info: DistInfo, task: TextTask, resume: bool) -> list[dict]:
     """Train ``cfg.steps`` steps on ``info.device``; evaluate + checkpoint every ``eval_every``; return the history."""
-    from tqdm import tqdm
+    from .progress import progress_bar
 
     world = info.world
     if cfg.batch_size % (world * cfg.accum_steps):
@@ -211,8 +211,8 @@ def fit(cfg: TextTrainConfig, info: DistInfo, task: TextTask, resume: bool) -> l
     part = share // cfg.accum_steps
     no_sync = getattr(train_model, "no_sync", None)  # DDP: all-reduce after the last part only
     sums = torch.zeros(2, dtype=torch.float64, device=info.device)  # since the last evaluation: loss, steps
-    bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, disable=not (cfg.progress and info.is_main),
-               desc=out.name, dynamic_ncols=True)
+    bar = progress_bar(range(step, cfg.steps), out.name, initial=step, total=cfg.steps,
+                       enabled=cfg.progress and info.is_main)
     for step in bar:
         model.train()
         batch = task.batch_at(step)
@@ -286,9 +286,8 @@ def _cmd(runner, cls):
 
 
 def add_command(sub, name: str, runner, cls, helptext: str, description: str) -> None:
-    """The ``mlm`` / ``glue`` subcommand: ``--config``, ``--set``, ``--resume``, ``--json``."""
+    """The ``mlm`` / ``glue`` subcommand: ``--config``, ``--set``, ``--resume``, ``--json`` (``add_run_args``)."""
     p = sub.add_parser(name, help=helptext, description=description + " Several GPUs: torchrun "
                        f"--nproc_per_node=N -m spikingformer.cli {name} ... (batch_size is the global batch).")
     add_run_args(p, "YAML file of config keys (default: built-in defaults)", required=False)
-    p.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
     p.set_defaults(func=_cmd(runner, cls))

@@ -25,7 +25,7 @@ from .config import TrainConfig, add_run_args
 from .distributed import DistInfo
 from .engine import (begin_epoch, build_training, load_data, make_loaders, open_output, open_run,
                      resolve_img_size, restore, seed_all, train_one_epoch, wrap_ddp)
-from .evaluation import evaluate, spike_stats
+from .evaluation import evaluate, sampled_spike_stats
 from .fast import FastPath
 from .probe import verdict
 
@@ -187,7 +187,7 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> dict:
             print(f"epoch {metrics['epoch']}/{cfg.total_epochs}  lr {lr:.2e}  train_loss {metrics['train_loss']:.4f}"
                   f"  val_loss {metrics['val_loss']:.4f}  val_acc {100 * metrics['val_acc']:.2f} %"
                   f"  ({metrics['epoch_seconds']:.1f} s)", flush=True)
-    spikes = spike_stats(model, val_loader, info.device)
+    spikes = sampled_spike_stats(model, data, info.device, cfg.val_batch_size, cfg.seed)
     final = state.history[-1]
     summary = {"model": cfg.model, "params": n_params, "dataset": cfg.dataset, "val_split": data.val_name,
                "final_val_acc": final["val_acc"], "final_val_acc5": final["val_acc5"],
@@ -209,8 +209,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError
     from .config import load_config
     from .data import DataError
+    from .metrics import check_output, write_json
 
     try:
+        check_output("--json", args.json)
         cfg = load_config(args.config, args.set)
         resolve_img_size(cfg)  # unknown model names and model_args fail here, before any data loads
     except (ValueError, TypeError) as e:
@@ -221,8 +223,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return _fail(e)
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"{s['val_split']}: final top-1 {100 * s['final_val_acc']:.2f} %, best {100 * s['best_val_acc']:.2f} % "
-              f"(epoch {s['best_epoch']}); firing rate {s['firing_rate']:.3f}; spike-driven: "
+              f"(epoch {s['best_epoch']}); firing rate {s['firing_rate']:.3f} ({s['probe_sample']}); spike-driven: "
               f"{verdict(s['spike_driven'], s['proven'])}; {s['seconds']:.0f} s -> {cfg.output}/summary.json")
+        if args.json:
+            write_json(args.json, s)
+            print(f"wrote {args.json}")
     return 0
 
 
@@ -233,6 +238,8 @@ def _eval_entry(args: argparse.Namespace) -> int:
 
 
 def register_cli(sub) -> None:
+    from .loading import add_model_kwargs_arg
+
     p = sub.add_parser(
         "train", help="train a model from a YAML recipe (configs/*.yaml); resumable, torchrun-ready",
         description="Train from a YAML config (`spikingformer recipes` lists the paper recipes). Every key of the config "
@@ -260,6 +267,7 @@ def register_cli(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key (repeatable), of --config or of the run's own config: "
                         "limit_val=500, model_args.T=8 (evaluate at another T), ...")
+    add_model_kwargs_arg(p, as_set=True)
     p.add_argument("--data", metavar="DIR",
                    help="a labelled test set, every sample of which is scored: class folders of images, N-MNIST "
                         "recordings with their '#sample #class' list, CIFAR10-DVS class folders, or a dataset root "

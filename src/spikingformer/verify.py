@@ -24,9 +24,10 @@ from torch import Tensor, nn
 from .checkpoint import CheckpointError
 from .data import DataError
 from .layers import SpikeQKV
-from .loading import add_input_args, prepare, run_model, with_progress
+from .loading import add_input_args, prepare, run_model
 from .metrics import check_output, pyplot, save_figure, write_json
 from .probe import LayerProbe, SynapticProbe
+from .progress import progress_bar
 
 __all__ = ["InputReport", "LayerVerdict", "Certificate", "certify", "verify_model", "plot_fig3", "register_cli"]
 
@@ -93,6 +94,7 @@ class Certificate:
     model: str
     layers: list[LayerVerdict]
     notes: list[str] = field(default_factory=list)
+    sample: str = ""  # which samples of which data the layers' inputs were seen on (``loading.Prepared.sample``)
 
     @property
     def violations(self) -> list[LayerVerdict]:
@@ -136,7 +138,7 @@ class Certificate:
             layers.append(dict(d, spike_input=r.spike_input, ok=r.ok))
         return dict(model=self.model, spike_driven=self.spike_driven, proven=self.proven,
                     non_spike_layers=[r.name for r in self.violations], unproven_layers=[r.name for r in self.unproven],
-                    silent_layers=[r.name for r in self.silent], notes=self.notes, layers=layers)
+                    silent_layers=[r.name for r in self.silent], notes=self.notes, sample=self.sample, layers=layers)
 
     def table(self) -> str:
         width = max([len("layer")] + [len(r.name) + 2 for r in self.layers])
@@ -166,6 +168,7 @@ class Certificate:
                          + ("what they are fed is proven by construction, not by this run" if covered else
                             "nothing fired into them, so this run does not show what they are fed; give real "
                             "data, trained weights or a model in train mode"))
+        lines += [f"sample: {self.sample}"] if self.sample else []
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -205,7 +208,7 @@ def verify_model(model: nn.Module, inputs: Tensor | dict | Iterable, model_name:
     how every input was built (``provenance``).  ``progress``: a progress bar over the batches."""
     batches = [inputs] if isinstance(inputs, (Tensor, dict)) else inputs
     with SynapticProbe(model, provenance=True) as probe:
-        for x in with_progress(batches, "verify", progress):
+        for x in progress_bar(batches, "verify", enabled=progress):
             run_model(model, x)
     return certify(probe, model_name or type(probe.model).__name__)
 
@@ -324,6 +327,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         other = _compared(args, prep.name)  # before the passes: a usage error costs no work
         cert = verify_model(prep.model, prep.batches, prep.name, progress=True)
         cert.notes += prep.notes
+        cert.sample = prep.sample
         print(cert.table())
         if args.json:
             write_json(args.json, cert.to_dict())

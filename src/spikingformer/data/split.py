@@ -1,11 +1,13 @@
-"""Seeded, class-balanced subsets: the held-out validation split and smoke-test limits."""
+"""Seeded, class-balanced subsets: the held-out validation split, smoke-test limits and the samples that
+figures read off part of a split are computed on."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
+from torch.utils.data import Dataset, Subset
 
-__all__ = ["balanced_split", "holdout_name"]
+__all__ = ["balanced_split", "holdout_name", "split_sample"]
 
 
 def balanced_split(targets: Sequence[int], n_pick: int, seed: int, pick: str = "random") -> tuple[list[int], list[int]]:
@@ -44,3 +46,23 @@ def holdout_name(n_val: int, n_total: int, seed: int, pick: str = "random") -> s
     """The name every report gives a held-out split, so nobody mistakes it for an official one."""
     how = f"seed {seed}" if pick == "random" else "the last of each class by file name"
     return f"val (held-out {n_val} of {n_total} train images, class-balanced, {how})"
+
+
+def split_sample(ds: Dataset, n: int, seed: int) -> tuple[Dataset, str]:
+    """A seeded, class-balanced sample of ``n`` items of the split ``ds`` (all of it when ``n`` covers it), and
+    how reports name it: ``"256 of 5000 images, class-balanced, seed 0"`` or ``"all 5000 images"``.
+
+    Splits are stored class by class (a class-folder tree, a held-out split's sorted indices), so their first
+    batches are one class: a figure read off them (firing rate, energy) is that class's, not the split's."""
+    targets = _targets(ds)
+    if n >= len(targets):
+        return ds, f"all {len(targets)} images"
+    _, picked = balanced_split(targets, n, seed)
+    return Subset(ds, picked), f"{n} of {len(targets)} images, class-balanced, seed {seed}"
+
+
+def _targets(ds: Dataset) -> Sequence[int]:
+    """The labels of ``ds``, or of the dataset it wraps (``SeededTransform`` and the like: ``base``)."""
+    while not hasattr(ds, "targets"):
+        ds = ds.base
+    return ds.targets
