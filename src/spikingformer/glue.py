@@ -8,7 +8,9 @@ Evaluation split (``val_split``, as the vision engine's): ``auto`` evaluates on 
 GLUE dev file(s) when ``data_dir/TASK/`` holds them (MNLI: ``dev_matched.tsv`` and
 ``dev_mismatched.tsv``, both reported, as ``_m`` / ``_mm``) and trains on all of ``train.tsv``;
 without them, or with ``holdout``, a seeded class-balanced fraction of ``train.tsv`` is held out.
-Every report names the split it used.
+Every report names the split it used.  ``spikingformer eval`` scores a run's checkpoint with the same
+functions (``score_splits``, ``per_step_scores``): on the run's split, a dev folder or any TSV file
+(``evaluate_glue``).
 """
 from __future__ import annotations
 
@@ -26,11 +28,13 @@ from .data import glue as gdata
 from .data import text as tdata
 from .data.split import balanced_split
 from .distributed import DistInfo, gather_objects, session
+from .fast import FastPath
 from .models.text import create_text_model, list_text_models
 from .text_engine import (TextTask, TextTrainConfig, add_command, epoch_order, eval_shard, expand, finish, fit,
                           to_device)
 
-__all__ = ["GlueConfig", "GlueSplits", "glue_splits", "run_glue", "register_cli"]
+__all__ = ["GlueConfig", "GlueSplits", "glue_splits", "predict", "answers", "score_splits", "per_step_scores",
+           "records", "evaluate_glue", "run_glue", "register_cli"]
 
 VAL_SPLITS = ("auto", "holdout")
 
@@ -200,6 +204,99 @@ def records(task: gdata.GlueTask, ds: gdata.GlueDataset, outputs: list) -> list[
     # sorted is stable: of equal probabilities the first class leads, as in `answers`
     return [prediction_record(w, sorted(((task.labels[j], j, p) for j, p in enumerate(row)), key=lambda t: -t[2]),
                               task.labels[int(y)]) for w, y, row in zip(where, ds.labels, probs)]
+
+
+# ---------------------------------------------------------------- `eval` of a glue run's checkpoint
+
+# What draws the run's held-out split and says its task: changed, eval would score other examples (some trained
+# on) under the run's split name, or read them as another task's.
+_RUN_FIXED = ("task", "val_split", "holdout_fraction", "seed")
+
+
+def evaluate_glue(path, run, data: str | None = None, device: str = "auto", batch_size: int | None = None,
+                  sets: list[str] = (), predictions: bool = False) -> dict:
+    """Score the checkpoint ``path`` of a ``glue`` run (``run``: ``evaluation.RunFile``): on the split the run
+    evaluated on without ``data``; with it, on every row of the TSV file ``data`` (``test``) or on the official
+    dev file(s) of the task folder ``data`` (or of ``data/TASK/``).  The loss and every GLUE metric of the task,
+    keyed as the run's ``val_metrics``, the headline metric after each time step (``per_step``), the split's
+    name and size; with ``predictions``, a record per example (``records``)."""
+    from .distributed import resolve_device
+    from .evaluation import asked_options, rebuild
+
+    if "task" not in (run.build.get("config") or {}):
+        raise ValueError(f"{path} holds the text model {run.meta['model']} but no glue run's config (an mlm run's "
+                         "masked-LM scores are in its summary.json): eval scores `spikingformer glue` checkpoints")
+    cfg, given = _eval_config(path, run.build["config"], sets, device, batch_size)
+    task = gdata.get_task(cfg.task)
+    split, evals, folder = _scored(cfg, task, data, given, path)
+    asked = asked_options(given)  # --set model_args.T=8: the model at another T
+    model = rebuild(path, run.meta["model"], {**run.meta["model_args"], **asked}, run.weights, run.build, asked)
+    info = DistInfo(0, 1, resolve_device(cfg.device))
+    model.to(info.device).eval()
+    # the run's precision (its evaluations ran so), uncompiled: one pass does not repay compiling
+    precision = FastPath.from_modes("off", cfg.amp, info.device)
+    with torch.no_grad(), precision.autocast(info.device):
+        metrics, outputs = score_splits(model, task, evals, cfg.batch_size, info)
+        per_step = per_step_scores(model, task, evals, cfg.batch_size, info)
+    out = dict(checkpoint=str(path), model=run.meta["model"], task=task.name, step=run.state.get("step"),
+               split=split, val_split="; ".join(name for _, name, _ in evals), data_dir=folder,
+               val_examples=sum(len(ds) for _, _, ds in evals), metric=task.metric,
+               value=metrics[_key(task.metric, evals[0][0])], val_metrics=metrics, per_step=per_step)
+    if predictions:
+        out["predictions"] = [r for (_, _, ds), outs in zip(evals, outputs) for r in records(task, ds, outs)]
+    return out
+
+
+def _eval_config(path, config: dict, sets: list[str], device: str,
+                 batch_size: int | None) -> tuple[GlueConfig, dict]:
+    """The run's config with ``--set`` (its ``data_dir`` or ``vocab`` moved, ``limit_val``, ``model_args.T``),
+    and the parsed overrides; eval's device and batch size."""
+    from .config import apply_overrides, from_dict, parse_overrides
+
+    given = parse_overrides(list(sets))
+    fixed = [k for k in _RUN_FIXED if k in given]
+    if fixed:
+        raise ValueError(f"--set {', '.join(fixed)}: {path} is scored on the split and task its run used; "
+                         "--data DIR|FILE.tsv scores other examples")
+    extra = {"device": device, **({"batch_size": batch_size} if batch_size is not None else {})}
+    where = f"{path} config" + (f" + --set {' '.join(sets)}" if sets else "")
+    return from_dict(GlueConfig, dict(apply_overrides(config, given), **extra), where), given
+
+
+def _scored(cfg: GlueConfig, task: gdata.GlueTask, data: str | None, given: dict, path) -> tuple[str, list, str]:
+    """``(split, evals, data_dir)`` that eval scores (``evaluate_glue``).  The run's own ``limit_val`` (a smoke
+    test's) reaches only the run's split; a given file or folder is scored whole unless ``--set limit_val``."""
+    from .data import DataError
+
+    try:
+        tok = tdata.WordPieceTokenizer(expand(cfg.vocab))
+        if data is None:
+            splits = glue_splits(cfg, task, tok)
+            return splits.split, splits.evals, str(expand(cfg.data_dir))
+        split, files = _given(task, expand(data), cfg.limit_val if "limit_val" in given else 0)
+    except FileNotFoundError as e:  # the run's vocabulary or data moved, or MNLI's other dev file is missing
+        moved = "vocab=FILE" if "vocabulary" in str(e) else "data_dir=DIR" if data is None else ""
+        raise DataError(f"{e}" + (f" (--set {moved} where the run's files moved)" if moved else "")) from None
+    except ValueError as e:  # another task's file, or a malformed one: the checkpoint's task says what was expected
+        raise DataError(f"{e}" + ("" if data is None else f" ({path} was fine-tuned on {task.folder}: --data takes "
+                                  f"a dev folder or TSV file of {task.folder})")) from None
+    evals = [(sfx, name, gdata.GlueDataset(rows, tok, cfg.max_len, src)) for sfx, name, rows, src in files]
+    return split, evals, str(expand(data))
+
+
+def _given(task: gdata.GlueTask, data: Path, limit: int) -> tuple[str, list]:
+    """``--data``: every row of a TSV file, a test set; or the official dev file(s) of a task folder, or of a
+    GLUE data root's ``TASK/``, named as ``glue`` names them."""
+    from .data import DataError
+
+    if data.is_file():
+        return "test", _whole_files(task, [("", data)], limit, lambda p, n: f"test ({p}, {n} examples)")
+    dev = (gdata.official_dev_files(task, data) or gdata.dev_files(task, data)) if data.is_dir() else None
+    if not dev:
+        raise DataError(f"--data {data}: " + ("no such file or folder" if not data.exists() else
+                        f"no {task.folder} {' + '.join(task.dev)} in it or in {data / task.folder}; --data "
+                        "FILE.tsv scores every row of a file"))
+    return "dev", _whole_files(task, dev, limit, _dev_name)
 
 
 # ---------------------------------------------------------------- fine-tuning
