@@ -165,7 +165,8 @@ def test_eval_refuses_what_the_weights_cannot_be(trained, tmp_path, capsys):
     text = tmp_path / "text.pt"  # an mlm/glue run's checkpoint
     save_checkpoint({"model": {}, "config": {}, "meta": {"model": "spikingformer_text_2_128", "task": "mlm"}}, text)
     assert cli.main(["eval", "--checkpoint", str(text)]) == 2
-    assert "holds the text model spikingformer_text_2_128: eval scores image and event" in capsys.readouterr().err
+    assert ("holds the text model spikingformer_text_2_128 but no glue run's config (an mlm run's masked-LM scores "
+            "are in its summary.json)" in capsys.readouterr().err)
 
 
 def test_predict_sets_keys_of_the_runs_config_as_eval_does(trained, tmp_path, capsys):

@@ -3,7 +3,9 @@
 ``spikingformer eval --checkpoint FILE`` rebuilds the model a checkpoint was trained as and
 evaluates it on the validation split it was trained with: the same seeded held-out split when
 the dataset has none of its own, so numbers stay comparable across runs; ``--data DIR`` other than
-the run's own data scores every sample of a labelled test set (``data.scored_split``).
+the run's own data scores every sample of a labelled test set (``data.scored_split``).  A ``glue`` run's
+checkpoint is scored with its task's GLUE metrics, on its run's split, a dev folder or a TSV file
+(``glue.evaluate_glue``).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from .layers import running_mean
 from .probe import SynapticProbe, verdict
 
 __all__ = ["evaluate", "read_outs", "spike_stats", "sampled_spike_stats", "eval_path", "evaluate_checkpoint",
-           "asked_options", "run_config", "rebuild"]
+           "asked_options", "run_config", "rebuild", "RunFile", "read_run"]
 
 
 @torch.no_grad()
@@ -174,13 +176,12 @@ def run_config(path, name: str, model_args: dict, config: dict, sets: list[str] 
 
 
 def rebuild(path, name: str, model_args: dict, weights: dict, build: dict, asked: dict) -> nn.Module:
-    """The model ``name`` with ``model_args`` and the ``weights`` of ``path`` (``build``: what the file says of
-    it); when they do not fit, the ``--set`` model options ``asked`` are named as a possible cause."""
-    from . import create_model
-    from .loading import load_into
+    """The model ``name`` (vision or text) with ``model_args`` and the ``weights`` of ``path`` (``build``: what the
+    file says of it); when they do not fit, the ``--set`` model options ``asked`` are named as a possible cause."""
+    from .loading import create_any, load_into
 
     try:
-        model = create_model(name, **model_args)
+        model = create_any(name, **model_args)
     except (TypeError, ValueError) as e:  # an option that does not exist, or a value it cannot take
         raise ValueError(f"{name}: {e}" + (f" (--set {asked})" if asked else "")) from None
     try:
@@ -189,6 +190,28 @@ def rebuild(path, name: str, model_args: dict, weights: dict, build: dict, asked
         if not asked:
             raise
         raise ValueError(f"{e}; --set {asked} may change the weights' shapes (T does not)") from None
+
+
+@dataclasses.dataclass
+class RunFile:
+    """A run's checkpoint, or a ``.safetensors`` exported from one, as read: what it records of its model
+    (``meta``: name, options, classes, task), the weights, ``build`` (the run's config; ``folded``) and the
+    checkpoint's training state (its progress; ``{}`` for a ``.safetensors``)."""
+    meta: dict
+    weights: dict
+    build: dict
+    state: dict
+
+
+def read_run(path) -> RunFile:
+    """``path`` read as a run's checkpoint (a vision, ``mlm`` or ``glue`` run's) or an export of one."""
+    if ckpt.is_safetensors(path):
+        weights, build = ckpt.load_weights(path)
+        meta = {"model": build.get("model"), "model_args": build.get("model_args"), **build.get("data", {})}
+        return RunFile(meta, weights, build, {})
+    state = ckpt.load_checkpoint(path, hint=" (for a state_dict or official weights add --config RECIPE, "
+                                          "e.g. --config cifar10, which names the model and the data)")
+    return RunFile(state["meta"], state["model"], {"config": state["config"]}, state)
 
 
 @dataclasses.dataclass
@@ -209,7 +232,8 @@ class _Source:
 def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "auto", batch_size: int | None = None,
                         workers: int | None = None, recipe: str | None = None, sets: list[str] = (),
                         exit_at: tuple[float, ...] = (), calibrate: float | None = None, max_drop: float = 0.005,
-                        calibrate_seed: int = 0, split: str | None = None, predictions: bool = False) -> dict:
+                        calibrate_seed: int = 0, split: str | None = None, predictions: bool = False,
+                        plot: bool = False) -> dict:
     """Evaluate a checkpoint on a validation split or a given test set.
 
     Without ``recipe``, ``path`` is a run's checkpoint (or a ``.safetensors`` exported from one): its model
@@ -224,19 +248,31 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
 
     ``exit_at`` scores early-exit policies (``early_exit``); with ``calibrate``, a seeded ``calibrate``
     share of the split chooses the cheapest one within ``max_drop`` (a fraction) of every step's top-1
-    (``choose``), the ``early_exit`` figures are those of the rest, and the whole split's are ``merge``d."""
+    (``choose``), the ``early_exit`` figures are those of the rest, and the whole split's are ``merge``d.
+
+    A ``glue`` run's checkpoint is scored with its task's GLUE metrics instead (``glue.evaluate_glue``); the
+    options of image and event classifiers (``exit_at``, ``split``, ``workers``, ``plot``: whether the caller
+    plots the per-step top-1) are refused for it before anything is scored."""
     from .config import parse_overrides, validate_device
     from .data import scored_split
     from .distributed import resolve_device
+    from .models.text import list_text_models
     from .train import model_kwargs
 
     validate_device(device)
     _check_options(exit_at, batch_size, calibrate, max_drop, split)
-    dev = resolve_device(device)
+    dev = resolve_device(device)  # a device this machine lacks is named before any file is read
+    run = read_run(path) if recipe is None else None
+    if run is not None and run.meta["model"] in list_text_models():
+        from .glue import evaluate_glue
+
+        _image_only(path, run.meta["model"], {"--early-exit": exit_at, "--calibrate": calibrate is not None,
+                                              "--split": split, "--workers": workers is not None, "--plot": plot})
+        return evaluate_glue(path, run, data_dir, device, batch_size, sets, predictions)
     extra = {k: v for k, v in (("device", device), ("val_batch_size", batch_size), ("workers", workers))
              if v is not None}
     given = parse_overrides(list(sets))
-    src = (_run_source(path, sets, extra) if recipe is None else
+    src = (_run_source(path, run, sets, extra) if recipe is None else
            _recipe_source(path, recipe, sets, extra, asked_options(given)))
     data, folder, notes = scored_split(src.cfg, data_dir, split, src.classes, src.img_size, given)
     _check_classes(data, src.classes, src.n_classes, folder or src.cfg.dataset, path)
@@ -272,28 +308,22 @@ def _check_options(exit_at, batch_size, calibrate, max_drop, split) -> None:
         raise ValueError(f"--split must be val or test, got {split!r}")
 
 
-def _run_source(path, sets, extra) -> _Source:
-    """A run's checkpoint, or a ``.safetensors`` exported from one: both record the run."""
-    from .models.text import list_text_models
+def _image_only(path, model: str, given: dict) -> None:
+    named = [option for option, used in given.items() if used]
+    if named:
+        raise ValueError(f"{', '.join(named)}: for image and event classifiers; {path} holds the text model "
+                         f"{model}, scored with its GLUE task's metrics")
 
-    if ckpt.is_safetensors(path):
-        weights, build = ckpt.load_weights(path)
-        meta, epoch = {"model": build.get("model"), "model_args": build.get("model_args"),
-                       **build.get("data", {})}, None
-    else:
-        state = ckpt.load_checkpoint(path, hint=" (for a state_dict or official weights add --config RECIPE, "
-                                              "e.g. --config cifar10, which names the model and the data)")
-        meta, weights, build = state["meta"], state["model"], {"config": state["config"]}
-        epoch = state.get("progress", {}).get("epoch")
-    if meta["model"] in list_text_models():
-        raise ValueError(f"{path} holds the text model {meta['model']}: eval scores image and event "
-                         "classifiers (a glue run's summary.json holds its GLUE scores)")
+
+def _run_source(path, run: RunFile, sets, extra) -> _Source:
+    """An image or event classifier's run (``read_run``): its config, with ``--set``, reads the data."""
+    meta, build = run.meta, run.build
     if not build.get("config") or "classes" not in meta:
         raise ValueError(f"{path} does not record the run it came from (exported from a state_dict?): "
                          "add --config RECIPE, e.g. --config cifar10")
     cfg, margs = run_config(path, meta["model"], meta["model_args"], build["config"], sets, extra=extra)
-    return _Source(cfg, meta["model"], margs, weights, build, margs.get("img_size") or meta["img_size"],
-                   meta["classes"], meta["model_args"].get("num_classes"), epoch)
+    return _Source(cfg, meta["model"], margs, run.weights, build, margs.get("img_size") or meta["img_size"],
+                   meta["classes"], meta["model_args"].get("num_classes"), run.state.get("progress", {}).get("epoch"))
 
 
 def _recipe_source(path, recipe, sets, extra, asked: dict) -> _Source:
@@ -378,10 +408,37 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             raise ValueError(f"--predictions and --json name the same file {args.json}: give each its own")
         r = evaluate_checkpoint(args.checkpoint, args.data, args.device, args.batch_size, args.workers,
                                 args.config, args.set, tuple(args.early_exit), args.calibrate, args.max_drop / 100,
-                                args.calibrate_seed, args.split, bool(args.predictions))
+                                args.calibrate_seed, args.split, bool(args.predictions), bool(args.plot))
     except (ckpt.CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if "task" in r:
+        _print_glue(r)
+    else:
+        _print_classifier(r, args.plot)
+    if args.predictions:
+        about = {k: r[k] for k in ("checkpoint", "model", "split", "val_split", "data_dir")}
+        write_predictions(args.predictions, r.pop("predictions"), about)
+        print(f"wrote {args.predictions}")
+    if args.json:
+        write_json(args.json, r)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _print_glue(r: dict) -> None:
+    """A GLUE model's scores as ``glue`` prints them: every metric of its task, the headline one after each step."""
+    when = f" (after step {r['step']})" if r["step"] is not None else ""
+    # the task's metrics first, the loss (which GLUE does not report) last; sorted is stable
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in sorted(r["val_metrics"].items(), key=lambda kv: "loss" in kv[0]))
+    print(f"{r['checkpoint']} ({r['model']}, GLUE {r['task']}){when} on {_title(r)}: {scores}")
+    for k, values in r["per_step"].items():
+        if len(values) > 1:
+            print(f"{k} after each time step: " + ", ".join(f"{t} {v:.4f}" for t, v in enumerate(values, 1)))
+
+
+def _print_classifier(r: dict, plot: str | None) -> None:
+    """An image or event classifier's scores, early exits and spike-driven verdict; ``plot``: a figure to draw."""
     for note in r["notes"]:
         print(f"note: {note}")
     when = f" (after epoch {r['epoch']})" if r["epoch"] is not None else ""
@@ -410,21 +467,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if "backbone_uJ" in r:
         print(f"(energy of the backbone, Eq. 20, read-out excluded; {r['backbone_uJ']:.4g} uJ per image for all "
               f"{len(steps)} steps)")
-    if args.plot:
+    if plot:
         title = f"{r['model']} on {r['val_split']}"
         if cal:  # the squares score the held-out part: so does the curve beside them
             steps, title = cal["scored"]["val_acc_per_step"], f"{title}, the {cal['scored_images']} not calibrated on"
-        plot_steps(steps, args.plot, title, r.get("early_exit", []),
+        plot_steps(steps, plot, title, r.get("early_exit", []),
                    chosen=cal["chosen"]["confidence"] if cal and cal["chosen"] else None)
-        print(f"wrote {args.plot}")
-    if args.predictions:
-        about = {k: r[k] for k in ("checkpoint", "model", "split", "val_split", "data_dir")}
-        write_predictions(args.predictions, r.pop("predictions"), about)
-        print(f"wrote {args.predictions}")
-    if args.json:
-        write_json(args.json, r)
-        print(f"wrote {args.json}")
-    return 0
+        print(f"wrote {plot}")
 
 
 def _title(r: dict) -> str:

@@ -230,17 +230,20 @@ def accuracy(records: list[dict]) -> dict | None:
 
 def write_prediction_csv(path, records: list[dict]) -> None:
     """One row per record: path (or index), with true classes label, correct and in_top5 (1/0: their means are
-    the top-1 and top-5), then class_1, prob_1, ... (``metrics.write_csv``)."""
+    the top-1 and top-5), a regression's predicted score (GLUE's STS-B: ``glue.records``), then class_1,
+    prob_1, ... (``metrics.write_csv``)."""
     from .metrics import write_csv
 
     where = "path" if "path" in records[0] else "index"
-    labelled = any("label" in r for r in records)
-    k = max(len(r["top"]) for r in records)
-    head = [where] + (["label", "correct", "in_top5"] if labelled else [])
-    write_csv(path, head + [f"{c}_{j}" for j in range(1, k + 1) for c in ("class", "prob")],
-              ([r[where]] + ([r.get("label", ""), *(int(r[c]) if "label" in r else "" for c in ("correct", "in_top5"))]
-                             if labelled else [])
-               + [v for t in r["top"] for v in (t["class"], f"{t['prob']:.6f}")] for r in records))
+    fields = [f for f in ("label", "correct", "in_top5", "score") if any(f in r for r in records)]
+    k = max(len(r.get("top", ())) for r in records)
+
+    def cell(r: dict, f: str):
+        return "" if f not in r else int(r[f]) if isinstance(r[f], bool) else r[f]  # 1/0: their mean is a rate
+
+    write_csv(path, [where, *fields] + [f"{c}_{j}" for j in range(1, k + 1) for c in ("class", "prob")],
+              ([r[where], *(cell(r, f) for f in fields)]
+               + [v for t in r.get("top", ()) for v in (t["class"], f"{t['prob']:.6f}")] for r in records))
 
 
 def split_records(data, order: list[int], batches: list) -> list[dict]:

@@ -259,30 +259,36 @@ def register_cli(sub) -> None:
                     "Other weights (a state_dict, or the official repositories' checkpoints, whose tensor names "
                     "are converted) need --config: the recipe names the model, dataset and evaluation transform, e.g. "
                     "`spikingformer eval --checkpoint spikingformer-8-512.pth.tar --config configs/imagenet_8_512.yaml "
-                    "--data /data/imagenet`.")
+                    "--data /data/imagenet`. A `glue` run's checkpoint is scored with its GLUE task's metrics (MCC, "
+                    "accuracy, F1, Pearson/Spearman, as glue reports them) and their value after each time step: on "
+                    "the split the run evaluated on, or on every row of --data: a task folder's dev.tsv (MNLI: "
+                    "dev_matched.tsv + dev_mismatched.tsv) as `dev`, any TSV file in the task's layout as "
+                    "`test (FILE, N examples)`.")
     p.add_argument("--checkpoint", required=True, metavar="FILE",
-                   help="best.pt/last.pt of a run or a .safetensors exported from one, or (with --config) any "
-                        "weights file")
+                   help="best.pt/last.pt of a run (train or glue) or a .safetensors exported from one, or (with "
+                        "--config) any weights file")
     p.add_argument("--config", metavar="FILE|RECIPE", help="YAML recipe for weights that are not a run's checkpoint")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key (repeatable), of --config or of the run's own config: "
                         "limit_val=500, model_args.T=8 (evaluate at another T), ...")
     add_model_kwargs_arg(p, as_set=True)
-    p.add_argument("--data", metavar="DIR",
+    p.add_argument("--data", metavar="DIR|FILE.tsv",
                    help="a labelled test set, every sample of which is scored: class folders of images, N-MNIST "
                         "recordings with their '#sample #class' list, CIFAR10-DVS class folders, or a dataset root "
                         "with a test split of its own (CIFAR's batches, N-MNIST's Train/ + Test/, DVS128 Gesture, "
                         "DIR/train/ + DIR/val/), whose test split is scored; class folders are matched to the "
                         "checkpoint's classes by name. The run's own data folder (the config's "
                         "data_dir, or its train/) and a root holding DIR/train/ only give its validation split, as "
-                        "without --data")
+                        "without --data. For a glue run: a GLUE task folder (or data root) holding the task's dev "
+                        "file(s), or a TSV file in the task's layout, every row of which is scored")
     p.add_argument("--split", choices=("val", "test"),
                    help="force how --data is read: val, as the run's dataset root, whose validation split the "
                         "config holds out (or names); test, as a test set (without --data: the run's data's own "
                         "test split, for a run that held out its val split)")
     p.add_argument("--predictions", metavar="FILE.csv|FILE.json",
                    help="also write each sample's prediction: its file (or index), true class, whether the top-1 "
-                        "and the top-5 hold it, and the top-5 classes with their probabilities")
+                        "and the top-5 hold it, and the top-5 classes with their probabilities (GLUE: each row's "
+                        "FILE:LINE, its label, and the classes by probability or, for STS-B, the predicted score)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--batch-size", type=int, help="evaluation batch size (default: the config's)")
     p.add_argument("--workers", type=int, default=None, help="data-loading worker processes (default: the config's)")

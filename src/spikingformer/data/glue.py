@@ -8,7 +8,7 @@ gives every metric GLUE reports for a task (accuracy, F1, MCC, Pearson, Spearman
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,8 +16,8 @@ from torch import Tensor
 
 from .text import WordPieceTokenizer
 
-__all__ = ["GlueTask", "GlueExample", "GLUE_TASKS", "get_task", "official_dev_files", "read_glue", "GlueDataset",
-           "collate", "accuracy", "f1_binary", "matthews_corrcoef", "pearson", "spearman", "task_metrics"]
+__all__ = ["GlueTask", "GlueExample", "GLUE_TASKS", "get_task", "dev_files", "official_dev_files", "read_glue",
+           "GlueDataset", "collate", "accuracy", "f1_binary", "matthews_corrcoef", "pearson", "spearman", "task_metrics"]
 
 
 # ---------------------------------------------------------------- GLUE
@@ -84,10 +84,10 @@ def get_task(name: str) -> GlueTask:
     return GLUE_TASKS[key]
 
 
-def official_dev_files(task: GlueTask, data_dir: str | Path) -> list[tuple[str, Path]] | None:
-    """``[(suffix, path)]`` of the task's official dev file(s) in ``data_dir/TASK/``, or ``None`` when
+def dev_files(task: GlueTask, folder: str | Path) -> list[tuple[str, Path]] | None:
+    """``[(suffix, path)]`` of the task's official dev file(s) in the task folder ``folder``, or ``None`` when
     absent.  MNLI needs both of its dev files: one without the other is an error, not a quiet fallback."""
-    paths = [Path(data_dir) / task.folder / f for f in task.dev]
+    paths = [Path(folder) / f for f in task.dev]
     found = [p.is_file() for p in paths]
     if not any(found):
         return None
@@ -98,11 +98,17 @@ def official_dev_files(task: GlueTask, data_dir: str | Path) -> list[tuple[str, 
     return list(zip(task.dev_names, paths))
 
 
+def official_dev_files(task: GlueTask, data_dir: str | Path) -> list[tuple[str, Path]] | None:
+    """``dev_files`` of ``data_dir/TASK/``, the layout GLUE's download script writes."""
+    return dev_files(task, Path(data_dir) / task.folder)
+
+
 @dataclass(frozen=True)
 class GlueExample:
     text_a: str
     text_b: str | None
     label: float  # class index, or the similarity score for STS-B
+    line: int = field(default=0, compare=False)  # where in its file, for per-row reports; not part of the example
 
 
 def _column_indices(task: GlueTask, header: list[str], path: Path) -> list[int | None]:
@@ -147,7 +153,7 @@ def read_glue(task: GlueTask | str, path: str | Path) -> list[GlueExample]:
             label = float(task.labels.index(raw))
         else:
             raise ValueError(f"{where}: {task.folder} label {raw!r} is not one of {list(task.labels)}")
-        out.append(GlueExample(cols[a], cols[b] if b is not None else None, label))
+        out.append(GlueExample(cols[a], cols[b] if b is not None else None, label, lineno))
     if not out:
         raise ValueError(f"{path} holds no examples")
     return out
@@ -156,10 +162,11 @@ def read_glue(task: GlueTask | str, path: str | Path) -> list[GlueExample]:
 class GlueDataset(torch.utils.data.Dataset):
     """Examples as ``[CLS] a [SEP] (b [SEP])`` with segment ids, cut to ``max_len``; each is encoded on
     first use and kept, so a split nobody reads (MNLI's 393k training pairs, for an energy estimate)
-    costs no tokenization."""
+    costs no tokenization.  ``source``: the file they were read from, which per-row reports name."""
 
-    def __init__(self, examples: list[GlueExample], tokenizer: WordPieceTokenizer, max_len: int):
-        self.examples, self.tokenizer, self.max_len = examples, tokenizer, max_len
+    def __init__(self, examples: list[GlueExample], tokenizer: WordPieceTokenizer, max_len: int,
+                 source: Path | None = None):
+        self.examples, self.tokenizer, self.max_len, self.source = examples, tokenizer, max_len, source
         self.pad_id = tokenizer.pad_id
         self.labels = [ex.label for ex in examples]
         self._encoded: list[tuple | None] = [None] * len(examples)
