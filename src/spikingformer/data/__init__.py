@@ -15,12 +15,12 @@ from typing import Callable
 
 from torch.utils.data import Dataset
 
-from .sampler import EpochSampler, SeededTransform, ShardSampler
+from .sampler import EpochSampler, GuardedLoader, SampleFailure, SeededTransform, ShardSampler
 from .sources import DATASET_STATS, DataError, RawData, Subset, load_raw
 from .split import balanced_split, holdout_name
 
 __all__ = ["DataSplits", "build_data", "DataError", "EpochSampler", "ShardSampler", "SeededTransform",
-           "balanced_split", "holdout_name", "load_raw", "DATASET_STATS"]
+           "GuardedLoader", "SampleFailure", "balanced_split", "holdout_name", "load_raw", "DATASET_STATS"]
 
 
 @dataclass

@@ -15,7 +15,8 @@ from torch.utils.data import Dataset
 
 from ..config import EVENT_DATASETS
 
-__all__ = ["DataError", "RawData", "load_raw", "load_rgb", "unread_data_note", "Subset", "DATASET_STATS"]
+__all__ = ["DataError", "RawData", "load_raw", "load_rgb", "unread_data_note", "Subset", "sample_source",
+           "DATASET_STATS"]
 
 # Per-channel mean/std over each training set (CIFAR values as in the official configs).
 DATASET_STATS = {
@@ -45,6 +46,18 @@ class Subset(Dataset):
 
     def __getitem__(self, i):
         return self.base[self.indices[i]]
+
+
+def sample_source(ds: Dataset, i: int) -> str:
+    """Where item ``i`` of ``ds`` is read from, for error messages: its file (image folders, event
+    recordings), else its place in the dataset it was split from (CIFAR's batches, the digits)."""
+    while isinstance(ds, Subset):
+        ds, i = ds.base, ds.indices[i]
+    if hasattr(ds, "samples"):  # ImageFolder, _LabelledFiles: (path, class) pairs
+        return str(ds.samples[i][0])
+    if hasattr(ds, "items"):    # events.EventRecordings: (reader, path, args)
+        return str(ds.items[i][1])
+    return f"{type(ds).__name__} item {i}"
 
 
 @dataclass
