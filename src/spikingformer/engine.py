@@ -265,7 +265,8 @@ def resume_config(cfg, overrides: dict, mutable=RESUME_MUTABLE):
                         f"{'--set' if k in given else 'the config'}" for k in changed)
         raise ValueError(f"--resume: the config differs from the checkpoint's in {changed} ({why}); only "
                          f"{sorted(mutable)} may change, and the run's own --set options need not be repeated")
-    merged = {**{k: v for k, v in asked.items() if k not in keep}, **{k: own[k] for k in keep if k in own}}
+    merged = {**{k: own[k] if k in keep else v for k, v in asked.items()},
+              **{k: v for k, v in own.items() if k in keep and k not in asked}}
     mappings = [k for k, v in cfg.to_dict().items() if isinstance(v, dict)]
     return from_dict(type(cfg), _unflat(merged, mappings), f"{last}'s config")
 

@@ -5,8 +5,9 @@ preemption) and a sample that fails to load or transform (a corrupt file, a tran
 ``data.GuardedLoader`` names it).  Either way the run first checkpoints where it stood after its last
 optimizer update (the batches of an update still accumulating are undone: their gradients dropped, the
 BatchNorm statistics they moved restored; the resumed run computes them again), atomically, then ends with
-one line saying why, where, and what was saved; ``--resume`` continues from there as if never stopped.  A sample that fails in the epoch's validation stops
-the run with the epoch's training saved: resumed, it validates again without training again.
+one line saying why, where, and what was saved; ``--resume`` continues from there as if never stopped.
+A sample that fails in the epoch's validation stops the run with the epoch's training saved: resumed,
+it validates again without training again.
 
 Under ``torchrun`` the processes agree on a stop signal every 10 steps, so they save together; a
 failing sample stops only its own process, which cannot save alone (saving gathers every process's
