@@ -230,6 +230,7 @@ def _flat(config: dict) -> dict:
 
 
 def _unflat(flat: dict, mappings) -> dict:
+    """``_flat``'s inverse, ``mappings`` naming the config's dict-valued keys."""
     config = {k: {} for k in mappings}
     for k, v in flat.items():
         head, dot, sub = k.partition(".")
