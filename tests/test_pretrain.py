@@ -2,6 +2,8 @@
 import argparse
 import dataclasses
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -87,7 +89,38 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tree, tmp_path, referen
     with pytest.raises(FileExistsError, match="already holds a run"):
         run(cfg)
     run(cfg, resume=True)
-    ref, got = load_checkpoint(reference[0] / "last.pt"), load_checkpoint(tmp_path / "killed" / "last.pt")
+    assert_same_run(reference[0] / "last.pt", tmp_path / "killed" / "last.pt")
+
+
+def test_ctrl_c_mid_epoch_saves_that_step_and_resume_ends_as_uninterrupted(tree, tmp_path, reference, monkeypatch):
+    """SIGINT in epoch 2's third batch: the run stops after that batch with its step saved (not one of the
+    ckpt_every checkpoints), and the resumed run ends with the uninterrupted run's weights."""
+    from spikingformer.safe_stop import RunInterrupted
+
+    make_loss = pretrain.masked_patch_loss
+
+    def signalled(cfg, state, info):
+        step_loss = make_loss(cfg, state, info)
+
+        def loss(model, x, y):
+            if state.global_step == 8:  # 6 steps an epoch
+                os.kill(os.getpid(), signal.SIGINT)
+            return step_loss(model, x, y)
+        return loss
+
+    monkeypatch.setattr(pretrain, "masked_patch_loss", signalled)
+    cfg, last = tiny_config(tree, tmp_path / "run", ckpt_every=2), tmp_path / "run" / "last.pt"
+    with pytest.raises(RunInterrupted, match=f"^SIGINT in epoch 2 after step 3/6; saved {last} at epoch 2 step 3"):
+        run(cfg)
+    assert load_checkpoint(last)["progress"]["step"] == 3
+    monkeypatch.setattr(pretrain, "masked_patch_loss", make_loss)
+    run(cfg, resume=True)
+    assert_same_run(reference[0] / "last.pt", last)
+
+
+def assert_same_run(ref_path, got_path):
+    """Weights, optimizer moments and per-epoch metrics (timings aside) of two runs' checkpoints are equal."""
+    ref, got = load_checkpoint(ref_path), load_checkpoint(got_path)
     for k in ref["model"]:
         assert torch.equal(got["model"][k], ref["model"][k]), k
     for i, moments in ref["optimizer"]["state"].items():

@@ -1,6 +1,8 @@
 """The training engine end to end on tiny fixtures: outputs, eval, and exact resume after SIGKILL."""
+import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -291,15 +293,30 @@ def assert_same_run(ref_ckpt, ckpt):
            [{k: v for k, v in h.items() if k not in timing} for h in ref["progress"]["history"]]
 
 
-def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path):
+LONG = dict(holdout=12, epochs=2, cooldown_epochs=1)  # 78 train images: 19 steps an epoch, 3 epochs
+
+
+@pytest.fixture(scope="module")
+def long_tree(tmp_path_factory):
+    return write_class_tree(tmp_path_factory.mktemp("long") / "train", per_class=30).parent
+
+
+@pytest.fixture(scope="module")
+def long_reference(long_tree, tmp_path_factory):
+    """The last.pt of an uninterrupted run on ``long_tree``, which stopped and resumed runs must end with."""
+    out = tmp_path_factory.mktemp("ref")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    run(tiny_config(long_tree, out, workers=2, **LONG))  # worker count must not matter
+    torch.set_num_threads(n)
+    return out / "last.pt"
+
+
+def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(long_tree, long_reference, tmp_path):
     """Kill a run right after a mid-epoch checkpoint of its second epoch, resume it, and compare with a run
     never interrupted: weights, optimizer moments and per-epoch metrics must be identical (CPU, same threads).
     Mixup, RandAugment and random erasing are on, so RNG restoration and seeded augmentation matter."""
-    data = write_class_tree(tmp_path / "data" / "train", per_class=30).parent
-    cfg = dict(holdout=12, epochs=2, cooldown_epochs=1, ckpt_every=3)
-    reference = tiny_config(data, tmp_path / "ref", workers=2, **cfg)  # worker count must not matter
-    run(reference)
-
+    data, cfg = long_tree, dict(LONG, ckpt_every=3)
     killed = tiny_config(data, tmp_path / "killed", **cfg)
     config = _yaml(tmp_path, killed)
     last = tmp_path / "killed" / "last.pt"
@@ -330,8 +347,171 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path)
     assert at_kill["epoch"] == 1 and at_kill["step"] > 0  # resuming from inside an epoch
 
     assert cli.main(["train", "--config", config, "--resume"]) == 0
-    assert_same_run(tmp_path / "ref" / "last.pt", last)
+    assert_same_run(long_reference, last)
     assert len((tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 300) -> None:
+    deadline = time.time() + seconds
+    while not path.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert path.exists(), f"no {path}: {proc.communicate(timeout=60)[1].decode()[-2000:]}"
+
+
+def test_ctrl_c_mid_epoch_saves_the_run_and_resume_needs_no_set_again(long_tree, long_reference, tmp_path, capsys):
+    """The README's commands: `train --config FILE --set data_dir=DIR`, Ctrl-C (SIGINT to the terminal's whole
+    process group, DataLoader workers included) once it is in its second epoch, then `train --config FILE
+    --resume` without the --set: the run stops with one line naming what it saved, mid-epoch (nothing else
+    checkpoints inside an epoch here), and the resumed run ends with the uninterrupted run's weights."""
+    out = tmp_path / "run"
+    config = _yaml(tmp_path, tiny_config("data/nowhere", out, workers=2, **LONG))
+    proc = subprocess.Popen([sys.executable, "-m", "spikingformer.cli", "train", "--config", config, "--set",
+                             f"data_dir={long_tree}"], env=subprocess_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        _wait_for(out / "last.pt", proc)  # the end of epoch 1: the handlers are in place
+        os.killpg(proc.pid, signal.SIGINT)
+        err = proc.communicate(timeout=300)[1].decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    progress = load_checkpoint(out / "last.pt")["progress"]
+    assert proc.returncode == 130 and progress["epoch"] == 1 and progress["step"] >= 1, err
+    step = progress["step"]
+    assert "Traceback" not in err and err.splitlines()[-1] == (
+        f"interrupted: SIGINT in epoch 2 after step {step}/19; saved {out / 'last.pt'} at epoch 2 step {step}: "
+        "--resume continues there")
+
+    # a changed key is refused by name, whether --set or the config file changes it
+    assert cli.main(["train", "--config", config, "--resume", "--set", "lr=0.1"]) == 2
+    assert "differs from the checkpoint's in ['lr'] (lr is 0.002 in the run, 0.1 by --set)" in capsys.readouterr().err
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(Path(config).read_text().replace("epochs: 2", "epochs: 3"))
+    assert cli.main(["train", "--config", str(edited), "--resume"]) == 2
+    assert "in ['epochs'] (epochs is 2 in the run, 3 by the config)" in capsys.readouterr().err
+
+    assert cli.main(["train", "--config", config, "--resume", "--set", "workers=0"]) == 0
+    assert f"resuming at epoch 2 step {step}" in capsys.readouterr().out
+    assert_same_run(long_reference, out / "last.pt")
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_a_corrupt_image_stops_the_run_with_one_line_and_a_checkpoint_resume_finishes(long_tree, long_reference,
+                                                                                       tmp_path, capfd):
+    """One unreadable image among the training images, another in the held-out validation split, loaded by
+    DataLoader workers: each stops `spikingformer train` with one line naming the file and where the run
+    was, after saving it (the validation failure with the epoch trained); once each file is repaired,
+    `--resume` goes on, and the run ends as if nothing had happened."""
+    from torchvision.datasets import ImageFolder
+
+    from spikingformer.data import balanced_split
+
+    data = tmp_path / "data"
+    shutil.copytree(long_tree, data)
+    samples = ImageFolder(str(data / "train")).samples
+    rest, held = balanced_split([t for _, t in samples], LONG["holdout"], 0)
+    bad_train, bad_val = (Path(samples[max(part)][0]) for part in (rest, held))  # not the first: probed early
+    intact = {f: f.read_bytes() for f in (bad_train, bad_val)}
+    for f in intact:
+        f.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "run"
+    config = _yaml(tmp_path, tiny_config(data, out, workers=2, **LONG))
+    last = out / "last.pt"
+
+    def train(*args) -> str:
+        assert cli.main(["train", "--config", config, *args]) == 2
+        err = capfd.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        return err.strip()
+
+    err = train()
+    progress = load_checkpoint(last)["progress"]
+    step = progress["step"]
+    assert progress["epoch"] == 0 and err.startswith(f"error: epoch 1 step {step + 1}/19: cannot decode image "
+                                                     f"{bad_train}: Truncated File Read (expected a readable image")
+    assert err.endswith(f"; saved {last} at epoch 1 step {step}: repair or replace that sample (deleting it would "
+                        "renumber the dataset), then --resume continues there")
+    assert train("--resume") == err  # the same sample, with the same augmentation: the same failure
+    bad_train.write_bytes(intact[bad_train])
+
+    err = train("--resume")
+    assert (load_checkpoint(last)["progress"]["epoch"], load_checkpoint(last)["progress"]["step"]) == (0, 19)
+    assert err.startswith(f"error: validation after epoch 1: cannot decode image {bad_val}: ")
+    assert err.endswith(f"; saved {last} at epoch 1 step 19 (trained, not validated): repair or replace that "
+                        "sample, then --resume validates the epoch")
+    bad_val.write_bytes(intact[bad_val])
+
+    assert cli.main(["train", "--config", config, "--resume"]) == 0
+    assert_same_run(long_reference, last)
+
+
+def test_stopped_between_updates_saves_the_last_update(tree, tmp_path, monkeypatch):
+    """accum_steps=4 over 6 batches an epoch: SIGTERM during the second update's group (batch 5 of epoch 2)
+    saves the run as the first update of that epoch left it (its gradients only are lost, and recomputed),
+    and the resumed run ends with the uninterrupted run's weights."""
+    import spikingformer.train as train_module
+    from spikingformer.safe_stop import RunInterrupted
+
+    cfg = dict(accum_steps=4, sched_on_updates=True, epochs=2, cooldown_epochs=0)
+    run(tiny_config(tree, tmp_path / "ref", **cfg))
+    make_loss, calls = train_module.classification_loss, []
+
+    def signalled(mixup, criterion):
+        step_loss = make_loss(mixup, criterion)
+
+        def loss(*args):
+            calls.append(1)
+            if len(calls) == 11:  # epoch 2, batch 5
+                os.kill(os.getpid(), signal.SIGTERM)
+            return step_loss(*args)
+        return loss
+
+    monkeypatch.setattr(train_module, "classification_loss", signalled)
+    with pytest.raises(RunInterrupted) as stopped:
+        run(tiny_config(tree, tmp_path / "run", **cfg))
+    assert stopped.value.exit_code == 143 and str(stopped.value).startswith("SIGTERM in epoch 2 after step 5/6; ")
+    assert str(stopped.value).endswith(" at epoch 2 step 4: --resume continues there")
+    progress = load_checkpoint(tmp_path / "run" / "last.pt")["progress"]
+    assert (progress["epoch"], progress["step"], progress["global_step"]) == (1, 4, 10)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handlers are gone with the run
+    monkeypatch.setattr(train_module, "classification_loss", make_loss)
+    run(tiny_config(tree, tmp_path / "run", **cfg), resume=True)
+    assert_same_run(tmp_path / "ref" / "last.pt", tmp_path / "run" / "last.pt")
+
+
+def test_resume_config_keeps_the_runs_own_set_options_and_refuses_changes_by_name(tree, tmp_path):
+    """What `--resume` continues with: the run's recorded config; --set options of its first start need not
+    be repeated; a key the config file or --set gives another value is refused, a mutable one is taken."""
+    from spikingformer import checkpoint as ckpt
+    from spikingformer.config import apply_overrides, parse_overrides
+    from spikingformer.engine import resume_config
+
+    out = tmp_path / "run"
+    file_cfg = tiny_config("data", out, model_args={**TINY, "T": 1})
+    first = parse_overrides([f"data_dir={tree}", "lr=0.01", "model_args.T=2", "workers=3"])
+    run_cfg = from_dict(TrainConfig, apply_overrides(file_cfg.to_dict(), first))
+    assert resume_config(file_cfg, {}) is file_cfg  # no run yet: a fresh start
+    out.mkdir()
+    ckpt.save_checkpoint({"config": run_cfg.to_dict(), "overrides": first}, out / "last.pt")
+
+    def resumed(overrides=(), **file_changes):
+        cfg = from_dict(TrainConfig, apply_overrides(dataclasses.replace(file_cfg, **file_changes).to_dict(),
+                                                     parse_overrides(list(overrides))))
+        return resume_config(cfg, parse_overrides(list(overrides)))
+
+    assert resumed() == run_cfg
+    assert resumed(["lr=0.01", "workers=0", "progress=true"]) == dataclasses.replace(run_cfg, workers=0, progress=True)
+    assert resumed(device="cpu").device == "cpu"  # the file may change what resume allows to change
+    with pytest.raises(ValueError, match=r"in \['model_args.T'\] \(model_args.T is 2 in the run, 4 by --set\)"):
+        resumed(["model_args.T=4"])
+    with pytest.raises(ValueError, match=r"in \['epochs', 'model_args.depth'\] \(epochs is 2 in the run, 5 by the "
+                                         r"config; model_args.depth is 1 in the run, 2 by the config\)"):
+        resumed(epochs=5, model_args={**TINY, "depth": 2})
+    # a checkpoint from before --set options were recorded: the config file must agree with the run, as ever
+    ckpt.save_checkpoint({"config": run_cfg.to_dict()}, out / "last.pt")
+    with pytest.raises(ValueError, match=r"in \['data_dir', 'lr', 'model_args.T'\]"):
+        resumed(["workers=3"])
+    assert resumed([f"data_dir={tree}", "lr=0.01", "model_args.T=2"]) == dataclasses.replace(run_cfg, workers=0)
 
 
 def test_a_run_from_before_a_new_config_key_still_resumes(tree, tmp_path):

@@ -190,9 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, FloatingPointError) as e:  # the machine or the run, not the code: a full disk, a diverged loss
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # safe_stop.RunInterrupted says what the run saved, and carries its exit code
+        print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
+        return getattr(e, "exit_code", 130)
 
 
 if __name__ == "__main__":

@@ -364,5 +364,8 @@ def add_run_args(parser, config_help: str, required: bool = True) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key (repeatable); values are parsed as YAML")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in the config's output folder from last.pt (starts fresh if none)")
+                        help="continue the run in the config's output folder from last.pt (starts fresh if none) "
+                             "with the run's own config: a key given another value (by --set or by the config file) "
+                             "is refused, except those that may change on resume (workers, device, output, ...); "
+                             "train and pretrain record their --set options, which need not be repeated")
     parser.add_argument("--json", metavar="FILE", help="also write the run's summary (summary.json) to FILE")

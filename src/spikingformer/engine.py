@@ -20,10 +20,11 @@ from . import checkpoint as ckpt
 from .config import TrainConfig
 from .distributed import DistInfo
 from .fast import FastPath
+from .safe_stop import RunInterrupted, StopSignals, UpdateMark, ignore_interrupts, stop_mid_epoch
 
 __all__ = ["RESUME_MUTABLE", "Progress", "resolve_img_size", "build_training", "seed_all", "train_one_epoch",
-           "begin_epoch", "open_run", "load_data", "make_loaders", "restore", "load_scaler", "open_output",
-           "wrap_ddp"]
+           "begin_epoch", "resume_config", "open_run", "load_data", "make_loaders", "restore", "load_scaler",
+           "open_output", "wrap_ddp"]
 
 # Keys that may change between a run and its resumption without changing the result.
 RESUME_MUTABLE = {"progress", "workers", "ckpt_every", "device", "val_batch_size", "output", "init_from",
@@ -39,6 +40,10 @@ class Progress:
     history: list = dataclasses.field(default_factory=list)  # one metrics dict per finished epoch
     # this epoch so far: loss * n, correct (0 where nothing is counted), n
     epoch_sums: list = dataclasses.field(default_factory=lambda: [0.0, 0.0, 0.0])
+
+    def next_epoch(self) -> None:
+        """Close the epoch (trained and validated): the next one starts at its first step."""
+        self.epoch, self.step, self.epoch_sums = self.epoch + 1, 0, [0.0, 0.0, 0.0]
 
 
 def resolve_img_size(cfg: TrainConfig) -> int:
@@ -104,18 +109,22 @@ def seed_all(seed: int, rank: int) -> None:
 
 
 def train_one_epoch(cfg, state, model, loader, opt, sched, scaler, info: DistInfo, path: FastPath,
-                    save_mid_epoch, step_loss) -> tuple[float, float]:
+                    save_mid_epoch, step_loss, stop: StopSignals | None = None) -> tuple[float, float]:
     """One pass over ``loader`` from ``state.step``, for every image engine (train, pretrain).
 
     ``step_loss(model, x, y) -> (loss, correct)`` runs the forward under autocast; ``correct`` is
     the batch's count of right top-1 predictions, or None when there is none to count.  Returns the
-    epoch's mean loss and accuracy over every process (``state.epoch_sums`` carries a resumed
-    epoch's totals).
+    epoch's mean loss and accuracy over every process; ``state.epoch_sums`` then holds the epoch's
+    totals (and carries a resumed epoch's), until ``state.next_epoch()``.
 
     With ``accum_steps > 1`` the gradients of that many batches add up (each loss divided by the
     group's size, so the update follows the mean loss) before one optimizer update; DDP
     all-reduces only on the group's last batch.
+
+    A batch that fails to load (``data.SampleFailure``) or a signal caught by ``stop`` ends the
+    epoch early: ``safe_stop.stop_mid_epoch`` checkpoints the last update and raises.
     """
+    from .data import SampleFailure
     from .distributed import all_reduce_sum
     from .progress import progress_bar
 
@@ -127,41 +136,61 @@ def train_one_epoch(cfg, state, model, loader, opt, sched, scaler, info: DistInf
                        enabled=info.is_main and cfg.progress)
     steps, accum = loader.sampler.steps_per_epoch, cfg.accum_steps
     no_sync = getattr(model, "no_sync", None)  # DDP: all-reduce once per update
-    for x, y in bar:
-        x, y = path.to_input(x.to(info.device, non_blocking=True)), y.to(info.device, non_blocking=True)
-        first = state.step // accum * accum   # this batch's group of accum_steps: [first, last]
-        last = min(first + accum, steps) - 1
-        path.step_begin()  # CUDA graphs: the previous step's outputs may now be overwritten
-        # DDP decides in the forward whether the backward all-reduces: both go inside no_sync
-        with no_sync() if no_sync is not None and state.step < last else contextlib.nullcontext():
-            with path.autocast(info.device):
-                loss, correct = step_loss(model, x, y)
-            scaler.scale(loss / (last - first + 1)).backward()  # / 1 without accumulation: exact
-        state.step += 1
-        state.global_step += 1
-        if state.step == last + 1:
-            if cfg.clip_grad > 0:
-                scaler.unscale_(opt)
-                nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
-            if cfg.sched_on_updates:
-                sched.step_update(updates_done(state, steps, accum))
-        n = torch.tensor(float(len(y)), dtype=torch.float64, device=info.device)  # labels: one per sample
-        sums += torch.stack([loss.detach().double() * n, torch.zeros_like(n) if correct is None else
-                             correct.double(), n])
-        if state.step % 10 == 0:  # look at the loss only now and then: reading it waits for the GPU
-            if not math.isfinite(float(sums[0])):
-                raise FloatingPointError(f"the training loss became {float(sums[0])} by epoch {state.epoch + 1} "
-                                         f"step {state.step}: lower lr or set clip_grad")
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{base_lr(opt):.2e}", refresh=False)
-        if cfg.ckpt_every and state.step % cfg.ckpt_every == 0 and state.step < steps:  # after an update
-            state.epoch_sums = all_reduce_sum(sums.clone()).tolist()
-            save_mid_epoch()  # the epoch's end writes its own checkpoint
-    loss_sum, correct, n = all_reduce_sum(sums).tolist()
-    state.epoch_sums = [0.0, 0.0, 0.0]
-    return loss_sum / n, correct / n
+    # where the last optimizer update left the run (None: after every batch, with one batch per update)
+    mark = UpdateMark.now(state, sums, model) if accum > 1 else None
+    try:
+        for x, y in bar:
+            x, y = path.to_input(x.to(info.device, non_blocking=True)), y.to(info.device, non_blocking=True)
+            first = state.step // accum * accum   # this batch's group of accum_steps: [first, last]
+            last = min(first + accum, steps) - 1
+            path.step_begin()  # CUDA graphs: the previous step's outputs may now be overwritten
+            # DDP decides in the forward whether the backward all-reduces: both go inside no_sync
+            with no_sync() if no_sync is not None and state.step < last else contextlib.nullcontext():
+                with path.autocast(info.device):
+                    loss, correct = step_loss(model, x, y)
+                scaler.scale(loss / (last - first + 1)).backward()  # / 1 without accumulation: exact
+            state.step += 1
+            state.global_step += 1
+            n = torch.tensor(float(len(y)), dtype=torch.float64, device=info.device)  # labels: one per sample
+            sums += torch.stack([loss.detach().double() * n, torch.zeros_like(n) if correct is None else
+                                 correct.double(), n])
+            if state.step % 10 == 0:  # look at the loss only now and then: reading it waits for the GPU
+                _check_loss(sums, state)
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{base_lr(opt):.2e}", refresh=False)
+            if state.step == last + 1:
+                _update(cfg, state, opt, sched, scaler, params, steps)
+                mark = UpdateMark.now(state, sums, model) if accum > 1 else None
+                if cfg.ckpt_every and state.step % cfg.ckpt_every == 0 and state.step < steps:
+                    state.epoch_sums = all_reduce_sum(sums.clone()).tolist()
+                    save_mid_epoch()  # the epoch's end writes its own checkpoint
+            if stop is not None and (signum := stop.pending(info, state.step)):
+                raise RunInterrupted("", signum)
+    except (SampleFailure, RunInterrupted) as e:
+        stopped = e.with_traceback(None)  # its frames would hold the loaders' workers until garbage collection
+    else:
+        state.epoch_sums = all_reduce_sum(sums).tolist()
+        loss_sum, correct, n = state.epoch_sums
+        return loss_sum / n, correct / n
+    stop_mid_epoch(stopped, mark or UpdateMark.now(state, sums, model), model, cfg, state, info, save_mid_epoch,
+                   steps)
+
+
+def _update(cfg, state, opt, sched, scaler, params, steps: int) -> None:
+    """The optimizer update closing a group of ``accum_steps`` batches (clipping, loss scaling, schedule)."""
+    if cfg.clip_grad > 0:
+        scaler.unscale_(opt)
+        nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
+    if cfg.sched_on_updates:
+        sched.step_update(updates_done(state, steps, cfg.accum_steps))
+
+
+def _check_loss(sums: torch.Tensor, state) -> None:
+    if not math.isfinite(float(sums[0])):
+        raise FloatingPointError(f"the training loss became {float(sums[0])} by epoch {state.epoch + 1} "
+                                 f"step {state.step}: lower lr or set clip_grad")
 
 
 def begin_epoch(cfg, state, sampler, sched, opt) -> float:
@@ -189,6 +218,57 @@ def _with_new_defaults(saved: dict, cfg) -> dict:
     defaults = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default for f in missing}
     filled = dataclasses.replace(cfg, **defaults).to_dict()
     return {**{k: filled[k] for k in defaults}, **saved}
+
+
+def _flat(config: dict) -> dict:
+    """``{"model_args": {"T": 4}, "lr": 1}`` -> ``{"model_args.T": 4, "lr": 1}``: the keys ``--set`` names."""
+    flat = {}
+    for k, v in config.items():
+        flat.update({f"{k}.{sub}": x for sub, x in v.items()} if isinstance(v, dict) else {k: v})
+    return flat
+
+
+def _unflat(flat: dict, mappings) -> dict:
+    """``_flat``'s inverse, ``mappings`` naming the config's dict-valued keys."""
+    config = {k: {} for k in mappings}
+    for k, v in flat.items():
+        head, dot, sub = k.partition(".")
+        if dot and head in mappings:
+            config[head][sub] = v
+        else:
+            config[k] = v
+    return config
+
+
+def resume_config(cfg, overrides: dict, mutable=RESUME_MUTABLE):
+    """The config ``--resume`` continues ``cfg.output``'s run with: the run's own, from its ``last.pt``.
+
+    ``cfg`` is what the command line asks for (its ``--config`` file, or the defaults, with ``overrides``,
+    the parsed ``--set`` options, applied): it names the run folder.  A key the run's first start set
+    with ``--set`` (recorded in its checkpoints) keeps the run's value unless ``--set`` names it again;
+    every other key of ``cfg`` must have the run's value, or be one of ``mutable``: a changed key is
+    refused by name, whether ``--set`` or the config file changed it.  No ``last.pt``: ``cfg`` (a fresh
+    start)."""
+    from .config import from_dict
+
+    last = Path(cfg.output).expanduser() / "last.pt"
+    if not last.exists():
+        return cfg
+    state = ckpt.load_checkpoint(last)
+    own, asked = _flat(_with_new_defaults(state["config"], cfg)), _flat(cfg.to_dict())
+    given, recorded = _flat(overrides), _flat(state.get("overrides") or {})
+    keep = {k for k in recorded if k not in given}  # the run's own --set values, not repeated
+    changed = sorted(k for k in (set(own) | set(asked)) - keep
+                     if k.partition(".")[0] not in mutable and own.get(k) != asked.get(k))
+    if changed:
+        why = "; ".join(f"{k} is {own.get(k)!r} in the run, {asked.get(k)!r} by "
+                        f"{'--set' if k in given else 'the config'}" for k in changed)
+        raise ValueError(f"--resume: the config differs from the checkpoint's in {changed} ({why}); only "
+                         f"{sorted(mutable)} may change, and the run's own --set options need not be repeated")
+    merged = {**{k: own[k] if k in keep else v for k, v in asked.items()},
+              **{k: v for k, v in own.items() if k in keep and k not in asked}}
+    mappings = [k for k, v in cfg.to_dict().items() if isinstance(v, dict)]
+    return from_dict(type(cfg), _unflat(merged, mappings), f"{last}'s config")
 
 
 def open_run(cfg, resume: bool, mutable=RESUME_MUTABLE) -> dict | None:
@@ -227,19 +307,20 @@ def load_data(cfg: TrainConfig, info: DistInfo):
 
 
 def make_loaders(cfg: TrainConfig, data, info: DistInfo):
-    """The seeded, sharded train loader (its sampler resumes mid-epoch) and the sharded validation loader."""
+    """The seeded, sharded train loader (its sampler resumes mid-epoch) and the sharded validation loader;
+    a sample that fails to load stops either with a ``SampleFailure`` naming it (``data.GuardedLoader``)."""
     from torch.utils.data import DataLoader
 
-    from .data import EpochSampler, ShardSampler
+    from .data import EpochSampler, GuardedLoader, ShardSampler
 
     sampler = EpochSampler(len(data.train), cfg.batch_size, cfg.seed, info.rank, info.world)
-    pin = info.device.type == "cuda"
-    train_loader = DataLoader(data.train, cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                              pin_memory=pin, drop_last=True, persistent_workers=cfg.workers > 0,
-                              collate_fn=data.collate)
+    common = dict(num_workers=cfg.workers, pin_memory=info.device.type == "cuda", collate_fn=data.collate,
+                  worker_init_fn=ignore_interrupts)
+    train_loader = DataLoader(data.train, cfg.batch_size, sampler=sampler, drop_last=True,
+                              persistent_workers=cfg.workers > 0, **common)
     val_loader = DataLoader(data.val, cfg.val_batch_size, sampler=ShardSampler(len(data.val), info.rank, info.world),
-                            num_workers=cfg.workers, pin_memory=pin, collate_fn=data.collate)
-    return sampler, train_loader, val_loader
+                            **common)
+    return sampler, GuardedLoader(train_loader), GuardedLoader(val_loader)
 
 
 def restore(state: dict, info: DistInfo, model: nn.Module, opt, sched, scaler) -> dict:

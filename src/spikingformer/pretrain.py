@@ -177,23 +177,27 @@ def masked_patch_loss(cfg: PretrainConfig, state: Progress, info: DistInfo):
     return step_loss
 
 
-def run(cfg: PretrainConfig, resume: bool = False) -> dict:
-    """Pre-train ``cfg`` to the end (or continue ``cfg.output``'s run with ``resume``); return the summary."""
+def run(cfg: PretrainConfig, resume: bool = False, overrides: dict | None = None) -> dict:
+    """Pre-train ``cfg`` to the end (or continue ``cfg.output``'s run with ``resume``); return the summary.
+    ``overrides`` and stopping early: as ``train.run``."""
     from .distributed import session
 
     with session(cfg.device) as info:
-        return _run(cfg, resume, info)
+        return _run(cfg, resume, info, overrides or {})
 
 
-def _run(cfg: PretrainConfig, resume: bool, info: DistInfo) -> dict:
+def _run(cfg: PretrainConfig, resume: bool, info: DistInfo, overrides: dict) -> dict:
+    from .config import apply_overrides
     from .distributed import convert_sync_batchnorm
     from .engine import (begin_epoch, build_training, load_data, make_loaders, open_output, open_run, restore,
                          seed_all, train_one_epoch, wrap_ddp)
+    from .safe_stop import StopSignals, validating
 
     t_start = time.time()
     out = Path(cfg.output)
     last = out / "last.pt"
     resume_state = open_run(cfg, resume)
+    overrides = apply_overrides((resume_state or {}).get("overrides") or {}, overrides)
     seed_all(cfg.seed, info.rank)
     data = load_data(cfg, info)
     mae_cfg = cfg.mae_config(data.in_chans)
@@ -225,31 +229,34 @@ def _run(cfg: PretrainConfig, resume: bool, info: DistInfo) -> dict:
             ckpt.save_checkpoint({
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "scaler": scaler.state_dict(), "progress": vars(state).copy(), "config": cfg.to_dict(),
-                "meta": meta, "world_size": info.world}, last)
+                "overrides": overrides, "meta": meta, "world_size": info.world}, last)
 
     if info.is_main:
         where = open_output(out, cfg, resume_state is not None, state)
         print(f"{cfg.model} MAE: encoder {n_enc / 1e6:.2f}M + decoder {n_dec / 1e6:.2f}M params, T={mae_cfg.T}, "
               f"mask {cfg.mask_ratio:.0%}, {len(data.train)} train images; {info.world} process(es) on "
               f"{info.device}, {path.describe()}; {where}", flush=True)
-    while state.epoch < cfg.total_epochs:
-        epoch_start = time.time()
-        lr = begin_epoch(cfg, state, sampler, sched, opt)
-        train_loss, _ = train_one_epoch(cfg, state, train_model, train_loader, opt, sched, scaler, info, path, save,
-                                        masked_patch_loss(cfg, state, info))
-        metrics = {"epoch": state.epoch + 1, "lr": lr, "train_loss": train_loss,
-                   **masked_loss(fast, val_loader, info.device, path, cfg.seed), "val_split": data.val_name,
-                   "epoch_seconds": time.time() - epoch_start, "elapsed_seconds": time.time() - t_start}
-        state.history.append(metrics)
-        state.epoch, state.step = state.epoch + 1, 0
-        save()
-        log.write(state.history)
-        if info.is_main:
-            save_reconstructions(model, samples, data.mean, data.std, out / "reconstruction.png", cfg.seed,
-                                 f"epoch {metrics['epoch']}, held-out images")
-            print(f"epoch {metrics['epoch']}/{cfg.total_epochs}  lr {lr:.2e}  train_loss {train_loss:.4f}  "
-                  f"val_loss {metrics['val_loss']:.4f} (baseline {metrics['val_baseline_loss']:.4f})  "
-                  f"({metrics['epoch_seconds']:.1f} s)", flush=True)
+    with StopSignals() as stop:
+        while state.epoch < cfg.total_epochs:
+            epoch_start = time.time()
+            lr = begin_epoch(cfg, state, sampler, sched, opt)
+            train_loss, _ = train_one_epoch(cfg, state, train_model, train_loader, opt, sched, scaler, info, path,
+                                            save, masked_patch_loss(cfg, state, info), stop)
+            with validating(cfg, state, info, save):
+                val = masked_loss(fast, val_loader, info.device, path, cfg.seed)
+            metrics = {"epoch": state.epoch + 1, "lr": lr, "train_loss": train_loss, **val,
+                       "val_split": data.val_name, "epoch_seconds": time.time() - epoch_start,
+                       "elapsed_seconds": time.time() - t_start}
+            state.history.append(metrics)
+            state.next_epoch()
+            save()
+            log.write(state.history)
+            if info.is_main:
+                save_reconstructions(model, samples, data.mean, data.std, out / "reconstruction.png", cfg.seed,
+                                     f"epoch {metrics['epoch']}, held-out images")
+                print(f"epoch {metrics['epoch']}/{cfg.total_epochs}  lr {lr:.2e}  train_loss {train_loss:.4f}  "
+                      f"val_loss {metrics['val_loss']:.4f} (baseline {metrics['val_baseline_loss']:.4f})  "
+                      f"({metrics['epoch_seconds']:.1f} s)", flush=True)
     final = state.history[-1]
     summary = {"model": cfg.model, "encoder_params": n_enc, "decoder_params": n_dec, "dataset": cfg.dataset,
                "val_split": data.val_name, "final_train_loss": final["train_loss"], "final_val_loss": final["val_loss"],
@@ -280,8 +287,9 @@ def load_pretrained_encoder(model: nn.Module, path: str | Path, state: dict | No
 # ----------------------------------------------------------------------------- command line
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .config import load_config, parse_overrides
     from .data import DataError
+    from .engine import resume_config
 
     def fail(e: Exception) -> int:
         print(f"error: {e}", file=sys.stderr)
@@ -289,13 +297,15 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
     try:
         check_output("--json", args.json)
-        cfg = load_config(args.config, args.set, cls=PretrainConfig)
+        cfg, overrides = load_config(args.config, args.set, cls=PretrainConfig), parse_overrides(args.set)
         with torch.device("meta"):  # unknown or non-V2 models and bad model_args fail here, before any data loads
             SpikformerV2MAE(cfg.mae_config())
     except (ValueError, TypeError) as e:
         return fail(e)
     try:
-        s = run(cfg, resume=args.resume)
+        if args.resume:
+            cfg = resume_config(cfg, overrides)
+        s = run(cfg, resume=args.resume, overrides=overrides)
     except (DataError, ckpt.CheckpointError, FileExistsError, ValueError) as e:
         return fail(e)
     if int(os.environ.get("RANK", 0)) == 0:

@@ -6,7 +6,9 @@ on CUDA, SyncBatchNorm, DDP under ``torchrun``, gradient accumulation (``accum_s
 epoch loop and the run plumbing it shares with ``pretrain`` live in ``spikingformer.engine``.  Each epoch appends to ``metrics.jsonl`` and redraws
 ``metrics.png``; ``summary.json`` closes the run.  ``last.pt`` (every epoch, and every
 ``ckpt_every`` steps) and ``best.pt`` hold everything a resume needs, so a run killed at any
-point and restarted with ``--resume`` ends with the same weights as one never interrupted.
+point and restarted with ``--resume`` ends with the same weights as one never interrupted.  Ctrl-C
+(SIGINT), SIGTERM, or a sample that fails to load or transform, checkpoint the run before it stops
+(``spikingformer.safe_stop``), and ``--resume`` continues with the run's own config.
 """
 from __future__ import annotations
 
@@ -21,13 +23,14 @@ import torch
 
 from . import checkpoint as ckpt
 from . import engine
-from .config import TrainConfig, add_run_args
+from .config import TrainConfig, add_run_args, apply_overrides
 from .distributed import DistInfo
 from .engine import (begin_epoch, build_training, load_data, make_loaders, open_output, open_run,
-                     resolve_img_size, restore, seed_all, train_one_epoch, wrap_ddp)
+                     resolve_img_size, restore, resume_config, seed_all, train_one_epoch, wrap_ddp)
 from .evaluation import evaluate, sampled_spike_stats
 from .fast import FastPath
 from .probe import verdict
+from .safe_stop import StopSignals, validating
 
 __all__ = ["Progress", "run", "register_cli"]
 
@@ -97,15 +100,18 @@ def classification_loss(mixup, criterion):
 
 # ----------------------------------------------------------------------------- supervised training
 
-def run(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Train ``cfg`` to the end (or continue ``cfg.output``'s run with ``resume``); return the summary."""
+def run(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None) -> dict:
+    """Train ``cfg`` to the end (or continue ``cfg.output``'s run with ``resume``); return the summary.
+    ``overrides``: the ``--set`` options ``cfg`` was given, which the run's checkpoints record (added to
+    those of its first start), so that ``--resume`` need not repeat them (``engine.resume_config``).
+    SIGINT / SIGTERM, or a sample that fails to load, stop the run once it is checkpointed (``safe_stop``)."""
     from .distributed import session
 
     with session(cfg.device) as info:
-        return _run(cfg, resume, info)
+        return _run(cfg, resume, info, overrides or {})
 
 
-def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> dict:
+def _run(cfg: TrainConfig, resume: bool, info: DistInfo, overrides: dict) -> dict:
     from . import create_model
     from .distributed import convert_sync_batchnorm, gather_objects
     from .metrics import MetricsLog
@@ -114,6 +120,7 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> dict:
     out = Path(cfg.output)
     last, best = out / "last.pt", out / "best.pt"
     resume_state = open_run(cfg, resume)
+    overrides = apply_overrides((resume_state or {}).get("overrides") or {}, overrides)
     seed_all(cfg.seed, info.rank)
     data = load_data(cfg, info)
     margs = model_kwargs(cfg, len(data.classes), data.in_chans)
@@ -155,7 +162,7 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> dict:
             ckpt.save_checkpoint({
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "scaler": scaler.state_dict(), "progress": vars(state).copy(), "rng": rngs,
-                "config": cfg.to_dict(), "meta": meta, "world_size": info.world}, path)
+                "config": cfg.to_dict(), "overrides": overrides, "meta": meta, "world_size": info.world}, path)
 
     if info.is_main:
         where = open_output(out, cfg, resume_state is not None, state)
@@ -163,30 +170,32 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> dict:
         print(f"{cfg.model}{sized}: {n_params / 1e6:.2f}M params, {len(data.train)} train images, "
               f"{data.val_name}; {info.world} process(es) on {info.device}, {path.describe()}; {where}",
               flush=True)
-    while state.epoch < cfg.total_epochs:
-        epoch_start = time.time()
-        lr = begin_epoch(cfg, state, sampler, sched, opt)
-        if mixup is not None and cfg.mixup_off_epoch and state.epoch >= cfg.mixup_off_epoch:
-            mixup.mixup_enabled = False  # Mixup still smooths the one-hot targets, as in timm
-        loss, acc = train_one_epoch(cfg, state, train_model, train_loader, opt, sched, scaler, info, path,
-                                    lambda: save(last), classification_loss(mixup, criterion))
-        metrics = {"train_loss": loss, **({"train_acc": acc} if mixup is None else {})}
-        metrics.update(evaluate(fast, val_loader, info.device, path))
-        metrics = {"epoch": state.epoch + 1, "lr": lr, **metrics, "val_split": data.val_name,
-                   "epoch_seconds": time.time() - epoch_start, "elapsed_seconds": time.time() - t_start}
-        state.history.append(metrics)
-        state.epoch, state.step = state.epoch + 1, 0
-        improved = metrics["val_acc"] > state.best_acc
-        if improved:
-            state.best_acc, state.best_epoch = metrics["val_acc"], metrics["epoch"]
-        save(last)
-        if improved and info.is_main:
-            ckpt.atomic_copy(last, best)
-        log.write(state.history)
-        if info.is_main:
-            print(f"epoch {metrics['epoch']}/{cfg.total_epochs}  lr {lr:.2e}  train_loss {metrics['train_loss']:.4f}"
-                  f"  val_loss {metrics['val_loss']:.4f}  val_acc {100 * metrics['val_acc']:.2f} %"
-                  f"  ({metrics['epoch_seconds']:.1f} s)", flush=True)
+    with StopSignals() as stop:
+        while state.epoch < cfg.total_epochs:
+            epoch_start = time.time()
+            lr = begin_epoch(cfg, state, sampler, sched, opt)
+            if mixup is not None and cfg.mixup_off_epoch and state.epoch >= cfg.mixup_off_epoch:
+                mixup.mixup_enabled = False  # Mixup still smooths the one-hot targets, as in timm
+            loss, acc = train_one_epoch(cfg, state, train_model, train_loader, opt, sched, scaler, info, path,
+                                        lambda: save(last), classification_loss(mixup, criterion), stop)
+            metrics = {"train_loss": loss, **({"train_acc": acc} if mixup is None else {})}
+            with validating(cfg, state, info, lambda: save(last)):
+                metrics.update(evaluate(fast, val_loader, info.device, path))
+            metrics = {"epoch": state.epoch + 1, "lr": lr, **metrics, "val_split": data.val_name,
+                       "epoch_seconds": time.time() - epoch_start, "elapsed_seconds": time.time() - t_start}
+            state.history.append(metrics)
+            state.next_epoch()
+            improved = metrics["val_acc"] > state.best_acc
+            if improved:
+                state.best_acc, state.best_epoch = metrics["val_acc"], metrics["epoch"]
+            save(last)
+            if improved and info.is_main:
+                ckpt.atomic_copy(last, best)
+            log.write(state.history)
+            if info.is_main:
+                print(f"epoch {metrics['epoch']}/{cfg.total_epochs}  lr {lr:.2e}  train_loss "
+                      f"{metrics['train_loss']:.4f}  val_loss {metrics['val_loss']:.4f}  val_acc "
+                      f"{100 * metrics['val_acc']:.2f} %  ({metrics['epoch_seconds']:.1f} s)", flush=True)
     spikes = sampled_spike_stats(model, data, info.device, cfg.val_batch_size, cfg.seed)
     final = state.history[-1]
     summary = {"model": cfg.model, "params": n_params, "dataset": cfg.dataset, "val_split": data.val_name,
@@ -207,18 +216,20 @@ def _fail(e: Exception) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError
-    from .config import load_config
+    from .config import load_config, parse_overrides
     from .data import DataError
     from .metrics import check_output, write_json
 
     try:
         check_output("--json", args.json)
-        cfg = load_config(args.config, args.set)
+        cfg, overrides = load_config(args.config, args.set), parse_overrides(args.set)
         resolve_img_size(cfg)  # unknown model names and model_args fail here, before any data loads
     except (ValueError, TypeError) as e:
         return _fail(e)
     try:
-        s = run(cfg, resume=args.resume)
+        if args.resume:
+            cfg = resume_config(cfg, overrides)
+        s = run(cfg, resume=args.resume, overrides=overrides)
     except (DataError, CheckpointError, FileExistsError, ValueError) as e:
         return _fail(e)
     if int(os.environ.get("RANK", 0)) == 0:

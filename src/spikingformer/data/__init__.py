@@ -17,12 +17,13 @@ from typing import Callable
 
 from torch.utils.data import Dataset
 
-from .sampler import EpochSampler, SeededTransform, ShardSampler
+from .sampler import EpochSampler, GuardedLoader, SampleFailure, SeededTransform, ShardSampler
 from .sources import DATASET_STATS, DataError, RawData, Relabelled, Subset, load_labelled, load_raw, sample_names
 from .split import balanced_split, holdout_name
 
 __all__ = ["DataSplits", "build_data", "build_test", "scored_split", "DataError", "EpochSampler", "ShardSampler",
-           "SeededTransform", "balanced_split", "holdout_name", "load_raw", "sample_names", "DATASET_STATS"]
+           "SeededTransform", "GuardedLoader", "SampleFailure", "balanced_split", "holdout_name", "load_raw",
+           "sample_names", "DATASET_STATS"]
 
 
 @dataclass

@@ -4,9 +4,11 @@ A run killed mid-epoch must resume onto exactly the batches (and the exact augme
 the uninterrupted run would have seen.  So the order of epoch ``e`` is a permutation seeded
 by ``(seed, e)`` alone, it can start at any step, and each sample's augmentation is seeded
 by ``(seed, e, index)``: independent of worker count, worker scheduling and global RNG state.
+The same seeding lets ``GuardedLoader`` name the sample that broke a batch: loaded again, it fails again.
 """
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Callable, Iterator
 
@@ -14,7 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-__all__ = ["EpochSampler", "SeededTransform", "ShardSampler"]
+from .sources import DataError, sample_source
+
+__all__ = ["EpochSampler", "SeededTransform", "ShardSampler", "GuardedLoader", "SampleFailure"]
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -83,6 +87,10 @@ class SeededTransform(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
+    def source(self, key) -> str:
+        """Where sample ``key`` (an index, or ``(index, seed)``) is read from: its file, where it has one."""
+        return sample_source(self.base, key[0] if isinstance(key, tuple) else key)
+
     def __getitem__(self, key):
         index, seed = key if isinstance(key, tuple) else (key, None)
         img, target = self.base[index]
@@ -98,3 +106,57 @@ class SeededTransform(Dataset):
             finally:
                 random.setstate(py)
                 np.random.set_state(np_state)
+
+
+class SampleFailure(DataError):
+    """A sample failed to load or transform in the middle of a run; the message names it and says why."""
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def failing_sample(loader, batch: int, error: Exception) -> str:
+    """Which sample of batch ``batch`` of ``loader`` fails, and why, in one line.  The batch's samples
+    are loaded again here, one by one (seeded, so a failure repeats), so the message is the sample's own
+    error, never a DataLoader worker's traceback; ``error``'s first line if all of them load (a worker
+    that the system killed, say)."""
+    keys = next(itertools.islice(loader.batch_sampler, batch, None), [])
+    for key in keys:
+        try:
+            loader.dataset[key]
+        except Exception as e:  # whatever a file or a transform raises: reported, with the sample named
+            source, why = loader.dataset.source(key), _first_line(e)
+            return why if source in why else f"{source}: {type(e).__name__}: {why}"
+    return f"loading the batch failed: {_first_line(error)}"
+
+
+class GuardedLoader:
+    """A ``DataLoader`` of a ``SeededTransform`` whose iteration raises ``SampleFailure`` naming the sample
+    when a batch fails to load (``failing_sample``); every other attribute is the loader's."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        batches = iter(self.loader)
+        for i in itertools.count():
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except Exception as e:  # a worker re-raises whatever the sample raised, its traceback in the message
+                why = failing_sample(self.loader, i, e)
+                e.__traceback__ = None  # PyTorch's re-raise leaves the error in a cycle with frames holding the workers
+                break
+            yield batch
+        # Stop the workers now: an iterator kept alive until garbage collection waits there 5 s on each worker.
+        del batches
+        raise SampleFailure(why)

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from ..config import EVENT_DATASETS
 
 __all__ = ["DataError", "RawData", "load_raw", "load_labelled", "load_rgb", "unread_data_note", "Subset", "Relabelled",
-           "sample_names", "DATASET_STATS"]
+           "sample_names", "sample_source", "DATASET_STATS"]
 
 # Per-channel mean/std over each training set (CIFAR values as in the official configs).
 DATASET_STATS = {
@@ -76,6 +76,17 @@ def sample_names(ds: Dataset) -> list[str] | None:
     if hasattr(ds, "items"):  # EventRecordings
         return [str(path) + (f"[{args[0]}:{args[1]}]" if args else "") for _, path, args in ds.items]
     return None
+
+
+def sample_source(ds: Dataset, i: int) -> str:
+    """Where item ``i`` of ``ds`` is read from, for error messages: its file (``sample_names``), else its
+    place in the dataset it was split from (CIFAR's batches, the digits)."""
+    names = sample_names(ds)
+    if names is not None:
+        return names[i]
+    while hasattr(ds, "base"):  # Subset, SeededTransform, Relabelled
+        ds, i = ds.base, (ds.indices[i] if hasattr(ds, "indices") else i)
+    return f"{type(ds).__name__} item {i}"
 
 
 @dataclass
