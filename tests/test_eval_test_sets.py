@@ -106,6 +106,21 @@ def test_the_runs_own_data_gives_its_val_split_and_split_forces_either_reading(c
     assert f"--data {root}/train scores all of them as a test set" in capsys.readouterr().err
 
 
+def test_a_run_trained_on_a_relative_data_dir_knows_its_data_from_any_folder(cifar, tmp_path, monkeypatch, capsys):
+    """The run records the folder it read, so its own images, named from elsewhere by their absolute path, give
+    its held-out split (scored as a test set they would include the images it trained on)."""
+    ckpt, data, _ = cifar
+    state = load_checkpoint(ckpt)
+    assert state["meta"]["data_root"] == str(data.resolve())
+    state["config"]["data_dir"] = "data"  # as `--set data_dir=data`, trained from data's parent
+    relative = tmp_path / "relative.pt"
+    save_checkpoint(state, relative)
+    monkeypatch.chdir(tmp_path)  # elsewhere: ./data is not there
+    for given in ((), ("--data", data)):
+        r, _ = _eval(capsys, relative, tmp_path / "r.json", *given)
+        assert (r["split"], r["val_images"], r["data_dir"]) == ("val", 20, str(data.resolve()))
+
+
 def test_class_folders_are_matched_to_the_models_classes_by_name(cifar, tmp_path, capsys):
     ckpt, data, test = cifar
     full, _ = _eval(capsys, ckpt, tmp_path / "full.json", "--data", test, "--predictions", tmp_path / "full.p.json")

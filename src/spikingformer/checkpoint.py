@@ -28,7 +28,7 @@ __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_weight
            "is_run_checkpoint", "remove_partial_writes", "rng_state", "set_rng_state", "FORMAT", "VERSION"]
 
 FORMAT = "spikingformer.checkpoint"
-DATA_KEYS = ("classes", "mean", "std", "img_size")  # a run's record of its inputs, which inference needs
+DATA_KEYS = ("classes", "mean", "std", "img_size", "data_root")  # a run's record of its inputs, which inference needs
 VERSION = 1
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -322,6 +323,10 @@ def _run_source(path, run: RunFile, sets, extra) -> _Source:
         raise ValueError(f"{path} does not record the run it came from (exported from a state_dict?): "
                          "add --config RECIPE, e.g. --config cifar10")
     cfg, margs = run_config(path, meta["model"], meta["model_args"], build["config"], sets, extra=extra)
+    if os.path.isdir(meta.get("data_root") or "") and cfg.data_dir == build["config"].get("data_dir"):
+        # the folder the run read, wherever eval runs from: a relative data_dir names another folder elsewhere,
+        # and the run's own images, given by their absolute path, would be scored as a test set
+        cfg = dataclasses.replace(cfg, data_dir=meta["data_root"])
     return _Source(cfg, meta["model"], margs, run.weights, build, margs.get("img_size") or meta["img_size"],
                    meta["classes"], meta["model_args"].get("num_classes"), run.state.get("progress", {}).get("epoch"))
 

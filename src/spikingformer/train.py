@@ -153,7 +153,7 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo, overrides: dict) -> dic
     log.restore(state.history)
     meta = {"model": cfg.model, "model_args": margs,
             "classes": data.classes, "val_name": data.val_name, "mean": list(data.mean), "std": list(data.std),
-            "img_size": data.img_size}
+            "img_size": data.img_size, "data_root": os.path.realpath(os.path.expanduser(cfg.data_dir))}
     n_params = sum(p.numel() for p in model.parameters())
 
     def save(path: Path) -> None:
