@@ -115,11 +115,11 @@ def test_the_cpu_recipe_loads_and_reads_real_images(cifar):
 
     assert _recipe_command((recipe_dir() / "cifar10_cpu.yaml").read_text()) == "train"
     cfg = load_config("cifar10_cpu", [f"data_dir={cifar}", "holdout=20", "limit_train=40", "workers=0"])
-    assert (cfg.fast, cfg.epochs, cfg.batch_size, resolve_img_size(cfg)) == ("off", 1, 128, 32)
+    assert (cfg.fast, cfg.epochs, cfg.batch_size, resolve_img_size(cfg)) == ("on", 2, 128, 32)
     model = create_model(cfg.model, **cfg.model_args).eval()
     assert sum(p.numel() for p in model.parameters()) == 112_978 and model.T == 2
     data = build_data(cfg, 32)
     assert (len(data.train), len(data.val), data.classes[0]) == (40, 20, "airplane")
     x = torch.stack([data.train[(i, 0)][0] for i in range(4)])  # seeded training augmentation
     assert x.shape == (4, 3, 32, 32) and model(x).shape == (4, 10)
-    assert load_config("cifar10_cpu").limit_train == 15000 and load_config("cifar10_cpu").holdout == 5000
+    assert load_config("cifar10_cpu").limit_train == 0 and load_config("cifar10_cpu").holdout == 5000
