@@ -36,15 +36,17 @@ def _w(*shape, g):
 
 
 def official_spikingformer(dim: int, depth: int, classes: int, in_ch: int = 3, cifar_names: bool = False,
-                           seed: int = 0) -> dict:
+                           seed: int = 0, stem: list[tuple[str, str]] | None = None,
+                           mlp: tuple[str, str] = ("mlp1", "mlp2")) -> dict:
     """Spikingformer's official layout: ImageNet/DVS tokenizer ``proj{i}_conv`` (CIFAR: ``block{i}_conv``),
-    Conv1d Q/K/V/proj, Conv2d MLP ``mlp1``/``mlp2``, unused LayerNorms ``norm1``/``norm2``, ``head``."""
+    Conv1d Q/K/V/proj, Conv2d MLP ``mlp1``/``mlp2``, unused LayerNorms ``norm1``/``norm2``, ``head``; ``stem``
+    and ``mlp`` name the tokenizer's five (conv, bn) pairs and the MLP's convs otherwise (older layouts)."""
     g = torch.Generator().manual_seed(seed)
     sd, ch = {}, [in_ch, dim // 8, dim // 4, dim // 2, dim, dim]
-    for i in range(5):
-        name = f"block{i}" if cifar_names else ("proj" if i == 0 else f"proj{i}")
-        sd[f"patch_embed.{name}_conv.weight"] = _w(ch[i + 1], ch[i], 3, 3, g=g)
-        sd.update(_bn(f"patch_embed.{name}_bn", ch[i + 1], g))
+    names = [f"block{i}" if cifar_names else ("proj" if i == 0 else f"proj{i}") for i in range(5)]
+    for i, (conv, bn) in enumerate(stem or [(f"{n}_conv", f"{n}_bn") for n in names]):
+        sd[f"patch_embed.{conv}.weight"] = _w(ch[i + 1], ch[i], 3, 3, g=g)
+        sd.update(_bn(f"patch_embed.{bn}", ch[i + 1], g))
     for j in range(depth):
         b = f"block.{j}"
         for n in ("norm1", "norm2"):
@@ -54,7 +56,7 @@ def official_spikingformer(dim: int, depth: int, classes: int, in_ch: int = 3, c
             if n == "proj":
                 sd[f"{b}.attn.proj_conv.bias"] = _w(dim, g=g)
             sd.update(_bn(f"{b}.attn.{n}_bn", dim, g))
-        for n, (o, i) in (("mlp1", (4 * dim, dim)), ("mlp2", (dim, 4 * dim))):
+        for n, (o, i) in zip(mlp, ((4 * dim, dim), (dim, 4 * dim))):
             sd[f"{b}.mlp.{n}_conv.weight"], sd[f"{b}.mlp.{n}_conv.bias"] = _w(o, i, 1, 1, g=g), _w(o, g=g)
             sd.update(_bn(f"{b}.mlp.{n}_bn", o, g))
     sd["head.weight"], sd["head.bias"] = _w(classes, dim, g=g), _w(classes, g=g)

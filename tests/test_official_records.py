@@ -12,7 +12,7 @@ from spikingformer.checkpoint import load_weights
 from spikingformer.official import convert_official
 
 from .data.helpers import write_class_tree
-from .test_official import (SMALL, TINY, _bn, _timm_checkpoint, _w, attention_rates, calibrated, official_spikformer,
+from .test_official import (SMALL, TINY, _timm_checkpoint, attention_rates, calibrated, official_spikformer,
                             official_spikformer_forward, official_spikingformer, official_spikingformer_forward)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -72,26 +72,9 @@ LOG_ARGS = dict(model="spikformer", layer=2, dim=32, num_heads=4, time_step=2, m
 
 
 def official_lifconvbn(dim: int, depth: int, classes: int, seed: int = 0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    sd, ch = {}, [3, dim // 8, dim // 4, dim // 2, dim, dim]
-    for i, (conv, bn) in enumerate([("proj_conv", "proj_bn"), ("proj_conv1", "proj_bn1"), ("proj_conv2", "proj_bn2"),
-                                    ("proj_conv3", "proj_bn3"), ("rpe_conv", "rpe_bn")]):
-        sd[f"patch_embed.{conv}.weight"] = _w(ch[i + 1], ch[i], 3, 3, g=g)
-        sd.update(_bn(f"patch_embed.{bn}", ch[i + 1], g))
-    for j in range(depth):
-        b = f"block.{j}"
-        for n in ("norm1", "norm2"):
-            sd[f"{b}.{n}.weight"], sd[f"{b}.{n}.bias"] = torch.ones(dim), torch.zeros(dim)
-        for n in ("q", "k", "v", "proj"):  # Conv1d; proj alone with a bias
-            sd[f"{b}.attn.{n}_conv.weight"] = _w(dim, dim, 1, g=g)
-            if n == "proj":
-                sd[f"{b}.attn.proj_conv.bias"] = _w(dim, g=g)
-            sd.update(_bn(f"{b}.attn.{n}_bn", dim, g))
-        for n, (o, i) in (("fc1", (4 * dim, dim)), ("fc2", (dim, 4 * dim))):  # 1x1 Conv2d with bias
-            sd[f"{b}.mlp.{n}_conv.weight"], sd[f"{b}.mlp.{n}_conv.bias"] = _w(o, i, 1, 1, g=g), _w(o, g=g)
-            sd.update(_bn(f"{b}.mlp.{n}_bn", o, g))
-    sd["head.weight"], sd["head.bias"] = _w(classes, dim, g=g), _w(classes, g=g)
-    return sd
+    stem = [("proj_conv", "proj_bn"), ("proj_conv1", "proj_bn1"), ("proj_conv2", "proj_bn2"),
+            ("proj_conv3", "proj_bn3"), ("rpe_conv", "rpe_bn")]
+    return official_spikingformer(dim, depth, classes, seed=seed, stem=stem, mlp=("fc1", "fc2"))
 
 
 def _as_current_spikingformer_names(sd: dict) -> dict:
