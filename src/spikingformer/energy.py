@@ -356,7 +356,9 @@ def register_cli(sub) -> None:
                     "Prints a per-layer table and the total in mJ per image (per sequence for a text model); "
                     "the read-out head is included in the total and also shown apart (Eq. 20 leaves it out).",
         epilog="examples: spikingformer energy --model spikingformer_8_512 --json e.json;  "
-               "spikingformer energy --checkpoint runs/glue/last.pt --data ~/.cache/spikingformer/glue")
+               "spikingformer energy --checkpoint runs/glue/last.pt --data ~/.cache/spikingformer/glue;  "
+               "spikingformer energy --model examples/sj_spikformer.py:build --model-kwargs dim=64  "
+               "(your own model: imports and runs that file)")
     add_input_args(p)
     p.add_argument("--e-mac", type=float, default=E_MAC_PJ, help=f"pJ per MAC (default {E_MAC_PJ}, 45 nm)")
     p.add_argument("--e-ac", type=float, default=E_AC_PJ, help=f"pJ per AC (default {E_AC_PJ}, 45 nm)")
