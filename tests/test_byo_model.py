@@ -44,6 +44,10 @@ def make(width=8, T=2, fail=False):
     return Net(width_of(width), T)
 
 
+def stepless():  # single-step neurons, and no T to say so
+    return nn.Sequential(nn.Conv2d(3, 4, 3), neuron.IFNode(), nn.Conv2d(4, 2, 3))
+
+
 def not_a_model(**kw):
     return {"weights": 1}
 
@@ -115,7 +119,7 @@ def test_a_module_callable(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.parametrize("spec, kwargs, message", [
     ("{dir}/missing.py:make", [], "model {dir}/missing.py:make: no such file: {dir}/missing.py"),
-    ("{file}:nope", [], "{file} has no attribute 'nope' (its callables: Net, make, not_a_model"),
+    ("{file}:nope", [], "{file} has no attribute 'nope' (its callables: Net, make, not_a_model, stepless"),
     ("{file}:CONSTANT", [], "CONSTANT is a int, not a callable that builds a model"),
     ("{file}:not_a_model", [], "not_a_model() returned a dict, not a torch.nn.Module"),
     ("{file}:make", ["fail=true"], "make(fail=True) raised RuntimeError: width must be a power of two"),
@@ -134,9 +138,11 @@ def test_errors_name_the_spec_and_the_problem_in_one_line(user_file, capsys, spe
         assert len(err.strip().splitlines()) == 1
 
 
-def test_input_size_must_be_given_when_the_model_does_not_declare_it(user_file, capsys):
+def test_what_the_model_does_not_declare_is_asked_for(user_file, capsys):
     code, _, err = run(capsys, "verify", "--model", f"{user_file}:make")
     assert code == 2 and "does not declare its input size" in err and "--input-size H" in err
+    code, _, err = run(capsys, "energy", "--model", f"{user_file}:stepless", "--input-size", "8")
+    assert code == 2 and f"{user_file}:stepless has no T attribute" in err
     code, _, err = run(capsys, "verify", "--model", EXAMPLE.as_posix() + ":build", "--in-chans", "2")
     assert code == 2 and "--in-chans 2: " in err and "takes 3-channel images" in err
 
