@@ -7,6 +7,8 @@ import torch
 
 from spikingformer.cli import main
 
+from .real_data import cifar_jpeg_tree
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sj_spikformer.py"
@@ -147,14 +149,17 @@ def test_what_the_model_does_not_declare_is_asked_for(user_file, capsys):
     assert code == 2 and "--in-chans 2: " in err and "takes 3-channel images" in err
 
 
-def test_the_readme_example_is_proven_spike_driven_and_priced(tmp_path, capsys):
+def test_the_readme_example_is_proven_spike_driven_and_priced_on_real_images(tmp_path, capsys):
     spec = f"{EXAMPLE}:build"
     small = ["--model-kwargs", "dim=32", "depth=1"]
     code, out, _ = run(capsys, "verify", "--model", spec, *small, "--plot", tmp_path)
     assert code == 0 and f"verdict: {spec} is spike-driven" in out
     assert (tmp_path / "fig3.png").exists()
-    code, out, _ = run(capsys, "energy", "--model", spec, *small, "--json", tmp_path / "e.json")
-    assert code == 0 and f"{spec}: images (3, 32, 32), T=4, 2 image(s)" in out
+    images = cifar_jpeg_tree(tmp_path / "cifar", per_class=1) / "train"  # one real CIFAR-10 JPEG of each class
+    code, out, _ = run(capsys, "energy", "--model", spec, *small, "--data", images, "--batches", "2",
+                       "--batch-size", "4", "--json", tmp_path / "e.json")
+    assert code == 0 and f"{spec}: images (3, 32, 32), T=4, 8 image(s)" in out
+    assert f"sample: {images}: 8 of 10 images, class-balanced, seed 0" in out
     report = json.loads((tmp_path / "e.json").read_text())
     names = [r["name"] for r in report["layers"]]
     assert {"stem.0", "blocks.0.attn.qkv.0", "blocks.0.attn.proj.0", "blocks.0.fc1.0", "blocks.0.fc2.0",
