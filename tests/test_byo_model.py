@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from spikingformer.cli import main
+from spikingformer.loading import load_model
 
 from .real_data import cifar_jpeg_tree
 
@@ -102,6 +103,8 @@ def test_a_users_checkpoint_loads_by_its_own_keys_and_a_misfit_is_named(user_fil
     code, out, err = run(capsys, "energy", "--model", spec, "--input-size", "8", "--checkpoint", weights)
     assert code == 0, err
     assert "random weights" not in out
+    net = load_model(weights, model=spec, width=8)  # the Python route is the same one
+    assert torch.equal(net.patch_embed[0].weight, torch.load(weights)["patch_embed.0.weight"]) and not net.training
     code, _, err = run(capsys, "energy", "--model", spec, "--model-kwargs", "width=16", "--input-size", "8",
                        "--checkpoint", weights)
     assert code == 2 and f"checkpoint {weights} does not fit {spec}" in err and "mis-shaped" in err

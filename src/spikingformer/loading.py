@@ -230,7 +230,8 @@ def load_model(checkpoint: str, model: str | None = None, **overrides) -> nn.Mod
     """The model of ``checkpoint``, weights loaded, in eval mode: a ``train``, ``mlm`` or ``glue`` run's
     ``best.pt``/``last.pt`` or a ``.safetensors`` from ``spikingformer export`` rebuild the model they
     record; a bare state_dict or official weights need its registry name ``model`` (and the options it
-    was built with).  ``overrides``: model options, e.g. ``T=8``."""
+    was built with), or a user's model its import spec ``FILE.py:FACTORY`` (``user_model``).
+    ``overrides``: model options, e.g. ``T=8``."""
     unnamed = f"{checkpoint} does not name its model: pass load_model(path, model='spikingformer_...', **options)"
     return build_model(checkpoint, model, overrides, unnamed=unnamed)[0]
 
@@ -246,7 +247,8 @@ def prepare(args: argparse.Namespace) -> Prepared:
         raise ValueError(f"--input-size must be >= 1, got {args.input_size}")
     torch.manual_seed(args.seed)
     state, build, name = resolve(args.checkpoint, args.model, getattr(args, "config", None))
-    if not is_spec(name) and name not in list_models() + list_text_models():  # both kinds are accepted here, so both are listed
+    # both kinds are accepted here, so both are listed
+    if not is_spec(name) and name not in list_models() + list_text_models():
         raise ValueError(f"unknown model {name!r}; available models: {', '.join(list_models())}; text models: "
                          f"{', '.join(list_text_models())}")
     text = name in list_text_models()
@@ -396,8 +398,8 @@ def _text(args: argparse.Namespace, name: str, build: dict) -> Prepared:
     from .models.text import create_text_model
 
     if args.input_size is not None or getattr(args, "in_chans", None) or getattr(args, "config", None) or args.set:
-        raise ValueError(f"--input-size, --in-chans, --config and --set are for image models; {name} reads token sequences "
-                         f"(--seq-len, or --data with its run's checkpoint)")
+        raise ValueError(f"--input-size, --in-chans, --config and --set are for image models; {name} reads token "
+                         f"sequences (--seq-len, or --data with its run's checkpoint)")
     model = create_text_model(name, **{**build.get("model_args", {}), **model_overrides(args)})
     if args.data:
         batches, what = _text_data(args, build, model)
