@@ -1,5 +1,6 @@
 """Bring your own model: ``--model FILE.py:FACTORY`` / ``MODULE:CALLABLE`` through ``verify`` and ``energy``."""
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,9 +43,11 @@ class Net(nn.Module):
 
 
 def make(width=8, T=2, fail=False):
+    from helper_lazy import checked  # imported when called, as some repositories' factories do
+
     if fail:
         raise RuntimeError("width must be a power of two")
-    return Net(width_of(width), T)
+    return Net(checked(width_of(width)), T)
 
 
 def stepless():  # single-step neurons, and no T to say so
@@ -59,11 +62,16 @@ CONSTANT = 3
 
 
 @pytest.fixture
-def user_file(tmp_path):
+def user_file(tmp_path, monkeypatch):
+    """``my_net.py`` and its sibling modules; importing it puts their folder on sys.path, which is undone."""
+    monkeypatch.setattr(sys, "path", [*sys.path])
     (tmp_path / "helper_layers.py").write_text("def width_of(w):\n    return w\n")
+    (tmp_path / "helper_lazy.py").write_text("def checked(w):\n    return w\n")
     path = tmp_path / "my_net.py"
     path.write_text(USER_FILE)
-    return path
+    yield path
+    for name in ("helper_layers", "helper_lazy"):
+        sys.modules.pop(name, None)
 
 
 def run(capsys, *argv):
@@ -87,19 +95,12 @@ def test_verify_and_energy_of_a_users_file(user_file, tmp_path, capsys):
 
 
 def test_a_users_checkpoint_loads_by_its_own_keys_and_a_misfit_is_named(user_file, tmp_path, capsys):
-    import importlib.util
-    import sys
+    from spikingformer.user_model import build_user_model
 
-    sys.path.insert(0, str(user_file.parent))
-    try:
-        loader = importlib.util.spec_from_file_location("my_net_for_test", user_file)
-        module = importlib.util.module_from_spec(loader)
-        loader.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(user_file.parent))
     weights = tmp_path / "w.pth"
-    torch.save(module.make(width=8).state_dict(), weights)  # keys patch_embed.*/block.*, as official layouts
     spec = f"{user_file}:make"
+    # its keys start patch_embed./block., as the official layouts' do: loaded as they are, never renamed
+    torch.save(build_user_model(spec, width=8).state_dict(), weights)
     code, out, err = run(capsys, "energy", "--model", spec, "--input-size", "8", "--checkpoint", weights)
     assert code == 0, err
     assert "random weights" not in out
@@ -115,7 +116,8 @@ def test_a_module_callable(tmp_path, capsys, monkeypatch):
     pkg = tmp_path / "their_repo"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    (pkg / "models.py").write_text(USER_FILE.replace("from helper_layers import width_of", "width_of = int"))
+    (pkg / "models.py").write_text(USER_FILE.replace("from helper_layers import width_of", "width_of = int")
+                                   .replace("from helper_lazy import checked", "checked = int"))
     monkeypatch.syspath_prepend(str(tmp_path))
     code, out, err = run(capsys, "verify", "--model", "their_repo.models:make", "--input-size", "8")
     assert code == 0, err
@@ -131,10 +133,12 @@ def test_a_module_callable(tmp_path, capsys, monkeypatch):
     ("{file}:make", ["depth=2"], "make(depth=2) raised TypeError: make() got an unexpected keyword argument 'depth'"),
     ("no_such_pkg.models:make", [], "importing no_such_pkg.models raised ModuleNotFoundError: No module named"),
     ("{dir}/broken.py:make", [], "importing {dir}/broken.py raised ZeroDivisionError: division by zero"),
+    ("{dir}/script.py:make", [], "importing {dir}/script.py raised SystemExit: 3"),
     (":make", [], "expected FILE.py:FACTORY or MODULE:CALLABLE"),
 ])
 def test_errors_name_the_spec_and_the_problem_in_one_line(user_file, capsys, spec, kwargs, message):
     (user_file.parent / "broken.py").write_text("x = 1 / 0\n")
+    (user_file.parent / "script.py").write_text("raise SystemExit(3)\n")
     fill = dict(dir=user_file.parent, file=user_file)
     argv = ["--model", spec.format(**fill), "--input-size", "8", *(["--model-kwargs", *kwargs] if kwargs else [])]
     for command in ("verify", "energy"):

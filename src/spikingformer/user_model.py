@@ -48,14 +48,14 @@ def _import_file(spec: str, path: Path):
     loader = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(loader)
     sys.modules[name] = module  # dataclasses and pickling look their module up here
-    sys.path.insert(0, str(path.resolve().parent))  # its sibling imports work, as under `python file.py`
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:  # its sibling imports work, also those its factory makes, as under `python file.py`
+        sys.path.insert(0, folder)
     try:
         loader.loader.exec_module(module)
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # SystemExit: a script that parses sys.argv when imported
         del sys.modules[name]
         raise ValueError(f"model {spec}: importing {path} raised {type(e).__name__}: {e}") from e
-    finally:
-        sys.path.remove(str(path.resolve().parent))
     return module
 
 
