@@ -156,7 +156,8 @@ def test_what_the_model_does_not_declare_is_asked_for(user_file, capsys):
     assert code == 2 and "--in-chans 2: " in err and "takes 3-channel images" in err
 
 
-def test_the_readme_example_is_proven_spike_driven_and_priced_on_real_images(tmp_path, capsys):
+def test_the_readme_example_is_proven_spike_driven_and_priced_on_real_images(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "path", [*sys.path])  # examples/ goes on it
     spec = f"{EXAMPLE}:build"
     small = ["--model-kwargs", "dim=32", "depth=1"]
     code, out, _ = run(capsys, "verify", "--model", spec, *small, "--plot", tmp_path)
