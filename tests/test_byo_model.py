@@ -92,7 +92,8 @@ def test_verify_and_energy_of_a_users_file(user_file, tmp_path, capsys):
     code, _, err = run(capsys, "verify", "--model", spec, "--input-size", "8", "--plot", tmp_path / "b0",
                        "--block", "block.0")  # a prefix of the user's own names
     assert code == 0 and (tmp_path / "b0" / "fig3.png").exists()
-    code, _, err = run(capsys, "verify", "--model", spec, "--input-size", "8", "--plot", tmp_path, "--block", "stages.2")
+    code, _, err = run(capsys, "verify", "--model", spec, "--input-size", "8", "--plot", tmp_path,
+                       "--block", "stages.2")
     assert code == 2 and "has no conv/linear layer named stages.2.*" in err
     code, out, _ = run(capsys, "energy", "--model", spec, "--model-kwargs", "width=8", "T=3", "--input-size", "8")
     assert code == 0 and f"{spec}: images (3, 8, 8), T=3, 2 image(s)" in out

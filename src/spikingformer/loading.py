@@ -105,12 +105,13 @@ def calibrate_bn(model: nn.Module, batches: list[Batch]) -> nn.Module:
 
 def add_input_args(p: argparse.ArgumentParser) -> None:
     """The options ``energy`` and ``verify`` share: which model, which weights, which input."""
-    p.add_argument("--model", metavar="NAME|FILE.py:FACTORY", help="a name from `spikingformer models` / list_models(), or a models.text name; "
-                   "optional with a --checkpoint from a training run, which names its model. Or your own model: "
-                   "path/to/file.py:FACTORY or package.module:CALLABLE, called with --model-kwargs (and --T, "
-                   "--num-classes when given); importing it runs that file's code. Its input: [B, C, H, W] "
-                   "images of the size it declares (a default_input_size = (C, H, W) attribute, or timm's "
-                   "pretrained_cfg), else --in-chans x --input-size; energy reads T from its T attribute")
+    p.add_argument("--model", metavar="NAME|FILE.py:FACTORY",
+                   help="a name from `spikingformer models` / list_models(), or a models.text name; optional "
+                        "with a --checkpoint from a training run, which names its model. Or your own model: "
+                        "path/to/file.py:FACTORY or package.module:CALLABLE, called with --model-kwargs (and --T, "
+                        "--num-classes when given); importing it runs that file's code. Its input: [B, C, H, W] "
+                        "images of the size it declares (a default_input_size = (C, H, W) attribute, or timm's "
+                        "pretrained_cfg), else --in-chans x --input-size; energy reads T from its T attribute")
     p.add_argument("--checkpoint", metavar="FILE",
                    help="a run's best.pt/last.pt (train, mlm or glue: its model options are reused), a state_dict "
                         "saved with torch.save (.pt/.pth) or .safetensors; without it the model has random weights "
