@@ -165,7 +165,7 @@ def load_checkpoint(path: str | Path, map_location="cpu", hint: str = "") -> dic
     return state
 
 
-def load_weights(path: str | Path, model: str | None = None) -> tuple[dict, dict]:
+def load_weights(path: str | Path, model: str | None = None, official: bool = True) -> tuple[dict, dict]:
     """Model weights from a training checkpoint (``best.pt``/``last.pt``), a ``torch.save``-d
     state_dict (bare, or under ``model``/``state_dict``/``model_state_dict``, as timm's checkpoints of
     the official code), or a ``.safetensors`` file.  Returns ``(state_dict, build)``: ``build`` is
@@ -178,7 +178,9 @@ def load_weights(path: str | Path, model: str | None = None) -> tuple[dict, dict
     repository's key layout is renamed to ours (``official.convert_official``; ``build`` then holds
     ``{"official": layout, "notes": [...], "recorded": {...}}``, ``recorded`` being what the layout and the
     training args a timm checkpoint stores say of the model: ``official.recorded_options``).  ``model``: the
-    name asked for, which tells apart the two official layouts that share their tensor names when no args do."""
+    name asked for, which tells apart the two official layouts that share their tensor names when no args do.
+    ``official=False``: keys as stored, for a model from the user's own code (``user_model``), whose names
+    may be an official layout's."""
     path = Path(path)
     build, args = {}, None
     if path.suffix == ".safetensors" or is_safetensors(path):
@@ -219,7 +221,7 @@ def load_weights(path: str | Path, model: str | None = None) -> tuple[dict, dict
     for prefix in ("module.", "_orig_mod."):
         if all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
-    layout = official_layout(state, args, model)
+    layout = official_layout(state, args, model) if official else None
     if layout:
         try:
             state, layout, notes = convert_official(state, layout)

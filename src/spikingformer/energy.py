@@ -325,12 +325,21 @@ def estimate_energy(model: nn.Module, inputs: Tensor | dict | Iterable, *, T: in
     return report
 
 
+def _check_steps_known(prep) -> None:
+    """A user's model (``--model FILE.py:FACTORY``) fed static images must say how many steps it runs them."""
+    x = prep.batches[0]
+    if getattr(prep.model, "T", None) is None and isinstance(x, Tensor) and x.dim() == 4:
+        raise ValueError(f"{prep.name} has no T attribute: energy prices the steps a static image runs, so set "
+                         f"self.T in the model (self.T = 1 for a single-step model)")
+
+
 def _cmd_energy(args: argparse.Namespace) -> int:
     try:
         check_output("--json", args.json)
         check_output("--csv", args.csv)
         check_output("--plot", args.plot, suffixes=FIGURE_SUFFIXES)
         prep = prepare(args)
+        _check_steps_known(prep)
         report = estimate_energy(prep.model, prep.batches, e_mac=args.e_mac, e_ac=args.e_ac, model_name=prep.name,
                                  unit=prep.unit, integer_inputs=args.integer_inputs, progress=True)
     except (ValueError, TypeError, FileNotFoundError, CheckpointError, DataError) as e:  # TypeError: model options
@@ -356,7 +365,9 @@ def register_cli(sub) -> None:
                     "Prints a per-layer table and the total in mJ per image (per sequence for a text model); "
                     "the read-out head is included in the total and also shown apart (Eq. 20 leaves it out).",
         epilog="examples: spikingformer energy --model spikingformer_8_512 --json e.json;  "
-               "spikingformer energy --checkpoint runs/glue/last.pt --data ~/.cache/spikingformer/glue")
+               "spikingformer energy --checkpoint runs/glue/last.pt --data ~/.cache/spikingformer/glue;  "
+               "spikingformer energy --model examples/sj_spikformer.py:build --model-kwargs dim=64  "
+               "(your own model: imports and runs that file)")
     add_input_args(p)
     p.add_argument("--e-mac", type=float, default=E_MAC_PJ, help=f"pJ per MAC (default {E_MAC_PJ}, 45 nm)")
     p.add_argument("--e-ac", type=float, default=E_AC_PJ, help=f"pJ per AC (default {E_AC_PJ}, 45 nm)")

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from .checkpoint import load_weights, state_mismatch
 from .official import check_family, check_recorded
+from .user_model import build_user_model, declared_input_size, is_spec
 
 __all__ = ["Prepared", "add_input_args", "prepare", "resolve", "build_model", "load_model", "create_any", "load_into",
            "run_model", "load_checkpoint", "calibrate_bn"]
@@ -39,7 +40,7 @@ Batch = Tensor | dict
 class Prepared:
     model: nn.Module
     batches: list[Batch]
-    name: str                       # the model's registry name
+    name: str                       # the model's registry name, or its import spec (``user_model``)
     unit: str = "image"             # what one sample is: "image" or "sequence" (figures are per unit)
     input: str = ""                 # what the model is fed, for the report's first line
     notes: list[str] = field(default_factory=list)
@@ -104,8 +105,13 @@ def calibrate_bn(model: nn.Module, batches: list[Batch]) -> nn.Module:
 
 def add_input_args(p: argparse.ArgumentParser) -> None:
     """The options ``energy`` and ``verify`` share: which model, which weights, which input."""
-    p.add_argument("--model", help="a name from `spikingformer models` / list_models(), or a models.text name; "
-                   "optional with a --checkpoint from a training run, which names its model")
+    p.add_argument("--model", metavar="NAME|FILE.py:FACTORY",
+                   help="a name from `spikingformer models` / list_models(), or a models.text name; optional "
+                        "with a --checkpoint from a training run, which names its model. Or your own model: "
+                        "path/to/file.py:FACTORY or package.module:CALLABLE, called with --model-kwargs (and --T, "
+                        "--num-classes when given); importing it runs that file's code. Its input: [B, C, H, W] "
+                        "images of the size it declares (a default_input_size = (C, H, W) attribute, or timm's "
+                        "pretrained_cfg), else --in-chans x --input-size; energy reads T from its T attribute")
     p.add_argument("--checkpoint", metavar="FILE",
                    help="a run's best.pt/last.pt (train, mlm or glue: its model options are reused), a state_dict "
                         "saved with torch.save (.pt/.pth) or .safetensors; without it the model has random weights "
@@ -134,6 +140,8 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
                         "of --batches x --batch-size images of it (all of it if that is more), named in the report")
     p.add_argument("--batch-size", type=int, default=2, help="images or sequences per batch (default 2)")
     p.add_argument("--input-size", type=int, metavar="H", help="square image size (default: the model's)")
+    p.add_argument("--in-chans", type=int, metavar="C",
+                   help="image channels of a --model FILE.py:FACTORY that does not declare its input size (default 3)")
     p.add_argument("--seq-len", type=int, default=64,
                    help="tokens per random sequence for text models without --data (default 64)")
     p.add_argument("--seed", type=int, default=0,
@@ -152,8 +160,10 @@ def resolve(checkpoint: str | None, model: str | None, recipe: str | None = None
 
     cfg = load_config(recipe) if recipe else None  # as in `eval --config`: the recipe decides how --data is read
     # the name asked for tells apart the official layouts whose tensor names are the same
-    state, build = load_weights(checkpoint, model or (cfg and cfg.model)) if checkpoint else (None, {})
-    if state is not None and "head.fc.weight" in state and "model_args" not in build:
+    own = is_spec(model)  # a user's model: its keys are its own, whatever they look like
+    state, build = load_weights(checkpoint, model or (cfg and cfg.model), official=not own) if checkpoint \
+        else (None, {})
+    if state is not None and "head.fc.weight" in state and "model_args" not in build and not own:
         # a bare state_dict says its classifier size; --num-classes still wins
         build = {**build, "model_args": {"num_classes": state["head.fc.weight"].shape[0]}}
     if cfg:
@@ -188,10 +198,13 @@ def _recorded_model(build: dict, source) -> tuple[str | None, dict]:
 
 
 def create_any(name: str, **kw) -> nn.Module:
-    """A vision model (``create_model``) or a text model (``models.text``) by registry name."""
+    """A vision model (``create_model``) or a text model (``models.text``) by registry name, or a user's
+    model by its import spec ``FILE.py:FACTORY`` / ``MODULE:CALLABLE`` (``user_model``)."""
     from . import create_model
     from .models.text import create_text_model, list_text_models
 
+    if is_spec(name):
+        return build_user_model(name, **kw)
     return create_text_model(name, **kw) if name in list_text_models() else create_model(name, **kw)
 
 
@@ -218,7 +231,8 @@ def load_model(checkpoint: str, model: str | None = None, **overrides) -> nn.Mod
     """The model of ``checkpoint``, weights loaded, in eval mode: a ``train``, ``mlm`` or ``glue`` run's
     ``best.pt``/``last.pt`` or a ``.safetensors`` from ``spikingformer export`` rebuild the model they
     record; a bare state_dict or official weights need its registry name ``model`` (and the options it
-    was built with).  ``overrides``: model options, e.g. ``T=8``."""
+    was built with), or a user's model its import spec ``FILE.py:FACTORY`` (``user_model``).
+    ``overrides``: model options, e.g. ``T=8``."""
     unnamed = f"{checkpoint} does not name its model: pass load_model(path, model='spikingformer_...', **options)"
     return build_model(checkpoint, model, overrides, unnamed=unnamed)[0]
 
@@ -234,7 +248,8 @@ def prepare(args: argparse.Namespace) -> Prepared:
         raise ValueError(f"--input-size must be >= 1, got {args.input_size}")
     torch.manual_seed(args.seed)
     state, build, name = resolve(args.checkpoint, args.model, getattr(args, "config", None))
-    if name not in list_models() + list_text_models():  # both kinds are accepted here, so both are listed
+    # both kinds are accepted here, so both are listed
+    if not is_spec(name) and name not in list_models() + list_text_models():
         raise ValueError(f"unknown model {name!r}; available models: {', '.join(list_models())}; text models: "
                          f"{', '.join(list_text_models())}")
     text = name in list_text_models()
@@ -293,11 +308,10 @@ def model_overrides(args: argparse.Namespace) -> dict:
 # ---------------------------------------------------------------- vision
 
 def _vision(args: argparse.Namespace, name: str, build: dict) -> Prepared:
-    from . import create_model
     from .data.sources import unread_data_note
 
-    model = create_model(name, **{**build.get("model_args", {}), **model_overrides(args)})
-    c, h, _ = model.default_input_size
+    model = create_any(name, **{**build.get("model_args", {}), **model_overrides(args)})
+    c, h = _input_shape(model, name, args)
     config = build.get("config") or {}
     if args.set and not (args.data and config):
         raise ValueError("--set changes how --data is read by a run's config or a --config recipe: give both "
@@ -318,6 +332,21 @@ def _vision(args: argparse.Namespace, name: str, build: dict) -> Prepared:
     return Prepared(model, batches, name, input=f"images {(c, size, size)}",
                     notes=["random N(0,1) input (no --data): firing rates are not those of real images"],
                     sample=f"random N(0,1) images, {args.batches} x {args.batch_size} (seed {args.seed})")
+
+
+def _input_shape(model: nn.Module, name: str, args: argparse.Namespace) -> tuple[int, int]:
+    """``(C, H)`` of the images ``model`` takes: as it declares them, else ``--in-chans`` and ``--input-size``."""
+    declared, chans = declared_input_size(model), getattr(args, "in_chans", None)
+    if chans is not None and chans < 1:
+        raise ValueError(f"--in-chans must be >= 1, got {chans}")
+    if declared is None:
+        if args.input_size is None:
+            raise ValueError(f"{name} does not declare its input size (a default_input_size = (C, H, W) attribute): "
+                             f"give --input-size H (and --in-chans C, default 3)")
+        return chans or 3, args.input_size
+    if chans not in (None, declared[0]):
+        raise ValueError(f"--in-chans {chans}: {name} takes {declared[0]}-channel images")
+    return declared[0], declared[1]
 
 
 def _run_val(args: argparse.Namespace, config: dict, model: nn.Module, size: int) -> tuple[list[Tensor], str, str]:
@@ -369,9 +398,9 @@ def _image_folder(root: str, size: int, batch_size: int, n_batches: int, seed: i
 def _text(args: argparse.Namespace, name: str, build: dict) -> Prepared:
     from .models.text import create_text_model
 
-    if args.input_size is not None or getattr(args, "config", None) or args.set:
-        raise ValueError(f"--input-size, --config and --set are for image models; {name} reads token sequences "
-                         f"(--seq-len, or --data with its run's checkpoint)")
+    if args.input_size is not None or getattr(args, "in_chans", None) or getattr(args, "config", None) or args.set:
+        raise ValueError(f"--input-size, --in-chans, --config and --set are for image models; {name} reads token "
+                         f"sequences (--seq-len, or --data with its run's checkpoint)")
     model = create_text_model(name, **{**build.get("model_args", {}), **model_overrides(args)})
     if args.data:
         batches, what = _text_data(args, build, model)

@@ -286,12 +286,22 @@ def counterpart(name: str) -> str | None:
     return other if other in list_models() else None
 
 
-def _last_block(cert: Certificate) -> int:
+def _block_prefix(cert: Certificate, block: str | None) -> str:
+    """The layer-name prefix of the block ``--plot`` histograms: ``--block N`` is ``blocks.N.``, any other
+    ``--block`` a prefix as given (``stages.2.`` of a user's model); by default the last ``blocks.N.``, or
+    for a model named otherwise the first numbered level of its last synaptic layer (``block.3.fc`` -> ``block.3.``)."""
+    if block is not None:
+        return f"blocks.{block}." if block.isdigit() else block if block.endswith(".") else block + "."
     ids = {int(r.name.split(".")[1]) for r in cert.layers
            if r.name.startswith("blocks.") and r.name.split(".")[1].isdigit()}
-    if not ids:
-        raise ValueError(f"{cert.model} has no `blocks.N.` layers: pass --block")
-    return max(ids)
+    if ids:
+        return f"blocks.{max(ids)}."
+    for r in reversed([r for r in cert.layers if r.role == "synaptic"]):
+        parts = r.name.split(".")
+        numbered = [i for i, p in enumerate(parts[:-1]) if p.isdigit()]
+        if numbered:
+            return ".".join(parts[:numbered[0] + 1]) + "."
+    raise ValueError(f"{cert.model} has no numbered blocks (`blocks.N.` layers): pass --block PREFIX")
 
 
 def _compared(args: argparse.Namespace, name: str) -> str | None:
@@ -314,9 +324,8 @@ def _plot(args: argparse.Namespace, cert: Certificate, other: str | None) -> str
         prep = prepare(argparse.Namespace(**{**vars(args), "model": other, "checkpoint": args.compare_checkpoint}))
         certs.append(verify_model(prep.model, prep.batches, other))
         certs[-1].notes += prep.notes
-    block = _last_block(cert) if args.block is None else args.block
     os.makedirs(args.plot, exist_ok=True)
-    return plot_fig3(certs, f"blocks.{block}.", os.path.join(args.plot, "fig3.png"))
+    return plot_fig3(certs, _block_prefix(cert, args.block), os.path.join(args.plot, "fig3.png"))
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -353,13 +362,15 @@ def register_cli(sub) -> None:
                     "when one received something else, 3 when none did on this input but some are not built to "
                     "(another input may break the rule), 2 on a usage error, so it can gate CI. Takes vision, "
                     "event-data and text (mlm/glue) checkpoints.",
-        epilog="example: spikingformer verify --model spikingformer_8_512 --plot figs/  "
-               "(Fig. 3 against spikformer_8_512, block 7)")
+        epilog="examples: spikingformer verify --model spikingformer_8_512 --plot figs/  "
+               "(Fig. 3 against spikformer_8_512, block 7);  spikingformer verify --model "
+               "examples/sj_spikformer.py:build --model-kwargs dim=64  (your own model: imports and runs that file)")
     add_input_args(p)
     p.add_argument("--json", metavar="FILE", help="also write the certificate as JSON")
     p.add_argument("--plot", metavar="DIR", help="write Fig. 3 as DIR/fig3.png: input-value histogram of one "
                    "block and per-layer firing rates, beside the counterpart model")
-    p.add_argument("--block", type=int, help="block whose conv/linear inputs --plot histograms (default: the last)")
+    p.add_argument("--block", metavar="N|PREFIX", help="block whose conv/linear inputs --plot histograms: N for "
+                   "blocks.N., or a layer-name prefix such as stages.2. (default: the last block)")
     p.add_argument("--compare", metavar="NAME", help="model to plot beside --model (default: its Spikformer / "
                    "Spikingformer counterpart of the same size, if there is one)")
     p.add_argument("--compare-checkpoint", metavar="FILE", help="weights of the model --plot draws beside "
