@@ -125,7 +125,7 @@ def policy_energy(probe: SynapticProbe, images: int, e_mac: float = E_MAC_PJ, e_
     only: accumulates from the events of its sparsest event input there, multiply-accumulates by the share
     of the sample-steps it ran.  So a policy that stops every sample after ``t`` steps costs what
     ``estimate_energy`` gives the model run for ``t`` steps."""
-    layers = [r for r in probe.ordered if not r.readout]
+    layers = [r for r in probe.priced if not r.readout]
     if probe.steps_run is None or any(not r.per_step or not r.charged for r in layers):
         return None
     share = probe.steps_run / probe.steps_seen  # [P] float64
@@ -262,7 +262,7 @@ def energy_from_probe(probe: SynapticProbe, images: int, T: int, e_mac: float = 
                       e_ac: float = E_AC_PJ, model_name: str = "", integer_inputs: str = "mac") -> EnergyReport:
     """Turn what ``probe`` recorded over ``images`` images at ``T`` steps into an ``EnergyReport``."""
     probe.require_run()
-    rows = [stage_energy(rec, st, images, T, e_mac, e_ac, integer_inputs) for rec in probe.ordered
+    rows = [stage_energy(rec, st, images, T, e_mac, e_ac, integer_inputs) for rec in probe.priced
             for st in rec.stages]
     return EnergyReport(model_name, T, images, e_mac, e_ac, rows, probe.spike_driven, integer_inputs=integer_inputs,
                         proven=probe.proven if probe.provenance is not None else None)
