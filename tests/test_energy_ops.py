@@ -44,7 +44,7 @@ class PeerAttention(nn.Module):
         if self.form == "@":
             return q @ k.transpose(-2, -1)
         if self.form == "einsum":
-            return torch.einsum("tbhnd,tbhmd->tbhnm", q, k)
+            return torch.einsum("...nd,...md->...nm", q, k)
         return torch.bmm(q.flatten(0, 2), k.flatten(0, 2).transpose(1, 2)).view(T, -1, H, N, N)
 
     def forward(self, x):

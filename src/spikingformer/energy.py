@@ -31,6 +31,12 @@ text batches can run the attention in both orders (``N`` on either side of ``d``
 order's count is then its own row, priced at those pooled rates, an approximation where the
 batches of one order fire more than those of the other.
 
+Attention written as bare tensor ops rather than a module (a peer's ``q @ k.transpose(-2, -1) @ v``,
+``einsum``, SDSA's Hadamard products ``q * k`` and column sums) is priced by the same rule, one row per op,
+named by the module that ran it (``blocks.0.attn.matmul#1``; ``tensor_ops``): dense count = the op's
+multiplies (a sum: its input's elements), its inputs the activations it multiplies.  Ops inside a synaptic
+module (``SpikeQKV``'s own products), a neuron or the head are not counted again.
+
 Integer-valued inputs (Spikformer's SEW residual sums, ``{0, 1, ..., 2L + 1}``) have two
 readings, the two calculations the official energy script offers for the paper's recalculation
 of Spikformer (its ``spike_rate``, Appendix G calculations 1 and 2):
@@ -77,7 +83,7 @@ class LayerEnergy:
     """One synaptic product: a conv/linear, or one of the two products of ``Q K^T V``."""
 
     name: str
-    op: str                 # "conv", "linear", "K^T V", "Q (K^T V)", "Q K^T", "(Q K^T) V"
+    op: str                 # "conv", "linear", "K^T V", "Q (K^T V)", "Q K^T", "(Q K^T) V"; a bare op: "matmul", ...
     kind: str               # "spike" (ACs), "integer" (MACs, or ACs with integer_inputs="ac") or "real" (MACs)
     readout: bool           # inside the classification head (Eq. 20 leaves it out)
     fr: float | None        # mean of the input driving the ACs (spikes: the firing rate); None for a MAC product
@@ -351,7 +357,8 @@ def register_cli(sub) -> None:
     p = sub.add_parser(
         "energy", help="theoretical energy per image or sequence (Eq. 19-20) from real forward passes",
         description="Run a model, record every synaptic operation (conv, linear, the two products of "
-                    "Q K^T V in the order computed) and classify each one's input as binary spikes "
+                    "Q K^T V in the order computed, attention written as bare matmul/einsum/Hadamard/sum ops) "
+                    "and classify each one's input as binary spikes "
                     "(fr * T * FLOPs accumulates, E_AC) or not (T * FLOPs multiply-accumulates, E_MAC). "
                     "Prints a per-layer table and the total in mJ per image (per sequence for a text model); "
                     "the read-out head is included in the total and also shown apart (Eq. 20 leaves it out).",
