@@ -179,3 +179,29 @@ def test_our_text_model_has_no_op_rows(name):
     with SynapticProbe(model) as probe:
         model(input_ids=ids)
     assert probe.ops == {} and probe.layers
+
+
+def test_a_compiled_peer_model_and_in_place_products_are_priced_as_written():
+    def rows(report):
+        return [(r.name, r.op, r.fr, r.ac, r.mac) for r in report.layers]
+
+    x = spikes_in()
+    model = Peer()
+    eager = rows(estimate_energy(model, x, time_major=True))
+    assert rows(estimate_energy(torch.compile(model), x, time_major=True)) == eager
+    model.attn = torch.compile(model.attn)  # a compiled part: the same names
+    assert rows(estimate_energy(model, x, time_major=True)) == eager
+
+    class InPlace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.sn_q, self.sn_k, self.proj = MultiStepLIF(), MultiStepLIF(), nn.Linear(D, D)
+
+        def forward(self, x):
+            q, k = self.sn_q(x[:, :, 0]), self.sn_k(x[:, :, 1])
+            q.mul_(k)  # fr 1/2 x 1/4: read before it is overwritten
+            q *= k     # fr 1/4 x 1/4
+            return self.proj(q)
+
+    ops = [(r.name, r.fr, r.ac) for r in estimate_energy(InPlace(), x, time_major=True).layers if r.op == "mul"]
+    assert ops == [("mul#1", 1 / 4, 1 / 4 * T * H * N * D), ("mul#2", 1 / 4, 1 / 4 * T * H * N * D)]
