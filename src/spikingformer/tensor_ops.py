@@ -126,12 +126,12 @@ class TensorOps(TorchFunctionMode):
             tensors = list(_flat(args[1:]))
         else:
             tensors = [*args[:2], *(kwargs[k] for k in ("input", "other", "mat2") if k in kwargs)]
-        tensors = [t for t in tensors if isinstance(t, Tensor)]
+        tensors = [t for t in tensors if isinstance(t, Tensor)][:1 if op == "sum" else None]
         active = [t for t in tensors if self._active(t)]
-        if op == "sum":
-            return tensors[:1], active[:1] if tensors and self._active(tensors[0]) else []
         if op == "mul":
             return tensors, active if len(active) == 2 else []
+        if op == "sum":
+            return tensors, active
         return tensors, active if len(tensors) >= 2 else []  # a one-operand einsum only moves or sums values
 
 
