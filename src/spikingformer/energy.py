@@ -31,6 +31,12 @@ text batches can run the attention in both orders (``N`` on either side of ``d``
 order's count is then its own row, priced at those pooled rates, an approximation where the
 batches of one order fire more than those of the other.
 
+Attention written as bare tensor ops rather than a module (a peer's ``q @ k.transpose(-2, -1) @ v``,
+``einsum``, SDSA's Hadamard products ``q * k`` and column sums) is priced by the same rule, one row per op,
+named by the module that ran it (``blocks.0.attn.matmul#1``; ``tensor_ops``): dense count = the op's
+multiplies (a sum: its input's elements), its inputs the activations it multiplies.  Ops inside a synaptic
+module (``SpikeQKV``'s own products), a neuron or the head are not counted again.
+
 Integer-valued inputs (Spikformer's SEW residual sums, ``{0, 1, ..., 2L + 1}``) have two
 readings, the two calculations the official energy script offers for the paper's recalculation
 of Spikformer (its ``spike_rate``, Appendix G calculations 1 and 2):
@@ -77,7 +83,7 @@ class LayerEnergy:
     """One synaptic product: a conv/linear, or one of the two products of ``Q K^T V``."""
 
     name: str
-    op: str                 # "conv", "linear", "K^T V", "Q (K^T V)", "Q K^T", "(Q K^T) V"
+    op: str                 # "conv", "linear", "K^T V", "Q (K^T V)", "Q K^T", "(Q K^T) V"; a bare op: "matmul", ...
     kind: str               # "spike" (ACs), "integer" (MACs, or ACs with integer_inputs="ac") or "real" (MACs)
     readout: bool           # inside the classification head (Eq. 20 leaves it out)
     fr: float | None        # mean of the input driving the ACs (spikes: the firing rate); None for a MAC product
@@ -125,7 +131,7 @@ def policy_energy(probe: SynapticProbe, images: int, e_mac: float = E_MAC_PJ, e_
     only: accumulates from the events of its sparsest event input there, multiply-accumulates by the share
     of the sample-steps it ran.  So a policy that stops every sample after ``t`` steps costs what
     ``estimate_energy`` gives the model run for ``t`` steps."""
-    layers = [r for r in probe.ordered if not r.readout]
+    layers = [r for r in probe.priced if not r.readout]
     if probe.steps_run is None or any(not r.per_step or not r.charged for r in layers):
         return None
     share = probe.steps_run / probe.steps_seen  # [P] float64
@@ -262,7 +268,7 @@ def energy_from_probe(probe: SynapticProbe, images: int, T: int, e_mac: float = 
                       e_ac: float = E_AC_PJ, model_name: str = "", integer_inputs: str = "mac") -> EnergyReport:
     """Turn what ``probe`` recorded over ``images`` images at ``T`` steps into an ``EnergyReport``."""
     probe.require_run()
-    rows = [stage_energy(rec, st, images, T, e_mac, e_ac, integer_inputs) for rec in probe.ordered
+    rows = [stage_energy(rec, st, images, T, e_mac, e_ac, integer_inputs) for rec in probe.priced
             for st in rec.stages]
     return EnergyReport(model_name, T, images, e_mac, e_ac, rows, probe.spike_driven, integer_inputs=integer_inputs,
                         proven=probe.proven if probe.provenance is not None else None)
@@ -360,7 +366,8 @@ def register_cli(sub) -> None:
     p = sub.add_parser(
         "energy", help="theoretical energy per image or sequence (Eq. 19-20) from real forward passes",
         description="Run a model, record every synaptic operation (conv, linear, the two products of "
-                    "Q K^T V in the order computed) and classify each one's input as binary spikes "
+                    "Q K^T V in the order computed, attention written as bare matmul/einsum/Hadamard/sum ops) "
+                    "and classify each one's input as binary spikes "
                     "(fr * T * FLOPs accumulates, E_AC) or not (T * FLOPs multiply-accumulates, E_MAC). "
                     "Prints a per-layer table and the total in mJ per image (per sequence for a text model); "
                     "the read-out head is included in the total and also shown apart (Eq. 20 leaves it out).",

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from .layers import ClassifierHead, SpikeQKV, recomputing
 from .neuron import MultiStepLIF
 from .provenance import SPIKE, Built, SpikeProvenance
+from .tensor_ops import TensorOps, spiking_neuron
 
 __all__ = ["TensorStats", "Stage", "LayerProbe", "SynapticProbe", "SYNAPTIC_TYPES", "opaque_neuron", "verdict"]
 
@@ -224,6 +225,10 @@ class SynapticProbe:
 
     ``provenance=True`` also follows how every input was built (``provenance.SpikeProvenance``), so
     ``unproven`` names the layers not fed spikes by construction: proof for any input, not one run.
+
+    ``probe.ops`` holds the products and sums written as bare tensor ops (``tensor_ops``: a peer's
+    ``q @ k.transpose(-2, -1) @ v``), each one recorded as a layer is, for its energy; the verdict is the
+    synaptic layers'.  ``priced`` is both, in the order they first ran.
     """
 
     def __init__(self, model: nn.Module, provenance: bool = False):
@@ -231,6 +236,8 @@ class SynapticProbe:
         self.provenance = SpikeProvenance() if provenance else None
         self.exempt_first = getattr(model, "synaptic_encoding", True)
         self.layers: dict[str, LayerProbe] = {}
+        self.ops: dict[str, LayerProbe] = {}
+        self._ops = TensorOps(self._see_op)
         self._handles = []
         self._stance = None
         self._layout: tuple[int, int] | None = None  # (T, B) of the next forward, for ``charge``
@@ -241,6 +248,9 @@ class SynapticProbe:
         # Compiled code would run without the hooks, and the provenance mode cannot see into it.
         self._stance = torch.compiler.set_stance("force_eager")
         readout = {id(m) for h in self.model.modules() if isinstance(h, ClassifierHead) for m in h.modules()}
+        names = {mod: _uncompiled_name(name) for name, mod in self.model.named_modules()}
+        quiet = readout | {id(m) for m in self.model.modules() if isinstance(m, SYNAPTIC_TYPES) or spiking_neuron(m)}
+        self._handles += self._ops.attach(self.model, names, quiet)
         for name, mod in self.model.named_modules():
             if isinstance(mod, SYNAPTIC_TYPES):
                 name = _uncompiled_name(name) or type(mod).__name__
@@ -252,9 +262,11 @@ class SynapticProbe:
                 if opaque_neuron(mod):
                     self._handles.append(mod.register_forward_hook(self._neuron_hook(_uncompiled_name(name))))
             self.provenance.__enter__()
+        self._ops.__enter__()  # inside the provenance mode: it reads an op's operands before that labels them
         return self
 
     def __exit__(self, *exc) -> None:
+        self._ops.__exit__(*exc)
         if self.provenance is not None:
             self.provenance.__exit__(*exc)
         for h in self._handles:
@@ -277,20 +289,32 @@ class SynapticProbe:
             tensors = _tensors(args, kwargs)
             rec = self.layers.get(name)
             if rec is None:
-                rec = self.layers[name] = LayerProbe(name, mod, len(self.layers), readout,
+                rec = self.layers[name] = LayerProbe(name, mod, len(self.layers) + len(self.ops), readout,
                                                      [TensorStats() for _ in tensors])
-            rec.calls += 1
-            if self.provenance is not None:
-                for stats, a in zip(rec.inputs, tensors):
-                    stats.update_built(self.provenance.of(a))
-            with torch._C.DisableTorchFunction():  # the probe's own arithmetic is no part of the model
-                self._record(rec, tensors, readout)
+            self._observe(rec, tensors)
         return hook
 
-    def _record(self, rec: LayerProbe, tensors: list[Tensor], readout: bool) -> None:
+    def _see_op(self, name: str, mod: nn.Module, op: str, tensors: list[Tensor], macs: int) -> None:
+        rec = self.ops.get(name)
+        if rec is None:
+            rec = self.ops[name] = LayerProbe(name, mod, len(self.layers) + len(self.ops), False,
+                                              [TensorStats() for _ in tensors],
+                                              stages=[Stage(op, tuple(range(len(tensors))))])
+        self._observe(rec, tensors)
+        rec.stages[0].macs += macs
+
+    def _observe(self, rec: LayerProbe, tensors: list[Tensor]) -> None:
+        rec.calls += 1
+        if self.provenance is not None:
+            for stats, a in zip(rec.inputs, tensors):
+                stats.update_built(self.provenance.of(a))
+        with torch._C.DisableTorchFunction():  # the probe's own arithmetic is no part of the model
+            self._record(rec, tensors)
+
+    def _record(self, rec: LayerProbe, tensors: list[Tensor]) -> None:
         for stats, a in zip(rec.inputs, tensors):
             stats.update(a)
-        if not readout:
+        if not rec.readout:
             sums = [_step_sums(a, *self._layout) if self._layout else None for a in tensors]
             if any(s is None for s in sums):
                 rec.per_step = False  # a call no policy can be charged for: policy_energy gives None
@@ -308,7 +332,7 @@ class SynapticProbe:
         is 1 where a policy ran sample ``b`` at step ``t``.  Each non-readout input adds its sum over those
         sample-steps to ``LayerProbe.charged``; ``energy.policy_energy`` prices them."""
         runs = runs.float()
-        for rec in self.layers.values():
+        for rec in self.priced:
             if rec.pending:
                 spent = [torch.einsum("ptb,tb->p", runs, sums).double().cpu() for sums in rec.pending]
                 rec.charged = list(map(_plus, rec.charged or [None] * len(spent), spent))
@@ -336,6 +360,11 @@ class SynapticProbe:
     @property
     def ordered(self) -> list[LayerProbe]:
         return sorted(self.layers.values(), key=lambda r: r.order)
+
+    @property
+    def priced(self) -> list[LayerProbe]:
+        """The synaptic layers and the tensor ops (``ops``), in the order they first ran: what ``energy`` prices."""
+        return sorted([*self.layers.values(), *self.ops.values()], key=lambda r: r.order)
 
     @property
     def encoding_layer(self) -> LayerProbe | None:
