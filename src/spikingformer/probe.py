@@ -22,9 +22,9 @@ from torch import Tensor, nn
 
 from .layers import ClassifierHead, SpikeQKV, recomputing
 from .neuron import MultiStepLIF
-from .provenance import SPIKE, Built, SpikeProvenance
+from .provenance import REAL, SPIKE, Built, SpikeProvenance
 
-__all__ = ["TensorStats", "Stage", "LayerProbe", "SynapticProbe", "SYNAPTIC_TYPES", "opaque_neuron", "verdict"]
+__all__ = ["TensorStats", "Stage", "LayerProbe", "SynapticProbe", "SYNAPTIC_TYPES", "spike_neuron", "verdict"]
 
 SYNAPTIC_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, SpikeQKV)
 # Enough for the SEW residual sums of a 16-block Spikformer ({0, ..., 34}); beyond it only the range is kept.
@@ -124,13 +124,51 @@ class Stage:
     macs: int = 0
 
 
-def opaque_neuron(mod: nn.Module) -> bool:
-    """A spiking neuron whose spikes the provenance context cannot follow, so it is taken at its word: ours on
-    the Triton backend (its kernels are tested to spike as the PyTorch loop does), or any SpikingJelly neuron
-    (``BaseNode``: its multi-step loops are custom ops or CuPy kernels), as the official repositories build."""
-    if isinstance(mod, MultiStepLIF):
-        return mod.backend != "torch"
+# SpikingJelly's stock neurons, whose output is their surrogate's forward (the exact classes: a subclass may
+# override the firing rule), and its stock surrogates whose spiking forward is ``heaviside``: ``(x >= 0)``.
+_SPIKINGJELLY_NEURONS = ("IFNode", "LIFNode", "ParametricLIFNode")
+_HEAVISIDE_SURROGATES = frozenset("""
+    Sigmoid ATan PiecewiseQuadratic PiecewiseExp SoftSign SuperSpike Erf NonzeroSignLogAbs PiecewiseLeakyReLU
+    SquarewaveFourierSeries S2NN QPseudoSpike LeakyKReLU FakeNumericalGradient LogTailedReLU Rect
+""".split())
+
+
+def _spikingjelly_neuron(mod: nn.Module) -> bool:
     return any(c.__name__ == "BaseNode" and c.__module__.startswith("spikingjelly") for c in type(mod).__mro__)
+
+
+def spike_neuron(mod: nn.Module) -> bool:
+    """A neuron whose firing rule is known to emit only 0/1, so its output is taken at its word: ours (the
+    Triton kernels are tested to spike as the PyTorch loop does), or a stock SpikingJelly IF/LIF/PLIF node
+    firing through a stock Heaviside surrogate in spiking mode."""
+    if type(mod) is MultiStepLIF:
+        return True
+    if not _spikingjelly_neuron(mod):
+        return False
+    from spikingjelly.activation_based import neuron, surrogate
+
+    sg = getattr(mod, "surrogate_function", None)
+    return (any(type(mod) is getattr(neuron, n, None) for n in _SPIKINGJELLY_NEURONS)
+            and type(sg).__name__ in _HEAVISIDE_SURROGATES and type(sg) is getattr(surrogate, type(sg).__name__)
+            and getattr(sg, "spiking", False) is True)
+
+
+def hooked_neuron(mod: nn.Module) -> bool:
+    """A neuron whose output the probe labels itself: one the provenance context may not see into (ours on the
+    Triton backend, any SpikingJelly node: their multi-step loops are custom ops or CUDA kernels)."""
+    if isinstance(mod, MultiStepLIF):
+        return mod.backend != "torch" or type(mod) is not MultiStepLIF
+    return _spikingjelly_neuron(mod)
+
+
+def neuron_output(mod: nn.Module, traced: Built, name: str) -> Built:
+    """What a hooked neuron's output is built as: spikes if ``spike_neuron``; else what the context traced,
+    when it saw every op (a ``torch`` backend) and found spikes; else not proven, naming the neuron."""
+    if spike_neuron(mod):
+        return Built(SPIKE, f"{type(mod).__name__} {name}")
+    if traced.kind == SPIKE and getattr(mod, "backend", "torch") == "torch":
+        return traced
+    return Built(REAL, f"neuron {type(mod).__name__}: firing rule not known to emit 0/1")
 
 
 def verdict(spike_driven: bool, proven: bool | None = None) -> str:
@@ -249,7 +287,7 @@ class SynapticProbe:
                 self._handles.append(mod.register_forward_hook(self._count_hook(name), with_kwargs=True))
         if self.provenance is not None:
             for name, mod in self.model.named_modules():
-                if opaque_neuron(mod):
+                if hooked_neuron(mod):
                     self._handles.append(mod.register_forward_hook(self._neuron_hook(_uncompiled_name(name))))
             self.provenance.__enter__()
         return self
@@ -267,7 +305,7 @@ class SynapticProbe:
     def _neuron_hook(self, name: str):
         def hook(mod, args, out):
             if isinstance(out, Tensor):
-                self.provenance.label(out, Built(SPIKE, f"{type(mod).__name__} {name}"))
+                self.provenance.label(out, neuron_output(mod, self.provenance.of(out), name))
         return hook
 
     def _input_hook(self, name: str, readout: bool):

@@ -17,7 +17,8 @@ The rules are a whitelist: an op they do not know gives ``REAL``, so a proof can
 op that does preserve 0/1, never pass on one that does not.  Each label keeps the op that made it
 (``origin``), so a layer that is not fed spikes says why: ``integer (add)`` for the SEW residual.
 Opaque kernels are not seen through: ``SynapticProbe`` takes a neuron on the Triton backend, or a
-SpikingJelly neuron, at its word (``label``; ``probe.opaque_neuron``).
+stock SpikingJelly neuron, at its word (``label``; ``probe.spike_neuron``), and any other SpikingJelly
+neuron only as far as the context traced it.
 """
 from __future__ import annotations
 

@@ -1,0 +1,86 @@
+"""The proof on model code nobody here wrote: plain PyTorch and SpikingJelly neurons, built as peers build them."""
+import pytest
+import torch
+from torch import nn
+
+from spikingformer.verify import verify_model
+
+neuron = pytest.importorskip("spikingjelly.activation_based.neuron")
+surrogate = pytest.importorskip("spikingjelly.activation_based.surrogate")
+
+
+class IntLIF(neuron.LIFNode):
+    """Fires integer counts 0..4 (the integer LIF that SDT-V3 / E-SpikeFormer train)."""
+
+    def forward(self, x):
+        return torch.clamp(torch.round(x), 0, 4)
+
+
+class TernaryLIF(neuron.LIFNode):
+    """Fires -1/0/1."""
+
+    def forward(self, x):
+        return (x > 0.5).float() - (x < -0.5).float()
+
+
+class RenamedLIF(neuron.LIFNode):
+    """A subclass that changes nothing: still not the stock class, so only what the context traces counts."""
+
+
+def stock_lif():
+    return neuron.LIFNode(step_mode="m")
+
+
+class Attention(nn.Module):
+    """A peer's spiking self-attention on [T, B, N, C] tokens: Q K^T V as bare matmuls, then a mean head."""
+
+    def __init__(self, make_neuron=stock_lif, dim=16, classes=3):
+        super().__init__()
+        self.enc, self.enc_lif = nn.Linear(8, dim), make_neuron()
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.q_lif, self.k_lif, self.v_lif, self.attn_lif = (make_neuron() for _ in range(4))
+        self.proj, self.proj_lif = nn.Linear(dim, dim), make_neuron()
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        s = self.enc_lif(self.enc(x))
+        q, k, v = self.q_lif(self.q(s)), self.k_lif(self.k(s)), self.v_lif(self.v(s))
+        a = self.attn_lif(q @ k.transpose(-2, -1) @ v * 0.25)
+        return self.head(self.proj_lif(self.proj(a)).mean(0).mean(1))
+
+
+def run(model, x):
+    from spikingjelly.activation_based import functional
+
+    functional.reset_net(model)
+    return verify_model(model, x)
+
+
+FIRING = torch.randn(4, 2, 6, 8) * 4  # [T, B, N, C]: strong enough that every neuron fires
+FED_BY_NEURONS = ["q", "k", "v", "proj"]
+
+
+def test_stock_lif_is_proven():
+    torch.manual_seed(0)
+    cert = run(Attention().eval(), FIRING)
+    assert cert.spike_driven
+    assert [r.name for r in cert.unproven if r.name != "head"] == []
+
+
+@pytest.mark.parametrize("make_neuron, name", [
+    (lambda: IntLIF(step_mode="m"), "IntLIF"), (lambda: TernaryLIF(step_mode="m"), "TernaryLIF"),
+    (lambda: RenamedLIF(step_mode="m"), "RenamedLIF"),
+    (lambda: neuron.LIFNode(step_mode="m", surrogate_function=surrogate.Sigmoid(spiking=False)), "LIFNode"),
+])
+def test_a_neuron_not_known_to_emit_0_1_proves_nothing_and_is_named(make_neuron, name):
+    """Neither when it fires (counts, -1s, sigmoid values seen) nor when it is silent (all zeros seen: the
+    run shows nothing, and the construction must not vouch for it)."""
+    torch.manual_seed(0)
+    model = Attention(make_neuron).eval()
+    for x in (FIRING, torch.zeros_like(FIRING)):
+        cert = run(model, x)
+        assert not cert.proven
+        assert {r.name for r in cert.layers if r.proven is False} >= set(FED_BY_NEURONS)
+        assert f"real (neuron {name}: firing rule not known to emit 0/1)" in cert.table()
+        seen = [i for r in cert.layers if r.role == "synaptic" for i in r.inputs]
+        assert not any(i.built == "spike" and i.kind != "spike" for i in seen)  # never proven where not 0/1
