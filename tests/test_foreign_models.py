@@ -84,3 +84,25 @@ def test_a_neuron_not_known_to_emit_0_1_proves_nothing_and_is_named(make_neuron,
         assert f"real (neuron {name}: firing rule not known to emit 0/1)" in cert.table()
         seen = [i for r in cert.layers if r.role == "synaptic" for i in r.inputs]
         assert not any(i.built == "spike" and i.kind != "spike" for i in seen)  # never proven where not 0/1
+
+
+class IANDResidual(nn.Module):
+    """SEW ResNet's IAND connection ``A * (1 - S)`` (Fang et al. 2021, Eq. 4) on SpikingJelly neurons."""
+
+    def __init__(self, channels=4):
+        super().__init__()
+        self.stem, self.stem_lif = nn.Conv2d(2, channels, 3, padding=1), stock_lif()
+        self.conv, self.lif = nn.Conv2d(channels, channels, 3, padding=1), stock_lif()
+        self.out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x):  # [T, B, 2, H, W]
+        s = self.stem_lif(self.stem(x.flatten(0, 1)).unflatten(0, x.shape[:2]))
+        a = self.lif(self.conv(s.flatten(0, 1)).unflatten(0, x.shape[:2]))
+        return self.out((a * (1.0 - s)).flatten(0, 1))
+
+
+def test_the_iand_residual_is_spikes():
+    torch.manual_seed(0)
+    cert = run(IANDResidual().eval(), torch.randn(2, 2, 2, 8, 8) * 4)
+    assert cert.proven and cert.exit_code == 0
+    assert [r.proven for r in cert.layers if r.name == "out"] == [True]

@@ -34,6 +34,18 @@ def spikes(*shape):
     (lambda x: (x > 0).float().sum(-1), INTEGER),
     (lambda x: (x > 0).float() @ (x > 1).float().mT, INTEGER),               # K^T V
     (lambda x: (x > 0).float() * 0.5, REAL),                                  # a scale
+    (lambda x: 1.0 - (x > 0).float(), SPIKE),                                 # logical NOT
+    (lambda x: 1 - (x > 0).float(), SPIKE),
+    (lambda x: torch.sub(1, (x > 0).float()), SPIKE),
+    (lambda x: torch.rsub((x > 0).float(), 1), SPIKE),
+    (lambda x: (x > 0).float().logical_not().float(), SPIKE),
+    (lambda x: (~(x > 0).float().bool()).float(), SPIKE),
+    (lambda x: (x > 0).float() * (1 - (x < 1).float()), SPIKE),               # SEW ResNet's IAND
+    (lambda x: 2 - (x > 0).float(), INTEGER),                                 # not a NOT
+    (lambda x: torch.sub(1, (x > 0).float(), alpha=2), INTEGER),
+    (lambda x: (x > 0).float() - 1, INTEGER),
+    (lambda x: 1 - ((x > 0).float() + (x > 1).float()), INTEGER),              # NOT of a count is no NOT
+    (lambda x: 1.0 - x, REAL),
     (lambda x: (x > 0).float().mean(), REAL),
     (lambda x: torch.where(x > 1, (x > 0).float(), 0.0), SPIKE),
     (lambda x: torch.where(x > 1, (x > 0).float(), x), REAL),

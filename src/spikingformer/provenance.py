@@ -10,6 +10,7 @@ value it holds **by construction**, whatever the input and the weights:
 - ``SPIKE``: only 0/1. A comparison makes one (the Heaviside step ``(H - V_th >= 0)`` of Eq. 2 is
   a bool), and so does any op that only moves, copies, selects or takes the maximum of such values
   (reshapes, ``cat``, ``MaxPool``, a cast), or multiplies two of them.
+  ``1 - s`` of spikes ``s`` is one too (logical NOT: SEW ResNet's IAND ``s * (1 - s')``).
 - ``INTEGER``: a sum or product of spikes and integers (the SEW residual ``S + S'``, ``K^T V``).
 - ``REAL``: anything else (a conv, BatchNorm, a mean, a scale, the model's input).
 
@@ -159,10 +160,21 @@ class SpikeProvenance(TorchFunctionMode):
         made = (self.of(t).origin for t in _flat(values) if isinstance(t, Tensor) and self.of(t).kind == kind)
         return Built(kind, next(made, name))
 
+    def _logical_not(self, func, args: tuple, kwargs: dict) -> bool:
+        """``1 - s`` of spikes ``s`` (``1.0 - s``, ``torch.sub(1, s)``, ``torch.rsub(s, 1)``) is 0/1: the
+        constant must be exactly 1 (``2 - s`` is not), a Python number (a tensor's values are not followed)."""
+        raw = getattr(func, "__name__", "")
+        if len(args) != 2 or kwargs.get("alpha", 1) != 1 or raw not in ("__rsub__", "rsub", "sub", "subtract"):
+            return False
+        s, one = args if raw in ("__rsub__", "rsub") else args[::-1]
+        return (isinstance(s, Tensor) and isinstance(one, (bool, int, float)) and one == 1
+                and self.of(s).kind == SPIKE)
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = _op_name(func)
-        built = self._rule(name, args, kwargs)  # before the call: an in-place op changes its own operand
+        # before the call: an in-place op changes its own operand
+        built = Built(SPIKE, "not") if self._logical_not(func, args, kwargs) else self._rule(name, args, kwargs)
         out = func(*args, **kwargs)
         outs = out if isinstance(out, (list, tuple)) else (out,)
         for i, o in enumerate(outs):
