@@ -106,3 +106,28 @@ def test_the_iand_residual_is_spikes():
     cert = run(IANDResidual().eval(), torch.randn(2, 2, 2, 8, 8) * 4)
     assert cert.proven and cert.exit_code == 0
     assert [r.proven for r in cert.layers if r.name == "out"] == [True]
+
+
+class StepLoop(nn.Module):
+    """A peer's time loop: each step's spikes written into a preallocated tensor, then a linear layer."""
+
+    def __init__(self, write_mean=False):
+        super().__init__()
+        self.enc, self.lif, self.fc = nn.Linear(8, 8), neuron.LIFNode(step_mode="s"), nn.Linear(8, 8)
+        self.write_mean = write_mean
+
+    def forward(self, x):  # [T, B, C]
+        out = torch.zeros_like(x)
+        for t in range(x.shape[0]):
+            out[t] = self.lif(self.enc(x[t]))
+        if self.write_mean:
+            out[0] = out.mean(0)
+        return self.fc(out)
+
+
+def test_an_in_place_write_keeps_spikes_and_names_what_made_a_value_real():
+    x = torch.randn(3, 2, 8) * 4
+    assert run(StepLoop().eval(), x).proven
+    cert = run(StepLoop(write_mean=True).eval(), x)
+    (fc,) = [r for r in cert.layers if r.name == "fc"]
+    assert not cert.proven and (fc.inputs[0].built, fc.inputs[0].built_by) == ("real", "mean")

@@ -84,7 +84,7 @@ def test_a_view_changed_in_place_through_another_loses_its_label():
         v = s.view(16)
         s.mul_(0.5)                     # v's values are now 0 and 0.5: its label is void, not still "spike"
         w = s.view(16)
-    assert prov.of(v) == Built(REAL, "modified in place") and prov.of(w) == Built(REAL, "mul")
+    assert prov.of(v) == Built(REAL, "mul") and prov.of(w) == Built(REAL, "mul")
     with torch.inference_mode(), SpikeProvenance() as prov:  # no version counter there, nor in-place changes
         assert prov.of(spikes(2)).kind == SPIKE
 
@@ -198,3 +198,27 @@ def test_probes_may_nest_each_keeps_its_own_proof():
             model(x)
     assert outer.proven and inner.proven and second.proven
     assert outer.verdict() == second.verdict()
+
+
+def test_an_in_place_write_names_what_it_wrote_and_keeps_spikes_spikes():
+    with SpikeProvenance() as prov:
+        x = torch.randn(4, 3, 8)
+        real = torch.zeros(4, 3, 8)
+        real[0] = x.mean(0)                       # a real value written names the op that made it
+        row = real[1]
+        s = torch.zeros(4, 3, 8)
+        s[1:] = spikes(3, 3, 8)                   # spikes written into spikes stay spikes
+        s[0].copy_(spikes(3, 8))
+        tail = s[1:]
+        s[0, 0] += spikes(8)                      # a count
+        t = torch.zeros(2, 8)
+        t[0] = 1
+        t[1].copy_(spikes(8))
+        other = t.view(16)
+        t[1].mul_((x[0, 0] > 0).float())
+        nested = torch.zeros(3)
+        nested[0] = 0.5
+    assert prov.of(real) == Built(REAL, "mean") and prov.of(row) == Built(REAL, "mean")
+    assert prov.of(s) == Built(INTEGER, "add") and prov.of(tail).kind == INTEGER  # what the base may hold
+    assert prov.of(t).kind == SPIKE and prov.of(other).kind == SPIKE
+    assert prov.of(nested) == Built(REAL, "setitem")

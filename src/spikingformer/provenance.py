@@ -14,6 +14,10 @@ value it holds **by construction**, whatever the input and the weights:
 - ``INTEGER``: a sum or product of spikes and integers (the SEW residual ``S + S'``, ``K^T V``).
 - ``REAL``: anything else (a conv, BatchNorm, a mean, a scale, the model's input).
 
+An in-place write (``x[i] = y``, ``x.copy_(y)``, ``x += y``) relabels ``x`` and the tensor it is a view of
+with the wider of their label and the written value's, so spikes written into spikes stay spikes and a
+real value written names the op that made it (``real (mean)``); other views of that tensor read its label.
+
 The rules are a whitelist: an op they do not know gives ``REAL``, so a proof can fail on an exotic
 op that does preserve 0/1, never pass on one that does not.  Each label keeps the op that made it
 (``origin``), so a layer that is not fed spikes says why: ``integer (add)`` for the SEW residual.
@@ -52,7 +56,9 @@ _WITH_INDICES = frozenset(n for n in _MOVES if n.endswith("with_indices") or "ad
 _PRODUCTS = frozenset({"mul", "multiply"})                                  # 0/1 x 0/1 is 0/1
 _SUMS = frozenset({"add", "sub", "subtract", "neg", "negative", "sum", "cumsum",  # integers stay integers
                    "matmul", "mm", "bmm", "einsum"})
-_CONSTANTS = frozenset({"zeros", "zeros_like", "ones", "ones_like", "new_zeros", "new_ones"})
+_CONSTANTS = frozenset({"zeros", "zeros_like", "ones", "ones_like", "new_zeros", "new_ones", "zero"})
+_IN_PLACE_DUNDERS = frozenset(f"__i{op}__" for op in """
+    add sub mul truediv floordiv mod pow matmul and or xor lshift rshift""".split())
 _REFLECTED = ("add", "sub", "mul", "matmul", "and")
 
 
@@ -104,13 +110,21 @@ class SpikeProvenance(TorchFunctionMode):
         self._attr = f"_spikingformer_built_{next(self._contexts)}"
 
     def of(self, t: Tensor) -> Built:
+        with torch._C.DisableTorchFunction():  # reading ``_base`` or ``_version`` is no op of the model
+            return self._of(t)
+
+    def _of(self, t: Tensor) -> Built:
         if t.dtype == torch.bool:
             return Built(SPIKE, "bool")
         tag = getattr(t, self._attr, None)
         if tag is None:
             return Built(REAL, "input")
-        # views share their base's version counter: an in-place op on any of them since the label voids it
-        return tag[0] if tag[1] == _version(t) else Built(REAL, "modified in place")
+        if tag[1] == _version(t):
+            return tag[0]
+        # views share their base's version counter: a write through any of them voids the label, but an
+        # element changed since is one of the base's, which every write the context saw relabelled
+        base = _base(t)
+        return _wider(tag[0], self._of(base)) if base is not None else Built(REAL, "modified in place")
 
     def label(self, t: Tensor, built: Built) -> None:
         with torch._C.DisableTorchFunction():
@@ -127,6 +141,10 @@ class SpikeProvenance(TorchFunctionMode):
     def _rule(self, name: str, args: tuple, kwargs: dict) -> Built:
         if name in _CONSTANTS:
             return Built(SPIKE, name)
+        if name == "setitem":  # ``t[i] = value``: the rest of ``t`` keeps its values
+            return _wider(self.of(args[0]), self._written_value(args[2]))
+        if name == "copy":  # ``t.copy_(src)``: the values of ``src``
+            return self.of(args[1]) if len(args) > 1 and isinstance(args[1], Tensor) else Built(REAL, name)
         if name in _MOVES:
             # the values moved: the first argument (a tensor, or the list ``cat`` joins), never the shapes,
             # dims, indices or dtypes after it; ``where``/``masked_fill``/``maximum`` also take the others'
@@ -175,19 +193,32 @@ class SpikeProvenance(TorchFunctionMode):
         name = _op_name(func)
         # before the call: an in-place op changes its own operand
         built = Built(SPIKE, "not") if self._logical_not(func, args, kwargs) else self._rule(name, args, kwargs)
+        written = [(t, base, base is not None and self.of(base))
+                   for t, base in ((t, _base(t)) for t in _written(func, args, kwargs))]
         out = func(*args, **kwargs)
         outs = out if isinstance(out, (list, tuple)) else (out,)
         for i, o in enumerate(outs):
             if isinstance(o, Tensor):
                 self.label(o, Built(SPIKE, name) if o.dtype == torch.bool else
                            built if i == 0 or name not in _WITH_INDICES else Built(REAL, "indices"))
+        for t, base, base_before in written:
+            if name == "setitem":  # it returns nothing
+                self.label(t, built)
+            if base is not None:
+                self.label(base, _wider(base_before, self.of(t)))
         return out
+
+    def _written_value(self, value: Any) -> Built:
+        if isinstance(value, Tensor):
+            return self.of(value)
+        kind = self._kind(value)
+        return Built(REAL if kind is None else kind, "setitem")
 
 
 def _version(t: Tensor) -> int | None:
     try:
         return t._version
-    except RuntimeError:  # an inference-mode tensor keeps no version counter (and cannot be changed in place)
+    except RuntimeError:  # an inference-mode tensor keeps none: a write relabels the tensor written and its base
         return None
 
 
@@ -201,3 +232,23 @@ def _flat(items):
             yield from _flat(a)
         else:
             yield a
+
+
+def _base(t: Tensor) -> Tensor | None:
+    """The tensor ``t`` is a view of (which shares its storage and version counter), or None."""
+    with torch._C.DisableTorchFunction():  # an enclosing context must not see this read as an op
+        return t._base
+
+
+def _wider(a: Built, b: Built) -> Built:
+    """The label covering the values of both: the wider kind, and the op that made it."""
+    return b if b.kind > a.kind else a
+
+
+def _written(func, args: tuple, kwargs: dict) -> list[Tensor]:
+    """The tensors an op writes into: ``x`` of ``x[i] = y``, ``x.add_(y)``, ``x += y``; ``out=``."""
+    raw = getattr(func, "__name__", "")
+    in_place = raw == "__setitem__" or raw in _IN_PLACE_DUNDERS or raw.endswith("_") and not raw.startswith("_")
+    targets = [args[0]] if in_place and args else []
+    targets += [t for t in _flat([kwargs.get("out")]) if t is not None]
+    return [t for t in targets if isinstance(t, Tensor)]
