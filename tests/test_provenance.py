@@ -85,8 +85,12 @@ def test_a_view_changed_in_place_through_another_loses_its_label():
         s.mul_(0.5)                     # v's values are now 0 and 0.5: its label is void, not still "spike"
         w = s.view(16)
     assert prov.of(v) == Built(REAL, "mul") and prov.of(w) == Built(REAL, "mul")
-    with torch.inference_mode(), SpikeProvenance() as prov:  # no version counter there, nor in-place changes
-        assert prov.of(spikes(2)).kind == SPIKE
+    with torch.inference_mode(), SpikeProvenance() as prov:  # no version counter there: a view reads its base
+        s = spikes(4, 4)
+        v, w = s.view(16), s[1]
+        assert prov.of(s).kind == SPIKE and prov.of(v).kind == SPIKE
+        w.mul_(0.5)
+        assert prov.of(v) == Built(REAL, "mul") and prov.of(s) == Built(REAL, "mul")
 
 
 def test_labels_of_another_context_are_not_trusted():
@@ -222,3 +226,20 @@ def test_an_in_place_write_names_what_it_wrote_and_keeps_spikes_spikes():
     assert prov.of(s) == Built(INTEGER, "add") and prov.of(tail).kind == INTEGER  # what the base may hold
     assert prov.of(t).kind == SPIKE and prov.of(other).kind == SPIKE
     assert prov.of(nested) == Built(REAL, "setitem")
+
+
+def test_a_write_through_data_is_seen():
+    """``t.data`` shares ``t``'s storage but not its version counter: what is written through it still counts."""
+    with SpikeProvenance() as prov:
+        s = spikes(4)
+        v = s.view(2, 2)
+        s.data.mul_(3)
+        t = spikes(4)
+        t.data[0] = 0.5
+        u = spikes(4)
+        u.data = torch.randn(4).mean(0, keepdim=True).expand(4)
+        kept = spikes(4)
+        kept.data[0] = 1
+    assert prov.of(s) == Built(INTEGER, "mul") and prov.of(v) == Built(INTEGER, "mul")
+    assert prov.of(t) == Built(REAL, "setitem") and prov.of(u) == Built(REAL, "mean")
+    assert prov.of(kept).kind == SPIKE

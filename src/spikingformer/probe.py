@@ -22,10 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from .layers import ClassifierHead, SpikeQKV, recomputing
-from .neuron import MultiStepLIF
-from .provenance import REAL, SPIKE, Built, SpikeProvenance
+from .provenance import SPIKE, Built, SpikeProvenance, hooked_neuron, neuron_output
 
-__all__ = ["TensorStats", "Stage", "LayerProbe", "SynapticProbe", "SYNAPTIC_TYPES", "spike_neuron", "verdict"]
+__all__ = ["TensorStats", "Stage", "LayerProbe", "SynapticProbe", "SYNAPTIC_TYPES", "verdict"]
 
 SYNAPTIC_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, SpikeQKV)
 # What a read-out's input is made by: a pooling or mean over tokens or time steps.
@@ -126,53 +125,6 @@ class Stage:
     label: str
     operands: tuple[int, ...]
     macs: int = 0
-
-
-# SpikingJelly's stock neurons, whose output is their surrogate's forward (the exact classes: a subclass may
-# override the firing rule), and its stock surrogates whose spiking forward is ``heaviside``: ``(x >= 0)``.
-_SPIKINGJELLY_NEURONS = ("IFNode", "LIFNode", "ParametricLIFNode")
-_HEAVISIDE_SURROGATES = frozenset("""
-    Sigmoid ATan PiecewiseQuadratic PiecewiseExp SoftSign SuperSpike Erf NonzeroSignLogAbs PiecewiseLeakyReLU
-    SquarewaveFourierSeries S2NN QPseudoSpike LeakyKReLU FakeNumericalGradient LogTailedReLU Rect
-""".split())
-
-
-def _spikingjelly_neuron(mod: nn.Module) -> bool:
-    return any(c.__name__ == "BaseNode" and c.__module__.startswith("spikingjelly") for c in type(mod).__mro__)
-
-
-def spike_neuron(mod: nn.Module) -> bool:
-    """A neuron whose firing rule is known to emit only 0/1, so its output is taken at its word: ours (the
-    Triton kernels are tested to spike as the PyTorch loop does), or a stock SpikingJelly IF/LIF/PLIF node
-    firing through a stock Heaviside surrogate in spiking mode."""
-    if type(mod) is MultiStepLIF:
-        return True
-    if not _spikingjelly_neuron(mod):
-        return False
-    from spikingjelly.activation_based import neuron, surrogate
-
-    sg = getattr(mod, "surrogate_function", None)
-    return (any(type(mod) is getattr(neuron, n, None) for n in _SPIKINGJELLY_NEURONS)
-            and type(sg).__name__ in _HEAVISIDE_SURROGATES and type(sg) is getattr(surrogate, type(sg).__name__)
-            and getattr(sg, "spiking", False) is True)
-
-
-def hooked_neuron(mod: nn.Module) -> bool:
-    """A neuron whose output the probe labels itself: one the provenance context may not see into (ours on the
-    Triton backend, any SpikingJelly node: their multi-step loops are custom ops or CUDA kernels)."""
-    if isinstance(mod, MultiStepLIF):
-        return mod.backend != "torch" or type(mod) is not MultiStepLIF
-    return _spikingjelly_neuron(mod)
-
-
-def neuron_output(mod: nn.Module, traced: Built, name: str) -> Built:
-    """What a hooked neuron's output is built as: spikes if ``spike_neuron``; else what the context traced,
-    when it saw every op (a ``torch`` backend) and found spikes; else not proven, naming the neuron."""
-    if spike_neuron(mod):
-        return Built(SPIKE, f"{type(mod).__name__} {name}")
-    if traced.kind == SPIKE and getattr(mod, "backend", "torch") == "torch":
-        return traced
-    return Built(REAL, f"neuron {type(mod).__name__}: firing rule not known to emit 0/1")
 
 
 def verdict(spike_driven: bool, proven: bool | None = None) -> str:

@@ -21,9 +21,11 @@ real value written names the op that made it (``real (mean)``); other views of t
 The rules are a whitelist: an op they do not know gives ``REAL``, so a proof can fail on an exotic
 op that does preserve 0/1, never pass on one that does not.  Each label keeps the op that made it
 (``origin``), so a layer that is not fed spikes says why: ``integer (add)`` for the SEW residual.
-Opaque kernels are not seen through: ``SynapticProbe`` takes a neuron on the Triton backend, or a
-stock SpikingJelly neuron, at its word (``label``; ``probe.spike_neuron``), and any other SpikingJelly
-neuron only as far as the context traced it.
+Opaque kernels are not seen through: ``SynapticProbe`` takes a neuron at its word only where its firing
+rule is known to emit 0/1 (``spike_neuron``: ours, stock SpikingJelly IF/LIF/PLIF with a Heaviside
+surrogate), any other only as far as the context traced it (``neuron_output``).  A write the
+version counters do not follow (through ``t.data``, or on a ``torch.inference_mode`` tensor) widens the
+label of every tensor on the storage written.
 """
 from __future__ import annotations
 
@@ -31,10 +33,13 @@ import itertools
 from typing import Any, NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["SPIKE", "INTEGER", "REAL", "KIND_NAMES", "Built", "SpikeProvenance"]
+from .neuron import MultiStepLIF
+
+__all__ = ["SPIKE", "INTEGER", "REAL", "KIND_NAMES", "Built", "SpikeProvenance", "spike_neuron", "hooked_neuron",
+           "neuron_output"]
 
 SPIKE, INTEGER, REAL = 0, 1, 2
 KIND_NAMES = ("spike", "integer", "real")
@@ -48,7 +53,7 @@ _MOVES = frozenset("""
     pixel_unshuffle channel_shuffle unfold to type type_as float half bfloat16 double cpu cuda
     max_pool1d max_pool2d max_pool3d max_pool1d_with_indices max_pool2d_with_indices max_pool3d_with_indices
     adaptive_max_pool1d adaptive_max_pool2d adaptive_max_pool3d max amax min amin maximum minimum relu where
-    masked_fill
+    masked_fill data
 """.split())
 _ELEMENTWISE_EXTREMES = frozenset({"max", "min", "maximum", "minimum"})  # ``torch.max(a, b)``: values of both
 # Only the first output of these is values (the rest are indices).
@@ -75,10 +80,11 @@ class Built(NamedTuple):
 
 def _op_name(func) -> str:
     """``add`` for ``torch.add``, ``Tensor.add_``, ``Tensor.__radd__`` and ``Tensor.__iadd__``; a property
-    getter (``Tensor.T``) by its property's name."""
+    getter (``Tensor.T``) by its property's name, a setter (``t.data = x``) as ``set_data``."""
     name = getattr(func, "__name__", "")
-    if name == "__get__":
-        name = getattr(getattr(func, "__self__", None), "__name__", name)
+    if name in ("__get__", "__set__"):
+        prop = getattr(getattr(func, "__self__", None), "__name__", name)
+        name = prop if name == "__get__" else f"set_{prop}"
     dunder = name.startswith("__")
     name = name.strip("_")
     if dunder and name[:1] in "ri" and name[1:] in _REFLECTED:
@@ -108,6 +114,10 @@ class SpikeProvenance(TorchFunctionMode):
     def __init__(self):
         super().__init__()
         self._attr = f"_spikingformer_built_{next(self._contexts)}"
+        # What was written where no version counter tells the tensors sharing the storage (through ``t.data``,
+        # which shares ``t``'s storage but not its counter, or on an inference tensor, which has none), per
+        # storage: it widens the label of every tensor on that storage.
+        self._by_storage: dict[int, Built] = {}
 
     def of(self, t: Tensor) -> Built:
         with torch._C.DisableTorchFunction():  # reading ``_base`` or ``_version`` is no op of the model
@@ -116,6 +126,11 @@ class SpikeProvenance(TorchFunctionMode):
     def _of(self, t: Tensor) -> Built:
         if t.dtype == torch.bool:
             return Built(SPIKE, "bool")
+        built = self._tagged(t)
+        written = self._by_storage.get(_storage(t)) if self._by_storage else None
+        return built if written is None else _wider(built, written)
+
+    def _tagged(self, t: Tensor) -> Built:
         tag = getattr(t, self._attr, None)
         if tag is None:
             return Built(REAL, "input")
@@ -124,11 +139,15 @@ class SpikeProvenance(TorchFunctionMode):
         # views share their base's version counter: a write through any of them voids the label, but an
         # element changed since is one of the base's, which every write the context saw relabelled
         base = _base(t)
-        return _wider(tag[0], self._of(base)) if base is not None else Built(REAL, "modified in place")
+        return _wider(tag[0], self._tagged(base)) if base is not None else Built(REAL, "modified in place")
 
-    def label(self, t: Tensor, built: Built) -> None:
+    def label(self, t: Tensor, built: Built, alias: bool = False) -> None:
+        """``alias``: ``t`` is a ``.data`` of another tensor (a write to it is kept per storage)."""
         with torch._C.DisableTorchFunction():
-            setattr(t, self._attr, (built, _version(t)))
+            setattr(t, self._attr, (built, _version(t), alias or self._alias(t)))
+
+    def _alias(self, t: Tensor) -> bool:
+        return getattr(t, self._attr, (None, None, False))[2]
 
     def _kind(self, v: Any) -> int | None:
         if isinstance(v, Tensor):
@@ -141,6 +160,8 @@ class SpikeProvenance(TorchFunctionMode):
     def _rule(self, name: str, args: tuple, kwargs: dict) -> Built:
         if name in _CONSTANTS:
             return Built(SPIKE, name)
+        if name == "set_data":  # ``t.data = x``: ``t`` now holds ``x``'s values
+            return self.of(args[1])
         if name == "setitem":  # ``t[i] = value``: the rest of ``t`` keeps its values
             return _wider(self.of(args[0]), self._written_value(args[2]))
         if name == "copy":  # ``t.copy_(src)``: the values of ``src``
@@ -201,11 +222,16 @@ class SpikeProvenance(TorchFunctionMode):
             if isinstance(o, Tensor):
                 self.label(o, Built(SPIKE, name) if o.dtype == torch.bool else
                            built if i == 0 or name not in _WITH_INDICES else Built(REAL, "indices"))
+        if name == "data" and isinstance(out, Tensor):
+            self.label(out, built, alias=True)
         for t, base, base_before in written:
-            if name == "setitem":  # it returns nothing
+            if name in ("setitem", "set_data"):  # they return nothing
                 self.label(t, built)
             if base is not None:
                 self.label(base, _wider(base_before, self.of(t)))
+            if _version(t) is None or any(self._alias(a) for a in (t, base) if a is not None):
+                key = _storage(t)
+                self._by_storage[key] = _wider(self._by_storage.get(key, Built(SPIKE, "")), self.of(t))
         return out
 
     def _written_value(self, value: Any) -> Built:
@@ -218,7 +244,7 @@ class SpikeProvenance(TorchFunctionMode):
 def _version(t: Tensor) -> int | None:
     try:
         return t._version
-    except RuntimeError:  # an inference-mode tensor keeps none: a write relabels the tensor written and its base
+    except RuntimeError:  # an inference-mode tensor keeps none
         return None
 
 
@@ -234,6 +260,14 @@ def _flat(items):
             yield a
 
 
+def _storage(t: Tensor) -> int | None:
+    try:
+        with torch._C.DisableTorchFunction():
+            return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # a tensor with no storage (a meta or fake tensor)
+        return None
+
+
 def _base(t: Tensor) -> Tensor | None:
     """The tensor ``t`` is a view of (which shares its storage and version counter), or None."""
     with torch._C.DisableTorchFunction():  # an enclosing context must not see this read as an op
@@ -246,9 +280,57 @@ def _wider(a: Built, b: Built) -> Built:
 
 
 def _written(func, args: tuple, kwargs: dict) -> list[Tensor]:
-    """The tensors an op writes into: ``x`` of ``x[i] = y``, ``x.add_(y)``, ``x += y``; ``out=``."""
+    """The tensors an op writes into: ``x`` of ``x[i] = y``, ``x.add_(y)``, ``x += y``, ``x.data = y``; ``out=``."""
     raw = getattr(func, "__name__", "")
-    in_place = raw == "__setitem__" or raw in _IN_PLACE_DUNDERS or raw.endswith("_") and not raw.startswith("_")
+    in_place = (raw in ("__setitem__", *_IN_PLACE_DUNDERS) or raw.endswith("_") and not raw.startswith("_")
+                or _op_name(func) == "set_data")
     targets = [args[0]] if in_place and args else []
     targets += [t for t in _flat([kwargs.get("out")]) if t is not None]
     return [t for t in targets if isinstance(t, Tensor)]
+
+
+# SpikingJelly's stock neurons, whose output is their surrogate's forward (the exact classes: a subclass may
+# override the firing rule), and its stock surrogates whose spiking forward is ``heaviside``: ``(x >= 0)``.
+_SPIKINGJELLY_NEURONS = ("IFNode", "LIFNode", "ParametricLIFNode")
+_HEAVISIDE_SURROGATES = frozenset("""
+    Sigmoid ATan PiecewiseQuadratic PiecewiseExp SoftSign SuperSpike Erf NonzeroSignLogAbs PiecewiseLeakyReLU
+    SquarewaveFourierSeries S2NN QPseudoSpike LeakyKReLU FakeNumericalGradient LogTailedReLU Rect
+""".split())
+
+
+def _spikingjelly_neuron(mod: nn.Module) -> bool:
+    return any(c.__name__ == "BaseNode" and c.__module__.startswith("spikingjelly") for c in type(mod).__mro__)
+
+
+def spike_neuron(mod: nn.Module) -> bool:
+    """A neuron whose firing rule is known to emit only 0/1, so its output is taken at its word: ours (the
+    Triton kernels are tested to spike as the PyTorch loop does), or a stock SpikingJelly IF/LIF/PLIF node
+    firing through a stock Heaviside surrogate in spiking mode."""
+    if type(mod) is MultiStepLIF:
+        return True
+    if not _spikingjelly_neuron(mod):
+        return False
+    from spikingjelly.activation_based import neuron, surrogate
+
+    sg = getattr(mod, "surrogate_function", None)
+    return (any(type(mod) is getattr(neuron, n, None) for n in _SPIKINGJELLY_NEURONS)
+            and type(sg).__name__ in _HEAVISIDE_SURROGATES and type(sg) is getattr(surrogate, type(sg).__name__)
+            and getattr(sg, "spiking", False) is True)
+
+
+def hooked_neuron(mod: nn.Module) -> bool:
+    """A neuron whose output the probe labels itself: one the provenance context may not see into (ours on the
+    Triton backend, any SpikingJelly node: their multi-step loops are custom ops or CUDA kernels)."""
+    if isinstance(mod, MultiStepLIF):
+        return mod.backend != "torch" or type(mod) is not MultiStepLIF
+    return _spikingjelly_neuron(mod)
+
+
+def neuron_output(mod: nn.Module, traced: Built, name: str) -> Built:
+    """What a hooked neuron's output is built as: spikes if ``spike_neuron``; else what the context traced,
+    when it saw every op (a ``torch`` backend) and found spikes; else not proven, naming the neuron."""
+    if spike_neuron(mod):
+        return Built(SPIKE, f"{type(mod).__name__} {name}")
+    if traced.kind == SPIKE and getattr(mod, "backend", "torch") == "torch":
+        return traced
+    return Built(REAL, f"neuron {type(mod).__name__}: firing rule not known to emit 0/1")
