@@ -23,6 +23,13 @@ class TernaryLIF(neuron.LIFNode):
         return (x > 0.5).float() - (x < -0.5).float()
 
 
+class ClippedSurrogate(surrogate.Sigmoid):
+    """A surrogate whose forward is no Heaviside step."""
+
+    def forward(self, x):
+        return x.clamp(0, 1)
+
+
 class RenamedLIF(neuron.LIFNode):
     """A subclass that changes nothing: still not the stock class, so only what the context traces counts."""
 
@@ -70,6 +77,7 @@ def test_stock_lif_is_proven():
     (lambda: IntLIF(step_mode="m"), "IntLIF"), (lambda: TernaryLIF(step_mode="m"), "TernaryLIF"),
     (lambda: RenamedLIF(step_mode="m"), "RenamedLIF"),
     (lambda: neuron.LIFNode(step_mode="m", surrogate_function=surrogate.Sigmoid(spiking=False)), "LIFNode"),
+    (lambda: neuron.LIFNode(step_mode="m", surrogate_function=ClippedSurrogate()), "LIFNode"),
 ])
 def test_a_neuron_not_known_to_emit_0_1_proves_nothing_and_is_named(make_neuron, name):
     """Neither when it fires (counts, -1s, sigmoid values seen) nor when it is silent (all zeros seen: the

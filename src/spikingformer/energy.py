@@ -40,7 +40,8 @@ of Spikformer (its ``spike_rate``, Appendix G calculations 1 and 2):
 - ``integer_inputs="ac"`` (calculation 1): a value ``k`` is ``k`` spikes arriving together, so
   the layer costs ``mean(input) * T * FLOPs`` ACs; ``fr`` is then that mean, which may exceed 1.
 
-The classification head (the read-out, left out of Eq. 20) is reported as its own rows
+The classification head (the read-out, left out of Eq. 20: our ``ClassifierHead``, a peer model's last
+synaptic layer fed by a pooling or mean, or the modules named by ``readout=``) is reported as its own rows
 (``readout``) and *included* in ``total_mJ``, as MACs unless its input is spikes (only the
 SN-FC-AvgPooling head of Eq. 18): deployed hardware does run it.  ``backbone_mJ`` is the
 total without it, the quantity Eq. 20 defines, and ``readout_mJ`` the difference.
