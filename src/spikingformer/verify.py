@@ -177,7 +177,8 @@ class Certificate:
                             "nothing fired into them, so this run does not show what they are fed; give real "
                             "data, trained weights or a model in train mode"))
         if self.readout:
-            lines.append("read-out (exempt, as Eq. 20): " + ", ".join(f"{r.name} ({r.readout_by})" for r in self.readout))
+            heads = ", ".join(f"{r.name} ({r.readout_by})" for r in self.readout)
+            lines.append(f"read-out (exempt, as Eq. 20): {heads}")
         lines += [f"sample: {self.sample}"] if self.sample else []
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
