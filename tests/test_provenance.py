@@ -34,6 +34,18 @@ def spikes(*shape):
     (lambda x: (x > 0).float().sum(-1), INTEGER),
     (lambda x: (x > 0).float() @ (x > 1).float().mT, INTEGER),               # K^T V
     (lambda x: (x > 0).float() * 0.5, REAL),                                  # a scale
+    (lambda x: 1.0 - (x > 0).float(), SPIKE),                                 # logical NOT
+    (lambda x: 1 - (x > 0).float(), SPIKE),
+    (lambda x: torch.sub(1, (x > 0).float()), SPIKE),
+    (lambda x: torch.rsub((x > 0).float(), 1), SPIKE),
+    (lambda x: (x > 0).float().logical_not().float(), SPIKE),
+    (lambda x: (~(x > 0).float().bool()).float(), SPIKE),
+    (lambda x: (x > 0).float() * (1 - (x < 1).float()), SPIKE),               # SEW ResNet's IAND
+    (lambda x: 2 - (x > 0).float(), INTEGER),                                 # not a NOT
+    (lambda x: torch.sub(1, (x > 0).float(), alpha=2), INTEGER),
+    (lambda x: (x > 0).float() - 1, INTEGER),
+    (lambda x: 1 - ((x > 0).float() + (x > 1).float()), INTEGER),              # NOT of a count is no NOT
+    (lambda x: 1.0 - x, REAL),
     (lambda x: (x > 0).float().mean(), REAL),
     (lambda x: torch.where(x > 1, (x > 0).float(), 0.0), SPIKE),
     (lambda x: torch.where(x > 1, (x > 0).float(), x), REAL),
@@ -72,9 +84,13 @@ def test_a_view_changed_in_place_through_another_loses_its_label():
         v = s.view(16)
         s.mul_(0.5)                     # v's values are now 0 and 0.5: its label is void, not still "spike"
         w = s.view(16)
-    assert prov.of(v) == Built(REAL, "modified in place") and prov.of(w) == Built(REAL, "mul")
-    with torch.inference_mode(), SpikeProvenance() as prov:  # no version counter there, nor in-place changes
-        assert prov.of(spikes(2)).kind == SPIKE
+    assert prov.of(v) == Built(REAL, "mul") and prov.of(w) == Built(REAL, "mul")
+    with torch.inference_mode(), SpikeProvenance() as prov:  # no version counter there: a view reads its base
+        s = spikes(4, 4)
+        v, w = s.view(16), s[1]
+        assert prov.of(s).kind == SPIKE and prov.of(v).kind == SPIKE
+        w.mul_(0.5)
+        assert prov.of(v) == Built(REAL, "mul") and prov.of(s) == Built(REAL, "mul")
 
 
 def test_labels_of_another_context_are_not_trusted():
@@ -186,3 +202,44 @@ def test_probes_may_nest_each_keeps_its_own_proof():
             model(x)
     assert outer.proven and inner.proven and second.proven
     assert outer.verdict() == second.verdict()
+
+
+def test_an_in_place_write_names_what_it_wrote_and_keeps_spikes_spikes():
+    with SpikeProvenance() as prov:
+        x = torch.randn(4, 3, 8)
+        real = torch.zeros(4, 3, 8)
+        real[0] = x.mean(0)                       # a real value written names the op that made it
+        row = real[1]
+        s = torch.zeros(4, 3, 8)
+        s[1:] = spikes(3, 3, 8)                   # spikes written into spikes stay spikes
+        s[0].copy_(spikes(3, 8))
+        tail = s[1:]
+        s[0, 0] += spikes(8)                      # a count
+        t = torch.zeros(2, 8)
+        t[0] = 1
+        t[1].copy_(spikes(8))
+        other = t.view(16)
+        t[1].mul_((x[0, 0] > 0).float())
+        nested = torch.zeros(3)
+        nested[0] = 0.5
+    assert prov.of(real) == Built(REAL, "mean") and prov.of(row) == Built(REAL, "mean")
+    assert prov.of(s) == Built(INTEGER, "add") and prov.of(tail).kind == INTEGER  # what the base may hold
+    assert prov.of(t).kind == SPIKE and prov.of(other).kind == SPIKE
+    assert prov.of(nested) == Built(REAL, "setitem")
+
+
+def test_a_write_through_data_is_seen():
+    """``t.data`` shares ``t``'s storage but not its version counter: what is written through it still counts."""
+    with SpikeProvenance() as prov:
+        s = spikes(4)
+        v = s.view(2, 2)
+        s.data.mul_(3)
+        t = spikes(4)
+        t.data[0] = 0.5
+        u = spikes(4)
+        u.data = torch.randn(4).mean(0, keepdim=True).expand(4)
+        kept = spikes(4)
+        kept.data[0] = 1
+    assert prov.of(s) == Built(INTEGER, "mul") and prov.of(v) == Built(INTEGER, "mul")
+    assert prov.of(t) == Built(REAL, "setitem") and prov.of(u) == Built(REAL, "mean")
+    assert prov.of(kept).kind == SPIKE

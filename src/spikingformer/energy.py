@@ -46,7 +46,8 @@ of Spikformer (its ``spike_rate``, Appendix G calculations 1 and 2):
 - ``integer_inputs="ac"`` (calculation 1): a value ``k`` is ``k`` spikes arriving together, so
   the layer costs ``mean(input) * T * FLOPs`` ACs; ``fr`` is then that mean, which may exceed 1.
 
-The classification head (the read-out, left out of Eq. 20) is reported as its own rows
+The classification head (the read-out, left out of Eq. 20: our ``ClassifierHead``, a peer model's last
+synaptic layer fed by a pooling or mean, or the modules named by ``readout=``) is reported as its own rows
 (``readout``) and *included* in ``total_mJ``, as MACs unless its input is spikes (only the
 SN-FC-AvgPooling head of Eq. 18): deployed hardware does run it.  ``backbone_mJ`` is the
 total without it, the quantity Eq. 20 defines, and ``readout_mJ`` the difference.
@@ -68,6 +69,7 @@ from .loading import add_input_args, prepare, run_model
 from .metrics import FIGURE_SUFFIXES, check_output, write_csv, write_json
 from .probe import LayerProbe, Stage, SynapticProbe, verdict
 from .progress import progress_bar
+from .verify import add_readout_arg
 
 __all__ = ["E_MAC_PJ", "E_AC_PJ", "LayerEnergy", "EnergyReport", "estimate_energy", "energy_from_probe",
            "stage_energy", "policy_energy", "register_cli"]
@@ -298,21 +300,22 @@ def steps_and_samples(x: Tensor | dict, T: int | None, time_major: bool | None, 
 def estimate_energy(model: nn.Module, inputs: Tensor | dict | Iterable, *, T: int | None = None,
                     time_major: bool | None = None, e_mac: float = E_MAC_PJ, e_ac: float = E_AC_PJ,
                     model_name: str | None = None, unit: str = "image", integer_inputs: str = "mac",
-                    progress: bool = False) -> EnergyReport:
+                    progress: bool = False, readout: str | Iterable[str] | None = None) -> EnergyReport:
     """Run ``model`` on ``inputs`` (a tensor or text batch dict, or an iterable of them or of
     ``(x, y)`` pairs) and return its energy per image, or per ``unit`` (Eq. 19-20).
 
     The model runs in the mode it is in: call ``model.eval()`` first for deployment
     figures.  ``T`` defaults to the input's time axis (5-d inputs, or ``time_major=True``)
     or to ``model.T`` for static images.  ``integer_inputs``: ``"mac"`` or ``"ac"``, how integer-valued
-    inputs count (module docstring).  ``progress``: a progress bar over the batches.
+    inputs count (module docstring).  ``progress``: a progress bar over the batches.  ``readout``: the
+    module(s) that are the read-out head (default: found by ``SynapticProbe``).
     """
     _check_integer_inputs(integer_inputs)  # before the forward passes, not after
     if e_mac < 0 or e_ac < 0:
         raise ValueError(f"energies per operation must be >= 0 pJ, got e_mac={e_mac}, e_ac={e_ac}")
     batches = [inputs] if isinstance(inputs, (Tensor, dict)) else inputs
     images, steps = 0, set()
-    with SynapticProbe(model, provenance=True) as probe:
+    with SynapticProbe(model, provenance=True, readout=readout) as probe:
         for x in progress_bar(batches, "energy", enabled=progress):
             x = x[0] if isinstance(x, (tuple, list)) else x
             t, b = steps_and_samples(x, T, time_major, model)
@@ -347,7 +350,8 @@ def _cmd_energy(args: argparse.Namespace) -> int:
         prep = prepare(args)
         _check_steps_known(prep)
         report = estimate_energy(prep.model, prep.batches, e_mac=args.e_mac, e_ac=args.e_ac, model_name=prep.name,
-                                 unit=prep.unit, integer_inputs=args.integer_inputs, progress=True)
+                                 unit=prep.unit, integer_inputs=args.integer_inputs, progress=True,
+                                 readout=args.readout)
     except (ValueError, TypeError, FileNotFoundError, CheckpointError, DataError) as e:  # TypeError: model options
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -382,6 +386,7 @@ def register_cli(sub) -> None:
                    help="how a layer fed integers (Spikformer's SEW residual sums) counts: mac (default, SPEC §7): "
                         "T * FLOPs MACs; ac: a value k is k spikes, mean(input) * T * FLOPs ACs (the two "
                         "calculations of the official energy script)")
+    add_readout_arg(p)
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     p.add_argument("--csv", metavar="FILE", help="also write the per-layer table as CSV")
     p.add_argument("--plot", metavar="FILE", help="also draw each layer's input firing rate and energy (.png, .pdf or .svg)")

@@ -15,19 +15,22 @@ per layer input, only the sample-steps the policy ran, from which ``energy.polic
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from .layers import ClassifierHead, SpikeQKV, recomputing
-from .neuron import MultiStepLIF
-from .provenance import SPIKE, Built, SpikeProvenance
+from .provenance import SPIKE, Built, SpikeProvenance, hooked_neuron, neuron_output
 from .tensor_ops import TensorOps, spiking_neuron
 
-__all__ = ["TensorStats", "Stage", "LayerProbe", "SynapticProbe", "SYNAPTIC_TYPES", "opaque_neuron", "verdict"]
+__all__ = ["TensorStats", "Stage", "LayerProbe", "SynapticProbe", "SYNAPTIC_TYPES", "verdict"]
 
 SYNAPTIC_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, SpikeQKV)
+# What a read-out's input is made by: a pooling or mean over tokens or time steps.
+_POOLS = frozenset("""mean avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d
+                      adaptive_avg_pool3d""".split())
 # Enough for the SEW residual sums of a 16-block Spikformer ({0, ..., 34}); beyond it only the range is kept.
 _MAX_DISTINCT = 64
 
@@ -125,15 +128,6 @@ class Stage:
     macs: int = 0
 
 
-def opaque_neuron(mod: nn.Module) -> bool:
-    """A spiking neuron whose spikes the provenance context cannot follow, so it is taken at its word: ours on
-    the Triton backend (its kernels are tested to spike as the PyTorch loop does), or any SpikingJelly neuron
-    (``BaseNode``: its multi-step loops are custom ops or CuPy kernels), as the official repositories build."""
-    if isinstance(mod, MultiStepLIF):
-        return mod.backend != "torch"
-    return any(c.__name__ == "BaseNode" and c.__module__.startswith("spikingjelly") for c in type(mod).__mro__)
-
-
 def verdict(spike_driven: bool, proven: bool | None = None) -> str:
     """The spike-driven verdict in words: ``NO`` (a layer received a non-spike), ``yes, proven`` (and every
     layer is built to receive spikes), or ``yes on this data`` (not proven: some layer is not built to)."""
@@ -188,6 +182,8 @@ class LayerProbe:
     pending: list[Tensor] = field(default_factory=list)
     charged: list[Tensor] = field(default_factory=list)
     per_step: bool = True  # every call came after ``per_step``, each input as [T, B, ...] or [T * B, ...]
+    readout_by: str = ""  # how it is known to be: our head's class, "named", or what its input is pooled by
+    last: int = 0         # position of its last call
 
     @property
     def kind(self) -> str:
@@ -210,6 +206,17 @@ class LayerProbe:
         return names[:len(self.inputs)]
 
 
+def _named_modules(model: nn.Module, names: str | Iterable[str] | None) -> list[nn.Module]:
+    """The modules of ``model`` called ``names`` (as ``named_modules`` names them, without ``_orig_mod``)."""
+    names = [names] if isinstance(names, str) else list(names or [])
+    modules = {_uncompiled_name(n): m for n, m in model.named_modules()}
+    for n in names:
+        if n not in modules or not any(isinstance(m, SYNAPTIC_TYPES) for m in modules[n].modules()):
+            why = "no module" if n not in modules else "no synaptic layer (Conv, Linear or SpikeQKV) in the module"
+            raise ValueError(f"readout {n!r}: {type(model).__name__} has {why} of that name")
+    return [modules[n] for n in names]
+
+
 def _uncompiled_name(name: str) -> str:
     """A submodule's name as in the uncompiled model: ``blocks.0._orig_mod.attn`` -> ``blocks.0.attn``."""
     return ".".join(part for part in name.split(".") if part != "_orig_mod")
@@ -229,10 +236,13 @@ class SynapticProbe:
     ``probe.ops`` holds the products and sums written as bare tensor ops (``tensor_ops``: a peer's
     ``q @ k.transpose(-2, -1) @ v``), each one recorded as a layer is, for its energy; the verdict is the
     synaptic layers'.  ``priced`` is both, in the order they first ran.
+    The read-out (exempt, as Eq. 20 exempts it) is our ``ClassifierHead``, the modules named by ``readout``, or
+    else, with ``provenance``, a model's last synaptic layer if a pooling or mean feeds it (``_find_readout``).
     """
 
-    def __init__(self, model: nn.Module, provenance: bool = False):
+    def __init__(self, model: nn.Module, provenance: bool = False, readout: str | Iterable[str] | None = None):
         self.model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: the model it compiles
+        self.readout = _named_modules(self.model, readout)
         self.provenance = SpikeProvenance() if provenance else None
         self.exempt_first = getattr(model, "synaptic_encoding", True)
         self.layers: dict[str, LayerProbe] = {}
@@ -243,23 +253,26 @@ class SynapticProbe:
         self._layout: tuple[int, int] | None = None  # (T, B) of the next forward, for ``charge``
         self.steps_run: Tensor | None = None         # per policy, the sample-steps ``charge`` counted
         self.steps_seen = 0                          # the sample-steps of every charged forward pass
+        self._calls = 0
 
     def __enter__(self) -> "SynapticProbe":
         # Compiled code would run without the hooks, and the provenance mode cannot see into it.
         self._stance = torch.compiler.set_stance("force_eager")
-        readout = {id(m) for h in self.model.modules() if isinstance(h, ClassifierHead) for m in h.modules()}
+        heads = self.readout or [h for h in self.model.modules() if isinstance(h, ClassifierHead)]
+        readout = {id(m): "named" if self.readout else type(h).__name__ for h in heads for m in h.modules()}
         names = {mod: _uncompiled_name(name) for name, mod in self.model.named_modules()}
-        quiet = readout | {id(m) for m in self.model.modules() if isinstance(m, SYNAPTIC_TYPES) or spiking_neuron(m)}
+        quiet = set(readout) | {id(m) for m in self.model.modules()
+                                if isinstance(m, SYNAPTIC_TYPES) or spiking_neuron(m)}
         self._handles += self._ops.attach(self.model, names, quiet)
         for name, mod in self.model.named_modules():
             if isinstance(mod, SYNAPTIC_TYPES):
                 name = _uncompiled_name(name) or type(mod).__name__
-                self._handles.append(mod.register_forward_pre_hook(self._input_hook(name, id(mod) in readout),
+                self._handles.append(mod.register_forward_pre_hook(self._input_hook(name, readout.get(id(mod), "")),
                                                                    with_kwargs=True))
                 self._handles.append(mod.register_forward_hook(self._count_hook(name), with_kwargs=True))
         if self.provenance is not None:
             for name, mod in self.model.named_modules():
-                if opaque_neuron(mod):
+                if hooked_neuron(mod):
                     self._handles.append(mod.register_forward_hook(self._neuron_hook(_uncompiled_name(name))))
             self.provenance.__enter__()
         self._ops.__enter__()  # inside the provenance mode: it reads an op's operands before that labels them
@@ -269,6 +282,7 @@ class SynapticProbe:
         self._ops.__exit__(*exc)
         if self.provenance is not None:
             self.provenance.__exit__(*exc)
+            self._find_readout()
         for h in self._handles:
             h.remove()
         self._handles.clear()
@@ -279,18 +293,28 @@ class SynapticProbe:
     def _neuron_hook(self, name: str):
         def hook(mod, args, out):
             if isinstance(out, Tensor):
-                self.provenance.label(out, Built(SPIKE, f"{type(mod).__name__} {name}"))
+                self.provenance.label(out, neuron_output(mod, self.provenance.of(out), name))
         return hook
 
-    def _input_hook(self, name: str, readout: bool):
+    def _find_readout(self) -> None:
+        """Without a read-out known (our head, or named): the last synaptic layer called is one if every input
+        it was fed is made by a pooling or mean (over tokens or time steps): nothing synaptic runs on its output."""
+        if not self.layers or any(r.readout for r in self.layers.values()):
+            return
+        last = max(self.layers.values(), key=lambda r: r.last)
+        origins = {s.built and s.built.origin for s in last.inputs}
+        if last is not self.encoding_layer and len(origins) == 1 and origins <= _POOLS:
+            last.readout, last.readout_by = True, f"last synaptic layer, fed by {origins.pop()}"
+
+    def _input_hook(self, name: str, readout: str):
         def hook(mod, args, kwargs):
             if recomputing():  # gradient checkpointing runs the layer again in the backward pass: not a call
                 return
             tensors = _tensors(args, kwargs)
             rec = self.layers.get(name)
             if rec is None:
-                rec = self.layers[name] = LayerProbe(name, mod, len(self.layers) + len(self.ops), readout,
-                                                     [TensorStats() for _ in tensors])
+                rec = self.layers[name] = LayerProbe(name, mod, len(self.layers) + len(self.ops), bool(readout),
+                                                     [TensorStats() for _ in tensors], readout_by=readout)
             self._observe(rec, tensors)
         return hook
 
@@ -305,6 +329,7 @@ class SynapticProbe:
 
     def _observe(self, rec: LayerProbe, tensors: list[Tensor]) -> None:
         rec.calls += 1
+        rec.last, self._calls = self._calls, self._calls + 1
         if self.provenance is not None:
             for stats, a in zip(rec.inputs, tensors):
                 stats.update_built(self.provenance.of(a))
@@ -398,6 +423,7 @@ class SynapticProbe:
         """The verdict as every command's JSON gives it: ``spike_driven``, ``proven`` and the layers behind them
         (``non_spike_layers``, ``unproven_layers``, ``silent_layers``)."""
         return {"spike_driven": self.spike_driven, "proven": self.proven,
+                "readout_layers": [r.name for r in self.ordered if r.readout],
                 "non_spike_layers": [r.name for r in self.violations],
                 "unproven_layers": [r.name for r in self.unproven], "silent_layers": [r.name for r in self.silent]}
 

@@ -29,7 +29,8 @@ from .metrics import check_output, pyplot, save_figure, write_json
 from .probe import LayerProbe, SynapticProbe
 from .progress import progress_bar
 
-__all__ = ["InputReport", "LayerVerdict", "Certificate", "certify", "verify_model", "plot_fig3", "register_cli"]
+__all__ = ["InputReport", "LayerVerdict", "Certificate", "certify", "verify_model", "plot_fig3", "add_readout_arg",
+           "register_cli"]
 
 
 def _value_set(values: list[float]) -> str:
@@ -67,6 +68,7 @@ class LayerVerdict:
     op: str                           # "conv", "linear" or "attention"
     role: str                         # "encoding" (sees the raw input), "readout" (head) or "synaptic"
     inputs: list[InputReport]
+    readout_by: str = ""              # how the read-out is known: our head's class, "named", or what pools its input
 
     @property
     def spike_input(self) -> bool:
@@ -123,6 +125,11 @@ class Certificate:
         return self.spike_driven and not self.unproven
 
     @property
+    def readout(self) -> list[LayerVerdict]:
+        """The read-out layers, exempt as Eq. 20 exempts the head."""
+        return [r for r in self.layers if r.role == "readout"]
+
+    @property
     def exit_code(self) -> int:
         """``verify``'s: 0 proven spike-driven, 1 not spike-driven, 3 binary on this input only."""
         return 1 if not self.spike_driven else 0 if self.proven else 3
@@ -137,6 +144,7 @@ class Certificate:
                 i["counts"] = [counts[v] for v in sorted(counts)] if counts is not None else None
             layers.append(dict(d, spike_input=r.spike_input, ok=r.ok))
         return dict(model=self.model, spike_driven=self.spike_driven, proven=self.proven,
+                    readout_layers=[r.name for r in self.readout],
                     non_spike_layers=[r.name for r in self.violations], unproven_layers=[r.name for r in self.unproven],
                     silent_layers=[r.name for r in self.silent], notes=self.notes, sample=self.sample, layers=layers)
 
@@ -168,6 +176,9 @@ class Certificate:
                          + ("what they are fed is proven by construction, not by this run" if covered else
                             "nothing fired into them, so this run does not show what they are fed; give real "
                             "data, trained weights or a model in train mode"))
+        if self.readout:
+            heads = ", ".join(f"{r.name} ({r.readout_by})" for r in self.readout)
+            lines.append(f"read-out (exempt, as Eq. 20): {heads}")
         lines += [f"sample: {self.sample}"] if self.sample else []
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -189,7 +200,7 @@ def _layer_verdict(rec: LayerProbe, encoding: bool) -> LayerVerdict:
                           None if s.distinct_overflow else dict(sorted(s.counts.items())),
                           None if s.built is None else s.built.name, None if s.built is None else s.built.origin)
               for n, s in zip(rec.input_names, rec.inputs)]
-    return LayerVerdict(rec.name, op, role, inputs)
+    return LayerVerdict(rec.name, op, role, inputs, rec.readout_by)
 
 
 def certify(probe: SynapticProbe, model_name: str = "") -> Certificate:
@@ -202,12 +213,13 @@ def certify(probe: SynapticProbe, model_name: str = "") -> Certificate:
 
 @torch.no_grad()
 def verify_model(model: nn.Module, inputs: Tensor | dict | Iterable, model_name: str | None = None,
-                 progress: bool = False) -> Certificate:
+                 progress: bool = False, readout: str | Iterable[str] | None = None) -> Certificate:
     """Run ``model`` (in its current mode) on ``inputs`` (a tensor or text batch dict, or an iterable
     of them or of ``(x, y)`` pairs) and certify whether it is spike-driven (see ``certify``), following
-    how every input was built (``provenance``).  ``progress``: a progress bar over the batches."""
+    how every input was built (``provenance``).  ``progress``: a progress bar over the batches.  ``readout``:
+    the module(s) that are the read-out head (default: found by ``SynapticProbe``)."""
     batches = [inputs] if isinstance(inputs, (Tensor, dict)) else inputs
-    with SynapticProbe(model, provenance=True) as probe:
+    with SynapticProbe(model, provenance=True, readout=readout) as probe:
         for x in progress_bar(batches, "verify", enabled=progress):
             run_model(model, x)
     return certify(probe, model_name or type(probe.model).__name__)
@@ -334,7 +346,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         check_output("--plot", args.plot, folder=True)
         prep = prepare(args)
         other = _compared(args, prep.name)  # before the passes: a usage error costs no work
-        cert = verify_model(prep.model, prep.batches, prep.name, progress=True)
+        cert = verify_model(prep.model, prep.batches, prep.name, progress=True, readout=args.readout)
         cert.notes += prep.notes
         cert.sample = prep.sample
         print(cert.table())
@@ -348,6 +360,14 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return cert.exit_code
+
+
+def add_readout_arg(p: argparse.ArgumentParser) -> None:
+    """``--readout NAME``, shared with ``energy``."""
+    p.add_argument("--readout", metavar="NAME", action="append",
+                   help="module that is the model's read-out head, exempt from the verdict as Eq. 20 exempts it "
+                        "(repeatable; default: our ClassifierHead, or the last synaptic layer if a pooling or "
+                        "mean feeds it)")
 
 
 def register_cli(sub) -> None:
@@ -367,6 +387,7 @@ def register_cli(sub) -> None:
                "examples/sj_spikformer.py:build --model-kwargs dim=64  (your own model: imports and runs that file)")
     add_input_args(p)
     p.add_argument("--json", metavar="FILE", help="also write the certificate as JSON")
+    add_readout_arg(p)
     p.add_argument("--plot", metavar="DIR", help="write Fig. 3 as DIR/fig3.png: input-value histogram of one "
                    "block and per-layer firing rates, beside the counterpart model")
     p.add_argument("--block", metavar="N|PREFIX", help="block whose conv/linear inputs --plot histograms: N for "
