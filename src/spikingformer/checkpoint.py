@@ -16,6 +16,7 @@ import pickle
 import random
 import shutil
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -83,8 +84,13 @@ def _check_crcs(path: Path) -> None:
     load, and evaluate as NaN.  Reading them costs a second pass over the file (about a second per GB)."""
     if not zipfile.is_zipfile(path):  # the legacy pickle format has no checksums
         return
-    with zipfile.ZipFile(path) as z:
-        damaged = z.testzip()
+    try:
+        with zipfile.ZipFile(path) as z:
+            damaged = z.testzip()
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError) as e:
+        # torch's zip reader skips what Python's checks (member names, local headers): damaged all the same
+        raise CheckpointError(f"{path} is damaged: its zip archive does not read back ({type(e).__name__}: {e})") \
+            from None
     if damaged is not None:
         raise CheckpointError(f"{path} is damaged: the bytes of {damaged} do not match the checksum stored "
                               "beside them (a flipped bit on disk, or an interrupted copy)")

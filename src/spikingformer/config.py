@@ -337,11 +337,13 @@ def load_config(path: str | Path | None, overrides: list[str] = (), cls=TrainCon
     None) and apply ``--set`` overrides."""
     import yaml
 
+    from .data.text import read_text
+
     data: dict = {}
     source = "defaults"
     if path is not None:
         path = resolve_config_path(path)
-        text = path.read_text()
+        text = read_text(path, ConfigError)
         if not text.strip():  # e.g. truncated by a shell redirect into the file it was to be read from
             raise ConfigError(f"config file {path} is empty")
         try:

@@ -6,6 +6,7 @@ bit for bit; where it departs from them, its docstring says so and why.  Files a
 """
 from __future__ import annotations
 
+import math
 import zipfile
 from pathlib import Path
 
@@ -159,6 +160,29 @@ def read_cifar10_dvs_aedat(path) -> np.ndarray:
     return make_events(t, 127 - ((addr >> 8) & 0x7F), 127 - ((addr >> 1) & 0x7F), 1 - (addr & 1))
 
 
+_DEFLATE_MAX_RATIO = 1032  # deflate expands at most this much (a 258-byte match per 2 bits)
+
+
+def _check_npy_sizes(zf: zipfile.ZipFile, path: Path) -> None:
+    """Refuse an array whose ``.npy`` header claims more bytes than its archive member can hold: numpy allocates
+    the claimed shape before it reads (a header claiming 2**40 events would reserve 8 TiB)."""
+    for info in zf.infolist():
+        if not info.filename.endswith(".npy"):  # np.load reads only these
+            continue
+        stored = min(info.compress_size, path.stat().st_size)  # the zip directory's sizes are claims too
+        room = min(info.file_size, stored * (1 if info.compress_type == zipfile.ZIP_STORED else _DEFLATE_MAX_RATIO))
+        with zf.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            room -= f.tell()
+        claimed = math.prod(shape) * dtype.itemsize
+        if claimed > room:
+            raise DataError(f"{path}: array {info.filename} claims shape {shape} of {dtype} ({claimed} bytes), but "
+                            f"its archive member holds at most {max(room, 0)} bytes of data (damaged or forged file)")
+
+
 def read_npz_events(path) -> np.ndarray:
     """One sample as an ``.npz``: SpikingJelly's extracted ``events_np`` (arrays ``t, x, y, p``), or a DVS128
     Gesture window of the event cache (``event_cache``: a structured array ``events`` with those fields)."""
@@ -166,6 +190,8 @@ def read_npz_events(path) -> np.ndarray:
     if path.is_file() and not zipfile.is_zipfile(path):  # np.load would read on as .npy or pickle, and say so
         raise DataError(f"cannot read event file {path}: not an .npz archive (a zip of numpy arrays)")
     try:
+        with zipfile.ZipFile(path) as zf:
+            _check_npy_sizes(zf, path)
         with np.load(path, allow_pickle=False) as z:
             cached = z["events"] if "events" in z.files else None
             have = (cached.dtype.names or ()) if cached is not None else z.files
