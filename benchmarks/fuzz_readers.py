@@ -23,6 +23,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import traceback
 import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
@@ -264,7 +265,9 @@ def check(name: str, reader: Reader, data: bytes, folder: Path) -> None:
         if str(path) not in str(e):
             raise ReaderFailure(f"{name}: {type(e).__name__} does not name the file: {e}") from e
     except Exception as e:
-        raise ReaderFailure(f"{name}: {type(e).__name__} escaped: {e} (input begins {data[:48]!r})") from e
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        raise ReaderFailure(f"{name}: {type(e).__name__} escaped ({Path(where.filename).name}:{where.lineno}): {e} "
+                            f"(input begins {data[:48]!r})") from e
     if peak[0] > MEMORY_LIMIT + 64 * len(data):
         raise ReaderFailure(f"{name}: allocated {peak[0] / 2 ** 20:.0f} MiB for a {len(data)}-byte input")
 
@@ -289,10 +292,11 @@ def fuzz(name: str, seeds: list[bytes], examples: int, seed: int = 0, readers: d
         folder = Path(tmp)
         try:
             run()
-        except Exception as e:  # a ReaderFailure, or hypothesis's DeadlineExceeded
-            failure = e if isinstance(e, ReaderFailure) else ReaderFailure(f"{name}: {type(e).__name__}: {e}")
-            failure.tried = tried
-            raise failure from None
+        except ReaderFailure as e:
+            e.tried = tried
+            raise
+        except Exception as e:  # hypothesis's DeadlineExceeded
+            raise ReaderFailure(f"{name}: {type(e).__name__}: {e}") from e
     return tried
 
 

@@ -160,6 +160,13 @@ def read_cifar10_dvs_aedat(path) -> np.ndarray:
     return make_events(t, 127 - ((addr >> 8) & 0x7F), 127 - ((addr >> 1) & 0x7F), 1 - (addr & 1))
 
 
+def _is_zip(path: Path) -> bool:
+    """Whether ``path`` begins as a zip archive, as np.load tells an .npz (``zipfile.is_zipfile`` reads the end
+    record instead, and raises BadZipFile itself on some damaged ones)."""
+    with open(path, "rb") as f:
+        return f.read(4) in (b"PK\x03\x04", b"PK\x05\x06")  # an empty archive is its end record alone
+
+
 _DEFLATE_MAX_RATIO = 1032  # deflate expands at most this much (a 258-byte match per 2 bits)
 
 
@@ -187,7 +194,7 @@ def read_npz_events(path) -> np.ndarray:
     """One sample as an ``.npz``: SpikingJelly's extracted ``events_np`` (arrays ``t, x, y, p``), or a DVS128
     Gesture window of the event cache (``event_cache``: a structured array ``events`` with those fields)."""
     path = Path(path)
-    if path.is_file() and not zipfile.is_zipfile(path):  # np.load would read on as .npy or pickle, and say so
+    if path.is_file() and not _is_zip(path):  # np.load would read on as .npy or pickle, and say so
         raise DataError(f"cannot read event file {path}: not an .npz archive (a zip of numpy arrays)")
     try:
         with zipfile.ZipFile(path) as zf:
@@ -211,6 +218,9 @@ def read_npz_events(path) -> np.ndarray:
                         "loaded; events are arrays of numbers") from None
     except Exception as e:  # zipfile.BadZipFile, OSError, EOFError
         raise DataError(f"cannot read event file {path}: {type(e).__name__}: {e}") from None
+    not_numbers = {k: str(a.dtype) for k, a in zip("txyp", (t, x, y, p)) if a.dtype.kind not in "biuf"}
+    if not_numbers:
+        raise DataError(f"{path}: event arrays must hold numbers; {not_numbers} do not")
     if not len(t) == len(x) == len(y) == len(p):
         raise DataError(f"{path}: arrays t, x, y, p differ in length ({len(t)}, {len(x)}, {len(y)}, {len(p)})")
     return make_events(t, x, y, p != 0)
