@@ -4,12 +4,13 @@ Readers: N-MNIST ``.bs2``, AEDAT 3.1 and AEDAT 2 (written from real N-MNIST even
 is at hand), event ``.npz`` (SpikingJelly's and the event cache's), the N-MNIST ``#sample #class`` list and
 Gesture label CSVs, GLUE TSVs (six tasks), a WordPiece vocabulary, a text corpus, YAML recipes, and
 checkpoints in every accepted format (ours, timm's ``.pth.tar`` with official tensor names, a bare
-state_dict, ``.safetensors``).  Each input is a seed with a few mutations (bit flips, truncation,
+state_dict in zip and legacy pickle form, ``.safetensors``).  Each input is a seed with a few mutations (bit flips, truncation,
 inserted bytes, a splice of another seed, a 2/4/8-byte field overwritten by a huge or edge value).
 
 A reader passes an input when it returns, or raises one of the library's own errors (``DataError``,
 ``CheckpointError``, ``ConfigError``, a ``ValueError``) whose message names the file, within ``LIMIT_S``
-and without allocating more than ``MEMORY_LIMIT`` (numpy's allocations, traced by ``tracemalloc``).
+and without allocating more than ``MEMORY_LIMIT`` beyond its input (Python's and numpy's allocations, which
+``tracemalloc`` traces; torch's C++ allocator it does not see).  Prints the inputs tried per reader.
 
     python benchmarks/fuzz_readers.py --examples 2000 [--readers npz,vocab] [--seed 0]
 """
