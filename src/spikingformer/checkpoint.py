@@ -10,12 +10,14 @@ truncated or foreign file is reported as such.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import pickle
 import random
 import shutil
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -70,21 +72,36 @@ def _safe_load(path: Path, map_location="cpu"):
     try:
         # timm's CheckpointSaver (the official repositories' training scripts) stores the command line as
         # an argparse.Namespace: a plain attribute bag, safe to rebuild, so it is the one class allowed.
+        # A legacy (pickle) file is parsed from its bytes in memory: the unpickler reads each string its header
+        # claims with one read(n), which on a file reserves n bytes first (1 GiB for an 8-byte file).
+        source = path if _is_zip(path) else io.BytesIO(path.read_bytes())
         with torch.serialization.safe_globals([argparse.Namespace]):
-            state = torch.load(path, map_location=map_location, weights_only=True)
+            state = torch.load(source, map_location=map_location, weights_only=True)
     except Exception as e:  # the parser meets arbitrary bytes: any error means "not a checkpoint we can read"
         raise CheckpointError(_unreadable(path, e)) from None
     _check_crcs(path)
     return state
 
 
+def _is_zip(path: Path) -> bool:
+    """Whether ``path`` begins as a zip archive, as torch.load tells one (``zipfile.is_zipfile`` reads the end
+    record instead, and raises BadZipFile itself on some damaged ones)."""
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
 def _check_crcs(path: Path) -> None:
     """torch.load does not check the checksums its zip archive stores: a flipped bit in the weights would
     load, and evaluate as NaN.  Reading them costs a second pass over the file (about a second per GB)."""
-    if not zipfile.is_zipfile(path):  # the legacy pickle format has no checksums
+    if not _is_zip(path):  # the legacy pickle format has no checksums
         return
-    with zipfile.ZipFile(path) as z:
-        damaged = z.testzip()
+    try:
+        with zipfile.ZipFile(path) as z:
+            damaged = z.testzip()
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError) as e:
+        # torch's zip reader skips what Python's checks (member names, local headers): damaged all the same
+        raise CheckpointError(f"{path} is damaged: its zip archive does not read back ({type(e).__name__}: {e})") \
+            from None
     if damaged is not None:
         raise CheckpointError(f"{path} is damaged: the bytes of {damaged} do not match the checksum stored "
                               "beside them (a flipped bit on disk, or an interrupted copy)")
@@ -132,7 +149,7 @@ def is_run_checkpoint(path: str | Path) -> bool:
     """Whether ``path`` is a checkpoint ``save_checkpoint`` wrote, which a run resumes from, whatever its name (its
     tensors are memory-mapped, not read: only the small record around them is)."""
     path = Path(path)
-    if not path.is_file() or is_safetensors(path) or not zipfile.is_zipfile(path):
+    if not path.is_file() or is_safetensors(path) or not _is_zip(path):
         return False
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
@@ -156,7 +173,7 @@ def load_checkpoint(path: str | Path, map_location="cpu", hint: str = "") -> dic
                               f"holds a run's config and training state){hint}")
     state = _safe_load(path, map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        found = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
+        found = sorted(map(str, state))[:8] if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path} is a PyTorch file but not a spikingformer checkpoint "
                               f"(expected a dict with format={FORMAT!r}; found {found}){hint}")
     if state.get("version") != VERSION:
@@ -202,13 +219,15 @@ def load_weights(path: str | Path, model: str | None = None, official: bool = Tr
                 build = {"model": meta["model"], "model_args": json.loads(meta["model_args"]),
                          "folded": meta.get("bn_folded") == "true",
                          **{k: json.loads(meta[k]) for k in ("config", "data") if k in meta}}
-            except (KeyError, ValueError) as e:
+            except (KeyError, ValueError, RecursionError) as e:  # RecursionError: JSON nested thousands deep
                 raise CheckpointError(f"{path}: malformed spikingformer metadata ({type(e).__name__}: {e})") from None
     else:
         state = _safe_load(path)
         args = state.get("args") if isinstance(state, dict) else None  # timm's: the official run's command line
         if isinstance(state, dict) and state.get("format") == FORMAT:
             meta = state.get("meta", {})
+            if not isinstance(meta, dict):
+                raise CheckpointError(f"{path}: its record of the model (meta) is a {type(meta).__name__}, not a dict")
             build = {"model": meta.get("model"), "model_args": meta.get("model_args", {}),
                      "task": meta.get("task"), "config": state.get("config", {}),
                      "data": {k: meta[k] for k in DATA_KEYS if k in meta}}
@@ -216,8 +235,9 @@ def load_weights(path: str | Path, model: str | None = None, official: bool = Tr
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]
                 break
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} holds no state_dict of tensors")
+    if not isinstance(state, dict) or not state or \
+            not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError(f"{path} holds no state_dict of tensors (a dict of names to tensors)")
     for prefix in ("module.", "_orig_mod."):
         if all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}

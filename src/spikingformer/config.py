@@ -332,22 +332,43 @@ def resolve_config_path(path: str | Path, files: bool = True) -> Path:
     raise ConfigError(f"no shipped recipe {path} (shipped: {shipped})")
 
 
+_MAX_DEPTH = 32  # a recipe is flat key: value, model_args one level deeper
+
+
+def _parse_yaml(text: str, path: Path):
+    """``yaml.safe_load(text)``, refusing first (in one pass over the parser's events, which keeps no recursion)
+    what would make it unbounded: an alias (``*name``: a "billion laughs" file nests 9**9 references that every
+    walk of the result, an error message's repr included, expands) and nesting deeper than ``_MAX_DEPTH``
+    (PyYAML's composer recurses, into a RecursionError)."""
+    import yaml
+
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                raise ConfigError(f"{path}: YAML aliases (*{event.anchor}) are not supported in config files; "
+                                  "write the value out")
+            depth += isinstance(event, yaml.CollectionStartEvent) - isinstance(event, yaml.CollectionEndEvent)
+            if depth > _MAX_DEPTH:
+                raise ConfigError(f"{path}: nested deeper than {_MAX_DEPTH} levels (line {event.start_mark.line + 1})")
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+
+
 def load_config(path: str | Path | None, overrides: list[str] = (), cls=TrainConfig):
     """Read a YAML config (a file, or a shipped recipe's name; or start from the defaults when ``path`` is
     None) and apply ``--set`` overrides."""
-    import yaml
+    from .data.text import read_text
 
     data: dict = {}
     source = "defaults"
     if path is not None:
         path = resolve_config_path(path)
-        text = path.read_text()
+        text = read_text(path, ConfigError)
         if not text.strip():  # e.g. truncated by a shell redirect into the file it was to be read from
             raise ConfigError(f"config file {path} is empty")
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        data = _parse_yaml(text, path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
         source = str(path)

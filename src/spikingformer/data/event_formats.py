@@ -6,6 +6,7 @@ bit for bit; where it departs from them, its docstring says so and why.  Files a
 """
 from __future__ import annotations
 
+import math
 import zipfile
 from pathlib import Path
 
@@ -159,13 +160,45 @@ def read_cifar10_dvs_aedat(path) -> np.ndarray:
     return make_events(t, 127 - ((addr >> 8) & 0x7F), 127 - ((addr >> 1) & 0x7F), 1 - (addr & 1))
 
 
+def _is_zip(path: Path) -> bool:
+    """Whether ``path`` begins as a zip archive, as np.load tells an .npz (``zipfile.is_zipfile`` reads the end
+    record instead, and raises BadZipFile itself on some damaged ones)."""
+    with open(path, "rb") as f:
+        return f.read(4) in (b"PK\x03\x04", b"PK\x05\x06")  # an empty archive is its end record alone
+
+
+_DEFLATE_MAX_RATIO = 1032  # deflate expands at most this much (a 258-byte match per 2 bits)
+
+
+def _check_npy_sizes(zf: zipfile.ZipFile, path: Path) -> None:
+    """Refuse an array whose ``.npy`` header claims more bytes than its archive member can hold: numpy allocates
+    the claimed shape before it reads (a header claiming 2**40 events would reserve 8 TiB)."""
+    for info in zf.infolist():
+        if not info.filename.endswith(".npy"):  # np.load reads only these
+            continue
+        stored = min(info.compress_size, path.stat().st_size)  # the zip directory's sizes are claims too
+        room = min(info.file_size, stored * (1 if info.compress_type == zipfile.ZIP_STORED else _DEFLATE_MAX_RATIO))
+        with zf.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            room -= f.tell()
+        claimed = math.prod(shape) * dtype.itemsize
+        if claimed > room:
+            raise DataError(f"{path}: array {info.filename} claims shape {shape} of {dtype} ({claimed} bytes), but "
+                            f"its archive member holds at most {max(room, 0)} bytes of data (damaged or forged file)")
+
+
 def read_npz_events(path) -> np.ndarray:
     """One sample as an ``.npz``: SpikingJelly's extracted ``events_np`` (arrays ``t, x, y, p``), or a DVS128
     Gesture window of the event cache (``event_cache``: a structured array ``events`` with those fields)."""
     path = Path(path)
-    if path.is_file() and not zipfile.is_zipfile(path):  # np.load would read on as .npy or pickle, and say so
+    if path.is_file() and not _is_zip(path):  # np.load would read on as .npy or pickle, and say so
         raise DataError(f"cannot read event file {path}: not an .npz archive (a zip of numpy arrays)")
     try:
+        with zipfile.ZipFile(path) as zf:
+            _check_npy_sizes(zf, path)
         with np.load(path, allow_pickle=False) as z:
             cached = z["events"] if "events" in z.files else None
             have = (cached.dtype.names or ()) if cached is not None else z.files
@@ -185,6 +218,9 @@ def read_npz_events(path) -> np.ndarray:
                         "loaded; events are arrays of numbers") from None
     except Exception as e:  # zipfile.BadZipFile, OSError, EOFError
         raise DataError(f"cannot read event file {path}: {type(e).__name__}: {e}") from None
+    not_numbers = {k: str(a.dtype) for k, a in zip("txyp", (t, x, y, p)) if a.dtype.kind not in "biuf"}
+    if not_numbers:
+        raise DataError(f"{path}: event arrays must hold numbers; {not_numbers} do not")
     if not len(t) == len(x) == len(y) == len(p):
         raise DataError(f"{path}: arrays t, x, y, p differ in length ({len(t)}, {len(x)}, {len(y)}, {len(p)})")
     return make_events(t, x, y, p != 0)

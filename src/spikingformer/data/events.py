@@ -27,6 +27,7 @@ from .event_cache import GestureWindows, cache_root
 from .event_formats import (EVENT_DTYPE, GESTURE_CLASSES, make_events, read_aedat3, read_cifar10_dvs_aedat,
                             read_gesture_labels, read_nmnist_bin, read_npz_events)
 from .sources import DataError, RawData
+from .text import read_text
 
 __all__ = ["EVENT_DTYPE", "make_events", "read_nmnist_bin", "read_aedat3", "read_gesture_labels",
            "read_cifar10_dvs_aedat", "read_npz_events", "segment_bounds", "integrate_frames", "EventRecordings",
@@ -294,7 +295,7 @@ def nmnist_label_list(path: Path) -> list[tuple[int, Path, int]]:
     """``(line, recording, class)`` of an N-MNIST subset's ``'#sample #class'`` list: sample ``N`` is the file
     ``N.bs2`` (or ``N.bin``) beside it, whether or not it exists."""
     out = []
-    for i, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    for i, line in enumerate(read_text(path, DataError).splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:
@@ -325,7 +326,7 @@ def _gesture(root: Path) -> tuple:
             raise DataError(f"{root}: expected the DvsGesture release (DvsGesture/{name} with userXX_<light>.aedat "
                             "and _labels.csv files) or SpikingJelly's events_np/{train,test}/<label>/*.npz")
         items = []
-        for trial in (raw / name).read_text().split():
+        for trial in read_text(raw / name, DataError).split():
             aedat = raw / trial
             rows = read_gesture_labels(aedat.with_name(aedat.stem + "_labels.csv"))
             windows[str(aedat)] = [(start, end) for _, start, end in rows]

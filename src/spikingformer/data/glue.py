@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .text import WordPieceTokenizer
+from .text import WordPieceTokenizer, read_text
 
 __all__ = ["GlueTask", "GlueExample", "GLUE_TASKS", "get_task", "dev_files", "official_dev_files", "read_glue",
            "GlueDataset", "collate", "accuracy", "f1_binary", "matthews_corrcoef", "pearson", "spearman", "task_metrics"]
@@ -126,7 +126,7 @@ def read_glue(task: GlueTask | str, path: str | Path) -> list[GlueExample]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{task.folder} data file not found: {path}")
-    lines = path.read_text(encoding="utf-8-sig").split("\n")  # utf-8-sig: MRPC starts with a byte-order mark
+    lines = read_text(path, encoding="utf-8-sig").split("\n")  # utf-8-sig: MRPC starts with a byte-order mark
     while lines and not lines[-1].strip():
         lines.pop()
     if task.header:

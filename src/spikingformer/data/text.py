@@ -15,11 +15,22 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["WordPieceTokenizer", "read_corpus", "wikitext_detokenize", "MLMBlocks", "mask_tokens"]
+__all__ = ["WordPieceTokenizer", "read_corpus", "read_text", "wikitext_detokenize", "MLMBlocks", "mask_tokens"]
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _SPECIAL_SPLIT = re.compile("(" + "|".join(map(re.escape, SPECIAL_TOKENS)) + ")")  # keeps the matches
 IGNORE_INDEX = -100  # label of positions the MLM loss skips (torch's cross_entropy default)
+
+
+def read_text(path: Path, error: type[Exception] = ValueError, encoding: str = "utf-8") -> str:
+    """The text of a file a user brings; bytes that are not ``encoding`` raise ``error`` naming the file and the
+    first bad byte (Python's own message names neither the file nor what to check)."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise error(f"{path} is not {encoding.upper().replace('-SIG', '')} text: byte {data[e.start]:#04x} at "
+                    f"offset {e.start} ({e.reason}); is it a binary or differently encoded file?") from None
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -67,7 +78,7 @@ class WordPieceTokenizer:
         path = Path(vocab_file)
         if not path.is_file():
             raise FileNotFoundError(f"vocabulary file not found: {path}")
-        tokens = path.read_text(encoding="utf-8").split("\n")
+        tokens = read_text(path).split("\n")
         if tokens and tokens[-1] == "":
             tokens.pop()
         self.vocab = {t: i for i, t in enumerate(tokens)}
@@ -173,7 +184,7 @@ def read_corpus(path: str | Path, tokenizer: WordPieceTokenizer) -> Tensor:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"text corpus not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     if path.suffix == ".tokens":
         text = wikitext_detokenize(text)
     ids = [i for line in text.split("\n") if line.strip() for i in tokenizer.encode(line)]
