@@ -205,3 +205,30 @@ def test_a_compiled_peer_model_and_in_place_products_are_priced_as_written():
 
     ops = [(r.name, r.fr, r.ac) for r in estimate_energy(InPlace(), x, time_major=True).layers if r.op == "mul"]
     assert ops == [("mul#1", 1 / 4, 1 / 4 * T * H * N * D), ("mul#2", 1 / 4, 1 / 4 * T * H * N * D)]
+
+
+class SpikeFedSoftmaxAttention(nn.Module):
+    """Every Linear fed spikes, but Q, K and V left real: ``softmax(Q K^T) V`` multiplies real by real."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc, self.sn = nn.Linear(D, D), MultiStepLIF()
+        self.attn = RealAttention()
+
+    def forward(self, x):
+        return self.attn(self.sn(self.enc(x)))
+
+
+def test_a_product_of_real_activations_breaks_the_verdict_and_one_of_spikes_does_not():
+    """The verdict reads the bare products as it reads the layers: one 0/1 operand makes a product additions
+    only (the spike-form q @ k^T @ v is proven in test_foreign_models), none makes it multiply."""
+    from spikingformer.verify import verify_model
+
+    x = torch.randn(T, B, N, D) * 10
+    with SynapticProbe(SpikeFedSoftmaxAttention(), provenance=True) as probe:
+        probe.model(x)
+    assert [r.name for r in probe.layers.values() if r.kind == "spike"] == ["attn.q", "attn.k", "attn.v"]
+    assert not probe.spike_driven and probe.verdict()["non_spike_layers"] == ["attn.matmul#1", "attn.matmul#2"]
+    assert probe.verdict()["unproven_layers"] == ["attn.matmul#1", "attn.matmul#2"]
+    cert = verify_model(SpikeFedSoftmaxAttention(), x)
+    assert cert.exit_code == 1 and [r.op for r in cert.violations] == ["matmul", "matmul"]

@@ -64,7 +64,7 @@ def run(model, x):
 
 
 FIRING = torch.randn(4, 2, 6, 8) * 4  # [T, B, N, C]: strong enough that every neuron fires
-FED_BY_NEURONS = ["q", "k", "v", "proj"]
+FED_BY_NEURONS = ["q", "k", "v", "matmul#1", "matmul#2", "proj"]  # the bare q @ k^T @ v products too
 
 
 def test_stock_lif_is_proven():

@@ -184,18 +184,23 @@ class LayerProbe:
     per_step: bool = True  # every call came after ``per_step``, each input as [T, B, ...] or [T * B, ...]
     readout_by: str = ""  # how it is known to be: our head's class, "named", or what its input is pooled by
     last: int = 0         # position of its last call
+    # a product written as a bare tensor op (``tensor_ops``): one 0/1 operand makes it additions only
+    product: bool = False
 
     @property
     def kind(self) -> str:
         kinds = {s.kind for s in self.inputs}
+        if self.product and "spike" in kinds:
+            return "spike"
         return "real" if "real" in kinds else "integer" if "integer" in kinds else "spike"
 
     @property
     def proven(self) -> bool | None:
-        """Every input is 0/1 by construction (``provenance``), whatever the model is fed; None when not traced."""
+        """Every input (a product's: one) is 0/1 by construction (``provenance``), whatever the model is fed;
+        None when not traced."""
         if any(s.built is None for s in self.inputs):
             return None
-        return all(s.built.kind == SPIKE for s in self.inputs)
+        return (any if self.product else all)(s.built.kind == SPIKE for s in self.inputs)
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -323,7 +328,7 @@ class SynapticProbe:
         if rec is None:
             rec = self.ops[name] = LayerProbe(name, mod, len(self.layers) + len(self.ops), False,
                                               [TensorStats() for _ in tensors],
-                                              stages=[Stage(op, tuple(range(len(tensors))))])
+                                              stages=[Stage(op, tuple(range(len(tensors))))], product=op != "sum")
         self._observe(rec, tensors)
         rec.stages[0].macs += macs
 
@@ -392,19 +397,25 @@ class SynapticProbe:
         return sorted([*self.layers.values(), *self.ops.values()], key=lambda r: r.order)
 
     @property
+    def judged(self) -> list[LayerProbe]:
+        """What the verdict reads: the synaptic layers and the products written as bare tensor ops (a peer's
+        ``q @ k.transpose(-2, -1)``: fed no spike operand, it multiplies), in the order they first ran."""
+        return sorted([*self.layers.values(), *(r for r in self.ops.values() if r.product)], key=lambda r: r.order)
+
+    @property
     def encoding_layer(self) -> LayerProbe | None:
         return self.ordered[0] if self.layers and self.exempt_first else None
 
     @property
     def violations(self) -> list[LayerProbe]:
         """Layers (beyond the encoding layer and the read-out) fed anything but spikes."""
-        return [r for r in self.ordered if r is not self.encoding_layer and not r.readout and r.kind != "spike"]
+        return [r for r in self.judged if r is not self.encoding_layer and not r.readout and r.kind != "spike"]
 
     @property
     def silent(self) -> list[LayerProbe]:
         """Layers (beyond the encoding layer and the read-out) fed nothing but zeros: binary, but nothing
         fired into them, so the run shows nothing about what they are fed (``verify`` exits 3 on them)."""
-        return [r for r in self.ordered if r is not self.encoding_layer and not r.readout
+        return [r for r in self.judged if r is not self.encoding_layer and not r.readout
                 and all(s.nonzero == 0 for s in r.inputs)]
 
     @property
@@ -412,7 +423,7 @@ class SynapticProbe:
         """Layers (beyond the encoding layer and the read-out) not fed 0/1 by construction (``provenance``)."""
         if self.provenance is None:
             raise RuntimeError("build the probe with provenance=True to know how inputs were built")
-        return [r for r in self.ordered if r is not self.encoding_layer and not r.readout and not r.proven]
+        return [r for r in self.judged if r is not self.encoding_layer and not r.readout and not r.proven]
 
     @property
     def proven(self) -> bool:

@@ -65,14 +65,15 @@ class InputReport:
 @dataclass
 class LayerVerdict:
     name: str
-    op: str                           # "conv", "linear" or "attention"
+    op: str                           # "conv", "linear", "attention", or a bare tensor op ("matmul", "mul", ...)
     role: str                         # "encoding" (sees the raw input), "readout" (head) or "synaptic"
     inputs: list[InputReport]
     readout_by: str = ""              # how the read-out is known: our head's class, "named", or what pools its input
+    product: bool = False             # a bare tensor op's product: one 0/1 operand makes it additions only
 
     @property
     def spike_input(self) -> bool:
-        return all(i.kind == "spike" for i in self.inputs)
+        return (any if self.product else all)(i.kind == "spike" for i in self.inputs)
 
     @property
     def ok(self) -> bool:
@@ -88,7 +89,7 @@ class LayerVerdict:
         """Every input is 0/1 by construction, whatever the model is fed; None when not traced."""
         if any(i.built is None for i in self.inputs):
             return None
-        return all(i.built == "spike" for i in self.inputs)
+        return (any if self.product else all)(i.built == "spike" for i in self.inputs)
 
 
 @dataclass
@@ -193,14 +194,14 @@ def _names(layers: list[LayerVerdict], built: bool = False) -> str:
 
 
 def _layer_verdict(rec: LayerProbe, encoding: bool) -> LayerVerdict:
-    op = "attention" if isinstance(rec.module, SpikeQKV) else "linear" if isinstance(rec.module, nn.Linear) \
-        else "conv"
+    op = rec.stages[0].label if rec.product else "attention" if isinstance(rec.module, SpikeQKV) \
+        else "linear" if isinstance(rec.module, nn.Linear) else "conv"
     role = "readout" if rec.readout else "encoding" if encoding else "synaptic"
     inputs = [InputReport(n, s.kind, s.min, s.max, s.firing_rate, s.nonzero_rate,
                           None if s.distinct_overflow else dict(sorted(s.counts.items())),
                           None if s.built is None else s.built.name, None if s.built is None else s.built.origin)
               for n, s in zip(rec.input_names, rec.inputs)]
-    return LayerVerdict(rec.name, op, role, inputs, rec.readout_by)
+    return LayerVerdict(rec.name, op, role, inputs, rec.readout_by, rec.product)
 
 
 def certify(probe: SynapticProbe, model_name: str = "") -> Certificate:
@@ -208,7 +209,7 @@ def certify(probe: SynapticProbe, model_name: str = "") -> Certificate:
     called, or none for a model that encodes by an embedding lookup, such as the text model) is exempt."""
     probe.require_run()
     first = probe.encoding_layer
-    return Certificate(model_name, [_layer_verdict(r, r is first) for r in probe.ordered])
+    return Certificate(model_name, [_layer_verdict(r, r is first) for r in probe.judged])
 
 
 @torch.no_grad()
