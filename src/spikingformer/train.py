@@ -243,7 +243,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _eval_entry(args: argparse.Namespace) -> int:
-    from .evaluation import _cmd_eval
+    from .eval_cli import _cmd_eval
 
     return _cmd_eval(args)
 
