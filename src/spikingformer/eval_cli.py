@@ -23,8 +23,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if args.predictions and args.json and Path(args.predictions).resolve() == Path(args.json).resolve():
             raise ValueError(f"--predictions and --json name the same file {args.json}: give each its own")
         r = evaluation.evaluate_checkpoint(args.checkpoint, args.data, args.device, args.batch_size, args.workers,
-                                args.config, args.set, tuple(args.early_exit), args.calibrate, args.max_drop / 100,
-                                args.calibrate_seed, args.split, bool(args.predictions), bool(args.plot))
+                                           args.config, args.set, tuple(args.early_exit), args.calibrate,
+                                           args.max_drop / 100, args.calibrate_seed, args.split,
+                                           bool(args.predictions), bool(args.plot))
     except (ckpt.CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

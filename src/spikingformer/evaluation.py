@@ -1,6 +1,6 @@
 """Evaluation: accuracy and loss over a split, firing rates and the spike-driven verdict, checkpoints.
 
-``spikingformer eval --checkpoint FILE`` (its command line: ``eval_cli``) rebuilds the model a checkpoint was trained as and
+``spikingformer eval --checkpoint FILE`` (command line: ``eval_cli``) rebuilds the model a checkpoint was trained as and
 evaluates it on the validation split it was trained with: the same seeded held-out split when
 the dataset has none of its own, so numbers stay comparable across runs; ``--data DIR`` other than
 the run's own data scores every sample of a labelled test set (``data.scored_split``).  A ``glue`` run's
