@@ -182,6 +182,32 @@ def load_checkpoint(path: str | Path, map_location="cpu", hint: str = "") -> dic
     return state
 
 
+def _read_safetensors(path: Path) -> tuple[dict, dict]:
+    """``load_weights`` of a ``.safetensors`` file: its tensors, and what ``spikingformer export`` recorded."""
+    if not path.is_file():
+        raise _not_found(path)
+    build = {}
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    from .export import METADATA_FORMAT
+
+    try:
+        state = load_file(str(path), device="cpu")
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
+    if meta.get("format") == METADATA_FORMAT:  # written by `spikingformer export`
+        try:
+            build = {"model": meta["model"], "model_args": json.loads(meta["model_args"]),
+                     "folded": meta.get("bn_folded") == "true",
+                     **{k: json.loads(meta[k]) for k in ("config", "data") if k in meta}}
+        except (KeyError, ValueError, RecursionError) as e:  # RecursionError: JSON nested thousands deep
+            raise CheckpointError(f"{path}: malformed spikingformer metadata ({type(e).__name__}: {e})") from None
+    return state, build
+
+
 def load_weights(path: str | Path, model: str | None = None, official: bool = True) -> tuple[dict, dict]:
     """Model weights from a training checkpoint (``best.pt``/``last.pt``), a ``torch.save``-d
     state_dict (bare, or under ``model``/``state_dict``/``model_state_dict``, as timm's checkpoints of
@@ -201,26 +227,7 @@ def load_weights(path: str | Path, model: str | None = None, official: bool = Tr
     path = Path(path)
     build, args = {}, None
     if path.suffix == ".safetensors" or is_safetensors(path):
-        if not path.is_file():
-            raise _not_found(path)
-        from safetensors import SafetensorError, safe_open
-        from safetensors.torch import load_file
-
-        from .export import METADATA_FORMAT
-
-        try:
-            state = load_file(str(path), device="cpu")
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-        except (SafetensorError, OSError) as e:
-            raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
-        if meta.get("format") == METADATA_FORMAT:  # written by `spikingformer export`
-            try:
-                build = {"model": meta["model"], "model_args": json.loads(meta["model_args"]),
-                         "folded": meta.get("bn_folded") == "true",
-                         **{k: json.loads(meta[k]) for k in ("config", "data") if k in meta}}
-            except (KeyError, ValueError, RecursionError) as e:  # RecursionError: JSON nested thousands deep
-                raise CheckpointError(f"{path}: malformed spikingformer metadata ({type(e).__name__}: {e})") from None
+        state, build = _read_safetensors(path)
     else:
         state = _safe_load(path)
         args = state.get("args") if isinstance(state, dict) else None  # timm's: the official run's command line
