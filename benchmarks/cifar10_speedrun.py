@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 
 import spikingformer as sf
-from spikingformer.config import load_config
 from spikingformer.data import DataError, balanced_split, holdout_name
 from spikingformer.data.sources import load_raw
-from spikingformer.fast import FastPath
+from spikingformer.nn.fast import FastPath
+from spikingformer.train.config import load_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cifar10_speedrun.yaml"
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -50,8 +50,8 @@ class SpeedrunConfig:
     crop_padding: int = 4
     hflip: bool = True
     amp: str = "auto"
-    fast: str = "auto"  # spikingformer.fast: compile, channels-last, fused AdamW (auto: on CUDA)
-    compile_mode: str = ""  # "" | reduce-overhead (CUDA graphs) | max-autotune ... (spikingformer.fast.COMPILE_MODES)
+    fast: str = "auto"  # spikingformer.nn.fast: compile, channels-last, fused AdamW (auto: on CUDA)
+    compile_mode: str = ""  # "" | reduce-overhead (CUDA graphs) | max-autotune ... (spikingformer.nn.fast.COMPILE_MODES)
     lif_backend: str = "auto"  # auto (triton when compiled on CUDA) | torch | triton
     eval_batch_size: int = 1000
     max_epochs: int = 40

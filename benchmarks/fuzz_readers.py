@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from hypothesis import HealthCheck, Verbosity, given, seed as hyp_seed, settings
+from hypothesis import HealthCheck, Verbosity, given, settings
+from hypothesis import seed as hyp_seed
 from hypothesis import strategies as st
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -117,8 +118,8 @@ def _checkpoint_seeds() -> dict[str, list[bytes]]:
     import torch
     from safetensors.torch import save as st_save
 
-    from spikingformer.checkpoint import save_checkpoint
-    from spikingformer.export import METADATA_FORMAT
+    from spikingformer.deploy.export import METADATA_FORMAT
+    from spikingformer.weights.checkpoint import save_checkpoint
 
     g = torch.Generator().manual_seed(0)
     ours = {"stem.weight": torch.randn(4, 2, generator=g), "head.fc.bias": torch.zeros(3)}
@@ -176,7 +177,7 @@ def _tokenizer():
 
 
 def _weights(path: Path):
-    from spikingformer.checkpoint import is_run_checkpoint, load_weights
+    from spikingformer.weights.checkpoint import is_run_checkpoint, load_weights
 
     if not isinstance(is_run_checkpoint(path), bool):
         raise ReaderFailure(f"is_run_checkpoint({path}) returned no bool")
@@ -184,12 +185,12 @@ def _weights(path: Path):
 
 
 def _readers() -> dict[str, Reader]:
-    from spikingformer.checkpoint import load_checkpoint
-    from spikingformer.config import load_config
     from spikingformer.data import event_formats as ef
     from spikingformer.data.events import nmnist_label_list
     from spikingformer.data.glue import read_glue
     from spikingformer.data.text import WordPieceTokenizer, read_corpus
+    from spikingformer.train.config import load_config
+    from spikingformer.weights.checkpoint import load_checkpoint
 
     tok = _tokenizer()
     readers = {
@@ -211,9 +212,9 @@ def _readers() -> dict[str, Reader]:
 
 
 def allowed_errors() -> tuple[type, ...]:
-    from spikingformer.checkpoint import CheckpointError
-    from spikingformer.config import ConfigError
     from spikingformer.data.sources import DataError
+    from spikingformer.train.config import ConfigError
+    from spikingformer.weights.checkpoint import CheckpointError
 
     return DataError, CheckpointError, ConfigError, ValueError
 

@@ -4,7 +4,7 @@ For each ``TxN`` shape (``T`` steps of ``N`` neurons) and dtype it times
 
 - ``torch``: ``neuron.multistep_lif``, the eager PyTorch loop (the CPU path);
 - ``compiled``: the same loop under ``torch.compile`` (what inductor makes of it: ``fast+torch``);
-- ``triton``: the Triton kernels of ``spikingformer.kernels`` (the fast path's neurons on CUDA; on
+- ``triton``: the Triton kernels of ``spikingformer.nn.kernels`` (the fast path's neurons on CUDA; on
   the CPU only under ``TRITON_INTERPRET=1``, slowly);
 - ``spikingjelly``: SpikingJelly's ``LIFNode`` as ``benchmarks/throughput.py``'s reference runs it
   (skipped with a message when it cannot be imported).
@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from spikingformer.neuron import multistep_lif
+from spikingformer.nn.neuron import multistep_lif
 
 VARIANTS = ("torch", "compiled", "triton", "spikingjelly")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -41,11 +41,12 @@ def neuron(variant: str):
     if variant == "compiled":
         return torch.compile(multistep_lif, fullgraph=True)
     if variant == "triton":
-        from spikingformer.kernels import multistep_lif_triton
+        from spikingformer.nn.kernels import multistep_lif_triton
 
         return multistep_lif_triton
     if variant == "spikingjelly":
-        from spikingjelly.activation_based import functional, neuron as sj_neuron, surrogate
+        from spikingjelly.activation_based import functional, surrogate
+        from spikingjelly.activation_based import neuron as sj_neuron
 
         node = sj_neuron.LIFNode(tau=2.0, surrogate_function=surrogate.Sigmoid(alpha=4.0), detach_reset=True,
                                  step_mode="m")

@@ -27,15 +27,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from spikingformer import create_model
-from spikingformer.checkpoint import CheckpointError
-from spikingformer.config import ConfigError, load_config
 from spikingformer.data import DataError, build_data
 from spikingformer.data.sampler import SeededTransform
-from spikingformer.engine import resolve_img_size
-from spikingformer.loading import calibrate_bn
-from spikingformer.metrics import write_json
-from spikingformer.pretrain import load_pretrained_encoder
-from spikingformer.train import model_kwargs
+from spikingformer.train.classify import model_kwargs
+from spikingformer.train.config import ConfigError, load_config
+from spikingformer.train.engine import resolve_img_size
+from spikingformer.train.pretrain import load_pretrained_encoder
+from spikingformer.utils.outputs import write_json
+from spikingformer.weights.checkpoint import CheckpointError
+from spikingformer.weights.loading import calibrate_bn
 
 
 @torch.no_grad()

@@ -4,7 +4,7 @@ Variants, for each ``MODEL:BATCH``:
 
 - ``plain``: the model as built (autograd keeps every layer's ``T``-fold activations);
 - ``ckpt``: ``model.set_grad_checkpointing()``: each block and stem stage keeps only its input and is
-  recomputed in the backward pass (``spikingformer.layers.run_blocks``).
+  recomputed in the backward pass (``spikingformer.nn.layers.run_blocks``).
 
 After one warm-up step (the optimizer's state exists from then on), one training step (forward,
 backward, AdamW) is measured: the peak of the memory held by tensors, above what they held when
@@ -44,7 +44,7 @@ MAE_VARIANTS = ("dense_stem", *VARIANTS)
 def dense_stem_encoder(model, x, ids_keep, visible):
     """``SpikformerV2MAE.forward_encoder`` with a dense masked stem: every ConvBN runs on the whole map, its
     output is zeroed outside the mask (upsampled to its resolution), and its BN sees the visible positions."""
-    from spikingformer.layers import ConvBN, run_blocks, seq_apply
+    from spikingformer.nn.layers import ConvBN, run_blocks, seq_apply
 
     x = model.encoder.check_input(x)
     for layer in model.encoder.stem.layers:

@@ -12,7 +12,7 @@ For each ``MODEL:BATCH`` it times, with synthetic data already on the device:
   ``fast:MODE`` compiles with ``torch.compile`` mode MODE, e.g. ``fast:reduce-overhead``
   (CUDA graphs; every step starts with ``FastPath.step_begin()``, as a training loop must).
 - ``+triton`` after ``eager`` or ``fast[:MODE]``: every neuron runs the Triton LIF kernels
-  (``spikingformer.kernels``; CUDA, or the CPU under ``TRITON_INTERPRET=1`` uncompiled);
+  (``spikingformer.nn.kernels``; CUDA, or the CPU under ``TRITON_INTERPRET=1`` uncompiled);
   ``+torch``: every neuron runs the PyTorch loop (under compile: traced and fused by inductor).
 - ``+nchw`` after ``fast``: no channels-last conversion (inductor picks the layouts).
 - ``+fold`` after ``eager`` or ``fast``: inference runs the deployed model, every BatchNorm folded
@@ -44,9 +44,9 @@ import torch
 from torch import nn
 
 import spikingformer
-from spikingformer.deploy import fold_bn
-from spikingformer.fast import FastPath
-from spikingformer.neuron import MultiStepLIF
+from spikingformer.deploy.fold import fold_bn
+from spikingformer.nn.fast import FastPath
+from spikingformer.nn.neuron import MultiStepLIF
 
 VARIANTS = ("reference, eager[+triton][+fold][+ckpt], fast[:MODE][+triton|+torch][+nchw][+fold][+ckpt] "
             "(MODE a torch.compile mode)")
@@ -283,7 +283,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         p.error(str(e))
     if any(v.triton for v in variants):
-        from spikingformer.kernels import check_device
+        from spikingformer.nn.kernels import check_device
         try:
             check_device(device)
         except RuntimeError as e:

@@ -1,6 +1,6 @@
 """Small helpers shared by test modules."""
-from spikingformer import loading
-from spikingformer.neuron import MultiStepLIF
+from spikingformer.nn.neuron import MultiStepLIF
+from spikingformer.weights import loading
 
 
 def record_spikes(model):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from spikingformer.cli import main
-from spikingformer.loading import load_model
+from spikingformer.weights.loading import load_model
 
 from .real_data import cifar_jpeg_tree
 
@@ -101,7 +101,7 @@ def test_verify_and_energy_of_a_users_file(user_file, tmp_path, capsys):
 
 
 def test_a_users_checkpoint_loads_by_its_own_keys_and_a_misfit_is_named(user_file, tmp_path, capsys):
-    from spikingformer.user_model import build_user_model
+    from spikingformer.weights.user_model import build_user_model
 
     weights = tmp_path / "w.pth"
     spec = f"{user_file}:make"

@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from spikingformer.checkpoint import (CheckpointError, atomic_copy, load_checkpoint, load_weights, rng_state,
-                                      save_checkpoint, set_rng_state)
+from spikingformer.weights.checkpoint import (
+    CheckpointError,
+    atomic_copy,
+    load_checkpoint,
+    load_weights,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 
 MARKER = "unpickled-marker"
 
@@ -123,7 +130,7 @@ def test_foreign_files_are_reported(tmp_path):
 
 def test_arbitrary_objects_are_never_unpickled(tmp_path, monkeypatch):
     monkeypatch.setenv("EVIL_DIR", str(tmp_path))
-    torch.save({"format": "spikingformer.checkpoint", "version": 1, "x": Evil()}, tmp_path / "evil.pt")
+    torch.save({"format": "spikingformer.weights.checkpoint", "version": 1, "x": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointError, match=r"arbitrary Python objects, which are never unpickled \(.*io.open") as e:
         load_checkpoint(tmp_path / "evil.pt")
     assert not (tmp_path / MARKER).exists()
@@ -142,7 +149,7 @@ def test_rng_states_survive_a_checkpoint(tmp_path):
 
 
 def test_partial_writes_of_a_crash_are_cleaned_up(tmp_path):
-    from spikingformer.checkpoint import remove_partial_writes
+    from spikingformer.weights.checkpoint import remove_partial_writes
 
     save_checkpoint({"v": torch.tensor(1)}, tmp_path / "last.pt")
     (tmp_path / ".last.pt.x1y2.tmp").write_bytes(b"half a checkpoint")
@@ -176,7 +183,7 @@ def test_a_write_is_fsynced_before_the_rename_and_the_folder_after(tmp_path, mon
 
 
 def test_a_checkpoint_of_another_version_is_refused(tmp_path):
-    torch.save({"format": "spikingformer.checkpoint", "version": 2, "model": {}}, tmp_path / "future.pt")
+    torch.save({"format": "spikingformer.weights.checkpoint", "version": 2, "model": {}}, tmp_path / "future.pt")
     with pytest.raises(CheckpointError, match="has checkpoint version 2; this spikingformer reads version 1"):
         load_checkpoint(tmp_path / "future.pt")
 
@@ -184,7 +191,7 @@ def test_a_checkpoint_of_another_version_is_refused(tmp_path):
 @pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])
 def test_load_weights_strips_the_ddp_and_compile_prefixes(tmp_path, prefix):
     """A state_dict saved from DDP (``module.``), torch.compile (``_orig_mod.``) or both loads into the bare model."""
-    from spikingformer.checkpoint import load_weights
+    from spikingformer.weights.checkpoint import load_weights
 
     weights = {"blocks.0.w": torch.randn(2, 2), "head.bias": torch.randn(2)}
     torch.save({"state_dict": {prefix + k: v for k, v in weights.items()}}, tmp_path / "w.pth")

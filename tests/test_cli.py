@@ -68,7 +68,7 @@ def test_what_the_machine_or_the_run_raises_is_one_line_not_a_traceback(monkeypa
 
 
 def test_recipes_command_lists_and_prints_the_shipped_recipes(capsys):
-    from spikingformer.config import recipe_dir
+    from spikingformer.train.config import recipe_dir
 
     assert cli.main(["recipes"]) == 0
     listing = capsys.readouterr().out
@@ -87,7 +87,7 @@ def test_recipes_command_lists_and_prints_the_shipped_recipes(capsys):
 
 def test_recipes_prints_the_shipped_recipe_even_over_a_file_of_that_name(tmp_path, monkeypatch, capsys):
     """`spikingformer recipes cifar10.yaml > cifar10.yaml`: the shell empties the file before the command runs."""
-    from spikingformer.config import recipe_dir
+    from spikingformer.train.config import recipe_dir
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "cifar10.yaml").write_text("")
@@ -102,7 +102,7 @@ def test_single_process_commands_refuse_torchrun(monkeypatch, capsys):
     def evaluated(*args, **kwargs):
         raise ValueError("evaluated")
 
-    monkeypatch.setattr("spikingformer.evaluation.evaluate_checkpoint", evaluated)
+    monkeypatch.setattr("spikingformer.train.evaluation.evaluate_checkpoint", evaluated)
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert cli.main(["eval", "--checkpoint", "run.pt"]) == 2
     assert "`spikingformer eval` runs in one process; start it without torchrun" in capsys.readouterr().err

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import spikingformer as sf
-from spikingformer.config import ConfigError, TrainConfig, load_config
+from spikingformer.train.config import ConfigError, TrainConfig, load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = sorted(p.name for p in CONFIGS.glob("*.yaml") if "speedrun" not in p.name)
@@ -66,7 +66,7 @@ def test_mixup_needs_even_batch():
 
 
 def test_to_dict_round_trips():
-    from spikingformer.config import from_dict
+    from spikingformer.train.config import from_dict
 
     cfg = TrainConfig(model_args={"downsample": (False, True, True, True)}, mean=(0.5,), std=(0.2,))
     assert from_dict(TrainConfig, cfg.to_dict()) == TrainConfig(model_args={"downsample": [False, True, True, True]},
@@ -82,9 +82,9 @@ CPU_SIZED_V2 = ("cifar10_v2_mae_pretrain.yaml", "cifar10_v2_finetune.yaml")  # a
 
 def recipe_config(name: str):
     """Each recipe through the config class of the command that runs it: unknown keys fail here."""
-    from spikingformer.glue import GlueConfig
-    from spikingformer.mlm import MLMConfig
-    from spikingformer.pretrain import PretrainConfig
+    from spikingformer.train.glue import GlueConfig
+    from spikingformer.train.mlm import MLMConfig
+    from spikingformer.train.pretrain import PretrainConfig
 
     cls = {"glue.yaml": GlueConfig, "mlm_wikitext2.yaml": MLMConfig}.get(name, TrainConfig)
     if "mae_pretrain" in name:
@@ -156,7 +156,7 @@ def test_on_off_words_survive_yaml_booleans(tmp_path):
 
 def test_shipped_recipes_are_the_repository_configs():
     """`configs/` ships as the package `spikingformer.configs`, so a wheel install has every recipe."""
-    from spikingformer.config import list_recipes, recipe_dir
+    from spikingformer.train.config import list_recipes, recipe_dir
 
     assert recipe_dir().resolve() == CONFIGS.resolve()
     assert list_recipes() == sorted(p.stem for p in CONFIGS.glob("*.yaml")) and "cifar10" in list_recipes()

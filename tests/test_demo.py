@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from spikingformer import cli
+from spikingformer.analysis.energy import estimate_energy
+from spikingformer.cli.demo import demo_config
 from spikingformer.data import build_data
-from spikingformer.demo import demo_config
-from spikingformer.energy import estimate_energy
-from spikingformer.loading import build_model
+from spikingformer.weights.loading import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -4,9 +4,9 @@ import torch
 from torch import nn
 
 import spikingformer as sf
-from spikingformer.deploy import fold_bn
-from spikingformer.energy import estimate_energy
-from spikingformer.layers import ConvBN
+from spikingformer.analysis.energy import estimate_energy
+from spikingformer.deploy.fold import fold_bn
+from spikingformer.nn.layers import ConvBN
 
 from .helpers import calibrate_bn
 

@@ -7,9 +7,9 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import spikingformer as sf
-from spikingformer.checkpoint import load_checkpoint
-from spikingformer.distributed import AllReduceBatchNorm, convert_sync_batchnorm
-from spikingformer.train import run
+from spikingformer.train.classify import run
+from spikingformer.train.distributed import AllReduceBatchNorm, convert_sync_batchnorm
+from spikingformer.weights.checkpoint import load_checkpoint
 
 from .data.helpers import write_class_tree
 from .test_train import _yaml, subprocess_env, tiny_config

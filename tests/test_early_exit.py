@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from spikingformer.early_exit import calibration_split, choose, early_exit, merge
+from spikingformer.analysis.early_exit import calibration_split, choose, early_exit, merge
 
 
 def test_early_exit_answers_each_sample_at_its_first_sure_step():

@@ -4,10 +4,9 @@ import torch
 from torch import nn
 
 import spikingformer as sf
-from spikingformer.energy import E_AC_PJ, E_MAC_PJ, estimate_energy
-from spikingformer.layers import ClassifierHead, ConvBN, SpikeQKV
-from spikingformer.neuron import MultiStepLIF
-
+from spikingformer.analysis.energy import E_AC_PJ, E_MAC_PJ, estimate_energy
+from spikingformer.nn.layers import ClassifierHead, ConvBN, SpikeQKV
+from spikingformer.nn.neuron import MultiStepLIF
 
 
 def check_row_arithmetic(report):
@@ -266,8 +265,8 @@ def test_every_named_model_gets_a_full_report(name):
 def test_every_named_model_is_priced_per_time_step(name):
     """Every layer of every model sees its input time-major, so a policy can be priced; running every step
     costs the backbone's energy."""
-    from spikingformer.energy import energy_from_probe, policy_energy
-    from spikingformer.probe import SynapticProbe
+    from spikingformer.analysis.energy import energy_from_probe, policy_energy
+    from spikingformer.analysis.probe import SynapticProbe
 
     model = sf.create_model(name, depth=1, T=2).train()
     size = model.cfg.img_size if model.cfg.img_size <= 32 else 2 * model.patch_size
@@ -301,8 +300,8 @@ def test_a_policy_stopping_after_t_steps_costs_the_energy_of_t_steps():
     """``policy_energy`` prices the sample-steps a policy ran (``eval --early-exit``): stopping every sample
     after t steps costs what the model built for T = t costs (static images, neurons that never look
     ahead), and a mixed policy charges every layer input in exactly the sample-steps it ran."""
-    from spikingformer.energy import policy_energy
-    from spikingformer.probe import SYNAPTIC_TYPES, SynapticProbe
+    from spikingformer.analysis.energy import policy_energy
+    from spikingformer.analysis.probe import SYNAPTIC_TYPES, SynapticProbe
 
     from .helpers import calibrate_bn
 
@@ -337,8 +336,8 @@ def test_a_policy_stopping_after_t_steps_costs_the_energy_of_t_steps():
 
 
 def test_policy_energy_needs_inputs_laid_out_per_time_step():
-    from spikingformer.energy import policy_energy
-    from spikingformer.probe import SynapticProbe
+    from spikingformer.analysis.energy import policy_energy
+    from spikingformer.analysis.probe import SynapticProbe
 
     model = nn.Sequential(nn.Linear(8, 4))
     with SynapticProbe(model) as probe:
@@ -386,8 +385,8 @@ def test_the_official_logs_firing_rates_give_the_official_energy_of_spikingforme
     """Our Eq. 19-20 fed the firing rates of the official log gives its 6.5175 G AC and 7.4635 mJ.  The one
     difference is the official counter's: it counts a conv's bias additions among its operations and charges
     them, as accumulates driven by the input's spikes; here a bias is no synaptic operation (it folds away)."""
-    from spikingformer.energy import energy_from_probe
-    from spikingformer.probe import SynapticProbe
+    from spikingformer.analysis.energy import energy_from_probe
+    from spikingformer.analysis.probe import SynapticProbe
 
     T, model = 4, sf.create_model("spikingformer_8_512").eval()
     with SynapticProbe(model) as probe, torch.no_grad():

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import spikingformer as sf
+from spikingformer.analysis.energy import estimate_energy
 from spikingformer.cli import main
-from spikingformer.energy import estimate_energy
-from spikingformer.loading import load_checkpoint
+from spikingformer.weights.loading import load_checkpoint
 
 from .helpers import calibrate_bn
 
@@ -38,7 +38,7 @@ def test_cli_total_is_e_ac_times_ac_plus_e_mac_times_mac(tmp_path, capsys):
 def test_plot_draws_each_layer_firing_rate_and_energy(tmp_path, monkeypatch):
     """One bar per synaptic product in each panel, in network order: its input firing rate (0 where the
     input is not spikes) and its energy, coloured by AC or MAC."""
-    import spikingformer.metrics as metrics
+    import spikingformer.utils.outputs as metrics
 
     model = sf.create_model("spikingformer_4_256", depth=1, dim=32, num_heads=4, T=2).eval()
     report = estimate_energy(model, torch.randn(2, 3, 32, 32))
@@ -116,7 +116,7 @@ def test_cli_reads_an_image_folder(tmp_path, capsys):
 
 
 def test_cli_rebuilds_the_model_a_training_checkpoint_describes(tmp_path, capsys):
-    from spikingformer.checkpoint import save_checkpoint
+    from spikingformer.weights.checkpoint import save_checkpoint
 
     args = {"depth": 1, "dim": 64, "num_heads": 2, "num_classes": 3, "T": 1}
     model = sf.create_model("spikingformer_4_256", **args)
@@ -140,11 +140,11 @@ WORDS = ["good", "bad", "the", "film", "was", "very", "plot", "."]
 
 def text_checkpoint(d, task: str = "sst2"):
     """A glue (or mlm) run's checkpoint, saved in the engine's format, beside its vocabulary and data."""
-    from spikingformer.checkpoint import save_checkpoint
-    from spikingformer.glue import GlueConfig
-    from spikingformer.mlm import MLMConfig
-    from spikingformer.loading import calibrate_bn
     from spikingformer.models.text import create_text_model
+    from spikingformer.train.glue import GlueConfig
+    from spikingformer.train.mlm import MLMConfig
+    from spikingformer.weights.checkpoint import save_checkpoint
+    from spikingformer.weights.loading import calibrate_bn
 
     (d / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
     (d / "SST-2").mkdir(exist_ok=True)
@@ -181,10 +181,10 @@ def test_text_checkpoint_on_random_token_ids_is_per_sequence(tmp_path, capsys):
 
 
 def test_text_checkpoint_on_the_held_out_glue_sequences(tmp_path):
-    from spikingformer import glue
-    from spikingformer.config import from_dict
     from spikingformer.data import glue as gdata
     from spikingformer.data import text as tdata
+    from spikingformer.train import glue
+    from spikingformer.train.config import from_dict
 
     ck, js = text_checkpoint(tmp_path), tmp_path / "e.json"
     assert main(["energy", "--checkpoint", str(ck), "--data", str(tmp_path), "--batch-size", "4",
@@ -218,9 +218,9 @@ def test_mlm_checkpoint_on_masked_corpus_blocks(tmp_path, capsys):
 
 def event_checkpoint(d):
     """An nmnist run's checkpoint in the training engine's format, beside its (synthetic) recordings."""
-    from spikingformer.checkpoint import save_checkpoint
-    from spikingformer.config import TrainConfig
-    from spikingformer.loading import calibrate_bn
+    from spikingformer.train.config import TrainConfig
+    from spikingformer.weights.checkpoint import save_checkpoint
+    from spikingformer.weights.loading import calibrate_bn
 
     from .data.test_events import write_nmnist_subset
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from spikingformer.energy import energy_from_probe, estimate_energy, policy_energy
-from spikingformer.layers import SpikeQKV
+from spikingformer.analysis.energy import energy_from_probe, estimate_energy, policy_energy
+from spikingformer.analysis.probe import SynapticProbe
 from spikingformer.models.text import create_text_model, list_text_models
-from spikingformer.neuron import MultiStepLIF
-from spikingformer.probe import SynapticProbe
+from spikingformer.nn.layers import SpikeQKV
+from spikingformer.nn.neuron import MultiStepLIF
 
 T, B, H, N, D = 2, 3, 2, 4, 8  # N <= D: SpikeQKV computes (Q K^T) V, as the bare ops below
 
@@ -222,7 +222,7 @@ class SpikeFedSoftmaxAttention(nn.Module):
 def test_a_product_of_real_activations_breaks_the_verdict_and_one_of_spikes_does_not():
     """The verdict reads the bare products as it reads the layers: one 0/1 operand makes a product additions
     only (the spike-form q @ k^T @ v is proven in test_foreign_models), none makes it multiply."""
-    from spikingformer.verify import verify_model
+    from spikingformer.analysis.verify import verify_model
 
     x = torch.randn(T, B, N, D) * 10
     with SynapticProbe(SpikeFedSoftmaxAttention(), provenance=True) as probe:

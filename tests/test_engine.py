@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from spikingformer.checkpoint import load_checkpoint
-from spikingformer.config import TrainConfig
+from spikingformer.train.config import TrainConfig
+from spikingformer.weights.checkpoint import load_checkpoint
 
 from .test_train import TINY
 
@@ -32,10 +32,10 @@ def one_epoch(batches, accum_steps, model, clip_grad=0.0):
     the progress."""
     from types import SimpleNamespace
 
-    from spikingformer.distributed import DistInfo
-    from spikingformer.fast import FastPath
-    from spikingformer.engine import train_one_epoch
-    from spikingformer.train import Progress
+    from spikingformer.nn.fast import FastPath
+    from spikingformer.train.classify import Progress
+    from spikingformer.train.distributed import DistInfo
+    from spikingformer.train.engine import train_one_epoch
 
     cfg = SimpleNamespace(accum_steps=accum_steps, clip_grad=clip_grad, sched_on_updates=True, ckpt_every=0,
                           total_epochs=1, progress=False)
@@ -97,7 +97,7 @@ def test_clip_grad_bounds_the_global_gradient_norm():
 
 
 def _schedule(**kw):
-    from spikingformer.engine import build_training
+    from spikingformer.train.engine import build_training
 
     cfg = TrainConfig(lr=1e-3, warmup_lr=1e-4, min_lr=0.0, epochs=4, warmup_epochs=1, cooldown_epochs=2, **kw)
     opt, sched, _, _ = build_training(cfg, torch.nn.Linear(2, 2), steps_per_epoch=10)
@@ -108,7 +108,7 @@ def test_schedule_warms_up_linearly_then_follows_the_cosine_per_epoch():
     """timm's cosine: warm-up from warmup_lr over warmup_epochs, cosine to min_lr at epochs, min_lr in the cool-down."""
     import math
 
-    from spikingformer.engine import base_lr
+    from spikingformer.train.engine import base_lr
 
     _, opt, sched = _schedule()
     want = [1e-4, 0.5e-3 * (1 + math.cos(math.pi / 4)), 0.5e-3, 0.5e-3 * (1 + math.cos(3 * math.pi / 4)), 0.0, 0.0]
@@ -122,8 +122,8 @@ def test_sched_on_updates_moves_the_lr_every_update_and_resumes_mid_epoch():
     reports the epoch's starting lr but leaves the optimizer at the lr of the update a resumed run is at."""
     from types import SimpleNamespace
 
-    from spikingformer.engine import base_lr, begin_epoch
-    from spikingformer.train import Progress
+    from spikingformer.train.classify import Progress
+    from spikingformer.train.engine import base_lr, begin_epoch
 
     cfg, opt, sched = _schedule(sched_on_updates=True)
     sched.step_update(5)  # half-way through the one warm-up epoch
@@ -137,7 +137,7 @@ def test_sched_on_updates_moves_the_lr_every_update_and_resumes_mid_epoch():
 def test_loss_is_label_smoothed_and_mixup_targets_are_smoothed_too():
     """smoothing=e: cross-entropy against (1 - e) on the label plus e spread evenly; with Mixup the targets
     themselves are smoothed to 1 - e + e/C and e/C (timm)."""
-    from spikingformer.engine import build_training
+    from spikingformer.train.engine import build_training
 
     model = torch.nn.Linear(5, 10)
     model.num_classes = 10
@@ -157,7 +157,7 @@ def test_loss_is_label_smoothed_and_mixup_targets_are_smoothed_too():
 
 def test_weight_decay_spares_norms_and_biases():
     from spikingformer import create_model
-    from spikingformer.engine import build_training
+    from spikingformer.train.engine import build_training
 
     model = create_model("spikingformer_4_256", **TINY)
     opt, _, _, _ = build_training(TrainConfig(weight_decay=0.05), model, steps_per_epoch=1)
@@ -167,9 +167,9 @@ def test_weight_decay_spares_norms_and_biases():
 
 
 def test_restore_loads_optimizer_and_grad_scaler_state(tmp_path):
-    from spikingformer.checkpoint import save_checkpoint
-    from spikingformer.distributed import DistInfo
-    from spikingformer.engine import build_training, restore
+    from spikingformer.train.distributed import DistInfo
+    from spikingformer.train.engine import build_training, restore
+    from spikingformer.weights.checkpoint import save_checkpoint
 
     def fresh():
         model = torch.nn.Linear(2, 2)
@@ -196,7 +196,7 @@ def test_restore_loads_optimizer_and_grad_scaler_state(tmp_path):
 
 def test_a_run_without_loss_scaling_resumes_with_it(capsys):
     """``amp: auto`` is bf16 on an A100 and fp16 on a T4: a run saved by the one resumes on the other."""
-    from spikingformer.engine import load_scaler
+    from spikingformer.train.engine import load_scaler
 
     bf16_run, fp16_run = torch.amp.GradScaler("cpu", enabled=False), torch.amp.GradScaler("cpu", init_scale=512.0)
     scaler = torch.amp.GradScaler("cpu")
@@ -214,8 +214,8 @@ def test_the_seed_decides_initial_weights_and_data_order():
     """``seed``: the same seed gives the same weights and batches, another seed other ones."""
     from types import SimpleNamespace
 
-    from spikingformer.distributed import DistInfo
-    from spikingformer.engine import make_loaders, seed_all
+    from spikingformer.train.distributed import DistInfo
+    from spikingformer.train.engine import make_loaders, seed_all
 
     def weights(seed):
         seed_all(seed, rank=0)
@@ -235,7 +235,7 @@ def test_the_seed_decides_initial_weights_and_data_order():
 
 
 def test_an_output_that_cannot_be_written_is_refused_before_the_data_loads(tmp_path, monkeypatch):
-    from spikingformer.engine import open_run
+    from spikingformer.train.engine import open_run
 
     (tmp_path / "run").write_text("not a folder")
     with pytest.raises(ValueError, match="output .*run: is a file, not a folder"):
@@ -254,7 +254,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_data_loads(tmp_p
 def test_the_first_log_line_says_when_blocks_are_recomputed(tmp_path):
     from types import SimpleNamespace
 
-    from spikingformer.engine import open_output
+    from spikingformer.train.engine import open_output
 
     start = SimpleNamespace(epoch=0, step=0)
     assert open_output(tmp_path / "a", TrainConfig(), False, start) == "starting"

@@ -137,7 +137,7 @@ def test_another_tasks_file_a_missing_column_or_an_image_option_is_one_clear_lin
 
 
 def test_mnli_folders_give_both_dev_files_named_as_glue_names_them(tmp_path):
-    from spikingformer.glue import _given
+    from spikingformer.train.glue import _given
 
     mnli = gdata.get_task("mnli")
     head = "\t".join(["sentence1", "sentence2", "gold_label"])

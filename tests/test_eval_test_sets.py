@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from spikingformer import cli
-from spikingformer.checkpoint import load_checkpoint, save_checkpoint
-from spikingformer.config import TrainConfig
-from spikingformer.train import run
+from spikingformer.train.classify import run
+from spikingformer.train.config import TrainConfig
+from spikingformer.weights.checkpoint import load_checkpoint, save_checkpoint
 
 from .test_train import TINY, tiny_config
 

@@ -3,8 +3,8 @@ training run's checkpoint never (the run could no longer resume)."""
 import pytest
 
 from spikingformer import cli, create_model
-from spikingformer.checkpoint import is_run_checkpoint, load_checkpoint, save_checkpoint
-from spikingformer.export import export
+from spikingformer.deploy.export import export
+from spikingformer.weights.checkpoint import is_run_checkpoint, load_checkpoint, save_checkpoint
 
 SMALL = dict(depth=1, dim=32, num_heads=4)
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import spikingformer as sf
-from spikingformer.fast import FastPath, resolve_lif_backend
-from spikingformer.neuron import MultiStepLIF, multistep_lif
+from spikingformer.nn.fast import FastPath, resolve_lif_backend
+from spikingformer.nn.neuron import MultiStepLIF, multistep_lif
 
 from .helpers import record_spikes
 

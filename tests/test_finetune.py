@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-from spikingformer import checkpoint as ckpt
 from spikingformer import create_model
-from spikingformer.config import ConfigError, TrainConfig
-from spikingformer.engine import base_lr, build_training
-from spikingformer.pretrain import PretrainConfig
-from spikingformer.train import init_from, run
+from spikingformer.train.classify import init_from, run
+from spikingformer.train.config import ConfigError, TrainConfig
+from spikingformer.train.engine import base_lr, build_training
+from spikingformer.train.pretrain import PretrainConfig
+from spikingformer.weights import checkpoint as ckpt
 
 from .data.helpers import write_class_tree
 

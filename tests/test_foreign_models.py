@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from spikingformer.verify import verify_model
+from spikingformer.analysis.verify import verify_model
 
 neuron = pytest.importorskip("spikingjelly.activation_based.neuron")
 surrogate = pytest.importorskip("spikingjelly.activation_based.surrogate")
@@ -179,8 +179,8 @@ def test_no_read_out_where_a_synaptic_layer_runs_after_it_and_a_bad_name_is_an_e
 
 
 def test_the_read_out_is_priced_apart_and_named_from_the_command_line(tmp_path, capsys):
+    from spikingformer.analysis.energy import estimate_energy
     from spikingformer.cli import main
-    from spikingformer.energy import estimate_energy
 
     torch.manual_seed(0)
     report = estimate_energy(Attention().eval(), FIRING, time_major=True)

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from spikingformer.checkpoint import CheckpointError, load_weights, save_checkpoint
-from spikingformer.config import ConfigError, load_config
 from spikingformer.data.event_formats import read_npz_events
 from spikingformer.data.events import nmnist_label_list
 from spikingformer.data.glue import read_glue
 from spikingformer.data.sources import DataError
 from spikingformer.data.text import WordPieceTokenizer, read_corpus
+from spikingformer.train.config import ConfigError, load_config
+from spikingformer.weights.checkpoint import CheckpointError, load_weights, save_checkpoint
 
 from .benchmarks import load_script
 
@@ -153,7 +153,7 @@ def test_config_anchors_without_aliases_still_load(tmp_path):
 def test_safetensors_metadata_nested_thousands_deep_is_malformed(tmp_path):
     from safetensors.torch import save_file
 
-    from spikingformer.export import METADATA_FORMAT
+    from spikingformer.deploy.export import METADATA_FORMAT
 
     path = tmp_path / "m.safetensors"
     save_file({"w": torch.zeros(2)}, str(path), {"format": METADATA_FORMAT, "model": "spikingformer_2_64",
@@ -165,7 +165,7 @@ def test_safetensors_metadata_nested_thousands_deep_is_malformed(tmp_path):
 @pytest.mark.parametrize("state, message", [
     ({1: torch.zeros(1), "a": torch.zeros(1)}, "holds no state_dict of tensors"),  # was AttributeError: startswith
     ({"model": {1: torch.zeros(1)}}, "holds no state_dict of tensors"),
-    ({"format": "spikingformer.checkpoint", "version": 1, "model": {"w": torch.zeros(1)}, "meta": [1]},
+    ({"format": "spikingformer.weights.checkpoint", "version": 1, "model": {"w": torch.zeros(1)}, "meta": [1]},
      r"its record of the model \(meta\) is a list"),                               # was AttributeError: get
 ])
 def test_checkpoint_of_odd_python_values_is_refused_by_name(tmp_path, state, message):
@@ -176,7 +176,7 @@ def test_checkpoint_of_odd_python_values_is_refused_by_name(tmp_path, state, mes
 
 
 def test_run_checkpoint_reader_lists_keys_of_any_type(tmp_path):
-    from spikingformer.checkpoint import load_checkpoint
+    from spikingformer.weights.checkpoint import load_checkpoint
 
     torch.save({1: 2, "a": 3}, tmp_path / "odd.pt")
     with pytest.raises(CheckpointError, match=r"not a spikingformer checkpoint .*found \['1', 'a'\]"):
@@ -192,7 +192,7 @@ def _spanning_disks(archive: bytes) -> bytes:
 
 
 def test_zip_that_zipfile_cannot_even_recognise_is_reported_by_every_reader(tmp_path):
-    from spikingformer.checkpoint import is_run_checkpoint
+    from spikingformer.weights.checkpoint import is_run_checkpoint
 
     ckpt, npz = tmp_path / "last.pt", tmp_path / "sample.npz"
     save_checkpoint({"model": {"w": torch.zeros(3)}}, ckpt)

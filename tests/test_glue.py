@@ -10,12 +10,12 @@ import re
 import pytest
 import torch
 
-from spikingformer import checkpoint as ckpt
-from spikingformer import glue, mlm
-from spikingformer.config import ConfigError, load_config
 from spikingformer.data import glue as gdata
 from spikingformer.data import text as tdata
 from spikingformer.models.text import create_text_model
+from spikingformer.train import glue, mlm
+from spikingformer.train.config import ConfigError, load_config
+from spikingformer.weights import checkpoint as ckpt
 
 POS, NEG = ["good", "great", "fine", "fun"], ["bad", "awful", "poor", "dull"]
 FILLER = ["the", "film", "was", "a", "plot", "and", "very", "story", "cast", "."]

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import spikingformer as sf
-from spikingformer.layers import ClassifierHead, SeqMaxPool, SpikeQKV
+from spikingformer.nn.layers import ClassifierHead, SeqMaxPool, SpikeQKV
 
 
 def test_maxpool_is_3x3_stride_2_pad_1():

@@ -12,9 +12,9 @@ import torch
 triton = pytest.importorskip("triton", reason="the triton LIF backend needs the triton package")
 
 import spikingformer as sf  # noqa: E402
-from spikingformer.fast import FastPath  # noqa: E402
-from spikingformer.kernels import lif_triton, multistep_lif_triton  # noqa: E402
-from spikingformer.neuron import MultiStepLIF, multistep_lif  # noqa: E402
+from spikingformer.nn.fast import FastPath  # noqa: E402
+from spikingformer.nn.kernels import lif_triton, multistep_lif_triton  # noqa: E402
+from spikingformer.nn.neuron import MultiStepLIF, multistep_lif  # noqa: E402
 
 from .helpers import record_spikes  # noqa: E402
 
@@ -210,7 +210,7 @@ def test_a_stream_refuses_gradients_and_a_foreign_membrane():
 
 @pytest.mark.parametrize("name", ["spikingformer_4_256", "spikformer_4_384"])
 def test_a_stream_on_the_triton_backend_reads_out_as_the_eager_whole_sequence(name):
-    from spikingformer.streaming import Stream
+    from spikingformer.deploy.streaming import Stream
 
     from .helpers import calibrate_bn
 
@@ -266,7 +266,7 @@ def test_every_family_on_the_triton_backend_equals_the_torch_backend(name, extra
 def test_verify_proves_the_same_on_the_triton_backend(name):
     """The kernels are opaque to the provenance context; their neurons are taken at their word (and tested
     above to spike as the loop does), so the proof, and what it leaves unproven, match the torch backend."""
-    from spikingformer.verify import verify_model
+    from spikingformer.analysis.verify import verify_model
 
     torch.manual_seed(0)
     model, x = sf.create_model(name, depth=1, dim=32, num_heads=4, T=2).eval(), torch.randn(2, 3, 32, 32)

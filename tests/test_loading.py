@@ -4,8 +4,8 @@ import torch
 
 import spikingformer
 from spikingformer import cli, create_model
-from spikingformer.checkpoint import save_checkpoint, state_mismatch
-from spikingformer.loading import load_checkpoint
+from spikingformer.weights.checkpoint import save_checkpoint, state_mismatch
+from spikingformer.weights.loading import load_checkpoint
 
 from .data.helpers import write_class_tree
 

@@ -1,7 +1,7 @@
 """The writers every output file goes through: atomic, and into folders that do not exist yet."""
 import json
 
-from spikingformer.metrics import output_path, pyplot, save_figure, write_json
+from spikingformer.utils.outputs import output_path, pyplot, save_figure, write_json
 
 
 def test_output_path_makes_the_missing_folders(tmp_path):
@@ -32,7 +32,7 @@ def test_a_failed_write_names_the_file_asked_for_and_leaves_no_temporary_file(tm
 
     import pytest
 
-    from spikingformer.checkpoint import save_checkpoint
+    from spikingformer.weights.checkpoint import save_checkpoint
 
     def full_disk(src, dst):
         raise OSError(28, "No space left on device")

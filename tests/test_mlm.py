@@ -10,10 +10,10 @@ import sys
 import pytest
 import torch
 
-from spikingformer import glue, mlm
-from spikingformer.checkpoint import load_checkpoint
-from spikingformer.config import ConfigError, load_config
-from spikingformer.distributed import DistInfo
+from spikingformer.train import glue, mlm
+from spikingformer.train.config import ConfigError, load_config
+from spikingformer.train.distributed import DistInfo
+from spikingformer.weights.checkpoint import load_checkpoint
 
 from .test_glue import cli, files, mlm_args  # noqa: F401  (files: the fixture of tiny vocabulary and corpus)
 from .test_train import subprocess_env
@@ -75,7 +75,7 @@ def test_two_processes_match_one_with_the_same_global_batch(files):
 
 def test_parts_of_a_step_all_reduce_once(files, monkeypatch, ddp_of_one):
     """With accum_steps the backward of every part but the last skips DDP's all-reduce (a real DDP, counted)."""
-    from spikingformer import text_engine
+    from spikingformer.train import text_engine
 
     counts = []
     for parts in (1, 2):
@@ -148,7 +148,7 @@ def test_help_shows_percent_signs_as_written(capsys):
 
 
 def test_grad_checkpointing_trains_to_the_same_weights(files, monkeypatch):
-    import spikingformer.layers as layers
+    import spikingformer.nn.layers as layers
 
     calls = []
     monkeypatch.setattr(layers, "checkpoint", lambda *a, **k: calls.append(1) or torch.utils.checkpoint.checkpoint(

@@ -3,7 +3,7 @@ import importlib.util
 import pytest
 import torch
 
-from spikingformer.neuron import MultiStepLIF, multistep_lif
+from spikingformer.nn.neuron import MultiStepLIF, multistep_lif
 
 
 def reference_lif(x, tau=2.0, v_th=1.0, v_reset=0.0, alpha=4.0):

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from spikingformer import cli, create_model
-from spikingformer.checkpoint import CheckpointError, load_weights
-from spikingformer.official import OfficialWeightsError, convert_official, official_layout
+from spikingformer.weights.checkpoint import CheckpointError, load_weights
+from spikingformer.weights.official import OfficialWeightsError, convert_official, official_layout
 
 from .data.helpers import write_class_tree
 

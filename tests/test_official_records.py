@@ -8,12 +8,21 @@ import pytest
 import torch
 
 from spikingformer import cli, create_model, load_model
-from spikingformer.checkpoint import load_weights
-from spikingformer.official import convert_official
+from spikingformer.weights.checkpoint import load_weights
+from spikingformer.weights.official import convert_official
 
 from .data.helpers import write_class_tree
-from .test_official import (SMALL, TINY, _timm_checkpoint, attention_rates, calibrated, official_spikformer,
-                            official_spikformer_forward, official_spikingformer, official_spikingformer_forward)
+from .test_official import (
+    SMALL,
+    TINY,
+    _timm_checkpoint,
+    attention_rates,
+    calibrated,
+    official_spikformer,
+    official_spikformer_forward,
+    official_spikingformer,
+    official_spikingformer_forward,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

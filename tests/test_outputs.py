@@ -3,20 +3,20 @@ work, not after it: a path that cannot be written is a usage error (2) that name
 import pytest
 
 from spikingformer import cli
-from spikingformer.metrics import check_output
+from spikingformer.utils.outputs import check_output
 
 # each command, how it is started, and the function that does its work (which must never run)
 COMMANDS = {
     "models": (["models", "spikingformer_4_256"], "spikingformer.create_model"),
-    "eval": (["eval", "--checkpoint", "run.pt"], "spikingformer.evaluation.evaluate_checkpoint"),
-    "energy": (["energy", "--model", "spikingformer_4_256"], "spikingformer.energy.prepare"),
-    "verify": (["verify", "--model", "spikingformer_4_256"], "spikingformer.verify.prepare"),
-    "predict": (["predict", "cat.png", "--checkpoint", "run.pt"], "spikingformer.predict.load_predictor"),
-    "export": (["export", "--checkpoint", "run.pt"], "spikingformer.export.export"),
-    "demo": (["demo"], "spikingformer.demo._train"),
-    "mlm": (["mlm"], "spikingformer.mlm.run_mlm"),
-    "glue": (["glue"], "spikingformer.glue.run_glue"),
-    "pretrain": (["pretrain", "--config", "mae.yaml"], "spikingformer.pretrain.run"),
+    "eval": (["eval", "--checkpoint", "run.pt"], "spikingformer.train.evaluation.evaluate_checkpoint"),
+    "energy": (["energy", "--model", "spikingformer_4_256"], "spikingformer.analysis.energy.prepare"),
+    "verify": (["verify", "--model", "spikingformer_4_256"], "spikingformer.analysis.verify.prepare"),
+    "predict": (["predict", "cat.png", "--checkpoint", "run.pt"], "spikingformer.train.predict.load_predictor"),
+    "export": (["export", "--checkpoint", "run.pt"], "spikingformer.deploy.export.export"),
+    "demo": (["demo"], "spikingformer.cli.demo._train"),
+    "mlm": (["mlm"], "spikingformer.train.mlm.run_mlm"),
+    "glue": (["glue"], "spikingformer.train.glue.run_glue"),
+    "pretrain": (["pretrain", "--config", "mae.yaml"], "spikingformer.train.pretrain.run"),
 }
 FILES = [("models", "--json"), ("eval", "--json"), ("eval", "--plot"), ("eval", "--predictions"),
          ("energy", "--json"), ("energy", "--csv"), ("energy", "--plot"),
@@ -76,7 +76,7 @@ def test_a_figure_is_named_by_a_format_it_can_be_written_in(command, tmp_path, m
 
 
 def test_a_figure_is_written_in_its_suffixs_format(tmp_path):
-    from spikingformer.metrics import pyplot, save_figure
+    from spikingformer.utils.outputs import pyplot, save_figure
 
     for suffix, magic in ((".png", b"\x89PNG"), (".pdf", b"%PDF"), (".svg", b"<?xml")):
         fig, _ = pyplot().subplots()

@@ -56,7 +56,7 @@ def test_the_wheel_ships_every_module_and_recipe_and_nothing_else(wheel):
     modules = {f"spikingformer/{p.relative_to(ROOT / 'src' / 'spikingformer').as_posix()}"
                for p in (ROOT / "src" / "spikingformer").rglob("*.py")}
     recipes = {f"spikingformer/configs/{p.name}" for p in (ROOT / "configs").glob("*.yaml")}
-    assert recipes and "spikingformer/cli.py" in modules
+    assert recipes and "spikingformer/cli/__init__.py" in modules
     names = set(wheel.namelist())
     assert modules - names == set(), "modules missing from the wheel"
     assert recipes - names == set(), "recipes missing from the wheel"

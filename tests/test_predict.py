@@ -8,9 +8,9 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from spikingformer import cli, create_model
-from spikingformer.checkpoint import load_checkpoint
-from spikingformer.predict import find_inputs, input_files, load_predictor
-from spikingformer.train import run
+from spikingformer.train.classify import run
+from spikingformer.train.predict import find_inputs, input_files, load_predictor
+from spikingformer.weights.checkpoint import load_checkpoint
 
 from .data.helpers import CLASSES, write_class_tree
 from .test_train import tiny_config
@@ -155,7 +155,7 @@ def test_eval_sets_keys_of_the_runs_own_config(trained, tmp_path):
 
 
 def test_eval_refuses_what_the_weights_cannot_be(trained, tmp_path, capsys):
-    from spikingformer.checkpoint import save_checkpoint
+    from spikingformer.weights.checkpoint import save_checkpoint
 
     ckpt, _ = trained
     assert cli.main(["eval", "--checkpoint", str(ckpt), "--set", "model=spikformer_4_384"]) == 2
@@ -242,7 +242,7 @@ def test_the_transform_takes_any_image_mode(trained):
 
 def test_checkpoints_of_other_inputs_are_refused(tmp_path):
     """Digits' 8x8 tensors are no files to classify (event runs classify recordings: test_predict_events.py)."""
-    from spikingformer.checkpoint import save_checkpoint
+    from spikingformer.weights.checkpoint import save_checkpoint
 
     model = create_model("spikingformer_4_256", depth=1, dim=32, num_heads=2, T=1, num_classes=3, img_size=16)
     path = tmp_path / "digits.pt"

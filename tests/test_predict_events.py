@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from spikingformer import cli, create_model
-from spikingformer.checkpoint import load_checkpoint, save_checkpoint
-from spikingformer.config import TrainConfig, from_dict
 from spikingformer.data import build_data
-from spikingformer.predict import input_files, load_predictor
+from spikingformer.train.config import TrainConfig, from_dict
+from spikingformer.train.predict import input_files, load_predictor
+from spikingformer.weights.checkpoint import load_checkpoint, save_checkpoint
 
 from .data.test_event_cache import write_gesture
 from .data.test_events import encode_cifar10_dvs, encode_nmnist, random_events, write_nmnist_subset
@@ -25,7 +25,7 @@ def event_run(tmp_path_factory):
     """A tiny N-MNIST run at T = 2 on 12 recordings of 3 digits (3 held out), as tests/data/test_events.py trains
     one, but for 60 updates: after 1 epoch BN's running statistics leave the eval-mode neurons silent, and every
     recording would get the same output."""
-    from spikingformer.train import run
+    from spikingformer.train.classify import run
 
     root = tmp_path_factory.mktemp("predict_events")
     data = write_nmnist_subset(root / "nmnist", per_class=4)
@@ -165,7 +165,7 @@ def test_a_gesture_model_takes_one_window_not_a_recording(tmp_path, monkeypatch,
     """A window as the event cache holds it (its .npz) or as SpikingJelly's events_np does gets the output of its
     eval frames; a raw recording of many gestures is refused."""
     from spikingformer.data.events import time_major
-    from spikingformer.loading import calibrate_bn
+    from spikingformer.weights.loading import calibrate_bn
 
     monkeypatch.setenv("SPIKINGFORMER_EVENT_CACHE", str(tmp_path / "cache"))
     cfg = TrainConfig(model="spikingformer_dvs_2_256", dataset="dvs128_gesture", img_size=32,
@@ -214,7 +214,7 @@ def test_each_event_dataset_reads_its_own_sample_files(tmp_path):
 def test_early_exit_on_event_frames_is_priced(event_run, tmp_path):
     """Event batches come time-major ([T, B, 2, H, W]): every layer's spikes are still charged per sample
     and step, so stopping all recordings after the first frame costs less than reading both."""
-    from spikingformer.evaluation import evaluate_checkpoint
+    from spikingformer.train.evaluation import evaluate_checkpoint
 
     ckpt, data = event_run
     r = evaluate_checkpoint(str(ckpt), str(data), device="cpu", exit_at=(1e-9, 1.0))

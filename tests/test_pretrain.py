@@ -8,11 +8,12 @@ import signal
 import pytest
 import torch
 
-from spikingformer import checkpoint as ckpt
-from spikingformer import create_model, pretrain
-from spikingformer.checkpoint import CheckpointError, load_checkpoint
-from spikingformer.config import DATASETS, ConfigError, load_config
-from spikingformer.pretrain import IMAGE_DATASETS, PretrainConfig, load_pretrained_encoder, run
+from spikingformer import create_model
+from spikingformer.train import pretrain
+from spikingformer.train.config import DATASETS, ConfigError, load_config
+from spikingformer.train.pretrain import IMAGE_DATASETS, PretrainConfig, load_pretrained_encoder, run
+from spikingformer.weights import checkpoint as ckpt
+from spikingformer.weights.checkpoint import CheckpointError, load_checkpoint
 
 from .data.helpers import write_class_tree
 
@@ -95,7 +96,7 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tree, tmp_path, referen
 def test_ctrl_c_mid_epoch_saves_that_step_and_resume_ends_as_uninterrupted(tree, tmp_path, reference, monkeypatch):
     """SIGINT in epoch 2's third batch: the run stops after that batch with its step saved (not one of the
     ckpt_every checkpoints), and the resumed run ends with the uninterrupted run's weights."""
-    from spikingformer.safe_stop import RunInterrupted
+    from spikingformer.train.safe_stop import RunInterrupted
 
     make_loss = pretrain.masked_patch_loss
 
@@ -208,8 +209,8 @@ def test_cli_help_json_and_errors(tree, tmp_path, capsys):
 
 def test_train_init_from_fine_tunes_the_pretrained_encoder(tree, tmp_path, reference, monkeypatch):
     """``spikingformer train`` with ``init_from``: the classifier starts from the pre-trained backbone."""
-    from spikingformer import train
-    from spikingformer.config import TrainConfig
+    from spikingformer.train import classify as train
+    from spikingformer.train.config import TrainConfig
 
     out, _ = reference
     encoder = {k[len("encoder."):]: v for k, v in load_checkpoint(out / "last.pt")["model"].items()
@@ -244,7 +245,7 @@ def test_pretrain_help_fine_tunes_as_the_readme_does_and_that_command_works(tree
     import yaml
 
     from spikingformer import cli as main_cli
-    from spikingformer.config import TrainConfig
+    from spikingformer.train.config import TrainConfig
 
     with pytest.raises(SystemExit):
         cli("pretrain", "--help")
@@ -264,7 +265,7 @@ def test_pretrain_help_fine_tunes_as_the_readme_does_and_that_command_works(tree
 
 
 def test_grad_checkpointing_pretrains_to_the_same_weights(tree, tmp_path, reference, monkeypatch):
-    import spikingformer.layers as layers
+    import spikingformer.nn.layers as layers
 
     calls = []
     monkeypatch.setattr(layers, "checkpoint", lambda *a, **k: calls.append(1) or torch.utils.checkpoint.checkpoint(

@@ -7,8 +7,9 @@ import sys
 import pytest
 import torch
 
-from spikingformer import cli, create_model, progress
-from spikingformer.progress import progress_bar
+from spikingformer import cli, create_model
+from spikingformer.utils import progress
+from spikingformer.utils.progress import progress_bar
 
 from .test_glue import cli as text_cli
 from .test_glue import files, glue_args, mlm_args  # noqa: F401  (files: the fixture of tiny vocabulary and corpus)
@@ -42,7 +43,7 @@ def test_a_bar_on_a_terminal_plain_lines_in_a_log(monkeypatch, capsys):
 
 
 def test_energy_with_progress_counts_as_without():
-    from spikingformer.energy import estimate_energy
+    from spikingformer.analysis.energy import estimate_energy
 
     two = [torch.randn(1, 3, 16, 16), torch.randn(1, 3, 16, 16)]
     model = create_model("spikingformer_4_256", depth=1, dim=32, num_heads=2, T=1)
@@ -62,7 +63,7 @@ def test_mlm_glue_and_eval_write_lines_not_carriage_returns_into_a_log(files, tm
     from .test_train import tiny_config, write_class_tree
 
     tree = write_class_tree(tmp_path / "data" / "train", per_class=10).parent
-    from spikingformer.train import run
+    from spikingformer.train.classify import run
 
     run(tiny_config(tree, tmp_path / "run", epochs=1, warmup_epochs=0, cooldown_epochs=0, progress=True))
     assert cli.main(["eval", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--json", str(tmp_path / "e.json")]) == 0

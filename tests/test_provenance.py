@@ -5,10 +5,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import spikingformer as sf
+from spikingformer.analysis.probe import SynapticProbe
+from spikingformer.analysis.provenance import INTEGER, REAL, SPIKE, Built, SpikeProvenance
+from spikingformer.analysis.verify import verify_model
 from spikingformer.models.text import create_text_model
-from spikingformer.probe import SynapticProbe
-from spikingformer.provenance import INTEGER, REAL, SPIKE, Built, SpikeProvenance
-from spikingformer.verify import verify_model
 
 
 def built(fn, *inputs):
@@ -192,7 +192,7 @@ def test_spikingjelly_neurons_are_taken_at_their_word(name):
 def test_probes_may_nest_each_keeps_its_own_proof():
     """An ``estimate_energy`` (or a second probe) inside a probe: both see every op, neither erases the other's
     labels (they once shared one attribute, and the outer probe then called every layer unproven)."""
-    from spikingformer.energy import estimate_energy
+    from spikingformer.analysis.energy import estimate_energy
 
     torch.manual_seed(0)
     model, x = sf.create_model("spikingformer_4_384", depth=1, dim=32, num_heads=2, T=2).eval(), torch.randn(2, 3, 32, 32)

@@ -6,11 +6,12 @@ from collections import Counter
 import pytest
 import torch
 
-from spikingformer import cli, evaluation
-from spikingformer.config import load_config
+from spikingformer import cli
 from spikingformer.data import build_data
 from spikingformer.data.split import split_sample
-from spikingformer.loading import prepare
+from spikingformer.train import evaluation
+from spikingformer.train.config import load_config
+from spikingformer.weights.loading import prepare
 
 from .real_data import cifar_jpeg_tree
 
@@ -110,8 +111,8 @@ def test_the_cpu_recipe_loads_and_reads_real_images(cifar):
     reads the JPEG copy with its own transforms; not a training run."""
     from spikingformer import create_model
     from spikingformer.cli import _recipe_command
-    from spikingformer.config import recipe_dir
-    from spikingformer.engine import resolve_img_size
+    from spikingformer.train.config import recipe_dir
+    from spikingformer.train.engine import resolve_img_size
 
     assert _recipe_command((recipe_dir() / "cifar10_cpu.yaml").read_text()) == "train"
     cfg = load_config("cifar10_cpu", [f"data_dir={cifar}", "holdout=20", "limit_train=40", "workers=0"])

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 import spikingformer as sf
-from spikingformer.neuron import MultiStepLIF
-from spikingformer.streaming import Stream
+from spikingformer.deploy.streaming import Stream
+from spikingformer.nn.neuron import MultiStepLIF
 
 from .helpers import calibrate_bn
 

@@ -1,9 +1,9 @@
 """The text commands' shared config: every bad key or value fails when the config is built."""
 import pytest
 
-from spikingformer.config import ConfigError
-from spikingformer.glue import GlueConfig
-from spikingformer.mlm import MLMConfig
+from spikingformer.train.config import ConfigError
+from spikingformer.train.glue import GlueConfig
+from spikingformer.train.mlm import MLMConfig
 
 
 @pytest.mark.parametrize("cls", [MLMConfig, GlueConfig])

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from spikingformer import cli
-from spikingformer.checkpoint import CheckpointError, load_checkpoint
-from spikingformer.config import TrainConfig, from_dict
-from spikingformer.early_exit import calibration_split
-from spikingformer.train import run
+from spikingformer.analysis.early_exit import calibration_split
+from spikingformer.train.classify import run
+from spikingformer.train.config import TrainConfig, from_dict
+from spikingformer.weights.checkpoint import CheckpointError, load_checkpoint
 
 from .data.helpers import write_class_tree
 
@@ -179,7 +179,7 @@ def test_eval_reports_accuracy_after_each_time_step(tree, tmp_path, capsys):
 
 def test_spike_stats_name_the_layers_nothing_fired_into():
     from spikingformer import create_model
-    from spikingformer.evaluation import spike_stats
+    from spikingformer.train.evaluation import spike_stats
 
     from .helpers import calibrate_bn
 
@@ -195,8 +195,8 @@ def test_spike_stats_name_the_layers_nothing_fired_into():
 
 def test_per_step_accuracy_counts_each_steps_read_out():
     from spikingformer import create_model
-    from spikingformer.energy import estimate_energy
-    from spikingformer.evaluation import evaluate
+    from spikingformer.analysis.energy import estimate_energy
+    from spikingformer.train.evaluation import evaluate
 
     from .helpers import calibrate_bn
 
@@ -240,8 +240,8 @@ def test_eval_runs_the_neurons_the_config_trains_with(cuda_capability):
     import dataclasses
     import importlib.util
 
-    from spikingformer.evaluation import eval_path
-    from spikingformer.fast import FastPath
+    from spikingformer.nn.fast import FastPath
+    from spikingformer.train.evaluation import eval_path
 
     cuda = eval_path(TrainConfig(), "cuda")
     assert not cuda.compile and cuda.amp_dtype == torch.bfloat16
@@ -449,8 +449,8 @@ def test_stopped_between_updates_saves_the_last_update(tree, tmp_path, monkeypat
     """accum_steps=4 over 6 batches an epoch: SIGTERM during the second update's group (batch 5 of epoch 2)
     saves the run as the first update of that epoch left it (its gradients only are lost, and recomputed),
     and the resumed run ends with the uninterrupted run's weights."""
-    import spikingformer.train as train_module
-    from spikingformer.safe_stop import RunInterrupted
+    import spikingformer.train.classify as train_module
+    from spikingformer.train.safe_stop import RunInterrupted
 
     cfg = dict(accum_steps=4, sched_on_updates=True, epochs=2, cooldown_epochs=0)
     run(tiny_config(tree, tmp_path / "ref", **cfg))
@@ -482,9 +482,9 @@ def test_stopped_between_updates_saves_the_last_update(tree, tmp_path, monkeypat
 def test_resume_config_keeps_the_runs_own_set_options_and_refuses_changes_by_name(tree, tmp_path):
     """What `--resume` continues with: the run's recorded config; --set options of its first start need not
     be repeated; a key the config file or --set gives another value is refused, a mutable one is taken."""
-    from spikingformer import checkpoint as ckpt
-    from spikingformer.config import apply_overrides, parse_overrides
-    from spikingformer.engine import resume_config
+    from spikingformer.train.config import apply_overrides, parse_overrides
+    from spikingformer.train.engine import resume_config
+    from spikingformer.weights import checkpoint as ckpt
 
     out = tmp_path / "run"
     file_cfg = tiny_config("data", out, model_args={**TINY, "T": 1})
@@ -517,8 +517,8 @@ def test_resume_config_keeps_the_runs_own_set_options_and_refuses_changes_by_nam
 def test_a_run_from_before_a_new_config_key_still_resumes(tree, tmp_path):
     """A checkpoint whose config lacks keys added since (accum_steps, event_policy, holdout_pick) resumes when
     the run asks for their defaults, and is refused when it asks for something else."""
-    from spikingformer import checkpoint as ckpt
-    from spikingformer.engine import open_run
+    from spikingformer.train.engine import open_run
+    from spikingformer.weights import checkpoint as ckpt
 
     cfg = tiny_config(tree, tmp_path / "old")
     saved = {k: v for k, v in cfg.to_dict().items() if k not in ("accum_steps", "event_policy", "holdout_pick")}
@@ -560,7 +560,7 @@ def test_accumulating_run_resumes_mid_epoch_to_the_same_weights(tree, tmp_path, 
     """accum_steps=4 over 6 batches an epoch (groups of 4 and 2), per-update schedule: a run that stops
     right after its mid-epoch checkpoint in epoch 2 and resumes ends with the weights, optimizer state
     and metrics of the run never stopped."""
-    import spikingformer.checkpoint as ckpt_module
+    import spikingformer.weights.checkpoint as ckpt_module
 
     cfg = dict(accum_steps=4, ckpt_every=4, sched_on_updates=True, epochs=2, cooldown_epochs=0)
     reference = run(tiny_config(tree, tmp_path / "ref", **cfg))
@@ -591,7 +591,7 @@ def test_best_is_the_first_epoch_of_the_highest_val_acc_and_mixup_stops_at_mixup
                                                                                          monkeypatch):
     """best.pt: strictly higher val_acc (a tie keeps the earlier epoch, as timm's CheckpointSaver), whatever the
     loss does; Mixup runs in epochs 0 .. mixup_off_epoch - 1 (0-based, timm's ``epoch >= mixup_off_epoch``)."""
-    import spikingformer.train as train_module
+    import spikingformer.train.classify as train_module
 
     accs, losses = iter([0.5, 0.5, 0.25]), iter([2.0, 1.0, 0.5])  # the loss keeps falling: not the criterion
 
@@ -617,7 +617,7 @@ def test_best_is_the_first_epoch_of_the_highest_val_acc_and_mixup_stops_at_mixup
 def test_grad_checkpointing_trains_to_the_same_weights(tree, tmp_path, monkeypatch):
     """``grad_checkpointing: true`` recomputes the blocks (the spy counts them) and changes nothing else;
     a run may switch it on when it resumes (after running out of memory, say)."""
-    import spikingformer.layers as layers
+    import spikingformer.nn.layers as layers
 
     calls = []
     monkeypatch.setattr(layers, "checkpoint", lambda *a, **k: calls.append(1) or torch.utils.checkpoint.checkpoint(
@@ -628,7 +628,7 @@ def test_grad_checkpointing_trains_to_the_same_weights(tree, tmp_path, monkeypat
     run(tiny_config(tree, tmp_path / "ckpt", grad_checkpointing=True, **kw))
     assert calls
     assert_same_run(tmp_path / "plain" / "last.pt", tmp_path / "ckpt" / "last.pt")
-    from spikingformer.engine import open_run
+    from spikingformer.train.engine import open_run
 
     assert open_run(tiny_config(tree, tmp_path / "plain", grad_checkpointing=True, **kw), resume=True)
 
@@ -637,7 +637,7 @@ def test_per_step_accuracy_follows_the_time_steps_of_sequence_inputs():
     """Sequences ``[T, B, C, H, W]`` of another T than the model's (event frames of a recipe's T, the weights
     exported at another): one figure per step the inputs have; batches that disagree are an error."""
     from spikingformer import create_model
-    from spikingformer.evaluation import evaluate
+    from spikingformer.train.evaluation import evaluate
 
     torch.manual_seed(0)
     model = create_model("spikingformer_4_256", T=4, depth=1, dim=32, num_heads=4, num_classes=5).eval()

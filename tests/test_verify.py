@@ -5,11 +5,11 @@ import pytest
 import torch
 from torch import nn
 
+from spikingformer.analysis.energy import estimate_energy
+from spikingformer.analysis.verify import verify_model
 from spikingformer.cli import main
-from spikingformer.energy import estimate_energy
-from spikingformer.layers import ConvBN, SpikeQKV
-from spikingformer.neuron import MultiStepLIF
-from spikingformer.verify import verify_model
+from spikingformer.nn.layers import ConvBN, SpikeQKV
+from spikingformer.nn.neuron import MultiStepLIF
 
 
 class Tiny(nn.Module):

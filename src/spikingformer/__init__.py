@@ -1,13 +1,13 @@
 """spikingformer: spike-driven transformer SNNs on PyTorch (Spikingformer, Spikformer V1/V2)."""
-from .deploy import fold_bn
-from .energy import estimate_energy
-from .fast import FastPath
-from .loading import load_model
+from .analysis.energy import estimate_energy
+from .analysis.probe import SynapticProbe
+from .analysis.verify import verify_model
+from .deploy.fold import fold_bn
+from .deploy.streaming import Stream
 from .models import create_model, list_models, register_with_timm
-from .neuron import MultiStepLIF, multistep_lif
-from .probe import SynapticProbe
-from .streaming import Stream
-from .verify import verify_model
+from .nn.fast import FastPath
+from .nn.neuron import MultiStepLIF, multistep_lif
+from .weights.loading import load_model
 
 __version__ = "0.1.0"
 __all__ = ["create_model", "list_models", "load_model", "MultiStepLIF", "multistep_lif", "SynapticProbe",

@@ -25,7 +25,7 @@ def test_probes_score_separable_features_perfectly(linear_probe):
 
 
 def test_random_baseline_and_pretrained_encoder(linear_probe, tmp_path, monkeypatch, capsys):
-    from spikingformer.pretrain import PretrainConfig, run
+    from spikingformer.train.pretrain import PretrainConfig, run
 
     torch.set_num_threads(1)
     tree = write_class_tree(tmp_path / "data" / "train", per_class=8, size=32).parent

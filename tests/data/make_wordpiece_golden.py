@@ -34,7 +34,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from tokenizers import BertWordPieceTokenizer, __version__ as tokenizers_version
+from tokenizers import BertWordPieceTokenizer
+from tokenizers import __version__ as tokenizers_version
 
 from spikingformer.data.glue import get_task, read_glue
 from spikingformer.data.text import wikitext_detokenize

@@ -6,10 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from spikingformer.config import TrainConfig
-from spikingformer.data import (DataError, EpochSampler, SeededTransform, ShardSampler, balanced_split, build_data,
-                                holdout_name)
+from spikingformer.data import (
+    DataError,
+    EpochSampler,
+    SeededTransform,
+    ShardSampler,
+    balanced_split,
+    build_data,
+    holdout_name,
+)
 from spikingformer.data.sources import load_raw
+from spikingformer.train.config import TrainConfig
 
 from .helpers import CLASSES, write_class_tree
 

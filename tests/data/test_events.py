@@ -9,13 +9,25 @@ import numpy as np
 import pytest
 import torch
 
-from spikingformer.config import ConfigError, TrainConfig
 from spikingformer.data import DataError, SeededTransform, build_data
-from spikingformer.data.events import (CIFAR10_DVS_CLASSES, EVENT_DTYPE, EventAugment, EventFrames,
-                                       _scan_time_windows, event_collate, integrate_frames, make_events, read_aedat3,
-                                       read_cifar10_dvs_aedat, read_nmnist_bin, read_npz_events, segment_bounds,
-                                       wide_op)
+from spikingformer.data.events import (
+    CIFAR10_DVS_CLASSES,
+    EVENT_DTYPE,
+    EventAugment,
+    EventFrames,
+    _scan_time_windows,
+    event_collate,
+    integrate_frames,
+    make_events,
+    read_aedat3,
+    read_cifar10_dvs_aedat,
+    read_nmnist_bin,
+    read_npz_events,
+    segment_bounds,
+    wide_op,
+)
 from spikingformer.data.sources import load_raw
+from spikingformer.train.config import ConfigError, TrainConfig
 
 REAL_NMNIST = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "nmnist-small-train.tar.gz"
 
@@ -280,7 +292,7 @@ def test_wide_operations():
 def test_mixup_of_event_frames_mixes_samples_not_time_steps():
     from timm.data import Mixup
 
-    from spikingformer.train import classification_loss
+    from spikingformer.train.classify import classification_loss
 
     seen = {}
 
@@ -398,7 +410,7 @@ def test_event_configs_refuse_image_only_options():
 
 
 def test_shipped_event_configs_load():
-    from spikingformer.config import load_config
+    from spikingformer.train.config import load_config
 
     root = Path(__file__).resolve().parents[2] / "configs"
     for name, T in (("dvs128_gesture", 16), ("cifar10_dvs", 16), ("nmnist", 4)):
@@ -428,7 +440,7 @@ def test_real_nmnist_recordings(tmp_path, sj):
                                     dict(event_policy="wide", holdout_pick="last", mixup=0.5, mixup_prob=0.5,
                                          batch_size=4)], ids=["roll", "official-cifar10-dvs"])
 def test_one_epoch_on_synthetic_events_is_spike_driven(tmp_path, recipe):
-    from spikingformer.train import run
+    from spikingformer.train.classify import run
 
     torch.set_num_threads(1)
     write_nmnist_subset(tmp_path / "nmnist", per_class=4)
@@ -447,9 +459,10 @@ def test_one_epoch_on_synthetic_events_is_spike_driven(tmp_path, recipe):
 
 def test_eval_feeds_frames_at_the_T_of_the_model_it_runs(tmp_path, monkeypatch):
     """An event run evaluated at another T (exported with --t, or --set model_args.T) is fed frames at that T."""
-    from spikingformer import cli, evaluation
-    from spikingformer.checkpoint import load_checkpoint
-    from spikingformer.train import run
+    from spikingformer import cli
+    from spikingformer.train import evaluation
+    from spikingformer.train.classify import run
+    from spikingformer.weights.checkpoint import load_checkpoint
 
     torch.set_num_threads(1)
     write_nmnist_subset(tmp_path / "nmnist", per_class=2)

@@ -30,8 +30,17 @@ import struct
 import numpy as np
 import pytest
 
-from spikingformer.data.events import (SENSOR_SIZE, EventFrames, integrate_frames, load_event_raw, make_events,
-                                       read_aedat3, read_cifar10_dvs_aedat, read_nmnist_bin, read_npz_events)
+from spikingformer.data.events import (
+    SENSOR_SIZE,
+    EventFrames,
+    integrate_frames,
+    load_event_raw,
+    make_events,
+    read_aedat3,
+    read_cifar10_dvs_aedat,
+    read_nmnist_bin,
+    read_npz_events,
+)
 
 
 def random_events(n, size, seed, t_max=300_000, t_min=0):

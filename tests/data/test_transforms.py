@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from spikingformer.config import load_config
 from spikingformer.data import EpochSampler, build_data
-from spikingformer.engine import resolve_img_size
+from spikingformer.train.config import load_config
+from spikingformer.train.engine import resolve_img_size
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-train-jpeg.tar.gz"
 # every shipped recipe with RandAugment magnitude noise on an increasing posterize

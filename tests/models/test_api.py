@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import spikingformer as sf
-from spikingformer.probe import SynapticProbe
+from spikingformer.analysis.probe import SynapticProbe
 
 
 def test_unknown_model_lists_valid_names():

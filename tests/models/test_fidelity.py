@@ -3,12 +3,12 @@ import pytest
 import torch
 
 import spikingformer as sf
+from spikingformer.analysis.probe import SynapticProbe
 from spikingformer.cli import SPEC_PARAMS_M
-from spikingformer.layers import ConvBN, SeqMaxPool, SpikeQKV
 from spikingformer.models.spikformer import SEWBlock
 from spikingformer.models.spikingformer import MSBlock
-from spikingformer.neuron import MultiStepLIF, multistep_lif
-from spikingformer.probe import SynapticProbe
+from spikingformer.nn.layers import ConvBN, SeqMaxPool, SpikeQKV
+from spikingformer.nn.neuron import MultiStepLIF, multistep_lif
 
 from ..helpers import calibrate_bn
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import spikingformer as sf
-from spikingformer.layers import ConvBN, LinearBN
 from spikingformer.models.mae import MAEConfig, SpikformerV2MAE
 from spikingformer.models.text import create_text_model
+from spikingformer.nn.layers import ConvBN, LinearBN
 
 TINY = dict(depth=2, dim=32, num_heads=4, T=2, num_classes=5)
 
@@ -198,7 +198,7 @@ def test_the_probe_counts_a_training_step_once():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_fast_path_with_checkpointing_trains_as_without(fresh_dynamo, monkeypatch):
     """On CUDA the fast path compiles the Triton LIF kernels into checkpointed blocks: the same fp32 step."""
-    from spikingformer.fast import FastPath
+    from spikingformer.nn.fast import FastPath
 
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)

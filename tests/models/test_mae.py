@@ -5,10 +5,20 @@ import pytest
 import torch
 
 from spikingformer import create_model
-from spikingformer.layers import ConvBN
-from spikingformer.models.mae import (MAEConfig, SpikformerV2MAE, neighbours, patchify, random_masking,
-                                      sincos_pos_embed_2d, tile_conv_bn, unpatchify, visible_tiles, with_halo)
-from spikingformer.probe import SynapticProbe
+from spikingformer.analysis.probe import SynapticProbe
+from spikingformer.models.mae import (
+    MAEConfig,
+    SpikformerV2MAE,
+    neighbours,
+    patchify,
+    random_masking,
+    sincos_pos_embed_2d,
+    tile_conv_bn,
+    unpatchify,
+    visible_tiles,
+    with_halo,
+)
+from spikingformer.nn.layers import ConvBN
 
 from ..benchmarks import load_script
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from spikingformer import list_models
-from spikingformer.energy import estimate_energy
+from spikingformer.analysis.energy import estimate_energy
+from spikingformer.analysis.probe import SynapticProbe
 from spikingformer.models.text import MaskedLinearBN, create_text_model, list_text_models
-from spikingformer.layers import LinearBN
-from spikingformer.probe import SynapticProbe
+from spikingformer.nn.layers import LinearBN
 
 TINY = dict(vocab_size=50, dim=32, num_heads=4, max_len=24, T=2)
 # The default attention scale 0.125 keeps SN_attn silent at init in a model this small; wider heads and

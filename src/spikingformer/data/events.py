@@ -24,8 +24,16 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .event_cache import GestureWindows, cache_root
-from .event_formats import (EVENT_DTYPE, GESTURE_CLASSES, make_events, read_aedat3, read_cifar10_dvs_aedat,
-                            read_gesture_labels, read_nmnist_bin, read_npz_events)
+from .event_formats import (
+    EVENT_DTYPE,
+    GESTURE_CLASSES,
+    make_events,
+    read_aedat3,
+    read_cifar10_dvs_aedat,
+    read_gesture_labels,
+    read_nmnist_bin,
+    read_npz_events,
+)
 from .sources import DataError, RawData
 from .text import read_text
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from ..config import EVENT_DATASETS
+from ..train.config import EVENT_DATASETS
 
 __all__ = ["DataError", "RawData", "load_raw", "load_labelled", "load_rgb", "unread_data_note", "Subset", "Relabelled",
            "sample_names", "sample_source", "DATASET_STATS"]

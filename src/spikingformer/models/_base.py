@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..layers import ClassifierHead
+from ..nn.layers import ClassifierHead
 
 
 def _coerce(hint, value):

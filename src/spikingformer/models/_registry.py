@@ -43,7 +43,8 @@ def register_with_timm() -> bool:
     """Register every model with timm (if importable) so ``timm.create_model(name)`` works."""
     if importlib.util.find_spec("timm") is None:
         return False
-    from timm.models import register_model as timm_register, is_model
+    from timm.models import is_model
+    from timm.models import register_model as timm_register
 
     module = sys.modules[__name__]
     for name, fn in _MODELS.items():

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..layers import ConvBN, run_blocks
+from ..nn.layers import ConvBN, run_blocks
 from ._base import GradCheckpointing
 from ._registry import create_model
 
@@ -185,7 +185,7 @@ class SpikformerV2MAE(GradCheckpointing, nn.Module):
 
     ``self.encoder`` is a Spikformer V2 built by the registry with ``num_classes=0``: loading
     its ``state_dict`` into a classifier of the same name and ``encoder_args`` fills every
-    backbone weight (``spikingformer.pretrain.load_pretrained_encoder``).
+    backbone weight (``spikingformer.train.pretrain.load_pretrained_encoder``).
     ``set_grad_checkpointing()`` recomputes the sparse stem's segments (each conv and its neuron), the
     encoder's blocks and the decoder's blocks in the backward pass.
     """

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ..layers import ClassifierHead, ConvBN, SeqMaxPool, SpikeQKV, run_blocks
-from ..neuron import MultiStepLIF
+from ..nn.layers import ClassifierHead, ConvBN, SeqMaxPool, SpikeQKV, run_blocks
+from ..nn.neuron import MultiStepLIF
 from ._base import GradCheckpointing, SpikingVisionModel, build_config, check_sizes
 from ._registry import register_model
 

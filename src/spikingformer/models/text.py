@@ -31,8 +31,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..layers import ClassifierHead, LinearBN, SpikeQKV, run_blocks, running_mean
-from ..neuron import MultiStepLIF
+from ..nn.layers import ClassifierHead, LinearBN, SpikeQKV, run_blocks, running_mean
+from ..nn.neuron import MultiStepLIF
 from ._base import GradCheckpointing, SpikingVisionModel, build_config
 
 __all__ = ["TextConfig", "TextEmbedding", "MaskedLinearBN", "TextPSSA", "TextSMLP", "TextBlock", "MLMHead",

@@ -1,0 +1,1 @@
+"""Deployment: BatchNorm folded into the synapses, exported weights, step-by-step streaming inference."""

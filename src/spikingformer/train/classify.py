@@ -1,0 +1,334 @@
+"""Training engine: ``spikingformer train`` / ``spikingformer eval`` (timm's recipe pieces, nanoGPT's loop).
+
+``run(cfg)`` trains one model end to end: data (``spikingformer.data``), timm's optimizer,
+scheduler, Mixup/CutMix and losses, bf16 autocast and the fast path (``spikingformer.nn.fast``)
+on CUDA, SyncBatchNorm, DDP under ``torchrun``, gradient accumulation (``accum_steps``).  The
+epoch loop and the run plumbing it shares with ``pretrain`` live in ``spikingformer.train.engine``.  Each epoch appends to ``metrics.jsonl`` and redraws
+``metrics.png``; ``summary.json`` closes the run.  ``last.pt`` (every epoch, and every
+``ckpt_every`` steps) and ``best.pt`` hold everything a resume needs, so a run killed at any
+point and restarted with ``--resume`` ends with the same weights as one never interrupted.  Ctrl-C
+(SIGINT), SIGTERM, or a sample that fails to load or transform, checkpoint the run before it stops
+(``spikingformer.train.safe_stop``), and ``--resume`` continues with the run's own config.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..analysis.probe import verdict
+from ..nn.fast import FastPath
+from ..weights import checkpoint as ckpt
+from . import engine
+from .config import TrainConfig, add_run_args, apply_overrides
+from .distributed import DistInfo
+from .engine import (
+    begin_epoch,
+    build_training,
+    load_data,
+    make_loaders,
+    open_output,
+    open_run,
+    resolve_img_size,
+    restore,
+    resume_config,
+    seed_all,
+    train_one_epoch,
+    wrap_ddp,
+)
+from .evaluation import evaluate, sampled_spike_stats
+from .safe_stop import StopSignals, validating
+
+__all__ = ["Progress", "run", "register_cli"]
+
+@dataclass
+class Progress(engine.Progress):
+    """``engine.Progress`` and the best validation accuracy so far."""
+    best_acc: float = -1.0
+    best_epoch: int = -1
+
+
+def model_kwargs(cfg: TrainConfig, num_classes: int, in_chans: int) -> dict:
+    """``cfg.model_args`` plus what the data decides; a contradiction is an error, not a silent override."""
+    args = dict(cfg.model_args)
+    for key, value in (("num_classes", num_classes), ("in_chans", in_chans)):
+        if key in args and args[key] != value:
+            raise ValueError(f"model_args.{key}={args[key]} but the dataset has {key}={value}")
+        args[key] = value
+    if cfg.img_size:
+        args["img_size"] = cfg.img_size
+    return args
+
+
+def init_from(model: torch.nn.Module, cfg: TrainConfig, classes: list[str] | None = None) -> str:
+    """Start ``model`` from ``cfg.init_from``: the encoder of a ``spikingformer pretrain`` checkpoint (the
+    head starts fresh), or every tensor of a ``spikingformer train`` checkpoint of the same model, whose
+    ``T`` may differ (V2 §5.2 fine-tunes at T = 1, then at T = 2, 4 or 6); its head is kept when it was
+    trained on this run's ``classes`` (the same names, in the same order).  Returns what was loaded, in words."""
+    from .pretrain import KIND, load_pretrained_encoder
+
+    path = cfg.init_from
+    state = ckpt.load_checkpoint(path)
+    meta = state.get("meta") if isinstance(state.get("meta"), dict) else {}
+    if meta.get("kind") == KIND:
+        loaded = load_pretrained_encoder(model, path, state)
+        return (f"initialised {loaded['loaded']} backbone tensors from {loaded['source']} "
+                f"(pre-trained {loaded['model']}); head {loaded['head']} freshly initialised")
+    weights = state.get("model")
+    if not isinstance(weights, dict) or "model_args" not in meta:
+        raise ckpt.CheckpointError(f"init_from={path} is neither a `spikingformer pretrain` nor a "
+                                   "`spikingformer train` checkpoint")
+    if meta.get("model") != cfg.model:
+        raise ckpt.CheckpointError(f"init_from={path} holds a {meta.get('model')}, this run trains a {cfg.model}")
+    source = f"{path} ({meta['model']} {meta['model_args']})"
+    head = ckpt.load_backbone(model, weights, source)
+    own = model.state_dict()
+    same_classes = classes is None or meta.get("classes") in (None, list(classes))
+    if same_classes and all(k in weights and weights[k].shape == own[k].shape for k in head):
+        model.load_state_dict({**own, **{k: weights[k] for k in head}})
+        return f"initialised every tensor from {source}"
+    return f"initialised the backbone from {source}; head {head} freshly initialised (other classes)"
+
+
+def classification_loss(mixup, criterion):
+    """``step_loss`` of supervised training: Mixup/CutMix (when on), forward, loss, top-1 hits."""
+    def step_loss(model, x, y):
+        labels = y
+        if mixup is not None and x.dim() == 5:  # event frames [T, B, ...]: mix samples (axis 1), never steps
+            mixed, y = mixup(x.transpose(0, 1), y)
+            x = mixed.transpose(0, 1)
+        elif mixup is not None:
+            x, y = mixup(x, y)
+        logits = model(x)
+        correct = (logits.argmax(1) == labels).sum() if mixup is None else None
+        return criterion(logits, y), correct
+    return step_loss
+
+
+# ----------------------------------------------------------------------------- supervised training
+
+def run(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None) -> dict:
+    """Train ``cfg`` to the end (or continue ``cfg.output``'s run with ``resume``); return the summary.
+    ``overrides``: the ``--set`` options ``cfg`` was given, which the run's checkpoints record (added to
+    those of its first start), so that ``--resume`` need not repeat them (``engine.resume_config``).
+    SIGINT / SIGTERM, or a sample that fails to load, stop the run once it is checkpointed (``safe_stop``)."""
+    from .distributed import session
+
+    with session(cfg.device) as info:
+        return _run(cfg, resume, info, overrides or {})
+
+
+def _run(cfg: TrainConfig, resume: bool, info: DistInfo, overrides: dict) -> dict:
+    from .. import create_model
+    from ..utils.outputs import MetricsLog
+    from .distributed import convert_sync_batchnorm, gather_objects
+
+    t_start = time.time()
+    out = Path(cfg.output)
+    last, best = out / "last.pt", out / "best.pt"
+    resume_state = open_run(cfg, resume)
+    overrides = apply_overrides((resume_state or {}).get("overrides") or {}, overrides)
+    seed_all(cfg.seed, info.rank)
+    data = load_data(cfg, info)
+    margs = model_kwargs(cfg, len(data.classes), data.in_chans)
+    model = create_model(cfg.model, **margs)
+    if cfg.init_from and resume_state is None:
+        report = init_from(model, cfg, data.classes)
+        if info.is_main:
+            print(report, flush=True)
+    if cfg.sync_bn and info.world > 1:
+        model = convert_sync_batchnorm(model, info.device)
+    model.to(info.device)
+    model.set_grad_checkpointing(cfg.grad_checkpointing)
+    path = FastPath.from_modes(cfg.fast, cfg.amp, info.device, cfg.compile_mode, cfg.lif_backend)
+    fast = path.prepare(model)  # before the optimizer: channels-last re-lays the parameters out in place
+    sampler, train_loader, val_loader = make_loaders(cfg, data, info)
+    opt, sched, mixup, criterion = build_training(cfg, model, sampler.steps_per_epoch, path.fused_optimizer)
+    dtype = path.amp_dtype
+    scaler = torch.amp.GradScaler(info.device.type, enabled=dtype == torch.float16)
+    state = Progress()
+    if resume_state is not None:
+        state = Progress(**restore(resume_state, info, model, opt, sched, scaler))
+        rngs = resume_state["rng"]
+        if len(rngs) == info.world:
+            ckpt.set_rng_state(rngs[info.rank])
+        elif info.is_main:
+            print(f"note: checkpoint has RNG states of {len(rngs)} processes, this run has {info.world}; "
+                  "continuing with fresh RNG streams", file=sys.stderr)
+    train_model = wrap_ddp(fast, info)
+    log = MetricsLog(out, enabled=info.is_main, title=f"{cfg.model} on {cfg.dataset}: {data.val_name}")
+    log.restore(state.history)
+    meta = {"model": cfg.model, "model_args": margs,
+            "classes": data.classes, "val_name": data.val_name, "mean": list(data.mean), "std": list(data.std),
+            "img_size": data.img_size, "data_root": os.path.realpath(os.path.expanduser(cfg.data_dir))}
+    n_params = sum(p.numel() for p in model.parameters())
+
+    def save(path: Path) -> None:
+        rngs = gather_objects(ckpt.rng_state())  # every process's streams, so each resumes its own
+        if info.is_main:
+            ckpt.save_checkpoint({
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "scaler": scaler.state_dict(), "progress": vars(state).copy(), "rng": rngs,
+                "config": cfg.to_dict(), "overrides": overrides, "meta": meta, "world_size": info.world}, path)
+
+    if info.is_main:
+        where = open_output(out, cfg, resume_state is not None, state)
+        sized = f" ({', '.join(f'{k}={v}' for k, v in cfg.model_args.items())})" if cfg.model_args else ""
+        print(f"{cfg.model}{sized}: {n_params / 1e6:.2f}M params, {len(data.train)} train images, "
+              f"{data.val_name}; {info.world} process(es) on {info.device}, {path.describe()}; {where}",
+              flush=True)
+    with StopSignals() as stop:
+        while state.epoch < cfg.total_epochs:
+            epoch_start = time.time()
+            lr = begin_epoch(cfg, state, sampler, sched, opt)
+            if mixup is not None and cfg.mixup_off_epoch and state.epoch >= cfg.mixup_off_epoch:
+                mixup.mixup_enabled = False  # Mixup still smooths the one-hot targets, as in timm
+            loss, acc = train_one_epoch(cfg, state, train_model, train_loader, opt, sched, scaler, info, path,
+                                        lambda: save(last), classification_loss(mixup, criterion), stop)
+            metrics = {"train_loss": loss, **({"train_acc": acc} if mixup is None else {})}
+            with validating(cfg, state, info, lambda: save(last)):
+                metrics.update(evaluate(fast, val_loader, info.device, path))
+            metrics = {"epoch": state.epoch + 1, "lr": lr, **metrics, "val_split": data.val_name,
+                       "epoch_seconds": time.time() - epoch_start, "elapsed_seconds": time.time() - t_start}
+            state.history.append(metrics)
+            state.next_epoch()
+            improved = metrics["val_acc"] > state.best_acc
+            if improved:
+                state.best_acc, state.best_epoch = metrics["val_acc"], metrics["epoch"]
+            save(last)
+            if improved and info.is_main:
+                ckpt.atomic_copy(last, best)
+            log.write(state.history)
+            if info.is_main:
+                print(f"epoch {metrics['epoch']}/{cfg.total_epochs}  lr {lr:.2e}  train_loss "
+                      f"{metrics['train_loss']:.4f}  val_loss {metrics['val_loss']:.4f}  val_acc "
+                      f"{100 * metrics['val_acc']:.2f} %  ({metrics['epoch_seconds']:.1f} s)", flush=True)
+    spikes = sampled_spike_stats(model, data, info.device, cfg.val_batch_size, cfg.seed)
+    final = state.history[-1]
+    summary = {"model": cfg.model, "params": n_params, "dataset": cfg.dataset, "val_split": data.val_name,
+               "final_val_acc": final["val_acc"], "final_val_acc5": final["val_acc5"],
+               "final_val_loss": final["val_loss"], "best_val_acc": state.best_acc, "best_epoch": state.best_epoch,
+               "epochs": cfg.total_epochs, "world_size": info.world, "device": str(info.device),
+               "amp": str(dtype or "fp32"), "seconds": time.time() - t_start, **spikes, "config": cfg.to_dict()}
+    log.summary(summary)
+    return summary
+
+
+# ----------------------------------------------------------------------------- command line
+
+def _fail(e: Exception) -> int:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ..data import DataError
+    from ..utils.outputs import check_output, write_json
+    from ..weights.checkpoint import CheckpointError
+    from .config import load_config, parse_overrides
+
+    try:
+        check_output("--json", args.json)
+        cfg, overrides = load_config(args.config, args.set), parse_overrides(args.set)
+        resolve_img_size(cfg)  # unknown model names and model_args fail here, before any data loads
+    except (ValueError, TypeError) as e:
+        return _fail(e)
+    try:
+        if args.resume:
+            cfg = resume_config(cfg, overrides)
+        s = run(cfg, resume=args.resume, overrides=overrides)
+    except (DataError, CheckpointError, FileExistsError, ValueError) as e:
+        return _fail(e)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"{s['val_split']}: final top-1 {100 * s['final_val_acc']:.2f} %, best {100 * s['best_val_acc']:.2f} % "
+              f"(epoch {s['best_epoch']}); firing rate {s['firing_rate']:.3f} ({s['probe_sample']}); spike-driven: "
+              f"{verdict(s['spike_driven'], s['proven'])}; {s['seconds']:.0f} s -> {cfg.output}/summary.json")
+        if args.json:
+            write_json(args.json, s)
+            print(f"wrote {args.json}")
+    return 0
+
+
+def _eval_entry(args: argparse.Namespace) -> int:
+    from ..cli.eval import _cmd_eval
+
+    return _cmd_eval(args)
+
+
+def register_cli(sub) -> None:
+    from ..weights.loading import add_model_kwargs_arg
+
+    p = sub.add_parser(
+        "train", help="train a model from a YAML recipe (configs/*.yaml); resumable, torchrun-ready",
+        description="Train from a YAML config (`spikingformer recipes` lists the paper recipes). Every key of the config "
+                    "can be overridden with --set key=value (model_args.depth=2 reaches into the model's "
+                    "overrides); unknown keys are errors. Several GPUs: torchrun --nproc_per_node=N -m "
+                    "spikingformer.cli train --config FILE.")
+    add_run_args(p, "YAML file of TrainConfig keys")
+    p.set_defaults(func=_cmd_train)
+    p = sub.add_parser(
+        "eval", help="evaluate a checkpoint (a run's, or official weights with a recipe) on its validation split "
+                     "or a labelled test set",
+        description="Report top-1/top-5 accuracy, loss, mean firing rate, the spike-driven verdict and the top-1 of "
+                    "the read-out after each time step (what the model scores when stopped early). A run's "
+                    "checkpoint, or a .safetensors exported from one, is rebuilt and evaluated on the validation "
+                    "split it was trained with (the same seeded held-out split when it had one), or on all of a labelled "
+                    "test set --data DIR, and names which it scored: e.g. `test (DIR, 10000 images)`. "
+                    "Other weights (a state_dict, or the official repositories' checkpoints, whose tensor names "
+                    "are converted) need --config: the recipe names the model, dataset and evaluation transform, e.g. "
+                    "`spikingformer eval --checkpoint spikingformer-8-512.pth.tar --config configs/imagenet_8_512.yaml "
+                    "--data /data/imagenet`. A `glue` run's checkpoint is scored with its GLUE task's metrics (MCC, "
+                    "accuracy, F1, Pearson/Spearman, as glue reports them) and their value after each time step: on "
+                    "the split the run evaluated on, or on every row of --data: a task folder's dev.tsv (MNLI: "
+                    "dev_matched.tsv + dev_mismatched.tsv) as `dev`, any TSV file in the task's layout as "
+                    "`test (FILE, N examples)`.")
+    p.add_argument("--checkpoint", required=True, metavar="FILE",
+                   help="best.pt/last.pt of a run (train or glue) or a .safetensors exported from one, or (with "
+                        "--config) any weights file")
+    p.add_argument("--config", metavar="FILE|RECIPE", help="YAML recipe for weights that are not a run's checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key (repeatable), of --config or of the run's own config: "
+                        "limit_val=500, model_args.T=8 (evaluate at another T), ...")
+    add_model_kwargs_arg(p, as_set=True)
+    p.add_argument("--data", metavar="DIR|FILE.tsv",
+                   help="a labelled test set, every sample of which is scored: class folders of images, N-MNIST "
+                        "recordings with their '#sample #class' list, CIFAR10-DVS class folders, or a dataset root "
+                        "with a test split of its own (CIFAR's batches, N-MNIST's Train/ + Test/, DVS128 Gesture, "
+                        "DIR/train/ + DIR/val/), whose test split is scored; class folders are matched to the "
+                        "checkpoint's classes by name. The run's own data folder (the config's "
+                        "data_dir, or its train/) and a root holding DIR/train/ only give its validation split, as "
+                        "without --data. For a glue run: a GLUE task folder (or data root) holding the task's dev "
+                        "file(s), or a TSV file in the task's layout, every row of which is scored")
+    p.add_argument("--split", choices=("val", "test"),
+                   help="force how --data is read: val, as the run's dataset root, whose validation split the "
+                        "config holds out (or names); test, as a test set (without --data: the run's data's own "
+                        "test split, for a run that held out its val split)")
+    p.add_argument("--predictions", metavar="FILE.csv|FILE.json",
+                   help="also write each sample's prediction: its file (or index), true class, whether the top-1 "
+                        "and the top-5 hold it, and the top-5 classes with their probabilities (GLUE: each row's "
+                        "FILE:LINE, its label, and the classes by probability or, for STS-B, the predicted score)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--batch-size", type=int, help="evaluation batch size (default: the config's)")
+    p.add_argument("--workers", type=int, default=None, help="data-loading worker processes (default: the config's)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="plot top-1 accuracy against the time steps the read-out is given (.png, .pdf or .svg)")
+    p.add_argument("--early-exit", nargs="+", type=float, default=[], metavar="P",
+                   help="also score stopping each sample at the first time step whose read-out gives its top class "
+                        "a softmax probability of at least P (0 < P <= 1): top-1, mean time steps and the backbone's "
+                        "energy per image (Eq. 20, from the spikes of the steps each sample ran) per P")
+    p.add_argument("--calibrate", type=float, metavar="FRACTION",
+                   help="choose the early-exit confidence on a seeded FRACTION of the split (e.g. 0.5): the one of "
+                        "least energy whose top-1 there is within --max-drop of every step's; the early-exit "
+                        "figures are then those of the rest of the split, which the choice never saw")
+    p.add_argument("--max-drop", type=float, default=0.5, metavar="POINTS",
+                   help="top-1 (percentage points) an early exit may lose against every step, for --calibrate "
+                        "(default 0.5)")
+    p.add_argument("--calibrate-seed", type=int, default=0, metavar="N",
+                   help="seed of the --calibrate split (default 0)")
+    p.set_defaults(func=_eval_entry)
