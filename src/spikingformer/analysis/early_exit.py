@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from ..utils.errors import InputError
+
 __all__ = ["early_exit", "score_policies", "calibration_split", "choose", "merge", "print_choice", "plot_steps"]
 
 
@@ -43,11 +45,11 @@ def calibration_split(n: int, fraction: float, seed: int = 0) -> tuple[list[int]
     """A seeded split of ``n`` sample indices: ``round(fraction * n)`` to choose a threshold on, the rest to
     score it on (both sorted, so each part is read in the split's own order)."""
     if not 0 < fraction < 1:
-        raise ValueError(f"--calibrate is the fraction of the split to choose the threshold on, in (0, 1); "
+        raise InputError(f"--calibrate is the fraction of the split to choose the threshold on, in (0, 1); "
                          f"got {fraction}")
     k = round(fraction * n)
     if not 0 < k < n:
-        raise ValueError(f"--calibrate {fraction} of {n} samples leaves one part empty")
+        raise InputError(f"--calibrate {fraction} of {n} samples leaves one part empty")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     return sorted(order[:k]), sorted(order[k:])
 

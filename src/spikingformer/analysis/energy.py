@@ -64,6 +64,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data import DataError
+from ..utils.errors import InputError
 from ..utils.outputs import FIGURE_SUFFIXES, check_output, write_csv, write_json
 from ..utils.progress import progress_bar
 from ..weights.checkpoint import CheckpointError
@@ -98,7 +99,7 @@ class LayerEnergy:
 
 def _check_integer_inputs(integer_inputs: str) -> None:
     if integer_inputs not in INTEGER_INPUTS:
-        raise ValueError(f"integer_inputs must be one of {', '.join(INTEGER_INPUTS)}, got {integer_inputs!r}")
+        raise InputError(f"integer_inputs must be one of {', '.join(INTEGER_INPUTS)}, got {integer_inputs!r}")
 
 
 def stage_energy(rec: LayerProbe, stage: Stage, images: int, T: int, e_mac: float = E_MAC_PJ,
@@ -284,15 +285,15 @@ def steps_and_samples(x: Tensor | dict, T: int | None, time_major: bool | None, 
     time_major = x.dim() == 5 if time_major is None else time_major  # SPEC §1: 5-d inputs are [T, B, C, H, W]
     if time_major:
         if T is not None and T != x.shape[0]:
-            raise ValueError(f"T={T} but the time-major input has {x.shape[0]} steps (shape {tuple(x.shape)})")
+            raise InputError(f"T={T} but the time-major input has {x.shape[0]} steps (shape {tuple(x.shape)})")
         return x.shape[0], x.shape[1]
     model_T = getattr(model, "T", None)
     if T and model_T and T != model_T:
-        raise ValueError(f"T={T} but {type(model).__name__} runs {model_T} steps on a static input: "
+        raise InputError(f"T={T} but {type(model).__name__} runs {model_T} steps on a static input: "
                          f"build it with T={T}")
     T = T or model_T
     if not T:
-        raise ValueError(f"cannot tell the number of time steps of {type(model).__name__}: pass T=")
+        raise InputError(f"cannot tell the number of time steps of {type(model).__name__}: pass T=")
     return T, x.shape[0]
 
 
@@ -312,7 +313,7 @@ def estimate_energy(model: nn.Module, inputs: Tensor | dict | Iterable, *, T: in
     """
     _check_integer_inputs(integer_inputs)  # before the forward passes, not after
     if e_mac < 0 or e_ac < 0:
-        raise ValueError(f"energies per operation must be >= 0 pJ, got e_mac={e_mac}, e_ac={e_ac}")
+        raise InputError(f"energies per operation must be >= 0 pJ, got e_mac={e_mac}, e_ac={e_ac}")
     batches = [inputs] if isinstance(inputs, (Tensor, dict)) else inputs
     images, steps = 0, set()
     with SynapticProbe(model, provenance=True, readout=readout) as probe:
@@ -323,9 +324,9 @@ def estimate_energy(model: nn.Module, inputs: Tensor | dict | Iterable, *, T: in
             images += b
             run_model(model, x)
     if not images:
-        raise ValueError("no input: give at least one non-empty batch")
+        raise InputError("no input: give at least one non-empty batch")
     if len(steps) > 1:
-        raise ValueError(f"batches with different numbers of time steps {sorted(steps)}: estimate them apart")
+        raise InputError(f"batches with different numbers of time steps {sorted(steps)}: estimate them apart")
     report = energy_from_probe(probe, images, steps.pop(), e_mac, e_ac, model_name or type(probe.model).__name__,
                                integer_inputs)
     report.unit = unit
@@ -338,7 +339,7 @@ def _check_steps_known(prep) -> None:
     """A user's model (``--model FILE.py:FACTORY``) fed static images must say how many steps it runs them."""
     x = prep.batches[0]
     if getattr(prep.model, "T", None) is None and isinstance(x, Tensor) and x.dim() == 4:
-        raise ValueError(f"{prep.name} has no T attribute: energy prices the steps a static image runs, so set "
+        raise InputError(f"{prep.name} has no T attribute: energy prices the steps a static image runs, so set "
                          f"self.T in the model (self.T = 1 for a single-step model)")
 
 

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.layers import ClassifierHead, SpikeQKV, recomputing
+from ..utils.errors import InputError
 from .provenance import SPIKE, Built, SpikeProvenance, hooked_neuron, neuron_output
 from .tensor_ops import TensorOps, spiking_neuron
 
@@ -218,7 +219,7 @@ def _named_modules(model: nn.Module, names: str | Iterable[str] | None) -> list[
     for n in names:
         if n not in modules or not any(isinstance(m, SYNAPTIC_TYPES) for m in modules[n].modules()):
             why = "no module" if n not in modules else "no synaptic layer (Conv, Linear or SpikeQKV) in the module"
-            raise ValueError(f"readout {n!r}: {type(model).__name__} has {why} of that name")
+            raise InputError(f"readout {n!r}: {type(model).__name__} has {why} of that name")
     return [modules[n] for n in names]
 
 

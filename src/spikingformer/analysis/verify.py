@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ..data import DataError
 from ..nn.layers import SpikeQKV
+from ..utils.errors import InputError
 from ..utils.outputs import check_output, pyplot, save_figure, write_json
 from ..utils.progress import progress_bar
 from ..weights.checkpoint import CheckpointError
@@ -236,7 +237,7 @@ def block_histogram(cert: Certificate, prefix: str) -> tuple[dict[float, int], b
     and whether any of them had too many distinct values to be counted."""
     layers = [r for r in cert.layers if r.name.startswith(prefix) and r.op != "attention"]
     if not layers:
-        raise ValueError(f"{cert.model} has no conv/linear layer named {prefix}*")
+        raise InputError(f"{cert.model} has no conv/linear layer named {prefix}*")
     hist: dict[float, int] = {}
     for i in (i for r in layers for i in r.inputs):
         for v, c in (i.counts or {}).items():
@@ -314,18 +315,18 @@ def _block_prefix(cert: Certificate, block: str | None) -> str:
         numbered = [i for i, p in enumerate(parts[:-1]) if p.isdigit()]
         if numbered:
             return ".".join(parts[:numbered[0] + 1]) + "."
-    raise ValueError(f"{cert.model} has no numbered blocks (`blocks.N.` layers): pass --block PREFIX")
+    raise InputError(f"{cert.model} has no numbered blocks (`blocks.N.` layers): pass --block PREFIX")
 
 
 def _compared(args: argparse.Namespace, name: str) -> str | None:
     """The model ``--plot`` draws beside ``name``: ``--compare``, else its counterpart, if any.  The options
     that only shape that figure are errors without it, not silently ignored."""
     if (args.compare or args.compare_checkpoint) and not args.plot:
-        raise ValueError("--compare and --compare-checkpoint choose the model --plot draws beside this one: "
+        raise InputError("--compare and --compare-checkpoint choose the model --plot draws beside this one: "
                          "add --plot DIR")
     other = args.compare or counterpart(name)
     if args.compare_checkpoint and not other:
-        raise ValueError(f"--compare-checkpoint {args.compare_checkpoint}: {name} has no Spikformer/Spikingformer "
+        raise InputError(f"--compare-checkpoint {args.compare_checkpoint}: {name} has no Spikformer/Spikingformer "
                          f"counterpart to load it into; name its model with --compare")
     return other
 

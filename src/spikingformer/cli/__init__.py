@@ -87,7 +87,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_recipes(args: argparse.Namespace) -> int:
-    from ..train.config import ConfigError, list_recipes, recipe_dir, resolve_config_path
+    from ..train.config import list_recipes, recipe_dir, resolve_config_path
+    from ..utils.errors import ConfigError
 
     if args.name:  # print one, to copy and edit: spikingformer recipes cifar10 > mine.yaml
         try:
@@ -111,10 +112,11 @@ def _recipe_command(text: str) -> str:
     """The command whose config class takes every key of a recipe (the speed run's is a benchmark's)."""
     import yaml
 
-    from ..train.config import ConfigError, TrainConfig, from_dict
+    from ..train.config import TrainConfig, from_dict
     from ..train.glue import GlueConfig
     from ..train.mlm import MLMConfig
     from ..train.pretrain import PretrainConfig
+    from ..utils.errors import ConfigError
 
     data = yaml.safe_load(text)
     for command, cls in (("train", TrainConfig), ("pretrain", PretrainConfig), ("mlm", MLMConfig),

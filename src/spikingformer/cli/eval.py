@@ -8,6 +8,7 @@ from pathlib import Path
 from ..analysis.early_exit import plot_steps, print_choice
 from ..analysis.probe import verdict
 from ..train import evaluation
+from ..utils.errors import InputError
 from ..weights import checkpoint as ckpt
 
 
@@ -21,7 +22,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         check_output("--plot", args.plot, suffixes=FIGURE_SUFFIXES)
         check_output("--predictions", args.predictions, suffixes=(".csv", ".json"))
         if args.predictions and args.json and Path(args.predictions).resolve() == Path(args.json).resolve():
-            raise ValueError(f"--predictions and --json name the same file {args.json}: give each its own")
+            raise InputError(f"--predictions and --json name the same file {args.json}: give each its own")
         r = evaluation.evaluate_checkpoint(args.checkpoint, args.data, args.device, args.batch_size, args.workers,
                                            args.config, args.set, tuple(args.early_exit), args.calibrate,
                                            args.max_drop / 100, args.calibrate_seed, args.split,

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..utils.errors import InputError
 from .event_cache import GestureWindows, cache_root
 from .event_formats import (
     EVENT_DTYPE,
@@ -85,7 +86,7 @@ def segment_bounds(t: np.ndarray, T: int, split_by: str) -> tuple[np.ndarray, np
         elif n:
             _scan_time_windows(t, T, j_l, j_r)
     else:
-        raise ValueError(f"split_by must be 'number' or 'time', got {split_by!r}")
+        raise InputError(f"split_by must be 'number' or 'time', got {split_by!r}")
     j_r[-1] = n
     return j_l, j_r
 
@@ -134,7 +135,7 @@ class EventAugment:
 
     def __init__(self, hflip: float = 0.5, max_shift: int = 5, policy: str = "roll"):
         if policy not in ("roll", "wide"):
-            raise ValueError(f"event augmentation policy must be 'roll' or 'wide', got {policy!r}")
+            raise InputError(f"event augmentation policy must be 'roll' or 'wide', got {policy!r}")
         self.hflip, self.max_shift, self.policy = hflip, max_shift, policy
 
     def __call__(self, frames: Tensor) -> Tensor:
@@ -176,7 +177,7 @@ def wide_op(frames: Tensor, op: str, level: float) -> Tensor:
         return F.rotate(frames, level, interpolation=nearest, fill=0.0)
     if op == "erase":
         return RandomErasing(p=1.0, scale=(0.05, 0.33), ratio=(0.2, 5.0), value=0.0)(frames)
-    raise ValueError(f"unknown wide operation {op!r}; valid: {', '.join(EventAugment.WIDE_OPS)}")
+    raise InputError(f"unknown wide operation {op!r}; valid: {', '.join(EventAugment.WIDE_OPS)}")
 
 
 class EventFrames:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..utils.errors import InputError
 from .text import WordPieceTokenizer, read_text
 
 __all__ = ["GlueTask", "GlueExample", "GLUE_TASKS", "get_task", "dev_files", "official_dev_files", "read_glue",
@@ -80,7 +81,7 @@ GLUE_TASKS = {t.name: t for t in (
 def get_task(name: str) -> GlueTask:
     key = name.lower().replace("-", "").replace("_", "")
     if key not in GLUE_TASKS:
-        raise ValueError(f"unknown GLUE task {name!r}; valid tasks: {', '.join(GLUE_TASKS)}")
+        raise InputError(f"unknown GLUE task {name!r}; valid tasks: {', '.join(GLUE_TASKS)}")
     return GLUE_TASKS[key]
 
 
@@ -115,7 +116,7 @@ def _column_indices(task: GlueTask, header: list[str], path: Path) -> list[int |
     wanted = [task.text_a, task.text_b, task.label]
     missing = [c for c in wanted if c is not None and c not in header]
     if missing:
-        raise ValueError(f"{path}:1: {task.folder} header lacks column(s) {missing}; found {header}")
+        raise InputError(f"{path}:1: {task.folder} header lacks column(s) {missing}; found {header}")
     return [header.index(c) if c is not None else None for c in wanted]
 
 
@@ -131,7 +132,7 @@ def read_glue(task: GlueTask | str, path: str | Path) -> list[GlueExample]:
         lines.pop()
     if task.header:
         if not lines:
-            raise ValueError(f"{path} is empty: expected a {task.folder} header row")
+            raise InputError(f"{path} is empty: expected a {task.folder} header row")
         header = lines[0].rstrip("\r").split("\t")
         width, (a, b, y), rows = len(header), _column_indices(task, header, path), lines[1:]
     else:
@@ -141,21 +142,21 @@ def read_glue(task: GlueTask | str, path: str | Path) -> list[GlueExample]:
         cols = line.rstrip("\r").split("\t")
         where = f"{path}:{lineno}"
         if len(cols) != width:
-            raise ValueError(f"{where}: malformed {task.folder} row: expected {width} tab-separated "
+            raise InputError(f"{where}: malformed {task.folder} row: expected {width} tab-separated "
                              f"columns, found {len(cols)}")
         raw = cols[y].strip()
         if task.is_regression:
             try:
                 label = float(raw)
             except ValueError:
-                raise ValueError(f"{where}: {task.folder} score {raw!r} is not a number") from None
+                raise InputError(f"{where}: {task.folder} score {raw!r} is not a number") from None
         elif raw in task.labels:
             label = float(task.labels.index(raw))
         else:
-            raise ValueError(f"{where}: {task.folder} label {raw!r} is not one of {list(task.labels)}")
+            raise InputError(f"{where}: {task.folder} label {raw!r} is not one of {list(task.labels)}")
         out.append(GlueExample(cols[a], cols[b] if b is not None else None, label, lineno))
     if not out:
-        raise ValueError(f"{path} holds no examples")
+        raise InputError(f"{path} holds no examples")
     return out
 
 

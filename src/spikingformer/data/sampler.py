@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ..utils.errors import InputError
 from .sources import DataError, sample_source
 
 __all__ = ["EpochSampler", "SeededTransform", "ShardSampler", "GuardedLoader", "SampleFailure"]
@@ -41,13 +42,13 @@ class EpochSampler(Sampler):
         self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
         self.steps_per_epoch = n // (batch_size * world)
         if self.steps_per_epoch < 1:
-            raise ValueError(f"{n} training images cannot fill one global batch of {batch_size} x {world} "
+            raise InputError(f"{n} training images cannot fill one global batch of {batch_size} x {world} "
                              "processes: lower batch_size or use more data")
         self.epoch, self.start_step = 0, 0
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         if not 0 <= start_step <= self.steps_per_epoch:
-            raise ValueError(f"start_step {start_step} outside [0, {self.steps_per_epoch}]")
+            raise InputError(f"start_step {start_step} outside [0, {self.steps_per_epoch}]")
         self.epoch, self.start_step = epoch, start_step
 
     def __len__(self) -> int:

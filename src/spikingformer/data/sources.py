@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..train.config import EVENT_DATASETS
+from ..utils.errors import UserError
 
 __all__ = ["DataError", "RawData", "load_raw", "load_labelled", "load_rgb", "unread_data_note", "Subset", "Relabelled",
            "sample_names", "sample_source", "DATASET_STATS"]
@@ -30,7 +31,7 @@ _CIFAR_LAYOUT = {
 }
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """Data missing or malformed; the message says what was expected where."""
 
 

@@ -7,6 +7,8 @@ from typing import Sequence
 import torch
 from torch.utils.data import Dataset, Subset
 
+from ..utils.errors import InputError
+
 __all__ = ["balanced_split", "holdout_name", "split_sample"]
 
 
@@ -21,11 +23,11 @@ def balanced_split(targets: Sequence[int], n_pick: int, seed: int, pick: str = "
     Spikformer/Spikingformer CIFAR10-DVS code (the last 10 % of each class).  Both lists are sorted.
     """
     if pick not in ("random", "last"):
-        raise ValueError(f"pick must be 'random' or 'last', got {pick!r}")
+        raise InputError(f"pick must be 'random' or 'last', got {pick!r}")
     t = torch.as_tensor(list(targets), dtype=torch.long)
     n = len(t)
     if not 0 < n_pick < n:
-        raise ValueError(f"cannot pick {n_pick} of {n} images: need 0 < count < {n}")
+        raise InputError(f"cannot pick {n_pick} of {n} images: need 0 < count < {n}")
     classes, counts = torch.unique(t, return_counts=True)
     exact = counts.double() * n_pick / n
     share = exact.floor().long()

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..utils.errors import InputError
+
 __all__ = ["WordPieceTokenizer", "read_corpus", "read_text", "wikitext_detokenize", "MLMBlocks", "mask_tokens"]
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -84,7 +86,7 @@ class WordPieceTokenizer:
         self.vocab = {t: i for i, t in enumerate(tokens)}
         missing = [t for t in SPECIAL_TOKENS if t not in self.vocab]
         if missing:
-            raise ValueError(f"{path} is not a BERT WordPiece vocabulary: it lacks {missing}")
+            raise InputError(f"{path} is not a BERT WordPiece vocabulary: it lacks {missing}")
         self.inv_vocab = tokens
         self.lowercase = lowercase
         self.max_chars_per_word = max_chars_per_word
@@ -155,7 +157,7 @@ class WordPieceTokenizer:
         """
         budget = max_len - (3 if b is not None else 2)
         if budget < 1:
-            raise ValueError(f"max_len {max_len} leaves no room for text beside the special tokens")
+            raise InputError(f"max_len {max_len} leaves no room for text beside the special tokens")
         if b is None:
             a = a[:budget]
         elif len(a) + len(b) > budget:
@@ -189,7 +191,7 @@ def read_corpus(path: str | Path, tokenizer: WordPieceTokenizer) -> Tensor:
         text = wikitext_detokenize(text)
     ids = [i for line in text.split("\n") if line.strip() for i in tokenizer.encode(line)]
     if not ids:
-        raise ValueError(f"{path} holds no text")
+        raise InputError(f"{path} holds no text")
     return torch.tensor(ids, dtype=torch.long)
 
 
@@ -221,11 +223,11 @@ class MLMBlocks(torch.utils.data.Dataset):
     def __init__(self, stream: Tensor, block_len: int, tokenizer: WordPieceTokenizer, seed: int = 0,
                  mask_prob: float = 0.15):
         if block_len < 3:
-            raise ValueError(f"block_len must be >= 3 (two special tokens + text), got {block_len}")
+            raise InputError(f"block_len must be >= 3 (two special tokens + text), got {block_len}")
         body = block_len - 2
         n = len(stream) // body
         if n < 1:
-            raise ValueError(f"the corpus has {len(stream)} tokens, fewer than one block of {body}")
+            raise InputError(f"the corpus has {len(stream)} tokens, fewer than one block of {body}")
         self.blocks = stream[:n * body].view(n, body)
         self.tok, self.seed, self.mask_prob, self.epoch = tokenizer, seed, mask_prob, 0
         self.special = torch.tensor(sorted(tokenizer.special_ids))

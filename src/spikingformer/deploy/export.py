@@ -16,6 +16,8 @@ from pathlib import Path
 
 from torch import nn
 
+from ..utils.errors import InputError
+
 __all__ = ["export", "check_target", "METADATA_FORMAT"]
 
 METADATA_FORMAT = "spikingformer.weights"
@@ -29,10 +31,10 @@ def check_target(out: str, force: bool = False, option: str = "out") -> None:
     from ..weights.checkpoint import is_run_checkpoint
 
     if is_run_checkpoint(out):
-        raise ValueError(f"{option} {out} is a training run's checkpoint (its run resumes from it); export never "
+        raise InputError(f"{option} {out} is a training run's checkpoint (its run resumes from it); export never "
                          f"replaces one, even with --force: write the .safetensors beside it")
     if Path(out).is_file() and not force:
-        raise ValueError(f"{option} {out} exists; export replaces a file only when asked (--force)")
+        raise InputError(f"{option} {out} exists; export replaces a file only when asked (--force)")
     check_output(option, out, suffixes=(".safetensors",))
 
 

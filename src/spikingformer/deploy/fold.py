@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..nn.layers import ConvBN, LinearBN
+from ..utils.errors import InputError
 
 __all__ = ["fold_bn"]
 
@@ -27,7 +28,7 @@ def _fold_into(layer: nn.Conv2d | nn.Linear, bn: nn.modules.batchnorm._BatchNorm
     """Fold ``bn`` (eval semantics) into ``layer`` in place.  Computed in float64 so the folded
     weights are the rounded exact product, not a product of rounded factors."""
     if bn.running_mean is None or bn.running_var is None:
-        raise ValueError(f"cannot fold {name}.bn: it has no running statistics (track_running_stats=False), "
+        raise InputError(f"cannot fold {name}.bn: it has no running statistics (track_running_stats=False), "
                          "so it normalises with batch statistics even at inference")
     scale = (bn.running_var.double() + bn.eps).rsqrt()
     if bn.weight is not None:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ..models._base import SpikingVisionModel
 from ..nn.neuron import MultiStepLIF
+from ..utils.errors import InputError
 
 __all__ = ["Stream"]
 
@@ -66,7 +67,7 @@ class Stream:
         if isinstance(x, Tensor) and x.dim() == 4:
             x = x.unsqueeze(0)
         if self._shape is not None and isinstance(x, Tensor) and x.shape[1:] != self._shape:
-            raise ValueError(f"this stream's steps are [B, C, H, W] = {tuple(self._shape)}, got "
+            raise InputError(f"this stream's steps are [B, C, H, W] = {tuple(self._shape)}, got "
                              f"{tuple(x.shape[1:])}: stream.reset() starts a stream of other samples")
         for m in self.neurons:
             m.streaming = True

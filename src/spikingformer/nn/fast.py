@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..utils.errors import InputError
 from .neuron import LIF_BACKENDS, MultiStepLIF
 
 __all__ = ["FastPath", "FAST_MODES", "AMP_MODES", "COMPILE_MODES", "LIF_BACKEND_MODES", "amp_dtype",
@@ -65,7 +66,7 @@ def resolve_lif_backend(mode: str, compiled: bool, device: torch.device | str) -
     """The neurons' backend for ``mode`` in ``LIF_BACKEND_MODES``: ``auto`` is the Triton kernels
     for a compiled model on CUDA (where they were measured fastest) and the PyTorch loop otherwise."""
     if mode not in LIF_BACKEND_MODES:
-        raise ValueError(f"lif_backend must be one of {', '.join(LIF_BACKEND_MODES)}, got {mode!r}")
+        raise InputError(f"lif_backend must be one of {', '.join(LIF_BACKEND_MODES)}, got {mode!r}")
     if mode != "auto":
         return mode
     cuda = torch.device(device).type == "cuda"
@@ -123,9 +124,9 @@ class FastPath:
         ``amp`` in ``AMP_MODES`` (independent of ``fast``, so the eager path can run in bf16),
         ``compile_mode`` in ``COMPILE_MODES`` and the neurons' ``lif_backend`` in ``LIF_BACKEND_MODES``."""
         if fast not in FAST_MODES:
-            raise ValueError(f"fast must be one of {', '.join(FAST_MODES)}, got {fast!r}")
+            raise InputError(f"fast must be one of {', '.join(FAST_MODES)}, got {fast!r}")
         if compile_mode not in COMPILE_MODES:
-            raise ValueError(f"compile_mode must be one of {', '.join(map(repr, COMPILE_MODES))}, got {compile_mode!r}")
+            raise InputError(f"compile_mode must be one of {', '.join(map(repr, COMPILE_MODES))}, got {compile_mode!r}")
         on = _compiles_on(device) if fast == "auto" else fast == "on"
         base = cls() if on else cls.off()
         return dataclasses.replace(base, amp_dtype=amp_dtype(amp, device), compile_mode=compile_mode or None,
@@ -148,7 +149,7 @@ class FastPath:
 
             check_device(device)
             if self.compile and device.type != "cuda":
-                raise ValueError("torch.compile cannot trace the Triton interpreter: compile the "
+                raise InputError("torch.compile cannot trace the Triton interpreter: compile the "
                                  "triton LIF backend on CUDA, or use compile=False on the CPU")
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)

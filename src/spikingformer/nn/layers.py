@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ..utils.errors import InputError
 from .neuron import MultiStepLIF
 
 __all__ = ["ConvBN", "LinearBN", "SeqMaxPool", "SpikeQKV", "ClassifierHead", "HEADS", "seq_apply", "run_blocks",
@@ -182,7 +183,7 @@ class ClassifierHead(nn.Module):
     def __init__(self, dim: int, num_classes: int, kind: str = "avgpool_fc", tau: float = 2.0):
         super().__init__()
         if kind not in HEADS:
-            raise ValueError(f"unknown head {kind!r}; valid heads: {', '.join(HEADS)}")
+            raise InputError(f"unknown head {kind!r}; valid heads: {', '.join(HEADS)}")
         self.kind = kind
         self.sn = MultiStepLIF(tau) if kind.startswith("sn_") else None
         self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()

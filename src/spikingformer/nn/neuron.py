@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..utils.errors import InputError
+
 __all__ = ["SigmoidSurrogateSpike", "multistep_lif", "lif_steps", "MultiStepLIF", "LIF_BACKENDS"]
 
 LIF_BACKENDS = ("torch", "triton")
@@ -52,7 +54,7 @@ def multistep_lif(
     ``torch.compile`` traces and fuses it whole.
     """
     if x.dim() < 1 or len(x) == 0:
-        raise ValueError(f"multistep_lif expects a time-major tensor [T, ...] of at least one step, "
+        raise InputError(f"multistep_lif expects a time-major tensor [T, ...] of at least one step, "
                          f"got shape {tuple(x.shape)}")
     return lif_steps(x, torch.full_like(x[0], v_reset), tau, v_threshold, v_reset, alpha, detach_reset)[0]
 
@@ -101,7 +103,7 @@ class MultiStepLIF(nn.Module):
     ):
         super().__init__()
         if not 1.0 < tau < float("inf"):  # not "tau <= 1": NaN would pass that
-            raise ValueError(f"tau must be > 1 for a leaky neuron, got {tau}")
+            raise InputError(f"tau must be > 1 for a leaky neuron, got {tau}")
         self.tau = float(tau)
         self.v_threshold = float(v_threshold)
         self.v_reset = float(v_reset)
@@ -116,9 +118,9 @@ class MultiStepLIF(nn.Module):
     @backend.setter
     def backend(self, backend: str) -> None:
         if backend not in LIF_BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(LIF_BACKENDS)}, got {backend!r}")
+            raise InputError(f"backend must be one of {', '.join(LIF_BACKENDS)}, got {backend!r}")
         if backend == "triton" and not self.detach_reset:
-            raise ValueError("the triton LIF backend implements detach_reset=True only")
+            raise InputError("the triton LIF backend implements detach_reset=True only")
         self._backend = backend
 
     def forward(self, x: Tensor) -> Tensor:
@@ -134,7 +136,7 @@ class MultiStepLIF(nn.Module):
         """One call of a stream: from the membrane the previous call left, keeping the last one."""
         v = self.membrane
         if v is not None and v.shape != x.shape[1:]:
-            raise ValueError(f"a stream's input changed shape: {tuple(v.shape)} per step, now "
+            raise InputError(f"a stream's input changed shape: {tuple(v.shape)} per step, now "
                              f"{tuple(x.shape[1:])} (Stream.reset() starts a new one)")
         if self._backend == "triton":  # membrane in fp32, as in multistep_lif_triton
             from .kernels import lif_stream

@@ -23,6 +23,7 @@ import torch
 
 from ..analysis.probe import verdict
 from ..nn.fast import FastPath
+from ..utils.errors import InputError
 from ..weights import checkpoint as ckpt
 from . import engine
 from .config import TrainConfig, add_run_args, apply_overrides
@@ -58,7 +59,7 @@ def model_kwargs(cfg: TrainConfig, num_classes: int, in_chans: int) -> dict:
     args = dict(cfg.model_args)
     for key, value in (("num_classes", num_classes), ("in_chans", in_chans)):
         if key in args and args[key] != value:
-            raise ValueError(f"model_args.{key}={args[key]} but the dataset has {key}={value}")
+            raise InputError(f"model_args.{key}={args[key]} but the dataset has {key}={value}")
         args[key] = value
     if cfg.img_size:
         args["img_size"] = cfg.img_size

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..nn.fast import AMP_MODES, COMPILE_MODES, FAST_MODES, LIF_BACKEND_MODES
+from ..utils.errors import ConfigError
 
 __all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "from_dict", "apply_overrides",
            "add_run_args"]
@@ -23,10 +24,6 @@ EVENT_DATASETS = ("nmnist", "dvs128_gesture", "cifar10_dvs")  # raw event record
 SPLIT_BY = ("number", "time")
 EVENT_POLICIES = ("roll", "wide")     # data.events.EventAugment
 HOLDOUT_PICKS = ("random", "last")    # data.split.balanced_split
-
-
-class ConfigError(ValueError):
-    """A configuration key or value is wrong; the message says which and what is valid."""
 
 
 def validate_device(device: str) -> None:

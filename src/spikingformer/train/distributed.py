@@ -18,6 +18,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..utils.errors import InputError
+
 __all__ = ["DistInfo", "resolve_device", "init_distributed", "cleanup", "session", "all_reduce_sum", "barrier", "gather_objects",
            "AllReduceBatchNorm", "convert_sync_batchnorm"]
 
@@ -38,7 +40,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     a ``ValueError``."""
     dev = torch.device(device if device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available (device=auto falls back "
+        raise InputError(f"device {device!r} requested but CUDA is not available (device=auto falls back "
                          "to the cpu)")
     return dev
 
@@ -48,7 +50,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
     try:  # an empty variable (`export WORLD_SIZE=$N` with N unset) means one process, as an absent one
         world, rank, local = (int(os.environ.get(k) or 0) for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"))
     except ValueError as e:
-        raise ValueError(f"torchrun's WORLD_SIZE/RANK/LOCAL_RANK must be integers: {e}") from None
+        raise InputError(f"torchrun's WORLD_SIZE/RANK/LOCAL_RANK must be integers: {e}") from None
     world = max(world, 1)
     dev = resolve_device(device)
     if dev.type == "cuda":
@@ -130,7 +132,7 @@ class AllReduceBatchNorm(_BatchNorm):
 
     def _check_input_dim(self, x):
         if x.dim() < 2:
-            raise ValueError(f"expected at least 2D input [N, C, ...], got {x.dim()}D")
+            raise InputError(f"expected at least 2D input [N, C, ...], got {x.dim()}D")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and _active()):

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..nn.fast import FastPath
+from ..utils.errors import InputError
 from ..weights import checkpoint as ckpt
 from .config import TrainConfig
 from .distributed import DistInfo
@@ -263,7 +264,7 @@ def resume_config(cfg, overrides: dict, mutable=RESUME_MUTABLE):
     if changed:
         why = "; ".join(f"{k} is {own.get(k)!r} in the run, {asked.get(k)!r} by "
                         f"{'--set' if k in given else 'the config'}" for k in changed)
-        raise ValueError(f"--resume: the config differs from the checkpoint's in {changed} ({why}); only "
+        raise InputError(f"--resume: the config differs from the checkpoint's in {changed} ({why}); only "
                          f"{sorted(mutable)} may change, and the run's own --set options need not be repeated")
     merged = {**{k: own[k] if k in keep else v for k, v in asked.items()},
               **{k: v for k, v in own.items() if k in keep and k not in asked}}
@@ -284,7 +285,7 @@ def open_run(cfg, resume: bool, mutable=RESUME_MUTABLE) -> dict | None:
         state = ckpt.load_checkpoint(last)
         diff = _config_diff(_with_new_defaults(state["config"], cfg), cfg.to_dict(), mutable)
         if diff:
-            raise ValueError(f"--resume: the config differs from the checkpoint's in {diff}; resume with the "
+            raise InputError(f"--resume: the config differs from the checkpoint's in {diff}; resume with the "
                              f"original config (only {sorted(mutable)} may change)")
         return state
     if last.exists():
@@ -330,7 +331,7 @@ def restore(state: dict, info: DistInfo, model: nn.Module, opt, sched, scaler) -
     sched.load_state_dict(state["scheduler"])
     load_scaler(scaler, state["scaler"], info.is_main)
     if state["progress"]["step"] and state["world_size"] != info.world:
-        raise ValueError(f"the checkpoint was written mid-epoch by {state['world_size']} process(es); resume it "
+        raise InputError(f"the checkpoint was written mid-epoch by {state['world_size']} process(es); resume it "
                          f"with as many (the data order is sharded by process), not {info.world}")
     return state["progress"]
 

@@ -21,6 +21,7 @@ from ..analysis.energy import policy_energy, steps_and_samples
 from ..analysis.probe import SynapticProbe
 from ..nn.fast import FastPath, resolve_lif_backend
 from ..nn.layers import running_mean
+from ..utils.errors import InputError
 from ..weights import checkpoint as ckpt
 
 __all__ = ["evaluate", "read_outs", "spike_stats", "sampled_spike_stats", "eval_path", "evaluate_checkpoint",
@@ -71,7 +72,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, path: FastPath | No
             if sums is None:
                 sums = torch.zeros_like(batch)
             elif len(batch) != len(sums):
-                raise ValueError(f"per_step: a batch of {len(steps)} time steps after one of "
+                raise InputError(f"per_step: a batch of {len(steps)} time steps after one of "
                                  f"{len(sums) - len(batch) + len(steps)}")
             sums += batch
     if sums is None:
@@ -150,7 +151,7 @@ def asked_options(given: dict) -> dict:
     """The model options among parsed ``--set`` overrides (``model_args.*``, and ``img_size``, which sizes the
     model too): asked for on the command line, they win over what the weights record (another T or size)."""
     if not isinstance(given.get("model_args", {}), dict):
-        raise ValueError(f"--set model_args={given['model_args']!r}: model options are set one by one, "
+        raise InputError(f"--set model_args={given['model_args']!r}: model options are set one by one, "
                          "e.g. --set model_args.T=8")
     return {**given.get("model_args", {}), **({"img_size": given["img_size"]} if "img_size" in given else {})}
 
@@ -164,7 +165,7 @@ def run_config(path, name: str, model_args: dict, config: dict, sets: list[str] 
 
     given = parse_overrides(list(sets))
     if given.get("model", name) != name:
-        raise ValueError(f"--set model={given['model']}: {path} holds a {name}")
+        raise InputError(f"--set model={given['model']}: {path} holds a {name}")
     margs = {**model_args, **asked_options(given)}
     # --set reaches the run's own config too (limit_val=500, model_args.T=8), and the data follows the model
     # that runs: event recordings become frames at its T (an export at another T, or --set model_args.T)
@@ -181,13 +182,13 @@ def rebuild(path, name: str, model_args: dict, weights: dict, build: dict, asked
     try:
         model = create_any(name, **model_args)
     except (TypeError, ValueError) as e:  # an option that does not exist, or a value it cannot take
-        raise ValueError(f"{name}: {e}" + (f" (--set {asked})" if asked else "")) from None
+        raise InputError(f"{name}: {e}" + (f" (--set {asked})" if asked else "")) from None
     try:
         return load_into(model, path, weights, build, f"{name} with {model_args}")
     except ValueError as e:
         if not asked:
             raise
-        raise ValueError(f"{e}; --set {asked} may change the weights' shapes (T does not)") from None
+        raise InputError(f"{e}; --set {asked} may change the weights' shapes (T does not)") from None
 
 
 @dataclasses.dataclass
@@ -294,22 +295,22 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
 def _check_options(exit_at, batch_size, calibrate, max_drop, split) -> None:
     bad = [p for p in exit_at if not 0 < p <= 1]
     if bad:
-        raise ValueError(f"early-exit confidences are softmax probabilities in (0, 1], got {bad}")
+        raise InputError(f"early-exit confidences are softmax probabilities in (0, 1], got {bad}")
     if batch_size is not None and batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+        raise InputError(f"--batch-size must be >= 1, got {batch_size}")
     if calibrate is not None and not exit_at:
-        raise ValueError("--calibrate chooses among early-exit confidences: add --early-exit P [P ...]")
+        raise InputError("--calibrate chooses among early-exit confidences: add --early-exit P [P ...]")
     if not 0 <= max_drop <= 1:
-        raise ValueError(f"--max-drop is the top-1 an early exit may lose, in points from 0 to 100; "
+        raise InputError(f"--max-drop is the top-1 an early exit may lose, in points from 0 to 100; "
                          f"got {100 * max_drop:g}")
     if split not in (None, "val", "test"):
-        raise ValueError(f"--split must be val or test, got {split!r}")
+        raise InputError(f"--split must be val or test, got {split!r}")
 
 
 def _image_only(path, model: str, given: dict) -> None:
     named = [option for option, used in given.items() if used]
     if named:
-        raise ValueError(f"{', '.join(named)}: for image and event classifiers; {path} holds the text model "
+        raise InputError(f"{', '.join(named)}: for image and event classifiers; {path} holds the text model "
                          f"{model}, scored with its GLUE task's metrics")
 
 
@@ -317,7 +318,7 @@ def _run_source(path, run: RunFile, sets, extra) -> _Source:
     """An image or event classifier's run (``read_run``): its config, with ``--set``, reads the data."""
     meta, build = run.meta, run.build
     if not build.get("config") or "classes" not in meta:
-        raise ValueError(f"{path} does not record the run it came from (exported from a state_dict?): "
+        raise InputError(f"{path} does not record the run it came from (exported from a state_dict?): "
                          "add --config RECIPE, e.g. --config cifar10")
     cfg, margs = run_config(path, meta["model"], meta["model_args"], build["config"], sets, extra=extra)
     if os.path.isdir(meta.get("data_root") or "") and cfg.data_dir == build["config"].get("data_dir"):
@@ -339,7 +340,7 @@ def _recipe_source(path, recipe, sets, extra, asked: dict) -> _Source:
     weights, build = ckpt.load_weights(path, cfg.model)  # the recipe's model reads names two layouts share
     check_family(cfg.model, build.get("official"), path)
     if build.get("model") not in (None, cfg.model):
-        raise ValueError(f"{path} holds a {build['model']}, not the recipe's {cfg.model}")
+        raise InputError(f"{path} holds a {build['model']}, not the recipe's {cfg.model}")
     # the data follows the model that runs: the weights' T and size win over the recipe's (and --set over
     # both), so event recordings become frames at the T the model was exported with
     shaping = {k: build.get("model_args", {})[k] for k in ("T", "img_size") if k in build.get("model_args", {})}

@@ -27,8 +27,8 @@ from ..data import text as tdata
 from ..data.split import balanced_split
 from ..models.text import create_text_model, list_text_models
 from ..nn.fast import FastPath
+from ..utils.errors import ConfigError, InputError
 from ..weights import checkpoint as ckpt
-from .config import ConfigError
 from .distributed import DistInfo, gather_objects, session
 from .text_engine import TextTask, TextTrainConfig, add_command, epoch_order, eval_shard, expand, finish, fit, to_device
 
@@ -223,7 +223,7 @@ def evaluate_glue(path, run, data: str | None = None, device: str = "auto", batc
     from .evaluation import asked_options, rebuild
 
     if "task" not in (run.build.get("config") or {}):
-        raise ValueError(f"{path} holds the text model {run.meta['model']} but no glue run's config (an mlm run's "
+        raise InputError(f"{path} holds the text model {run.meta['model']} but no glue run's config (an mlm run's "
                          "masked-LM scores are in its summary.json): eval scores `spikingformer glue` checkpoints")
     cfg, given = _eval_config(path, run.build["config"], sets, device, batch_size)
     task = gdata.get_task(cfg.task)
@@ -255,7 +255,7 @@ def _eval_config(path, config: dict, sets: list[str], device: str,
     given = parse_overrides(list(sets))
     fixed = [k for k in _RUN_FIXED if k in given]
     if fixed:
-        raise ValueError(f"--set {', '.join(fixed)}: {path} is scored on the split and task its run used; "
+        raise InputError(f"--set {', '.join(fixed)}: {path} is scored on the split and task its run used; "
                          "--data DIR|FILE.tsv scores other examples")
     extra = {"device": device, **({"batch_size": batch_size} if batch_size is not None else {})}
     where = f"{path} config" + (f" + --set {' '.join(sets)}" if sets else "")

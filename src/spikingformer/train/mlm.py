@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..data import text as tdata
 from ..models.text import create_text_model
-from .config import ConfigError
+from ..utils.errors import ConfigError
 from .distributed import all_reduce_sum, session
 from .text_engine import (
     TextTask,

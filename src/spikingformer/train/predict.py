@@ -21,6 +21,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..utils.errors import InputError
+
 __all__ = ["Predictor", "InputFiles", "load_predictor", "input_files", "find_inputs", "true_labels",
            "prediction_record", "accuracy", "split_records", "write_prediction_csv", "write_predictions"]
 
@@ -104,8 +106,9 @@ def load_predictor(checkpoint: str, recipe: str | None = None, classes_file: str
     from ..data.events import SENSOR_SIZE, EventFrames
     from ..data.sources import DATASET_STATS
     from ..models.text import list_text_models
+    from ..utils.errors import ConfigError
     from ..weights.loading import resolve
-    from .config import ConfigError, TrainConfig, from_dict, parse_overrides
+    from .config import TrainConfig, from_dict, parse_overrides
     from .distributed import resolve_device
     from .evaluation import asked_options, eval_path, rebuild, run_config
 
@@ -115,19 +118,19 @@ def load_predictor(checkpoint: str, recipe: str | None = None, classes_file: str
     state, build, name = resolve(checkpoint, given.get("model") if recipe else None, recipe,
                                  unnamed=f"{checkpoint} names neither its model nor how its images were read: {advice}")
     if name in list_text_models():
-        raise ValueError(f"{checkpoint} holds the text model {name}; predict classifies image files")
+        raise InputError(f"{checkpoint} holds the text model {name}; predict classifies image files")
     if not build.get("config"):
-        raise ValueError(f"{checkpoint} does not record how its images were read (size, normalisation): {advice}")
+        raise InputError(f"{checkpoint} does not record how its images were read (size, normalisation): {advice}")
     try:  # the recorded config alone: a bad --set is named as such below, not as another kind of checkpoint
         from_dict(TrainConfig, build["config"], f"{checkpoint} config")
     except ConfigError as e:
-        raise ValueError(f"{checkpoint} is not a classifier trained by `spikingformer train` ({e})") from None
+        raise InputError(f"{checkpoint} is not a classifier trained by `spikingformer train` ({e})") from None
     cfg, margs = run_config(checkpoint, name, build.get("model_args", {}), build["config"], sets, source=recipe or "")
     files = input_files(cfg.dataset)
     if cfg.dataset not in DATASET_STATS and not files.events:  # digits' 8x8 tensors: no files to classify
         if recipe:
-            raise ValueError(f"recipe {recipe} reads {cfg.dataset}, not image files or event recordings")
-        raise ValueError(f"{checkpoint} was trained on {cfg.dataset}, not on image files or event recordings; "
+            raise InputError(f"recipe {recipe} reads {cfg.dataset}, not image files or event recordings")
+        raise InputError(f"{checkpoint} was trained on {cfg.dataset}, not on image files or event recordings; "
                          f"`spikingformer eval --checkpoint {checkpoint}` evaluates it on its validation split")
     asked = asked_options(given)
     model = rebuild(checkpoint, name, margs, state, build, asked).eval()
@@ -136,7 +139,7 @@ def load_predictor(checkpoint: str, recipe: str | None = None, classes_file: str
     n = model.cfg.num_classes
     classes = _class_names(classes_file, n) if classes_file else data.get("classes") or [str(i) for i in range(n)]
     if len(classes) != n:
-        raise ValueError(f"{len(classes)} class names for a model with {n} classes")
+        raise InputError(f"{len(classes)} class names for a model with {n} classes")
     # the size eval reads the data at: a --set img_size or model_args.img_size, else the run's
     size = asked.get("img_size") or data.get("img_size") or model.cfg.img_size
     # a recording becomes frames as in eval's batch (data._event_splits): at the T of the model that runs
@@ -163,9 +166,9 @@ def _class_names(path: str, n: int) -> list[str]:
     try:
         names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
     except OSError as e:
-        raise ValueError(f"--classes {path}: {e.strerror}") from None
+        raise InputError(f"--classes {path}: {e.strerror}") from None
     if len(names) != n:
-        raise ValueError(f"--classes {path} names {len(names)} classes; the model has {n}")
+        raise InputError(f"--classes {path} names {len(names)} classes; the model has {n}")
     return names
 
 
@@ -179,7 +182,7 @@ def find_inputs(inputs: list[str], files: InputFiles) -> list[Path]:
         elif item.is_file():
             why = files.refusal(item)
             if why:
-                raise ValueError(why)
+                raise InputError(why)
             found.append(item)
         else:
             raise FileNotFoundError(f"no such {files.noun} file or folder: {item}")
@@ -300,14 +303,15 @@ def _collate(items, stack: Callable):
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from ..data import DataError
+    from ..utils.errors import ConfigError
     from ..utils.outputs import check_output, write_json
     from ..utils.progress import progress_bar
     from ..weights.checkpoint import CheckpointError
-    from .config import ConfigError, validate_device
+    from .config import validate_device
 
     try:
         if args.topk < 1 or args.batch_size < 1:
-            raise ValueError(f"--topk and --batch-size must be >= 1, got {args.topk} and {args.batch_size}")
+            raise InputError(f"--topk and --batch-size must be >= 1, got {args.topk} and {args.batch_size}")
         check_output("--json", args.json)
         check_output("--csv", args.csv)
         validate_device(args.device)

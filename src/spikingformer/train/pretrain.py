@@ -26,9 +26,10 @@ from torch import nn
 
 from ..models.mae import MAEConfig, SpikformerV2MAE
 from ..nn.fast import FastPath
+from ..utils.errors import ConfigError, InputError
 from ..utils.outputs import MetricsLog, check_output, pyplot, save_figure, write_json
 from ..weights import checkpoint as ckpt
-from .config import ConfigError, TrainConfig, add_run_args
+from .config import TrainConfig, add_run_args
 from .distributed import DistInfo
 from .engine import Progress
 
@@ -88,7 +89,7 @@ class PretrainConfig(TrainConfig):
             args["img_size"] = self.img_size
         if in_chans is not None:
             if args.get("in_chans", in_chans) != in_chans:
-                raise ValueError(f"model_args.in_chans={args['in_chans']} but the dataset has {in_chans} channels")
+                raise InputError(f"model_args.in_chans={args['in_chans']} but the dataset has {in_chans} channels")
             args["in_chans"] = in_chans
         return MAEConfig(self.model, args, T, self.mask_ratio, self.decoder_dim, self.decoder_depth,
                          self.decoder_heads, norm_pix_loss=self.norm_pix_loss)

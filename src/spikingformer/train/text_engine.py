@@ -38,9 +38,10 @@ from torch import Tensor, nn
 
 from ..models.text import SpikingformerText, create_text_model, list_text_models
 from ..nn.fast import AMP_MODES, FAST_MODES, FastPath
+from ..utils.errors import ConfigError
 from ..utils.outputs import MetricsLog, check_output, write_json
 from ..weights import checkpoint as ckpt
-from .config import ConfigError, add_run_args, load_config, validate_device
+from .config import add_run_args, load_config, validate_device
 from .distributed import DistInfo, all_reduce_sum, convert_sync_batchnorm
 from .engine import load_scaler, open_run, wrap_ddp
 

@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from .errors import InputError
+
 __all__ = ["MetricsLog", "plot_curves", "write_json", "write_csv", "atomic_write", "output_path", "check_output",
            "save_figure", "FIGURE_SUFFIXES"]
 
@@ -79,20 +81,20 @@ def check_output(option: str, path: Path | str | None, folder: bool = False, suf
         return
     named, path = f"{option} {path}", Path(path)
     if path.is_dir() and not folder:
-        raise ValueError(f"{named}: is a folder, not a file")
+        raise InputError(f"{named}: is a folder, not a file")
     if path.exists() and not path.is_dir() and folder:
-        raise ValueError(f"{named}: is a file, not a folder")
+        raise InputError(f"{named}: is a file, not a folder")
     base = path if path.is_dir() else path.parent
     while not base.exists() and base != base.parent:
         base = base.parent
     if not base.is_dir():
-        raise ValueError(f"{named}: {base} is a file, not a folder")
+        raise InputError(f"{named}: {base} is a file, not a folder")
     try:  # by trying: permissions do not tell, for root, a read-only file system or /proc
         tempfile.TemporaryFile(dir=base).close()
     except OSError as e:
-        raise ValueError(f"{named}: cannot write in {base}: {e.strerror or e}") from None
+        raise InputError(f"{named}: cannot write in {base}: {e.strerror or e}") from None
     if suffixes and path.suffix.lower() not in suffixes:
-        raise ValueError(f"{named}: the file's name must end in {', '.join(suffixes)}")
+        raise InputError(f"{named}: the file's name must end in {', '.join(suffixes)}")
 
 
 def _strict(obj):

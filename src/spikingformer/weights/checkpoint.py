@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..utils.errors import InputError, UserError
 from ..utils.outputs import atomic_write
 from .official import OfficialWeightsError, convert_official, official_layout, recorded_options
 
@@ -34,7 +35,7 @@ DATA_KEYS = ("classes", "mean", "std", "img_size", "data_root")  # a run's recor
 VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, truncated, foreign, or from an incompatible version."""
 
 
@@ -306,6 +307,6 @@ def load_backbone(model, weights: dict, source: str, head: str = "head.") -> lis
     weights = {k: v for k, v in weights.items() if not k.startswith(head)}
     mismatch = state_mismatch(backbone, weights)
     if mismatch:
-        raise ValueError(f"{source} does not fit this {type(model).__name__}: {mismatch}")
+        raise InputError(f"{source} does not fit this {type(model).__name__}: {mismatch}")
     model.load_state_dict({**own, **weights})
     return sorted(set(own) - set(backbone))

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..utils.errors import InputError
 from .checkpoint import load_weights, state_mismatch
 from .official import check_family, check_recorded
 from .user_model import build_user_model, declared_input_size, is_spec
@@ -69,7 +70,7 @@ def load_checkpoint(model: nn.Module, path: str, state: dict | None = None, name
         cause = (f"the file records a {build.get('model') or 'model'} with {other}" if other
                  else "wrong model, or other model options (its size: depth, dim, num_heads? classes, T? "
                       "every command sets them with --model-kwargs depth=... dim=...)")
-        raise ValueError(f"checkpoint {path} does not fit {name or type(model).__name__}: {cause}; "
+        raise InputError(f"checkpoint {path} does not fit {name or type(model).__name__}: {cause}; "
                          f"{state_mismatch(model.state_dict(), state) or e}") from e
     check_recorded(model, path, build.get("recorded", {}), name)
     return model
@@ -175,9 +176,9 @@ def resolve(checkpoint: str | None, model: str | None, recipe: str | None = None
     if not name and build.get("official"):  # no name asked for: the official run's training args may give one
         name, build = _recorded_model(build, checkpoint)
     if not name:
-        raise ValueError(unnamed)
+        raise InputError(unnamed)
     if build.get("model") not in (None, name):  # the command line may not silently rebuild another model
-        raise ValueError(f"{checkpoint} holds a {build['model']}, not a {name}")
+        raise InputError(f"{checkpoint} holds a {build['model']}, not a {name}")
     check_family(name, build.get("official"), checkpoint)
     return state, build, name
 
@@ -189,7 +190,7 @@ def _recorded_model(build: dict, source) -> tuple[str | None, dict]:
     try:
         found = recorded_model(build["official"], build.get("recorded", {}))
     except ValueError as e:
-        raise ValueError(f"{source}: {e}") from None
+        raise InputError(f"{source}: {e}") from None
     if found is None:
         return None, build
     name, options = found
@@ -243,14 +244,14 @@ def prepare(args: argparse.Namespace) -> Prepared:
     from ..models.text import list_text_models
 
     if args.batches < 1 or args.batch_size < 1:
-        raise ValueError("--batches and --batch-size must be >= 1")
+        raise InputError("--batches and --batch-size must be >= 1")
     if args.input_size is not None and args.input_size < 1:
-        raise ValueError(f"--input-size must be >= 1, got {args.input_size}")
+        raise InputError(f"--input-size must be >= 1, got {args.input_size}")
     torch.manual_seed(args.seed)
     state, build, name = resolve(args.checkpoint, args.model, getattr(args, "config", None))
     # both kinds are accepted here, so both are listed
     if not is_spec(name) and name not in list_models() + list_text_models():
-        raise ValueError(f"unknown model {name!r}; available models: {', '.join(list_models())}; text models: "
+        raise InputError(f"unknown model {name!r}; available models: {', '.join(list_models())}; text models: "
                          f"{', '.join(list_text_models())}")
     text = name in list_text_models()
     prep = _text(args, name, build) if text else _vision(args, name, build)
@@ -296,12 +297,12 @@ def model_overrides(args: argparse.Namespace) -> dict:
     for item in args.model_kwargs:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--model-kwargs expects KEY=VALUE, got {item!r}")
+            raise InputError(f"--model-kwargs expects KEY=VALUE, got {item!r}")
         out[key] = yaml.safe_load(raw)
     own = {k: v for k, v in (("T", args.t), ("num_classes", args.num_classes)) if v is not None}
     both = sorted(set(out) & set(own))
     if both:
-        raise ValueError(f"--model-kwargs sets {both}, which --T / --num-classes set too: give each once")
+        raise InputError(f"--model-kwargs sets {both}, which --T / --num-classes set too: give each once")
     return {**out, **own}
 
 
@@ -314,7 +315,7 @@ def _vision(args: argparse.Namespace, name: str, build: dict) -> Prepared:
     c, h = _input_shape(model, name, args)
     config = build.get("config") or {}
     if args.set and not (args.data and config):
-        raise ValueError("--set changes how --data is read by a run's config or a --config recipe: give both "
+        raise InputError("--set changes how --data is read by a run's config or a --config recipe: give both "
                          "--data and a run's checkpoint or --config")
     if args.data and config:
         batches, split, sample = _run_val(args, config, model, h)
@@ -325,7 +326,7 @@ def _vision(args: argparse.Namespace, name: str, build: dict) -> Prepared:
     size = h if args.input_size is None else args.input_size
     if args.data:
         if c != 3:
-            raise ValueError(f"--data loads RGB images; {name} expects {c} input channels")
+            raise InputError(f"--data loads RGB images; {name} expects {c} input channels")
         batches, sample = _image_folder(args.data, size, args.batch_size, args.batches, args.seed)
         return Prepared(model, batches, name, input=f"images {(c, size, size)}", sample=sample)
     batches = [torch.randn(args.batch_size, c, size, size) for _ in range(args.batches)]
@@ -338,14 +339,14 @@ def _input_shape(model: nn.Module, name: str, args: argparse.Namespace) -> tuple
     """``(C, H)`` of the images ``model`` takes: as it declares them, else ``--in-chans`` and ``--input-size``."""
     declared, chans = declared_input_size(model), getattr(args, "in_chans", None)
     if chans is not None and chans < 1:
-        raise ValueError(f"--in-chans must be >= 1, got {chans}")
+        raise InputError(f"--in-chans must be >= 1, got {chans}")
     if declared is None:
         if args.input_size is None:
-            raise ValueError(f"{name} does not declare its input size (a default_input_size = (C, H, W) attribute): "
+            raise InputError(f"{name} does not declare its input size (a default_input_size = (C, H, W) attribute): "
                              f"give --input-size H (and --in-chans C, default 3)")
         return chans or 3, args.input_size
     if chans not in (None, declared[0]):
-        raise ValueError(f"--in-chans {chans}: {name} takes {declared[0]}-channel images")
+        raise InputError(f"--in-chans {chans}: {name} takes {declared[0]}-channel images")
     return declared[0], declared[1]
 
 
@@ -359,7 +360,7 @@ def _run_val(args: argparse.Namespace, config: dict, model: nn.Module, size: int
 
     given = parse_overrides(args.set)
     if {"model", "model_args"} & set(given):
-        raise ValueError("--set changes how --data is read; the model's options go in --model-kwargs and --T")
+        raise InputError("--set changes how --data is read; the model's options go in --model-kwargs and --T")
     conf = dict(apply_overrides(config, given), data_dir=args.data, workers=0,
                 model_args={**config.get("model_args", {}), "T": model.T})
     cfg = from_dict(TrainConfig, conf, f"{args.checkpoint} config")
@@ -388,7 +389,7 @@ def _image_folder(root: str, size: int, batch_size: int, n_batches: int, seed: i
     try:
         ds = datasets.ImageFolder(root, transform=tf, loader=load_rgb)  # an undecodable file: DataError
     except (FileNotFoundError, RuntimeError) as e:
-        raise ValueError(f"--data {root} is not a class-folder image directory (root/CLASS/IMAGE): {e}") from e
+        raise InputError(f"--data {root} is not a class-folder image directory (root/CLASS/IMAGE): {e}") from e
     sample, named = split_sample(ds, n_batches * batch_size, seed)
     return [x for x, _ in torch.utils.data.DataLoader(sample, batch_size=batch_size)], f"{root}: {named}"
 
@@ -399,7 +400,7 @@ def _text(args: argparse.Namespace, name: str, build: dict) -> Prepared:
     from ..models.text import create_text_model
 
     if args.input_size is not None or getattr(args, "in_chans", None) or getattr(args, "config", None) or args.set:
-        raise ValueError(f"--input-size, --in-chans, --config and --set are for image models; {name} reads token "
+        raise InputError(f"--input-size, --in-chans, --config and --set are for image models; {name} reads token "
                          f"sequences (--seq-len, or --data with its run's checkpoint)")
     model = create_text_model(name, **{**build.get("model_args", {}), **model_overrides(args)})
     if args.data:
@@ -407,7 +408,7 @@ def _text(args: argparse.Namespace, name: str, build: dict) -> Prepared:
         return Prepared(model, batches, name, "sequence", what, [f"input: {what}"], what)
     n, vocab, pad = args.seq_len, model.cfg.vocab_size, model.cfg.pad_id
     if not 1 <= n <= model.cfg.max_len:
-        raise ValueError(f"--seq-len {n} must be in 1..{model.cfg.max_len} (the model's max_len)")
+        raise InputError(f"--seq-len {n} must be in 1..{model.cfg.max_len} (the model's max_len)")
     g = torch.Generator().manual_seed(args.seed)
     batches = []
     for _ in range(args.batches):
@@ -428,7 +429,7 @@ def _text_data(args: argparse.Namespace, build: dict, model: nn.Module) -> tuple
 
     config, task = build.get("config") or {}, build.get("task")
     if not config or not task:
-        raise ValueError(f"--data with a text model needs an mlm/glue checkpoint (its config says how the "
+        raise InputError(f"--data with a text model needs an mlm/glue checkpoint (its config says how the "
                          f"data was read); {args.checkpoint or 'no --checkpoint'} has none")
     vocab = args.vocab or config["vocab"]
     if task == "mlm":

@@ -35,11 +35,13 @@ import re
 
 from torch import Tensor
 
+from ..utils.errors import InputError
+
 __all__ = ["LAYOUTS", "official_layout", "convert_official", "recorded_options", "recorded_model", "check_recorded",
            "check_family", "OfficialWeightsError"]
 
 
-class OfficialWeightsError(ValueError):
+class OfficialWeightsError(InputError):
     """A state_dict in an official layout that this mapping does not know."""
 
 

@@ -14,6 +14,8 @@ from typing import Callable
 
 from torch import nn
 
+from ..utils.errors import InputError
+
 __all__ = ["is_spec", "import_callable", "build_user_model", "declared_input_size"]
 
 
@@ -26,18 +28,18 @@ def import_callable(spec: str) -> Callable:
     """The callable ``spec`` names; every failure is a ``ValueError`` naming the spec and what went wrong."""
     target, _, attr = spec.rpartition(":")
     if not target or not attr:
-        raise ValueError(f"model {spec!r}: expected FILE.py:FACTORY or MODULE:CALLABLE")
+        raise InputError(f"model {spec!r}: expected FILE.py:FACTORY or MODULE:CALLABLE")
     module = _import_file(spec, Path(target).expanduser()) if target.endswith(".py") or "/" in target \
         else _import_module(spec, target)
     obj = module
     for part in attr.split("."):  # ``module:Class.create`` reaches a class's factory method
         if not hasattr(obj, part):
             public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
-            raise ValueError(f"model {spec}: {target} has no attribute {attr!r} (its callables: "
+            raise InputError(f"model {spec}: {target} has no attribute {attr!r} (its callables: "
                              f"{', '.join(public[:12]) or 'none'})")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise ValueError(f"model {spec}: {attr} is a {type(obj).__name__}, not a callable that builds a model")
+        raise InputError(f"model {spec}: {attr} is a {type(obj).__name__}, not a callable that builds a model")
     return obj
 
 
@@ -55,7 +57,7 @@ def _import_file(spec: str, path: Path):
         loader.loader.exec_module(module)
     except (Exception, SystemExit) as e:  # SystemExit: a script that parses sys.argv when imported
         del sys.modules[name]
-        raise ValueError(f"model {spec}: importing {path} raised {type(e).__name__}: {e}") from e
+        raise InputError(f"model {spec}: importing {path} raised {type(e).__name__}: {e}") from e
     return module
 
 
@@ -63,7 +65,7 @@ def _import_module(spec: str, target: str):
     try:
         return importlib.import_module(target)
     except Exception as e:  # a missing module, or one whose own code fails
-        raise ValueError(f"model {spec}: importing {target} raised {type(e).__name__}: {e}") from e
+        raise InputError(f"model {spec}: importing {target} raised {type(e).__name__}: {e}") from e
 
 
 def build_user_model(spec: str, **kwargs) -> nn.Module:
@@ -74,9 +76,9 @@ def build_user_model(spec: str, **kwargs) -> nn.Module:
     try:
         model = factory(**kwargs)
     except Exception as e:
-        raise ValueError(f"model {spec}: {call} raised {type(e).__name__}: {e}") from e
+        raise InputError(f"model {spec}: {call} raised {type(e).__name__}: {e}") from e
     if not isinstance(model, nn.Module):
-        raise ValueError(f"model {spec}: {call} returned a {type(model).__name__}, not a torch.nn.Module")
+        raise InputError(f"model {spec}: {call} returned a {type(model).__name__}, not a torch.nn.Module")
     return model
 
 

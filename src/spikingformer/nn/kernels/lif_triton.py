@@ -61,6 +61,8 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
+from ...utils.errors import InputError
+
 __all__ = ["multistep_lif_triton", "lif_stream", "check_device"]
 
 BLOCK = 1024  # neurons per program: 4 warps x 32 lanes x 8 elements
@@ -247,7 +249,7 @@ def multistep_lif_triton(
     The spikes keep the input's layout when its steps are dense, NCHW or channels-last.
     """
     if x.dim() < 1 or len(x) == 0:
-        raise ValueError(f"multistep_lif_triton expects a time-major tensor [T, ...] of at least one step, "
+        raise InputError(f"multistep_lif_triton expects a time-major tensor [T, ...] of at least one step, "
                          f"got shape {tuple(x.shape)}")
     if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"multistep_lif_triton takes fp32, bf16 or fp16 input, got {x.dtype}")
@@ -263,7 +265,7 @@ def lif_stream(x: Tensor, v: Tensor | None, tau: float = 2.0, v_threshold: float
     ``multistep_lif_triton`` on the whole sequence, bit for bit.  ``v`` may be updated in place.
     """
     if x.dim() < 1 or len(x) == 0:
-        raise ValueError(f"lif_stream expects a time-major tensor [T, ...] of at least one step, "
+        raise InputError(f"lif_stream expects a time-major tensor [T, ...] of at least one step, "
                          f"got shape {tuple(x.shape)}")
     if torch.is_grad_enabled() and x.requires_grad:
         raise RuntimeError("lif_stream is inference only (no backward): run it under torch.no_grad()")
@@ -272,7 +274,7 @@ def lif_stream(x: Tensor, v: Tensor | None, tau: float = 2.0, v_threshold: float
     if v is None:
         v = torch.full_like(x[0], v_reset, dtype=torch.float32)
     elif v.shape != x.shape[1:] or v.dtype != torch.float32:
-        raise ValueError(f"the membrane must be fp32 {tuple(x.shape[1:])}, got {v.dtype} {tuple(v.shape)}")
+        raise InputError(f"the membrane must be fp32 {tuple(x.shape[1:])}, got {v.dtype} {tuple(v.shape)}")
     elif v.stride() != x[0].stride():  # one flat index for both: the membrane follows the steps' layout
         v = torch.empty_like(x[0], dtype=torch.float32).copy_(v)
     spikes = torch.empty_like(x)
