@@ -118,7 +118,7 @@ def _checkpoint_seeds() -> dict[str, list[bytes]]:
     import torch
     from safetensors.torch import save as st_save
 
-    from spikingformer.deploy.export import METADATA_FORMAT
+    from spikingformer.weights.checkpoint import METADATA_FORMAT
     from spikingformer.weights.checkpoint import save_checkpoint
 
     g = torch.Generator().manual_seed(0)

@@ -35,7 +35,7 @@ from spikingformer.train.engine import resolve_img_size
 from spikingformer.train.pretrain import load_pretrained_encoder
 from spikingformer.utils.outputs import write_json
 from spikingformer.weights.checkpoint import CheckpointError
-from spikingformer.weights.loading import calibrate_bn
+from spikingformer.analysis.batches import calibrate_bn
 
 
 @torch.no_grad()

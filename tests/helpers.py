@@ -1,6 +1,6 @@
 """Small helpers shared by test modules."""
 from spikingformer.nn.neuron import MultiStepLIF
-from spikingformer.weights import loading
+from spikingformer.analysis import batches
 
 
 def record_spikes(model):
@@ -14,4 +14,4 @@ def record_spikes(model):
 
 def calibrate_bn(model, x, steps: int = 3):
     """Give BN running statistics from real forward passes, so an eval-mode model fires."""
-    return loading.calibrate_bn(model, [x] * steps)
+    return batches.calibrate_bn(model, [x] * steps)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from spikingformer import cli
+from spikingformer.utils.errors import InputError
 
 
 def test_models_command_reports_counts_and_verdicts(tmp_path, capsys):
@@ -61,7 +62,7 @@ def test_what_the_machine_or_the_run_raises_is_one_line_not_a_traceback(monkeypa
     def command(args):
         raise raised
 
-    monkeypatch.setattr(cli, "_cmd_recipes", command)
+    monkeypatch.setattr(cli.models, "_cmd_recipes", command)
     assert cli.main(["recipes"]) == code
     err = capsys.readouterr().err
     assert err.startswith(said) and err.count("\n") == 1
@@ -100,7 +101,7 @@ def test_recipes_prints_the_shipped_recipe_even_over_a_file_of_that_name(tmp_pat
 def test_single_process_commands_refuse_torchrun(monkeypatch, capsys):
     """Under torchrun every process would evaluate (or predict, export...) everything and write the same files."""
     def evaluated(*args, **kwargs):
-        raise ValueError("evaluated")
+        raise InputError("evaluated")
 
     monkeypatch.setattr("spikingformer.train.evaluation.evaluate_checkpoint", evaluated)
     monkeypatch.setenv("WORLD_SIZE", "2")

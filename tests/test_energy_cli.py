@@ -144,7 +144,7 @@ def text_checkpoint(d, task: str = "sst2"):
     from spikingformer.train.glue import GlueConfig
     from spikingformer.train.mlm import MLMConfig
     from spikingformer.weights.checkpoint import save_checkpoint
-    from spikingformer.weights.loading import calibrate_bn
+    from spikingformer.analysis.batches import calibrate_bn
 
     (d / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
     (d / "SST-2").mkdir(exist_ok=True)
@@ -220,7 +220,7 @@ def event_checkpoint(d):
     """An nmnist run's checkpoint in the training engine's format, beside its (synthetic) recordings."""
     from spikingformer.train.config import TrainConfig
     from spikingformer.weights.checkpoint import save_checkpoint
-    from spikingformer.weights.loading import calibrate_bn
+    from spikingformer.analysis.batches import calibrate_bn
 
     from .data.test_events import write_nmnist_subset
 

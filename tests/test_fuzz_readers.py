@@ -153,7 +153,7 @@ def test_config_anchors_without_aliases_still_load(tmp_path):
 def test_safetensors_metadata_nested_thousands_deep_is_malformed(tmp_path):
     from safetensors.torch import save_file
 
-    from spikingformer.deploy.export import METADATA_FORMAT
+    from spikingformer.weights.checkpoint import METADATA_FORMAT
 
     path = tmp_path / "m.safetensors"
     save_file({"w": torch.zeros(2)}, str(path), {"format": METADATA_FORMAT, "model": "spikingformer_2_64",

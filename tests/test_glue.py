@@ -1,7 +1,6 @@
 """The language commands end to end on tiny fixtures: mlm -> glue from its checkpoint, resume, config errors."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import random
@@ -10,6 +9,7 @@ import re
 import pytest
 import torch
 
+from spikingformer.cli import main
 from spikingformer.data import glue as gdata
 from spikingformer.data import text as tdata
 from spikingformer.models.text import create_text_model
@@ -39,12 +39,7 @@ def files(tmp_path):
 
 
 def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="spikingformer")
-    sub = parser.add_subparsers(dest="command", required=True)
-    mlm.register_cli(sub)
-    glue.register_cli(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(argv)
 
 
 def mlm_args(d, *extra) -> list[str]:

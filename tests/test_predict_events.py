@@ -165,7 +165,7 @@ def test_a_gesture_model_takes_one_window_not_a_recording(tmp_path, monkeypatch,
     """A window as the event cache holds it (its .npz) or as SpikingJelly's events_np does gets the output of its
     eval frames; a raw recording of many gestures is refused."""
     from spikingformer.data.events import time_major
-    from spikingformer.weights.loading import calibrate_bn
+    from spikingformer.analysis.batches import calibrate_bn
 
     monkeypatch.setenv("SPIKINGFORMER_EVENT_CACHE", str(tmp_path / "cache"))
     cfg = TrainConfig(model="spikingformer_dvs_2_256", dataset="dvs128_gesture", img_size=32,

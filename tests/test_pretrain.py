@@ -1,5 +1,4 @@
 """MAE pre-training engine end to end on tiny class-folder images: outputs, exact resume, CLI, fine-tune loading."""
-import argparse
 import dataclasses
 import json
 import os
@@ -9,6 +8,7 @@ import pytest
 import torch
 
 from spikingformer import create_model
+from spikingformer.cli import main
 from spikingformer.train import pretrain
 from spikingformer.train.config import DATASETS, ConfigError, load_config
 from spikingformer.train.pretrain import IMAGE_DATASETS, PretrainConfig, load_pretrained_encoder, run
@@ -30,15 +30,8 @@ def tiny_config(data_dir, out, **kw) -> PretrainConfig:
     return PretrainConfig(**{**base, **kw})
 
 
-def parser():
-    p = argparse.ArgumentParser(prog="spikingformer")
-    pretrain.register_cli(p.add_subparsers(dest="command", required=True))
-    return p
-
-
 def cli(*argv) -> int:
-    args = parser().parse_args(list(argv))
-    return args.func(args)
+    return main(list(argv))
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from spikingformer.data import build_data
 from spikingformer.data.split import split_sample
 from spikingformer.train import evaluation
 from spikingformer.train.config import load_config
-from spikingformer.weights.loading import prepare
+from spikingformer.cli.inputs import prepare
 
 from .real_data import cifar_jpeg_tree
 
@@ -110,7 +110,7 @@ def test_the_cpu_recipe_loads_and_reads_real_images(cifar):
     """configs/cifar10_cpu.yaml (the README's CPU figure): a train recipe of a 0.11M-parameter model at T = 2 that
     reads the JPEG copy with its own transforms; not a training run."""
     from spikingformer import create_model
-    from spikingformer.cli import _recipe_command
+    from spikingformer.cli.models import _recipe_command
     from spikingformer.train.config import recipe_dir
     from spikingformer.train.engine import resolve_img_size
 

@@ -4,7 +4,7 @@ import torch
 
 import spikingformer as sf
 from spikingformer.analysis.probe import SynapticProbe
-from spikingformer.cli import SPEC_PARAMS_M
+from spikingformer.cli.models import SPEC_PARAMS_M
 from spikingformer.models.spikformer import SEWBlock
 from spikingformer.models.spikingformer import MSBlock
 from spikingformer.nn.layers import ConvBN, SeqMaxPool, SpikeQKV

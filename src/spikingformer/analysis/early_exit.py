@@ -12,7 +12,7 @@ import torch
 
 from ..utils.errors import InputError
 
-__all__ = ["early_exit", "score_policies", "calibration_split", "choose", "merge", "print_choice", "plot_steps"]
+__all__ = ["early_exit", "score_policies", "calibration_split", "choose", "merge", "plot_steps"]
 
 
 def early_exit(steps: torch.Tensor, y: torch.Tensor, confidence: float) -> tuple[torch.Tensor, ...]:
@@ -73,20 +73,6 @@ def merge(parts: list[dict]) -> dict:
         out["val_acc_per_step"] = [sum(p["val_acc_per_step"][t] * p["val_images"] for p in parts) / n
                                    for t in range(len(parts[0]["val_acc_per_step"]))]
     return out
-
-
-def print_choice(cal: dict) -> None:
-    """The line that says which confidence ``--calibrate`` chose, and what it scores where it was not chosen."""
-    within = (f"within {100 * cal['max_drop']:g} points of every step's "
-              f"{100 * cal['calibration']['val_acc']:.2f} % on the calibration part")
-    pick = cal["chosen"]
-    if pick is None:
-        print(f"chosen: none; no confidence kept the top-1 {within}")
-        return
-    cost = "energy" if "backbone_uJ" in pick else "time steps"
-    energy = f", {pick['backbone_uJ']:.4g} uJ per image" if "backbone_uJ" in pick else ""
-    print(f"chosen: confidence {pick['confidence']:g}, the least {cost} {within}; on the scored part: top-1 "
-          f"{100 * pick['val_acc']:.2f} % in {pick['mean_steps']:.2f} time steps on average{energy}")
 
 
 def plot_steps(acc: list[float], path: str, title: str, exits: list[dict] = (), chosen: float | None = None) -> None:

@@ -12,26 +12,21 @@ received a non-binary value), or binary on this input only (unproven).
 """
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 from dataclasses import asdict, dataclass, field
 from typing import Iterable
 
 import torch
 from torch import Tensor, nn
 
-from ..data import DataError
+from ..models import list_models
 from ..nn.layers import SpikeQKV
 from ..utils.errors import InputError
-from ..utils.outputs import check_output, pyplot, save_figure, write_json
+from ..utils.outputs import pyplot, save_figure
 from ..utils.progress import progress_bar
-from ..weights.checkpoint import CheckpointError
-from ..weights.loading import add_input_args, prepare, run_model
+from .batches import run_model
 from .probe import LayerProbe, SynapticProbe
 
-__all__ = ["InputReport", "LayerVerdict", "Certificate", "certify", "verify_model", "plot_fig3", "add_readout_arg",
-           "register_cli"]
+__all__ = ["InputReport", "LayerVerdict", "Certificate", "certify", "verify_model", "plot_fig3"]
 
 
 def _value_set(values: list[float]) -> str:
@@ -289,8 +284,6 @@ def plot_fig3(certs: list[Certificate], prefix: str, path: str) -> str:
 
 def counterpart(name: str) -> str | None:
     """The Spikformer for a Spikingformer (and back) of the same size, if registered."""
-    from .. import list_models
-
     if name.startswith("spikingformer_"):
         other = "spikformer_" + name.removeprefix("spikingformer_").removeprefix("dagger_")
     elif name.startswith("spikformer_") and not name.startswith("spikformer_v2_"):
@@ -300,7 +293,7 @@ def counterpart(name: str) -> str | None:
     return other if other in list_models() else None
 
 
-def _block_prefix(cert: Certificate, block: str | None) -> str:
+def block_prefix(cert: Certificate, block: str | None) -> str:
     """The layer-name prefix of the block ``--plot`` histograms: ``--block N`` is ``blocks.N.``, any other
     ``--block`` a prefix as given (``stages.2.`` of a user's model); by default the last ``blocks.N.``, or
     for a model named otherwise the first numbered level of its last synaptic layer (``block.3.fc`` -> ``block.3.``)."""
@@ -316,86 +309,3 @@ def _block_prefix(cert: Certificate, block: str | None) -> str:
         if numbered:
             return ".".join(parts[:numbered[0] + 1]) + "."
     raise InputError(f"{cert.model} has no numbered blocks (`blocks.N.` layers): pass --block PREFIX")
-
-
-def _compared(args: argparse.Namespace, name: str) -> str | None:
-    """The model ``--plot`` draws beside ``name``: ``--compare``, else its counterpart, if any.  The options
-    that only shape that figure are errors without it, not silently ignored."""
-    if (args.compare or args.compare_checkpoint) and not args.plot:
-        raise InputError("--compare and --compare-checkpoint choose the model --plot draws beside this one: "
-                         "add --plot DIR")
-    other = args.compare or counterpart(name)
-    if args.compare_checkpoint and not other:
-        raise InputError(f"--compare-checkpoint {args.compare_checkpoint}: {name} has no Spikformer/Spikingformer "
-                         f"counterpart to load it into; name its model with --compare")
-    return other
-
-
-def _plot(args: argparse.Namespace, cert: Certificate, other: str | None) -> str:
-    """Fig. 3 for ``cert`` beside ``other`` (``_compared``), run on the same kind of input."""
-    certs = [cert]
-    if other:
-        prep = prepare(argparse.Namespace(**{**vars(args), "model": other, "checkpoint": args.compare_checkpoint}))
-        certs.append(verify_model(prep.model, prep.batches, other))
-        certs[-1].notes += prep.notes
-    os.makedirs(args.plot, exist_ok=True)
-    return plot_fig3(certs, _block_prefix(cert, args.block), os.path.join(args.plot, "fig3.png"))
-
-
-def _cmd_verify(args: argparse.Namespace) -> int:
-    try:
-        check_output("--json", args.json)
-        check_output("--plot", args.plot, folder=True)
-        prep = prepare(args)
-        other = _compared(args, prep.name)  # before the passes: a usage error costs no work
-        cert = verify_model(prep.model, prep.batches, prep.name, progress=True, readout=args.readout)
-        cert.notes += prep.notes
-        cert.sample = prep.sample
-        print(cert.table())
-        if args.json:
-            write_json(args.json, cert.to_dict())
-            print(f"wrote {args.json}")
-        if args.plot:
-            print(f"wrote {_plot(args, cert, other)}")
-    # a bad --data is a usage error (2), never mistaken for a failed certificate (1)
-    except (ValueError, TypeError, FileNotFoundError, CheckpointError, DataError) as e:  # TypeError: model options
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return cert.exit_code
-
-
-def add_readout_arg(p: argparse.ArgumentParser) -> None:
-    """``--readout NAME``, shared with ``energy``."""
-    p.add_argument("--readout", metavar="NAME", action="append",
-                   help="module that is the model's read-out head, exempt from the verdict as Eq. 20 exempts it "
-                        "(repeatable; default: our ClassifierHead, or the last synaptic layer if a pooling or "
-                        "mean feeds it)")
-
-
-def register_cli(sub) -> None:
-    p = sub.add_parser(
-        "verify", help="certify that a model is spike-driven (exit 0) or not (exit 1)",
-        description="Run a model and list, for every synaptic layer (conv, linear, Q K^T V), the distinct "
-                    "input values it received, whether they are all 0/1, and how its input was built: 0/1 by "
-                    "construction (spikes moved only by ops that keep 0/1, whatever the input and weights), or "
-                    "the op that made it otherwise (e.g. 'integer (add)': the SEW residual). Exit status 0 when "
-                    "every layer after the encoding layer (read-out head exempt; a text model's encoding is its "
-                    "embedding, so there every linear layer counts) received only spikes and is built to, 1 "
-                    "when one received something else, 3 when none did on this input but some are not built to "
-                    "(another input may break the rule), 2 on a usage error, so it can gate CI. Takes vision, "
-                    "event-data and text (mlm/glue) checkpoints.",
-        epilog="examples: spikingformer verify --model spikingformer_8_512 --plot figs/  "
-               "(Fig. 3 against spikformer_8_512, block 7);  spikingformer verify --model "
-               "examples/sj_spikformer.py:build --model-kwargs dim=64  (your own model: imports and runs that file)")
-    add_input_args(p)
-    p.add_argument("--json", metavar="FILE", help="also write the certificate as JSON")
-    add_readout_arg(p)
-    p.add_argument("--plot", metavar="DIR", help="write Fig. 3 as DIR/fig3.png: input-value histogram of one "
-                   "block and per-layer firing rates, beside the counterpart model")
-    p.add_argument("--block", metavar="N|PREFIX", help="block whose conv/linear inputs --plot histograms: N for "
-                   "blocks.N., or a layer-name prefix such as stages.2. (default: the last block)")
-    p.add_argument("--compare", metavar="NAME", help="model to plot beside --model (default: its Spikformer / "
-                   "Spikingformer counterpart of the same size, if there is one)")
-    p.add_argument("--compare-checkpoint", metavar="FILE", help="weights of the model --plot draws beside "
-                   "(--compare or the counterpart; default: random)")
-    p.set_defaults(func=_cmd_verify)

@@ -11,9 +11,19 @@ comparison (accuracy, energy, spike-driven or not) in miniature.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
+
+import torch
+
+from ..analysis.energy import E_AC_PJ, E_MAC_PJ, estimate_energy
+from ..analysis.probe import verdict
+from ..data import build_data
+from ..train.classify import run
+from ..train.config import TrainConfig
+from ..utils.errors import InputError
+from ..utils.outputs import check_output, write_json
+from ..weights.loading import load_model
 
 __all__ = ["demo_config", "register_cli"]
 
@@ -30,7 +40,6 @@ COMPARED = {DEMO_MODEL: "Spikingformer", "spikformer_4_384": "Spikformer (SEW)"}
 def demo_config(epochs: int = DEMO_EPOCHS, output: str = "runs/demo", seed: int = 0, model: str = DEMO_MODEL):
     """``model`` (a Spikingformer, or with ``--compare`` also a Spikformer V1) at ``DEMO_ARGS``'s size and a
     schedule that fits one to two minutes on 2 cores."""
-    from ..train.config import TrainConfig
 
     return TrainConfig(
         model=model, model_args=dict(DEMO_ARGS),
@@ -43,11 +52,7 @@ def demo_config(epochs: int = DEMO_EPOCHS, output: str = "runs/demo", seed: int 
 
 def _energy_mJ(cfg, out: Path) -> float:
     """Eq. 19-20 energy per image of the run's final model over its held-out digits."""
-    import torch
 
-    from ..analysis.energy import estimate_energy
-    from ..data import build_data
-    from ..weights.loading import load_model
 
     model = load_model(str(out / "last.pt"))
     val = build_data(cfg, model.cfg.img_size).val
@@ -55,7 +60,6 @@ def _energy_mJ(cfg, out: Path) -> float:
 
 
 def _train(args: argparse.Namespace, model: str, out: Path) -> dict:
-    from ..train.classify import run
 
     cfg = demo_config(args.epochs, str(out), args.seed, model)
     s = run(cfg)
@@ -68,29 +72,17 @@ def _train(args: argparse.Namespace, model: str, out: Path) -> dict:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..analysis.energy import E_AC_PJ, E_MAC_PJ
-    from ..analysis.probe import verdict
-    from ..utils.outputs import check_output, write_json
-
     if args.epochs < 1:
-        print("error: --epochs must be >= 1", file=sys.stderr)
-        return 2
-    try:
-        check_output("--json", args.json)
-        check_output("--output", args.output, folder=True)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise InputError("--epochs must be >= 1")
+    check_output("--json", args.json)
+    check_output("--output", args.output, folder=True)
     # A model this small gains little from intra-op threads, and OpenMP threads that spin-wait
     # slow it down by orders of magnitude on a machine that is busy with anything else.
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="spikingformer-demo-") as tmp:
         out = Path(args.output or tmp)
         if args.output and any((out / sub / "last.pt").exists() for sub in ("", *COMPARED)):
-            print(f"error: {out} already holds a run; choose another --output", file=sys.stderr)
-            return 2
+            raise InputError(f"{out} already holds a run; choose another --output")
         runs = ([_train(args, m, out / m) for m in COMPARED] if args.compare
                 else [_train(args, DEMO_MODEL, out)])
     if args.compare:
@@ -119,7 +111,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_cli(sub) -> None:
+def register(sub) -> None:
     p = sub.add_parser(
         "demo", help="train a small Spikingformer on the bundled 8x8 digits (CPU, one to two minutes)",
         description="Train a 1-block Spikingformer (T=4) on scikit-learn's bundled 8x8 digits on the CPU, then "

@@ -2,34 +2,27 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from ..analysis.early_exit import plot_steps, print_choice
+from ..analysis.early_exit import plot_steps
 from ..analysis.probe import verdict
 from ..train import evaluation
+from ..train.predict import write_predictions
 from ..utils.errors import InputError
-from ..weights import checkpoint as ckpt
+from ..utils.outputs import FIGURE_SUFFIXES, check_output, write_json
+from .args import add_model_kwargs_arg
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from ..data import DataError
-    from ..train.predict import write_predictions
-    from ..utils.outputs import FIGURE_SUFFIXES, check_output, write_json
-
-    try:
-        check_output("--json", args.json)
-        check_output("--plot", args.plot, suffixes=FIGURE_SUFFIXES)
-        check_output("--predictions", args.predictions, suffixes=(".csv", ".json"))
-        if args.predictions and args.json and Path(args.predictions).resolve() == Path(args.json).resolve():
-            raise InputError(f"--predictions and --json name the same file {args.json}: give each its own")
-        r = evaluation.evaluate_checkpoint(args.checkpoint, args.data, args.device, args.batch_size, args.workers,
-                                           args.config, args.set, tuple(args.early_exit), args.calibrate,
-                                           args.max_drop / 100, args.calibrate_seed, args.split,
-                                           bool(args.predictions), bool(args.plot))
-    except (ckpt.CheckpointError, DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    check_output("--json", args.json)
+    check_output("--plot", args.plot, suffixes=FIGURE_SUFFIXES)
+    check_output("--predictions", args.predictions, suffixes=(".csv", ".json"))
+    if args.predictions and args.json and Path(args.predictions).resolve() == Path(args.json).resolve():
+        raise InputError(f"--predictions and --json name the same file {args.json}: give each its own")
+    r = evaluation.evaluate_checkpoint(args.checkpoint, args.data, args.device, args.batch_size, args.workers,
+                                       args.config, args.set, tuple(args.early_exit), args.calibrate,
+                                       args.max_drop / 100, args.calibrate_seed, args.split,
+                                       bool(args.predictions), bool(args.plot))
     if "task" in r:
         _print_glue(r)
     else:
@@ -98,3 +91,81 @@ def _title(r: dict) -> str:
     """The split scored, as printed: its name, and the folder it was read from where the name does not say it."""
     folder = r["data_dir"]
     return r["val_split"] if folder is None or str(folder) in r["val_split"] else f"{r['val_split']} of {folder}"
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "eval", help="evaluate a checkpoint (a run's, or official weights with a recipe) on its validation split "
+                     "or a labelled test set",
+        description="Report top-1/top-5 accuracy, loss, mean firing rate, the spike-driven verdict and the top-1 of "
+                    "the read-out after each time step (what the model scores when stopped early). A run's "
+                    "checkpoint, or a .safetensors exported from one, is rebuilt and evaluated on the validation "
+                    "split it was trained with (the same seeded held-out split when it had one), or on all of a labelled "
+                    "test set --data DIR, and names which it scored: e.g. `test (DIR, 10000 images)`. "
+                    "Other weights (a state_dict, or the official repositories' checkpoints, whose tensor names "
+                    "are converted) need --config: the recipe names the model, dataset and evaluation transform, e.g. "
+                    "`spikingformer eval --checkpoint spikingformer-8-512.pth.tar --config configs/imagenet_8_512.yaml "
+                    "--data /data/imagenet`. A `glue` run's checkpoint is scored with its GLUE task's metrics (MCC, "
+                    "accuracy, F1, Pearson/Spearman, as glue reports them) and their value after each time step: on "
+                    "the split the run evaluated on, or on every row of --data: a task folder's dev.tsv (MNLI: "
+                    "dev_matched.tsv + dev_mismatched.tsv) as `dev`, any TSV file in the task's layout as "
+                    "`test (FILE, N examples)`.")
+    p.add_argument("--checkpoint", required=True, metavar="FILE",
+                   help="best.pt/last.pt of a run (train or glue) or a .safetensors exported from one, or (with "
+                        "--config) any weights file")
+    p.add_argument("--config", metavar="FILE|RECIPE", help="YAML recipe for weights that are not a run's checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key (repeatable), of --config or of the run's own config: "
+                        "limit_val=500, model_args.T=8 (evaluate at another T), ...")
+    add_model_kwargs_arg(p, as_set=True)
+    p.add_argument("--data", metavar="DIR|FILE.tsv",
+                   help="a labelled test set, every sample of which is scored: class folders of images, N-MNIST "
+                        "recordings with their '#sample #class' list, CIFAR10-DVS class folders, or a dataset root "
+                        "with a test split of its own (CIFAR's batches, N-MNIST's Train/ + Test/, DVS128 Gesture, "
+                        "DIR/train/ + DIR/val/), whose test split is scored; class folders are matched to the "
+                        "checkpoint's classes by name. The run's own data folder (the config's "
+                        "data_dir, or its train/) and a root holding DIR/train/ only give its validation split, as "
+                        "without --data. For a glue run: a GLUE task folder (or data root) holding the task's dev "
+                        "file(s), or a TSV file in the task's layout, every row of which is scored")
+    p.add_argument("--split", choices=("val", "test"),
+                   help="force how --data is read: val, as the run's dataset root, whose validation split the "
+                        "config holds out (or names); test, as a test set (without --data: the run's data's own "
+                        "test split, for a run that held out its val split)")
+    p.add_argument("--predictions", metavar="FILE.csv|FILE.json",
+                   help="also write each sample's prediction: its file (or index), true class, whether the top-1 "
+                        "and the top-5 hold it, and the top-5 classes with their probabilities (GLUE: each row's "
+                        "FILE:LINE, its label, and the classes by probability or, for STS-B, the predicted score)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--batch-size", type=int, help="evaluation batch size (default: the config's)")
+    p.add_argument("--workers", type=int, default=None, help="data-loading worker processes (default: the config's)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="plot top-1 accuracy against the time steps the read-out is given (.png, .pdf or .svg)")
+    p.add_argument("--early-exit", nargs="+", type=float, default=[], metavar="P",
+                   help="also score stopping each sample at the first time step whose read-out gives its top class "
+                        "a softmax probability of at least P (0 < P <= 1): top-1, mean time steps and the backbone's "
+                        "energy per image (Eq. 20, from the spikes of the steps each sample ran) per P")
+    p.add_argument("--calibrate", type=float, metavar="FRACTION",
+                   help="choose the early-exit confidence on a seeded FRACTION of the split (e.g. 0.5): the one of "
+                        "least energy whose top-1 there is within --max-drop of every step's; the early-exit "
+                        "figures are then those of the rest of the split, which the choice never saw")
+    p.add_argument("--max-drop", type=float, default=0.5, metavar="POINTS",
+                   help="top-1 (percentage points) an early exit may lose against every step, for --calibrate "
+                        "(default 0.5)")
+    p.add_argument("--calibrate-seed", type=int, default=0, metavar="N",
+                   help="seed of the --calibrate split (default 0)")
+    p.set_defaults(func=_cmd_eval)
+
+
+def print_choice(cal: dict) -> None:
+    """The line that says which confidence ``--calibrate`` chose, and what it scores where it was not chosen."""
+    within = (f"within {100 * cal['max_drop']:g} points of every step's "
+              f"{100 * cal['calibration']['val_acc']:.2f} % on the calibration part")
+    pick = cal["chosen"]
+    if pick is None:
+        print(f"chosen: none; no confidence kept the top-1 {within}")
+        return
+    cost = "energy" if "backbone_uJ" in pick else "time steps"
+    energy = f", {pick['backbone_uJ']:.4g} uJ per image" if "backbone_uJ" in pick else ""
+    print(f"chosen: confidence {pick['confidence']:g}, the least {cost} {within}; on the scored part: top-1 "
+          f"{100 * pick['val_acc']:.2f} % in {pick['mean_steps']:.2f} time steps on average{energy}")

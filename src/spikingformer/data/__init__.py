@@ -195,7 +195,7 @@ def _model_T(cfg) -> int:
     """The model's own ``T``: event recordings are integrated into exactly that many frames."""
     import torch
 
-    from .. import create_model
+    from ..models import create_model
 
     with torch.device("meta"):
         return create_model(cfg.model, **cfg.model_args).cfg.T

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.layers import ClassifierHead
+from ..utils.errors import InputError, OptionError
 
 
 def _coerce(hint, value):
@@ -42,14 +43,14 @@ def build_config(cls, defaults: dict, overrides: dict):
     valid = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(overrides) - set(valid))
     if unknown:
-        raise TypeError(f"unknown option(s) {unknown} for {cls.__name__}; valid options: {', '.join(valid)}")
+        raise OptionError(f"unknown option(s) {unknown} for {cls.__name__}; valid options: {', '.join(valid)}")
     hints = typing.get_type_hints(cls)
     typed = {}
     for key, value in overrides.items():
         typed[key] = _coerce(hints[key], value)
         if typed[key] is None:
             name = getattr(hints[key], "__name__", None) if typing.get_origin(hints[key]) is None else None
-            raise TypeError(f"{cls.__name__} option {key!r} expects {name or hints[key]}, got {value!r}")
+            raise OptionError(f"{cls.__name__} option {key!r} expects {name or hints[key]}, got {value!r}")
     return cls(**{**defaults, **typed})
 
 
@@ -57,11 +58,11 @@ def check_sizes(cfg) -> None:
     """What every vision family's config needs to build a model (raised as it is built, not at its first
     forward): heads that divide ``dim``, an MLP of at least one unit, channels and classes to connect."""
     if cfg.num_heads < 1 or cfg.dim % cfg.num_heads:
-        raise ValueError(f"num_heads must be >= 1 and divide dim {cfg.dim}, got {cfg.num_heads}")
+        raise InputError(f"num_heads must be >= 1 and divide dim {cfg.dim}, got {cfg.num_heads}")
     if int(cfg.dim * cfg.mlp_ratio) < 1:
-        raise ValueError(f"mlp_ratio {cfg.mlp_ratio} leaves the MLP of dim {cfg.dim} no hidden unit")
+        raise InputError(f"mlp_ratio {cfg.mlp_ratio} leaves the MLP of dim {cfg.dim} no hidden unit")
     if cfg.in_chans < 1 or cfg.num_classes < 0:
-        raise ValueError(f"in_chans must be >= 1 and num_classes >= 0 (0: no classifier), got in_chans="
+        raise InputError(f"in_chans must be >= 1 and num_classes >= 0 (0: no classifier), got in_chans="
                          f"{cfg.in_chans}, num_classes={cfg.num_classes}")
 
 
@@ -108,12 +109,12 @@ class SpikingVisionModel(GradCheckpointing, nn.Module):
         if not isinstance(x, Tensor):
             raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
         if x.dim() not in (4, 5):
-            raise ValueError(
+            raise InputError(
                 f"{type(self).__name__} expects [B, C, H, W] images or [T, B, C, H, W] sequences, "
                 f"got a tensor of rank {x.dim()} with shape {tuple(x.shape)}")
         c, h, w = x.shape[-3:]
         if c != self.cfg.in_chans:
-            raise ValueError(f"{type(self).__name__} was built for {self.cfg.in_chans} input channels, "
+            raise InputError(f"{type(self).__name__} was built for {self.cfg.in_chans} input channels, "
                              f"got {c} (input shape {tuple(x.shape)})")
         weight = next(self.parameters())
         if not x.is_floating_point():
@@ -124,12 +125,12 @@ class SpikingVisionModel(GradCheckpointing, nn.Module):
                             f"x.to({weight.dtype}), or model.to({x.dtype})")
         p = self.patch_size
         if h < p or w < p or h % p or w % p:
-            raise ValueError(f"spatial size {h}x{w} must be a positive multiple of the tokenizer's "
+            raise InputError(f"spatial size {h}x{w} must be a positive multiple of the tokenizer's "
                              f"patch size {p} (input shape {tuple(x.shape)})")
         if x.dim() == 4:  # T copies laid out as x is: channels-last on the fast path, as the encoding conv wants
             return torch.cat([x] * self.cfg.T).view(self.cfg.T, *x.shape)
         if x.shape[0] < 1:
-            raise ValueError("a sequence input needs at least one time step")
+            raise InputError("a sequence input needs at least one time step")
         return x
 
     def forward_features(self, x: Tensor) -> Tensor:

@@ -6,6 +6,8 @@ import importlib.util
 import sys
 from typing import Callable
 
+from ..utils.errors import InputError
+
 _MODELS: dict[str, Callable] = {}
 
 
@@ -25,7 +27,7 @@ def list_models(pattern: str | None = None) -> list[str]:
 def create_model(name: str, **overrides):
     """Build the named model; ``overrides`` replace fields of its config (``num_classes=100``, ``T=2``)."""
     if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; available models: {', '.join(list_models())}{_text_hint(name)}")
+        raise InputError(f"unknown model {name!r}; available models: {', '.join(list_models())}{_text_hint(name)}")
     return _MODELS[name](**overrides)
 
 
@@ -54,7 +56,7 @@ def register_with_timm() -> bool:
         def entry(pretrained=False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None,
                   _fn=fn, **kwargs):
             if pretrained:
-                raise ValueError("spikingformer ships no pretrained weights; load a checkpoint instead")
+                raise InputError("spikingformer ships no pretrained weights; load a checkpoint instead")
             return _fn(**kwargs)
 
         entry.__name__ = name

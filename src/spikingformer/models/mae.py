@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.layers import ConvBN, run_blocks
+from ..utils.errors import InputError
 from ._base import GradCheckpointing
 from ._registry import create_model
 
@@ -48,14 +49,14 @@ class MAEConfig:
     def __post_init__(self):
         clash = sorted({"T", "num_classes"} & set(self.encoder_args))
         if clash:
-            raise ValueError(f"encoder_args must not set {clash}: T is MAEConfig.T and the encoder has no head")
+            raise InputError(f"encoder_args must not set {clash}: T is MAEConfig.T and the encoder has no head")
         if not 0.0 < self.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
+            raise InputError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
         if self.decoder_dim % 4 or self.decoder_dim % self.decoder_heads:
-            raise ValueError(f"decoder_dim must be a multiple of 4 (2D sin-cos) and of decoder_heads "
+            raise InputError(f"decoder_dim must be a multiple of 4 (2D sin-cos) and of decoder_heads "
                              f"{self.decoder_heads}, got {self.decoder_dim}")
         if self.decoder_depth < 1 or self.T < 1:
-            raise ValueError(f"decoder_depth and T must be >= 1, got {self.decoder_depth}, {self.T}")
+            raise InputError(f"decoder_depth and T must be >= 1, got {self.decoder_depth}, {self.T}")
 
 
 class MAEOutput(NamedTuple):
@@ -75,7 +76,7 @@ def random_masking(batch: int, grid: tuple[int, int], mask_ratio: float, device=
     n = grid[0] * grid[1]
     n_keep = int(n * (1 - mask_ratio))
     if not 1 <= n_keep < n:
-        raise ValueError(f"mask_ratio {mask_ratio} keeps {n_keep} of {n} patches; at least one must be kept "
+        raise InputError(f"mask_ratio {mask_ratio} keeps {n_keep} of {n} patches; at least one must be kept "
                          f"and one masked (use a larger image or another ratio)")
     noise = torch.rand(batch, n, generator=generator,
                        device=generator.device if generator is not None else device)
@@ -120,7 +121,7 @@ def visible_tiles(x: Tensor, ids_keep: Tensor, grid: tuple[int, int]) -> Tensor:
     ``s = H / h`` for the patch ``grid`` ``(h, w)``."""
     (h, w), (H, W) = grid, x.shape[-2:]
     if H % h or W % w or H // h != W // w:
-        raise ValueError(f"a {h}x{w} patch grid does not tile the {H}x{W} feature map")
+        raise InputError(f"a {h}x{w} patch grid does not tile the {H}x{W} feature map")
     s = H // h
     windows = x.unfold(3, s, s).unfold(4, s, s)                     # a view [T, B, C, h, w, s, s]
     rows = torch.arange(len(ids_keep), device=ids_keep.device)[:, None]
@@ -146,7 +147,7 @@ def with_halo(tiles: Tensor, near: Tensor, p: int) -> Tensor:
     would read.  Only tiles are read and written: nothing the size of the whole map."""
     t, b, n, c, s, _ = tiles.shape
     if not 0 < p <= s:
-        raise ValueError(f"a halo of {p} around {s}x{s} tiles reaches past the neighbouring patches")
+        raise InputError(f"a halo of {p} around {s}x{s} tiles reaches past the neighbouring patches")
     padded = torch.cat([tiles, tiles.new_zeros(t, b, 1, c, s, s)], 2)  # index N_v: the zero tile
     rows = torch.arange(b, device=tiles.device)[:, None]
     part = (slice(s - p, s), slice(0, s), slice(0, p))                 # of the tile above (left), beside, below
@@ -175,7 +176,7 @@ def tile_conv_bn(m: ConvBN, tiles: Tensor, near: Tensor) -> Tensor:
         else:
             y = nn.functional.conv2d(x, conv.weight, conv.bias, 1, 0, conv.dilation, conv.groups)
     else:
-        raise ValueError(f"a sparse stem conv must read within its tile or have 'same' padding, got {conv}")
+        raise InputError(f"a sparse stem conv must read within its tile or have 'same' padding, got {conv}")
     y = m.bn(y)
     return y.view(t, b, n, *y.shape[1:])
 
@@ -197,7 +198,7 @@ class SpikformerV2MAE(GradCheckpointing, nn.Module):
         self.cfg = cfg
         self.encoder = create_model(cfg.encoder, **cfg.encoder_args, num_classes=0, T=cfg.T)
         if getattr(getattr(self.encoder, "cfg", None), "stem", None) != "scs":
-            raise ValueError(f"{cfg.encoder!r} is not a Spikformer V2 (SCS stem) model; MAE pre-training "
+            raise InputError(f"{cfg.encoder!r} is not a Spikformer V2 (SCS stem) model; MAE pre-training "
                              "needs one, e.g. spikformer_v2_8_512")
         self.patch_size = self.encoder.patch_size
         dim, ddim = self.encoder.cfg.dim, cfg.decoder_dim
@@ -225,7 +226,7 @@ class SpikformerV2MAE(GradCheckpointing, nn.Module):
 
     def _grid(self, x: Tensor) -> tuple[int, int]:
         if x.dim() != 4:
-            raise ValueError(f"MAE pre-training takes static images [B, C, H, W] (the pixels are the target), "
+            raise InputError(f"MAE pre-training takes static images [B, C, H, W] (the pixels are the target), "
                              f"got shape {tuple(x.shape)}")
         self.encoder.check_input(x)
         return x.shape[2] // self.patch_size, x.shape[3] // self.patch_size

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ..nn.layers import ClassifierHead, ConvBN, LinearBN, SeqMaxPool, SpikeQKV, run_blocks
 from ..nn.neuron import MultiStepLIF
+from ..utils.errors import InputError
 from ._base import GradCheckpointing, SpikingVisionModel, build_config, check_sizes
 from ._registry import register_model
 
@@ -41,16 +42,16 @@ class SpikformerConfig:
 
     def __post_init__(self):
         if self.stem not in ("sps", "scs"):
-            raise ValueError(f"unknown stem {self.stem!r}; valid stems: sps, scs")
+            raise InputError(f"unknown stem {self.stem!r}; valid stems: sps, scs")
         if self.cml and self.stem != "sps":
-            raise ValueError("cml moves the max-pools of the SPS stem; the scs stem has none (stride-2 convs)")
+            raise InputError("cml moves the max-pools of the SPS stem; the scs stem has none (stride-2 convs)")
         if self.dim < 8 or self.dim % 8:
-            raise ValueError(f"dim must be a positive multiple of 8 (the stem starts at dim/8), got {self.dim}")
+            raise InputError(f"dim must be a positive multiple of 8 (the stem starts at dim/8), got {self.dim}")
         check_sizes(self)
         if len(self.downsample) != 4:
-            raise ValueError(f"downsample needs 4 flags (one per SPS stage), got {self.downsample}")
+            raise InputError(f"downsample needs 4 flags (one per SPS stage), got {self.downsample}")
         if self.T < 1 or self.depth < 1:
-            raise ValueError(f"T and depth must be >= 1, got T={self.T}, depth={self.depth}")
+            raise InputError(f"T and depth must be >= 1, got T={self.T}, depth={self.depth}")
 
 
 class SPS(GradCheckpointing, nn.Module):

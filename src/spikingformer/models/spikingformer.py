@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ..nn.layers import ClassifierHead, ConvBN, SeqMaxPool, SpikeQKV, run_blocks
 from ..nn.neuron import MultiStepLIF
+from ..utils.errors import InputError
 from ._base import GradCheckpointing, SpikingVisionModel, build_config, check_sizes
 from ._registry import register_model
 
@@ -38,12 +39,12 @@ class SpikingformerConfig:
 
     def __post_init__(self):
         if self.dim < 8 or self.dim % 8:
-            raise ValueError(f"dim must be a positive multiple of 8 (the tokenizer starts at dim/8), got {self.dim}")
+            raise InputError(f"dim must be a positive multiple of 8 (the tokenizer starts at dim/8), got {self.dim}")
         check_sizes(self)
         if len(self.downsample) != 4:
-            raise ValueError(f"downsample needs 4 flags (one per tokenizer stage), got {self.downsample}")
+            raise InputError(f"downsample needs 4 flags (one per tokenizer stage), got {self.downsample}")
         if self.T < 1 or self.depth < 1:
-            raise ValueError(f"T and depth must be >= 1, got T={self.T}, depth={self.depth}")
+            raise InputError(f"T and depth must be >= 1, got T={self.T}, depth={self.depth}")
 
 
 class SpikingTokenizer(GradCheckpointing, nn.Module):

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from ..nn.layers import ClassifierHead, LinearBN, SpikeQKV, run_blocks, running_mean
 from ..nn.neuron import MultiStepLIF
+from ..utils.errors import InputError
 from ._base import GradCheckpointing, SpikingVisionModel, build_config
 
 __all__ = ["TextConfig", "TextEmbedding", "MaskedLinearBN", "TextPSSA", "TextSMLP", "TextBlock", "MLMHead",
@@ -60,13 +61,13 @@ class TextConfig:
 
     def __post_init__(self):
         if self.dim % self.num_heads:
-            raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+            raise InputError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
         if self.head not in TEXT_HEADS:
-            raise ValueError(f"unknown head {self.head!r}; valid heads: {', '.join(TEXT_HEADS)}")
+            raise InputError(f"unknown head {self.head!r}; valid heads: {', '.join(TEXT_HEADS)}")
         if min(self.T, self.depth, self.max_len, self.type_vocab_size, self.num_classes) < 1:
-            raise ValueError("T, depth, max_len, type_vocab_size and num_classes must be >= 1")
+            raise InputError("T, depth, max_len, type_vocab_size and num_classes must be >= 1")
         if not 0 <= self.pad_id < self.vocab_size:
-            raise ValueError(f"pad_id {self.pad_id} is outside the vocabulary of {self.vocab_size}")
+            raise InputError(f"pad_id {self.pad_id} is outside the vocabulary of {self.vocab_size}")
 
 
 class TextEmbedding(nn.Module):
@@ -245,25 +246,25 @@ class SpikingformerText(GradCheckpointing, nn.Module):
         name = type(self).__name__
         if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.dtype != torch.long:
             got = f"shape {tuple(ids.shape)}, dtype {ids.dtype}" if isinstance(ids, Tensor) else type(ids).__name__
-            raise ValueError(f"{name} expects input_ids as a [B, N] int64 tensor, got {got}")
+            raise InputError(f"{name} expects input_ids as a [B, N] int64 tensor, got {got}")
         b, n = ids.shape
         if not 1 <= n <= self.cfg.max_len:
-            raise ValueError(f"sequence length {n} must be in 1..max_len={self.cfg.max_len}")
+            raise InputError(f"sequence length {n} must be in 1..max_len={self.cfg.max_len}")
         segs = torch.zeros_like(ids) if segs is None else segs
         mask = ids != self.cfg.pad_id if mask is None else mask.bool()
         for what, t in (("token_type_ids", segs), ("attention_mask", mask)):
             if t.shape != ids.shape:
-                raise ValueError(f"{what} has shape {tuple(t.shape)}, input_ids {tuple(ids.shape)}")
+                raise InputError(f"{what} has shape {tuple(t.shape)}, input_ids {tuple(ids.shape)}")
         if not ids.numel():
             return ids, segs, mask, False
         lo, hi, seg_lo, seg_hi, every_row, no_pad = torch.stack([
             ids.min(), ids.max(), segs.min(), segs.max(), mask.any(dim=1).all(), mask.all()]).tolist()
         if lo < 0 or hi >= self.cfg.vocab_size:
-            raise ValueError(f"token ids must lie in [0, {self.cfg.vocab_size}), got [{lo}, {hi}]")
+            raise InputError(f"token ids must lie in [0, {self.cfg.vocab_size}), got [{lo}, {hi}]")
         if seg_lo < 0 or seg_hi >= self.cfg.type_vocab_size:
-            raise ValueError(f"token_type_ids must lie in [0, {self.cfg.type_vocab_size})")
+            raise InputError(f"token_type_ids must lie in [0, {self.cfg.type_vocab_size})")
         if not every_row:
-            raise ValueError("every sequence needs at least one real (non-pad) token")
+            raise InputError("every sequence needs at least one real (non-pad) token")
         return ids, segs, mask, not no_pad
 
     def forward_features(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
@@ -308,7 +309,7 @@ def list_text_models(pattern: str | None = None) -> list[str]:
 def create_text_model(name: str, **overrides) -> SpikingformerText:
     """Build the named text model; ``overrides`` replace fields of its ``TextConfig`` (``head="mlm"``)."""
     if name not in _TEXT_MODELS:
-        raise ValueError(f"unknown text model {name!r}; available text models: {', '.join(list_text_models())}")
+        raise InputError(f"unknown text model {name!r}; available text models: {', '.join(list_text_models())}")
     return _TEXT_MODELS[name](**overrides)
 
 

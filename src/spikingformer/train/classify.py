@@ -12,7 +12,6 @@ point and restarted with ``--resume`` ends with the same weights as one never in
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -21,12 +20,11 @@ from pathlib import Path
 
 import torch
 
-from ..analysis.probe import verdict
 from ..nn.fast import FastPath
 from ..utils.errors import InputError
 from ..weights import checkpoint as ckpt
 from . import engine
-from .config import TrainConfig, add_run_args, apply_overrides
+from .config import TrainConfig, apply_overrides
 from .distributed import DistInfo
 from .engine import (
     begin_epoch,
@@ -35,9 +33,7 @@ from .engine import (
     make_loaders,
     open_output,
     open_run,
-    resolve_img_size,
     restore,
-    resume_config,
     seed_all,
     train_one_epoch,
     wrap_ddp,
@@ -45,7 +41,7 @@ from .engine import (
 from .evaluation import evaluate, sampled_spike_stats
 from .safe_stop import StopSignals, validating
 
-__all__ = ["Progress", "run", "register_cli"]
+__all__ = ["Progress", "run"]
 
 @dataclass
 class Progress(engine.Progress):
@@ -125,7 +121,7 @@ def run(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None) -
 
 
 def _run(cfg: TrainConfig, resume: bool, info: DistInfo, overrides: dict) -> dict:
-    from .. import create_model
+    from ..models import create_model
     from ..utils.outputs import MetricsLog
     from .distributed import convert_sync_batchnorm, gather_objects
 
@@ -221,115 +217,3 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo, overrides: dict) -> dic
 
 
 # ----------------------------------------------------------------------------- command line
-
-def _fail(e: Exception) -> int:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    from ..data import DataError
-    from ..utils.outputs import check_output, write_json
-    from ..weights.checkpoint import CheckpointError
-    from .config import load_config, parse_overrides
-
-    try:
-        check_output("--json", args.json)
-        cfg, overrides = load_config(args.config, args.set), parse_overrides(args.set)
-        resolve_img_size(cfg)  # unknown model names and model_args fail here, before any data loads
-    except (ValueError, TypeError) as e:
-        return _fail(e)
-    try:
-        if args.resume:
-            cfg = resume_config(cfg, overrides)
-        s = run(cfg, resume=args.resume, overrides=overrides)
-    except (DataError, CheckpointError, FileExistsError, ValueError) as e:
-        return _fail(e)
-    if int(os.environ.get("RANK", 0)) == 0:
-        print(f"{s['val_split']}: final top-1 {100 * s['final_val_acc']:.2f} %, best {100 * s['best_val_acc']:.2f} % "
-              f"(epoch {s['best_epoch']}); firing rate {s['firing_rate']:.3f} ({s['probe_sample']}); spike-driven: "
-              f"{verdict(s['spike_driven'], s['proven'])}; {s['seconds']:.0f} s -> {cfg.output}/summary.json")
-        if args.json:
-            write_json(args.json, s)
-            print(f"wrote {args.json}")
-    return 0
-
-
-def _eval_entry(args: argparse.Namespace) -> int:
-    from ..cli.eval import _cmd_eval
-
-    return _cmd_eval(args)
-
-
-def register_cli(sub) -> None:
-    from ..weights.loading import add_model_kwargs_arg
-
-    p = sub.add_parser(
-        "train", help="train a model from a YAML recipe (configs/*.yaml); resumable, torchrun-ready",
-        description="Train from a YAML config (`spikingformer recipes` lists the paper recipes). Every key of the config "
-                    "can be overridden with --set key=value (model_args.depth=2 reaches into the model's "
-                    "overrides); unknown keys are errors. Several GPUs: torchrun --nproc_per_node=N -m "
-                    "spikingformer.cli train --config FILE.")
-    add_run_args(p, "YAML file of TrainConfig keys")
-    p.set_defaults(func=_cmd_train)
-    p = sub.add_parser(
-        "eval", help="evaluate a checkpoint (a run's, or official weights with a recipe) on its validation split "
-                     "or a labelled test set",
-        description="Report top-1/top-5 accuracy, loss, mean firing rate, the spike-driven verdict and the top-1 of "
-                    "the read-out after each time step (what the model scores when stopped early). A run's "
-                    "checkpoint, or a .safetensors exported from one, is rebuilt and evaluated on the validation "
-                    "split it was trained with (the same seeded held-out split when it had one), or on all of a labelled "
-                    "test set --data DIR, and names which it scored: e.g. `test (DIR, 10000 images)`. "
-                    "Other weights (a state_dict, or the official repositories' checkpoints, whose tensor names "
-                    "are converted) need --config: the recipe names the model, dataset and evaluation transform, e.g. "
-                    "`spikingformer eval --checkpoint spikingformer-8-512.pth.tar --config configs/imagenet_8_512.yaml "
-                    "--data /data/imagenet`. A `glue` run's checkpoint is scored with its GLUE task's metrics (MCC, "
-                    "accuracy, F1, Pearson/Spearman, as glue reports them) and their value after each time step: on "
-                    "the split the run evaluated on, or on every row of --data: a task folder's dev.tsv (MNLI: "
-                    "dev_matched.tsv + dev_mismatched.tsv) as `dev`, any TSV file in the task's layout as "
-                    "`test (FILE, N examples)`.")
-    p.add_argument("--checkpoint", required=True, metavar="FILE",
-                   help="best.pt/last.pt of a run (train or glue) or a .safetensors exported from one, or (with "
-                        "--config) any weights file")
-    p.add_argument("--config", metavar="FILE|RECIPE", help="YAML recipe for weights that are not a run's checkpoint")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key (repeatable), of --config or of the run's own config: "
-                        "limit_val=500, model_args.T=8 (evaluate at another T), ...")
-    add_model_kwargs_arg(p, as_set=True)
-    p.add_argument("--data", metavar="DIR|FILE.tsv",
-                   help="a labelled test set, every sample of which is scored: class folders of images, N-MNIST "
-                        "recordings with their '#sample #class' list, CIFAR10-DVS class folders, or a dataset root "
-                        "with a test split of its own (CIFAR's batches, N-MNIST's Train/ + Test/, DVS128 Gesture, "
-                        "DIR/train/ + DIR/val/), whose test split is scored; class folders are matched to the "
-                        "checkpoint's classes by name. The run's own data folder (the config's "
-                        "data_dir, or its train/) and a root holding DIR/train/ only give its validation split, as "
-                        "without --data. For a glue run: a GLUE task folder (or data root) holding the task's dev "
-                        "file(s), or a TSV file in the task's layout, every row of which is scored")
-    p.add_argument("--split", choices=("val", "test"),
-                   help="force how --data is read: val, as the run's dataset root, whose validation split the "
-                        "config holds out (or names); test, as a test set (without --data: the run's data's own "
-                        "test split, for a run that held out its val split)")
-    p.add_argument("--predictions", metavar="FILE.csv|FILE.json",
-                   help="also write each sample's prediction: its file (or index), true class, whether the top-1 "
-                        "and the top-5 hold it, and the top-5 classes with their probabilities (GLUE: each row's "
-                        "FILE:LINE, its label, and the classes by probability or, for STS-B, the predicted score)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--batch-size", type=int, help="evaluation batch size (default: the config's)")
-    p.add_argument("--workers", type=int, default=None, help="data-loading worker processes (default: the config's)")
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    p.add_argument("--plot", metavar="FILE.png",
-                   help="plot top-1 accuracy against the time steps the read-out is given (.png, .pdf or .svg)")
-    p.add_argument("--early-exit", nargs="+", type=float, default=[], metavar="P",
-                   help="also score stopping each sample at the first time step whose read-out gives its top class "
-                        "a softmax probability of at least P (0 < P <= 1): top-1, mean time steps and the backbone's "
-                        "energy per image (Eq. 20, from the spikes of the steps each sample ran) per P")
-    p.add_argument("--calibrate", type=float, metavar="FRACTION",
-                   help="choose the early-exit confidence on a seeded FRACTION of the split (e.g. 0.5): the one of "
-                        "least energy whose top-1 there is within --max-drop of every step's; the early-exit "
-                        "figures are then those of the rest of the split, which the choice never saw")
-    p.add_argument("--max-drop", type=float, default=0.5, metavar="POINTS",
-                   help="top-1 (percentage points) an early exit may lose against every step, for --calibrate "
-                        "(default 0.5)")
-    p.add_argument("--calibrate-seed", type=int, default=0, metavar="N",
-                   help="seed of the --calibrate split (default 0)")
-    p.set_defaults(func=_eval_entry)

@@ -16,8 +16,7 @@ from pathlib import Path
 from ..nn.fast import AMP_MODES, COMPILE_MODES, FAST_MODES, LIF_BACKEND_MODES
 from ..utils.errors import ConfigError
 
-__all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "from_dict", "apply_overrides",
-           "add_run_args"]
+__all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "from_dict", "apply_overrides"]
 
 DATASETS = ("cifar10", "cifar100", "folder", "digits", "nmnist", "dvs128_gesture", "cifar10_dvs")
 EVENT_DATASETS = ("nmnist", "dvs128_gesture", "cifar10_dvs")  # raw event recordings (spikingformer.data.events)
@@ -373,17 +372,3 @@ def load_config(path: str | Path | None, overrides: list[str] = (), cls=TrainCon
     if cli:
         source += " + --set " + " ".join(overrides)
     return from_dict(cls, apply_overrides(data, cli), source)
-
-
-def add_run_args(parser, config_help: str, required: bool = True) -> None:
-    """The options every training command shares: ``--config``, ``--set`` (repeatable), ``--resume``, ``--json``."""
-    parser.add_argument("--config", required=required, metavar="FILE|RECIPE",
-                        help=f"{config_help}, or a shipped recipe's name (`spikingformer recipes` lists them)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config key (repeatable); values are parsed as YAML")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in the config's output folder from last.pt (starts fresh if none) "
-                             "with the run's own config: a key given another value (by --set or by the config file) "
-                             "is refused, except those that may change on resume (workers, device, output, ...); "
-                             "train and pretrain record their --set options, which need not be repeated")
-    parser.add_argument("--json", metavar="FILE", help="also write the run's summary (summary.json) to FILE")

@@ -51,7 +51,7 @@ def resolve_img_size(cfg: TrainConfig) -> int:
     """The input size a run trains at: ``img_size`` if set, else the named model's default.  The model is
     built either way (on the meta device: nothing allocated), so an unknown name or model option fails
     here, before any data loads."""
-    from .. import create_model
+    from ..models import create_model
 
     with torch.device("meta"):
         default = create_model(cfg.model, **cfg.model_args).cfg.img_size

@@ -30,10 +30,10 @@ from ..nn.fast import FastPath
 from ..utils.errors import ConfigError, InputError
 from ..weights import checkpoint as ckpt
 from .distributed import DistInfo, gather_objects, session
-from .text_engine import TextTask, TextTrainConfig, add_command, epoch_order, eval_shard, expand, finish, fit, to_device
+from .text_engine import TextTask, TextTrainConfig, epoch_order, eval_shard, expand, finish, fit, to_device
 
 __all__ = ["GlueConfig", "GlueSplits", "glue_splits", "predict", "answers", "score_splits", "per_step_scores",
-           "records", "evaluate_glue", "run_glue", "register_cli"]
+           "records", "evaluate_glue", "run_glue"]
 
 VAL_SPLITS = ("auto", "holdout")
 
@@ -376,15 +376,3 @@ def _run(cfg: GlueConfig, info, resume: bool, json_path: str | None) -> dict:
         for k, values in summary["per_step"].items():
             print(f"{k} after each time step: " + ", ".join(f"{t} {v:.4f}" for t, v in enumerate(values, 1)))
     return finish(cfg, info, summary, json_path)
-
-
-def register_cli(sub) -> None:
-    add_command(
-        sub, "glue", run_glue, GlueConfig, "fine-tune a text Spikingformer on a GLUE task",
-        "Fine-tune on one GLUE task's train.tsv (--set task=sst2; cola, mrpc, stsb, qqp, mnli, qnli, rte, wnli), "
-        "from an MLM checkpoint (--set init=runs/mlm/last.pt) or from scratch, and report every GLUE metric of "
-        "the task (MCC, accuracy, F1, Pearson/Spearman) beside the majority-class baseline: on the official dev "
-        "file(s) when DATA_DIR/TASK/dev.tsv exists (MNLI: dev_matched.tsv and dev_mismatched.tsv, both "
-        "reported), else on a seeded held-out split of train (--set val_split=holdout forces it). Runs on CUDA "
-        "with bf16 autocast and torch.compile by default when a GPU is present (config keys device, amp, "
-        "fast). See configs/glue.yaml.")

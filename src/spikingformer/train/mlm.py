@@ -23,7 +23,6 @@ from .distributed import all_reduce_sum, session
 from .text_engine import (
     TextTask,
     TextTrainConfig,
-    add_command,
     epoch_order,
     eval_shard,
     expand,
@@ -33,7 +32,7 @@ from .text_engine import (
     to_device,
 )
 
-__all__ = ["MLMConfig", "run_mlm", "register_cli"]
+__all__ = ["MLMConfig", "run_mlm"]
 
 
 @dataclass
@@ -122,13 +121,3 @@ def _run(cfg: MLMConfig, info, resume: bool, json_path: str | None) -> dict:
               f"always {tok.inv_vocab[top]!r}: {summary['unigram_baseline_acc']:.4f}; copy the input token: "
               f"{summary['copy_baseline_acc']:.4f}) on {val_name}")
     return finish(cfg, info, summary, json_path)
-
-
-def register_cli(sub) -> None:
-    add_command(
-        sub, "mlm", run_mlm, MLMConfig, "pre-train a text Spikingformer by masked language modelling",
-        "Masked-LM pre-training (BERT recipe: 15 % of tokens chosen, 80/10/10 [MASK]/random/keep) of a "
-        "models.text Spikingformer on contiguous token blocks of a text corpus; reports masked-token accuracy "
-        "and loss on a held-out corpus beside the always-most-frequent-token baseline. Runs on CUDA with bf16 "
-        "autocast and torch.compile by default when a GPU is present (config keys device, amp, fast). See "
-        "configs/mlm_wikitext2.yaml.")

@@ -11,9 +11,7 @@ class is known (``true_labels``: class folders, an N-MNIST label list) are score
 """
 from __future__ import annotations
 
-import argparse
 import functools
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,7 +19,26 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..utils.errors import InputError
+from ..data import DataError, sample_names
+from ..data.events import (
+    SAMPLE_READERS,
+    SENSOR_SIZE,
+    EventFrames,
+    nmnist_label_list,
+    not_a_sample,
+    read_sample,
+    time_major,
+)
+from ..data.sources import DATASET_STATS, load_rgb
+from ..data.transforms import eval_transform
+from ..models.text import list_text_models
+from ..utils.errors import ConfigError, InputError
+from ..utils.outputs import write_csv, write_json
+from ..utils.progress import progress_bar
+from ..weights.loading import resolve
+from .config import TrainConfig, from_dict, load_config, parse_overrides
+from .distributed import resolve_device
+from .evaluation import asked_options, eval_path, read_outs, rebuild, run_config
 
 __all__ = ["Predictor", "InputFiles", "load_predictor", "input_files", "find_inputs", "true_labels",
            "prediction_record", "accuracy", "split_records", "write_prediction_csv", "write_predictions"]
@@ -42,7 +59,6 @@ class InputFiles:
     def refusal(self, path: Path) -> str | None:
         """Why ``path`` is not such a file, judged by its suffix (``None`` if it may be one): an event recording is
         read as its suffix says; an image is decoded by its content, so any suffix may do but an event recording's."""
-        from ..data.events import SAMPLE_READERS, not_a_sample
 
         if self.events:
             return not_a_sample(self.dataset, path)
@@ -54,8 +70,6 @@ class InputFiles:
 
 def input_files(dataset: str) -> InputFiles:
     """What a model trained on ``dataset`` classifies: single-sample recordings of an event dataset, else images."""
-    from ..data.events import SAMPLE_READERS, read_sample, time_major
-    from ..data.sources import load_rgb
 
     if dataset in SAMPLE_READERS:
         return InputFiles(dataset, f"{dataset} recording", tuple(SAMPLE_READERS[dataset]),
@@ -84,7 +98,6 @@ class Predictor:
         """``(top, steps)``: ``self(x, k)``, and for an event model each sample's top-1 ``(class, probability)``
         after each time step (the read-out of steps ``1..t``, ``forward_steps``: how early the decision is made),
         from one pass of the model; ``None`` for images."""
-        from .evaluation import read_outs
 
         with self.path.autocast(self.device):
             x = self.path.to_input(x.to(self.device))
@@ -103,19 +116,12 @@ def load_predictor(checkpoint: str, recipe: str | None = None, classes_file: str
                    device: str = "cpu", sets: list[str] = ()) -> Predictor:
     """The model of ``checkpoint`` in eval mode on ``device``, with the transform its run evaluated with;
     ``sets``: ``--set KEY=VALUE`` overrides of that config and model, as ``eval`` takes them (e.g. another T)."""
-    from ..data.events import SENSOR_SIZE, EventFrames
-    from ..data.sources import DATASET_STATS
-    from ..models.text import list_text_models
-    from ..utils.errors import ConfigError
-    from ..weights.loading import resolve
-    from .config import TrainConfig, from_dict, parse_overrides
-    from .distributed import resolve_device
-    from .evaluation import asked_options, eval_path, rebuild, run_config
 
     advice = "add --config RECIPE, e.g. --config cifar10"
     given = parse_overrides(list(sets))
     # a recipe's model may be chosen by --set model=, as with eval --config; a run's checkpoint names its own
-    state, build, name = resolve(checkpoint, given.get("model") if recipe else None, recipe,
+    state, build, name = resolve(checkpoint, given.get("model") if recipe else None,
+                                 load_config(recipe) if recipe else None,
                                  unnamed=f"{checkpoint} names neither its model nor how its images were read: {advice}")
     if name in list_text_models():
         raise InputError(f"{checkpoint} holds the text model {name}; predict classifies image files")
@@ -154,8 +160,6 @@ def _image_transform(cfg, data: dict, size: int):
     """The run's evaluation transform at ``size``, normalised as the run (or the command line) says."""
     from torchvision.transforms import Compose
 
-    from ..data.sources import DATASET_STATS
-    from ..data.transforms import eval_transform
 
     mean, std = DATASET_STATS[cfg.dataset]
     mean, std = data.get("mean") or cfg.mean or mean, data.get("std") or cfg.std or std
@@ -195,7 +199,6 @@ def true_labels(paths: list[Path], files: InputFiles, classes: list[str]) -> dic
     """The true class of each file (by its index in ``paths``) that says it: an N-MNIST recording listed in the
     one ``'#sample #class'`` list (*.txt) beside it, or a file in a class folder (``DIR/<class>/FILE``) named as
     one of the model's ``classes`` (N-MNIST's official ``Test/<digit>/``, the CIFAR-10 JPEG copy's layout)."""
-    from ..data.events import nmnist_label_list
 
     listed = {}
     if files.dataset == "nmnist":
@@ -235,7 +238,6 @@ def write_prediction_csv(path, records: list[dict]) -> None:
     """One row per record: path (or index), with true classes label, correct and in_top5 (1/0: their means are
     the top-1 and top-5), a regression's predicted score (GLUE's STS-B: ``glue.records``), then class_1,
     prob_1, ... (``metrics.write_csv``)."""
-    from ..utils.outputs import write_csv
 
     where = "path" if "path" in records[0] else "index"
     fields = [f for f in ("label", "correct", "in_top5", "score") if any(f in r for r in records)]
@@ -252,7 +254,6 @@ def write_prediction_csv(path, records: list[dict]) -> None:
 def split_records(data, order: list[int], batches: list) -> list[dict]:
     """A ``prediction_record`` per sample of ``data.val`` (``data.build_data`` / ``build_test``), by index, from
     the top-5 batches ``evaluation.evaluate`` recorded for the samples ``order`` lists."""
-    from ..data import sample_names
 
     names = sample_names(data.val)
     tops, probs, labels = (torch.cat(t).tolist() for t in zip(*batches))
@@ -264,7 +265,6 @@ def split_records(data, order: list[int], batches: list) -> list[dict]:
 
 def write_predictions(path: str, records: list[dict], about: dict) -> None:
     """``records`` as CSV (``write_prediction_csv``) or, for a ``.json`` path, ``{**about, "predictions": ...}``."""
-    from ..utils.outputs import write_json
 
     if str(path).lower().endswith(".json"):
         write_json(path, {**about, "predictions": records})
@@ -287,7 +287,6 @@ class _Samples(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        from ..data import DataError
 
         try:
             return i, self.transform(self.load(str(self.paths[i]))), ""
@@ -301,91 +300,24 @@ def _collate(items, stack: Callable):
         (i, why) for i, x, why in items if x is None]
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from ..data import DataError
-    from ..utils.errors import ConfigError
-    from ..utils.outputs import check_output, write_json
-    from ..utils.progress import progress_bar
-    from ..weights.checkpoint import CheckpointError
-    from .config import validate_device
-
-    try:
-        if args.topk < 1 or args.batch_size < 1:
-            raise InputError(f"--topk and --batch-size must be >= 1, got {args.topk} and {args.batch_size}")
-        check_output("--json", args.json)
-        check_output("--csv", args.csv)
-        validate_device(args.device)
-        pred = load_predictor(args.checkpoint, args.config, args.classes, args.device, args.set)
-        paths = find_inputs(args.inputs, pred.files)  # which files, and read how, the model's training says
-        loader = torch.utils.data.DataLoader(_Samples(paths, pred.files.load, pred.transform), args.batch_size,
-                                             num_workers=args.workers,
-                                             collate_fn=functools.partial(_collate, stack=pred.files.stack))
-        labels = true_labels(paths, pred.files, pred.classes)
-        tops, steps, skipped = {}, {}, []
-        for good, x, bad in progress_bar(loader, "predict"):
-            if good:
-                top, per_step = pred.classify(x, max(args.topk, 5))  # top-5 for the accuracy of labelled files
-                tops.update(zip(good, top))
-                steps.update(zip(good, per_step or []))
-            skipped += [{"path": str(paths[i]), "error": why} for i, why in bad]
-    except (CheckpointError, ConfigError, DataError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for s in skipped:
-        print(f"skipped: {s['error']}", file=sys.stderr)
-    if not tops:
-        print(f"error: none of the {len(paths)} {pred.files.noun}(s) could be read", file=sys.stderr)
-        return 2
-    records = [{**prediction_record(str(paths[i]), top, labels.get(i), args.topk),
+def predict_files(pred: Predictor, inputs: list[str], topk: int, batch_size: int,
+                  workers: int = 0) -> tuple[list[dict], list[dict]]:
+    """``(records, skipped)``: a ``prediction_record`` per readable file of ``inputs`` (files or folders), in file
+    order, with the top class after each time step where the model gives it, and the files that could not be read
+    with why.  Labelled files (``true_labels``) record their class, for ``accuracy``."""
+    paths = find_inputs(inputs, pred.files)  # which files, and read how, the model's training says
+    loader = torch.utils.data.DataLoader(_Samples(paths, pred.files.load, pred.transform), batch_size,
+                                         num_workers=workers, collate_fn=functools.partial(_collate,
+                                                                                            stack=pred.files.stack))
+    labels = true_labels(paths, pred.files, pred.classes)
+    tops, steps, skipped = {}, {}, []
+    for good, x, bad in progress_bar(loader, "predict"):
+        if good:
+            top, per_step = pred.classify(x, max(topk, 5))  # top-5 for the accuracy of labelled files
+            tops.update(zip(good, top))
+            steps.update(zip(good, per_step or []))
+        skipped += [{"path": str(paths[i]), "error": why} for i, why in bad]
+    records = [{**prediction_record(str(paths[i]), top, labels.get(i), topk),
                 **({"per_step": [[c, p] for c, p in steps[i]]} if i in steps else {})}
                for i, top in sorted(tops.items())]
-    for r in records:
-        after = "; after each step: " + ", ".join(f"{c} {p:.3f}" for c, p in r["per_step"]) if "per_step" in r else ""
-        print(f"{r['path']}: " + ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"]) + after)
-    acc = accuracy(records)
-    if acc:
-        print(f"accuracy on the {acc['count']} of {len(records)} {pred.files.noun}s whose class their folder or "
-              f"label list names: top-1 {100 * acc['top1']:.2f} %, top-5 {100 * acc['top5']:.2f} %")
-    if args.json:
-        write_json(args.json, {"checkpoint": args.checkpoint, "model": pred.name, "accuracy": acc,
-                               "predictions": records, "skipped": skipped})
-    if args.csv:
-        write_prediction_csv(args.csv, records)
-    return 0
-
-
-def register_cli(sub) -> None:
-    from ..weights.loading import add_model_kwargs_arg
-
-    p = sub.add_parser(
-        "predict", help="classify image files, event recordings or folders with a trained model (top-k classes, "
-                        "JSON/CSV)",
-        description="Classify images with a checkpoint: a run's best.pt/last.pt, or a .safetensors exported from "
-                    "one, brings its model, class names and evaluation transform (resize, crop, normalise). A run "
-                    "trained on event data classifies single-sample recordings of its dataset instead (nmnist: .bin, "
-                    ".bs2, .npz; cifar10_dvs: .aedat, .npz; dvs128_gesture: one window as .npz, not a raw .aedat "
-                    "recording of many gestures), integrated into frames as eval integrates them, and also reports "
-                    "the top-1 after each time step. Other weights (a state_dict, official weights) need --config: "
-                    "the recipe names the model and how images are read; classes are then numbered unless --classes "
-                    "names them. --set overrides a key of that config as with eval, e.g. --set model_args.T=8 to "
-                    "predict at another T. Files in class folders named as the model's classes (DIR/cat/1.jpg), or "
-                    "N-MNIST recordings listed in the '#sample #class' list beside them, have a known class: their "
-                    "top-1 and top-5 accuracy and count are reported too.")
-    p.add_argument("inputs", nargs="+", metavar="FILE|DIR",
-                   help="image files (event recordings for an event-trained model), or folders searched recursively")
-    p.add_argument("--checkpoint", required=True, metavar="FILE", help="the trained weights")
-    p.add_argument("--config", metavar="FILE|RECIPE", help="recipe for weights that are not a run's checkpoint")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one key of the run's config or of --config (repeatable), as eval takes it: "
-                        "model_args.T=8 (predict at another T), img_size, mean, std, crop_pct, ...")
-    add_model_kwargs_arg(p, as_set=True)
-    p.add_argument("--classes", metavar="FILE", help="class names, one per line, in the model's class order")
-    p.add_argument("--topk", type=int, default=5, help="classes reported per file (default 5)")
-    p.add_argument("--batch-size", type=int, default=32, help="files per forward pass (default 32)")
-    p.add_argument("--workers", type=int, default=0, help="file-reading worker processes (default 0)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--json", metavar="FILE", help="also write every prediction as JSON (event recordings: with "
-                                                   "per_step, the [class, prob] of the top-1 after each time step)")
-    p.add_argument("--csv", metavar="FILE", help="also write path, class_1, prob_1, ... as CSV (with label, correct "
-                                                  "and in_top5 for files of a known class)")
-    p.set_defaults(func=_cmd_predict)
+    return records, skipped

@@ -14,9 +14,6 @@ for fine-tuning.
 """
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,14 +24,13 @@ from torch import nn
 from ..models.mae import MAEConfig, SpikformerV2MAE
 from ..nn.fast import FastPath
 from ..utils.errors import ConfigError, InputError
-from ..utils.outputs import MetricsLog, check_output, pyplot, save_figure, write_json
+from ..utils.outputs import MetricsLog, pyplot, save_figure, write_json
 from ..weights import checkpoint as ckpt
-from .config import TrainConfig, add_run_args
+from .config import TrainConfig
 from .distributed import DistInfo
 from .engine import Progress
 
-__all__ = ["PretrainConfig", "IMAGE_DATASETS", "run", "load_pretrained_encoder", "masked_loss", "save_reconstructions",
-           "register_cli"]
+__all__ = ["PretrainConfig", "IMAGE_DATASETS", "run", "load_pretrained_encoder", "masked_loss", "save_reconstructions"]
 
 KIND = "spikformer_v2_mae"  # meta["kind"] of a pre-training checkpoint
 IMAGE_DATASETS = ("cifar10", "cifar100", "folder", "digits")  # static images: their pixels are the target
@@ -296,51 +292,3 @@ def load_pretrained_encoder(model: nn.Module, path: str | Path, state: dict | No
 
 
 # ----------------------------------------------------------------------------- command line
-
-def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from ..data import DataError
-    from .config import load_config, parse_overrides
-    from .engine import resume_config
-
-    def fail(e: Exception) -> int:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-    try:
-        check_output("--json", args.json)
-        cfg, overrides = load_config(args.config, args.set, cls=PretrainConfig), parse_overrides(args.set)
-        with torch.device("meta"):  # unknown or non-V2 models and bad model_args fail here, before any data loads
-            SpikformerV2MAE(cfg.mae_config())
-    except (ValueError, TypeError) as e:
-        return fail(e)
-    try:
-        if args.resume:
-            cfg = resume_config(cfg, overrides)
-        s = run(cfg, resume=args.resume, overrides=overrides)
-    except (DataError, ckpt.CheckpointError, FileExistsError, ValueError) as e:
-        return fail(e)
-    if int(os.environ.get("RANK", 0)) == 0:
-        print(f"{s['val_split']}: masked-patch loss {s['final_val_loss']:.4f} (predicting each patch's mean: "
-              f"{s['val_baseline_loss']:.4f}); {s['steps']} steps in {s['seconds']:.0f} s -> {s['checkpoint']}")
-        if args.json:
-            write_json(Path(args.json), s)
-    return 0
-
-
-def register_cli(sub) -> None:
-    p = sub.add_parser(
-        "pretrain", help="MAE-style self-supervised pre-training of a Spikformer V2 (V2 §4.2); resumable",
-        description="Pre-train a Spikformer V2 encoder by masked image modelling: 75 % of the 16x16 patches "
-                    "are hidden, a light ANN Transformer decoder reconstructs their normalized pixels, the loss "
-                    "is the MSE on masked patches (1.0 = predicting each patch's mean). The YAML takes every "
-                    "train key (data, optimizer, schedule, engine) plus mask_ratio, decoder_dim, decoder_depth, "
-                    "decoder_heads, norm_pix_loss; model_args.T sets the time steps (default 1). Writes last.pt, "
-                    "metrics.jsonl/png, reconstruction.png and summary.json to the output folder. Fine-tune a "
-                    "classifier from its encoder with `spikingformer train --config imagenet_v2_finetune --set "
-                    "init_from=OUTPUT/last.pt` (any Spikformer V2 recipe of the same model; in Python, "
-                    "spikingformer.train.pretrain.load_pretrained_encoder).",
-        epilog="example: spikingformer pretrain --config cifar10_v2_mae_pretrain --set data_dir=DIR, then "
-               "spikingformer train --config cifar10_v2_finetune --set data_dir=DIR "
-               "--set init_from=runs/cifar10_v2_mae_pretrain/last.pt")
-    add_run_args(p, "YAML file of PretrainConfig keys")
-    p.set_defaults(func=_cmd_pretrain)

@@ -23,12 +23,10 @@ Evaluation is sharded over the processes and its sums all-reduced; only rank 0 w
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import functools
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -39,9 +37,9 @@ from torch import Tensor, nn
 from ..models.text import SpikingformerText, create_text_model, list_text_models
 from ..nn.fast import AMP_MODES, FAST_MODES, FastPath
 from ..utils.errors import ConfigError
-from ..utils.outputs import MetricsLog, check_output, write_json
+from ..utils.outputs import MetricsLog, write_json
 from ..weights import checkpoint as ckpt
-from .config import add_run_args, load_config, validate_device
+from .config import validate_device
 from .distributed import DistInfo, all_reduce_sum, convert_sync_batchnorm
 from .engine import load_scaler, open_run, wrap_ddp
 
@@ -273,22 +271,3 @@ def finish(cfg: TextTrainConfig, info: DistInfo, summary: dict, json_path: str |
 
 
 # ---------------------------------------------------------------- command line
-
-def _cmd(runner, cls):
-    def cmd(args: argparse.Namespace) -> int:
-        try:  # bad config, missing or malformed data files, unreadable init checkpoint: one clear line
-            check_output("--json", args.json)
-            runner(load_config(args.config, args.set, cls=cls), resume=args.resume, json_path=args.json)
-        except (ValueError, FileNotFoundError, FileExistsError, ckpt.CheckpointError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        return 0
-    return cmd
-
-
-def add_command(sub, name: str, runner, cls, helptext: str, description: str) -> None:
-    """The ``mlm`` / ``glue`` subcommand: ``--config``, ``--set``, ``--resume``, ``--json`` (``add_run_args``)."""
-    p = sub.add_parser(name, help=helptext, description=description + " Several GPUs: torchrun "
-                       f"--nproc_per_node=N -m spikingformer.cli {name} ... (batch_size is the global batch).")
-    add_run_args(p, "YAML file of config keys (default: built-in defaults)", required=False)
-    p.set_defaults(func=_cmd(runner, cls))

@@ -17,3 +17,7 @@ class InputError(UserError, ValueError):
 
 class ConfigError(InputError):
     """A configuration key or value is wrong; the message says which and what is valid."""
+
+
+class OptionError(UserError, TypeError):
+    """A model option that does not exist, or a value of the wrong type for it."""

@@ -33,6 +33,7 @@ __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_weight
 FORMAT = "spikingformer.weights.checkpoint"
 DATA_KEYS = ("classes", "mean", "std", "img_size", "data_root")  # a run's record of its inputs, which inference needs
 VERSION = 1
+METADATA_FORMAT = "spikingformer.weights"  # the metadata of a .safetensors written by `spikingformer export`
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -191,7 +192,6 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
-    from ..deploy.export import METADATA_FORMAT
 
     try:
         state = load_file(str(path), device="cpu")
