@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 import spikingformer as sf
 from spikingformer.data import DataError, balanced_split, holdout_name
-from spikingformer.data.sources import load_raw
+from spikingformer.data import load_raw
 from spikingformer.nn.fast import FastPath
 from spikingformer.train.config import load_config
 

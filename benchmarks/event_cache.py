@@ -58,7 +58,7 @@ def one_pass(root: Path, cache: str, frames: bool, seed: int) -> dict:
     """One shuffled pass over the training samples, with a fresh dataset (nothing kept in memory)."""
     from spikingformer.data.event_cache import CACHE_ENV, _parsed_aedat3
     from spikingformer.data.events import EventFrames
-    from spikingformer.data.sources import load_raw
+    from spikingformer.data import load_raw
 
     os.environ[CACHE_ENV] = cache
     _parsed_aedat3.cache_clear()

@@ -212,7 +212,7 @@ def _readers() -> dict[str, Reader]:
 
 
 def allowed_errors() -> tuple[type, ...]:
-    from spikingformer.data.sources import DataError
+    from spikingformer.data import DataError
     from spikingformer.train.config import ConfigError
     from spikingformer.weights.checkpoint import CheckpointError
 

@@ -103,7 +103,7 @@ def test_single_process_commands_refuse_torchrun(monkeypatch, capsys):
     def evaluated(*args, **kwargs):
         raise InputError("evaluated")
 
-    monkeypatch.setattr("spikingformer.train.evaluation.evaluate_checkpoint", evaluated)
+    monkeypatch.setattr("spikingformer.train.scoring.evaluate_checkpoint", evaluated)
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert cli.main(["eval", "--checkpoint", "run.pt"]) == 2
     assert "`spikingformer eval` runs in one process; start it without torchrun" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import torch
 from spikingformer.data.event_formats import read_npz_events
 from spikingformer.data.events import nmnist_label_list
 from spikingformer.data.glue import read_glue
-from spikingformer.data.sources import DataError
+from spikingformer.data import DataError
 from spikingformer.data.text import WordPieceTokenizer, read_corpus
 from spikingformer.train.config import ConfigError, load_config
 from spikingformer.weights.checkpoint import CheckpointError, load_weights, save_checkpoint

@@ -8,7 +8,7 @@ from spikingformer.utils.outputs import check_output
 # each command, how it is started, and the function that does its work (which must never run)
 COMMANDS = {
     "models": (["models", "spikingformer_4_256"], "spikingformer.create_model"),
-    "eval": (["eval", "--checkpoint", "run.pt"], "spikingformer.train.evaluation.evaluate_checkpoint"),
+    "eval": (["eval", "--checkpoint", "run.pt"], "spikingformer.train.scoring.evaluate_checkpoint"),
     "energy": (["energy", "--model", "spikingformer_4_256"], "spikingformer.analysis.energy.prepare"),
     "verify": (["verify", "--model", "spikingformer_4_256"], "spikingformer.analysis.verify.prepare"),
     "predict": (["predict", "cat.png", "--checkpoint", "run.pt"], "spikingformer.train.predict.load_predictor"),

@@ -214,7 +214,7 @@ def test_each_event_dataset_reads_its_own_sample_files(tmp_path):
 def test_early_exit_on_event_frames_is_priced(event_run, tmp_path):
     """Event batches come time-major ([T, B, 2, H, W]): every layer's spikes are still charged per sample
     and step, so stopping all recordings after the first frame costs less than reading both."""
-    from spikingformer.train.evaluation import evaluate_checkpoint
+    from spikingformer.train.scoring import evaluate_checkpoint
 
     ckpt, data = event_run
     r = evaluate_checkpoint(str(ckpt), str(data), device="cpu", exit_at=(1e-9, 1.0))

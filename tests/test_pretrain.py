@@ -10,7 +10,8 @@ import torch
 from spikingformer import create_model
 from spikingformer.cli import main
 from spikingformer.train import pretrain
-from spikingformer.train.config import DATASETS, ConfigError, load_config
+from spikingformer.data.sources import DATASETS
+from spikingformer.train.config import ConfigError, load_config
 from spikingformer.train.pretrain import IMAGE_DATASETS, PretrainConfig, load_pretrained_encoder, run
 from spikingformer.weights import checkpoint as ckpt
 from spikingformer.weights.checkpoint import CheckpointError, load_checkpoint

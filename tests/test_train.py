@@ -241,7 +241,7 @@ def test_eval_runs_the_neurons_the_config_trains_with(cuda_capability):
     import importlib.util
 
     from spikingformer.nn.fast import FastPath
-    from spikingformer.train.evaluation import eval_path
+    from spikingformer.train.runs import eval_path
 
     cuda = eval_path(TrainConfig(), "cuda")
     assert not cuda.compile and cuda.amp_dtype == torch.bfloat16

@@ -15,7 +15,7 @@ from spikingformer.data import (
     build_data,
     holdout_name,
 )
-from spikingformer.data.sources import load_raw
+from spikingformer.data import load_raw
 from spikingformer.train.config import TrainConfig
 
 from .helpers import CLASSES, write_class_tree

@@ -11,7 +11,7 @@ import pytest
 from spikingformer.data import event_cache, event_formats
 from spikingformer.data.event_cache import GestureWindows, cache_root
 from spikingformer.data.events import EventFrames, read_aedat3
-from spikingformer.data.sources import load_raw
+from spikingformer.data import load_raw
 
 from .test_events import encode_aedat3, random_events
 

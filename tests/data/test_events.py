@@ -26,7 +26,7 @@ from spikingformer.data.events import (
     segment_bounds,
     wide_op,
 )
-from spikingformer.data.sources import load_raw
+from spikingformer.data import load_raw
 from spikingformer.train.config import ConfigError, TrainConfig
 
 REAL_NMNIST = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "nmnist-small-train.tar.gz"
@@ -460,7 +460,7 @@ def test_one_epoch_on_synthetic_events_is_spike_driven(tmp_path, recipe):
 def test_eval_feeds_frames_at_the_T_of_the_model_it_runs(tmp_path, monkeypatch):
     """An event run evaluated at another T (exported with --t, or --set model_args.T) is fed frames at that T."""
     from spikingformer import cli
-    from spikingformer.train import evaluation
+    from spikingformer.train import scoring
     from spikingformer.train.classify import run
     from spikingformer.weights.checkpoint import load_checkpoint
 
@@ -470,13 +470,13 @@ def test_eval_feeds_frames_at_the_T_of_the_model_it_runs(tmp_path, monkeypatch):
                     model_args=dict(depth=1, dim=32, num_heads=2, T=2, downsample=[False, False, True, True]),
                     img_size=32, val_split="holdout", holdout=3, batch_size=3, val_batch_size=3, workers=0,
                     epochs=1, warmup_epochs=0, cooldown_epochs=0, output=str(tmp_path / "run"), progress=False))
-    steps, evaluate = [], evaluation.evaluate
+    steps, evaluate = [], scoring.evaluate
 
     def spy(model, loader, *args, **kwargs):
         steps.append((next(iter(loader))[0].shape[0], model.cfg.T))
         return evaluate(model, loader, *args, **kwargs)
 
-    monkeypatch.setattr(evaluation, "evaluate", spy)
+    monkeypatch.setattr(scoring, "evaluate", spy)
     last, exported = tmp_path / "run" / "last.pt", tmp_path / "t3.safetensors"
     assert cli.main(["export", "--checkpoint", str(last), "--out", str(exported), "--t", "3"]) == 0
     assert cli.main(["eval", "--checkpoint", str(exported)]) == 0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..analysis.early_exit import plot_steps
 from ..analysis.probe import verdict
-from ..train import evaluation
+from ..train import scoring
 from ..train.predict import write_predictions
 from ..utils.errors import InputError
 from ..utils.outputs import FIGURE_SUFFIXES, check_output, write_json
@@ -19,7 +19,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     check_output("--predictions", args.predictions, suffixes=(".csv", ".json"))
     if args.predictions and args.json and Path(args.predictions).resolve() == Path(args.json).resolve():
         raise InputError(f"--predictions and --json name the same file {args.json}: give each its own")
-    r = evaluation.evaluate_checkpoint(args.checkpoint, args.data, args.device, args.batch_size, args.workers,
+    r = scoring.evaluate_checkpoint(args.checkpoint, args.data, args.device, args.batch_size, args.workers,
                                        args.config, args.set, tuple(args.early_exit), args.calibrate,
                                        args.max_drop / 100, args.calibrate_seed, args.split,
                                        bool(args.predictions), bool(args.plot))

@@ -17,9 +17,25 @@ from typing import Callable
 
 from torch.utils.data import Dataset
 
+from ..models import create_model
+from ..utils.errors import DataError
+from .events import EventAugment, EventFrames, event_collate, load_event_raw
 from .sampler import EpochSampler, GuardedLoader, SampleFailure, SeededTransform, ShardSampler
-from .sources import DATASET_STATS, DataError, RawData, Relabelled, Subset, load_labelled, load_raw, sample_names
+from .sources import (
+    BUNDLED_DATASETS,
+    DATASET_STATS,
+    DATASETS,
+    EVENT_DATASETS,
+    RawData,
+    Relabelled,
+    Subset,
+    load_images,
+    load_labelled_images,
+    sample_names,
+    unread_data_note,
+)
 from .split import balanced_split, holdout_name
+from .transforms import eval_transform, train_transform
 
 __all__ = ["DataSplits", "build_data", "build_test", "scored_split", "DataError", "EpochSampler", "ShardSampler",
            "SeededTransform", "GuardedLoader", "SampleFailure", "balanced_split", "holdout_name", "load_raw",
@@ -121,7 +137,6 @@ def scored_split(cfg, data_dir: str | None, split: str | None, classes: list[str
     is a labelled test set, scored whole (``build_test``: class folders, recordings with a label list, or a
     dataset root's own test split).  ``split="val"`` reads ``data_dir`` as the run's dataset root,
     ``split="test"`` as a test set; the run's own data has a test split only where the dataset has one."""
-    from .sources import BUNDLED_DATASETS, unread_data_note
 
     if cfg.dataset in BUNDLED_DATASETS:  # nothing to read from a folder: the bundled set's val split
         if split == "test":
@@ -172,7 +187,6 @@ def _unused_val_note(data, cfg, named: bool, given: dict) -> list[str]:
 def _with_transforms(cfg, raw: RawData, train: Dataset | None, val: Dataset, val_name: str,
                      img_size: int) -> DataSplits:
     """``train`` (``None`` for a test set) and ``val`` with the transforms of ``cfg`` at ``img_size``."""
-    from .transforms import eval_transform, train_transform
 
     if raw.events:
         return _event_splits(cfg, raw, train, val, val_name, img_size)
@@ -195,14 +209,12 @@ def _model_T(cfg) -> int:
     """The model's own ``T``: event recordings are integrated into exactly that many frames."""
     import torch
 
-    from ..models import create_model
 
     with torch.device("meta"):
         return create_model(cfg.model, **cfg.model_args).cfg.T
 
 
 def _event_splits(cfg, raw: RawData, train: Dataset | None, val: Dataset, val_name: str, img_size: int) -> DataSplits:
-    from .events import EventAugment, EventFrames, event_collate
 
     T = _model_T(cfg)
     aug = EventAugment(cfg.hflip, cfg.event_roll, cfg.event_policy) if cfg.event_aug else None
@@ -212,3 +224,18 @@ def _event_splits(cfg, raw: RawData, train: Dataset | None, val: Dataset, val_na
         val=SeededTransform(val, EventFrames(T, cfg.split_by, raw.native_size, img_size)),
         val_name=val_name, classes=raw.classes, in_chans=raw.in_chans, img_size=img_size,
         mean=raw.mean, std=raw.std, collate=event_collate, own_val=raw.val_name)
+
+
+def load_raw(dataset: str, data_dir: str, download: bool = False) -> RawData:
+    """A dataset's train and test (or validation) parts as read from ``data_dir``: images or event recordings."""
+    if dataset in EVENT_DATASETS:
+        return load_event_raw(dataset, data_dir)
+    return load_images(dataset, data_dir, download)
+
+
+def load_labelled(dataset: str, data_dir: str) -> RawData:
+    """A labelled set that a model trained on ``dataset`` is scored on (``build_test``): read as ``dataset`` is,
+    but a CIFAR model's test set may also be class folders of images (the CIFAR-10 JPEG copy's layout)."""
+    if dataset in EVENT_DATASETS:
+        return load_event_raw(dataset, data_dir)
+    return load_labelled_images(dataset, data_dir)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .sources import DataError
+from ..utils.errors import DataError
 
 __all__ = ["EVENT_DTYPE", "GESTURE_CLASSES", "make_events", "read_nmnist_bin", "read_aedat3", "read_gesture_labels",
            "read_cifar10_dvs_aedat", "read_npz_events"]

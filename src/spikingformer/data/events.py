@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..utils.errors import InputError
+from ..utils.errors import DataError, InputError
 from .event_cache import GestureWindows, cache_root
 from .event_formats import (
     EVENT_DTYPE,
@@ -35,7 +35,7 @@ from .event_formats import (
     read_nmnist_bin,
     read_npz_events,
 )
-from .sources import DataError, RawData
+from .sources import RawData
 from .text import read_text
 
 __all__ = ["EVENT_DTYPE", "make_events", "read_nmnist_bin", "read_aedat3", "read_gesture_labels",

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..utils.errors import InputError
-from .sources import DataError, sample_source
+from ..utils.errors import DataError, InputError
+from .sources import sample_source
 
 __all__ = ["EpochSampler", "SeededTransform", "ShardSampler", "GuardedLoader", "SampleFailure"]
 

@@ -13,10 +13,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from ..train.config import EVENT_DATASETS
-from ..utils.errors import UserError
+from ..utils.errors import DataError
 
-__all__ = ["DataError", "RawData", "load_raw", "load_labelled", "load_rgb", "unread_data_note", "Subset", "Relabelled",
+__all__ = ["DATASETS", "EVENT_DATASETS", "RawData", "load_images", "load_labelled_images", "load_rgb", "unread_data_note", "Subset", "Relabelled",
            "sample_names", "sample_source", "DATASET_STATS"]
 
 # Per-channel mean/std over each training set (CIFAR values as in the official configs).
@@ -29,10 +28,6 @@ _CIFAR_LAYOUT = {
     "cifar10": ("CIFAR10", "cifar-10-batches-py", "data_batch_1..5, test_batch, batches.meta"),
     "cifar100": ("CIFAR100", "cifar-100-python", "train, test, meta"),
 }
-
-
-class DataError(UserError, RuntimeError):
-    """Data missing or malformed; the message says what was expected where."""
 
 
 class Subset(Dataset):
@@ -105,6 +100,8 @@ class RawData:
     train_only: bool = False     # a dataset root whose only split is DIR/train: training data, no test set
 
 
+DATASETS = ("cifar10", "cifar100", "folder", "digits", "nmnist", "dvs128_gesture", "cifar10_dvs")
+EVENT_DATASETS = ("nmnist", "dvs128_gesture", "cifar10_dvs")  # raw event recordings (spikingformer.data.events)
 BUNDLED_DATASETS = ("digits",)  # shipped with a package: no data_dir is read
 
 
@@ -115,26 +112,23 @@ def unread_data_note(dataset: str, data_dir: str | None) -> list[str]:
     return [f"--data {data_dir} is not read: the {dataset} dataset is bundled with scikit-learn"]
 
 
-def load_raw(dataset: str, data_dir: str, download: bool = False) -> RawData:
+def load_images(dataset: str, data_dir: str, download: bool = False) -> RawData:
+    """A dataset of images (``DATASETS`` but the event ones) as read from ``data_dir``."""
     if dataset in _CIFAR_LAYOUT:
         return _cifar(dataset, Path(data_dir), download)
     if dataset == "folder":
         return _folder(Path(data_dir))
     if dataset == "digits":
         return _digits()
-    if dataset in EVENT_DATASETS:
-        from .events import load_event_raw
-
-        return load_event_raw(dataset, data_dir)
     raise DataError(f"unknown dataset {dataset!r}")
 
 
-def load_labelled(dataset: str, data_dir: str) -> RawData:
-    """A labelled set that a model trained on ``dataset`` is scored on (``build_test``): read as ``dataset`` is,
-    but a CIFAR model's test set may also be class folders of images (the CIFAR-10 JPEG copy's layout)."""
+def load_labelled_images(dataset: str, data_dir: str) -> RawData:
+    """``load_images``, but a CIFAR model's test set may also be class folders of images (the CIFAR-10 JPEG
+    copy's layout)."""
     if dataset in _CIFAR_LAYOUT and not (Path(data_dir) / _CIFAR_LAYOUT[dataset][1]).is_dir():
         return _folder(Path(data_dir))
-    return load_raw(dataset, data_dir)
+    return load_images(dataset, data_dir)
 
 
 def _cifar(name: str, root: Path, download: bool) -> RawData:

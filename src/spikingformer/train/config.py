@@ -13,13 +13,14 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data.sources import DATASETS, EVENT_DATASETS
+from ..data.text import read_text
+from ..data.transforms import eval_transform, train_transform
 from ..nn.fast import AMP_MODES, COMPILE_MODES, FAST_MODES, LIF_BACKEND_MODES
 from ..utils.errors import ConfigError
 
 __all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "from_dict", "apply_overrides"]
 
-DATASETS = ("cifar10", "cifar100", "folder", "digits", "nmnist", "dvs128_gesture", "cifar10_dvs")
-EVENT_DATASETS = ("nmnist", "dvs128_gesture", "cifar10_dvs")  # raw event recordings (spikingformer.data.events)
 SPLIT_BY = ("number", "time")
 EVENT_POLICIES = ("roll", "wide")     # data.events.EventAugment
 HOLDOUT_PICKS = ("random", "last")    # data.split.balanced_split
@@ -166,7 +167,6 @@ class TrainConfig:
     def _transform_check(self) -> tuple[bool, str]:
         """timm parses ``aa``, ``interpolation`` and ``remode`` when it builds the transforms, in the first
         epoch's data loading: build them now, so a bad string fails before anything runs."""
-        from ..data.transforms import eval_transform, train_transform
 
         try:
             for make in (train_transform, eval_transform):
@@ -355,7 +355,6 @@ def _parse_yaml(text: str, path: Path):
 def load_config(path: str | Path | None, overrides: list[str] = (), cls=TrainConfig):
     """Read a YAML config (a file, or a shipped recipe's name; or start from the defaults when ``path`` is
     None) and apply ``--set`` overrides."""
-    from ..data.text import read_text
 
     data: dict = {}
     source = "defaults"

@@ -220,7 +220,7 @@ def evaluate_glue(path, run, data: str | None = None, device: str = "auto", batc
     keyed as the run's ``val_metrics``, the headline metric after each time step (``per_step``), the split's
     name and size; with ``predictions``, a record per example (``records``)."""
     from .distributed import resolve_device
-    from .evaluation import asked_options, rebuild
+    from .runs import asked_options, rebuild
 
     if "task" not in (run.build.get("config") or {}):
         raise InputError(f"{path} holds the text model {run.meta['model']} but no glue run's config (an mlm run's "

@@ -38,7 +38,8 @@ from ..utils.progress import progress_bar
 from ..weights.loading import resolve
 from .config import TrainConfig, from_dict, load_config, parse_overrides
 from .distributed import resolve_device
-from .evaluation import asked_options, eval_path, read_outs, rebuild, run_config
+from .evaluation import read_outs
+from .runs import asked_options, eval_path, rebuild, run_config
 
 __all__ = ["Predictor", "InputFiles", "load_predictor", "input_files", "find_inputs", "true_labels",
            "prediction_record", "accuracy", "split_records", "write_prediction_csv", "write_predictions"]

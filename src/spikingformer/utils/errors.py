@@ -19,5 +19,9 @@ class ConfigError(InputError):
     """A configuration key or value is wrong; the message says which and what is valid."""
 
 
+class DataError(UserError, RuntimeError):
+    """Data missing or malformed; the message says what was expected where."""
+
+
 class OptionError(UserError, TypeError):
     """A model option that does not exist, or a value of the wrong type for it."""
