@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..utils.errors import InputError
+from ..utils.outputs import pyplot, save_figure
 
 __all__ = ["early_exit", "score_policies", "calibration_split", "choose", "merge", "plot_steps"]
 
@@ -83,7 +84,6 @@ def plot_steps(acc: list[float], path: str, title: str, exits: list[dict] = (), 
 
     from matplotlib.ticker import MaxNLocator
 
-    from ..utils.outputs import pyplot, save_figure
 
     fig, ax = pyplot().subplots(figsize=(5, 3.5))
     ax.plot(range(1, len(acc) + 1), [100 * a for a in acc], marker="o", label="every sample stopped after t steps")

@@ -62,10 +62,11 @@ import torch
 from torch import Tensor, nn
 
 from ..utils.errors import InputError
-from ..utils.outputs import write_csv, write_json
+from ..utils.outputs import pyplot, save_figure, write_csv, write_json
 from ..utils.progress import progress_bar
 from .batches import run_model
-from .probe import LayerProbe, Stage, SynapticProbe, verdict
+from .probe import SynapticProbe, verdict
+from .stats import LayerProbe, Stage
 
 __all__ = ["E_MAC_PJ", "E_AC_PJ", "LayerEnergy", "EnergyReport", "estimate_energy", "energy_from_probe",
            "stage_energy", "policy_energy"]
@@ -221,7 +222,6 @@ class EnergyReport:
         whose input is not spikes has none) and its energy per sample, coloured by AC or MAC."""
         from matplotlib.patches import Patch
 
-        from ..utils.outputs import pyplot, save_figure
 
         plt = pyplot()
         rows, x = self.layers, range(len(self.layers))

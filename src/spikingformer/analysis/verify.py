@@ -24,7 +24,8 @@ from ..utils.errors import InputError
 from ..utils.outputs import pyplot, save_figure
 from ..utils.progress import progress_bar
 from .batches import run_model
-from .probe import LayerProbe, SynapticProbe
+from .probe import SynapticProbe
+from .stats import LayerProbe
 
 __all__ = ["InputReport", "LayerVerdict", "Certificate", "certify", "verify_model", "plot_fig3"]
 

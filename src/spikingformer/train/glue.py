@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..data import DataError
 from ..data import glue as gdata
 from ..data import text as tdata
 from ..data.split import balanced_split
@@ -29,7 +30,10 @@ from ..models.text import create_text_model, list_text_models
 from ..nn.fast import FastPath
 from ..utils.errors import ConfigError, InputError
 from ..weights import checkpoint as ckpt
-from .distributed import DistInfo, gather_objects, session
+from .config import apply_overrides, from_dict, parse_overrides
+from .distributed import DistInfo, gather_objects, resolve_device, session
+from .predict import prediction_record
+from .runs import asked_options, rebuild
 from .text_engine import TextTask, TextTrainConfig, epoch_order, eval_shard, expand, finish, fit, to_device
 
 __all__ = ["GlueConfig", "GlueSplits", "glue_splits", "predict", "answers", "score_splits", "per_step_scores",
@@ -194,7 +198,6 @@ def per_step_scores(model, task: gdata.GlueTask, evals: list, batch_size: int, i
 def records(task: gdata.GlueTask, ds: gdata.GlueDataset, outputs: list) -> list[dict]:
     """A record per example of ``ds``, as ``eval --predictions`` writes them: its file and line (``path``), its
     true label and the classes by probability (``predict.prediction_record``), or on STS-B the ``score``."""
-    from .predict import prediction_record
 
     where = [f"{ds.source}:{ex.line}" for ex in ds.examples]
     if task.is_regression:
@@ -219,8 +222,6 @@ def evaluate_glue(path, run, data: str | None = None, device: str = "auto", batc
     dev file(s) of the task folder ``data`` (or of ``data/TASK/``).  The loss and every GLUE metric of the task,
     keyed as the run's ``val_metrics``, the headline metric after each time step (``per_step``), the split's
     name and size; with ``predictions``, a record per example (``records``)."""
-    from .distributed import resolve_device
-    from .runs import asked_options, rebuild
 
     if "task" not in (run.build.get("config") or {}):
         raise InputError(f"{path} holds the text model {run.meta['model']} but no glue run's config (an mlm run's "
@@ -250,7 +251,6 @@ def _eval_config(path, config: dict, sets: list[str], device: str,
                  batch_size: int | None) -> tuple[GlueConfig, dict]:
     """The run's config with ``--set`` (its ``data_dir`` or ``vocab`` moved, ``limit_val``, ``model_args.T``),
     and the parsed overrides; eval's device and batch size."""
-    from .config import apply_overrides, from_dict, parse_overrides
 
     given = parse_overrides(list(sets))
     fixed = [k for k in _RUN_FIXED if k in given]
@@ -265,7 +265,6 @@ def _eval_config(path, config: dict, sets: list[str], device: str,
 def _scored(cfg: GlueConfig, task: gdata.GlueTask, data: str | None, given: dict, path) -> tuple[str, list, str]:
     """``(split, evals, data_dir)`` that eval scores (``evaluate_glue``).  The run's own ``limit_val`` (a smoke
     test's) reaches only the run's split; a given file or folder is scored whole unless ``--set limit_val``."""
-    from ..data import DataError
 
     try:
         tok = tdata.WordPieceTokenizer(expand(cfg.vocab))
@@ -286,7 +285,6 @@ def _scored(cfg: GlueConfig, task: gdata.GlueTask, data: str | None, given: dict
 def _given(task: gdata.GlueTask, data: Path, limit: int) -> tuple[str, list]:
     """``--data``: every row of a TSV file, a test set; or the official dev file(s) of a task folder, or of a
     GLUE data root's ``TASK/``, named as ``glue`` names them."""
-    from ..data import DataError
 
     if data.is_file():
         return "test", _whole_files(task, [("", data)], limit, lambda p, n: f"test ({p}, {n} examples)")

@@ -35,6 +35,7 @@ import re
 
 from torch import Tensor
 
+from ..models import list_models
 from ..utils.errors import InputError
 
 __all__ = ["LAYOUTS", "official_layout", "convert_official", "recorded_options", "recorded_model", "check_recorded",
@@ -202,7 +203,6 @@ def recorded_model(layout: str, recorded: dict) -> tuple[str, dict] | None:
     gives, with the recorded heads, T and MLP ratio as its options; ``None`` when the record does not name one.
     Spikingformer's and Spikingformer-CML's files share their tensor names: without a record of CML, both sizes
     are candidates, and an ``OfficialWeightsError`` names them."""
-    from ..models import list_models
 
     if "depth" not in recorded or "dim" not in recorded:
         return None
