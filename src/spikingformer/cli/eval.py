@@ -141,19 +141,7 @@ def register(sub) -> None:
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--plot", metavar="FILE.png",
                    help="plot top-1 accuracy against the time steps the read-out is given (.png, .pdf or .svg)")
-    p.add_argument("--early-exit", nargs="+", type=float, default=[], metavar="P",
-                   help="also score stopping each sample at the first time step whose read-out gives its top class "
-                        "a softmax probability of at least P (0 < P <= 1): top-1, mean time steps and the backbone's "
-                        "energy per image (Eq. 20, from the spikes of the steps each sample ran) per P")
-    p.add_argument("--calibrate", type=float, metavar="FRACTION",
-                   help="choose the early-exit confidence on a seeded FRACTION of the split (e.g. 0.5): the one of "
-                        "least energy whose top-1 there is within --max-drop of every step's; the early-exit "
-                        "figures are then those of the rest of the split, which the choice never saw")
-    p.add_argument("--max-drop", type=float, default=0.5, metavar="POINTS",
-                   help="top-1 (percentage points) an early exit may lose against every step, for --calibrate "
-                        "(default 0.5)")
-    p.add_argument("--calibrate-seed", type=int, default=0, metavar="N",
-                   help="seed of the --calibrate split (default 0)")
+    _add_early_exit_args(p)
     p.set_defaults(func=_cmd_eval)
 
 
@@ -169,3 +157,20 @@ def print_choice(cal: dict) -> None:
     energy = f", {pick['backbone_uJ']:.4g} uJ per image" if "backbone_uJ" in pick else ""
     print(f"chosen: confidence {pick['confidence']:g}, the least {cost} {within}; on the scored part: top-1 "
           f"{100 * pick['val_acc']:.2f} % in {pick['mean_steps']:.2f} time steps on average{energy}")
+
+
+def _add_early_exit_args(p: argparse.ArgumentParser) -> None:
+    """Stopping each sample at the first confident time step, scored and calibrated (``analysis.early_exit``)."""
+    p.add_argument("--early-exit", nargs="+", type=float, default=[], metavar="P",
+                   help="also score stopping each sample at the first time step whose read-out gives its top class "
+                        "a softmax probability of at least P (0 < P <= 1): top-1, mean time steps and the backbone's "
+                        "energy per image (Eq. 20, from the spikes of the steps each sample ran) per P")
+    p.add_argument("--calibrate", type=float, metavar="FRACTION",
+                   help="choose the early-exit confidence on a seeded FRACTION of the split (e.g. 0.5): the one of "
+                        "least energy whose top-1 there is within --max-drop of every step's; the early-exit "
+                        "figures are then those of the rest of the split, which the choice never saw")
+    p.add_argument("--max-drop", type=float, default=0.5, metavar="POINTS",
+                   help="top-1 (percentage points) an early exit may lose against every step, for --calibrate "
+                        "(default 0.5)")
+    p.add_argument("--calibrate-seed", type=int, default=0, metavar="N",
+                   help="seed of the --calibrate split (default 0)")

@@ -32,8 +32,6 @@ def evaluate(model: nn.Module, loader, device: torch.device, path: FastPath | No
     for each confidence in ``exit_at`` the top-1, mean time steps and backbone energy per image of exiting
     early (``early_exit``), beside the energy of running every step (``backbone_uJ``).  ``record`` gets
     each batch's top-5 ``(class indices, probabilities, targets)`` on the CPU, in the loader's order."""
-
-
     path = path or FastPath.off()
     model.eval()
     # with early exits a probe counts, per layer, the synaptic events of the sample-steps each policy runs
@@ -69,7 +67,13 @@ def evaluate(model: nn.Module, loader, device: torch.device, path: FastPath | No
             sums += batch
     if sums is None:
         sums = torch.zeros(4 + (model.T + 2 * len(exit_at) if per_step else 0), dtype=torch.float64, device=device)
-    loss, top1, top5, n, *rest = all_reduce_sum(sums).tolist()
+    return _results(all_reduce_sum(sums).tolist(), per_step, exit_at, probe, images)
+
+
+def _results(sums: list[float], per_step: bool, exit_at: tuple[float, ...], probe, images: int) -> dict:
+    """``evaluate``'s figures from the split's sums: loss, top-1, top-5, count[, top-1 after each step, then
+    each early-exit policy's top-1 and time steps]."""
+    loss, top1, top5, n, *rest = sums
     if n == 0:
         raise RuntimeError("the validation split is empty")
     out = {"val_loss": loss / n, "val_acc": top1 / n, "val_acc5": top5 / n, "val_images": int(n)}
