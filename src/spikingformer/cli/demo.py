@@ -40,7 +40,6 @@ COMPARED = {DEMO_MODEL: "Spikingformer", "spikformer_4_384": "Spikformer (SEW)"}
 def demo_config(epochs: int = DEMO_EPOCHS, output: str = "runs/demo", seed: int = 0, model: str = DEMO_MODEL):
     """``model`` (a Spikingformer, or with ``--compare`` also a Spikformer V1) at ``DEMO_ARGS``'s size and a
     schedule that fits one to two minutes on 2 cores."""
-
     return TrainConfig(
         model=model, model_args=dict(DEMO_ARGS),
         dataset="digits", val_split="holdout", holdout=360, seed=seed,
@@ -52,15 +51,12 @@ def demo_config(epochs: int = DEMO_EPOCHS, output: str = "runs/demo", seed: int 
 
 def _energy_mJ(cfg, out: Path) -> float:
     """Eq. 19-20 energy per image of the run's final model over its held-out digits."""
-
-
     model = load_model(str(out / "last.pt"))
     val = build_data(cfg, model.cfg.img_size).val
     return estimate_energy(model, torch.stack([val[i][0] for i in range(len(val))])).total_mJ
 
 
 def _train(args: argparse.Namespace, model: str, out: Path) -> dict:
-
     cfg = demo_config(args.epochs, str(out), args.seed, model)
     s = run(cfg)
     # the registry name picks the family; DEMO_ARGS, the size

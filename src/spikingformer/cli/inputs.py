@@ -51,7 +51,6 @@ class Prepared:
 
 def prepare(args: argparse.Namespace) -> Prepared:
     """Build the model ``args`` describe, load its weights and make its input batches."""
-
     if args.batches < 1 or args.batch_size < 1:
         raise InputError("--batches and --batch-size must be >= 1")
     if args.input_size is not None and args.input_size < 1:
@@ -120,7 +119,6 @@ def _run_val(args: argparse.Namespace, config: dict, model: nn.Module, size: int
     """``(batches, split, sample)``: a seeded, class-balanced sample of ``--batches`` x ``--batch-size`` images of
     a validation split as a run (its stored config, or a ``--config`` recipe) reads it: its dataset format, split
     and evaluation transform (event data: frames at the model's ``T``); the split's name and the sample's."""
-
     given = parse_overrides(args.set)
     if {"model", "model_args"} & set(given):
         raise InputError("--set changes how --data is read; the model's options go in --model-kwargs and --T")
@@ -180,7 +178,6 @@ def _text(args: argparse.Namespace, name: str, build: dict) -> Prepared:
 
 def _text_data(args: argparse.Namespace, build: dict, model: nn.Module) -> tuple[list[dict], str]:
     """Real sequences: the split a GLUE run evaluated on, or masked blocks of a corpus for an MLM run."""
-
     config, task = build.get("config") or {}, build.get("task")
     if not config or not task:
         raise InputError(f"--data with a text model needs an mlm/glue checkpoint (its config says how the "

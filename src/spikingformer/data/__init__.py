@@ -137,7 +137,6 @@ def scored_split(cfg, data_dir: str | None, split: str | None, classes: list[str
     is a labelled test set, scored whole (``build_test``: class folders, recordings with a label list, or a
     dataset root's own test split).  ``split="val"`` reads ``data_dir`` as the run's dataset root,
     ``split="test"`` as a test set; the run's own data has a test split only where the dataset has one."""
-
     if cfg.dataset in BUNDLED_DATASETS:  # nothing to read from a folder: the bundled set's val split
         if split == "test":
             raise DataError(f"{cfg.dataset} is bundled with scikit-learn and has no test split: eval scores its "
@@ -187,7 +186,6 @@ def _unused_val_note(data, cfg, named: bool, given: dict) -> list[str]:
 def _with_transforms(cfg, raw: RawData, train: Dataset | None, val: Dataset, val_name: str,
                      img_size: int) -> DataSplits:
     """``train`` (``None`` for a test set) and ``val`` with the transforms of ``cfg`` at ``img_size``."""
-
     if raw.events:
         return _event_splits(cfg, raw, train, val, val_name, img_size)
     mean, std = (tuple(cfg.mean), tuple(cfg.std)) if cfg.mean is not None else (raw.mean, raw.std)
@@ -215,7 +213,6 @@ def _model_T(cfg) -> int:
 
 
 def _event_splits(cfg, raw: RawData, train: Dataset | None, val: Dataset, val_name: str, img_size: int) -> DataSplits:
-
     T = _model_T(cfg)
     aug = EventAugment(cfg.hflip, cfg.event_roll, cfg.event_policy) if cfg.event_aug else None
     return DataSplits(

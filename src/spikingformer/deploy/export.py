@@ -28,7 +28,6 @@ def check_target(out: str, force: bool = False, option: str = "out") -> None:
     """Refuse (``ValueError`` naming ``option``) an ``out`` that is not a writable ``.safetensors`` path, that
     exists (unless ``force``), or that is a training run's checkpoint: replacing that with weights alone would
     leave the run nothing to resume from, so ``force`` does not either."""
-
     if is_run_checkpoint(out):
         raise InputError(f"{option} {out} is a training run's checkpoint (its run resumes from it); export never "
                          f"replaces one, even with --force: write the .safetensors beside it")

@@ -167,7 +167,6 @@ class TrainConfig:
     def _transform_check(self) -> tuple[bool, str]:
         """timm parses ``aa``, ``interpolation`` and ``remode`` when it builds the transforms, in the first
         epoch's data loading: build them now, so a bad string fails before anything runs."""
-
         try:
             for make in (train_transform, eval_transform):
                 make(self, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -355,7 +354,6 @@ def _parse_yaml(text: str, path: Path):
 def load_config(path: str | Path | None, overrides: list[str] = (), cls=TrainConfig):
     """Read a YAML config (a file, or a shipped recipe's name; or start from the defaults when ``path`` is
     None) and apply ``--set`` overrides."""
-
     data: dict = {}
     source = "defaults"
     if path is not None:

@@ -198,7 +198,6 @@ def per_step_scores(model, task: gdata.GlueTask, evals: list, batch_size: int, i
 def records(task: gdata.GlueTask, ds: gdata.GlueDataset, outputs: list) -> list[dict]:
     """A record per example of ``ds``, as ``eval --predictions`` writes them: its file and line (``path``), its
     true label and the classes by probability (``predict.prediction_record``), or on STS-B the ``score``."""
-
     where = [f"{ds.source}:{ex.line}" for ex in ds.examples]
     if task.is_regression:
         return [{"path": w, "label": y, "score": s} for w, y, s in zip(where, ds.labels, outputs)]
@@ -222,7 +221,6 @@ def evaluate_glue(path, run, data: str | None = None, device: str = "auto", batc
     dev file(s) of the task folder ``data`` (or of ``data/TASK/``).  The loss and every GLUE metric of the task,
     keyed as the run's ``val_metrics``, the headline metric after each time step (``per_step``), the split's
     name and size; with ``predictions``, a record per example (``records``)."""
-
     if "task" not in (run.build.get("config") or {}):
         raise InputError(f"{path} holds the text model {run.meta['model']} but no glue run's config (an mlm run's "
                          "masked-LM scores are in its summary.json): eval scores `spikingformer glue` checkpoints")
@@ -251,7 +249,6 @@ def _eval_config(path, config: dict, sets: list[str], device: str,
                  batch_size: int | None) -> tuple[GlueConfig, dict]:
     """The run's config with ``--set`` (its ``data_dir`` or ``vocab`` moved, ``limit_val``, ``model_args.T``),
     and the parsed overrides; eval's device and batch size."""
-
     given = parse_overrides(list(sets))
     fixed = [k for k in _RUN_FIXED if k in given]
     if fixed:
@@ -265,7 +262,6 @@ def _eval_config(path, config: dict, sets: list[str], device: str,
 def _scored(cfg: GlueConfig, task: gdata.GlueTask, data: str | None, given: dict, path) -> tuple[str, list, str]:
     """``(split, evals, data_dir)`` that eval scores (``evaluate_glue``).  The run's own ``limit_val`` (a smoke
     test's) reaches only the run's split; a given file or folder is scored whole unless ``--set limit_val``."""
-
     try:
         tok = tdata.WordPieceTokenizer(expand(cfg.vocab))
         if data is None:
@@ -285,7 +281,6 @@ def _scored(cfg: GlueConfig, task: gdata.GlueTask, data: str | None, given: dict
 def _given(task: gdata.GlueTask, data: Path, limit: int) -> tuple[str, list]:
     """``--data``: every row of a TSV file, a test set; or the official dev file(s) of a task folder, or of a
     GLUE data root's ``TASK/``, named as ``glue`` names them."""
-
     if data.is_file():
         return "test", _whole_files(task, [("", data)], limit, lambda p, n: f"test ({p}, {n} examples)")
     dev = (gdata.official_dev_files(task, data) or gdata.dev_files(task, data)) if data.is_dir() else None

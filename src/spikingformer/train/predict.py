@@ -60,7 +60,6 @@ class InputFiles:
     def refusal(self, path: Path) -> str | None:
         """Why ``path`` is not such a file, judged by its suffix (``None`` if it may be one): an event recording is
         read as its suffix says; an image is decoded by its content, so any suffix may do but an event recording's."""
-
         if self.events:
             return not_a_sample(self.dataset, path)
         if any(path.suffix.lower() in readers for readers in SAMPLE_READERS.values()):
@@ -71,7 +70,6 @@ class InputFiles:
 
 def input_files(dataset: str) -> InputFiles:
     """What a model trained on ``dataset`` classifies: single-sample recordings of an event dataset, else images."""
-
     if dataset in SAMPLE_READERS:
         return InputFiles(dataset, f"{dataset} recording", tuple(SAMPLE_READERS[dataset]),
                           functools.partial(read_sample, dataset), time_major, events=True)
@@ -99,7 +97,6 @@ class Predictor:
         """``(top, steps)``: ``self(x, k)``, and for an event model each sample's top-1 ``(class, probability)``
         after each time step (the read-out of steps ``1..t``, ``forward_steps``: how early the decision is made),
         from one pass of the model; ``None`` for images."""
-
         with self.path.autocast(self.device):
             x = self.path.to_input(x.to(self.device))
             logits, steps = read_outs(self.model, x) if self.files.events else (self.model(x), None)
@@ -117,7 +114,6 @@ def load_predictor(checkpoint: str, recipe: str | None = None, classes_file: str
                    device: str = "cpu", sets: list[str] = ()) -> Predictor:
     """The model of ``checkpoint`` in eval mode on ``device``, with the transform its run evaluated with;
     ``sets``: ``--set KEY=VALUE`` overrides of that config and model, as ``eval`` takes them (e.g. another T)."""
-
     advice = "add --config RECIPE, e.g. --config cifar10"
     given = parse_overrides(list(sets))
     # a recipe's model may be chosen by --set model=, as with eval --config; a run's checkpoint names its own
@@ -200,7 +196,6 @@ def true_labels(paths: list[Path], files: InputFiles, classes: list[str]) -> dic
     """The true class of each file (by its index in ``paths``) that says it: an N-MNIST recording listed in the
     one ``'#sample #class'`` list (*.txt) beside it, or a file in a class folder (``DIR/<class>/FILE``) named as
     one of the model's ``classes`` (N-MNIST's official ``Test/<digit>/``, the CIFAR-10 JPEG copy's layout)."""
-
     listed = {}
     if files.dataset == "nmnist":
         for folder in {p.parent for p in paths}:
@@ -239,7 +234,6 @@ def write_prediction_csv(path, records: list[dict]) -> None:
     """One row per record: path (or index), with true classes label, correct and in_top5 (1/0: their means are
     the top-1 and top-5), a regression's predicted score (GLUE's STS-B: ``glue.records``), then class_1,
     prob_1, ... (``metrics.write_csv``)."""
-
     where = "path" if "path" in records[0] else "index"
     fields = [f for f in ("label", "correct", "in_top5", "score") if any(f in r for r in records)]
     k = max(len(r.get("top", ())) for r in records)
@@ -255,7 +249,6 @@ def write_prediction_csv(path, records: list[dict]) -> None:
 def split_records(data, order: list[int], batches: list) -> list[dict]:
     """A ``prediction_record`` per sample of ``data.val`` (``data.build_data`` / ``build_test``), by index, from
     the top-5 batches ``evaluation.evaluate`` recorded for the samples ``order`` lists."""
-
     names = sample_names(data.val)
     tops, probs, labels = (torch.cat(t).tolist() for t in zip(*batches))
     out = {i: prediction_record(names[i] if names else i, [(data.classes[j], j, p) for j, p in zip(top, prob)],
@@ -266,7 +259,6 @@ def split_records(data, order: list[int], batches: list) -> list[dict]:
 
 def write_predictions(path: str, records: list[dict], about: dict) -> None:
     """``records`` as CSV (``write_prediction_csv``) or, for a ``.json`` path, ``{**about, "predictions": ...}``."""
-
     if str(path).lower().endswith(".json"):
         write_json(path, {**about, "predictions": records})
     else:
@@ -288,7 +280,6 @@ class _Samples(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-
         try:
             return i, self.transform(self.load(str(self.paths[i]))), ""
         except DataError as e:

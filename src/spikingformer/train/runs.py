@@ -38,7 +38,6 @@ def run_config(path, name: str, model_args: dict, config: dict, sets: list[str] 
     """``(cfg, model_args)``: the config a checkpoint's model ``name`` was trained (or a recipe read it) with,
     and its model options, both with ``--set`` applied; ``extra``: keys the command line sets by their own
     options.  The weights fix the model: a ``--set model=`` naming another is refused."""
-
     given = parse_overrides(list(sets))
     if given.get("model", name) != name:
         raise InputError(f"--set model={given['model']}: {path} holds a {name}")
@@ -53,7 +52,6 @@ def run_config(path, name: str, model_args: dict, config: dict, sets: list[str] 
 def rebuild(path, name: str, model_args: dict, weights: dict, build: dict, asked: dict) -> nn.Module:
     """The model ``name`` (vision or text) with ``model_args`` and the ``weights`` of ``path`` (``build``: what the
     file says of it); when they do not fit, the ``--set`` model options ``asked`` are named as a possible cause."""
-
     try:
         model = create_any(name, **model_args)
     except (TypeError, ValueError) as e:  # an option that does not exist, or a value it cannot take

@@ -67,13 +67,11 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     A ``glue`` run's checkpoint is scored with its task's GLUE metrics instead (``glue.evaluate_glue``); the
     options of image and event classifiers (``exit_at``, ``split``, ``workers``, ``plot``: whether the caller
     plots the per-step top-1) are refused for it before anything is scored."""
-
     validate_device(device)
     _check_options(exit_at, batch_size, calibrate, max_drop, split)
     dev = resolve_device(device)  # a device this machine lacks is named before any file is read
     run = read_run(path) if recipe is None else None
     if run is not None and run.meta["model"] in list_text_models():
-
         _image_only(path, run.meta["model"], {"--early-exit": exit_at, "--calibrate": calibrate is not None,
                                               "--split": split, "--workers": workers is not None, "--plot": plot})
         return evaluate_glue(path, run, data_dir, device, batch_size, sets, predictions)
@@ -95,7 +93,6 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
            "val_split": data.val_name, "data_dir": folder, **result,
            **sampled_spike_stats(model, data, dev, src.cfg.val_batch_size, src.cfg.seed), "notes": src.notes + notes}
     if predictions:
-
         out["predictions"] = split_records(data, record.pop(), record)
     return out
 
@@ -139,7 +136,6 @@ def _run_source(path, run: RunFile, sets, extra) -> _Source:
 
 def _recipe_source(path, recipe, sets, extra, asked: dict) -> _Source:
     """Any weights, read as the YAML ``recipe`` (plus ``--set``) says: model, dataset, evaluation transform."""
-
     cfg = load_config(recipe, list(sets))
     cfg = from_dict(TrainConfig, dict(cfg.to_dict(), **extra), f"{recipe} + command line")
     weights, build = ckpt.load_weights(path, cfg.model)  # the recipe's model reads names two layouts share
@@ -195,7 +191,6 @@ def _calibration(cal: dict, scored: dict, fraction: float, seed: int, max_drop: 
 
 def _check_classes(data, classes: list[str] | None, n: int | None, folder: str, path) -> None:
     """The evaluation data must have the classes (names, else number) the weights were trained on."""
-
     if (classes is not None and data.classes != list(classes)) or (n is not None and n != len(data.classes)):
         trained = f"{list(classes)[:5]}... ({len(classes)} classes)" if classes is not None else f"{n} classes"
         raise DataError(f"{folder} has classes {data.classes[:5]}... ({len(data.classes)}) but {path} was "

@@ -88,7 +88,6 @@ def resolve(checkpoint: str | None, model: str | None, recipe=None,
 
 def _recorded_model(build: dict, source) -> tuple[str | None, dict]:
     """The named model, and its options, that official weights' training args record (``official.recorded_model``)."""
-
     try:
         found = recorded_model(build["official"], build.get("recorded", {}))
     except ValueError as e:
@@ -103,7 +102,6 @@ def _recorded_model(build: dict, source) -> tuple[str | None, dict]:
 def create_any(name: str, **kw) -> nn.Module:
     """A vision model (``create_model``) or a text model (``models.text``) by registry name, or a user's
     model by its import spec ``FILE.py:FACTORY`` / ``MODULE:CALLABLE`` (``user_model``)."""
-
     if is_spec(name):
         return build_user_model(name, **kw)
     return create_text_model(name, **kw) if name in list_text_models() else create_model(name, **kw)
@@ -113,7 +111,6 @@ def load_into(model: nn.Module, path: str, state: dict, build: dict, name: str |
     """Load ``state`` into ``model`` (folded first when the file holds the deployed form); returns the
     model that holds the weights."""
     if build.get("folded"):
-
         model = fold_bn(model)
     return load_checkpoint(model, path, state, name, build)
 

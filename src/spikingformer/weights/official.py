@@ -203,7 +203,6 @@ def recorded_model(layout: str, recorded: dict) -> tuple[str, dict] | None:
     gives, with the recorded heads, T and MLP ratio as its options; ``None`` when the record does not name one.
     Spikingformer's and Spikingformer-CML's files share their tensor names: without a record of CML, both sizes
     are candidates, and an ``OfficialWeightsError`` names them."""
-
     if "depth" not in recorded or "dim" not in recorded:
         return None
     size, family = f"{recorded['depth']}_{recorded['dim']}", LAYOUTS[layout][0]
