@@ -196,7 +196,7 @@ def test_restore_loads_optimizer_and_grad_scaler_state(tmp_path):
 
 def test_a_run_without_loss_scaling_resumes_with_it(capsys):
     """``amp: auto`` is bf16 on an A100 and fp16 on a T4: a run saved by the one resumes on the other."""
-    from spikingformer.train.engine import load_scaler
+    from spikingformer.train.run import load_scaler
 
     bf16_run, fp16_run = torch.amp.GradScaler("cpu", enabled=False), torch.amp.GradScaler("cpu", init_scale=512.0)
     scaler = torch.amp.GradScaler("cpu")
@@ -235,7 +235,7 @@ def test_the_seed_decides_initial_weights_and_data_order():
 
 
 def test_an_output_that_cannot_be_written_is_refused_before_the_data_loads(tmp_path, monkeypatch):
-    from spikingformer.train.engine import open_run
+    from spikingformer.train.run import open_run
 
     (tmp_path / "run").write_text("not a folder")
     with pytest.raises(ValueError, match="output .*run: is a file, not a folder"):

@@ -75,12 +75,12 @@ def test_two_processes_match_one_with_the_same_global_batch(files):
 
 def test_parts_of_a_step_all_reduce_once(files, monkeypatch, ddp_of_one):
     """With accum_steps the backward of every part but the last skips DDP's all-reduce (a real DDP, counted)."""
-    from spikingformer.train import text_engine
+    from spikingformer.train import run as run_module
 
     counts = []
     for parts in (1, 2):
         wrapped = []
-        monkeypatch.setattr(text_engine, "wrap_ddp", lambda module, info: wrapped.append(ddp_of_one(module)) or
+        monkeypatch.setattr(run_module, "wrap_ddp", lambda module, info: wrapped.append(ddp_of_one(module)) or
                             wrapped[-1][0])
         assert cli(mlm_args(files, "--set", f"accum_steps={parts}", "--set", "steps=2",
                             "--set", f"output={files}/sync{parts}")) == 0

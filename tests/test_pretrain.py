@@ -87,6 +87,40 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tree, tmp_path, referen
     assert_same_run(reference[0] / "last.pt", tmp_path / "killed" / "last.pt")
 
 
+def test_checkpoints_carry_the_rng_streams_and_a_resume_continues_them(tree, tmp_path, reference, monkeypatch):
+    """As ``train``'s: every checkpoint holds each process's RNG state (``rng``, one per process), and a resumed
+    run continues from it rather than from the seed; a checkpoint from before they were saved still resumes."""
+    saved = load_checkpoint(reference[0] / "last.pt")["rng"]
+    assert isinstance(saved, list) and len(saved) == 1 and set(saved[0]) >= {"python", "numpy", "torch"}
+    cfg = tiny_config(tree, tmp_path / "killed", ckpt_every=2)
+    save = ckpt.save_checkpoint
+
+    def save_then_die(state, path):
+        save(state, path)
+        if state["progress"]["epoch"] == 1 and state["progress"]["step"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    monkeypatch.setattr(ckpt, "save_checkpoint", save)
+    killed = load_checkpoint(tmp_path / "killed" / "last.pt")
+    at_kill = killed["rng"][0]
+    del killed["rng"]  # as a checkpoint written before pre-training saved its RNG streams
+    (tmp_path / "old").mkdir()
+    save(killed, tmp_path / "old" / "last.pt")
+    restored, set_rng = [], ckpt.set_rng_state
+    monkeypatch.setattr(ckpt, "set_rng_state", lambda state: restored.append(state) or set_rng(state))
+    run(cfg, resume=True)
+    assert len(restored) == 1 and torch.equal(restored[0]["torch"], at_kill["torch"])
+    assert restored[0]["python"] == at_kill["python"]
+    assert torch.equal(restored[0]["numpy"]["keys"], at_kill["numpy"]["keys"])
+    assert_same_run(reference[0] / "last.pt", tmp_path / "killed" / "last.pt")
+    restored.clear()
+    assert run(dataclasses.replace(cfg, output=str(tmp_path / "old")), resume=True)["epochs"] == 2
+    assert restored == []  # the old checkpoint resumed, with the streams as seeded
+
+
 def test_ctrl_c_mid_epoch_saves_that_step_and_resume_ends_as_uninterrupted(tree, tmp_path, reference, monkeypatch):
     """SIGINT in epoch 2's third batch: the run stops after that batch with its step saved (not one of the
     ckpt_every checkpoints), and the resumed run ends with the uninterrupted run's weights."""

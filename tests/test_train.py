@@ -483,7 +483,7 @@ def test_resume_config_keeps_the_runs_own_set_options_and_refuses_changes_by_nam
     """What `--resume` continues with: the run's recorded config; --set options of its first start need not
     be repeated; a key the config file or --set gives another value is refused, a mutable one is taken."""
     from spikingformer.train.config import apply_overrides, parse_overrides
-    from spikingformer.train.engine import resume_config
+    from spikingformer.train.run import resume_config
     from spikingformer.weights import checkpoint as ckpt
 
     out = tmp_path / "run"
@@ -517,7 +517,7 @@ def test_resume_config_keeps_the_runs_own_set_options_and_refuses_changes_by_nam
 def test_a_run_from_before_a_new_config_key_still_resumes(tree, tmp_path):
     """A checkpoint whose config lacks keys added since (accum_steps, event_policy, holdout_pick) resumes when
     the run asks for their defaults, and is refused when it asks for something else."""
-    from spikingformer.train.engine import open_run
+    from spikingformer.train.run import open_run
     from spikingformer.weights import checkpoint as ckpt
 
     cfg = tiny_config(tree, tmp_path / "old")
@@ -628,7 +628,7 @@ def test_grad_checkpointing_trains_to_the_same_weights(tree, tmp_path, monkeypat
     run(tiny_config(tree, tmp_path / "ckpt", grad_checkpointing=True, **kw))
     assert calls
     assert_same_run(tmp_path / "plain" / "last.pt", tmp_path / "ckpt" / "last.pt")
-    from spikingformer.train.engine import open_run
+    from spikingformer.train.run import open_run
 
     assert open_run(tiny_config(tree, tmp_path / "plain", grad_checkpointing=True, **kw), resume=True)
 

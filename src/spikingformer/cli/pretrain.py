@@ -9,8 +9,8 @@ import torch
 
 from ..models.mae import SpikformerV2MAE
 from ..train.config import load_config, parse_overrides
-from ..train.engine import resume_config
 from ..train.pretrain import PretrainConfig, run
+from ..train.run import resume_config
 from ..utils.outputs import check_output, write_json
 from .args import add_run_args
 

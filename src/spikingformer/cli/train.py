@@ -7,7 +7,8 @@ import os
 from ..analysis.probe import verdict
 from ..train.classify import run
 from ..train.config import load_config, parse_overrides
-from ..train.engine import resolve_img_size, resume_config
+from ..train.engine import resolve_img_size
+from ..train.run import resume_config
 from ..utils.outputs import check_output, write_json
 from .args import add_run_args
 

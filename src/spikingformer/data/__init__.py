@@ -24,7 +24,6 @@ from .sampler import EpochSampler, GuardedLoader, SampleFailure, SeededTransform
 from .sources import (
     BUNDLED_DATASETS,
     DATASET_STATS,
-    DATASETS,
     EVENT_DATASETS,
     RawData,
     Relabelled,

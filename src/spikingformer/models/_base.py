@@ -2,36 +2,25 @@
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import typing
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..nn.layers import ClassifierHead
+from ..utils.coerce import CoercionError, coerce
 from ..utils.errors import InputError, OptionError
 
 
 def _coerce(hint, value):
-    """``value`` as the plain Python type ``hint`` of a config field, or ``None`` if it is not one.
-
-    Accepted: any integer for ``int`` (numpy's too), any real for ``float``, ``bool`` or 0/1 for
-    ``bool``, a list or tuple of the right length for a fixed tuple (YAML has no tuples), and
-    instances for the rest (``str``, ``dict``)."""
-    if hint is bool:
-        return bool(value) if isinstance(value, (bool, numbers.Integral, np.bool_)) and value in (0, 1) else None
-    if hint is int:
-        return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else None
-    if hint is float:
-        return float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else None
-    if typing.get_origin(hint) is tuple:
-        args = typing.get_args(hint)
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            return None
-        items = tuple(_coerce(a, v) for a, v in zip(args, value))
-        return None if None in items else items
-    return value if isinstance(value, typing.get_origin(hint) or hint) else None
+    """``value`` as the plain Python type ``hint`` of a config field, or ``None`` if it is not one
+    (``utils.coerce``: any integer for ``int``, NumPy's too, any real for ``float``, ``bool`` or 0/1 for
+    ``bool``, a list or tuple of the right length for a fixed tuple, as YAML has no tuples, and instances
+    for the rest)."""
+    try:
+        return coerce(hint, value)
+    except CoercionError:
+        return None
 
 
 def build_config(cls, defaults: dict, overrides: dict):

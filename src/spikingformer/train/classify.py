@@ -12,34 +12,31 @@ point and restarted with ``--resume`` ends with the same weights as one never in
 """
 from __future__ import annotations
 
+import functools
 import os
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from ..nn.fast import FastPath
+from ..models import create_model
 from ..utils.errors import InputError
+from ..utils.outputs import MetricsLog
 from ..weights import checkpoint as ckpt
 from . import engine
-from .config import TrainConfig, apply_overrides
-from .distributed import DistInfo
+from .config import TrainConfig
+from .distributed import DistInfo, session
 from .engine import (
-    begin_epoch,
     build_training,
+    checkpointer,
     load_data,
     make_loaders,
-    open_output,
-    open_run,
-    restore,
     seed_all,
-    train_one_epoch,
-    wrap_ddp,
+    train_epochs,
 )
 from .evaluation import evaluate, sampled_spike_stats
-from .safe_stop import StopSignals, validating
+from .pretrain import KIND, load_pretrained_encoder
+from .run import Trainer, open_output
 
 __all__ = ["Progress", "run"]
 
@@ -67,8 +64,6 @@ def init_from(model: torch.nn.Module, cfg: TrainConfig, classes: list[str] | Non
     head starts fresh), or every tensor of a ``spikingformer train`` checkpoint of the same model, whose
     ``T`` may differ (V2 §5.2 fine-tunes at T = 1, then at T = 2, 4 or 6); its head is kept when it was
     trained on this run's ``classes`` (the same names, in the same order).  Returns what was loaded, in words."""
-    from .pretrain import KIND, load_pretrained_encoder
-
     path = cfg.init_from
     state = ckpt.load_checkpoint(path)
     meta = state.get("meta") if isinstance(state.get("meta"), dict) else {}
@@ -112,108 +107,79 @@ def classification_loss(mixup, criterion):
 def run(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None) -> dict:
     """Train ``cfg`` to the end (or continue ``cfg.output``'s run with ``resume``); return the summary.
     ``overrides``: the ``--set`` options ``cfg`` was given, which the run's checkpoints record (added to
-    those of its first start), so that ``--resume`` need not repeat them (``engine.resume_config``).
+    those of its first start), so that ``--resume`` need not repeat them (``run.resume_config``).
     SIGINT / SIGTERM, or a sample that fails to load, stop the run once it is checkpointed (``safe_stop``)."""
-    from .distributed import session
-
     with session(cfg.device) as info:
         return _run(cfg, resume, info, overrides or {})
 
 
 def _run(cfg: TrainConfig, resume: bool, info: DistInfo, overrides: dict) -> dict:
-    from ..models import create_model
-    from ..utils.outputs import MetricsLog
-    from .distributed import convert_sync_batchnorm, gather_objects
 
     t_start = time.time()
-    out = Path(cfg.output)
-    last, best = out / "last.pt", out / "best.pt"
-    resume_state = open_run(cfg, resume)
-    overrides = apply_overrides((resume_state or {}).get("overrides") or {}, overrides)
+    run = Trainer(cfg, info, resume, overrides)
     seed_all(cfg.seed, info.rank)
     data = load_data(cfg, info)
     margs = model_kwargs(cfg, len(data.classes), data.in_chans)
     model = create_model(cfg.model, **margs)
-    if cfg.init_from and resume_state is None:
+    if cfg.init_from and run.resumed is None:
         report = init_from(model, cfg, data.classes)
         if info.is_main:
             print(report, flush=True)
-    if cfg.sync_bn and info.world > 1:
-        model = convert_sync_batchnorm(model, info.device)
-    model.to(info.device)
-    model.set_grad_checkpointing(cfg.grad_checkpointing)
-    path = FastPath.from_modes(cfg.fast, cfg.amp, info.device, cfg.compile_mode, cfg.lif_backend)
-    fast = path.prepare(model)  # before the optimizer: channels-last re-lays the parameters out in place
+    fast = run.prepare(model)
     sampler, train_loader, val_loader = make_loaders(cfg, data, info)
-    opt, sched, mixup, criterion = build_training(cfg, model, sampler.steps_per_epoch, path.fused_optimizer)
-    dtype = path.amp_dtype
-    scaler = torch.amp.GradScaler(info.device.type, enabled=dtype == torch.float16)
-    state = Progress()
-    if resume_state is not None:
-        state = Progress(**restore(resume_state, info, model, opt, sched, scaler))
-        rngs = resume_state["rng"]
-        if len(rngs) == info.world:
-            ckpt.set_rng_state(rngs[info.rank])
-        elif info.is_main:
-            print(f"note: checkpoint has RNG states of {len(rngs)} processes, this run has {info.world}; "
-                  "continuing with fresh RNG streams", file=sys.stderr)
-    train_model = wrap_ddp(fast, info)
-    log = MetricsLog(out, enabled=info.is_main, title=f"{cfg.model} on {cfg.dataset}: {data.val_name}")
+    opt, sched, mixup, criterion = build_training(cfg, run.model, sampler.steps_per_epoch, run.path.fused_optimizer)
+    resumed = run.start(opt, sched)
+    state = Progress() if resumed is None else Progress(**resumed["progress"])
+    log = MetricsLog(run.out, enabled=info.is_main, title=f"{cfg.model} on {cfg.dataset}: {data.val_name}")
     log.restore(state.history)
-    meta = {"model": cfg.model, "model_args": margs,
-            "classes": data.classes, "val_name": data.val_name, "mean": list(data.mean), "std": list(data.std),
-            "img_size": data.img_size, "data_root": os.path.realpath(os.path.expanduser(cfg.data_dir))}
-    n_params = sum(p.numel() for p in model.parameters())
-
-    def save(path: Path) -> None:
-        rngs = gather_objects(ckpt.rng_state())  # every process's streams, so each resumes its own
-        if info.is_main:
-            ckpt.save_checkpoint({
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "scaler": scaler.state_dict(), "progress": vars(state).copy(), "rng": rngs,
-                "config": cfg.to_dict(), "overrides": overrides, "meta": meta, "world_size": info.world}, path)
-
+    run.meta = {"model": cfg.model, "model_args": margs, "classes": data.classes, "val_name": data.val_name,
+                "mean": list(data.mean), "std": list(data.std), "img_size": data.img_size,
+                "data_root": os.path.realpath(os.path.expanduser(cfg.data_dir))}
+    n_params = sum(p.numel() for p in run.model.parameters())
     if info.is_main:
-        where = open_output(out, cfg, resume_state is not None, state)
+        where = open_output(run.out, cfg, resumed is not None, state)
         sized = f" ({', '.join(f'{k}={v}' for k, v in cfg.model_args.items())})" if cfg.model_args else ""
         print(f"{cfg.model}{sized}: {n_params / 1e6:.2f}M params, {len(data.train)} train images, "
-              f"{data.val_name}; {info.world} process(es) on {info.device}, {path.describe()}; {where}",
+              f"{data.val_name}; {info.world} process(es) on {info.device}, {run.path.describe()}; {where}",
               flush=True)
-    with StopSignals() as stop:
-        while state.epoch < cfg.total_epochs:
-            epoch_start = time.time()
-            lr = begin_epoch(cfg, state, sampler, sched, opt)
-            if mixup is not None and cfg.mixup_off_epoch and state.epoch >= cfg.mixup_off_epoch:
-                mixup.mixup_enabled = False  # Mixup still smooths the one-hot targets, as in timm
-            loss, acc = train_one_epoch(cfg, state, train_model, train_loader, opt, sched, scaler, info, path,
-                                        lambda: save(last), classification_loss(mixup, criterion), stop)
-            metrics = {"train_loss": loss, **({"train_acc": acc} if mixup is None else {})}
-            with validating(cfg, state, info, lambda: save(last)):
-                metrics.update(evaluate(fast, val_loader, info.device, path))
-            metrics = {"epoch": state.epoch + 1, "lr": lr, **metrics, "val_split": data.val_name,
-                       "epoch_seconds": time.time() - epoch_start, "elapsed_seconds": time.time() - t_start}
-            state.history.append(metrics)
-            state.next_epoch()
-            improved = metrics["val_acc"] > state.best_acc
-            if improved:
-                state.best_acc, state.best_epoch = metrics["val_acc"], metrics["epoch"]
-            save(last)
-            if improved and info.is_main:
-                ckpt.atomic_copy(last, best)
-            log.write(state.history)
-            if info.is_main:
-                print(f"epoch {metrics['epoch']}/{cfg.total_epochs}  lr {lr:.2e}  train_loss "
-                      f"{metrics['train_loss']:.4f}  val_loss {metrics['val_loss']:.4f}  val_acc "
-                      f"{100 * metrics['val_acc']:.2f} %  ({metrics['epoch_seconds']:.1f} s)", flush=True)
-    spikes = sampled_spike_stats(model, data, info.device, cfg.val_batch_size, cfg.seed)
+    save = checkpointer(run, state)
+    train_epochs(run, state, sampler, train_loader, save, functools.partial(_epoch_loss, cfg, state, mixup, criterion),
+                 lambda loss, acc: {"train_loss": loss, **({"train_acc": acc} if mixup is None else {})},
+                 lambda: evaluate(fast, val_loader, info.device, run.path),
+                 functools.partial(_end_epoch, run, state, log, save), data.val_name, t_start)
+    spikes = sampled_spike_stats(run.model, data, info.device, cfg.val_batch_size, cfg.seed)
     final = state.history[-1]
     summary = {"model": cfg.model, "params": n_params, "dataset": cfg.dataset, "val_split": data.val_name,
                "final_val_acc": final["val_acc"], "final_val_acc5": final["val_acc5"],
                "final_val_loss": final["val_loss"], "best_val_acc": state.best_acc, "best_epoch": state.best_epoch,
                "epochs": cfg.total_epochs, "world_size": info.world, "device": str(info.device),
-               "amp": str(dtype or "fp32"), "seconds": time.time() - t_start, **spikes, "config": cfg.to_dict()}
+               "amp": str(run.path.amp_dtype or "fp32"), "seconds": time.time() - t_start, **spikes,
+               "config": cfg.to_dict()}
     log.summary(summary)
     return summary
+
+
+def _epoch_loss(cfg: TrainConfig, state: Progress, mixup, criterion):
+    """The ``step_loss`` of the epoch starting at ``state``: Mixup/CutMix off from ``mixup_off_epoch`` on
+    (Mixup still smooths the one-hot targets, as in timm)."""
+    if mixup is not None and cfg.mixup_off_epoch and state.epoch >= cfg.mixup_off_epoch:
+        mixup.mixup_enabled = False
+    return classification_loss(mixup, criterion)
+
+
+def _end_epoch(run: Trainer, state: Progress, log, save, metrics: dict) -> None:
+    """After an epoch: the best accuracy so far, ``last.pt`` (and ``best.pt`` when it improved), the logs."""
+    improved = metrics["val_acc"] > state.best_acc
+    if improved:
+        state.best_acc, state.best_epoch = metrics["val_acc"], metrics["epoch"]
+    save()
+    if improved and run.info.is_main:
+        ckpt.atomic_copy(run.last, run.out / "best.pt")
+    log.write(state.history)
+    if run.info.is_main:
+        print(f"epoch {metrics['epoch']}/{run.cfg.total_epochs}  lr {metrics['lr']:.2e}  train_loss "
+              f"{metrics['train_loss']:.4f}  val_loss {metrics['val_loss']:.4f}  val_acc "
+              f"{100 * metrics['val_acc']:.2f} %  ({metrics['epoch_seconds']:.1f} s)", flush=True)
 
 
 # ----------------------------------------------------------------------------- command line

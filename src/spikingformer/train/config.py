@@ -8,18 +8,20 @@ silently trains with a default.  Field names follow timm's ``train.py`` (``lr``,
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from ..data.sources import DATASETS, EVENT_DATASETS
 from ..data.text import read_text
 from ..data.transforms import eval_transform, train_transform
-from ..nn.fast import AMP_MODES, COMPILE_MODES, FAST_MODES, LIF_BACKEND_MODES
+from ..nn.fast import AMP_MODES, COMPILE_MODES, FAST_MODES, LIF_BACKEND_MODES, FastPath
+from ..utils.coerce import CoercionError, coerce
 from ..utils.errors import ConfigError
 
-__all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "from_dict", "apply_overrides"]
+__all__ = ["RunConfig", "TrainConfig", "load_config", "parse_overrides", "from_dict", "apply_overrides"]
 
 SPLIT_BY = ("number", "time")
 EVENT_POLICIES = ("roll", "wide")     # data.events.EventAugment
@@ -28,8 +30,6 @@ HOLDOUT_PICKS = ("random", "last")    # data.split.balanced_split
 
 def validate_device(device: str) -> None:
     """Raise ``ConfigError`` unless ``device`` is ``auto`` or a string ``torch.device`` parses."""
-    import torch
-
     try:
         if device == "auto" or torch.device(device):
             return
@@ -39,10 +39,58 @@ def validate_device(device: str) -> None:
 
 
 @dataclass
-class TrainConfig:
-    # --- model: any name of spikingformer.list_models(); model_args override its config fields
-    model: str = "spikingformer_4_384"
-    model_args: dict = field(default_factory=dict)
+class RunConfig:
+    """The keys every training command shares (``TrainConfig`` and ``PretrainConfig`` for images and events,
+    ``text_engine.TextTrainConfig`` for ``mlm`` and ``glue``), each with one meaning; a family overrides a
+    default (``model``, ``lr``, ``sched``, ...), checks the values it accepts (``sched``'s names) and adds its
+    own keys.
+
+    ``batch_size`` and ``accum_steps`` stay each family's, as its recipes and checkpoints have always read them
+    (a resumed run keeps its config): the images of ``TrainConfig`` are sampled per process, so there
+    ``batch_size`` is the batch of one forward pass on one process and an update sees ``batch_size x
+    accum_steps x processes`` images; the text commands draw each step's whole batch from the step number, so
+    there ``batch_size`` is that global batch of one update, split over the processes, each share run in
+    ``accum_steps`` parts."""
+    model: str = "spikingformer_4_384"  # a name of the family's registry
+    model_args: dict = field(default_factory=dict)  # overrides of the model's config fields
+    grad_checkpointing: bool = False  # recompute each block in the backward pass: less memory, one more forward
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    sched: str = "cosine"
+    clip_grad: float = 0.0            # >0: clip the global gradient norm to this value
+    limit_val: int = 0                # >0: evaluate on this many held-out items only (images: seeded, class-balanced)
+    seed: int = 0
+    device: str = "auto"              # auto: cuda when available (cuda:LOCAL_RANK under torchrun), else cpu
+    amp: str = "auto"                 # auto: bf16 autocast on CUDA (fp16 before Ampere), fp32 on CPU | bf16 | fp16 | off
+    fast: str = "auto"                # the fast path (spikingformer.nn.fast: torch.compile, channels-last, fused
+                                      # AdamW): auto = on CUDA only | on | off
+    sync_bn: bool = False             # BatchNorm statistics over every process's share of the batch
+    output: str = "runs/train"
+    progress: bool = True             # a bar on a terminal, periodic lines in a log (main process only)
+
+    def shared_checks(self) -> list[tuple[bool, str]]:
+        """``(ok, message)`` of the shared keys; ``device`` is checked by ``validate_device``."""
+        return [
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}"),
+            (self.fast in FAST_MODES, f"fast must be one of {', '.join(FAST_MODES)}, got {self.fast!r}"),
+            (bool(self.output), "output must name the run's folder, got an empty string"),
+        ]
+
+    def fast_path(self, device) -> FastPath:
+        """The fast path and precision this config asks for on ``device``."""
+        return FastPath.from_modes(self.fast, self.amp, device)
+
+    def to_dict(self) -> dict:
+        """Plain types only (dicts, lists, numbers, strings): safe to store in a checkpoint."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    """Supervised training on images and event recordings (``spikingformer train``), and ``PretrainConfig``'s
+    base; names and meanings follow timm's ``train.py``."""
+    # --- model: any name of spikingformer.list_models() (``model``, ``model_args``: RunConfig's)
     init_from: str = ""               # start from a `spikingformer pretrain` checkpoint's encoder, or from every tensor
                                       # of a `spikingformer train` checkpoint of the same model (T may differ)
     # --- data
@@ -54,7 +102,6 @@ class TrainConfig:
     holdout: int = 5000               # images held out of train (seeded, class-balanced) when holding out
     holdout_pick: str = "random"      # random: seeded within each class | last: each class's last files by name
     limit_train: int = 0              # >0: train on a seeded class-balanced subset of this size (smoke tests)
-    limit_val: int = 0                # >0: likewise for the validation split
     img_size: int = 0                 # 0: the model's img_size
     mean: typing.Optional[tuple[float, ...]] = None  # None: the dataset's own statistics
     std: typing.Optional[tuple[float, ...]] = None
@@ -83,18 +130,13 @@ class TrainConfig:
     smoothing: float = 0.1
     # --- optimization (batch_size is per process; the global batch is batch_size * world size)
     opt: str = "adamw"
-    lr: float = 5e-4
-    weight_decay: float = 0.05
     momentum: float = 0.9
-    clip_grad: float = 0.0            # >0: clip the global gradient norm to this value
     layer_decay: float = 0.0          # >0: layer-wise lr decay (fine-tuning, MAE / V2 §5.2): the head trains at lr,
                                       # the last block at lr x layer_decay, each block below it x layer_decay again
     batch_size: int = 64             # per process and per forward pass: BatchNorm normalises over these images
     accum_steps: int = 1              # batches per optimizer update: an update sees batch_size x accum_steps x processes
-    grad_checkpointing: bool = False  # recompute each block in the backward pass: less memory, one more forward
     val_batch_size: int = 128
     # --- schedule (timm.scheduler); the run lasts epochs + cooldown_epochs epochs, as in timm
-    sched: str = "cosine"
     epochs: int = 300
     warmup_epochs: int = 20
     warmup_lr: float = 1e-5
@@ -102,19 +144,11 @@ class TrainConfig:
     cooldown_epochs: int = 10
     sched_on_updates: bool = False    # update the lr every step instead of every epoch
     # --- engine
-    device: str = "auto"              # auto: cuda when available (cuda:LOCAL_RANK under torchrun), else cpu
-    amp: str = "auto"                 # auto: bf16 autocast on CUDA (fp16 before Ampere), fp32 on CPU | bf16 | fp16 | off
-    fast: str = "auto"                # the fast path (spikingformer.nn.fast: torch.compile, channels-last, fused
-                                      # AdamW): auto = on CUDA only | on | off
     compile_mode: str = ""            # torch.compile mode of the fast path: "" (default) | reduce-overhead (CUDA
                                       # graphs) | max-autotune | max-autotune-no-cudagraphs
     lif_backend: str = "auto"         # neurons: auto (triton when compiled on CUDA) | torch | triton
                                       # (the Triton kernels of spikingformer.nn.kernels)
-    sync_bn: bool = False             # synchronize BatchNorm statistics across processes
-    seed: int = 0
-    output: str = "runs/train"
     ckpt_every: int = 0               # >0: also checkpoint every this many steps inside an epoch
-    progress: bool = True             # a bar on a terminal, periodic lines in a log (main process only)
 
     def __post_init__(self):
         self.validate()
@@ -122,8 +156,6 @@ class TrainConfig:
     def validate(self) -> None:
         checks = [
             (self.dataset in DATASETS, f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}"),
-            (self.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}"),
-            (self.fast in FAST_MODES, f"fast must be one of {', '.join(FAST_MODES)}, got {self.fast!r}"),
             (self.compile_mode in COMPILE_MODES,
              f"compile_mode must be one of {', '.join(map(repr, COMPILE_MODES))}, got {self.compile_mode!r}"),
             (self.lif_backend in LIF_BACKEND_MODES,
@@ -139,7 +171,6 @@ class TrainConfig:
                  self.ckpt_every, self.workers, self.mixup_off_epoch, self.img_size) >= 0,
              "holdout, limit_*, warmup_epochs, cooldown_epochs, ckpt_every, workers, mixup_off_epoch and "
              "img_size must be >= 0"),
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (0 <= self.layer_decay <= 1, f"layer_decay must be in [0, 1] (0: off), got {self.layer_decay}"),
             (not self.mixup_active or self.batch_size % 2 == 0,
              f"mixup/cutmix needs an even batch_size (timm pairs samples), got {self.batch_size}"),
@@ -150,8 +181,7 @@ class TrainConfig:
              f"event_policy must be one of {', '.join(EVENT_POLICIES)}, got {self.event_policy!r}"),
             (self.holdout_pick in HOLDOUT_PICKS,
              f"holdout_pick must be one of {', '.join(HOLDOUT_PICKS)}, got {self.holdout_pick!r}"),
-            (bool(self.output), "output must name the run's folder, got an empty string"),
-        ]
+        ] + self.shared_checks()
         if self.is_event_data:
             checks += self._event_checks()
         elif self.event_aug:
@@ -202,9 +232,8 @@ class TrainConfig:
         """Epochs actually run: the schedule's epochs plus its cool-down at ``min_lr`` (timm)."""
         return self.epochs + self.cooldown_epochs
 
-    def to_dict(self) -> dict:
-        """Plain types only (dicts, lists, numbers, strings): safe to store in a checkpoint."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+    def fast_path(self, device) -> FastPath:
+        return FastPath.from_modes(self.fast, self.amp, device, self.compile_mode, self.lif_backend)
 
 
 def _plain(v):
@@ -216,41 +245,12 @@ def _plain(v):
 
 
 def _coerce(name: str, typ, value):
-    """Check ``value`` against the annotation ``typ`` and convert what is unambiguous (list -> tuple, int -> float)."""
-    origin, args = typing.get_origin(typ), typing.get_args(typ)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(name, inner, value)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key {name!r} expects a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(name, args[0], v) for v in value)
-        if len(value) != len(args):
-            raise ConfigError(f"config key {name!r} expects {len(args)} values, got {value!r}")
-        return tuple(_coerce(name, a, v) for a, v in zip(args, value))
-    if typ is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key {name!r} expects a mapping, got {value!r}")
-        return dict(value)
-    if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if typ is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if typ is str and isinstance(value, bool):  # YAML 1.1 reads on/off (and yes/no) as booleans
-        return "on" if value else "off"
-    if typ is str and isinstance(value, (int, float)):
-        return str(value)
-    if typ is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
-        return value
-    raise ConfigError(f"config key {name!r} expects {getattr(typ, '__name__', typ)}, got {value!r}")
+    """``value`` checked against the annotation ``typ`` and converted where that is unambiguous (``utils.coerce``:
+    list -> tuple, int -> float, YAML 1.1's readings undone)."""
+    try:
+        return coerce(typ, value, text=True)
+    except CoercionError as e:
+        raise ConfigError(f"config key {name!r} expects {e.expected}, got {e.value!r}") from None
 
 
 def from_dict(cls, data: dict, source: str = "config"):

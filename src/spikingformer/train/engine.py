@@ -1,35 +1,40 @@
-"""What every image engine shares (``train``, ``pretrain``; ``text_engine`` uses ``open_run`` and
-``wrap_ddp``): timm's optimizer and schedule, the epoch loop with gradient accumulation, and the
-run plumbing that makes a killed run resume exactly (run folder, checkpoint restore, seeded loaders).
+"""What the image engines share (``train``, ``pretrain``): timm's optimizer and schedule, the seeded,
+sharded loaders, the epoch loop with gradient accumulation (``train_one_epoch``) and the loop over epochs
+(``train_epochs``).  The run's plumbing (open or resume, restore, DDP, save) is ``train.run.Trainer``, and the
+optimizer step ``train.step``, both shared with the text engine.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import math
 import random
-import sys
-from pathlib import Path
+import time
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
+from ..data import EpochSampler, GuardedLoader, SampleFailure, ShardSampler, build_data
+from ..models import create_model
 from ..nn.fast import FastPath
-from ..utils.errors import InputError
-from ..weights import checkpoint as ckpt
+from ..utils.progress import progress_bar
 from .config import TrainConfig
-from .distributed import DistInfo
-from .safe_stop import RunInterrupted, StopSignals, UpdateMark, ignore_interrupts, stop_mid_epoch
+from .distributed import DistInfo, all_reduce_sum, barrier
+from .run import Trainer, load_states
+from .safe_stop import (
+    RunInterrupted,
+    StopSignals,
+    UpdateMark,
+    ignore_interrupts,
+    stop_mid_epoch,
+    validating,
+)
+from .step import micro_step, optimizer_step
 
-__all__ = ["RESUME_MUTABLE", "Progress", "resolve_img_size", "build_training", "seed_all", "train_one_epoch",
-           "begin_epoch", "resume_config", "open_run", "load_data", "make_loaders", "restore", "load_scaler",
-           "open_output", "wrap_ddp"]
-
-# Keys that may change between a run and its resumption without changing the result.
-RESUME_MUTABLE = {"progress", "workers", "ckpt_every", "device", "val_batch_size", "output", "init_from",
-                  "grad_checkpointing"}
+__all__ = ["Progress", "resolve_img_size", "build_training", "seed_all", "train_one_epoch", "train_epochs",
+           "checkpointer", "begin_epoch", "load_data", "make_loaders", "restore"]
 
 
 @dataclasses.dataclass
@@ -51,7 +56,6 @@ def resolve_img_size(cfg: TrainConfig) -> int:
     """The input size a run trains at: ``img_size`` if set, else the named model's default.  The model is
     built either way (on the meta device: nothing allocated), so an unknown name or model option fails
     here, before any data loads."""
-    from ..models import create_model
 
     with torch.device("meta"):
         default = create_model(cfg.model, **cfg.model_args).cfg.img_size
@@ -120,15 +124,11 @@ def train_one_epoch(cfg, state, model, loader, opt, sched, scaler, info: DistInf
 
     With ``accum_steps > 1`` the gradients of that many batches add up (each loss divided by the
     group's size, so the update follows the mean loss) before one optimizer update; DDP
-    all-reduces only on the group's last batch.
+    all-reduces only on the group's last batch (``step.micro_step``).
 
     A batch that fails to load (``data.SampleFailure``) or a signal caught by ``stop`` ends the
     epoch early: ``safe_stop.stop_mid_epoch`` checkpoints the last update and raises.
     """
-    from ..data import SampleFailure
-    from ..utils.progress import progress_bar
-    from .distributed import all_reduce_sum
-
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     # Resumed mid-epoch: the main process carries the totals of the steps already done (all processes').
@@ -136,30 +136,18 @@ def train_one_epoch(cfg, state, model, loader, opt, sched, scaler, info: DistInf
     bar = progress_bar(loader, f"epoch {state.epoch + 1}/{cfg.total_epochs}", total=len(loader),
                        enabled=info.is_main and cfg.progress)
     steps, accum = loader.sampler.steps_per_epoch, cfg.accum_steps
-    no_sync = getattr(model, "no_sync", None)  # DDP: all-reduce once per update
     # where the last optimizer update left the run (None: after every batch, with one batch per update)
     mark = UpdateMark.now(state, sums, model) if accum > 1 else None
     try:
         for x, y in bar:
-            x, y = path.to_input(x.to(info.device, non_blocking=True)), y.to(info.device, non_blocking=True)
-            first = state.step // accum * accum   # this batch's group of accum_steps: [first, last]
-            last = min(first + accum, steps) - 1
-            path.step_begin()  # CUDA graphs: the previous step's outputs may now be overwritten
-            # DDP decides in the forward whether the backward all-reduces: both go inside no_sync
-            with no_sync() if no_sync is not None and state.step < last else contextlib.nullcontext():
-                with path.autocast(info.device):
-                    loss, correct = step_loss(model, x, y)
-                scaler.scale(loss / (last - first + 1)).backward()  # / 1 without accumulation: exact
-            state.step += 1
-            state.global_step += 1
-            n = torch.tensor(float(len(y)), dtype=torch.float64, device=info.device)  # labels: one per sample
-            sums += torch.stack([loss.detach().double() * n, torch.zeros_like(n) if correct is None else
-                                 correct.double(), n])
+            loss, closes = _batch(cfg, state, model, x, y, scaler, info, path, step_loss, steps, sums)
             if state.step % 10 == 0:  # look at the loss only now and then: reading it waits for the GPU
                 _check_loss(sums, state)
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{base_lr(opt):.2e}", refresh=False)
-            if state.step == last + 1:
-                _update(cfg, state, opt, sched, scaler, params, steps)
+            if closes:
+                optimizer_step(opt, scaler, params, cfg.clip_grad)
+                if cfg.sched_on_updates:
+                    sched.step_update(updates_done(state, steps, accum))
                 mark = UpdateMark.now(state, sums, model) if accum > 1 else None
                 if cfg.ckpt_every and state.step % cfg.ckpt_every == 0 and state.step < steps:
                     state.epoch_sums = all_reduce_sum(sums.clone()).tolist()
@@ -176,16 +164,25 @@ def train_one_epoch(cfg, state, model, loader, opt, sched, scaler, info: DistInf
                    steps)
 
 
-def _update(cfg, state, opt, sched, scaler, params, steps: int) -> None:
-    """The optimizer update closing a group of ``accum_steps`` batches (clipping, loss scaling, schedule)."""
-    if cfg.clip_grad > 0:
-        scaler.unscale_(opt)
-        nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-    scaler.step(opt)
-    scaler.update()
-    opt.zero_grad(set_to_none=True)
-    if cfg.sched_on_updates:
-        sched.step_update(updates_done(state, steps, cfg.accum_steps))
+def _batch(cfg, state, model, x, y, scaler, info: DistInfo, path: FastPath, step_loss, steps: int,
+           sums: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """One batch's forward and backward, its gradients added to those of its group of ``accum_steps``, and its
+    loss, hits and size to ``sums``; returns its loss and whether it closes its group (an update is due)."""
+    x, y = path.to_input(x.to(info.device, non_blocking=True)), y.to(info.device, non_blocking=True)
+    first = state.step // cfg.accum_steps * cfg.accum_steps   # this batch's group of accum_steps: [first, last]
+    last = min(first + cfg.accum_steps, steps) - 1
+
+    def forward():  # the loss / 1 without accumulation: exact
+        loss, correct = step_loss(model, x, y)
+        return loss / (last - first + 1), loss, correct
+
+    _, loss, correct = micro_step(model, scaler, path, info.device, state.step == last, forward)
+    state.step += 1
+    state.global_step += 1
+    n = torch.tensor(float(len(y)), dtype=torch.float64, device=info.device)  # labels: one per sample
+    sums += torch.stack([loss.detach().double() * n, torch.zeros_like(n) if correct is None else
+                         correct.double(), n])
+    return loss, state.step == last + 1
 
 
 def _check_loss(sums: torch.Tensor, state) -> None:
@@ -208,97 +205,8 @@ def begin_epoch(cfg, state, sampler, sched, opt) -> float:
     return lr
 
 
-def _config_diff(old: dict, new: dict, mutable=RESUME_MUTABLE) -> list[str]:
-    return sorted(k for k in set(old) | set(new) if k not in mutable and old.get(k) != new.get(k))
-
-
-def _with_new_defaults(saved: dict, cfg) -> dict:
-    """``saved`` (a checkpoint's config) with the keys added to ``cfg``'s class since then at their
-    defaults: the run ran without them, which is what their defaults do, so it may still resume."""
-    missing = [f for f in dataclasses.fields(cfg) if f.name not in saved]
-    defaults = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default for f in missing}
-    filled = dataclasses.replace(cfg, **defaults).to_dict()
-    return {**{k: filled[k] for k in defaults}, **saved}
-
-
-def _flat(config: dict) -> dict:
-    """``{"model_args": {"T": 4}, "lr": 1}`` -> ``{"model_args.T": 4, "lr": 1}``: the keys ``--set`` names."""
-    flat = {}
-    for k, v in config.items():
-        flat.update({f"{k}.{sub}": x for sub, x in v.items()} if isinstance(v, dict) else {k: v})
-    return flat
-
-
-def _unflat(flat: dict, mappings) -> dict:
-    """``_flat``'s inverse, ``mappings`` naming the config's dict-valued keys."""
-    config = {k: {} for k in mappings}
-    for k, v in flat.items():
-        head, dot, sub = k.partition(".")
-        if dot and head in mappings:
-            config[head][sub] = v
-        else:
-            config[k] = v
-    return config
-
-
-def resume_config(cfg, overrides: dict, mutable=RESUME_MUTABLE):
-    """The config ``--resume`` continues ``cfg.output``'s run with: the run's own, from its ``last.pt``.
-
-    ``cfg`` is what the command line asks for (its ``--config`` file, or the defaults, with ``overrides``,
-    the parsed ``--set`` options, applied): it names the run folder.  A key the run's first start set
-    with ``--set`` (recorded in its checkpoints) keeps the run's value unless ``--set`` names it again;
-    every other key of ``cfg`` must have the run's value, or be one of ``mutable``: a changed key is
-    refused by name, whether ``--set`` or the config file changed it.  No ``last.pt``: ``cfg`` (a fresh
-    start)."""
-    from .config import from_dict
-
-    last = Path(cfg.output).expanduser() / "last.pt"
-    if not last.exists():
-        return cfg
-    state = ckpt.load_checkpoint(last)
-    own, asked = _flat(_with_new_defaults(state["config"], cfg)), _flat(cfg.to_dict())
-    given, recorded = _flat(overrides), _flat(state.get("overrides") or {})
-    keep = {k for k in recorded if k not in given}  # the run's own --set values, not repeated
-    changed = sorted(k for k in (set(own) | set(asked)) - keep
-                     if k.partition(".")[0] not in mutable and own.get(k) != asked.get(k))
-    if changed:
-        why = "; ".join(f"{k} is {own.get(k)!r} in the run, {asked.get(k)!r} by "
-                        f"{'--set' if k in given else 'the config'}" for k in changed)
-        raise InputError(f"--resume: the config differs from the checkpoint's in {changed} ({why}); only "
-                         f"{sorted(mutable)} may change, and the run's own --set options need not be repeated")
-    merged = {**{k: own[k] if k in keep else v for k, v in asked.items()},
-              **{k: v for k, v in own.items() if k in keep and k not in asked}}
-    mappings = [k for k, v in cfg.to_dict().items() if isinstance(v, dict)]
-    return from_dict(type(cfg), _unflat(merged, mappings), f"{last}'s config")
-
-
-def open_run(cfg, resume: bool, mutable=RESUME_MUTABLE) -> dict | None:
-    """The checkpoint ``--resume`` continues from (None: a fresh run), for every engine's config.
-    An existing run is never overwritten, and a run resumes only with the config it was started
-    with (the keys in ``mutable`` aside)."""
-    from ..utils.outputs import check_output
-
-    out = Path(cfg.output).expanduser()
-    last = out / "last.pt"
-    check_output("output", out, folder=True)  # before the data loads: writing would fail only after it
-    if resume and last.exists():
-        state = ckpt.load_checkpoint(last)
-        diff = _config_diff(_with_new_defaults(state["config"], cfg), cfg.to_dict(), mutable)
-        if diff:
-            raise InputError(f"--resume: the config differs from the checkpoint's in {diff}; resume with the "
-                             f"original config (only {sorted(mutable)} may change)")
-        return state
-    if last.exists():
-        raise FileExistsError(f"{out} already holds a run ({last}); pass --resume to continue it, "
-                              "or choose another output")
-    return None
-
-
 def load_data(cfg: TrainConfig, info: DistInfo):
     """``build_data`` at the model's size; with ``download`` the main process fetches alone, then the rest read."""
-    from ..data import build_data
-    from .distributed import barrier
-
     if cfg.download and not info.is_main:
         barrier()
     data = build_data(cfg, resolve_img_size(cfg))
@@ -310,10 +218,6 @@ def load_data(cfg: TrainConfig, info: DistInfo):
 def make_loaders(cfg: TrainConfig, data, info: DistInfo):
     """The seeded, sharded train loader (its sampler resumes mid-epoch) and the sharded validation loader;
     a sample that fails to load stops either with a ``SampleFailure`` naming it (``data.GuardedLoader``)."""
-    from torch.utils.data import DataLoader
-
-    from ..data import EpochSampler, GuardedLoader, ShardSampler
-
     sampler = EpochSampler(len(data.train), cfg.batch_size, cfg.seed, info.rank, info.world)
     common = dict(num_workers=cfg.workers, pin_memory=info.device.type == "cuda", collate_fn=data.collate,
                   worker_init_fn=ignore_interrupts)
@@ -325,40 +229,38 @@ def make_loaders(cfg: TrainConfig, data, info: DistInfo):
 
 
 def restore(state: dict, info: DistInfo, model: nn.Module, opt, sched, scaler) -> dict:
-    """Load a checkpoint's model, optimizer, scheduler and scaler; return its progress."""
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    load_scaler(scaler, state["scaler"], info.is_main)
-    if state["progress"]["step"] and state["world_size"] != info.world:
-        raise InputError(f"the checkpoint was written mid-epoch by {state['world_size']} process(es); resume it "
-                         f"with as many (the data order is sharded by process), not {info.world}")
+    """Load a checkpoint's model, optimizer, scheduler and scaler (``run.load_states``); return its progress."""
+    load_states(state, info, model, opt, sched, scaler)
     return state["progress"]
 
 
-def load_scaler(scaler: torch.amp.GradScaler, saved: dict, report: bool = True) -> None:
-    """Resume the loss scaler.  ``amp: auto`` is bf16 on some GPUs and fp16 on others, so a run
-    saved without loss scaling (an empty state) may resume with it: the scale then starts afresh."""
-    if saved or not scaler.is_enabled():
-        scaler.load_state_dict(saved)
-    elif report:
-        print("note: the checkpoint was trained without fp16 loss scaling (bf16 or fp32); this run "
-              "uses fp16, so the loss scale starts afresh", file=sys.stderr)
+def checkpointer(run: Trainer, state) -> Callable:
+    """``save(path=None)``: ``run``'s checkpoint (``last.pt`` by default) with ``state``, the run's progress,
+    and every process's RNG streams (a collective: every process calls it)."""
+    def save(path=None) -> None:
+        run.save(path, progress=vars(state).copy(), rng=run.rng_states())
+    return save
 
 
-def open_output(out: Path, cfg, resuming: bool, state) -> str:
-    """Create the run folder, drop half-written checkpoints of a killed run, record the config; return
-    where the run starts, for its first log line (main process only)."""
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt.remove_partial_writes(out)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    where = f"resuming at epoch {state.epoch + 1} step {state.step}" if resuming else "starting"
-    return where + (", blocks recomputed in the backward pass (grad_checkpointing)" if cfg.grad_checkpointing else "")
-
-
-def wrap_ddp(module: nn.Module, info: DistInfo) -> nn.Module:
-    if info.world == 1:
-        return module
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    return DDP(module, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+def train_epochs(run: Trainer, state, sampler, loader, save: Callable, epoch_loss: Callable, train_metrics: Callable,
+                 validate: Callable, end_epoch: Callable, val_split: str, t_start: float) -> None:
+    """The epochs of ``train`` and ``pretrain`` from where ``state`` stands.  Each: the schedule and sampler
+    placed (``begin_epoch``), one pass (``train_one_epoch`` with ``epoch_loss()``'s ``step_loss``), then
+    ``validate()`` (a signal meanwhile checkpoints the trained epoch, ``safe_stop.validating``); the epoch's
+    record ``{epoch, lr, **train_metrics(loss, acc), **validate(), val_split, epoch_seconds, elapsed_seconds}``
+    joins ``state.history``, the next epoch is due, and ``end_epoch(record)`` saves, logs and reports."""
+    cfg, info = run.cfg, run.info
+    with StopSignals() as stop:
+        while state.epoch < cfg.total_epochs:
+            epoch_start = time.time()
+            lr = begin_epoch(cfg, state, sampler, run.sched, run.opt)
+            loss, acc = train_one_epoch(cfg, state, run.train_model, loader, run.opt, run.sched, run.scaler, info,
+                                        run.path, save, epoch_loss(), stop)
+            metrics = {"epoch": state.epoch + 1, "lr": lr, **train_metrics(loss, acc)}
+            with validating(cfg, state, info, save):
+                metrics.update(validate())
+            metrics.update(val_split=val_split, epoch_seconds=time.time() - epoch_start,
+                           elapsed_seconds=time.time() - t_start)
+            state.history.append(metrics)
+            state.next_epoch()
+            end_epoch(metrics)

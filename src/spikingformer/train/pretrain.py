@@ -14,6 +14,7 @@ for fine-tuning.
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +28,9 @@ from ..utils.errors import ConfigError, InputError
 from ..utils.outputs import MetricsLog, pyplot, save_figure, write_json
 from ..weights import checkpoint as ckpt
 from .config import TrainConfig
-from .distributed import DistInfo
-from .engine import Progress
+from .distributed import DistInfo, all_reduce_sum, session
+from .engine import Progress, build_training, checkpointer, load_data, make_loaders, seed_all, train_epochs
+from .run import Trainer, open_output
 
 __all__ = ["PretrainConfig", "IMAGE_DATASETS", "run", "load_pretrained_encoder", "masked_loss", "save_reconstructions"]
 
@@ -100,8 +102,6 @@ def mask_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
 def masked_loss(model: SpikformerV2MAE, loader, device, path: FastPath | None = None, seed: int = 0) -> dict:
     """Masked-patch loss over ``loader`` with fixed masks (batch ``i`` uses ``mask_generator(seed, i)``),
     and the loss of the trivial prediction ``0`` (each patch's own mean, with ``norm_pix_loss``)."""
-    from .distributed import all_reduce_sum
-
     path = path or FastPath.off()
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)
@@ -177,101 +177,61 @@ def masked_patch_loss(cfg: PretrainConfig, state: Progress, info: DistInfo):
 def run(cfg: PretrainConfig, resume: bool = False, overrides: dict | None = None) -> dict:
     """Pre-train ``cfg`` to the end (or continue ``cfg.output``'s run with ``resume``); return the summary.
     ``overrides`` and stopping early: as ``train.run``."""
-    from .distributed import session
-
     with session(cfg.device) as info:
         return _run(cfg, resume, info, overrides or {})
 
 
 def _run(cfg: PretrainConfig, resume: bool, info: DistInfo, overrides: dict) -> dict:
-    from .config import apply_overrides
-    from .distributed import convert_sync_batchnorm
-    from .engine import (
-        begin_epoch,
-        build_training,
-        load_data,
-        make_loaders,
-        open_output,
-        open_run,
-        restore,
-        seed_all,
-        train_one_epoch,
-        wrap_ddp,
-    )
-    from .safe_stop import StopSignals, validating
-
     t_start = time.time()
-    out = Path(cfg.output)
-    last = out / "last.pt"
-    resume_state = open_run(cfg, resume)
-    overrides = apply_overrides((resume_state or {}).get("overrides") or {}, overrides)
+    run = Trainer(cfg, info, resume, overrides)
     seed_all(cfg.seed, info.rank)
     data = load_data(cfg, info)
     mae_cfg = cfg.mae_config(data.in_chans)
-    model = SpikformerV2MAE(mae_cfg)
-    if cfg.sync_bn and info.world > 1:
-        model = convert_sync_batchnorm(model, info.device)
-    model.to(info.device)
-    model.set_grad_checkpointing(cfg.grad_checkpointing)
-    path = FastPath.from_modes(cfg.fast, cfg.amp, info.device, cfg.compile_mode, cfg.lif_backend)
-    fast = path.prepare(model)
+    fast = run.prepare(SpikformerV2MAE(mae_cfg))
+    model = run.model
     sampler, train_loader, val_loader = make_loaders(cfg, data, info)
-    opt, sched, _, _ = build_training(cfg, model, sampler.steps_per_epoch, path.fused_optimizer)
-    scaler = torch.amp.GradScaler(info.device.type, enabled=path.amp_dtype == torch.float16)
-    state = Progress()
-    if resume_state is not None:
-        state = Progress(**restore(resume_state, info, model, opt, sched, scaler))
-    train_model = wrap_ddp(fast, info)
-    log = PretrainLog(out, enabled=info.is_main, title=f"{cfg.model} MAE pre-training on {cfg.dataset}")
+    opt, sched, _, _ = build_training(cfg, model, sampler.steps_per_epoch, run.path.fused_optimizer)
+    resumed = run.start(opt, sched)
+    state = Progress() if resumed is None else Progress(**resumed["progress"])
+    log = PretrainLog(run.out, enabled=info.is_main, title=f"{cfg.model} MAE pre-training on {cfg.dataset}")
     log.restore(state.history)
     n_enc = sum(p.numel() for p in model.encoder.parameters())
     n_dec = sum(p.numel() for p in model.parameters()) - n_enc
-    meta = {"kind": KIND, "model": cfg.model, "encoder_args": mae_cfg.encoder_args, "T": mae_cfg.T,
-            "img_size": data.img_size, "mean": list(data.mean), "std": list(data.std)}
+    run.meta = {"kind": KIND, "model": cfg.model, "encoder_args": mae_cfg.encoder_args, "T": mae_cfg.T,
+                "img_size": data.img_size, "mean": list(data.mean), "std": list(data.std)}
     picks = range(0, len(data.val), max(1, len(data.val) // 6))[:6]  # spread over the split (and its classes)
     samples = torch.stack([data.val[i][0] for i in picks]).to(info.device)
-
-    def save() -> None:
-        if info.is_main:
-            ckpt.save_checkpoint({
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "scaler": scaler.state_dict(), "progress": vars(state).copy(), "config": cfg.to_dict(),
-                "overrides": overrides, "meta": meta, "world_size": info.world}, last)
-
     if info.is_main:
-        where = open_output(out, cfg, resume_state is not None, state)
+        where = open_output(run.out, cfg, resumed is not None, state)
         print(f"{cfg.model} MAE: encoder {n_enc / 1e6:.2f}M + decoder {n_dec / 1e6:.2f}M params, T={mae_cfg.T}, "
               f"mask {cfg.mask_ratio:.0%}, {len(data.train)} train images; {info.world} process(es) on "
-              f"{info.device}, {path.describe()}; {where}", flush=True)
-    with StopSignals() as stop:
-        while state.epoch < cfg.total_epochs:
-            epoch_start = time.time()
-            lr = begin_epoch(cfg, state, sampler, sched, opt)
-            train_loss, _ = train_one_epoch(cfg, state, train_model, train_loader, opt, sched, scaler, info, path,
-                                            save, masked_patch_loss(cfg, state, info), stop)
-            with validating(cfg, state, info, save):
-                val = masked_loss(fast, val_loader, info.device, path, cfg.seed)
-            metrics = {"epoch": state.epoch + 1, "lr": lr, "train_loss": train_loss, **val,
-                       "val_split": data.val_name, "epoch_seconds": time.time() - epoch_start,
-                       "elapsed_seconds": time.time() - t_start}
-            state.history.append(metrics)
-            state.next_epoch()
-            save()
-            log.write(state.history)
-            if info.is_main:
-                save_reconstructions(model, samples, data.mean, data.std, out / "reconstruction.png", cfg.seed,
-                                     f"epoch {metrics['epoch']}, held-out images")
-                print(f"epoch {metrics['epoch']}/{cfg.total_epochs}  lr {lr:.2e}  train_loss {train_loss:.4f}  "
-                      f"val_loss {metrics['val_loss']:.4f} (baseline {metrics['val_baseline_loss']:.4f})  "
-                      f"({metrics['epoch_seconds']:.1f} s)", flush=True)
+              f"{info.device}, {run.path.describe()}; {where}", flush=True)
+    save = checkpointer(run, state)
+    train_epochs(run, state, sampler, train_loader, save, lambda: masked_patch_loss(cfg, state, info),
+                 lambda loss, _acc: {"train_loss": loss},
+                 lambda: masked_loss(fast, val_loader, info.device, run.path, cfg.seed),
+                 functools.partial(_end_epoch, run, state, log, save, samples, data), data.val_name, t_start)
     final = state.history[-1]
     summary = {"model": cfg.model, "encoder_params": n_enc, "decoder_params": n_dec, "dataset": cfg.dataset,
                "val_split": data.val_name, "final_train_loss": final["train_loss"], "final_val_loss": final["val_loss"],
                "val_baseline_loss": final["val_baseline_loss"], "epochs": cfg.total_epochs,
                "steps": state.global_step, "world_size": info.world, "device": str(info.device),
-               "seconds": time.time() - t_start, "checkpoint": str(last), "config": cfg.to_dict()}
+               "seconds": time.time() - t_start, "checkpoint": str(run.last), "config": cfg.to_dict()}
     log.summary(summary)
     return summary
+
+
+def _end_epoch(run: Trainer, state: Progress, log: PretrainLog, save, samples: torch.Tensor, data,
+               metrics: dict) -> None:
+    """After an epoch: ``last.pt``, the logs, ``reconstruction.png`` of the held-out ``samples``."""
+    save()
+    log.write(state.history)
+    if run.info.is_main:
+        save_reconstructions(run.model, samples, data.mean, data.std, run.out / "reconstruction.png",
+                             run.cfg.seed, f"epoch {metrics['epoch']}, held-out images")
+        print(f"epoch {metrics['epoch']}/{run.cfg.total_epochs}  lr {metrics['lr']:.2e}  train_loss "
+              f"{metrics['train_loss']:.4f}  val_loss {metrics['val_loss']:.4f} (baseline "
+              f"{metrics['val_baseline_loss']:.4f})  ({metrics['epoch_seconds']:.1f} s)", flush=True)
 
 
 def load_pretrained_encoder(model: nn.Module, path: str | Path, state: dict | None = None) -> dict:

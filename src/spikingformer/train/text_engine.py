@@ -8,7 +8,7 @@ steps, and write ``last.pt`` (atomic, resumable with ``--resume``), ``metrics.js
 ``metrics.png`` and ``summary.json`` to ``output``.  The batch of step ``s`` and its masks
 depend only on ``(seed, s)``, so a resumed run reproduces the uninterrupted one exactly.
 
-Devices and processes, as the vision engine (``train.py``): ``device`` (``auto``: CUDA when
+Devices and processes, as the vision engine (``train.classify``): ``device`` (``auto``: CUDA when
 available, ``cuda:LOCAL_RANK`` under ``torchrun``), ``amp`` (bf16 autocast on CUDA by default,
 fp16 before Ampere; fp16 with a ``GradScaler``) and ``fast`` (``spikingformer.nn.fast``: ``torch.compile`` and the
 fused AdamW, on by default on CUDA only).  Under ``torchrun`` every process builds the step's
@@ -19,15 +19,15 @@ per-process statistics unless ``sync_bn`` (``distributed.convert_sync_batchnorm`
 normalizes over the global batch: only then do N processes compute what one does.  With
 ``accum_steps`` each process runs its share in that many parts, adding up their gradients (DDP
 all-reduces after the last): the same update in less memory, BatchNorm normalising over each part.
-Evaluation is sharded over the processes and its sums all-reduced; only rank 0 writes files.
+Evaluation is sharded over the processes and its sums all-reduced; only rank 0 writes files.  The run's
+plumbing (open or resume, restore, DDP, save) is ``train.run.Trainer`` and the optimizer step ``train.step``,
+as for the image commands.
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -35,46 +35,38 @@ import torch
 from torch import Tensor, nn
 
 from ..models.text import SpikingformerText, create_text_model, list_text_models
-from ..nn.fast import AMP_MODES, FAST_MODES, FastPath
+from ..nn.fast import FastPath
 from ..utils.errors import ConfigError
 from ..utils.outputs import MetricsLog, write_json
+from ..utils.progress import progress_bar
 from ..weights import checkpoint as ckpt
-from .config import validate_device
-from .distributed import DistInfo, all_reduce_sum, convert_sync_batchnorm
-from .engine import load_scaler, open_run, wrap_ddp
+from .config import RunConfig, validate_device
+from .distributed import DistInfo, all_reduce_sum
+from .run import Trainer
+from .step import micro_step, optimizer_step
 
 __all__ = ["TextTrainConfig", "TextTask", "fit", "finish", "epoch_order", "eval_shard", "stack", "to_device",
-           "expand", "add_command", "SCHEDS", "RESUME_MUTABLE"]
+           "expand", "add_command", "SCHEDS"]
 
 SCHEDS = ("linear", "cosine")
-RESUME_MUTABLE = {"progress", "output", "device", "grad_checkpointing"}  # may differ between a run and its resumption
 
 
 @dataclass
-class TextTrainConfig:
-    """Keys every text command shares: model, optimizer, schedule, evaluation, devices."""
+class TextTrainConfig(RunConfig):
+    """Keys every text command shares: ``RunConfig``'s, with the text defaults, and the vocabulary, the global
+    batch and the step-based schedule and evaluation."""
 
     model: str = "spikingformer_text_2_128"   # a name of models.text.list_text_models()
-    model_args: dict = field(default_factory=dict)  # TextConfig overrides (depth, dim, T, ...)
     vocab: str = "~/.cache/spikingformer/text/bert-base-uncased-vocab.txt"
     batch_size: int = 32              # the global batch: split over the processes under torchrun
     accum_steps: int = 1              # parts each process's share runs in, their gradients added (less memory)
-    grad_checkpointing: bool = False  # recompute each block in the backward pass: less memory, one more forward
-    lr: float = 5e-4
     weight_decay: float = 0.01        # on matrices and embeddings only (nanoGPT's rule)
     warmup_steps: int = 100
     steps: int = 1000                 # optimizer steps in the whole run
     sched: str = "linear"             # linear | cosine decay to 0 after the warm-up
     clip_grad: float = 1.0            # >0: clip the global gradient norm
     eval_every: int = 200             # evaluate and checkpoint every this many steps (and at the end)
-    limit_val: int = 0                # >0: evaluate on the first this many held-out items only
-    seed: int = 0
-    device: str = "auto"              # auto: cuda when available (cuda:LOCAL_RANK under torchrun), else cpu
-    amp: str = "auto"                 # auto: bf16 autocast on CUDA (fp16 before Ampere), fp32 on CPU | bf16 | fp16 | off
-    fast: str = "auto"                # torch.compile + fused AdamW (spikingformer.nn.fast): auto = on CUDA only
-    sync_bn: bool = False             # BatchNorm statistics over every process's share of the batch
     output: str = "runs/text"
-    progress: bool = True
 
     def __post_init__(self):
         checks = [
@@ -84,11 +76,7 @@ class TextTrainConfig:
             (min(self.steps, self.eval_every, self.batch_size, self.accum_steps) >= 1,
              "steps, eval_every, batch_size and accum_steps must be >= 1"),
             (min(self.warmup_steps, self.limit_val) >= 0, "warmup_steps and limit_val must be >= 0"),
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (self.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}"),
-            (self.fast in FAST_MODES, f"fast must be one of {', '.join(FAST_MODES)}, got {self.fast!r}"),
-            (bool(self.output), "output must name the run's folder, got an empty string"),
-        ]
+        ] + self.shared_checks()
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
@@ -98,9 +86,6 @@ class TextTrainConfig:
                 create_text_model(self.model, **self.model_args)
         except (TypeError, ValueError) as e:
             raise ConfigError(str(e)) from None
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -177,88 +162,71 @@ def _optimizer(model: nn.Module, cfg: TextTrainConfig, path: FastPath):
 
 def fit(cfg: TextTrainConfig, info: DistInfo, task: TextTask, resume: bool) -> list[dict]:
     """Train ``cfg.steps`` steps on ``info.device``; evaluate + checkpoint every ``eval_every``; return the history."""
-    from ..utils.progress import progress_bar
-
     world = info.world
     if cfg.batch_size % (world * cfg.accum_steps):
         raise ConfigError(f"batch_size {cfg.batch_size} (the global batch) does not divide into {world} process(es) "
                           f"x accum_steps {cfg.accum_steps} parts")
-    out, model = expand(cfg.output), task.model
-    last = out / "last.pt"
-    log = MetricsLog(out, enabled=info.is_main, title=f"{type(cfg).__name__[:-6]} {cfg.model}")
-    if cfg.sync_bn and world > 1:
-        model = convert_sync_batchnorm(model, info.device)  # in place: task.model's modules are replaced
-    model.to(info.device)
-    model.set_grad_checkpointing(cfg.grad_checkpointing)
-    path = FastPath.from_modes(cfg.fast, cfg.amp, info.device)
-    objective = path.prepare(_Objective(model, task.loss))
-    opt, sched = _optimizer(model, cfg, path)
-    scaler = torch.amp.GradScaler(info.device.type, enabled=path.amp_dtype == torch.float16)
-    step, history = 0, []
-    state = open_run(cfg, resume, RESUME_MUTABLE)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        if "scaler" in state:
-            load_scaler(scaler, state["scaler"], info.is_main)
-        ckpt.set_rng_state(state["rng"])
-        step, history = state["step"], state["history"]
-        log.restore(history)
-    train_model = wrap_ddp(objective, info)
-    share = cfg.batch_size // world
-    part = share // cfg.accum_steps
-    no_sync = getattr(train_model, "no_sync", None)  # DDP: all-reduce after the last part only
+    run = Trainer(cfg, info, resume)
+    log = MetricsLog(run.out, enabled=info.is_main, title=f"{type(cfg).__name__[:-6]} {cfg.model}")
+    run.prepare(task.model, lambda model: _Objective(model, task.loss))  # sync_bn: task.model's modules replaced
+    run.meta = task.meta
+    state = run.start(*_optimizer(run.model, cfg, run.path))
+    step, history = (state["step"], state["history"]) if state is not None else (0, [])
+    log.restore(history)
+    params = list(run.model.parameters())
     sums = torch.zeros(2, dtype=torch.float64, device=info.device)  # since the last evaluation: loss, steps
-    bar = progress_bar(range(step, cfg.steps), out.name, initial=step, total=cfg.steps,
+    bar = progress_bar(range(step, cfg.steps), run.out.name, initial=step, total=cfg.steps,
                        enabled=cfg.progress and info.is_main)
     for step in bar:
-        model.train()
-        batch = task.batch_at(step)
-        scale = world / max(1, task.units(batch))  # DDP averages over processes: their sum / units
-        opt.zero_grad(set_to_none=True)
-        loss = torch.zeros((), device=info.device)
-        for i in range(cfg.accum_steps):
-            lo = info.rank * share + i * part
-            mine = to_device({k: v[lo:lo + part] for k, v in batch.items()}, info.device)
-            path.step_begin()
-            last_part = i == cfg.accum_steps - 1
-            # DDP decides in the forward whether the backward all-reduces: both go inside no_sync
-            with no_sync() if no_sync is not None and not last_part else contextlib.nullcontext():
-                with path.autocast(info.device):
-                    part_loss = train_model(mine) * scale
-                scaler.scale(part_loss).backward()
-            loss = loss + part_loss.detach()
-        if cfg.clip_grad > 0:
-            scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
+        loss = _train_step(run, task, step, params)
         sums += torch.stack([loss.detach().double(), torch.ones((), dtype=torch.float64, device=info.device)])
         done = step + 1
         if done % 10 == 0:  # reading the loss waits for the GPU: now and then only
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{sched.get_last_lr()[0]:.1e}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{run.sched.get_last_lr()[0]:.1e}")
         if done % cfg.eval_every == 0 or done == cfg.steps:
-            total, n = all_reduce_sum(sums).tolist()  # n = steps x processes: the global mean loss
-            if not math.isfinite(total):
-                raise FloatingPointError(f"the training loss became {total} by step {done}: lower lr, or amp=bf16")
-            model.eval()
-            with torch.no_grad(), path.autocast(info.device):
-                record = dict(epoch=round(done / task.per_epoch, 4), step=done, train_loss=total / n,
-                              **task.evaluate(model))
+            record = _evaluate(run, task, done, sums)
             history.append(record)
             sums.zero_()
-            if info.is_main:
-                ckpt.save_checkpoint(dict(model=model.state_dict(), optimizer=opt.state_dict(),
-                                          scheduler=sched.state_dict(), scaler=scaler.state_dict(),
-                                          rng=ckpt.rng_state(), step=done, history=history, config=cfg.to_dict(),
-                                          meta=task.meta, world_size=world), last)
+            run.save(rng=ckpt.rng_state(), step=done, history=history)
             log.write(history)
             if info.is_main:
                 bar.write("step {step}: ".format(**record) + ", ".join(
                     f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "step")))
     return history
+
+
+def _train_step(run: Trainer, task: TextTask, step: int, params: list) -> Tensor:
+    """The optimizer step of global ``step``: this process's contiguous share of the step's batch, in
+    ``accum_steps`` parts; each loss a sum scaled by ``world / units``, so that DDP's mean over the processes
+    is the global batch's mean.  Returns this process's loss."""
+    cfg, info = run.cfg, run.info
+    run.model.train()
+    batch = task.batch_at(step)
+    scale = info.world / max(1, task.units(batch))  # DDP averages over processes: their sum / units
+    share = cfg.batch_size // info.world
+    part = share // cfg.accum_steps
+    loss = torch.zeros((), device=info.device)
+    for i in range(cfg.accum_steps):
+        lo = info.rank * share + i * part
+        mine = to_device({k: v[lo:lo + part] for k, v in batch.items()}, info.device)
+        part_loss, = micro_step(run.train_model, run.scaler, run.path, info.device, i == cfg.accum_steps - 1,
+                                lambda: (run.train_model(mine) * scale,))  # noqa: B023 (called at once)
+        loss = loss + part_loss.detach()
+    optimizer_step(run.opt, run.scaler, params, cfg.clip_grad)
+    run.sched.step()
+    return loss
+
+
+def _evaluate(run: Trainer, task: TextTask, done: int, sums: Tensor) -> dict:
+    """The record of an evaluation after ``done`` steps: the global mean training loss since the last one
+    (``sums``: loss, steps), and ``task.evaluate``'s metrics of the eval-mode model."""
+    total, n = all_reduce_sum(sums).tolist()  # n = steps x processes: the global mean loss
+    if not math.isfinite(total):
+        raise FloatingPointError(f"the training loss became {total} by step {done}: lower lr, or amp=bf16")
+    run.model.eval()
+    with torch.no_grad(), run.path.autocast(run.info.device):
+        return dict(epoch=round(done / task.per_epoch, 4), step=done, train_loss=total / n,
+                    **task.evaluate(run.model))
 
 
 def finish(cfg: TextTrainConfig, info: DistInfo, summary: dict, json_path: str | None) -> dict:
