@@ -21,7 +21,6 @@ import torch
 
 from ..models import create_model
 from ..utils.errors import InputError
-from ..utils.outputs import MetricsLog
 from ..weights import checkpoint as ckpt
 from . import engine
 from .config import TrainConfig
@@ -36,6 +35,7 @@ from .engine import (
 )
 from .evaluation import evaluate, sampled_spike_stats
 from .pretrain import KIND, load_pretrained_encoder
+from .records import MetricsLog
 from .run import Trainer, open_output
 
 __all__ = ["Progress", "run"]

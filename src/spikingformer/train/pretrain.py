@@ -25,11 +25,12 @@ from torch import nn
 from ..models.mae import MAEConfig, SpikformerV2MAE
 from ..nn.fast import FastPath
 from ..utils.errors import ConfigError, InputError
-from ..utils.outputs import MetricsLog, pyplot, save_figure, write_json
+from ..utils.outputs import pyplot, save_figure, write_json
 from ..weights import checkpoint as ckpt
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, session
 from .engine import Progress, build_training, checkpointer, load_data, make_loaders, seed_all, train_epochs
+from .records import MetricsLog
 from .run import Trainer, open_output
 
 __all__ = ["PretrainConfig", "IMAGE_DATASETS", "run", "load_pretrained_encoder", "masked_loss", "save_reconstructions"]

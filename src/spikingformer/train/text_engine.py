@@ -37,11 +37,12 @@ from torch import Tensor, nn
 from ..models.text import SpikingformerText, create_text_model, list_text_models
 from ..nn.fast import FastPath
 from ..utils.errors import ConfigError
-from ..utils.outputs import MetricsLog, write_json
+from ..utils.outputs import write_json
 from ..utils.progress import progress_bar
 from ..weights import checkpoint as ckpt
 from .config import RunConfig, validate_device
 from .distributed import DistInfo, all_reduce_sum
+from .records import MetricsLog
 from .run import Trainer
 from .step import micro_step, optimizer_step
 
