@@ -8,7 +8,7 @@ from spikingformer import cli
 from spikingformer.analysis.energy import estimate_energy
 from spikingformer.cli.demo import demo_config
 from spikingformer.data import build_data
-from spikingformer.weights.loading import build_model
+from spikingformer.weights.loading import load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,7 +36,7 @@ def test_demo_reaches_90_percent_on_held_out_digits(tmp_path, capsys):
         assert "note: --data /nowhere is not read: the digits dataset is bundled" in said.out + said.err
 
     # the printed energy is Eq. 19-20 of the run's last.pt over all 360 held-out digits
-    model = build_model(str(tmp_path / "run" / "last.pt"))[0]
+    model = load_model(str(tmp_path / "run" / "last.pt"))
     val = build_data(demo_config(), 8).val
     want = estimate_energy(model, torch.stack([val[i][0] for i in range(360)])).total_mJ
     assert r["energy_uJ"] == pytest.approx(1e3 * want, rel=1e-6) and "uJ per image (Eq. 19-20" in printed

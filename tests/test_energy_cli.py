@@ -9,7 +9,7 @@ import torch
 import spikingformer as sf
 from spikingformer.analysis.energy import estimate_energy
 from spikingformer.cli import main
-from spikingformer.weights.loading import load_checkpoint
+from spikingformer.weights.loading import load_weights_into
 
 from .helpers import calibrate_bn
 
@@ -38,12 +38,12 @@ def test_cli_total_is_e_ac_times_ac_plus_e_mac_times_mac(tmp_path, capsys):
 def test_plot_draws_each_layer_firing_rate_and_energy(tmp_path, monkeypatch):
     """One bar per synaptic product in each panel, in network order: its input firing rate (0 where the
     input is not spikes) and its energy, coloured by AC or MAC."""
-    import spikingformer.utils.outputs as metrics
+    import spikingformer.analysis.energy as energy_module
 
     model = sf.create_model("spikingformer_4_256", depth=1, dim=32, num_heads=4, T=2).eval()
     report = estimate_energy(model, torch.randn(2, 3, 32, 32))
     figures = []
-    monkeypatch.setattr(metrics, "save_figure", lambda fig, path: figures.append(fig))
+    monkeypatch.setattr(energy_module, "save_figure", lambda fig, path: figures.append(fig))
     report.write_plot(str(tmp_path / "e.png"))
     ax_fr, ax_e = figures[0].axes
     fr_bars, e_bars = ax_fr.patches, ax_e.patches
@@ -82,7 +82,7 @@ def test_checkpoint_formats_load_the_same_weights(tmp_path):
     torch.save({"model": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "wrapped.pth")
     save_file(state, tmp_path / "plain.safetensors")
     for name in ("wrapped.pth", "plain.safetensors"):
-        dst = load_checkpoint(sf.create_model("spikingformer_4_256", depth=1, dim=64, num_heads=2),
+        dst = load_weights_into(sf.create_model("spikingformer_4_256", depth=1, dim=64, num_heads=2),
                               str(tmp_path / name))
         for k, v in dst.state_dict().items():
             assert torch.equal(v, state[k]), (name, k)

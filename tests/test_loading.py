@@ -5,7 +5,8 @@ import torch
 import spikingformer
 from spikingformer import cli, create_model
 from spikingformer.weights.checkpoint import save_checkpoint, state_mismatch
-from spikingformer.weights.loading import load_checkpoint
+from spikingformer.weights import loading
+from spikingformer.weights.loading import load_weights_into
 
 from .data.helpers import write_class_tree
 
@@ -56,14 +57,14 @@ def test_eval_builds_the_options_a_file_records_and_load_names_those_that_differ
     assert "(spikingformer_4_256)" in capsys.readouterr().out
     built = []
     real = spikingformer.create_model
-    monkeypatch.setattr(spikingformer, "create_model", lambda name, **kw: built.append(kw) or real(name, **kw))
+    monkeypatch.setattr(loading, "create_model", lambda name, **kw: built.append(kw) or real(name, **kw))
     assert cli.main([*args, "--set", "model_args.T=2"]) == 0  # the command line wins over the file
     assert built[-1]["T"] == 2 and built[-1]["dim"] == 32
     assert cli.main([*args, "--set", "model=spikformer_4_384"]) == 2
     assert f"{exported} holds a spikingformer_4_256, not the recipe's spikformer_4_384" in capsys.readouterr().err
     # the library call reads what the file records by itself, and names the options that differ
     with pytest.raises(ValueError, match=r"with dim=32 \(this model: 256\), num_classes=3 \(this model: 10\); "):
-        load_checkpoint(create_model("spikingformer_4_256", depth=1, num_heads=4, T=1), str(exported))
+        load_weights_into(create_model("spikingformer_4_256", depth=1, num_heads=4, T=1), str(exported))
 
 
 def test_a_safetensors_file_without_a_recipe_is_named_as_such(exported, capsys):

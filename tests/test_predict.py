@@ -163,7 +163,8 @@ def test_eval_refuses_what_the_weights_cannot_be(trained, tmp_path, capsys):
     assert cli.main(["eval", "--checkpoint", str(ckpt), "--set", "model_args.dim=64"]) == 2
     assert "--set {'dim': 64} may change the weights' shapes (T does not)" in capsys.readouterr().err
     text = tmp_path / "text.pt"  # an mlm/glue run's checkpoint
-    save_checkpoint({"model": {}, "config": {}, "meta": {"model": "spikingformer_text_2_128", "task": "mlm"}}, text)
+    save_checkpoint({"model": {"w": torch.zeros(1)}, "config": {},
+                     "meta": {"model": "spikingformer_text_2_128", "task": "mlm"}}, text)
     assert cli.main(["eval", "--checkpoint", str(text)]) == 2
     assert ("holds the text model spikingformer_text_2_128 but no glue run's config (an mlm run's masked-LM scores "
             "are in its summary.json)" in capsys.readouterr().err)

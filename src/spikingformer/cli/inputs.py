@@ -29,11 +29,11 @@ from ..data import text as tdata
 from ..data.sources import DATASET_STATS, load_rgb, unread_data_note
 from ..data.split import split_sample
 from ..models import list_models
-from ..models.text import create_text_model, list_text_models
+from ..models.text import list_text_models
 from ..train import glue, mlm
 from ..train.config import TrainConfig, apply_overrides, from_dict, load_config, parse_overrides
 from ..utils.errors import InputError
-from ..weights.loading import create_any, load_into, resolve
+from ..weights.loading import create_any, read_weights
 from ..weights.user_model import declared_input_size, is_spec
 from .args import model_overrides
 
@@ -57,26 +57,30 @@ def prepare(args: argparse.Namespace) -> Prepared:
         raise InputError(f"--input-size must be >= 1, got {args.input_size}")
     torch.manual_seed(args.seed)
     recipe = load_config(args.config) if getattr(args, "config", None) else None
-    state, build, name = resolve(args.checkpoint, args.model, recipe)
+    weights = read_weights(args.checkpoint, args.model, recipe)
+    name, build = weights.name, weights.info
     # both kinds are accepted here, so both are listed
     if not is_spec(name) and name not in list_models() + list_text_models():
         raise InputError(f"unknown model {name!r}; available models: {', '.join(list_models())}; text models: "
                          f"{', '.join(list_text_models())}")
     text = name in list_text_models()
-    prep = _text(args, name, build) if text else _vision(args, name, build)
-    prep.notes += build.get("notes", [])
-    if args.checkpoint:
-        prep.model = load_into(prep.model, args.checkpoint, state, build, name).eval()
-    else:
+    if text and (args.input_size is not None or getattr(args, "in_chans", None) or getattr(args, "config", None)
+                 or args.set):
+        raise InputError(f"--input-size, --in-chans, --config and --set are for image models; {name} reads token "
+                         f"sequences (--seq-len, or --data with its run's checkpoint)")
+    options = model_overrides(args)
+    model = (weights.build(options, options, "--model-kwargs") if args.checkpoint
+             else create_any(name, **{**weights.model_args, **options}))
+    prep = _text(args, name, build, model) if text else _vision(args, name, build, model)
+    prep.notes += weights.notes
+    if not args.checkpoint:
         calibrate_bn(prep.model, prep.batches)
         prep.notes.append("random weights (no --checkpoint): figures are for an untrained model "
                           "(BN statistics calibrated on the input so that neurons fire)")
     return prep
 
 
-def _vision(args: argparse.Namespace, name: str, build: dict) -> Prepared:
-
-    model = create_any(name, **{**build.get("model_args", {}), **model_overrides(args)})
+def _vision(args: argparse.Namespace, name: str, build: dict, model: nn.Module) -> Prepared:
     c, h = _input_shape(model, name, args)
     config = build.get("config") or {}
     if args.set and not (args.data and config):
@@ -153,12 +157,7 @@ def _image_folder(root: str, size: int, batch_size: int, n_batches: int, seed: i
     return [x for x, _ in torch.utils.data.DataLoader(sample, batch_size=batch_size)], f"{root}: {named}"
 
 
-def _text(args: argparse.Namespace, name: str, build: dict) -> Prepared:
-
-    if args.input_size is not None or getattr(args, "in_chans", None) or getattr(args, "config", None) or args.set:
-        raise InputError(f"--input-size, --in-chans, --config and --set are for image models; {name} reads token "
-                         f"sequences (--seq-len, or --data with its run's checkpoint)")
-    model = create_text_model(name, **{**build.get("model_args", {}), **model_overrides(args)})
+def _text(args: argparse.Namespace, name: str, build: dict, model: nn.Module) -> Prepared:
     if args.data:
         batches, what = _text_data(args, build, model)
         return Prepared(model, batches, name, "sequence", what, [f"input: {what}"], what)

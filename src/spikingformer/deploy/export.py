@@ -17,7 +17,7 @@ from torch import nn
 from ..utils.errors import InputError
 from ..utils.outputs import atomic_write, check_output
 from ..weights.checkpoint import METADATA_FORMAT, is_run_checkpoint
-from ..weights.loading import build_model
+from ..weights.loading import read_weights
 from .fold import fold_bn
 
 __all__ = ["export", "check_target"]
@@ -43,9 +43,10 @@ def export(checkpoint: str, out: str, model: str | None = None, overrides: dict 
     checkpoint (``check_target``)."""
     from safetensors.torch import save
 
-
     check_target(out, force)
-    net, name, margs, notes, build = build_model(checkpoint, model, overrides or {})
+    weights = read_weights(checkpoint, model)
+    net, name, build = weights.build(overrides), weights.name, weights.info
+    margs = {**weights.model_args, **(overrides or {})}
     if fold:
         net = fold_bn(net)
     meta = {"format": METADATA_FORMAT, "model": name, "model_args": json.dumps(margs, sort_keys=True),
@@ -55,7 +56,7 @@ def export(checkpoint: str, out: str, model: str | None = None, overrides: dict 
     # clone: tied weights (the text model's MLM decoder) share storage, which safetensors refuses
     tensors = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
     atomic_write(out, lambda f: f.write(save(tensors, meta)))
-    return {**meta, "tensors": len(tensors), "notes": notes}
+    return {**meta, "tensors": len(tensors), "notes": weights.notes}
 
 
 def _is_folded(net: nn.Module) -> bool:

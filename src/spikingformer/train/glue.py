@@ -33,7 +33,7 @@ from ..weights import checkpoint as ckpt
 from .config import apply_overrides, from_dict, parse_overrides
 from .distributed import DistInfo, gather_objects, resolve_device, session
 from .predict import prediction_record
-from .runs import asked_options, rebuild
+from .runs import asked_options
 from .text_engine import TextTask, TextTrainConfig, epoch_order, eval_shard, expand, finish, fit, to_device
 
 __all__ = ["GlueConfig", "GlueSplits", "glue_splits", "predict", "answers", "score_splits", "per_step_scores",
@@ -216,19 +216,19 @@ _RUN_FIXED = ("task", "val_split", "holdout_fraction", "seed")
 
 def evaluate_glue(path, run, data: str | None = None, device: str = "auto", batch_size: int | None = None,
                   sets: list[str] = (), predictions: bool = False) -> dict:
-    """Score the checkpoint ``path`` of a ``glue`` run (``run``: ``evaluation.RunFile``): on the split the run
+    """Score the checkpoint ``path`` of a ``glue`` run (``run``: its ``Weights``): on the split the run
     evaluated on without ``data``; with it, on every row of the TSV file ``data`` (``test``) or on the official
     dev file(s) of the task folder ``data`` (or of ``data/TASK/``).  The loss and every GLUE metric of the task,
     keyed as the run's ``val_metrics``, the headline metric after each time step (``per_step``), the split's
     name and size; with ``predictions``, a record per example (``records``)."""
-    if "task" not in (run.build.get("config") or {}):
-        raise InputError(f"{path} holds the text model {run.meta['model']} but no glue run's config (an mlm run's "
+    if "task" not in run.config:
+        raise InputError(f"{path} holds the text model {run.name} but no glue run's config (an mlm run's "
                          "masked-LM scores are in its summary.json): eval scores `spikingformer glue` checkpoints")
-    cfg, given = _eval_config(path, run.build["config"], sets, device, batch_size)
+    cfg, given = _eval_config(path, run.config, sets, device, batch_size)
     task = gdata.get_task(cfg.task)
     split, evals, folder = _scored(cfg, task, data, given, path)
     asked = asked_options(given)  # --set model_args.T=8: the model at another T
-    model = rebuild(path, run.meta["model"], {**run.meta["model_args"], **asked}, run.weights, run.build, asked)
+    model = run.build(asked, asked)
     info = DistInfo(0, 1, resolve_device(cfg.device))
     model.to(info.device).eval()
     # the run's precision (its evaluations ran so), uncompiled: one pass does not repay compiling
@@ -236,7 +236,7 @@ def evaluate_glue(path, run, data: str | None = None, device: str = "auto", batc
     with torch.no_grad(), precision.autocast(info.device):
         metrics, outputs = score_splits(model, task, evals, cfg.batch_size, info)
         per_step = per_step_scores(model, task, evals, cfg.batch_size, info)
-    out = dict(checkpoint=str(path), model=run.meta["model"], task=task.name, step=run.state.get("step"),
+    out = dict(checkpoint=str(path), model=run.name, task=task.name, step=run.info.get("step"),
                split=split, val_split="; ".join(name for _, name, _ in evals), data_dir=folder,
                val_examples=sum(len(ds) for _, _, ds in evals), metric=task.metric,
                value=metrics[_key(task.metric, evals[0][0])], val_metrics=metrics, per_step=per_step)

@@ -35,11 +35,11 @@ from ..models.text import list_text_models
 from ..utils.errors import ConfigError, InputError
 from ..utils.outputs import write_csv, write_json
 from ..utils.progress import progress_bar
-from ..weights.loading import resolve
+from ..weights.loading import read_weights
 from .config import TrainConfig, from_dict, load_config, parse_overrides
 from .distributed import resolve_device
 from .evaluation import read_outs
-from .runs import asked_options, eval_path, rebuild, run_config
+from .runs import asked_options, eval_path, run_config
 
 __all__ = ["Predictor", "InputFiles", "load_predictor", "input_files", "find_inputs", "true_labels",
            "prediction_record", "accuracy", "split_records", "write_prediction_csv", "write_predictions"]
@@ -117,9 +117,9 @@ def load_predictor(checkpoint: str, recipe: str | None = None, classes_file: str
     advice = "add --config RECIPE, e.g. --config cifar10"
     given = parse_overrides(list(sets))
     # a recipe's model may be chosen by --set model=, as with eval --config; a run's checkpoint names its own
-    state, build, name = resolve(checkpoint, given.get("model") if recipe else None,
-                                 load_config(recipe) if recipe else None,
-                                 unnamed=f"{checkpoint} names neither its model nor how its images were read: {advice}")
+    weights = read_weights(checkpoint, given.get("model") if recipe else None, load_config(recipe) if recipe else None,
+                           unnamed=f"{checkpoint} names neither its model nor how its images were read: {advice}")
+    name, build = weights.name, weights.info
     if name in list_text_models():
         raise InputError(f"{checkpoint} holds the text model {name}; predict classifies image files")
     if not build.get("config"):
@@ -136,7 +136,7 @@ def load_predictor(checkpoint: str, recipe: str | None = None, classes_file: str
         raise InputError(f"{checkpoint} was trained on {cfg.dataset}, not on image files or event recordings; "
                          f"`spikingformer eval --checkpoint {checkpoint}` evaluates it on its validation split")
     asked = asked_options(given)
-    model = rebuild(checkpoint, name, margs, state, build, asked).eval()
+    model = weights.build(margs, asked)
     # what the run recorded of its images, but for what the command line sets anew (mean, std, img_size)
     data = {**build.get("data", {}), **{k: getattr(cfg, k) for k in ("mean", "std", "img_size") if k in given}}
     n = model.cfg.num_classes

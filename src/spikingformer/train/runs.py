@@ -5,12 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from torch import nn
 
 from ..nn.fast import FastPath, resolve_lif_backend
 from ..utils.errors import InputError
-from ..weights import checkpoint as ckpt
-from ..weights.loading import create_any, load_into
 from .config import TrainConfig, apply_overrides, from_dict, parse_overrides
 
 
@@ -47,40 +44,3 @@ def run_config(path, name: str, model_args: dict, config: dict, sets: list[str] 
     config = apply_overrides(apply_overrides(config, given), {"model_args": margs})
     where = (source or f"{path} config") + (f" + --set {' '.join(sets)}" if sets else "")
     return from_dict(TrainConfig, dict(config, **(extra or {})), where), margs
-
-
-def rebuild(path, name: str, model_args: dict, weights: dict, build: dict, asked: dict) -> nn.Module:
-    """The model ``name`` (vision or text) with ``model_args`` and the ``weights`` of ``path`` (``build``: what the
-    file says of it); when they do not fit, the ``--set`` model options ``asked`` are named as a possible cause."""
-    try:
-        model = create_any(name, **model_args)
-    except (TypeError, ValueError) as e:  # an option that does not exist, or a value it cannot take
-        raise InputError(f"{name}: {e}" + (f" (--set {asked})" if asked else "")) from None
-    try:
-        return load_into(model, path, weights, build, f"{name} with {model_args}")
-    except ValueError as e:
-        if not asked:
-            raise
-        raise InputError(f"{e}; --set {asked} may change the weights' shapes (T does not)") from None
-
-
-@dataclasses.dataclass
-class RunFile:
-    """A run's checkpoint, or a ``.safetensors`` exported from one, as read: what it records of its model
-    (``meta``: name, options, classes, task), the weights, ``build`` (the run's config; ``folded``) and the
-    checkpoint's training state (its progress; ``{}`` for a ``.safetensors``)."""
-    meta: dict
-    weights: dict
-    build: dict
-    state: dict
-
-
-def read_run(path) -> RunFile:
-    """``path`` read as a run's checkpoint (a vision, ``mlm`` or ``glue`` run's) or an export of one."""
-    if ckpt.is_safetensors(path):
-        weights, build = ckpt.load_weights(path)
-        meta = {"model": build.get("model"), "model_args": build.get("model_args"), **build.get("data", {})}
-        return RunFile(meta, weights, build, {})
-    state = ckpt.load_checkpoint(path, hint=" (for a state_dict or official weights add --config RECIPE, "
-                                          "e.g. --config cifar10, which names the model and the data)")
-    return RunFile(state["meta"], state["model"], {"config": state["config"]}, state)

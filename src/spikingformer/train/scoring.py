@@ -16,8 +16,7 @@ from ..analysis.early_exit import calibration_split, choose, merge
 from ..data import DataError, scored_split
 from ..models.text import list_text_models
 from ..utils.errors import InputError
-from ..weights import checkpoint as ckpt
-from ..weights.official import check_family
+from ..weights.loading import Weights, read_weights
 from .classify import model_kwargs
 from .config import TrainConfig, from_dict, load_config, parse_overrides, validate_device
 from .distributed import resolve_device
@@ -25,17 +24,15 @@ from .engine import resolve_img_size
 from .evaluation import evaluate, sampled_spike_stats
 from .glue import evaluate_glue
 from .predict import split_records
-from .runs import RunFile, asked_options, eval_path, read_run, rebuild, run_config
+from .runs import asked_options, eval_path, run_config
 
 
 @dataclasses.dataclass
 class _Source:
-    """What eval scores with: the config that reads the data, the model's name, options and weights."""
+    """What eval scores with: the config that reads the data, the weights (and their model's name)."""
     cfg: object
-    name: str
+    weights: Weights
     margs: dict | None       # None until the data says the classes (a recipe's)
-    weights: dict
-    build: dict
     img_size: int
     classes: list[str] | None   # those the weights were trained on, when the file records them
     n_classes: int | None
@@ -70,10 +67,12 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     validate_device(device)
     _check_options(exit_at, batch_size, calibrate, max_drop, split)
     dev = resolve_device(device)  # a device this machine lacks is named before any file is read
-    run = read_run(path) if recipe is None else None
-    if run is not None and run.meta["model"] in list_text_models():
-        _image_only(path, run.meta["model"], {"--early-exit": exit_at, "--calibrate": calibrate is not None,
-                                              "--split": split, "--workers": workers is not None, "--plot": plot})
+    run = read_weights(path, unnamed=f"{path} is not a run's checkpoint: for a state_dict or official weights add "
+                                     "--config RECIPE, e.g. --config cifar10, which names the model and the data") \
+        if recipe is None else None
+    if run is not None and run.name in list_text_models():
+        _image_only(path, run.name, {"--early-exit": exit_at, "--calibrate": calibrate is not None,
+                                     "--split": split, "--workers": workers is not None, "--plot": plot})
         return evaluate_glue(path, run, data_dir, device, batch_size, sets, predictions)
     extra = {k: v for k, v in (("device", device), ("val_batch_size", batch_size), ("workers", workers))
              if v is not None}
@@ -84,12 +83,12 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     _check_classes(data, src.classes, src.n_classes, folder or src.cfg.dataset, path)
     margs = src.margs
     if margs is None:  # the options the weights were made with win over the recipe's, the command line over both
-        margs = {**model_kwargs(src.cfg, len(data.classes), data.in_chans), **src.build.get("model_args", {}),
+        margs = {**model_kwargs(src.cfg, len(data.classes), data.in_chans), **src.weights.model_args,
                  **asked_options(given)}
-    model = rebuild(path, src.name, margs, src.weights, src.build, asked_options(given)).to(dev)
+    model = src.weights.build(margs, asked_options(given)).to(dev)
     record = [] if predictions else None
     result = _score(model, data, src.cfg, dev, tuple(exit_at), calibrate, calibrate_seed, max_drop, record)
-    out = {"checkpoint": str(path), "model": src.name, "epoch": src.epoch, "split": data.val_name.partition(" ")[0],
+    out = {"checkpoint": str(path), "model": src.weights.name, "epoch": src.epoch, "split": data.val_name.partition(" ")[0],
            "val_split": data.val_name, "data_dir": folder, **result,
            **sampled_spike_stats(model, data, dev, src.cfg.val_batch_size, src.cfg.seed), "notes": src.notes + notes}
     if predictions:
@@ -119,36 +118,34 @@ def _image_only(path, model: str, given: dict) -> None:
                          f"{model}, scored with its GLUE task's metrics")
 
 
-def _run_source(path, run: RunFile, sets, extra) -> _Source:
-    """An image or event classifier's run (``read_run``): its config, with ``--set``, reads the data."""
-    meta, build = run.meta, run.build
-    if not build.get("config") or "classes" not in meta:
+def _run_source(path, run: Weights, sets, extra) -> _Source:
+    """An image or event classifier's run: its config, with ``--set``, reads the data."""
+    recorded = run.info.get("data", {})
+    if not run.config or "classes" not in recorded:
         raise InputError(f"{path} does not record the run it came from (exported from a state_dict?): "
                          "add --config RECIPE, e.g. --config cifar10")
-    cfg, margs = run_config(path, meta["model"], meta["model_args"], build["config"], sets, extra=extra)
-    if os.path.isdir(meta.get("data_root") or "") and cfg.data_dir == build["config"].get("data_dir"):
+    cfg, margs = run_config(path, run.name, run.model_args, run.config, sets, extra=extra)
+    if os.path.isdir(recorded.get("data_root") or "") and cfg.data_dir == run.config.get("data_dir"):
         # the folder the run read, wherever eval runs from: a relative data_dir names another folder elsewhere,
         # and the run's own images, given by their absolute path, would be scored as a test set
-        cfg = dataclasses.replace(cfg, data_dir=meta["data_root"])
-    return _Source(cfg, meta["model"], margs, run.weights, build, margs.get("img_size") or meta["img_size"],
-                   meta["classes"], meta["model_args"].get("num_classes"), run.state.get("progress", {}).get("epoch"))
+        cfg = dataclasses.replace(cfg, data_dir=recorded["data_root"])
+    return _Source(cfg, run, margs, margs.get("img_size") or recorded["img_size"], recorded["classes"],
+                   run.model_args.get("num_classes"), run.info.get("epoch"))
 
 
 def _recipe_source(path, recipe, sets, extra, asked: dict) -> _Source:
     """Any weights, read as the YAML ``recipe`` (plus ``--set``) says: model, dataset, evaluation transform."""
     cfg = load_config(recipe, list(sets))
     cfg = from_dict(TrainConfig, dict(cfg.to_dict(), **extra), f"{recipe} + command line")
-    weights, build = ckpt.load_weights(path, cfg.model)  # the recipe's model reads names two layouts share
-    check_family(cfg.model, build.get("official"), path)
-    if build.get("model") not in (None, cfg.model):
-        raise InputError(f"{path} holds a {build['model']}, not the recipe's {cfg.model}")
+    weights = read_weights(path, cfg.model, named_by="the recipe's")  # it reads names two layouts share
+    build = weights.info
     # the data follows the model that runs: the weights' T and size win over the recipe's (and --set over
     # both), so event recordings become frames at the T the model was exported with
     shaping = {k: build.get("model_args", {})[k] for k in ("T", "img_size") if k in build.get("model_args", {})}
     cfg = dataclasses.replace(cfg, model_args={**cfg.model_args, **shaping, **asked})
     # the classes an export records are checked against the data's: a file trained on others would score shifted
-    return _Source(cfg, cfg.model, None, weights, build, resolve_img_size(cfg), build.get("data", {}).get("classes"),
-                   build.get("model_args", {}).get("num_classes"), notes=list(build.get("notes", [])))
+    return _Source(cfg, weights, None, resolve_img_size(cfg), build.get("data", {}).get("classes"),
+                   build.get("model_args", {}).get("num_classes"), notes=weights.notes)
 
 
 def _loader(data, cfg, part: list[int] | None = None):

@@ -214,8 +214,8 @@ def load_weights(path: str | Path, model: str | None = None, official: bool = Tr
     state_dict (bare, or under ``model``/``state_dict``/``model_state_dict``, as timm's checkpoints of
     the official code), or a ``.safetensors`` file.  Returns ``(state_dict, build)``: ``build`` is
     ``{"model": name, "model_args": {...}, "task": "mlm"/GLUE task or None, "config": the run's
-    config, "data": what the run's inputs were (``DATA_KEYS``: class names, mean/std, image size)}`` as the
-    training run created the model (``.safetensors`` from ``spikingformer export``: model, model_args,
+    config, "data": what the run's inputs were (``DATA_KEYS``: class names, mean/std, image size), "epoch"
+    and "step": how far the run had got}`` as the training run created the model (``.safetensors`` from ``spikingformer export``: model, model_args,
     ``folded``, and config and data when the exported file came from a run), or ``{}`` when the file
     does not say.
     ``module.`` (DDP) and ``_orig_mod.`` (``torch.compile``) prefixes are stripped, and an official
@@ -236,9 +236,11 @@ def load_weights(path: str | Path, model: str | None = None, official: bool = Tr
             meta = state.get("meta", {})
             if not isinstance(meta, dict):
                 raise CheckpointError(f"{path}: its record of the model (meta) is a {type(meta).__name__}, not a dict")
+            progress = state.get("progress") if isinstance(state.get("progress"), dict) else {}
             build = {"model": meta.get("model"), "model_args": meta.get("model_args", {}),
                      "task": meta.get("task"), "config": state.get("config", {}),
-                     "data": {k: meta[k] for k in DATA_KEYS if k in meta}}
+                     "data": {k: meta[k] for k in DATA_KEYS if k in meta},
+                     "epoch": progress.get("epoch"), "step": state.get("step")}
         for key in ("model", "state_dict", "model_state_dict"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]

@@ -1,12 +1,14 @@
-"""The route from a checkpoint to a model: read the weights, name the model (the file, the caller or the
-official run's args), build it with the options the file records, load, and say plainly when they do not fit.
+"""The one route from a checkpoint to a model: ``read_weights`` reads the file and names its model (the file, the
+caller, a recipe or the official run's args); ``Weights.build`` builds it with the options the file records (and
+those asked for anew), loads the weights and says plainly when they do not fit.
 
-``load_model(path)`` is the public face; ``resolve`` / ``build_model`` / ``load_into`` are its steps, which the
-commands share.
+``load_model(path)`` is the public face; every command (eval, predict, export, energy, verify, glue's eval) takes
+the same two steps, reading the run's record (config, classes, task) off the ``Weights`` in between.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -18,18 +20,15 @@ from .checkpoint import load_weights, state_mismatch
 from .official import check_family, check_recorded, recorded_model
 from .user_model import build_user_model, is_spec
 
-__all__ = ["resolve", "build_model", "load_model", "create_any", "load_into", "load_checkpoint"]
+__all__ = ["Weights", "read_weights", "load_model", "load_weights_into", "create_any"]
 
 
-def load_checkpoint(model: nn.Module, path: str, state: dict | None = None, name: str | None = None,
-                    build: dict | None = None) -> nn.Module:
-    """Load the weights of ``path`` (any format ``checkpoint.load_weights`` reads, or ``state``
-    already read from it) into ``model`` (``name``: how errors call the model).  ``build``: what the
-    file says of its model (``load_weights``); if they do not fit, the options it records that ``model``
-    has otherwise are named as the cause."""
-    if state is None:
-        state, build = load_weights(path)
-    build = build or {}
+def _load(model: nn.Module, path: str, state: dict, name: str, build: dict) -> nn.Module:
+    """Load ``state``, read from ``path``, into ``model`` (folded first when the file holds the deployed form;
+    ``name``: how errors call the model).  ``build``: what the file says of its model (``load_weights``); if they
+    do not fit, the options it records that ``model`` has otherwise are named as the cause."""
+    if build.get("folded"):
+        model = fold_bn(model)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
@@ -54,14 +53,54 @@ def _other_options(model: nn.Module, options: dict) -> str:
                      if hasattr(cfg, k) and plain(getattr(cfg, k)) != plain(v))
 
 
-def resolve(checkpoint: str | None, model: str | None, recipe=None,
-            unnamed: str = "give --model, or a --checkpoint written by a training run or `spikingformer export` "
-                           "(which names its model)") -> tuple[dict | None, dict, str]:
-    """``(state, build, name)``: the weights of ``checkpoint`` (None without one), what the file says of
-    its model (``checkpoint.load_weights``; for a bare state_dict the classifier size read from its head)
-    and the model name, from ``model`` or the file; a contradiction between them is an error, and so is
-    no name at all (``unnamed`` says what to do).  A ``recipe`` (a loaded ``TrainConfig``) stands in for a
-    run's config: model name and options, data reading."""
+@dataclass
+class Weights:
+    """A weights file read back (``read_weights``): its tensors, the registry name (or import spec) of its model,
+    and ``info``, what the file records of the model and of the run that made it (``checkpoint.load_weights``:
+    ``model_args``, ``config``, ``data``, ``task``, ``notes``, ``folded``, a run's ``epoch`` and ``step``)."""
+    path: str | None
+    name: str
+    tensors: dict | None
+    info: dict
+
+    @property
+    def model_args(self) -> dict:
+        return self.info.get("model_args", {})
+
+    @property
+    def config(self) -> dict:
+        return self.info.get("config") or {}
+
+    @property
+    def notes(self) -> list[str]:
+        return list(self.info.get("notes", []))
+
+    def build(self, options: dict | None = None, asked: dict | None = None, asked_as: str = "--set") -> nn.Module:
+        """The model, built with the options the file records updated by ``options``, holding these weights, in
+        eval mode.  ``asked``: the options a command line set anew (as ``asked_as``), named as a possible cause
+        when the model cannot take them or the weights do not fit it."""
+        margs = {**self.model_args, **(options or {})}
+        said = f" ({asked_as} {asked})" if asked else ""
+        try:
+            model = create_any(self.name, **margs)
+        except (TypeError, ValueError) as e:  # an option that does not exist, or a value it cannot take
+            raise InputError(f"{self.name}: {e}{said}") from None
+        try:
+            return _load(model, self.path, self.tensors, self.name, self.info).eval()
+        except InputError as e:
+            if not asked:
+                raise
+            raise InputError(f"{e}; {asked_as} {asked} may change the weights' shapes (T does not)") from None
+
+
+def read_weights(checkpoint: str | None, model: str | None = None, recipe=None,
+                 unnamed: str = "give --model, or a --checkpoint written by a training run or `spikingformer export` "
+                                "(which names its model)", named_by: str = "a") -> "Weights":
+    """The weights of ``checkpoint`` (none without one), what the file says of its model and run
+    (``checkpoint.load_weights``; for a bare state_dict the classifier size read from its head) and the model
+    name, from ``model`` or the file; a contradiction between them is an error, and so is no name at all
+    (``unnamed`` says what to do; ``named_by``: who else named the model, "a" or "the recipe's").  A ``recipe`` (a
+    loaded ``TrainConfig``) stands in for a run's config: model name and options, data reading."""
     cfg = recipe  # as in `eval --config`: the recipe decides how --data is read
     # the name asked for tells apart the official layouts whose tensor names are the same
     own = is_spec(model)  # a user's model: its keys are its own, whatever they look like
@@ -81,9 +120,10 @@ def resolve(checkpoint: str | None, model: str | None, recipe=None,
     if not name:
         raise InputError(unnamed)
     if build.get("model") not in (None, name):  # the command line may not silently rebuild another model
-        raise InputError(f"{checkpoint} holds a {build['model']}, not a {name}")
+        named_by = "the recipe's" if cfg and name == cfg.model else named_by
+        raise InputError(f"{checkpoint} holds a {build['model']}, not {named_by} {name}")
     check_family(name, build.get("official"), checkpoint)
-    return state, build, name
+    return Weights(checkpoint, name, state, build)
 
 
 def _recorded_model(build: dict, source) -> tuple[str | None, dict]:
@@ -107,21 +147,11 @@ def create_any(name: str, **kw) -> nn.Module:
     return create_text_model(name, **kw) if name in list_text_models() else create_model(name, **kw)
 
 
-def load_into(model: nn.Module, path: str, state: dict, build: dict, name: str | None = None) -> nn.Module:
-    """Load ``state`` into ``model`` (folded first when the file holds the deployed form); returns the
-    model that holds the weights."""
-    if build.get("folded"):
-        model = fold_bn(model)
-    return load_checkpoint(model, path, state, name, build)
-
-
-def build_model(checkpoint: str, model: str | None = None, overrides: dict | None = None, **resolve_kw):
-    """``(model, name, model_args, notes, build)`` with the weights of ``checkpoint`` loaded, in eval mode
-    (``build``: what the file says of the model; ``resolve``)."""
-    state, build, name = resolve(checkpoint, model, **resolve_kw)
-    margs = {**build.get("model_args", {}), **(overrides or {})}
-    net = load_into(create_any(name, **margs), checkpoint, state, build, name).eval()
-    return net, name, margs, list(build.get("notes", [])), build
+def load_weights_into(model: nn.Module, path: str) -> nn.Module:
+    """Load the weights of ``path`` (any format ``checkpoint.load_weights`` reads) into a model built by the
+    caller; when they do not fit, the options the file records that ``model`` has otherwise are named."""
+    state, build = load_weights(path)
+    return _load(model, path, state, type(model).__name__, build)
 
 
 def load_model(checkpoint: str, model: str | None = None, **overrides) -> nn.Module:
@@ -131,7 +161,7 @@ def load_model(checkpoint: str, model: str | None = None, **overrides) -> nn.Mod
     was built with), or a user's model its import spec ``FILE.py:FACTORY`` (``user_model``).
     ``overrides``: model options, e.g. ``T=8``."""
     unnamed = f"{checkpoint} does not name its model: pass load_model(path, model='spikingformer_...', **options)"
-    return build_model(checkpoint, model, overrides, unnamed=unnamed)[0]
+    return read_weights(checkpoint, model, unnamed=unnamed).build(overrides)
 
 
 # ---------------------------------------------------------------- vision
