@@ -254,7 +254,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_data_loads(tmp_p
 def test_the_first_log_line_says_when_blocks_are_recomputed(tmp_path):
     from types import SimpleNamespace
 
-    from spikingformer.train.engine import open_output
+    from spikingformer.train.run import open_output
 
     start = SimpleNamespace(epoch=0, step=0)
     assert open_output(tmp_path / "a", TrainConfig(), False, start) == "starting"

@@ -9,8 +9,8 @@ from spikingformer.utils.outputs import check_output
 COMMANDS = {
     "models": (["models", "spikingformer_4_256"], "spikingformer.create_model"),
     "eval": (["eval", "--checkpoint", "run.pt"], "spikingformer.train.scoring.evaluate_checkpoint"),
-    "energy": (["energy", "--model", "spikingformer_4_256"], "spikingformer.analysis.energy.prepare"),
-    "verify": (["verify", "--model", "spikingformer_4_256"], "spikingformer.analysis.verify.prepare"),
+    "energy": (["energy", "--model", "spikingformer_4_256"], "spikingformer.cli.energy.prepare"),
+    "verify": (["verify", "--model", "spikingformer_4_256"], "spikingformer.cli.verify.prepare"),
     "predict": (["predict", "cat.png", "--checkpoint", "run.pt"], "spikingformer.train.predict.load_predictor"),
     "export": (["export", "--checkpoint", "run.pt"], "spikingformer.deploy.export.export"),
     "demo": (["demo"], "spikingformer.cli.demo._train"),

@@ -68,6 +68,9 @@ def prepare(args: argparse.Namespace) -> Prepared:
                  or args.set):
         raise InputError(f"--input-size, --in-chans, --config and --set are for image models; {name} reads token "
                          f"sequences (--seq-len, or --data with its run's checkpoint)")
+    if text and args.data and not (build.get("config") and build.get("task")):
+        raise InputError(f"--data with a text model needs an mlm/glue checkpoint (its config says how the "
+                         f"data was read); {args.checkpoint or 'no --checkpoint'} has none")
     options = model_overrides(args)
     model = (weights.build(options, options, "--model-kwargs") if args.checkpoint
              else create_any(name, **{**weights.model_args, **options}))
@@ -177,10 +180,7 @@ def _text(args: argparse.Namespace, name: str, build: dict, model: nn.Module) ->
 
 def _text_data(args: argparse.Namespace, build: dict, model: nn.Module) -> tuple[list[dict], str]:
     """Real sequences: the split a GLUE run evaluated on, or masked blocks of a corpus for an MLM run."""
-    config, task = build.get("config") or {}, build.get("task")
-    if not config or not task:
-        raise InputError(f"--data with a text model needs an mlm/glue checkpoint (its config says how the "
-                         f"data was read); {args.checkpoint or 'no --checkpoint'} has none")
+    config, task = build["config"], build["task"]  # prepare checked that the checkpoint has both
     vocab = args.vocab or config["vocab"]
     if task == "mlm":
         cfg = from_dict(mlm.MLMConfig, dict(config, vocab=vocab), f"{args.checkpoint} config")

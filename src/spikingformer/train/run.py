@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..utils.errors import InputError
 from ..utils.outputs import check_output
 from ..weights import checkpoint as ckpt
 from .config import apply_overrides, from_dict
@@ -95,7 +96,7 @@ def resume_config(cfg, overrides: dict, mutable=RESUME_MUTABLE):
     if changed:
         why = "; ".join(f"{k} is {own.get(k)!r} in the run, {asked.get(k)!r} by "
                         f"{'--set' if k in given else 'the config'}" for k in changed)
-        raise ValueError(f"--resume: the config differs from the checkpoint's in {changed} ({why}); only "
+        raise InputError(f"--resume: the config differs from the checkpoint's in {changed} ({why}); only "
                          f"{_mutable(cfg, mutable)} may change, and the run's own --set options need not be repeated")
     merged = {**{k: own[k] if k in keep else v for k, v in asked.items()},
               **{k: v for k, v in own.items() if k in keep and k not in asked}}
@@ -114,7 +115,7 @@ def open_run(cfg, resume: bool, mutable=RESUME_MUTABLE) -> dict | None:
         state = ckpt.load_checkpoint(last)
         diff = _config_diff(_with_new_defaults(state["config"], cfg), cfg.to_dict(), mutable)
         if diff:
-            raise ValueError(f"--resume: the config differs from the checkpoint's in {diff}; resume with the "
+            raise InputError(f"--resume: the config differs from the checkpoint's in {diff}; resume with the "
                              f"original config (only {_mutable(cfg, mutable)} may change)")
         return state
     if last.exists():
@@ -152,7 +153,7 @@ def load_states(state: dict, info: DistInfo, model: nn.Module, opt, sched, scale
     if "scaler" in state:
         load_scaler(scaler, state["scaler"], info.is_main)
     if (state.get("progress") or {}).get("step") and state["world_size"] != info.world:
-        raise ValueError(f"the checkpoint was written mid-epoch by {state['world_size']} process(es); resume it "
+        raise InputError(f"the checkpoint was written mid-epoch by {state['world_size']} process(es); resume it "
                          f"with as many (the data order is sharded by process), not {info.world}")
 
 

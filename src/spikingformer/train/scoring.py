@@ -67,8 +67,9 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     validate_device(device)
     _check_options(exit_at, batch_size, calibrate, max_drop, split)
     dev = resolve_device(device)  # a device this machine lacks is named before any file is read
-    run = read_weights(path, unnamed=f"{path} is not a run's checkpoint: for a state_dict or official weights add "
-                                     "--config RECIPE, e.g. --config cifar10, which names the model and the data") \
+    run = read_weights(path, unnamed=f"{path} is not a spikingformer checkpoint (a run's, or an export of one): for "
+                                     "a state_dict or official weights add --config RECIPE, e.g. --config cifar10, "
+                                     "which names the model and the data") \
         if recipe is None else None
     if run is not None and run.name in list_text_models():
         _image_only(path, run.name, {"--early-exit": exit_at, "--calibrate": calibrate is not None,
