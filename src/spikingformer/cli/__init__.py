@@ -34,9 +34,8 @@ SPEC_PARAMS_M = {  # SPEC §6: parameter counts (millions) the named models must
 def _cmd_models(args: argparse.Namespace) -> int:
     import torch
 
-    from .. import create_model, list_models
+    from ..models import create_model, list_models, model_modality
     from ..analysis.probe import SynapticProbe, verdict
-    from ..models.text import create_text_model, list_text_models
     from ..utils.outputs import check_output, write_json
 
     if args.t < 1 or args.batch_size < 1:
@@ -50,23 +49,21 @@ def _cmd_models(args: argparse.Namespace) -> int:
         return 2
     torch.manual_seed(args.seed)
     rows = []
-    text_names = list_text_models(args.pattern)
-    names = list_models(args.pattern) + text_names
+    names = list_models(args.pattern, "vision") + list_models(args.pattern, "text")  # the vision ones first
     if not names:
-        print(f"error: no model matches {args.pattern!r}; available: {', '.join(list_models() + list_text_models())}",
-              file=sys.stderr)
+        print(f"error: no model matches {args.pattern!r}; available: "
+              f"{', '.join(list_models(modality='vision') + list_models(modality='text'))}", file=sys.stderr)
         return 2
     print(f"{'model':28s} {'params':>10s} {'paper':>8s} {'input':>12s}  {'spike-driven':16s}  "
           "(layers not fed spikes)")
     for name in names:
         # train mode: batch statistics, with which BN at initialisation makes the neurons fire
-        if name in text_names:  # random token ids, every one a real token (no [PAD])
-            model = create_text_model(name, T=args.t).train()
+        model = create_model(name, T=args.t).train()
+        if model_modality(name) == "text":  # random token ids, every one a real token (no [PAD])
             size = [min(64, model.cfg.max_len)]
             ids = torch.randint(model.cfg.pad_id + 1, model.cfg.vocab_size, (args.batch_size, *size))
             inputs, shown = dict(input_ids=ids), f"{size[0]} tokens"
         else:
-            model = create_model(name, T=args.t).train()
             size = list(model.default_input_size)
             inputs, shown = dict(x=torch.randn(args.batch_size, *size)), "x".join(map(str, size))
         n_params = sum(p.numel() for p in model.parameters())

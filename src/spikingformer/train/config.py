@@ -13,6 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..models import model_modality
 from ..nn.fast import AMP_MODES, COMPILE_MODES, FAST_MODES, LIF_BACKEND_MODES
 
 __all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "from_dict", "apply_overrides",
@@ -43,7 +44,7 @@ def validate_device(device: str) -> None:
 
 @dataclass
 class TrainConfig:
-    # --- model: any name of spikingformer.list_models(); model_args override its config fields
+    # --- model: any name of spikingformer.list_models(modality="vision"); model_args override its config fields
     model: str = "spikingformer_4_384"
     model_args: dict = field(default_factory=dict)
     init_from: str = ""               # start from a `spikingformer pretrain` checkpoint's encoder, or from every tensor
@@ -124,6 +125,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         checks = [
+            (model_modality(self.model) != "text",
+             f"model {self.model} is a text model: `spikingformer mlm` and `spikingformer glue` train it"),
             (self.dataset in DATASETS, f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}"),
             (self.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}"),
             (self.fast in FAST_MODES, f"fast must be one of {', '.join(FAST_MODES)}, got {self.fast!r}"),

@@ -176,10 +176,11 @@ def run_config(path, name: str, model_args: dict, config: dict, sets: list[str] 
 def rebuild(path, name: str, model_args: dict, weights: dict, build: dict, asked: dict) -> nn.Module:
     """The model ``name`` (vision or text) with ``model_args`` and the ``weights`` of ``path`` (``build``: what the
     file says of it); when they do not fit, the ``--set`` model options ``asked`` are named as a possible cause."""
-    from ..weights.loading import create_any, load_into
+    from .. import create_model
+    from ..weights.loading import load_into
 
     try:
-        model = create_any(name, **model_args)
+        model = create_model(name, **model_args)
     except (TypeError, ValueError) as e:  # an option that does not exist, or a value it cannot take
         raise ValueError(f"{name}: {e}" + (f" (--set {asked})" if asked else "")) from None
     try:
@@ -252,7 +253,7 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     options of image and event classifiers (``exit_at``, ``split``, ``workers``, ``plot``: whether the caller
     plots the per-step top-1) are refused for it before anything is scored."""
     from ..data import scored_split
-    from ..models.text import list_text_models
+    from ..models import model_modality
     from .classify import model_kwargs
     from .config import parse_overrides, validate_device
     from .distributed import resolve_device
@@ -261,7 +262,7 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     _check_options(exit_at, batch_size, calibrate, max_drop, split)
     dev = resolve_device(device)  # a device this machine lacks is named before any file is read
     run = read_run(path) if recipe is None else None
-    if run is not None and run.meta["model"] in list_text_models():
+    if run is not None and model_modality(run.meta["model"]) == "text":
         from .glue import evaluate_glue
 
         _image_only(path, run.meta["model"], {"--early-exit": exit_at, "--calibrate": calibrate is not None,

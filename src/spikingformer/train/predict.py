@@ -103,7 +103,7 @@ def load_predictor(checkpoint: str, recipe: str | None = None, classes_file: str
     ``sets``: ``--set KEY=VALUE`` overrides of that config and model, as ``eval`` takes them (e.g. another T)."""
     from ..data.events import SENSOR_SIZE, EventFrames
     from ..data.sources import DATASET_STATS
-    from ..models.text import list_text_models
+    from ..models import model_modality
     from ..weights.loading import resolve
     from .config import ConfigError, TrainConfig, from_dict, parse_overrides
     from .distributed import resolve_device
@@ -114,7 +114,7 @@ def load_predictor(checkpoint: str, recipe: str | None = None, classes_file: str
     # a recipe's model may be chosen by --set model=, as with eval --config; a run's checkpoint names its own
     state, build, name = resolve(checkpoint, given.get("model") if recipe else None, recipe,
                                  unnamed=f"{checkpoint} names neither its model nor how its images were read: {advice}")
-    if name in list_text_models():
+    if model_modality(name) == "text":
         raise ValueError(f"{checkpoint} holds the text model {name}; predict classifies image files")
     if not build.get("config"):
         raise ValueError(f"{checkpoint} does not record how its images were read (size, normalisation): {advice}")

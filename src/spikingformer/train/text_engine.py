@@ -36,7 +36,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..models.text import SpikingformerText, create_text_model, list_text_models
+from ..models import create_model, list_models
+from ..models.text import SpikingformerText
 from ..nn.fast import AMP_MODES, FAST_MODES, FastPath
 from ..utils.outputs import MetricsLog, check_output, write_json
 from ..weights import checkpoint as ckpt
@@ -55,7 +56,7 @@ RESUME_MUTABLE = {"progress", "output", "device", "grad_checkpointing"}  # may d
 class TextTrainConfig:
     """Keys every text command shares: model, optimizer, schedule, evaluation, devices."""
 
-    model: str = "spikingformer_text_2_128"   # a name of models.text.list_text_models()
+    model: str = "spikingformer_text_2_128"   # a name of list_models(modality="text")
     model_args: dict = field(default_factory=dict)  # TextConfig overrides (depth, dim, T, ...)
     vocab: str = "~/.cache/spikingformer/text/bert-base-uncased-vocab.txt"
     batch_size: int = 32              # the global batch: split over the processes under torchrun
@@ -79,8 +80,8 @@ class TextTrainConfig:
 
     def __post_init__(self):
         checks = [
-            (self.model in list_text_models(), f"model must be one of {', '.join(list_text_models())}, "
-                                               f"got {self.model!r}"),
+            (self.model in list_models(modality="text"),
+             f"model must be one of {', '.join(list_models(modality='text'))}, got {self.model!r}"),
             (self.sched in SCHEDS, f"sched must be one of {', '.join(SCHEDS)}, got {self.sched!r}"),
             (min(self.steps, self.eval_every, self.batch_size, self.accum_steps) >= 1,
              "steps, eval_every, batch_size and accum_steps must be >= 1"),
@@ -96,7 +97,7 @@ class TextTrainConfig:
         validate_device(self.device)
         try:  # model options fail here, before the vocabulary or any data loads
             with torch.device("meta"):
-                create_text_model(self.model, **self.model_args)
+                create_model(self.model, **self.model_args)
         except (TypeError, ValueError) as e:
             raise ConfigError(str(e)) from None
 

@@ -7,7 +7,7 @@
   ``--data`` a class-folder image directory, or, for a run's checkpoint (or weights with a ``--config``
   recipe), the root of its dataset: the stored config rebuilds its validation split through
   ``spikingformer.data`` with its evaluation transform (event data: real frames ``[T, B, 2, H, W]``);
-- text models (``spikingformer mlm`` / ``glue`` checkpoints, or a ``models.text`` name): with
+- text models (``spikingformer mlm`` / ``glue`` checkpoints, or a text model's registry name): with
   ``--data`` the run's own evaluation sequences (GLUE: the split ``glue`` evaluated on, rebuilt
   from the stored config with ``--data`` as its ``data_dir``; MLM: masked blocks of the corpus file
   ``--data``), else a seeded batch of random token ids of ``--seq-len`` tokens.
@@ -30,7 +30,7 @@ from .checkpoint import load_weights, state_mismatch
 from .official import check_family, check_recorded
 from .user_model import build_user_model, declared_input_size, is_spec
 
-__all__ = ["Prepared", "add_input_args", "prepare", "resolve", "build_model", "load_model", "create_any", "load_into",
+__all__ = ["Prepared", "add_input_args", "prepare", "resolve", "build_model", "load_model", "load_into",
            "run_model", "load_checkpoint", "calibrate_bn"]
 
 Batch = Tensor | dict
@@ -106,7 +106,7 @@ def calibrate_bn(model: nn.Module, batches: list[Batch]) -> nn.Module:
 def add_input_args(p: argparse.ArgumentParser) -> None:
     """The options ``energy`` and ``verify`` share: which model, which weights, which input."""
     p.add_argument("--model", metavar="NAME|FILE.py:FACTORY",
-                   help="a name from `spikingformer models` / list_models(), or a models.text name; optional "
+                   help="a name from `spikingformer models` / list_models(), vision or text; optional "
                         "with a --checkpoint from a training run, which names its model. Or your own model: "
                         "path/to/file.py:FACTORY or package.module:CALLABLE, called with --model-kwargs (and --T, "
                         "--num-classes when given); importing it runs that file's code. Its input: [B, C, H, W] "
@@ -197,15 +197,12 @@ def _recorded_model(build: dict, source) -> tuple[str | None, dict]:
     return name, {**build, "notes": notes, "model_args": {**options, **build.get("model_args", {})}}
 
 
-def create_any(name: str, **kw) -> nn.Module:
-    """A vision model (``create_model``) or a text model (``models.text``) by registry name, or a user's
-    model by its import spec ``FILE.py:FACTORY`` / ``MODULE:CALLABLE`` (``user_model``)."""
+def _create(name: str, **kw) -> nn.Module:
+    """A registered model (vision or text) by name, or a user's model by its import spec ``FILE.py:FACTORY`` /
+    ``MODULE:CALLABLE`` (``user_model``)."""
     from .. import create_model
-    from ..models.text import create_text_model, list_text_models
 
-    if is_spec(name):
-        return build_user_model(name, **kw)
-    return create_text_model(name, **kw) if name in list_text_models() else create_model(name, **kw)
+    return build_user_model(name, **kw) if is_spec(name) else create_model(name, **kw)
 
 
 def load_into(model: nn.Module, path: str, state: dict, build: dict, name: str | None = None) -> nn.Module:
@@ -223,7 +220,7 @@ def build_model(checkpoint: str, model: str | None = None, overrides: dict | Non
     (``build``: what the file says of the model; ``resolve``)."""
     state, build, name = resolve(checkpoint, model, **resolve_kw)
     margs = {**build.get("model_args", {}), **(overrides or {})}
-    net = load_into(create_any(name, **margs), checkpoint, state, build, name).eval()
+    net = load_into(_create(name, **margs), checkpoint, state, build, name).eval()
     return net, name, margs, list(build.get("notes", [])), build
 
 
@@ -239,8 +236,7 @@ def load_model(checkpoint: str, model: str | None = None, **overrides) -> nn.Mod
 
 def prepare(args: argparse.Namespace) -> Prepared:
     """Build the model ``args`` describe, load its weights and make its input batches."""
-    from .. import list_models
-    from ..models.text import list_text_models
+    from ..models import list_models, model_modality
 
     if args.batches < 1 or args.batch_size < 1:
         raise ValueError("--batches and --batch-size must be >= 1")
@@ -249,11 +245,10 @@ def prepare(args: argparse.Namespace) -> Prepared:
     torch.manual_seed(args.seed)
     state, build, name = resolve(args.checkpoint, args.model, getattr(args, "config", None))
     # both kinds are accepted here, so both are listed
-    if not is_spec(name) and name not in list_models() + list_text_models():
-        raise ValueError(f"unknown model {name!r}; available models: {', '.join(list_models())}; text models: "
-                         f"{', '.join(list_text_models())}")
-    text = name in list_text_models()
-    prep = _text(args, name, build) if text else _vision(args, name, build)
+    if not is_spec(name) and name not in list_models():
+        raise ValueError(f"unknown model {name!r}; available models: {', '.join(list_models(modality='vision'))}; "
+                         f"text models: {', '.join(list_models(modality='text'))}")
+    prep = _text(args, name, build) if model_modality(name) == "text" else _vision(args, name, build)
     prep.notes += build.get("notes", [])
     if args.checkpoint:
         prep.model = load_into(prep.model, args.checkpoint, state, build, name).eval()
@@ -310,7 +305,7 @@ def model_overrides(args: argparse.Namespace) -> dict:
 def _vision(args: argparse.Namespace, name: str, build: dict) -> Prepared:
     from ..data.sources import unread_data_note
 
-    model = create_any(name, **{**build.get("model_args", {}), **model_overrides(args)})
+    model = _create(name, **{**build.get("model_args", {}), **model_overrides(args)})
     c, h = _input_shape(model, name, args)
     config = build.get("config") or {}
     if args.set and not (args.data and config):
@@ -396,12 +391,12 @@ def _image_folder(root: str, size: int, batch_size: int, n_batches: int, seed: i
 # ---------------------------------------------------------------- text
 
 def _text(args: argparse.Namespace, name: str, build: dict) -> Prepared:
-    from ..models.text import create_text_model
+    from ..models import create_model
 
     if args.input_size is not None or getattr(args, "in_chans", None) or getattr(args, "config", None) or args.set:
         raise ValueError(f"--input-size, --in-chans, --config and --set are for image models; {name} reads token "
                          f"sequences (--seq-len, or --data with its run's checkpoint)")
-    model = create_text_model(name, **{**build.get("model_args", {}), **model_overrides(args)})
+    model = create_model(name, **{**build.get("model_args", {}), **model_overrides(args)})
     if args.data:
         batches, what = _text_data(args, build, model)
         return Prepared(model, batches, name, "sequence", what, [f"input: {what}"], what)
