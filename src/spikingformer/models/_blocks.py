@@ -78,8 +78,9 @@ class SpikingSelfAttention(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         xs = self.sn_in(x) if self.pre_activation else x
-        q, k, v = (sn(_synapse(layer, xs, mask)) for layer, sn in
-                   ((self.q, self.sn_q), (self.k, self.sn_k), (self.v, self.sn_v)))
+        q = self.sn_q(_synapse(self.q, xs, mask))
+        k = self.sn_k(_synapse(self.k, xs, mask))
+        v = self.sn_v(_synapse(self.v, xs, mask))
         if mask is not None:  # spikes times a 0/1 mask stay spikes
             keep = mask[None, :, :, None].to(k.dtype)
             k, v = k * keep, v * keep
