@@ -140,7 +140,7 @@ WORDS = ["good", "bad", "the", "film", "was", "very", "plot", "."]
 
 def text_checkpoint(d, task: str = "sst2"):
     """A glue (or mlm) run's checkpoint, saved in the engine's format, beside its vocabulary and data."""
-    from spikingformer.models.text import create_text_model
+    from spikingformer.models import create_model
     from spikingformer.train.glue import GlueConfig
     from spikingformer.train.mlm import MLMConfig
     from spikingformer.weights.checkpoint import save_checkpoint
@@ -152,7 +152,7 @@ def text_checkpoint(d, task: str = "sst2"):
     (d / "SST-2" / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"{r}\t{i % 2}\n" for i, r in enumerate(rows)))
     (d / "corpus.txt").write_text(" ".join(WORDS * 12) + "\n")
     head = "mlm" if task == "mlm" else "sequence"
-    model = create_text_model("spikingformer_text_2_128", **TEXT_ARGS, head=head)
+    model = create_model("spikingformer_text_2_128", **TEXT_ARGS, head=head)
     calibrate_bn(model, [torch.randint(5, 13, (4, 12))])
     common = dict(vocab=str(d / "vocab.txt"), model_args={})
     cfg = (MLMConfig(train_file=str(d / "corpus.txt"), block_len=16, **common) if task == "mlm" else

@@ -8,7 +8,7 @@ from torch import nn
 
 from spikingformer.analysis.energy import energy_from_probe, estimate_energy, policy_energy
 from spikingformer.analysis.probe import SynapticProbe
-from spikingformer.models.text import create_text_model, list_text_models
+from spikingformer.models import create_model, list_models
 from spikingformer.nn.layers import SpikeQKV
 from spikingformer.nn.neuron import MultiStepLIF
 
@@ -169,11 +169,11 @@ def test_op_rows_are_priced_per_time_step():
     assert policy_energy(probe, images=B) == [pytest.approx(energy_from_probe(probe, B, T).backbone_mJ * 1e3)]
 
 
-@pytest.mark.parametrize("name", list_text_models())
+@pytest.mark.parametrize("name", list_models(modality="text"))
 def test_our_text_model_has_no_op_rows(name):
     """Its padding masks (K, V times the mask) and its head's masked pooling are no synaptic ops; the vision
     models are pinned in test_energy (every row a conv, a linear or a SpikeQKV product)."""
-    model = create_text_model(name, depth=1, T=2).train()
+    model = create_model(name, depth=1, T=2).train()
     ids = torch.randint(1, 100, (2, 6))
     ids[0, 4:] = 0  # padding
     with SynapticProbe(model) as probe:

@@ -12,7 +12,7 @@ import torch
 from spikingformer.cli import main
 from spikingformer.data import glue as gdata
 from spikingformer.data import text as tdata
-from spikingformer.models.text import create_text_model
+from spikingformer.models import create_model
 from spikingformer.train import glue, mlm
 from spikingformer.train.config import ConfigError, load_config
 from spikingformer.weights import checkpoint as ckpt
@@ -81,7 +81,7 @@ def test_mlm_then_glue_from_its_checkpoint(files):
 
     # The backbone comes from the MLM checkpoint, the sequence head does not.
     mlm_state, build = ckpt.load_weights(d / "mlm" / "last.pt")
-    model = create_text_model("spikingformer_text_2_128", **{**build["model_args"], "head": "sequence"})
+    model = create_model("spikingformer_text_2_128", **{**build["model_args"], "head": "sequence"})
     head_before = model.head.fc.weight.clone()
     assert ckpt.load_backbone(model, mlm_state, "mlm/last.pt") == ["head.fc.bias", "head.fc.weight"]
     assert torch.equal(model.embed.tok.weight, mlm_state["embed.tok.weight"])

@@ -8,7 +8,6 @@ import spikingformer as sf
 from spikingformer.analysis.probe import SynapticProbe
 from spikingformer.analysis.provenance import INTEGER, REAL, SPIKE, Built, SpikeProvenance
 from spikingformer.analysis.verify import verify_model
-from spikingformer.models.text import create_text_model
 
 
 def built(fn, *inputs):
@@ -102,8 +101,8 @@ def test_labels_of_another_context_are_not_trusted():
 
 def _inputs(name: str, mode: str):
     torch.manual_seed(0)
-    if name.startswith("spikingformer_text"):
-        model = create_text_model(name, T=2)
+    if sf.model_modality(name) == "text":
+        model = sf.create_model(name, T=2)
         return getattr(model, mode)(), dict(input_ids=torch.randint(1, 100, (2, 12)))
     small = {} if "dvs" in name else dict(depth=2, dim=64, num_heads=4)
     model = sf.create_model(name, T=2, **small)

@@ -13,14 +13,18 @@ def test_unknown_model_lists_valid_names():
         sf.create_model("spikingformer_9_999")
 
 
-def test_a_text_model_name_points_to_the_text_registry():
-    """The README's model table lists the text models too; create_model names where they are built."""
-    with pytest.raises(ValueError, match=r"unknown model 'spikingformer_text_2_128'; .*\('spikingformer_text_2_128' "
-                                         r"is a text model: spikingformer.models.text.create_text_model"):
-        sf.create_model("spikingformer_text_2_128")
-    with pytest.raises(ValueError) as e:
-        sf.create_model("spikingformer_9_999")
-    assert "text model" not in str(e.value)
+def test_one_registry_holds_the_text_models_too():
+    """The README's model table lists the text models beside the vision ones: create_model builds both, and
+    the modality tells them apart, so that `train` (which feeds images) names the commands that train text."""
+    from spikingformer.models.text import SpikingformerText
+    from spikingformer.train.config import ConfigError, TrainConfig
+
+    assert isinstance(sf.create_model("spikingformer_text_2_128", depth=1, dim=32, num_heads=2), SpikingformerText)
+    assert sf.list_models("spikingformer_text_*") == sf.list_models(modality="text") != []
+    with pytest.raises(ConfigError, match="spikingformer_text_2_128 is a text model: `spikingformer mlm`"):
+        TrainConfig(model="spikingformer_text_2_128")
+    with pytest.raises(ValueError, match="unknown modality 'audio'"):
+        sf.list_models(modality="audio")
 
 
 def test_bad_override_lists_valid_options():
@@ -118,7 +122,8 @@ def test_forward_features_and_head(name):
 def test_registered_with_timm():
     import timm
 
-    assert set(sf.list_models()) <= set(timm.list_models("spik*"))
+    assert set(sf.list_models(modality="vision")) <= set(timm.list_models("spik*"))
+    assert not set(sf.list_models(modality="text")) & set(timm.list_models())  # timm's tools feed images
     m = timm.create_model("spikingformer_4_256", num_classes=5, depth=1)
     assert m(torch.randn(1, 3, 32, 32)).shape == (1, 5)
     with pytest.raises(ValueError, match="pretrained"):

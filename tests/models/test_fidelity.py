@@ -12,8 +12,8 @@ from spikingformer.nn.neuron import MultiStepLIF, multistep_lif
 
 from ..helpers import calibrate_bn
 
-SPIKINGFORMERS = sf.list_models("spikingformer_*")
-SPIKFORMERS = sf.list_models("spikformer_*")
+SPIKINGFORMERS = sf.list_models("spikingformer_*", modality="vision")
+SPIKFORMERS = sf.list_models("spikformer_*", modality="vision")
 
 
 def small_input(model, batch=2):
@@ -23,7 +23,7 @@ def small_input(model, batch=2):
 
 
 def test_list_models_gives_spec_names():
-    assert sf.list_models() == sorted(SPEC_PARAMS_M)
+    assert sf.list_models(modality="vision") == sorted(SPEC_PARAMS_M)
 
 
 @pytest.mark.parametrize("name", sorted(SPEC_PARAMS_M))
@@ -294,7 +294,7 @@ SPEC_CONFIGS = {
 
 
 def test_spec_configs_cover_every_model():
-    assert sorted(SPEC_CONFIGS) == sf.list_models()
+    assert sorted(SPEC_CONFIGS) == sf.list_models(modality="vision")
 
 
 @pytest.mark.parametrize("name", sorted(SPEC_CONFIGS))

@@ -6,7 +6,6 @@ import torch
 
 import spikingformer as sf
 from spikingformer.models.mae import MAEConfig, SpikformerV2MAE
-from spikingformer.models.text import create_text_model
 from spikingformer.nn.layers import ConvBN, LinearBN
 
 TINY = dict(depth=2, dim=32, num_heads=4, T=2, num_classes=5)
@@ -17,7 +16,7 @@ def _vision(name):
 
 
 def _text():
-    model = create_text_model("spikingformer_text_2_128", vocab_size=50, max_len=12, dim=32, T=2, num_classes=3)
+    model = sf.create_model("spikingformer_text_2_128", vocab_size=50, max_len=12, dim=32, T=2, num_classes=3)
     ids = torch.randint(1, 50, (4, 12))
     ids[1, 7:] = 0  # padding: the mask travels to every recomputed block
     return model, (ids,), torch.arange(4) % 3

@@ -1,13 +1,13 @@
-"""The text Spikingformer: shapes, spike-driven synapses, padding invariance, gradients, own registry."""
+"""The text Spikingformer: shapes, spike-driven synapses, padding invariance, gradients, its registry entries."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from spikingformer import list_models
+from spikingformer import create_model, list_models, model_modality
 from spikingformer.analysis.energy import estimate_energy
 from spikingformer.analysis.probe import SynapticProbe
-from spikingformer.models.text import MaskedLinearBN, create_text_model, list_text_models
+from spikingformer.models.text import MaskedLinearBN, SpikingformerText
 from spikingformer.nn.layers import LinearBN
 
 TINY = dict(vocab_size=50, dim=32, num_heads=4, max_len=24, T=2)
@@ -17,7 +17,7 @@ MIXING = dict(num_heads=2, attn_scale=1.0)
 
 
 def tiny(head="sequence", **kw):
-    return create_text_model("spikingformer_text_2_128", head=head, **{**TINY, **kw})
+    return create_model("spikingformer_text_2_128", head=head, **{**TINY, **kw})
 
 
 def batch(b=3, n=10):
@@ -49,9 +49,14 @@ def test_shapes_and_names():
     assert tiny()(ids, segs).shape == (3, 2)
     assert tiny(num_classes=1)(ids, segs).shape == (3, 1)
     assert tiny("mlm")(ids, segs).shape == (3, 10, 50)
-    assert list_text_models() == ["spikingformer_text_12_768", "spikingformer_text_2_128"]
-    assert not set(list_text_models()) & set(list_models())  # the vision registry feeds images to its models
-    small = create_text_model("spikingformer_text_2_128")
+    # one registry, which tells the text models from the vision ones (fed images) by their modality
+    assert list_models(modality="text") == ["spikingformer_text_12_768", "spikingformer_text_2_128"]
+    assert set(list_models()) == set(list_models(modality="text")) | set(list_models(modality="vision"))
+    assert not set(list_models(modality="text")) & set(list_models(modality="vision"))
+    assert [model_modality(n) for n in ("spikingformer_text_2_128", "spikingformer_4_384", "bert")] == \
+        ["text", "vision", None]
+    small = create_model("spikingformer_text_2_128")
+    assert isinstance(small, SpikingformerText)
     assert sum(p.numel() for p in small.parameters()) == 4_323_330
     x, mask = small.forward_features(ids)
     assert x.shape == (4, 3, 10, 128) and mask.all()
@@ -155,17 +160,17 @@ def test_bad_input_and_unknown_names():
         m(torch.zeros(2, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="token_type_ids has shape"):
         m(torch.ones(2, 4, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long))
-    with pytest.raises(ValueError, match="unknown text model 'bert'; available text models: spikingformer_text"):
-        create_text_model("bert")
+    with pytest.raises(ValueError, match="unknown model 'bert'; available models: .*spikingformer_text"):
+        create_model("bert")
     with pytest.raises(TypeError, match=r"unknown option\(s\) \['depht'\] for TextConfig"):
-        create_text_model("spikingformer_text_2_128", depht=3)
+        create_model("spikingformer_text_2_128", depht=3)
     with pytest.raises(ValueError, match="unknown head 'cls'"):
         tiny("cls")
 
 
 def test_probe_exempts_no_layer_of_a_text_model():
     """The embedding lookup is the encoding: a non-spike input to the first Linear is a violation."""
-    model = create_text_model("spikingformer_text_2_128", depth=1).eval()
+    model = create_model("spikingformer_text_2_128", depth=1).eval()
     ids = torch.randint(5, 1000, (2, 8))
     with SynapticProbe(model) as probe, torch.no_grad():
         model(ids)

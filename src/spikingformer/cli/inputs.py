@@ -28,12 +28,11 @@ from ..data import glue as gdata
 from ..data import text as tdata
 from ..data.sources import DATASET_STATS, load_rgb, unread_data_note
 from ..data.split import split_sample
-from ..models import list_models
-from ..models.text import list_text_models
+from ..models import list_models, model_modality
 from ..train import glue, mlm
 from ..train.config import TrainConfig, apply_overrides, from_dict, load_config, parse_overrides
 from ..utils.errors import InputError
-from ..weights.loading import create_any, read_weights
+from ..weights.loading import create, read_weights
 from ..weights.user_model import declared_input_size, is_spec
 from .args import model_overrides
 
@@ -60,10 +59,10 @@ def prepare(args: argparse.Namespace) -> Prepared:
     weights = read_weights(args.checkpoint, args.model, recipe)
     name, build = weights.name, weights.info
     # both kinds are accepted here, so both are listed
-    if not is_spec(name) and name not in list_models() + list_text_models():
-        raise InputError(f"unknown model {name!r}; available models: {', '.join(list_models())}; text models: "
-                         f"{', '.join(list_text_models())}")
-    text = name in list_text_models()
+    if not is_spec(name) and name not in list_models():
+        raise InputError(f"unknown model {name!r}; available models: {', '.join(list_models(modality='vision'))}; "
+                         f"text models: {', '.join(list_models(modality='text'))}")
+    text = model_modality(name) == "text"
     if text and (args.input_size is not None or getattr(args, "in_chans", None) or getattr(args, "config", None)
                  or args.set):
         raise InputError(f"--input-size, --in-chans, --config and --set are for image models; {name} reads token "
@@ -73,7 +72,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
                          f"data was read); {args.checkpoint or 'no --checkpoint'} has none")
     options = model_overrides(args)
     model = (weights.build(options, options, "--model-kwargs") if args.checkpoint
-             else create_any(name, **{**weights.model_args, **options}))
+             else create(name, **{**weights.model_args, **options}))
     prep = _text(args, name, build, model) if text else _vision(args, name, build, model)
     prep.notes += weights.notes
     if not args.checkpoint:

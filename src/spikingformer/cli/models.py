@@ -7,14 +7,15 @@ import itertools
 import sys
 import textwrap
 
+import torch
+
 from ..analysis.probe import SynapticProbe, verdict
-from ..models import create_model, list_models
-from ..models.text import create_text_model, list_text_models
+from ..models import create_model, list_models, model_modality
 from ..train.config import TrainConfig, from_dict, list_recipes, recipe_dir, resolve_config_path
 from ..train.glue import GlueConfig
 from ..train.mlm import MLMConfig
 from ..train.pretrain import PretrainConfig
-from ..utils.errors import ConfigError
+from ..utils.errors import ConfigError, InputError
 from ..utils.outputs import check_output, write_json
 from .args import add_time_steps_arg
 
@@ -31,37 +32,25 @@ SPEC_PARAMS_M = {  # SPEC §6: parameter counts (millions) the named models must
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    import torch
-
-
     if args.t < 1 or args.batch_size < 1:
-        print(f"error: --T and --batch-size must be >= 1, got --T {args.t} --batch-size {args.batch_size}",
-              file=sys.stderr)
-        return 2
-    try:
-        check_output("--json", args.json)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise InputError(f"--T and --batch-size must be >= 1, got --T {args.t} --batch-size {args.batch_size}")
+    check_output("--json", args.json)
     torch.manual_seed(args.seed)
     rows = []
-    text_names = list_text_models(args.pattern)
-    names = list_models(args.pattern) + text_names
+    names = list_models(args.pattern, "vision") + list_models(args.pattern, "text")  # the vision ones first
     if not names:
-        print(f"error: no model matches {args.pattern!r}; available: {', '.join(list_models() + list_text_models())}",
-              file=sys.stderr)
-        return 2
+        raise InputError(f"no model matches {args.pattern!r}; available: "
+                         f"{', '.join(list_models(modality='vision') + list_models(modality='text'))}")
     print(f"{'model':28s} {'params':>10s} {'paper':>8s} {'input':>12s}  {'spike-driven':16s}  "
           "(layers not fed spikes)")
     for name in names:
         # train mode: batch statistics, with which BN at initialisation makes the neurons fire
-        if name in text_names:  # random token ids, every one a real token (no [PAD])
-            model = create_text_model(name, T=args.t).train()
+        model = create_model(name, T=args.t).train()
+        if model_modality(name) == "text":  # random token ids, every one a real token (no [PAD])
             size = [min(64, model.cfg.max_len)]
             ids = torch.randint(model.cfg.pad_id + 1, model.cfg.vocab_size, (args.batch_size, *size))
             inputs, shown = dict(input_ids=ids), f"{size[0]} tokens"
         else:
-            model = create_model(name, T=args.t).train()
             size = list(model.default_input_size)
             inputs, shown = dict(x=torch.randn(args.batch_size, *size)), "x".join(map(str, size))
         n_params = sum(p.numel() for p in model.parameters())
@@ -82,13 +71,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_recipes(args: argparse.Namespace) -> int:
-
     if args.name:  # print one, to copy and edit: spikingformer recipes cifar10 > mine.yaml
-        try:
-            sys.stdout.write(resolve_config_path(args.name, files=False).read_text())
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        sys.stdout.write(resolve_config_path(args.name, files=False).read_text())
         return 0
     print(f"{'recipe':26s} {'command':9s} what")
     for name in list_recipes():

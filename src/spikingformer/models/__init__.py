@@ -1,8 +1,9 @@
-"""Model families.  Importing this package registers every named model."""
-from . import spikformer, spikingformer  # noqa: F401  (registration side effect)
-from ._registry import create_model, list_models, register_with_timm
+"""Model families.  Importing this package registers every named model, vision and text."""
+from . import spikformer, spikingformer, text  # noqa: F401  (registration side effect)
+from ._registry import MODALITIES, create_model, list_models, model_modality, register_with_timm
 from .spikformer import Spikformer, SpikformerConfig
 from .spikingformer import Spikingformer, SpikingformerConfig
+from .text import SpikingformerText, TextConfig
 
-__all__ = ["create_model", "list_models", "register_with_timm",
-           "Spikingformer", "SpikingformerConfig", "Spikformer", "SpikformerConfig"]
+__all__ = ["create_model", "list_models", "model_modality", "MODALITIES", "register_with_timm",
+           "Spikingformer", "SpikingformerConfig", "Spikformer", "SpikformerConfig", "SpikingformerText", "TextConfig"]

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ..nn.layers import ClassifierHead, ConvBN, LinearBN, SeqMaxPool, SpikeQKV, run_blocks
+from ..nn.layers import ClassifierHead, ConvBN, LinearBN, SeqMaxPool, run_blocks
 from ..nn.neuron import MultiStepLIF
 from ..utils.errors import InputError
 from ._base import GradCheckpointing, SpikingVisionModel, build_config, check_sizes
+from ._blocks import Block, SpikingMLP, SpikingSelfAttention
 from ._registry import register_model
 
 __all__ = ["SpikformerConfig", "SPS", "SCS", "SSA", "MLP", "SEWBlock", "Spikformer"]
@@ -113,60 +114,24 @@ class SCS(GradCheckpointing, nn.Module):
         return run_blocks(segments, x, checkpointing=self.grad_checkpointing, owner=self)
 
 
-class SSA(nn.Module):
-    """Spiking Self-Attention: ``Q = SN(BN(Linear(X)))`` (same for K, V), per head
+class SSA(SpikingSelfAttention):
+    """Spiking Self-Attention, post-activation: ``Q = SN(BN(Linear(X)))`` (same for K, V), per head
     ``Q K^T V * s``, output ``SN(BN(Linear(SN_attn(.))))`` (ends with a neuron)."""
 
-    def __init__(self, dim: int, num_heads: int, tau: float = 2.0, scale: float = 0.125,
-                 attn_threshold: float = 0.5):
-        super().__init__()
-        self.num_heads = num_heads
-        self.q, self.k, self.v = (LinearBN(dim, dim, bias=False) for _ in range(3))
-        self.sn_q, self.sn_k, self.sn_v = (MultiStepLIF(tau) for _ in range(3))
-        self.qkv = SpikeQKV(scale)
-        self.sn_attn = MultiStepLIF(tau, v_threshold=attn_threshold)
-        self.proj = LinearBN(dim, dim)
-        self.sn_proj = MultiStepLIF(tau)
-
-    def _heads(self, x: Tensor) -> Tensor:
-        t, b, n, c = x.shape
-        return x.reshape(t, b, n, self.num_heads, c // self.num_heads).transpose(2, 3)
-
-    def forward(self, x: Tensor) -> Tensor:
-        t, b, n, c = x.shape
-        q = self._heads(self.sn_q(self.q(x)))
-        k = self._heads(self.sn_k(self.k(x)))
-        v = self._heads(self.sn_v(self.v(x)))
-        a = self.qkv(q, k, v).transpose(2, 3).reshape(t, b, n, c)
-        return self.sn_proj(self.proj(self.sn_attn(a)))
+    synapse, pre_activation = LinearBN, False
 
 
-class MLP(nn.Module):
-    """Spikformer MLP: ``SN(BN(Linear(SN(BN(Linear(X))))))`` with hidden ``4D``."""
+class MLP(SpikingMLP):
+    """Spikformer MLP, post-activation: ``SN(BN(Linear(SN(BN(Linear(X))))))`` with hidden ``4D``."""
 
-    def __init__(self, dim: int, hidden: int, tau: float = 2.0):
-        super().__init__()
-        self.fc1 = LinearBN(dim, hidden)
-        self.sn1 = MultiStepLIF(tau)
-        self.fc2 = LinearBN(hidden, dim)
-        self.sn2 = MultiStepLIF(tau)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.sn2(self.fc2(self.sn1(self.fc1(x))))
+    synapse, pre_activation = LinearBN, False
 
 
-class SEWBlock(nn.Module):
-    """Spikformer encoder block with SEW residual (Eq. 4): ``X += SSA(X)``; ``X += MLP(X)``."""
+class SEWBlock(Block):
+    """Spikformer encoder block with SEW residual (Eq. 4): ``X += SSA(X)``; ``X += MLP(X)``, both branches
+    ending with ``SN``, so spikes are added to the stream."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, tau: float = 2.0,
-                 attn_scale: float = 0.125, attn_threshold: float = 0.5):
-        super().__init__()
-        self.attn = SSA(dim, num_heads, tau, attn_scale, attn_threshold)
-        self.mlp = MLP(dim, int(dim * mlp_ratio), tau)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(x)
-        return x + self.mlp(x)
+    attn_layer, mlp_layer = SSA, MLP
 
 
 class Spikformer(SpikingVisionModel):

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ..nn.layers import ClassifierHead, ConvBN, SeqMaxPool, SpikeQKV, run_blocks
+from ..nn.layers import ClassifierHead, ConvBN, SeqMaxPool, run_blocks
 from ..nn.neuron import MultiStepLIF
 from ..utils.errors import InputError
 from ._base import GradCheckpointing, SpikingVisionModel, build_config, check_sizes
+from ._blocks import Block, SpikingMLP, SpikingSelfAttention
 from ._registry import register_model
 
 __all__ = ["SpikingformerConfig", "SpikingTokenizer", "PSSA", "SMLP", "MSBlock", "Spikingformer"]
@@ -77,68 +78,27 @@ class SpikingTokenizer(GradCheckpointing, nn.Module):
         return run_blocks(stages, self.encode(x), checkpointing=self.grad_checkpointing, owner=self)
 
 
-class PSSA(nn.Module):
+class PSSA(SpikingSelfAttention):
     """Pre-activation Spiking Self-Attention (Eq. 12-14).
 
     ``X' = SN(X)``; ``Q, K, V = SN(ConvBN(X'))`` with 1x1 convs; per head
     ``A = Q K^T V * s``; output ``ConvBN(SN_attn(A))`` with ``SN_attn`` at ``V_th = 0.5``.
     """
 
-    def __init__(self, dim: int, num_heads: int, tau: float = 2.0, scale: float = 0.125,
-                 attn_threshold: float = 0.5):
-        super().__init__()
-        self.num_heads = num_heads
-        self.sn_in = MultiStepLIF(tau)
-        self.q, self.k, self.v = (ConvBN(dim, dim) for _ in range(3))
-        self.sn_q, self.sn_k, self.sn_v = (MultiStepLIF(tau) for _ in range(3))
-        self.qkv = SpikeQKV(scale)
-        self.sn_attn = MultiStepLIF(tau, v_threshold=attn_threshold)
-        self.proj = ConvBN(dim, dim, bias=True)
-
-    def _heads(self, x: Tensor) -> Tensor:
-        t, b, c, h, w = x.shape  # channel c belongs to head c // (C / heads), as in the official code
-        return x.reshape(t, b, self.num_heads, c // self.num_heads, h * w).transpose(-2, -1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        t, b, c, h, w = x.shape
-        xs = self.sn_in(x)
-        q = self._heads(self.sn_q(self.q(xs)))
-        k = self._heads(self.sn_k(self.k(xs)))
-        v = self._heads(self.sn_v(self.v(xs)))
-        a = self.qkv(q, k, v)  # [T, B, heads, N, d]
-        if xs[0].is_contiguous():
-            a = a.transpose(-2, -1).reshape(t, b, c, h, w)
-        else:  # channels-last stream (the fast path): keep it, so proj's backward needs no layout copy
-            a = a.permute(0, 1, 3, 2, 4).reshape(t, b, h, w, c).permute(0, 1, 4, 2, 3)
-        return self.proj(self.sn_attn(a))
+    synapse, pre_activation = ConvBN, True
 
 
-class SMLP(nn.Module):
+class SMLP(SpikingMLP):
     """Spiking MLP: ``ConvBN_2(SN(ConvBN_1(SN(X))))`` with 1x1 convs and hidden ``4D``."""
 
-    def __init__(self, dim: int, hidden: int, tau: float = 2.0):
-        super().__init__()
-        self.sn1 = MultiStepLIF(tau)
-        self.fc1 = ConvBN(dim, hidden, bias=True)
-        self.sn2 = MultiStepLIF(tau)
-        self.fc2 = ConvBN(hidden, dim, bias=True)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.sn2(self.fc1(self.sn1(x))))
+    synapse, pre_activation = ConvBN, True
 
 
-class MSBlock(nn.Module):
-    """Spiking Transformer block with MS residual (Eq. 7-8): ``X += PSSA(X)``; ``X += SMLP(X)``."""
+class MSBlock(Block):
+    """Spiking Transformer block with MS residual (Eq. 7-8): ``X += PSSA(X)``; ``X += SMLP(X)``, both branches
+    starting with ``SN``, so the stream stays real-valued and every ConvBN sees spikes."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, tau: float = 2.0,
-                 attn_scale: float = 0.125, attn_threshold: float = 0.5):
-        super().__init__()
-        self.attn = PSSA(dim, num_heads, tau, attn_scale, attn_threshold)
-        self.mlp = SMLP(dim, int(dim * mlp_ratio), tau)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(x)
-        return x + self.mlp(x)
+    attn_layer, mlp_layer = PSSA, SMLP
 
 
 class Spikingformer(SpikingVisionModel):

@@ -18,26 +18,25 @@ K and V spikes are zeroed, so they add nothing to ``K^T V`` (or ``Q K^T``); and 
 every BatchNorm takes its statistics over real tokens only (``MaskedLinearBN``).  Each layer is
 otherwise per token, so in eval mode appending pads changes no real token's output.
 
-Time-major ``[T, B, N, D]`` inside, as the rest of the library.  Text models have their own
-registry (``create_text_model`` / ``list_text_models``): the vision registry feeds images to
-every model it holds.
+Time-major ``[T, B, N, D]`` inside, as the rest of the library.  The named sizes are in the one
+registry (``create_model("spikingformer_text_2_128")``) with modality ``"text"``
+(``list_models(modality="text")``, ``model_modality(name)``).
 """
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-from ..nn.layers import ClassifierHead, LinearBN, SpikeQKV, run_blocks, running_mean
-from ..nn.neuron import MultiStepLIF
+from ..nn.layers import ClassifierHead, LinearBN, run_blocks, running_mean
 from ..utils.errors import InputError
 from ._base import GradCheckpointing, SpikingVisionModel, build_config
+from ._blocks import Block, SpikingMLP, SpikingSelfAttention
+from ._registry import register_model
 
 __all__ = ["TextConfig", "TextEmbedding", "MaskedLinearBN", "TextPSSA", "TextSMLP", "TextBlock", "MLMHead",
-           "SequenceHead", "SpikingformerText", "create_text_model", "list_text_models", "TEXT_HEADS"]
+           "SequenceHead", "SpikingformerText", "TEXT_HEADS"]
 
 TEXT_HEADS = ("sequence", "mlm")
 
@@ -106,64 +105,23 @@ class MaskedLinearBN(LinearBN):
         return out
 
 
-class TextPSSA(nn.Module):
+class TextPSSA(SpikingSelfAttention):
     """PSSA (Eq. 12-14) on ``[T, B, N, D]``: ``Q, K, V = SN(BN(Linear(SN(X))))``, ``A = Q K^T V * s``,
     out ``BN(Linear(SN_attn(A)))``.  Pad tokens' K and V spikes are zeroed."""
 
-    def __init__(self, dim: int, num_heads: int, tau: float = 2.0, scale: float = 0.125,
-                 attn_threshold: float = 0.5):
-        super().__init__()
-        self.num_heads = num_heads
-        self.sn_in = MultiStepLIF(tau)
-        self.q, self.k, self.v = (MaskedLinearBN(dim, dim, bias=False) for _ in range(3))
-        self.sn_q, self.sn_k, self.sn_v = (MultiStepLIF(tau) for _ in range(3))
-        self.qkv = SpikeQKV(scale)
-        self.sn_attn = MultiStepLIF(tau, v_threshold=attn_threshold)
-        self.proj = MaskedLinearBN(dim, dim, bias=True)
-
-    def _heads(self, x: Tensor) -> Tensor:
-        t, b, n, d = x.shape  # channel c belongs to head c // (D / heads), as the vision PSSA
-        return x.reshape(t, b, n, self.num_heads, d // self.num_heads).transpose(2, 3)
-
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        t, b, n, d = x.shape
-        xs = self.sn_in(x)
-        q = self._heads(self.sn_q(self.q(xs, mask)))
-        k = self.sn_k(self.k(xs, mask))
-        v = self.sn_v(self.v(xs, mask))
-        if mask is not None:  # spikes times a 0/1 mask stay spikes
-            keep = mask[None, :, :, None].to(k.dtype)
-            k, v = k * keep, v * keep
-        a = self.qkv(q, self._heads(k), self._heads(v)).transpose(2, 3).reshape(t, b, n, d)
-        return self.proj(self.sn_attn(a), mask)
+    synapse, pre_activation = MaskedLinearBN, True
 
 
-class TextSMLP(nn.Module):
+class TextSMLP(SpikingMLP):
     """Spiking MLP: ``BN(Linear_2(SN(BN(Linear_1(SN(X))))))``, hidden ``mlp_ratio * D``."""
 
-    def __init__(self, dim: int, hidden: int, tau: float = 2.0):
-        super().__init__()
-        self.sn1 = MultiStepLIF(tau)
-        self.fc1 = MaskedLinearBN(dim, hidden)
-        self.sn2 = MultiStepLIF(tau)
-        self.fc2 = MaskedLinearBN(hidden, dim)
-
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        return self.fc2(self.sn2(self.fc1(self.sn1(x), mask)), mask)
+    synapse, pre_activation = MaskedLinearBN, True
 
 
-class TextBlock(nn.Module):
-    """MS-residual block (Eq. 7-8): ``X += PSSA(X)``; ``X += SMLP(X)``."""
+class TextBlock(Block):
+    """MS-residual block (Eq. 7-8): ``X += PSSA(X)``; ``X += SMLP(X)``, with the padding mask."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, tau: float = 2.0,
-                 attn_scale: float = 0.125, attn_threshold: float = 0.5):
-        super().__init__()
-        self.attn = TextPSSA(dim, num_heads, tau, attn_scale, attn_threshold)
-        self.mlp = TextSMLP(dim, int(dim * mlp_ratio), tau)
-
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        x = x + self.attn(x, mask)
-        return x + self.mlp(x, mask)
+    attn_layer, mlp_layer = TextPSSA, TextSMLP
 
 
 class SequenceHead(ClassifierHead):
@@ -291,35 +249,15 @@ class SpikingformerText(GradCheckpointing, nn.Module):
         return self.head.forward_steps(x) if self.cfg.head == "mlm" else self.head.forward_steps(x, mask)
 
 
-# ---------------------------------------------------------------- named sizes (own registry)
+# ---------------------------------------------------------------- named sizes
 
-_TEXT_MODELS: dict[str, Callable] = {}
-
-
-def _register(fn: Callable) -> Callable:
-    _TEXT_MODELS[fn.__name__] = fn
-    return fn
-
-
-def list_text_models(pattern: str | None = None) -> list[str]:
-    """Names of the text models, sorted; ``pattern`` is a shell glob."""
-    return [n for n in sorted(_TEXT_MODELS) if pattern is None or fnmatch.fnmatch(n, pattern)]
-
-
-def create_text_model(name: str, **overrides) -> SpikingformerText:
-    """Build the named text model; ``overrides`` replace fields of its ``TextConfig`` (``head="mlm"``)."""
-    if name not in _TEXT_MODELS:
-        raise InputError(f"unknown text model {name!r}; available text models: {', '.join(list_text_models())}")
-    return _TEXT_MODELS[name](**overrides)
-
-
-@_register
+@register_model(modality="text")
 def spikingformer_text_2_128(**kw) -> SpikingformerText:
     """CPU-sized: 2 blocks, D 128, 4 heads, 128 tokens; 4.3M parameters (3.9M of them the embedding)."""
     return SpikingformerText(build_config(TextConfig, dict(depth=2, dim=128, num_heads=4, max_len=128), kw))
 
 
-@_register
+@register_model(modality="text")
 def spikingformer_text_12_768(**kw) -> SpikingformerText:
     """BERT-base-like: 12 blocks, D 768, 12 heads, 512 tokens."""
     return SpikingformerText(build_config(TextConfig, dict(depth=12, dim=768, num_heads=12, max_len=512), kw))

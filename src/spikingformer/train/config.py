@@ -17,6 +17,7 @@ import torch
 from ..data.sources import DATASETS, EVENT_DATASETS
 from ..data.text import read_text
 from ..data.transforms import eval_transform, train_transform
+from ..models import model_modality
 from ..nn.fast import AMP_MODES, COMPILE_MODES, FAST_MODES, LIF_BACKEND_MODES, FastPath
 from ..utils.coerce import CoercionError, coerce
 from ..utils.errors import ConfigError
@@ -90,7 +91,7 @@ class RunConfig:
 class TrainConfig(RunConfig):
     """Supervised training on images and event recordings (``spikingformer train``), and ``PretrainConfig``'s
     base; names and meanings follow timm's ``train.py``."""
-    # --- model: any name of spikingformer.list_models() (``model``, ``model_args``: RunConfig's)
+    # --- model: any name of spikingformer.list_models(modality="vision") (``model``, ``model_args``: RunConfig's)
     init_from: str = ""               # start from a `spikingformer pretrain` checkpoint's encoder, or from every tensor
                                       # of a `spikingformer train` checkpoint of the same model (T may differ)
     # --- data
@@ -155,6 +156,8 @@ class TrainConfig(RunConfig):
 
     def validate(self) -> None:
         checks = [
+            (model_modality(self.model) != "text",
+             f"model {self.model} is a text model: `spikingformer mlm` and `spikingformer glue` train it"),
             (self.dataset in DATASETS, f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}"),
             (self.compile_mode in COMPILE_MODES,
              f"compile_mode must be one of {', '.join(map(repr, COMPILE_MODES))}, got {self.compile_mode!r}"),

@@ -26,7 +26,7 @@ from ..data import DataError
 from ..data import glue as gdata
 from ..data import text as tdata
 from ..data.split import balanced_split
-from ..models.text import create_text_model, list_text_models
+from ..models import create_model, model_modality
 from ..nn.fast import FastPath
 from ..utils.errors import ConfigError, InputError
 from ..weights import checkpoint as ckpt
@@ -303,14 +303,14 @@ def _model(cfg: GlueConfig, task: gdata.GlueTask, tok: tdata.WordPieceTokenizer,
     """The sequence model ``cfg`` fine-tunes: the ``init`` checkpoint's architecture under a fresh head."""
     if cfg.init:
         init_state, build = ckpt.load_weights(expand(cfg.init))
-        if build.get("model") not in (None, *list_text_models()):  # its options would not fit a text model
+        if build.get("model") is not None and model_modality(build["model"]) != "text":  # options that fit no text model
             raise ConfigError(f"init {cfg.init} holds a vision model ({build['model']}), not a text model: "
                               f"start from a `spikingformer mlm` checkpoint")
         model_args = {**build.get("model_args", {}), **cfg.model_args}
     else:
         model_args = {"max_len": cfg.max_len, **cfg.model_args}
     model_args.update(head="sequence", num_classes=task.num_classes, vocab_size=len(tok), pad_id=tok.pad_id)
-    model = create_text_model(cfg.model, **model_args)
+    model = create_model(cfg.model, **model_args)
     if model.cfg.max_len < cfg.max_len:
         raise ConfigError(f"max_len {cfg.max_len} exceeds the model's max_len {model.cfg.max_len}")
     if cfg.init and not (resume and (expand(cfg.output) / "last.pt").is_file()):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import text as tdata
-from ..models.text import create_text_model
+from ..models import create_model
 from ..utils.errors import ConfigError
 from .distributed import all_reduce_sum, session
 from .text_engine import (
@@ -79,7 +79,7 @@ def _run(cfg: MLMConfig, info, resume: bool, json_path: str | None) -> dict:
     n_val = min(len(val), cfg.limit_val or len(val))
     val_name += f": {n_val} of its {len(val)} blocks"
     model_args = dict(cfg.model_args, head="mlm", vocab_size=len(tok), pad_id=tok.pad_id)
-    model = create_text_model(cfg.model, **model_args)
+    model = create_model(cfg.model, **model_args)
     if model.cfg.max_len < cfg.block_len:
         raise ConfigError(f"block_len {cfg.block_len} exceeds the model's max_len {model.cfg.max_len}")
     # Unigram baseline: always predict the corpus's most frequent ordinary token.

@@ -31,7 +31,7 @@ from ..data.events import (
 )
 from ..data.sources import DATASET_STATS, load_rgb
 from ..data.transforms import eval_transform
-from ..models.text import list_text_models
+from ..models import model_modality
 from ..utils.errors import ConfigError, InputError
 from ..utils.outputs import write_csv, write_json
 from ..utils.progress import progress_bar
@@ -120,7 +120,7 @@ def load_predictor(checkpoint: str, recipe: str | None = None, classes_file: str
     weights = read_weights(checkpoint, given.get("model") if recipe else None, load_config(recipe) if recipe else None,
                            unnamed=f"{checkpoint} names neither its model nor how its images were read: {advice}")
     name, build = weights.name, weights.info
-    if name in list_text_models():
+    if model_modality(name) == "text":
         raise InputError(f"{checkpoint} holds the text model {name}; predict classifies image files")
     if not build.get("config"):
         raise InputError(f"{checkpoint} does not record how its images were read (size, normalisation): {advice}")

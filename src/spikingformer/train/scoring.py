@@ -14,7 +14,7 @@ import os
 
 from ..analysis.early_exit import calibration_split, choose, merge
 from ..data import DataError, scored_split
-from ..models.text import list_text_models
+from ..models import model_modality
 from ..utils.errors import InputError
 from ..weights.loading import Weights, read_weights
 from .classify import model_kwargs
@@ -71,7 +71,7 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
                                      "a state_dict or official weights add --config RECIPE, e.g. --config cifar10, "
                                      "which names the model and the data") \
         if recipe is None else None
-    if run is not None and run.name in list_text_models():
+    if run is not None and model_modality(run.name) == "text":
         _image_only(path, run.name, {"--early-exit": exit_at, "--calibrate": calibrate is not None,
                                      "--split": split, "--workers": workers is not None, "--plot": plot})
         return evaluate_glue(path, run, data_dir, device, batch_size, sets, predictions)

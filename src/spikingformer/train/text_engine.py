@@ -34,7 +34,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..models.text import SpikingformerText, create_text_model, list_text_models
+from ..models import create_model, list_models
+from ..models.text import SpikingformerText
 from ..nn.fast import FastPath
 from ..utils.errors import ConfigError
 from ..utils.outputs import write_json
@@ -57,7 +58,7 @@ class TextTrainConfig(RunConfig):
     """Keys every text command shares: ``RunConfig``'s, with the text defaults, and the vocabulary, the global
     batch and the step-based schedule and evaluation."""
 
-    model: str = "spikingformer_text_2_128"   # a name of models.text.list_text_models()
+    model: str = "spikingformer_text_2_128"   # a name of list_models(modality="text")
     vocab: str = "~/.cache/spikingformer/text/bert-base-uncased-vocab.txt"
     batch_size: int = 32              # the global batch: split over the processes under torchrun
     accum_steps: int = 1              # parts each process's share runs in, their gradients added (less memory)
@@ -71,8 +72,8 @@ class TextTrainConfig(RunConfig):
 
     def __post_init__(self):
         checks = [
-            (self.model in list_text_models(), f"model must be one of {', '.join(list_text_models())}, "
-                                               f"got {self.model!r}"),
+            (self.model in list_models(modality="text"),
+             f"model must be one of {', '.join(list_models(modality='text'))}, got {self.model!r}"),
             (self.sched in SCHEDS, f"sched must be one of {', '.join(SCHEDS)}, got {self.sched!r}"),
             (min(self.steps, self.eval_every, self.batch_size, self.accum_steps) >= 1,
              "steps, eval_every, batch_size and accum_steps must be >= 1"),
@@ -84,7 +85,7 @@ class TextTrainConfig(RunConfig):
         validate_device(self.device)
         try:  # model options fail here, before the vocabulary or any data loads
             with torch.device("meta"):
-                create_text_model(self.model, **self.model_args)
+                create_model(self.model, **self.model_args)
         except (TypeError, ValueError) as e:
             raise ConfigError(str(e)) from None
 

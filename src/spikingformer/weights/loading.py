@@ -14,13 +14,12 @@ from torch import nn
 
 from ..deploy.fold import fold_bn
 from ..models import create_model
-from ..models.text import create_text_model, list_text_models
 from ..utils.errors import InputError
 from .checkpoint import load_weights, state_mismatch
 from .official import check_family, check_recorded, recorded_model
 from .user_model import build_user_model, is_spec
 
-__all__ = ["Weights", "read_weights", "load_model", "load_weights_into", "create_any"]
+__all__ = ["Weights", "read_weights", "load_model", "load_weights_into", "create"]
 
 
 def _load(model: nn.Module, path: str, state: dict, name: str, build: dict) -> nn.Module:
@@ -82,7 +81,7 @@ class Weights:
         margs = {**self.model_args, **(options or {})}
         said = f" ({asked_as} {asked})" if asked else ""
         try:
-            model = create_any(self.name, **margs)
+            model = create(self.name, **margs)
         except (TypeError, ValueError) as e:  # an option that does not exist, or a value it cannot take
             raise InputError(f"{self.name}: {e}{said}") from None
         try:
@@ -139,12 +138,10 @@ def _recorded_model(build: dict, source) -> tuple[str | None, dict]:
     return name, {**build, "notes": notes, "model_args": {**options, **build.get("model_args", {})}}
 
 
-def create_any(name: str, **kw) -> nn.Module:
-    """A vision model (``create_model``) or a text model (``models.text``) by registry name, or a user's
-    model by its import spec ``FILE.py:FACTORY`` / ``MODULE:CALLABLE`` (``user_model``)."""
-    if is_spec(name):
-        return build_user_model(name, **kw)
-    return create_text_model(name, **kw) if name in list_text_models() else create_model(name, **kw)
+def create(name: str, **kw) -> nn.Module:
+    """A registered model (vision or text) by name, or a user's model by its import spec ``FILE.py:FACTORY`` /
+    ``MODULE:CALLABLE`` (``user_model``), with random weights."""
+    return build_user_model(name, **kw) if is_spec(name) else create_model(name, **kw)
 
 
 def load_weights_into(model: nn.Module, path: str) -> nn.Module:

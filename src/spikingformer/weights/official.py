@@ -208,14 +208,14 @@ def recorded_model(layout: str, recorded: dict) -> tuple[str, dict] | None:
     size, family = f"{recorded['depth']}_{recorded['dim']}", LAYOUTS[layout][0]
     names = [f"{family}_{size}", f"{family}_dagger_{size}"]
     if "cml" not in recorded:
-        found = [n for n in names if n in list_models()]
+        found = [n for n in names if n in list_models(modality="vision")]
         if found:
             raise OfficialWeightsError(f"its training args record a {size.replace('_', '-')} {family} but not whether "
                                        f"it downsamples with CML: give --model {' or '.join(found)}")
         return None
     name = names[bool(recorded["cml"])]
     options = {k: v for k, v in recorded.items() if k in ("num_heads", "T", "mlp_ratio")}
-    return (name, options) if name in list_models() else None
+    return (name, options) if name in list_models(modality="vision") else None
 
 
 # What official weights record but their tensors' shapes cannot show (dim, depth and mlp_ratio they show).

@@ -1,6 +1,6 @@
 """A model from a user's own code: ``--model path/to/file.py:factory`` or ``--model package.module:callable``.
 
-``energy`` and ``verify`` build it through ``loading.create_any``, the one route a registry name takes too,
+``energy`` and ``verify`` build it in ``loading``, on the route a registry name takes too,
 so its weights, input batches, BN calibration, verdict and energy table are made as for the library's
 models.  Importing the file or module runs its code, as ``python file.py`` would: that is what is asked for.
 """
