@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..train.config import parse_overrides
 from ..utils.errors import InputError
 
 
@@ -78,14 +79,10 @@ def add_time_steps_arg(p: argparse.ArgumentParser, help: str, default: int | Non
 
 def model_overrides(args: argparse.Namespace) -> dict:
     """The model options a command line asks for: ``--model-kwargs``, then ``--T`` and ``--num-classes``."""
-    import yaml
-
-    out = {}
-    for item in args.model_kwargs:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise InputError(f"--model-kwargs expects KEY=VALUE, got {item!r}")
-        out[key] = yaml.safe_load(raw)
+    bad = [item for item in args.model_kwargs if not item.partition("=")[0] or "=" not in item]
+    if bad:
+        raise InputError(f"--model-kwargs expects KEY=VALUE, got {bad[0]!r}")
+    out = parse_overrides(args.model_kwargs)  # as --set reads its values: YAML
     own = {k: v for k, v in (("T", args.t), ("num_classes", args.num_classes)) if v is not None}
     both = sorted(set(out) & set(own))
     if both:
