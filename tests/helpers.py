@@ -37,7 +37,11 @@ def torchruns(*argvs, env=None, timeout: float = 300):
             err = proc.communicate(timeout=timeout)[1]
             assert proc.returncode == 0, err[-3000:]
     finally:
-        for proc in procs:
+        for proc in procs:  # SIGTERM first: torchrun passes it on to its workers
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.communicate()
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.communicate(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.communicate()
