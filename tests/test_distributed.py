@@ -1,7 +1,4 @@
 """Several processes: two gloo processes under torchrun train exactly as one process with the same global batch."""
-import subprocess
-import sys
-
 import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -12,16 +9,21 @@ from spikingformer.train.distributed import AllReduceBatchNorm, convert_sync_bat
 from spikingformer.weights.checkpoint import load_checkpoint
 
 from .data.helpers import write_class_tree
+from .helpers import torchruns
 from .test_train import _yaml, subprocess_env, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _torchrun(config: str, *sets: str) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "spikingformer.cli", "train", "--config", config, *(a for s in sets for a in ("--set", s))]
-    done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+def _torchrun_argv(config: str, *sets: str) -> list[str]:
+    return ["--standalone", "--nproc_per_node", "2",
+            "-m", "spikingformer.cli", "train", "--config", config, *(a for s in sets for a in ("--set", s))]
+
+
+def _torchrun(*argvs: list[str]):
+    """The torchruns of ``argvs`` run together, and beside the in-process run of the ``with`` body;
+    each must exit 0."""
+    return torchruns(*argvs, env=subprocess_env(), timeout=300)
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
@@ -39,10 +41,10 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     common = dict(mixup=0.0, cutmix=0.0, opt="sgd", lr=0.1, sync_bn=True, holdout=6, warmup_epochs=0,
                   cooldown_epochs=0, ckpt_every=0)
     single = tiny_config(data, tmp_path / "one", batch_size=8, **common)
-    run(single)
     config = _yaml(tmp_path, tiny_config(data, tmp_path / "two", batch_size=4, **common))
-    _torchrun(config)
-    _torchrun(config, f"output={tmp_path / 'two_local_bn'}", "sync_bn=false")
+    with _torchrun(_torchrun_argv(config),
+                   _torchrun_argv(config, f"output={tmp_path / 'two_local_bn'}", "sync_bn=false")):
+        run(single)
 
     one, two, local = (load_checkpoint(tmp_path / d / "last.pt") for d in ("one", "two", "two_local_bn"))
     assert two["world_size"] == 2 and len(two["rng"]) == 2
@@ -61,8 +63,8 @@ def test_two_accumulating_processes_match_one(tmp_path):
     data = write_class_tree(tmp_path / "data" / "train", per_class=16).parent
     common = dict(mixup=0.0, cutmix=0.0, opt="sgd", lr=0.1, sync_bn=True, holdout=6, warmup_epochs=0,
                   cooldown_epochs=0, ckpt_every=0, accum_steps=2, epochs=1)
-    run(tiny_config(data, tmp_path / "one", batch_size=8, **common))
-    _torchrun(_yaml(tmp_path, tiny_config(data, tmp_path / "two", batch_size=4, **common)))
+    with _torchrun(_torchrun_argv(_yaml(tmp_path, tiny_config(data, tmp_path / "two", batch_size=4, **common)))):
+        run(tiny_config(data, tmp_path / "one", batch_size=8, **common))
     one, two = (load_checkpoint(tmp_path / d / "last.pt") for d in ("one", "two"))
     assert one["optimizer"]["state"] and two["world_size"] == 2
     for k, v in one["model"].items():

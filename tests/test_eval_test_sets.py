@@ -13,6 +13,7 @@ from spikingformer.train.classify import run
 from spikingformer.train.config import TrainConfig
 from spikingformer.weights.checkpoint import load_checkpoint, save_checkpoint
 
+from .real_data import cifar_jpeg_tree
 from .test_train import TINY, tiny_config
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -32,7 +33,7 @@ def cifar(tmp_path_factory):
     if not CIFAR.exists():
         pytest.skip(f"{CIFAR} not present")
     root = tmp_path_factory.mktemp("cifar")
-    _unpack(CIFAR, root / "raw", lambda name: name.endswith(".jpg") and int(name[-8:-4]) < 30)
+    cifar_jpeg_tree(root / "raw", per_class=30)  # the tarball's .jpg files numbered below 30, read once a session
     for folder in sorted((root / "raw" / "train").iterdir()):
         for f in sorted(folder.iterdir()):
             split = "data/train" if int(f.stem) < 10 else "test"

@@ -4,8 +4,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,6 +13,7 @@ from spikingformer.train.config import ConfigError, load_config
 from spikingformer.train.distributed import DistInfo
 from spikingformer.weights.checkpoint import load_checkpoint
 
+from .helpers import torchruns
 from .test_glue import cli, files, mlm_args  # noqa: F401  (files: the fixture of tiny vocabulary and corpus)
 from .test_train import subprocess_env
 
@@ -37,16 +36,17 @@ def test_two_processes_match_one_with_the_same_global_batch(files):
     """
     d = files
     common = ("--set", f"model_args={FIRING_MODEL}", "--set", "sync_bn=true")
-    assert cli(mlm_args(d, *common, "--set", f"output={d}/one")) == 0
 
-    def torchrun(out: str, *sets: str) -> None:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "spikingformer.cli", *mlm_args(d, *common, "--set", f"output={d}/{out}", *sets)]
-        done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
+    def torchrun(out: str, *sets: str) -> list[str]:
+        return ["--standalone", "--nproc_per_node", "2",
+                "-m", "spikingformer.cli", *mlm_args(d, *common, "--set", f"output={d}/{out}", *sets)]
 
-    torchrun("two", "--json", f"{d}/two.json")
-    torchrun("local", "--set", "sync_bn=false")
+    # both torchruns at once, each must exit 0; the one-process runs (the second is checked at the end) meanwhile
+    with torchruns(torchrun("two", "--json", f"{d}/two.json"), torchrun("local", "--set", "sync_bn=false"),
+                   env=subprocess_env(), timeout=300):
+        assert cli(mlm_args(d, *common, "--set", f"output={d}/one")) == 0
+        assert cli(mlm_args(d, "--set", f"model_args={FIRING_MODEL}", "--set", "accum_steps=2",
+                            "--set", f"output={d}/parts")) == 0
     one, two, local = (load_checkpoint(d / out / "last.pt") for out in ("one", "two", "local"))
     assert (one["world_size"], two["world_size"]) == (1, 2)
     assert json.loads((d / "two.json").read_text())["world_size"] == 2  # rank 0 alone wrote it
@@ -63,8 +63,6 @@ def test_two_processes_match_one_with_the_same_global_batch(files):
     # one process running the global batch in two parts of 4 (accum_steps) trains as the two processes with
     # their own BatchNorm do: BN normalises over each part, the gradients add up (running statistics aside:
     # they see both parts here, one part per process there)
-    assert cli(mlm_args(d, "--set", f"model_args={FIRING_MODEL}", "--set", "accum_steps=2",
-                        "--set", f"output={d}/parts")) == 0
     parts = load_checkpoint(d / "parts" / "last.pt")
     weights = [k for k in compared if not re.search(r"running_|num_batches", k)]
     for k in weights:

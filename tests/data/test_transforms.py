@@ -1,7 +1,6 @@
 """The paper recipes' training transforms on real CIFAR-10 images (../shared/data): RandAugment's posterize
 at 0 bits, which Pillow 13 refuses and older Pillow turned into a black image (issue 19 §1)."""
 import random
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,8 @@ from PIL import Image
 from spikingformer.data import EpochSampler, build_data
 from spikingformer.train.config import load_config
 from spikingformer.train.engine import resolve_img_size
+
+from ..real_data import cifar_jpeg_tree
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-train-jpeg.tar.gz"
 # every shipped recipe with RandAugment magnitude noise on an increasing posterize
@@ -26,12 +27,7 @@ def cifar(tmp_path_factory) -> Path:
     """The first 30 images of each class of the real CIFAR-10 JPEG copy, as ``train/<class>/NNNN.jpg``."""
     if not DATA.exists():
         pytest.skip("../shared/data/cifar10-train-jpeg.tar.gz (beside the repository) is not available")
-    root = tmp_path_factory.mktemp("cifar10-jpeg")
-    with tarfile.open(DATA) as tar:
-        for member in tar:
-            if member.isfile() and int(Path(member.name).stem) < PER_CLASS:
-                tar.extract(member, root, filter="data")
-    return root
+    return cifar_jpeg_tree(tmp_path_factory.mktemp("cifar10-jpeg"), PER_CLASS)  # the tarball is read once a session
 
 
 def _old_pillow_posterize(img: Image.Image, bits: int) -> Image.Image:
