@@ -5,8 +5,8 @@ import signal
 import subprocess
 import sys
 
-from spikingformer.nn.neuron import MultiStepLIF
 from spikingformer.analysis import batches
+from spikingformer.nn.neuron import MultiStepLIF
 
 
 def record_spikes(model):

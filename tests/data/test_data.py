@@ -14,8 +14,8 @@ from spikingformer.data import (
     balanced_split,
     build_data,
     holdout_name,
+    load_raw,
 )
-from spikingformer.data import load_raw
 from spikingformer.train.config import TrainConfig
 
 from .helpers import CLASSES, write_class_tree

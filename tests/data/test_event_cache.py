@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spikingformer.data import event_cache, event_formats
+from spikingformer.data import event_cache, event_formats, load_raw
 from spikingformer.data.event_cache import GestureWindows, cache_root
 from spikingformer.data.events import EventFrames, read_aedat3
-from spikingformer.data import load_raw
 
 from .test_events import encode_aedat3, random_events
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from spikingformer.data import DataError, SeededTransform, build_data
+from spikingformer.data import DataError, SeededTransform, build_data, load_raw
 from spikingformer.data.events import (
     CIFAR10_DVS_CLASSES,
     EVENT_DTYPE,
@@ -26,7 +26,6 @@ from spikingformer.data.events import (
     segment_bounds,
     wide_op,
 )
-from spikingformer.data import load_raw
 from spikingformer.train.config import ConfigError, TrainConfig
 
 REAL_NMNIST = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "nmnist-small-train.tar.gz"

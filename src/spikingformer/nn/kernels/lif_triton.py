@@ -20,7 +20,7 @@ input dtype: 4 in fp32, 2 in bf16/fp16):
   surrogate's input ``H[t] - V_th`` and the reset's spike mask (bool): ``b + 1`` bytes;
 - this kernel saves ``X[t]`` only: ``b`` bytes.
 
-(Counted with ``torch.autograd.graph.saved_tensors_hooks``, ``tests/test_lif_triton.py``: 5 vs 4
+(Counted with ``torch.autograd.graph.saved_tensors_hooks``, ``tests/nn/test_lif_triton.py``: 5 vs 4
 bytes in fp32, 3 vs 2 in bf16.)  In bf16/fp16 the fp32 membrane gives the spikes of the fp32 loop
 on the upcast input, not those of the eager loop's low-precision membrane.
 
