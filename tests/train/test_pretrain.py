@@ -70,10 +70,9 @@ def test_run_writes_metrics_curve_reconstructions_and_checkpoint(reference):
     assert any(k.startswith("decoder_blocks.") for k in state["model"])
 
 
-def test_killed_run_resumes_to_the_uninterrupted_weights(tree, tmp_path, reference, monkeypatch):
-    """Stop a run right after its first mid-epoch checkpoint of epoch 2 (as a SIGKILL would), resume it:
-    weights, optimizer moments and per-epoch metrics equal the uninterrupted run's."""
-    cfg = tiny_config(tree, tmp_path / "killed", ckpt_every=2)
+def _killed_after_epoch_2_step_2(tree, out, monkeypatch) -> PretrainConfig:
+    """Run until the first mid-epoch checkpoint of epoch 2 is written, then stop as a SIGKILL would."""
+    cfg = tiny_config(tree, out, ckpt_every=2)
     save = ckpt.save_checkpoint
 
     def save_then_die(state, path):
@@ -85,6 +84,13 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tree, tmp_path, referen
     with pytest.raises(KeyboardInterrupt):
         run(cfg)
     monkeypatch.setattr(ckpt, "save_checkpoint", save)
+    return cfg
+
+
+def test_killed_run_resumes_to_the_uninterrupted_weights(tree, tmp_path, reference, monkeypatch):
+    """Stop a run right after its first mid-epoch checkpoint of epoch 2 (as a SIGKILL would), resume it:
+    weights, optimizer moments and per-epoch metrics equal the uninterrupted run's."""
+    cfg = _killed_after_epoch_2_step_2(tree, tmp_path / "killed", monkeypatch)
     assert load_checkpoint(tmp_path / "killed" / "last.pt")["progress"]["step"] == 2
     with pytest.raises(FileExistsError, match="already holds a run"):
         run(cfg)
@@ -97,23 +103,12 @@ def test_checkpoints_carry_the_rng_streams_and_a_resume_continues_them(tree, tmp
     run continues from it rather than from the seed; a checkpoint from before they were saved still resumes."""
     saved = load_checkpoint(reference[0] / "last.pt")["rng"]
     assert isinstance(saved, list) and len(saved) == 1 and set(saved[0]) >= {"python", "numpy", "torch"}
-    cfg = tiny_config(tree, tmp_path / "killed", ckpt_every=2)
-    save = ckpt.save_checkpoint
-
-    def save_then_die(state, path):
-        save(state, path)
-        if state["progress"]["epoch"] == 1 and state["progress"]["step"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(ckpt, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg)
-    monkeypatch.setattr(ckpt, "save_checkpoint", save)
+    cfg = _killed_after_epoch_2_step_2(tree, tmp_path / "killed", monkeypatch)
     killed = load_checkpoint(tmp_path / "killed" / "last.pt")
     at_kill = killed["rng"][0]
     del killed["rng"]  # as a checkpoint written before pre-training saved its RNG streams
     (tmp_path / "old").mkdir()
-    save(killed, tmp_path / "old" / "last.pt")
+    ckpt.save_checkpoint(killed, tmp_path / "old" / "last.pt")
     restored, set_rng = [], ckpt.set_rng_state
     monkeypatch.setattr(ckpt, "set_rng_state", lambda state: restored.append(state) or set_rng(state))
     run(cfg, resume=True)
