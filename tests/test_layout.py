@@ -113,7 +113,8 @@ def cycles(edges: list[tuple[str, str, bool, int]]) -> list[list[str]]:
 
 
 def upward(edges) -> list[str]:
-    return sorted({f"{a}:{line} imports {b}" for a, b, _, line in edges if a != FRONT and layer(b) > layer(a)})
+    return sorted({f"{a}:{line} imports {b}" for a, b, _, line in edges
+                   if a != FRONT and None not in (layer(a), layer(b)) and layer(b) > layer(a)})
 
 
 def hidden(edges) -> list[str]:
@@ -158,7 +159,9 @@ def test_modules_and_functions_a_reader_can_hold():
     assert not long_code(modules())
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python tests/test_layout.py [PACKAGE_DIR]: another tree, e.g. an old commit's
+    if len(sys.argv) > 1:
+        PKG = Path(sys.argv[1]).resolve()
     known = modules()
     edges = imports(known)
     print(f"{len(known)} modules in {len(LAYERS)} layers and the front; "

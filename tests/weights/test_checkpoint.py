@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from spikingformer.weights.checkpoint import (
+    METADATA_FORMAT,
     CheckpointError,
     atomic_copy,
+    is_run_checkpoint,
     load_checkpoint,
     load_weights,
     rng_state,
@@ -130,7 +132,7 @@ def test_foreign_files_are_reported(tmp_path):
 
 def test_arbitrary_objects_are_never_unpickled(tmp_path, monkeypatch):
     monkeypatch.setenv("EVIL_DIR", str(tmp_path))
-    torch.save({"format": "spikingformer.weights.checkpoint", "version": 1, "x": Evil()}, tmp_path / "evil.pt")
+    torch.save({"format": "spikingformer.checkpoint", "version": 1, "x": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointError, match=r"arbitrary Python objects, which are never unpickled \(.*io.open") as e:
         load_checkpoint(tmp_path / "evil.pt")
     assert not (tmp_path / MARKER).exists()
@@ -183,7 +185,7 @@ def test_a_write_is_fsynced_before_the_rename_and_the_folder_after(tmp_path, mon
 
 
 def test_a_checkpoint_of_another_version_is_refused(tmp_path):
-    torch.save({"format": "spikingformer.weights.checkpoint", "version": 2, "model": {}}, tmp_path / "future.pt")
+    torch.save({"format": "spikingformer.checkpoint", "version": 2, "model": {}}, tmp_path / "future.pt")
     with pytest.raises(CheckpointError, match="has checkpoint version 2; this spikingformer reads version 1"):
         load_checkpoint(tmp_path / "future.pt")
 
@@ -231,3 +233,14 @@ def test_a_run_folder_given_as_the_checkpoint_names_its_checkpoints(tmp_path):
         load_checkpoint(tmp_path / "empty")
     with pytest.raises(CheckpointError, match=r"checkpoint not found: .*missing.safetensors$"):
         load_weights(tmp_path / "missing.safetensors")
+
+
+def test_a_checkpoint_written_before_the_package_moved_still_loads(tmp_path):
+    """The format tag is written into every file: runs saved by earlier versions ("spikingformer.checkpoint", and
+    exports' "spikingformer.weights") must keep loading and resuming whatever the modules are called now."""
+    old = tmp_path / "old.pt"
+    torch.save({"format": "spikingformer.checkpoint", "version": 1, "model": {"w": torch.ones(2)},
+                "meta": {"model": "spikingformer_4_256"}, "config": {}}, old)
+    assert load_checkpoint(old)["model"]["w"].tolist() == [1.0, 1.0]
+    assert is_run_checkpoint(old)
+    assert METADATA_FORMAT == "spikingformer.weights"

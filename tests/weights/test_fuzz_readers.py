@@ -169,7 +169,7 @@ def test_safetensors_metadata_nested_thousands_deep_is_malformed(tmp_path):
 @pytest.mark.parametrize("state, message", [
     ({1: torch.zeros(1), "a": torch.zeros(1)}, "holds no state_dict of tensors"),  # was AttributeError: startswith
     ({"model": {1: torch.zeros(1)}}, "holds no state_dict of tensors"),
-    ({"format": "spikingformer.weights.checkpoint", "version": 1, "model": {"w": torch.zeros(1)}, "meta": [1]},
+    ({"format": "spikingformer.checkpoint", "version": 1, "model": {"w": torch.zeros(1)}, "meta": [1]},
      r"its record of the model \(meta\) is a list"),                               # was AttributeError: get
 ])
 def test_checkpoint_of_odd_python_values_is_refused_by_name(tmp_path, state, message):

@@ -89,7 +89,8 @@ def evaluate_checkpoint(path: str, data_dir: str | None = None, device: str = "a
     model = src.weights.build(margs, asked_options(given)).to(dev)
     record = [] if predictions else None
     result = _score(model, data, src.cfg, dev, tuple(exit_at), calibrate, calibrate_seed, max_drop, record)
-    out = {"checkpoint": str(path), "model": src.weights.name, "epoch": src.epoch, "split": data.val_name.partition(" ")[0],
+    out = {"checkpoint": str(path), "model": src.weights.name, "epoch": src.epoch,
+           "split": data.val_name.partition(" ")[0],
            "val_split": data.val_name, "data_dir": folder, **result,
            **sampled_spike_stats(model, data, dev, src.cfg.val_batch_size, src.cfg.seed), "notes": src.notes + notes}
     if predictions:

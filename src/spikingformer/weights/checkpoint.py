@@ -30,10 +30,14 @@ from .official import OfficialWeightsError, convert_official, official_layout, r
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_weights", "state_mismatch", "atomic_copy",
            "is_run_checkpoint", "remove_partial_writes", "rng_state", "set_rng_state", "FORMAT", "VERSION"]
 
-FORMAT = "spikingformer.weights.checkpoint"
+FORMAT = "spikingformer.checkpoint"  # written into every checkpoint: it never changes
 DATA_KEYS = ("classes", "mean", "std", "img_size", "data_root")  # a run's record of its inputs, which inference needs
 VERSION = 1
 METADATA_FORMAT = "spikingformer.weights"  # the metadata of a .safetensors written by `spikingformer export`
+# timm's CheckpointSaver (the official repositories' training scripts) stores the command line as an
+# argparse.Namespace: a plain attribute bag, safe to rebuild, so it is the one class a checkpoint may hold.
+# (The only use of argparse outside cli/: no parser is built here.)
+_UNPICKLABLE = [argparse.Namespace]
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -72,12 +76,10 @@ def _safe_load(path: Path, map_location="cpu"):
     if not path.is_file():
         raise _not_found(path)
     try:
-        # timm's CheckpointSaver (the official repositories' training scripts) stores the command line as
-        # an argparse.Namespace: a plain attribute bag, safe to rebuild, so it is the one class allowed.
         # A legacy (pickle) file is parsed from its bytes in memory: the unpickler reads each string its header
         # claims with one read(n), which on a file reserves n bytes first (1 GiB for an 8-byte file).
         source = path if _is_zip(path) else io.BytesIO(path.read_bytes())
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals(_UNPICKLABLE):
             state = torch.load(source, map_location=map_location, weights_only=True)
     except Exception as e:  # the parser meets arbitrary bytes: any error means "not a checkpoint we can read"
         raise CheckpointError(_unreadable(path, e)) from None
@@ -154,7 +156,7 @@ def is_run_checkpoint(path: str | Path) -> bool:
     if not path.is_file() or is_safetensors(path) or not _is_zip(path):
         return False
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals(_UNPICKLABLE):
             if path.suffix.lower() == ".safetensors":  # torch.load would read the file as one, by its name
                 with open(path, "rb") as f:
                     state = torch.load(f, map_location="cpu", weights_only=True)
