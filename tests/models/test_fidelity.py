@@ -4,7 +4,7 @@ import torch
 
 import spikingformer as sf
 from spikingformer.analysis.probe import SynapticProbe
-from spikingformer.cli.models import SPEC_PARAMS_M
+from spikingformer.models import paper_facts
 from spikingformer.models.spikformer import SEWBlock
 from spikingformer.models.spikingformer import MSBlock
 from spikingformer.nn.layers import ConvBN, SeqMaxPool, SpikeQKV
@@ -22,16 +22,16 @@ def small_input(model, batch=2):
     return torch.randn(batch, model.cfg.in_chans, size, size)
 
 
-def test_list_models_gives_spec_names():
-    assert sf.list_models(modality="vision") == sorted(SPEC_PARAMS_M)
+def test_every_vision_model_gives_the_papers_parameter_count():
+    assert all(paper_facts(name).params_M for name in sf.list_models(modality="vision"))
 
 
-@pytest.mark.parametrize("name", sorted(SPEC_PARAMS_M))
+@pytest.mark.parametrize("name", sf.list_models(modality="vision"))
 def test_parameter_count_matches_paper(name):
     with torch.device("meta"):  # counts only: no memory, no init cost
         model = sf.create_model(name)
-    n = sum(p.numel() for p in model.parameters())
-    assert abs(n / 1e6 - SPEC_PARAMS_M[name]) / SPEC_PARAMS_M[name] < 0.005, n
+    n, paper = sum(p.numel() for p in model.parameters()), paper_facts(name).params_M
+    assert abs(n / 1e6 - paper) / paper < 0.005, n
 
 
 @pytest.mark.parametrize("name", ["spikingformer_4_384", "spikingformer_8_512", "spikformer_4_384"])
@@ -276,13 +276,18 @@ SPEC_CONFIGS = {
     "spikingformer_8_512": (8, 512, 8, 4, 2.0, 3, 224, IMNET, False),
     "spikingformer_8_768": (8, 768, 8, 4, 2.0, 3, 224, IMNET, False),  # official imagenet.yml: num_heads 8
     "spikingformer_dvs_2_256": (2, 256, 16, {10, 16}, 1.5, 2, 128, IMNET, False),
+    "spikingformer_dagger_2_384": (2, 384, 12, 4, 2.0, 3, 32, CIFAR, True),
     "spikingformer_dagger_4_384": (4, 384, 12, 4, 2.0, 3, 32, CIFAR, True),
+    "spikingformer_dagger_8_384": (8, 384, 8, 4, 2.0, 3, 224, IMNET, True),
     "spikingformer_dagger_8_512": (8, 512, 8, 4, 2.0, 3, 224, IMNET, True),
     "spikingformer_dagger_8_768": (8, 768, 8, 4, 2.0, 3, 224, IMNET, True),
     # Spikingformer-CML's cifar10-dvs / dvs128-gesture models (tau 1.75) and cifar10/CML_Spikformer.py
     "spikingformer_dagger_dvs_2_256": (2, 256, 16, 16, 1.75, 2, 128, IMNET, True),
     "spikformer_dagger_4_384": (4, 384, 12, 4, 2.0, 3, 32, CIFAR, True),
+    "spikformer_2_384": (2, 384, 12, 4, 2.0, 3, 32, CIFAR, None),
     "spikformer_4_384": (4, 384, 12, 4, 2.0, 3, 32, CIFAR, None),
+    "spikformer_dvs_2_256": (2, 256, 16, 16, 2.0, 2, 128, IMNET, None),  # ZK-Zhou/spikformer cifar10dvs
+    "spikformer_8_384": (8, 384, 12, 4, 2.0, 3, 224, IMNET, None),
     "spikformer_8_512": (8, 512, 8, 4, 2.0, 3, 224, IMNET, None),
     "spikformer_8_768": (8, 768, 12, 4, 2.0, 3, 224, IMNET, None),
     "spikformer_v2_8_384": (8, 384, None, None, 2.0, 3, 224, None, None),
@@ -294,7 +299,7 @@ SPEC_CONFIGS = {
 
 
 def test_spec_configs_cover_every_model():
-    assert sorted(SPEC_CONFIGS) == sf.list_models(modality="vision")
+    assert sorted(SPEC_CONFIGS) == SPIKFORMERS + SPIKINGFORMERS
 
 
 @pytest.mark.parametrize("name", sorted(SPEC_CONFIGS))

@@ -172,7 +172,7 @@ def test_the_cml_dvs_model_is_spikingformer_dagger_dvs_with_its_tau():
 
 
 def test_every_official_model_file_has_a_name():
-    """Parameter counts are pinned with the rest (SPEC_PARAMS_M); here: the names exist, with CML where it belongs."""
+    """Parameter counts are pinned with the rest (paper_params_M, where each model is registered); here: the names exist, with CML where it belongs."""
     for name, cml in (("spikformer_dagger_4_384", True), ("spikingformer_dagger_dvs_2_256", True),
                       ("spikingformer_dagger_4_384", True), ("spikformer_4_384", False)):
         with torch.device("meta"):

@@ -10,7 +10,7 @@ import textwrap
 import torch
 
 from ..analysis.probe import SynapticProbe, verdict
-from ..models import create_model, list_models, model_modality
+from ..models import create_model, list_models, model_modality, paper_facts
 from ..train.config import TrainConfig, from_dict, list_recipes, recipe_dir, resolve_config_path
 from ..train.glue import GlueConfig
 from ..train.mlm import MLMConfig
@@ -18,18 +18,6 @@ from ..train.pretrain import PretrainConfig
 from ..utils.errors import ConfigError, InputError
 from ..utils.outputs import check_output, write_json
 from .args import add_time_steps_arg
-
-SPEC_PARAMS_M = {  # SPEC §6: parameter counts (millions) the named models must match within 0.5 %
-    "spikingformer_4_256": 4.15, "spikingformer_2_384": 5.76, "spikingformer_4_384": 9.32,
-    "spikingformer_8_384": 16.81, "spikingformer_8_512": 29.68, "spikingformer_8_768": 66.34,
-    "spikingformer_dvs_2_256": 2.57, "spikingformer_dagger_4_384": 9.32,
-    "spikingformer_dagger_8_512": 29.68, "spikingformer_dagger_8_768": 66.34,
-    "spikingformer_dagger_dvs_2_256": 2.57, "spikformer_dagger_4_384": 9.32,  # the CML repository's (its logs)
-    "spikformer_4_384": 9.32, "spikformer_8_512": 29.68, "spikformer_8_768": 66.34,
-    "spikformer_v2_8_384": 29.11, "spikformer_v2_8_512": 51.55, "spikformer_v2_12_512": 64.18,
-    "spikformer_v2_12_768": 143.89, "spikformer_v2_16_768": 172.28,
-}
-
 
 def _cmd_models(args: argparse.Namespace) -> int:
     if args.t < 1 or args.batch_size < 1:
@@ -56,7 +44,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
         n_params = sum(p.numel() for p in model.parameters())
         with SynapticProbe(model, provenance=True) as probe, torch.no_grad():
             model(**inputs)
-        row = dict(model=name, params=n_params, paper_params_M=SPEC_PARAMS_M.get(name), input_size=size, T=args.t,
+        row = dict(model=name, params=n_params, paper_params_M=paper_facts(name).params_M, input_size=size, T=args.t,
                    encoding_layer=probe.encoding_layer.name if probe.encoding_layer else None, **probe.verdict())
         rows.append(row)
         paper = f"{row['paper_params_M']:.2f}M" if row["paper_params_M"] else "-"

@@ -1,9 +1,19 @@
 """Model families.  Importing this package registers every named model, vision and text."""
 from . import spikformer, spikingformer, text  # noqa: F401  (registration side effect)
-from ._registry import MODALITIES, create_model, list_models, model_modality, register_with_timm
+from ._registry import (
+    MODALITIES,
+    PaperFacts,
+    Reported,
+    create_model,
+    list_models,
+    model_modality,
+    paper_facts,
+    register_with_timm,
+)
 from .spikformer import Spikformer, SpikformerConfig
 from .spikingformer import Spikingformer, SpikingformerConfig
 from .text import SpikingformerText, TextConfig
 
-__all__ = ["create_model", "list_models", "model_modality", "MODALITIES", "register_with_timm",
+__all__ = ["create_model", "list_models", "model_modality", "paper_facts", "PaperFacts", "Reported", "MODALITIES",
+           "register_with_timm",
            "Spikingformer", "SpikingformerConfig", "Spikformer", "SpikformerConfig", "SpikingformerText", "TextConfig"]

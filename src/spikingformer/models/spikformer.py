@@ -16,7 +16,7 @@ from ..nn.neuron import MultiStepLIF
 from ..utils.errors import InputError
 from ._base import GradCheckpointing, SpikingVisionModel, build_config, check_sizes
 from ._blocks import Block, SpikingMLP, SpikingSelfAttention
-from ._registry import register_model
+from ._registry import Reported, register_model
 
 __all__ = ["SpikformerConfig", "SPS", "SCS", "SSA", "MLP", "SEWBlock", "Spikformer"]
 
@@ -159,63 +159,101 @@ class Spikformer(SpikingVisionModel):
 
 _CIFAR = dict(in_chans=3, num_classes=10, img_size=32, downsample=(False, False, True, True))
 _IMAGENET = dict(in_chans=3, num_classes=1000, img_size=224, downsample=(True, True, True, True))
+_DVS = dict(in_chans=2, num_classes=10, img_size=128, downsample=(True, True, True, True), T=16)
 _V2 = dict(in_chans=3, num_classes=1000, img_size=224, stem="scs")
+_V2_TABLE = "Spikformer V2 Table 2"
+_SSL = "Spikformer V2 Table 3, MAE pre-training + fine-tuning"
 
 
 def _create(defaults: dict, overrides: dict) -> Spikformer:
     return Spikformer(build_config(SpikformerConfig, defaults, overrides))
 
 
-@register_model
+def _v1(data: dict[str, float], T: int = 4, energy_mJ: float | None = None) -> tuple[Reported, ...]:
+    """Spikformer V1's results as the Spikingformer paper's Table 2 (ImageNet) or Table 3 (the rest) gives them."""
+    table = "Spikingformer Table 2" if "ImageNet" in data else "Spikingformer Table 3"
+    return tuple(Reported(table, d, T, top1, energy_mJ) for d, top1 in data.items())
+
+
+def _v2(*rows: tuple[str, int, float, float]) -> tuple[Reported, ...]:
+    """``(table, T, top-1, mJ)`` rows of the Spikformer V2 paper (ImageNet)."""
+    return tuple(Reported(table, "ImageNet", t, top1, mj) for table, t, top1, mj in rows)
+
+
+@register_model(paper_params_M=5.76, reported=_v1({"CIFAR-10": 94.80, "CIFAR-100": 76.95}))
+def spikformer_2_384(**kw):
+    """Spikformer V1, CIFAR, 5.76M parameters."""
+    return _create(dict(_CIFAR, depth=2, dim=384, num_heads=12), kw)
+
+
+@register_model(paper_params_M=9.32, reported=_v1({"CIFAR-10": 95.51, "CIFAR-100": 78.21}))
 def spikformer_4_384(**kw):
     """Spikformer V1, CIFAR, 9.32M parameters."""
     return _create(dict(_CIFAR, depth=4, dim=384, num_heads=12), kw)
 
 
-@register_model
+@register_model(paper_params_M=9.32)
 def spikformer_dagger_4_384(**kw):
     """Spikformer V1 with CML downsampling (Spikingformer-CML's ``cifar10/CML_Spikformer.py``), CIFAR, 9.32M
     parameters."""
     return _create(dict(_CIFAR, depth=4, dim=384, num_heads=12, cml=True), kw)
 
 
-@register_model
+@register_model(paper_params_M=2.57, reported=(*_v1({"DVS128 Gesture": 95.8, "CIFAR10-DVS": 78.6}, T=10),
+                                               *_v1({"DVS128 Gesture": 97.9, "CIFAR10-DVS": 80.9}, T=16)))
+def spikformer_dvs_2_256(**kw):
+    """Spikformer V1 for DVS128 Gesture / CIFAR10-DVS at 128x128 (ZK-Zhou/spikformer's ``cifar10dvs`` model:
+    four pooled SPS stages, 16 heads), T 16, 2.57M parameters (11 classes for Gesture)."""
+    return _create(dict(_DVS, depth=2, dim=256, num_heads=16), kw)
+
+
+@register_model(paper_params_M=16.81, reported=_v1({"ImageNet": 70.24}, energy_mJ=12.43))
+def spikformer_8_384(**kw):
+    """Spikformer V1, ImageNet, 16.81M parameters."""
+    return _create(dict(_IMAGENET, depth=8, dim=384, num_heads=12), kw)
+
+
+@register_model(paper_params_M=29.68, reported=_v1({"ImageNet": 73.38}, energy_mJ=18.82))
 def spikformer_8_512(**kw):
     """Spikformer V1, ImageNet, 29.68M parameters."""
     return _create(dict(_IMAGENET, depth=8, dim=512, num_heads=8), kw)
 
 
-@register_model
+@register_model(paper_params_M=66.34, reported=_v1({"ImageNet": 74.81}, energy_mJ=32.07))
 def spikformer_8_768(**kw):
     """Spikformer V1, ImageNet, 66.34M parameters."""
     return _create(dict(_IMAGENET, depth=8, dim=768, num_heads=12), kw)
 
 
-@register_model
+# The V2 paper's Table 2 labels its T = 4 row of 29.11M "V2-8-512"; 29.11M is the 8-384 (51.55M is the 8-512).
+@register_model(paper_params_M=29.11, reported=_v2((_V2_TABLE, 1, 75.42, 1.728), (_V2_TABLE, 4, 78.80, 4.689)))
 def spikformer_v2_8_384(**kw):
     """Spikformer V2 (SCS stem), ImageNet, 29.11M parameters."""
     return _create(dict(_V2, depth=8, dim=384, num_heads=8), kw)
 
 
-@register_model
+@register_model(paper_params_M=51.55, reported=_v2((_V2_TABLE, 1, 79.05, 2.835), (_V2_TABLE, 4, 80.38, 9.360)))
 def spikformer_v2_8_512(**kw):
     """Spikformer V2 (SCS stem), ImageNet, 51.55M parameters (80.38 % at T=4 in the paper)."""
     return _create(dict(_V2, depth=8, dim=512, num_heads=8), kw)
 
 
-@register_model
+@register_model(paper_params_M=64.18, reported=_v2(("Spikformer V2 Table 3", 1, 78.65, 3.735), (_SSL, 1, 79.64, 3.609),
+                                                   (_SSL, 4, 81.17, 14.680)))
 def spikformer_v2_12_512(**kw):
     """Spikformer V2 (SCS stem), ImageNet, 64.18M parameters."""
     return _create(dict(_V2, depth=12, dim=512, num_heads=8), kw)
 
 
-@register_model
+@register_model(paper_params_M=143.89, reported=_v2(("Spikformer V2 Table 3", 1, 76.61, 5.715),
+                                                    (_SSL, 1, 80.49, 5.760), (_SSL, 4, 81.94, 17.970)))
 def spikformer_v2_12_768(**kw):
     """Spikformer V2 (SCS stem), ImageNet, 143.89M parameters."""
     return _create(dict(_V2, depth=12, dim=768, num_heads=12), kw)
 
 
-@register_model
+@register_model(paper_params_M=172.28, reported=_v2(("Spikformer V2 Table 3", 1, 77.43, 6.876),
+                                                    (_SSL, 1, 81.10, 6.732), (_SSL, 4, 82.35, 25.578)))
 def spikformer_v2_16_768(**kw):
     """Spikformer V2 (SCS stem), ImageNet, 172.28M parameters (81.10 % at T=1 after MAE pre-training)."""
     return _create(dict(_V2, depth=16, dim=768, num_heads=12), kw)

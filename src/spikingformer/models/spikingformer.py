@@ -15,7 +15,7 @@ from ..nn.neuron import MultiStepLIF
 from ..utils.errors import InputError
 from ._base import GradCheckpointing, SpikingVisionModel, build_config, check_sizes
 from ._blocks import Block, SpikingMLP, SpikingSelfAttention
-from ._registry import register_model
+from ._registry import Reported, register_model
 
 __all__ = ["SpikingformerConfig", "SpikingTokenizer", "PSSA", "SMLP", "MSBlock", "Spikingformer"]
 
@@ -129,67 +129,93 @@ def _create(defaults: dict, overrides: dict) -> Spikingformer:
     return Spikingformer(build_config(SpikingformerConfig, defaults, overrides))
 
 
-@register_model
+def _imagenet(energy_mJ: float, top1: float, table: str = "Spikingformer Table 2") -> tuple[Reported, ...]:
+    return (Reported(table, "ImageNet", 4, top1, energy_mJ),)
+
+
+def _cifar(c10: float, c100: float, table: str = "Spikingformer Table 3") -> tuple[Reported, ...]:
+    return Reported(table, "CIFAR-10", 4, c10), Reported(table, "CIFAR-100", 4, c100)
+
+
+def _dvs(t10: tuple[float, float], t16: tuple[float, float], table: str = "Spikingformer Table 3") -> tuple:
+    """DVS128 Gesture and CIFAR10-DVS top-1 at T = 10 and at T = 16 (Table 3 runs the one model at both)."""
+    return tuple(Reported(table, data, t, top1) for t, pair in ((10, t10), (16, t16))
+                 for data, top1 in zip(("DVS128 Gesture", "CIFAR10-DVS"), pair))
+
+
+@register_model(paper_params_M=4.15)
 def spikingformer_4_256(**kw):
     """CIFAR, 4.15M parameters."""
     return _create(dict(_CIFAR, depth=4, dim=256, num_heads=8), kw)
 
 
-@register_model
+@register_model(paper_params_M=5.76, reported=_cifar(95.22, 78.34))
 def spikingformer_2_384(**kw):
     """CIFAR, 5.76M parameters."""
     return _create(dict(_CIFAR, depth=2, dim=384, num_heads=12), kw)
 
 
-@register_model
+@register_model(paper_params_M=9.32, reported=_cifar(95.81, 79.21))
 def spikingformer_4_384(**kw):
     """CIFAR, 9.32M parameters (95.81 % CIFAR-10, 79.21 % CIFAR-100 in the paper)."""
     return _create(dict(_CIFAR, depth=4, dim=384, num_heads=12), kw)
 
 
-@register_model
+@register_model(paper_params_M=16.81, reported=_imagenet(4.69, 72.45))
 def spikingformer_8_384(**kw):
     """ImageNet, 16.81M parameters."""
     return _create(dict(_IMAGENET, depth=8, dim=384, num_heads=8), kw)
 
 
-@register_model
+@register_model(paper_params_M=29.68, reported=_imagenet(7.46, 74.79))
 def spikingformer_8_512(**kw):
     """ImageNet, 29.68M parameters (74.79 % top-1 in the paper)."""
     return _create(dict(_IMAGENET, depth=8, dim=512, num_heads=8), kw)
 
 
-@register_model
+@register_model(paper_params_M=66.34, reported=_imagenet(13.68, 75.85))
 def spikingformer_8_768(**kw):
     """ImageNet, 66.34M parameters (75.85 % top-1 in the paper); 8 heads, as the official ``imagenet.yml`` sets."""
     return _create(dict(_IMAGENET, depth=8, dim=768, num_heads=8), kw)
 
 
-@register_model
+@register_model(paper_params_M=2.57, reported=_dvs((96.2, 79.9), (98.3, 81.3)))
 def spikingformer_dvs_2_256(**kw):
     """DVS128 Gesture / CIFAR10-DVS at 128x128, 2.57M parameters, tau 1.5, T 16 (use 11 classes for Gesture)."""
     return _create(dict(_DVS, depth=2, dim=256, num_heads=16), kw)
 
 
-@register_model
+@register_model(paper_params_M=5.76, reported=_cifar(95.54, 78.87))
+def spikingformer_dagger_2_384(**kw):
+    """Spikingformer-dagger (CML downsampling), CIFAR, 5.76M parameters."""
+    return _create(dict(_CIFAR, depth=2, dim=384, num_heads=12, cml=True), kw)
+
+
+@register_model(paper_params_M=9.32, reported=_cifar(95.95, 80.37))
 def spikingformer_dagger_4_384(**kw):
     """Spikingformer-dagger (CML downsampling), CIFAR, 9.32M parameters."""
     return _create(dict(_CIFAR, depth=4, dim=384, num_heads=12, cml=True), kw)
 
 
-@register_model
+@register_model(paper_params_M=16.81, reported=_imagenet(5.61, 74.35))
+def spikingformer_dagger_8_384(**kw):
+    """Spikingformer-dagger (CML downsampling), ImageNet, 16.81M parameters."""
+    return _create(dict(_IMAGENET, depth=8, dim=384, num_heads=8, cml=True), kw)
+
+
+@register_model(paper_params_M=29.68, reported=_imagenet(8.68, 76.54))
 def spikingformer_dagger_8_512(**kw):
     """Spikingformer-dagger (CML downsampling), ImageNet, 29.68M parameters."""
     return _create(dict(_IMAGENET, depth=8, dim=512, num_heads=8, cml=True), kw)
 
 
-@register_model
+@register_model(paper_params_M=66.34, reported=_imagenet(16.30, 77.64))
 def spikingformer_dagger_8_768(**kw):
     """Spikingformer-dagger (CML downsampling), ImageNet, 66.34M parameters; 8 heads (official ``imagenet.yml``)."""
     return _create(dict(_IMAGENET, depth=8, dim=768, num_heads=8, cml=True), kw)
 
 
-@register_model
+@register_model(paper_params_M=2.57, reported=_dvs((97.2, 80.5), (98.6, 81.4)))
 def spikingformer_dagger_dvs_2_256(**kw):
     """Spikingformer-dagger for CIFAR10-DVS / DVS128 Gesture (Spikingformer-CML's ``cifar10-dvs`` and
     ``dvs128-gesture`` models): CML downsampling and tau 1.75, T 16, 2.57M parameters (11 classes for Gesture)."""
