@@ -166,7 +166,7 @@ class LayerProbe:
     @property
     def input_names(self) -> tuple[str, ...]:
         """``("q", "k", "v")`` for the attention product, ``("input",)`` / ``("input0", ...)`` otherwise."""
-        names = _INPUT_NAMES.get(type(self.module))
+        names = next((v for k, v in _INPUT_NAMES.items() if isinstance(self.module, k)), None)
         if names is None:
             names = ("input",) if len(self.inputs) == 1 else tuple(f"input{i}" for i in range(len(self.inputs)))
         return names[:len(self.inputs)]

@@ -7,9 +7,11 @@ import typing
 import torch
 from torch import Tensor, nn
 
-from ..nn.layers import ClassifierHead
+from ..nn.layers import ClassifierHead, SoftmaxQKV, SpikeQKV
+from ..nn.neuron import MultiStepLIF
 from ..utils.coerce import CoercionError, coerce
 from ..utils.errors import InputError, OptionError
+from ._blocks import SpikingSelfAttention
 
 
 def _coerce(hint, value):
@@ -40,7 +42,25 @@ def build_config(cls, defaults: dict, overrides: dict):
         if typed[key] is None:
             name = getattr(hints[key], "__name__", None) if typing.get_origin(hints[key]) is None else None
             raise OptionError(f"{cls.__name__} option {key!r} expects {name or hints[key]}, got {value!r}")
+    if typed.get("ann") and "T" not in typed:  # an ANN has no time: ann=True alone is the whole switch
+        typed["T"] = 1
     return cls(**{**defaults, **typed})
+
+
+def to_ann(model: nn.Module) -> nn.Module:
+    """Make ``model`` (a spiking body) the ANN Transformer of the papers' comparison rows (Spikingformer Tables
+    2-3, "Transformer (ANN)", from Spikformer's): the same layers and parameters, every neuron a ``ReLU`` but the
+    attention's, whose ``Q``, ``K``, ``V`` and output stay real, and vanilla attention ``Softmax(Q K^T / sqrt(d)) V``
+    (``SoftmaxQKV``, Spikformer V2 Eq. 9) for ``SpikeQKV``.  Run at ``T = 1``, every synaptic layer sees real
+    values, so the energy estimate prices it all as MACs, as the papers do for an ANN."""
+    for parent in list(model.modules()):
+        in_attention = isinstance(parent, SpikingSelfAttention)
+        for name, child in parent.named_children():
+            if isinstance(child, SpikeQKV):
+                setattr(parent, name, SoftmaxQKV())
+            elif isinstance(child, MultiStepLIF):
+                setattr(parent, name, nn.Identity() if in_attention else nn.ReLU())
+    return model
 
 
 def check_sizes(cfg) -> None:
@@ -50,6 +70,8 @@ def check_sizes(cfg) -> None:
         raise InputError(f"num_heads must be >= 1 and divide dim {cfg.dim}, got {cfg.num_heads}")
     if int(cfg.dim * cfg.mlp_ratio) < 1:
         raise InputError(f"mlp_ratio {cfg.mlp_ratio} leaves the MLP of dim {cfg.dim} no hidden unit")
+    if getattr(cfg, "ann", False) and cfg.T != 1:
+        raise InputError(f"ann=True builds an ANN, which has no time steps: T must be 1, got T={cfg.T}")
     if cfg.in_chans < 1 or cfg.num_classes < 0:
         raise InputError(f"in_chans must be >= 1 and num_classes >= 0 (0: no classifier), got in_chans="
                          f"{cfg.in_chans}, num_classes={cfg.num_classes}")

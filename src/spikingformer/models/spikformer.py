@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from ..nn.layers import ClassifierHead, ConvBN, LinearBN, SeqMaxPool, run_blocks
 from ..nn.neuron import MultiStepLIF
 from ..utils.errors import InputError
-from ._base import GradCheckpointing, SpikingVisionModel, build_config, check_sizes
+from ._base import GradCheckpointing, SpikingVisionModel, build_config, check_sizes, to_ann
 from ._blocks import Block, SpikingMLP, SpikingSelfAttention
 from ._registry import Reported, register_model
 
@@ -40,6 +40,7 @@ class SpikformerConfig:
     head: str = "avgpool_fc"
     attn_scale: float = 0.125
     attn_threshold: float = 0.5
+    ann: bool = False  # the ANN counterpart of the same body (models._base.to_ann): ReLU, softmax attention, T = 1
 
     def __post_init__(self):
         if self.stem not in ("sps", "scs"):
@@ -151,6 +152,8 @@ class Spikformer(SpikingVisionModel):
             for _ in range(cfg.depth))
         self.head = ClassifierHead(cfg.dim, cfg.num_classes, cfg.head, cfg.tau)
         self.init_weights()
+        if cfg.ann:
+            to_ann(self)
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.stem(self.check_input(x)).flatten(3).transpose(2, 3)  # [T, B, N, D]
@@ -257,3 +260,18 @@ def spikformer_v2_12_768(**kw):
 def spikformer_v2_16_768(**kw):
     """Spikformer V2 (SCS stem), ImageNet, 172.28M parameters (81.10 % at T=1 after MAE pre-training)."""
     return _create(dict(_V2, depth=16, dim=768, num_heads=12), kw)
+
+
+@register_model(paper_params_M=9.32, reported=(Reported("Spikingformer Table 3", "CIFAR-10", 1, 96.73),
+                                               Reported("Spikingformer Table 3", "CIFAR-100", 1, 81.02)))
+def transformer_4_384(**kw):
+    """Transformer (ANN), CIFAR, 9.32M parameters: ``spikformer_4_384`` with ``ann=True`` (ReLU, softmax
+    attention, T = 1; ``to_ann``), the ANN row Spikformer and Spikingformer compare against."""
+    return _create(dict(_CIFAR, depth=4, dim=384, num_heads=12, ann=True, T=1), kw)
+
+
+@register_model(paper_params_M=29.68, reported=(Reported("Spikingformer Table 2", "ImageNet", 1, 80.80, 38.34),))
+def transformer_8_512(**kw):
+    """Transformer-8-512 (ANN), ImageNet, 29.68M parameters: ``spikformer_8_512`` with ``ann=True`` (ReLU, softmax
+    attention, T = 1; ``to_ann``)."""
+    return _create(dict(_IMAGENET, depth=8, dim=512, num_heads=8, ann=True, T=1), kw)

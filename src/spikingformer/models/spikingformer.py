@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ..nn.layers import ClassifierHead, ConvBN, SeqMaxPool, run_blocks
 from ..nn.neuron import MultiStepLIF
 from ..utils.errors import InputError
-from ._base import GradCheckpointing, SpikingVisionModel, build_config, check_sizes
+from ._base import GradCheckpointing, SpikingVisionModel, build_config, check_sizes, to_ann
 from ._blocks import Block, SpikingMLP, SpikingSelfAttention
 from ._registry import Reported, register_model
 
@@ -37,6 +37,7 @@ class SpikingformerConfig:
     head: str = "avgpool_fc"
     attn_scale: float = 0.125
     attn_threshold: float = 0.5
+    ann: bool = False  # the ANN counterpart of the same body (models._base.to_ann): ReLU, softmax attention, T = 1
 
     def __post_init__(self):
         if self.dim < 8 or self.dim % 8:
@@ -114,6 +115,8 @@ class Spikingformer(SpikingVisionModel):
             for _ in range(cfg.depth))
         self.head = ClassifierHead(cfg.dim, cfg.num_classes, cfg.head, cfg.tau)
         self.init_weights()
+        if cfg.ann:
+            to_ann(self)
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = run_blocks(self.blocks, self.tokenizer(self.check_input(x)), checkpointing=self.grad_checkpointing)

@@ -14,7 +14,7 @@ from torch.utils.checkpoint import checkpoint
 from ..utils.errors import InputError
 from .neuron import MultiStepLIF
 
-__all__ = ["ConvBN", "LinearBN", "SeqMaxPool", "SpikeQKV", "ClassifierHead", "HEADS", "seq_apply", "run_blocks",
+__all__ = ["ConvBN", "LinearBN", "SeqMaxPool", "SpikeQKV", "SoftmaxQKV", "ClassifierHead", "HEADS", "seq_apply", "run_blocks",
            "recomputing", "running_mean"]
 
 
@@ -163,6 +163,25 @@ class SpikeQKV(nn.Module):
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}"
+
+
+class SoftmaxQKV(SpikeQKV):
+    """Vanilla self-attention's product ``Softmax(Q K^T / sqrt(d)) V`` (Spikformer V2 Eq. 9) in the place of
+    ``SpikeQKV``: the attention of the ANN Transformer the papers compare against (``models._base.to_ann``).
+    The softmax needs the whole ``Q K^T``, so it is always computed first (``kv_first`` is never true)."""
+
+    def __init__(self):
+        super().__init__(scale=1.0)
+
+    @staticmethod
+    def kv_first(n_tokens: int, head_dim: int) -> bool:
+        return False
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1) @ v
+
+    def extra_repr(self) -> str:
+        return "softmax"
 
 
 HEADS = ("avgpool_fc", "sn_avgpool_fc", "fc_avgpool", "sn_fc_avgpool")

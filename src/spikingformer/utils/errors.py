@@ -19,6 +19,11 @@ class ConfigError(InputError):
     """A configuration key or value is wrong; the message says which and what is valid."""
 
 
+class OfficialWeightsError(InputError):
+    """A state_dict in an official repository's layout that this library's mapping does not know
+    (``weights.official``)."""
+
+
 class DataError(UserError, RuntimeError):
     """Data missing or malformed; the message says what was expected where."""
 

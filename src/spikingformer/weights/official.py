@@ -36,14 +36,10 @@ import re
 from torch import Tensor
 
 from ..models import list_models
-from ..utils.errors import InputError
+from ..utils.errors import OfficialWeightsError
 
 __all__ = ["LAYOUTS", "official_layout", "convert_official", "recorded_options", "recorded_model", "check_recorded",
            "check_family", "OfficialWeightsError"]
-
-
-class OfficialWeightsError(InputError):
-    """A state_dict in an official layout that this mapping does not know."""
 
 
 _DEAD = re.compile(r"block\.\d+\.norm[12]\.(weight|bias)$")
@@ -239,16 +235,23 @@ def check_recorded(model, path, recorded: dict, name: str | None) -> None:
                      f"{name or type(model).__name__} has {has}; {how}")
 
 
+def model_family(model_name: str) -> str | None:
+    """The family (a ``LAYOUTS`` family) a model name belongs to, by its prefix; None for any other model."""
+    families = sorted({family for family, _, _ in LAYOUTS.values()}, key=len, reverse=True)
+    return next((f for f in families if model_name.startswith(f + "_")), None)
+
+
 def check_family(model_name: str, layout: str | None, source) -> None:
-    """Refuse to load official weights of one family into a model of the other (``layout`` None: not official)."""
+    """Refuse to load official weights of one family into a model of another (``layout`` None: not official)."""
     if layout is None:
         return
     family, _, what = LAYOUTS[layout]
-    wanted = "spikformer" if model_name.startswith("spikformer_") else "spikingformer"
+    wanted = model_family(model_name)
     if model_name.startswith("spikformer_v2"):
         raise OfficialWeightsError(f"{source} holds official Spikformer V1 weights; {model_name} is a Spikformer "
                                    f"V2 (convolutional stem), which they do not fit")
     if family != wanted:
-        names = "spikformer_*" if family == "spikformer" else "spikingformer_* / spikingformer_dagger_*"
+        names = {"spikformer": "spikformer_*", "spikingformer": "spikingformer_* / spikingformer_dagger_*"}.get(
+            family, f"{family}_*")
         raise OfficialWeightsError(f"{source} holds official {family} weights, which fit {names}, not {model_name} "
                                    f"(its tensor names: {what})")
