@@ -23,6 +23,8 @@ Where we differ from the official modules, and why:
 - ``MS_MLP_Conv`` adds a second shortcut inside the MLP when the hidden width equals ``dim``
   (``mlp_ratio=1``); every official config uses 4 and we reject other ratios that would trigger it, so the MLP is
   exactly our pre-activation ``SMLP``.
+- ``MS_SPS`` builds an ``rpe_lif`` it never calls; its ``proj_lif3`` is the neuron in front of ``rpe_conv``
+  (our ``rpe_sn``).  Neurons hold no tensors, so this changes no weight.
 - The official init draws conv weights from a truncated normal (std 0.02) and leaves the Linear head at
   PyTorch's default; ``init_weights`` does the same here.
 
@@ -30,16 +32,19 @@ Where we differ from the official modules, and why:
 1) of K and V over the feature map, and of ``K * V`` and ``Q * kv`` over (token, channel-in-head) as the
 official ``nn.MaxPool3d((1, 3, 3))`` does on its ``[T, B, heads, N, d]`` tensors.  The max of spikes is a spike.
 
-Energy (how the SD-Transformer paper counts it, Table 1 and its supplement): ``E = E_MAC FL_conv^1 +
-E_AC T (sum_n fr_n FL_conv^n + sum_m fr_m FL_mlp^m)``, with 4.6 / 0.9 pJ, the firing rate of each layer's
-input spikes, and the first conv as MACs; it is Spikingformer's Eq. 19-20 for the synaptic layers.  It
-differs in SDSA: the paper prices ``Q * (.)`` and ``K * V`` as masks (no energy: a spike gates a spike), and only
-the column sum as ``E_AC T fr ND`` additions; the ``SN_kv`` neuron is no synapse.  Our probe
-(``analysis.tensor_ops``) prices all three ops as ops of their own at the rate of their sparsest binary operand:
-``k * v`` and ``q * kv`` ``N D`` ACs each, the ``.sum(dim=-2)`` ``N D`` ACs; so our SDSA term is up to three
-times the paper's, which is negligible beside the convs (``N D`` against the ``N D^2`` of each 1x1 conv).  The
-official repository publishes no per-layer firing rates or energy logs (``firing_num.py`` computes them at
-evaluation time); the paper's supplement (Table S1) lists the firing rate of every spike tensor of the 8-512.
+Energy.  The SD-Transformer paper (Table 1 and its supplement's "Energy Consumption Analysis Details"; the paper
+is not in ../shared/papers, so this is from its public text as we read it) counts ``E = E_MAC FL_conv^1 +
+E_AC T (sum_n fr_n FL_conv^n + sum_m fr_m FL_mlp^m)`` with 4.6 / 0.9 pJ, ``fr`` the firing rate of a layer's
+input spikes and the first conv as MACs: Spikingformer's Eq. 19-20 for the synaptic layers.  It differs in
+SDSA, whose Q-K-V operations it calls mask and sparse addition: the Hadamard products of spikes are masks, priced
+at nothing, and only the column sum's additions, of order ``E_AC T fr N D``, are counted (hence its "87.2x lower
+than vanilla self-attention"); the ``SN_kv`` neuron is no synapse.  Our probe (``analysis.tensor_ops``) prices all
+three ops, each at the rate of its sparsest binary operand: ``k * v`` and ``q * kv`` as ``N D`` ACs each, the
+``.sum(dim=-2)`` as ``N D`` ACs.  So our SDSA term is up to three times the paper's, and negligible either way
+beside the 1x1 convs (``N D`` against ``N D^2`` each: 0.17 uJ of 8.8 mJ per image for the untrained 8-512).
+The official repository publishes no per-layer firing rates or energy logs (its ``firing_num.py`` records the
+spike tensors at evaluation time); the paper's supplement (Table S1) lists the firing rate of every spike tensor
+of the 8-512.
 """
 from __future__ import annotations
 

@@ -25,7 +25,8 @@ from .official import OfficialWeightsError
 __all__ = ["FAMILY", "SOURCE", "is_layout", "convert"]
 
 FAMILY = "sd_transformer_"
-SOURCE = "BICLab/Spike-Driven-Transformer: model/spikeformer.py, module/sps.py, module/ms_conv.py (SpikeDrivenTransformer)"
+SOURCE = ("BICLab/Spike-Driven-Transformer model/spikeformer.py (SpikeDrivenTransformer), module/sps.py, "
+          "module/ms_conv.py")
 
 _TALKING_HEADS = re.compile(r"block\.\d+\.attn\.talking_heads\.weight$")
 _RULES = [
