@@ -23,7 +23,8 @@ def _text():
 
 
 CASES = {"spikingformer": lambda: _vision("spikingformer_4_384"), "spikformer": lambda: _vision("spikformer_4_384"),
-         "spikformer_v2": lambda: _vision("spikformer_v2_8_384"), "text": _text}
+         "spikformer_v2": lambda: _vision("spikformer_v2_8_384"), "text": _text,
+         "sd_transformer": lambda: _vision("sd_transformer_2_512")}
 
 
 def _train_step(model, inputs, y):
@@ -35,7 +36,7 @@ def _train_step(model, inputs, y):
 
 # synaptic layers outside every checkpointed block or stage (run once a step); every other one runs twice
 NOT_RECOMPUTED = {"spikingformer": {"tokenizer.encode"}, "spikformer": {"stem.rpe"}, "spikformer_v2": set(),
-                  "text": set()}
+                  "text": set(), "sd_transformer": {"tokenizer.encode", "tokenizer.rpe"}}
 
 
 def _count_layer_calls(model):

@@ -184,7 +184,7 @@ class SoftmaxQKV(SpikeQKV):
         return "softmax"
 
 
-HEADS = ("avgpool_fc", "sn_avgpool_fc", "fc_avgpool", "sn_fc_avgpool")
+HEADS = ("avgpool_fc", "sn_avgpool_fc", "fc_avgpool", "sn_fc_avgpool", "avgpool_sn_fc")
 
 
 class ClassifierHead(nn.Module):
@@ -194,9 +194,11 @@ class ClassifierHead(nn.Module):
     - ``sn_avgpool_fc`` (Eq. 16): ``FC(AvgPool(SN(X)))``
     - ``fc_avgpool``    (Eq. 17): ``AvgPool(FC(X))``
     - ``sn_fc_avgpool`` (Eq. 18): ``AvgPool(FC(SN(X)))``
+    - ``avgpool_sn_fc`` (SD-Transformer's head): ``FC(SN(AvgPool_tokens(X)))`` at each step, averaged over
+      time; the neuron fires on each step's token average, so the FC is fed spikes.
 
     AvgPool averages over tokens and over time.  The paper treats the head as the
-    read-out (Eq. 20 leaves it out); only Eq. 18 feeds the FC spikes.
+    read-out (Eq. 20 leaves it out); only Eq. 18 and SD-Transformer's head feed the FC spikes.
     """
 
     def __init__(self, dim: int, num_classes: int, kind: str = "avgpool_fc", tau: float = 2.0):
@@ -204,7 +206,7 @@ class ClassifierHead(nn.Module):
         if kind not in HEADS:
             raise InputError(f"unknown head {kind!r}; valid heads: {', '.join(HEADS)}")
         self.kind = kind
-        self.sn = MultiStepLIF(tau) if kind.startswith("sn_") else None
+        self.sn = MultiStepLIF(tau) if "sn" in kind.split("_") else None
         self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -219,6 +221,8 @@ class ClassifierHead(nn.Module):
     def pool_steps(self, x: Tensor) -> Tensor:
         """``[T, B, F]``: each step's token average, of the features (Eq. 15-16) or of the FC's output
         (Eq. 17-18); the read-out averages these over time, then ``finish`` es."""
+        if self.kind == "avgpool_sn_fc":  # the FC fed spikes, one step at a time, as the official head
+            return self.fc(self.sn(x.mean(dim=2)))
         if self.sn is not None:
             x = self.sn(x)
         return x.mean(dim=2) if self.kind.endswith("avgpool_fc") else self.fc(x).mean(dim=2)
