@@ -1,5 +1,5 @@
 """Model families.  Importing this package registers every named model, vision and text."""
-from . import spikformer, spikingformer, text  # noqa: F401  (registration side effect)
+from . import qkformer, spikformer, spikingformer, text  # noqa: F401  (registration side effect)
 from ._registry import (
     MODALITIES,
     PaperFacts,
@@ -10,10 +10,12 @@ from ._registry import (
     paper_facts,
     register_with_timm,
 )
+from .qkformer import QKFormer, QKFormerConfig
 from .spikformer import Spikformer, SpikformerConfig
 from .spikingformer import Spikingformer, SpikingformerConfig
 from .text import SpikingformerText, TextConfig
 
 __all__ = ["create_model", "list_models", "model_modality", "paper_facts", "PaperFacts", "Reported", "MODALITIES",
            "register_with_timm",
-           "Spikingformer", "SpikingformerConfig", "Spikformer", "SpikformerConfig", "SpikingformerText", "TextConfig"]
+           "Spikingformer", "SpikingformerConfig", "Spikformer", "SpikformerConfig", "SpikingformerText", "TextConfig",
+           "QKFormer", "QKFormerConfig"]
