@@ -18,7 +18,7 @@ the rest (Q-K attention's ``proj``, SSA's ``proj``, ``fc2``, the stem's later co
 conv sees the image.  ``spikingformer verify`` names them.
 
 Q-K token attention (QKTA): ``Q, K = SN(BN(W X))``; per head the token mask ``A_t = SN_attn(sum_c Q)``
-(``SN_attn`` at ``V_th = 0.5``: a token fires if its Q row has any spike after leak) gates K's columns:
+(``SN_attn`` at ``V_th = 0.5``: at a first step, a token fires when any of the head's Q channels did) gates K:
 ``X' = SN(BN(W_proj (A_t * K)))``.  No V, no product of two matrices: additions and a mask, linear in the
 tokens.  Q-K channel attention (QKCA) is its twin over channels (``A_c = SN_attn(sum_n Q)``); the paper
 proposes it, the official models never use it (``qk_attention="channel"`` builds it).  Both are written as
@@ -29,16 +29,18 @@ Head: the official ``head(x.flatten(3).mean(3).mean(0))`` is ``FC(AvgPool(X))``,
 
 Where ours differs from the official code: Conv1d + BatchNorm1d on flattened tokens (attention) become 1x1
 Conv2d + BatchNorm2d on the map (the same numbers); SSA's unused ``qkv_mp`` pool (no weights) is not built;
-SSA computes ``Q (K^T V)`` or ``(Q K^T) V``, whichever is cheaper (``SpikeQKV``), the official always the
-first: the same products, up to float rounding.
+SSA computes ``Q (K^T V)`` or ``(Q K^T) V``, whichever is cheaper (``SpikeQKV``), the official always
+``Q (K^T V)``: the same integers.
 
-Energy, as the QKFormer paper counts it (its appendix, which follows Spikformer): ``SOP = fr * T * FLOPs``,
-``E = E_AC * sum SOP + E_MAC * FLOPs(first conv)`` with 0.9 / 4.6 pJ, i.e. Spikingformer's Eq. 19-20 with every
-layer but the encoding conv counted as AC.  Where that differs from what Eq. 20 allows: the SEW-like stream
-makes the Q/K/V convs, ``fc1`` and the SPEDS inputs integer-valued (spike counts up to the number of branches
-summed), and an integer times a weight is a multiply or a repeated add, not one AC per spike; our
-``analysis.energy`` counts those layers as MACs (SPEC §7, as the Spikingformer paper's appendix recalculates
-Spikformer), so our figure for QKFormer is higher than one computed the paper's way.
+Energy: the official repository ships no energy or firing-rate code or logs (its ``*_origin_log.txt`` and
+``imagenet/logs/QKFormer_*.txt`` are training logs), and the paper's energy appendix was not at hand here.  Its
+claim is that Q-K attention takes "only sparse additions and mask operations", i.e. AC-priced as Spikformer's
+and Spikingformer's Eq. 19-20 price every layer but the encoding conv (``SOP = fr * T * FLOPs``, 0.9 / 4.6 pJ).
+Where our count departs from that: the SEW-like stream makes the Q/K/V convs, ``fc1`` and each SPEDS's first
+conv and shortcut read spike *counts* (up to the number of spike maps summed), and an integer times a weight is
+no single AC; ``analysis.energy`` prices them as MACs (SPEC §7, as the Spikingformer paper's appendix reprices
+Spikformer), so its figure for QKFormer exceeds one counted the Spikformer way (``integer_inputs="ac"`` gives
+that one).  The Q-K mask's ``sum`` and ``mul`` are priced as ACs at Q's and the sparser operand's rate.
 """
 from __future__ import annotations
 
@@ -265,7 +267,8 @@ def _imagenet(top1: float, *more: Reported) -> tuple[Reported, ...]:
                                                Reported("Spikingformer Table 3", "CIFAR-100", 4, 81.15)))
 def qkformer_4_384(**kw):
     """HST-4-384 for CIFAR (official ``cifar10.yml``: 4 blocks, dim 384, 8 heads, T 4): 6.74M parameters with
-    CIFAR-100's 100 classes, the count of the table (6.71M with 10 classes: pass ``num_classes=10``)."""
+    CIFAR-100's 100 classes, the count of the table; with 10 classes (``num_classes=10``) 6,706,234, the count
+    the official ``cifar10/cifar10_origin_log.txt`` prints."""
     return _create(dict(_CIFAR, depth=4, dim=384), kw)
 
 
