@@ -1,5 +1,5 @@
 """Model families.  Importing this package registers every named model, vision and text."""
-from . import sd_transformer, spikformer, spikingformer, text  # noqa: F401  (registration side effect)
+from . import qkformer, sd_transformer, spikformer, spikingformer, text  # noqa: F401  (registration side effect)
 from ._registry import (
     MODALITIES,
     PaperFacts,
@@ -10,6 +10,7 @@ from ._registry import (
     paper_facts,
     register_with_timm,
 )
+from .qkformer import QKFormer, QKFormerConfig
 from .sd_transformer import SDTransformer, SDTransformerConfig
 from .spikformer import Spikformer, SpikformerConfig
 from .spikingformer import Spikingformer, SpikingformerConfig
@@ -18,4 +19,4 @@ from .text import SpikingformerText, TextConfig
 __all__ = ["create_model", "list_models", "model_modality", "paper_facts", "PaperFacts", "Reported", "MODALITIES",
            "register_with_timm",
            "Spikingformer", "SpikingformerConfig", "Spikformer", "SpikformerConfig", "SDTransformer",
-           "SDTransformerConfig", "SpikingformerText", "TextConfig"]
+           "SDTransformerConfig", "QKFormer", "QKFormerConfig", "SpikingformerText", "TextConfig"]
