@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from spikingformer import create_model
+from spikingformer import create_model, load_model
 from spikingformer.weights import official, official_qkformer
 from spikingformer.weights.official import OfficialWeightsError
 
@@ -214,7 +214,7 @@ def test_converted_weights_compute_the_official_forward(name):
     ref = randomized(build_official(layout, overrides["dim"], overrides["depth"], 4, 5,
                                        in_ch=overrides.get("in_chans", 3), mlp_ratio=4).double(), x, T)
     state = ref.state_dict()
-    assert official_qkformer.is_layout(state) and official.official_layout(state) is None
+    assert official_qkformer.is_layout(state) and official.official_layout(state) == "qkformer"
     ours, notes = official_qkformer.convert(state)
     model = create_model(name, num_classes=5, T=T, mlp_ratio=4.0, **overrides).double().eval()
     assert not official_qkformer.is_layout(model.state_dict())
@@ -243,3 +243,17 @@ def test_other_layouts_are_not_taken_and_unknown_keys_are_named():
     with pytest.raises(OfficialWeightsError, match=r"2 key\(s\).*stage1\.0\.tssa\.extra_conv\.weight.*proj9_conv"):
         official_qkformer.convert(state)
     assert official_qkformer.FAMILY == "qkformer_" and "zhouchenlin2096/QKFormer" in official_qkformer.SOURCE
+
+
+def test_official_weights_load_through_the_users_route_and_only_into_qkformer(tmp_path):
+    """``torch.save`` of the official state_dict, read by ``load_model`` (what eval, energy, verify and export use):
+    the official forward, and a clear refusal for a model of another family."""
+    layout, overrides, shape = CASES["qkformer_4_384"]
+    x = torch.randn(*shape, dtype=torch.float64)
+    ref = randomized(build_official(layout, overrides["dim"], overrides["depth"], 4, 5).double(), x, 2)
+    torch.save(ref.state_dict(), tmp_path / "official.pth")
+    model = load_model(str(tmp_path / "official.pth"), "qkformer_4_384", num_classes=5, T=2, **overrides).double()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), official_forward(ref, x, 2), rtol=0, atol=1e-10)
+    with pytest.raises(OfficialWeightsError, match="official qkformer weights, which fit qkformer_"):
+        load_model(str(tmp_path / "official.pth"), "spikingformer_4_384", num_classes=5)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from spikingformer import create_model
+from spikingformer import create_model, load_model
 from spikingformer.weights import official_sdt
 from spikingformer.weights.official import OfficialWeightsError
 
@@ -192,3 +192,17 @@ def test_unmapped_keys_are_named():
     state["block.0.attn.q_lif.w"] = torch.tensor(0.0)  # a parametric LIF (--spike-mode plif)
     with pytest.raises(OfficialWeightsError, match=r"1 key\(s\).*block\.0\.attn\.q_lif\.w"):
         official_sdt.convert(state)
+
+
+def test_official_weights_load_through_the_users_route_and_only_into_sd_transformer(tmp_path):
+    """``torch.save`` of the official state_dict, read by ``load_model`` (what eval, energy, verify and export use):
+    told from Spikformer V1's names by its talking_heads, the official forward, and a clear refusal elsewhere."""
+    img = torch.randn(3, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    official = official_model(img=img)
+    torch.save(official.state_dict(), tmp_path / "official.pth")
+    model = load_model(str(tmp_path / "official.pth"), "sd_transformer_2_512", depth=2, dim=32, num_heads=4,
+                       num_classes=5, T=2).double()
+    with torch.no_grad():
+        torch.testing.assert_close(model(img), official(img), rtol=0, atol=1e-12)
+    with pytest.raises(OfficialWeightsError, match="official sd_transformer weights, which fit sd_transformer_"):
+        load_model(str(tmp_path / "official.pth"), "spikformer_4_384", num_classes=5)

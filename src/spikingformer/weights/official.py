@@ -16,6 +16,9 @@ besides the names:
   gives the same eval-mode output (``BN(Wx + b)`` with mean ``mu`` is ``BN(Wx)`` with mean
   ``mu - b``), and in training mode the batch mean cancels it as before.
 
+The comparison models' official layouts (SD-Transformer: ``official_sdt``; QKFormer: ``official_qkformer``) are
+mapped by their own modules and asked first.
+
 Layouts (``LAYOUTS``): the tensor names tell most apart, and say CML or not where they can.  Two cannot
 be told by their tensors: Spikformer V1's ImageNet model (``q_conv``, ``proj_conv1..3``, ``rpe_conv``,
 ``mlp.fc1_conv``) and the Spikingformer that the official 8-512 energy log prints under the same names
@@ -37,6 +40,7 @@ from torch import Tensor
 
 from ..models import list_models
 from ..utils.errors import OfficialWeightsError
+from . import official_qkformer, official_sdt
 
 __all__ = ["LAYOUTS", "official_layout", "convert_official", "recorded_options", "recorded_model", "check_recorded",
            "check_family", "OfficialWeightsError"]
@@ -88,6 +92,10 @@ LAYOUTS = {
     "spikformer_cml": ("spikformer", {"cml": True},
                        "Spikformer with CML (Spikingformer-CML cifar10/CML_Spikformer.py)"),
 }
+# The comparison models' layouts, each in its own module (``is_layout``, ``convert``, ``FAMILY``, ``SOURCE``); they are
+# asked first, as the official SD-Transformer's names are Spikformer V1's (``official_sdt``)
+_PEERS = {peer.FAMILY.rstrip("_"): peer for peer in (official_sdt, official_qkformer)}
+LAYOUTS.update({name: (name, {}, peer.SOURCE) for name, peer in _PEERS.items()})
 _QKV_BIAS = re.compile(r"(blocks\.\d+\.attn\.[qkv])\.linear\.bias$")
 # flags of the Spikingformer train.py that ZK-Zhou/spikformer's ImageNet train.py does not have
 _SPIKINGFORMER_FLAGS = ("dim", "num_heads", "layer", "time_step")
@@ -107,6 +115,9 @@ def official_layout(state: dict, args=None, model: str | None = None) -> str | N
     """The official layout (a key of ``LAYOUTS``) of ``state``, or ``None`` for ours (which never starts with
     ``patch_embed.`` or ``block.``).  ``args``: the checkpoint's training args; ``model``: the name asked for;
     both only decide between the two layouts that share their tensor names (module docstring)."""
+    peer = next((name for name, peer in _PEERS.items() if peer.is_layout(state)), None)
+    if peer:
+        return peer
     keys = set(state)
     if not any(k.startswith("patch_embed.") for k in keys) or not any(k.startswith("block.") for k in keys):
         return None
@@ -136,7 +147,11 @@ def convert_official(state: dict[str, Tensor], layout: str | None = None) -> tup
     key no rule maps."""
     layout = layout or official_layout(state)
     if layout is None:
-        raise OfficialWeightsError("not an official Spikingformer/Spikformer state_dict (no patch_embed./block. keys)")
+        raise OfficialWeightsError("not a state_dict in any official layout (Spikingformer, Spikformer, "
+                                   "SD-Transformer, QKFormer)")
+    if layout in _PEERS:
+        out, notes = _PEERS[layout].convert(state)
+        return out, layout, notes
     out, dead, unknown = {}, [], []
     for key, value in state.items():
         if _DEAD.match(key):

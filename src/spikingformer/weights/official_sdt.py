@@ -20,7 +20,7 @@ import re
 
 from torch import Tensor
 
-from .official import OfficialWeightsError
+from ..utils.errors import OfficialWeightsError
 
 __all__ = ["FAMILY", "SOURCE", "is_layout", "convert"]
 
