@@ -11,12 +11,12 @@ import sys
 
 from .. import __version__
 from ..utils.errors import UserError
-from . import demo, energy, export, predict, pretrain, text, train, verify
+from . import compare, demo, energy, export, predict, pretrain, text, train, verify
 from . import eval as eval_
 from . import models as models_
 
 # in the order `spikingformer --help` lists them
-_COMMANDS = (models_, energy, verify, train, eval_, pretrain, text, export, predict, demo)
+_COMMANDS = (models_, compare, energy, verify, train, eval_, pretrain, text, export, predict, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
