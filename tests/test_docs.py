@@ -49,6 +49,14 @@ def test_python_examples_run(page, monkeypatch):
             exec(compiled, namespace)
 
 
+def test_generated_pages_are_current():
+    """The CLI, config and comparison references are what the code generates now (``docs/generate.py``); the
+    comparison runs ``spikingformer compare`` over every model of the papers' tables."""
+    done = subprocess.run([sys.executable, str(ROOT / "docs" / "generate.py"), "--check"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_site_builds_strictly(tmp_path):
     for module in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python"):
         pytest.importorskip(module, reason=f"the docs tools are not installed ({module}): pip install -e '.[test]'")
@@ -62,4 +70,6 @@ def test_site_builds_strictly(tmp_path):
     assert all(f"spikingformer {c}" in cli for c in ("train", "eval", "energy", "verify", "glue"))
     configs = (site / "reference" / "configs" / "index.html").read_text()
     assert all(k in configs for k in ("TrainConfig", "PretrainConfig", "MLMConfig", "GlueConfig", "mask_ratio"))
+    comparison = (site / "reference" / "comparison" / "index.html").read_text()
+    assert all(m in comparison for m in ("sd_transformer_8_512", "qkformer_4_384", "transformer_8_512"))
     assert 'id="spikingformer.create_model"' in (site / "reference" / "api" / "index.html").read_text()
