@@ -124,3 +124,31 @@ def test_the_cpu_recipe_loads_and_reads_real_images(cifar):
     x = torch.stack([data.train[(i, 0)][0] for i in range(4)])  # seeded training augmentation
     assert x.shape == (4, 3, 32, 32) and model(x).shape == (4, 10)
     assert load_config("cifar10_cpu").limit_train == 0 and load_config("cifar10_cpu").holdout == 5000
+
+
+# The comparison models, tiny: each trains, evaluates and is verified and priced from its checkpoint
+COMPARISON = {
+    "sd_transformer_2_512": "{depth: 1, dim: 32, num_heads: 2, T: 1}",
+    "qkformer_4_384": "{depth: 3, dim: 64, num_heads: 2, T: 1}",
+    "transformer_4_384": "{depth: 1, dim: 32, num_heads: 2, T: 1}",  # an ANN: the recipe's T: 4 would be refused
+}
+
+
+@pytest.mark.parametrize("name", COMPARISON)
+def test_a_comparison_model_trains_evaluates_and_is_audited_from_its_checkpoint(name, cifar, tmp_path, capsys):
+    out = tmp_path / "run"
+    sets = ["holdout=60", f"data_dir={cifar}", "workers=0", "epochs=1", "warmup_epochs=0", "cooldown_epochs=0",
+            "batch_size=20", "val_batch_size=20", f"model={name}", f"model_args={COMPARISON[name]}",
+            f"output={out}", "progress=false"]
+    assert cli.main(["train", "--config", "cifar10_jpeg", *[a for s in sets for a in ("--set", s)]]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    sdt = name.startswith("sd_transformer_")  # of the three, the one built spike-driven
+    assert summary["model"] == name and summary["proven"] == sdt
+    assert cli.main(["eval", "--checkpoint", str(out / "last.pt"), "--json", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["val_acc"] == summary["final_val_acc"]
+    capsys.readouterr()
+    for command in ("verify", "energy"):
+        code = cli.main([command, "--checkpoint", str(out / "last.pt"), "--data", str(cifar), "--batches", "2",
+                         "--batch-size", "5", "--json", str(tmp_path / f"{command}.json")])
+        assert code in ((0,) if command == "energy" or sdt else (1, 3)), capsys.readouterr().out
+    assert json.loads((tmp_path / "verify.json").read_text())["proven"] == sdt

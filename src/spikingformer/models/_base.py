@@ -71,7 +71,8 @@ def check_sizes(cfg) -> None:
     if int(cfg.dim * cfg.mlp_ratio) < 1:
         raise InputError(f"mlp_ratio {cfg.mlp_ratio} leaves the MLP of dim {cfg.dim} no hidden unit")
     if getattr(cfg, "ann", False) and cfg.T != 1:
-        raise InputError(f"ann=True builds an ANN, which has no time steps: T must be 1, got T={cfg.T}")
+        raise InputError(f"ann=True builds an ANN, which has no time steps: T must be 1, got T={cfg.T} (from a recipe's "
+                         "model_args: --set model_args.T=1)")
     if cfg.in_chans < 1 or cfg.num_classes < 0:
         raise InputError(f"in_chans must be >= 1 and num_classes >= 0 (0: no classifier), got in_chans="
                          f"{cfg.in_chans}, num_classes={cfg.num_classes}")
