@@ -55,14 +55,14 @@ def table_models(pattern: str | None = None) -> list[str]:
 
 
 def verdict_words(cert: Certificate) -> str:
-    """``yes, proven`` / ``NO: N layers, first LAYER (OP) fed integers|reals, made by OP`` / ``yes on this input``
+    """``yes, proven`` / ``NO (N layers): first LAYER, integers|reals made by OP`` / ``yes on this input``
     (no value ranges: they vary with the input, the verdict does not)."""
     if cert.spike_driven:
         return "yes, proven" if cert.proven else f"yes on this input ({len(cert.unproven)} layers not built to)"
     first = cert.violations[0]
     bad = next(i for i in first.inputs if i.kind != "spike")
-    made = f", made by {bad.built_by}" if bad.built_by else ""
-    return f"NO: {len(cert.violations)} layers, first {first.name} ({first.op}) fed {bad.kind}s{made}"
+    made = f" made by {bad.built_by}" if bad.built_by else ""
+    return f"NO ({len(cert.violations)} layers): first `{first.name}`, {bad.kind}s{made}"
 
 
 def _small_input(model) -> torch.Tensor:
@@ -103,8 +103,9 @@ def _one_model(name: str) -> list[ComparisonRow]:
 
 
 def compare(pattern: str | None = None, progress: bool = False) -> list[ComparisonRow]:
-    """The rows of every table model matching ``pattern`` (``table_models``), sorted by table, then dataset."""
+    """The rows of every table model matching ``pattern`` (``table_models``), sorted by table (the Spikingformer
+    paper's first), then dataset."""
     rows = []
     for name in progress_bar(table_models(pattern), "models", enabled=progress):
         rows += _one_model(name)
-    return sorted(rows, key=lambda r: (r.table, r.dataset, r.model, r.T))
+    return sorted(rows, key=lambda r: (not r.table.startswith("Spikingformer "), r.table, r.dataset, r.model, r.T))
