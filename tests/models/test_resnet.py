@@ -141,3 +141,16 @@ def test_registered_with_timm():
     assert sf.register_with_timm()
     model = timm.create_model("sew_resnet34", num_classes=5, T=1).eval()
     assert isinstance(model, resnet.SEWResNet) and model(torch.randn(1, 3, 32, 32)).shape == (1, 5)
+
+
+def test_table2_energy_is_the_stem_conv_once_plus_accumulates():
+    """The Table 2 energies (from Spikformer V2's Table 2, with its G OPs) are 4.6 pJ x the stem conv's MACs, run
+    once, plus 0.9 pJ x every other operation: integer inputs as accumulates (``integer_inputs="ac"``)."""
+    model = sf.create_model("sew_resnet34", T=1, num_classes=10).eval()
+    report = sf.estimate_energy(model, torch.randn(1, 3, 224, 224))
+    stem = next(r for r in report.layers if r.name == "conv1")
+    assert stem.flops == 64 * 3 * 7 * 7 * 112 * 112
+    for name, giga_ops in (("sew_resnet34", 3.88), ("sew_resnet50", 4.83), ("sew_resnet101", 9.30),
+                           ("sew_resnet152", 13.72)):
+        mj = (4.6 * stem.flops + 0.9 * giga_ops * 1e9) * 1e-9
+        assert mj == pytest.approx(paper_facts(name).reported[0].energy_mJ, abs=0.006)

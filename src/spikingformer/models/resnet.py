@@ -21,6 +21,13 @@ Where ours differs:
 The ADD residual sums spikes into integers ``{0, 1, 2, ...}`` that the next block's first conv (and the next
 stage's shortcut conv) multiply with weights: SEW ResNet is not spike-driven, the property the Spikingformer
 paper's Fig. 1(a) discusses; ``spikingformer verify`` names those layers.
+
+Energy: Table 2's figures for these rows (4.04, 4.89, 8.91, 12.89 mJ) come from Spikformer V2's Table 2 (4.035 mJ
+at 3.88 G OPs for ResNet-34, ...), which prices the stem conv once, 118.0M MACs x 4.6 pJ = 0.543 mJ, and every other
+operation as an accumulate, 3.88 G x 0.9 pJ = 3.492 mJ: integer inputs as ``k`` spikes, our
+``estimate_energy(..., integer_inputs="ac")``, where our default (``"mac"``, Spikingformer's own reading) makes each
+integer-fed conv ``T * FLOPs`` multiply-accumulates.  Our stem conv runs on each of the ``T`` copies (see above), so
+it counts ``T`` times.
 """
 from __future__ import annotations
 
