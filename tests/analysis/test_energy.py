@@ -248,19 +248,20 @@ def test_a_product_of_an_integer_and_a_real_factor(integer_inputs, sign):
         assert report.total_mJ == pytest.approx((0.9 * 0.5 * T * n * d * d + 4.6 * T * flops) * 1e-9, rel=1e-12)
 
 
-# Overrides that make a family's named model one block deep: every QKFormer stage needs a block, so its one-block
-# form has a single stage (stem, one SSA block), without the Q-K attention stages
-ONE_BLOCK = {"qkformer_": dict(qk_depths=())}
+# Overrides that make a family's named model as small as it goes: one block; a QKFormer with a single stage (stem,
+# one SSA block: every stage needs a block); a ResNet at its least depth, 18
+CONV_NETS = set(sf.list_models("sew_resnet*"))  # no attention
 
 
-def one_block(name: str, **options):
-    family = next((v for k, v in ONE_BLOCK.items() if name.startswith(k)), {})
-    return sf.create_model(name, depth=1, **family, **options)
+def tiny(name: str, T: int) -> nn.Module:
+    options = dict(depth=18) if name in CONV_NETS else dict(depth=1, qk_depths=()) if name.startswith("qkformer_") \
+        else dict(depth=1)
+    return sf.create_model(name, T=T, **options).train()
 
 
 @pytest.mark.parametrize("name", sf.list_models(modality="vision"))  # test_energy_ops prices the text models
 def test_every_named_model_gets_a_full_report(name):
-    model = one_block(name, T=1).train()
+    model = tiny(name, T=1)
     size = model.cfg.img_size if model.cfg.img_size <= 32 else 2 * model.patch_size
     report = estimate_energy(model, torch.randn(1, model.cfg.in_chans, size, size))
     check_row_arithmetic(report)
@@ -269,8 +270,8 @@ def test_every_named_model_gets_a_full_report(name):
     ops = sorted(r.op for r in report.layers if r.op not in ("conv", "linear"))
     if name.startswith("sd_transformer_"):  # SDSA: two Hadamard products and a column sum, priced as bare ops
         assert ops == ["mul", "mul", "sum"]
-    else:  # one block: two attention products; no bare tensor op is priced (tensor_ops): as before
-        assert len(ops) == 2 and not any("#" in r.name for r in report.layers)
+    else:  # one block: two attention products (none in a ResNet); no bare tensor op is priced (tensor_ops)
+        assert len(ops) == (0 if name in CONV_NETS else 2) and not any("#" in r.name for r in report.layers)
     readout = [r for r in report.layers if r.readout]
     assert [r.name for r in readout] == ["head.fc"]
     assert report.readout_mJ == pytest.approx(readout[0].uJ * 1e-3)
@@ -283,7 +284,7 @@ def test_every_named_spiking_model_is_priced_per_time_step(name):
     costs the backbone's energy."""
     from spikingformer.analysis.energy import energy_from_probe, policy_energy
 
-    model = one_block(name, T=2).train()
+    model = tiny(name, T=2)
     size = model.cfg.img_size if model.cfg.img_size <= 32 else 2 * model.patch_size
     with SynapticProbe(model) as probe:
         probe.per_step(2, 3)

@@ -122,7 +122,7 @@ def test_forward_features_and_head(name):
 def test_registered_with_timm():
     import timm
 
-    assert set(sf.list_models(modality="vision")) <= set(timm.list_models())
+    assert set(sf.list_models(modality="vision")) <= set(timm.list_models())  # not all "spik*": sew_resnet34
     assert not set(sf.list_models(modality="text")) & set(timm.list_models())  # timm's tools feed images
     m = timm.create_model("spikingformer_4_256", num_classes=5, depth=1)
     assert m(torch.randn(1, 3, 32, 32)).shape == (1, 5)

@@ -1,5 +1,6 @@
 """Model families.  Importing this package registers every named model, vision and text."""
 from . import qkformer, sd_transformer, spikformer, spikingformer, text  # noqa: F401  (registration side effect)
+from . import resnet  # noqa: F401  (registration side effect; SEW ResNet needs spikingjelly to build, not to list)
 from ._registry import (
     MODALITIES,
     PaperFacts,
