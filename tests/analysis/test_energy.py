@@ -250,12 +250,14 @@ def test_a_product_of_an_integer_and_a_real_factor(integer_inputs, sign):
 
 # Overrides that make a family's named model as small as it goes: one block; a QKFormer with a single stage (stem,
 # one SSA block: every stage needs a block); a ResNet at its least depth, 18
-CONV_NETS = set(sf.list_models("sew_resnet*"))  # no attention
+CONV_NETS = set(sf.list_models("*resnet*"))  # no attention
+
+
+SMALLEST = {"sew_resnet": dict(depth=18), "ms_resnet": dict(layers=(1, 1, 1, 1)), "qkformer_": dict(depth=1, qk_depths=())}
 
 
 def tiny(name: str, T: int) -> nn.Module:
-    options = dict(depth=18) if name in CONV_NETS else dict(depth=1, qk_depths=()) if name.startswith("qkformer_") \
-        else dict(depth=1)
+    options = next((v for k, v in SMALLEST.items() if name.startswith(k)), dict(depth=1))
     return sf.create_model(name, T=T, **options).train()
 
 

@@ -26,12 +26,19 @@ def test_every_vision_model_gives_the_papers_parameter_count():
     assert all(paper_facts(name).params_M for name in sf.list_models(modality="vision"))
 
 
+# A named model whose official code has another size than its table gives: the official count, and why
+KNOWN_SIZE_GAPS = {"ms_resnet_104": 77_350_504}  # the official resnet104; Table 2's 78.37M is 1.3 % more (docstring)
+
+
 @pytest.mark.parametrize("name", sf.list_models(modality="vision"))
 def test_parameter_count_matches_paper(name):
     with torch.device("meta"):  # counts only: no memory, no init cost
         model = sf.create_model(name)
     n, paper = sum(p.numel() for p in model.parameters()), paper_facts(name).params_M
-    assert abs(n / 1e6 - paper) / paper < 0.005, n
+    if name in KNOWN_SIZE_GAPS:
+        assert n == KNOWN_SIZE_GAPS[name] and abs(n / 1e6 - paper) / paper > 0.005
+    else:
+        assert abs(n / 1e6 - paper) / paper < 0.005, n
 
 
 @pytest.mark.parametrize("name", ["spikingformer_4_384", "spikingformer_8_512", "spikformer_4_384"])

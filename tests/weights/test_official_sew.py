@@ -121,8 +121,22 @@ def test_official_weights_load_strictly_and_give_the_same_logits(depth, block, l
 def test_layout_is_disjoint_from_the_other_official_layouts_and_unknown_keys_are_named():
     spikformer_like = {"patch_embed.proj_conv.weight": torch.zeros(1), "block.0.attn.q_conv.weight": torch.zeros(1)}
     assert not official_sew.is_layout(spikformer_like)
-    assert official.official_layout(SEWResNet(BasicBlock, (1, 1, 1, 1), 3, 1).state_dict()) is None
+    assert official.official_layout(SEWResNet(BasicBlock, (1, 1, 1, 1), 3, 1).state_dict()) == "sew_resnet"
     with pytest.raises(official.OfficialWeightsError, match="layer1.0.extra.weight"):
         official_sew.convert({"layer1.0.conv1.module.0.weight": torch.zeros(1),
                               "layer1.0.extra.weight": torch.zeros(1)})
     assert all(name.startswith(official_sew.FAMILY) for name in sf.list_models("sew*"))
+
+
+def test_official_weights_load_through_the_users_route_and_only_into_sew_resnet(tmp_path):
+    """``torch.save`` of the official state_dict, read by ``load_model`` (eval, energy, verify, export): the
+    official logits, and a clear refusal for a model of another family."""
+    torch.manual_seed(0)
+    ref = SEWResNet(BasicBlock, (2, 2, 2, 2), num_classes=7, T=2).double().eval()
+    torch.save(ref.state_dict(), tmp_path / "official.pth")
+    model = sf.load_model(str(tmp_path / "official.pth"), "sew_resnet34", depth=18, T=2, num_classes=7).double()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x))
+    with pytest.raises(official.OfficialWeightsError, match="official sew_resnet weights, which fit sew_resnet\\*"):
+        sf.load_model(str(tmp_path / "official.pth"), "spikingformer_4_384", num_classes=7)

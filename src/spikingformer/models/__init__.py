@@ -1,6 +1,6 @@
 """Model families.  Importing this package registers every named model, vision and text."""
-from . import qkformer, sd_transformer, spikformer, spikingformer, text  # noqa: F401  (registration side effect)
-from . import resnet  # noqa: F401  (registration side effect; SEW ResNet needs spikingjelly to build, not to list)
+# registration side effects; SEW ResNet needs spikingjelly to build, not to be listed
+from . import ms_resnet, qkformer, sd_transformer, sew_resnet, spikformer, spikingformer, text  # noqa: F401
 from ._registry import (
     MODALITIES,
     PaperFacts,

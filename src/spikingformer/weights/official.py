@@ -16,8 +16,8 @@ besides the names:
   gives the same eval-mode output (``BN(Wx + b)`` with mean ``mu`` is ``BN(Wx)`` with mean
   ``mu - b``), and in training mode the batch mean cancels it as before.
 
-The comparison models' official layouts (SD-Transformer: ``official_sdt``; QKFormer: ``official_qkformer``) are
-mapped by their own modules and asked first.
+The comparison models' official layouts (SD-Transformer: ``official_sdt``; QKFormer: ``official_qkformer``; SEW
+ResNet: ``official_sew``) are mapped by their own modules and asked first.
 
 Layouts (``LAYOUTS``): the tensor names tell most apart, and say CML or not where they can.  Two cannot
 be told by their tensors: Spikformer V1's ImageNet model (``q_conv``, ``proj_conv1..3``, ``rpe_conv``,
@@ -40,7 +40,7 @@ from torch import Tensor
 
 from ..models import list_models
 from ..utils.errors import OfficialWeightsError
-from . import official_qkformer, official_sdt
+from . import official_qkformer, official_sdt, official_sew
 
 __all__ = ["LAYOUTS", "official_layout", "convert_official", "recorded_options", "recorded_model", "check_recorded",
            "check_family", "OfficialWeightsError"]
@@ -94,7 +94,7 @@ LAYOUTS = {
 }
 # The comparison models' layouts, each in its own module (``is_layout``, ``convert``, ``FAMILY``, ``SOURCE``); they are
 # asked first, as the official SD-Transformer's names are Spikformer V1's (``official_sdt``)
-_PEERS = {peer.FAMILY.rstrip("_"): peer for peer in (official_sdt, official_qkformer)}
+_PEERS = {peer.FAMILY.rstrip("_"): peer for peer in (official_sdt, official_qkformer, official_sew)}
 LAYOUTS.update({name: (name, {}, peer.SOURCE) for name, peer in _PEERS.items()})
 _QKV_BIAS = re.compile(r"(blocks\.\d+\.attn\.[qkv])\.linear\.bias$")
 # flags of the Spikingformer train.py that ZK-Zhou/spikformer's ImageNet train.py does not have
@@ -253,7 +253,7 @@ def check_recorded(model, path, recorded: dict, name: str | None) -> None:
 def model_family(model_name: str) -> str | None:
     """The family (a ``LAYOUTS`` family) a model name belongs to, by its prefix; None for any other model."""
     families = sorted({family for family, _, _ in LAYOUTS.values()}, key=len, reverse=True)
-    return next((f for f in families if model_name.startswith(f + "_")), None)
+    return next((f for f in families if model_name.startswith(f)), None)  # "sew_resnet34": no "_" after its family
 
 
 def check_family(model_name: str, layout: str | None, source) -> None:
@@ -267,6 +267,6 @@ def check_family(model_name: str, layout: str | None, source) -> None:
                                    f"V2 (convolutional stem), which they do not fit")
     if family != wanted:
         names = {"spikformer": "spikformer_*", "spikingformer": "spikingformer_* / spikingformer_dagger_*"}.get(
-            family, f"{family}_*")
+            family, f"{family}*")
         raise OfficialWeightsError(f"{source} holds official {family} weights, which fit {names}, not {model_name} "
                                    f"(its tensor names: {what})")

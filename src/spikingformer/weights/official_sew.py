@@ -1,5 +1,5 @@
 """SEW ResNet weights trained with the official code (fangwei123456/Spike-Element-Wise-ResNet), renamed for
-``models.resnet``.
+``models.sew_resnet``.
 
 The official ImageNet model (``imagenet/sew_resnet.py``, SpikingJelly's old ``clock_driven`` API) wraps each
 block's conv and BatchNorm in one ``SeqToANNContainer``; SpikingJelly 2.0's ``sew_resnet``, which our
@@ -22,7 +22,7 @@ import re
 
 from torch import Tensor
 
-from .official import OfficialWeightsError
+from ..utils.errors import OfficialWeightsError
 
 __all__ = ["FAMILY", "SOURCE", "is_layout", "convert"]
 

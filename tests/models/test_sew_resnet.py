@@ -8,7 +8,7 @@ import torch
 
 import spikingformer as sf
 from spikingformer.analysis.verify import verify_model
-from spikingformer.models import paper_facts, resnet
+from spikingformer.models import paper_facts, sew_resnet
 
 pytest.importorskip("spikingjelly")
 
@@ -119,7 +119,7 @@ def test_energy_counts_the_integer_fed_convs_as_macs(sew34):
 
 
 def test_without_spikingjelly_the_names_stay_and_building_says_what_to_install(monkeypatch):
-    monkeypatch.setattr(resnet, "_MISSING", ImportError("No module named 'spikingjelly'"))
+    monkeypatch.setattr(sew_resnet, "_MISSING", ImportError("No module named 'spikingjelly'"))
     assert "sew_resnet34" in sf.list_models()
     with pytest.raises(ImportError, match="pip install spikingjelly"):
         sf.create_model("sew_resnet34")
@@ -140,7 +140,7 @@ def test_registered_with_timm():
 
     assert sf.register_with_timm()
     model = timm.create_model("sew_resnet34", num_classes=5, T=1).eval()
-    assert isinstance(model, resnet.SEWResNet) and model(torch.randn(1, 3, 32, 32)).shape == (1, 5)
+    assert isinstance(model, sew_resnet.SEWResNet) and model(torch.randn(1, 3, 32, 32)).shape == (1, 5)
 
 
 def test_table2_energy_is_the_stem_conv_once_plus_accumulates():
