@@ -41,6 +41,7 @@ from torch import Tensor
 from ..models import list_models
 from ..utils.errors import OfficialWeightsError
 from . import official_qkformer, official_sdt, official_sew
+from .renames import rename
 
 __all__ = ["LAYOUTS", "official_layout", "convert_official", "recorded_options", "recorded_model", "check_recorded",
            "check_family", "OfficialWeightsError"]
@@ -133,14 +134,6 @@ def official_layout(state: dict, args=None, model: str | None = None) -> str | N
     return "lifconvbn" if not given and (model or "").startswith("spikingformer_") else "spikformer"
 
 
-def _rename(key: str, layout: str) -> str | None:
-    for pattern, repl in _RULES[layout]:
-        m = re.match(pattern, key)
-        if m:
-            return repl(m) if callable(repl) else m.expand(repl)
-    return None
-
-
 def convert_official(state: dict[str, Tensor], layout: str | None = None) -> tuple[dict[str, Tensor], str, list[str]]:
     """``(our_state, layout, notes)`` for an official ``state`` (``layout``: ``official_layout``'s, found here
     when not given); ``notes`` say what was dropped or folded.  Raises ``OfficialWeightsError`` naming every
@@ -157,7 +150,7 @@ def convert_official(state: dict[str, Tensor], layout: str | None = None) -> tup
         if _DEAD.match(key):
             dead.append(key)
             continue
-        new = _rename(key, layout)
+        new = rename(key, _RULES[layout])
         if new is None:
             unknown.append(key)
             continue

@@ -27,6 +27,7 @@ import re
 from torch import Tensor
 
 from ..utils.errors import OfficialWeightsError
+from .renames import rename
 
 __all__ = ["FAMILY", "SOURCE", "is_layout", "convert"]
 
@@ -59,24 +60,16 @@ def is_layout(state: dict) -> bool:
     return any(k.startswith("patch_embed1.") for k in keys) and any(_QK_BLOCK.match(k) for k in keys)
 
 
-def _ours(key: str) -> str | None:
-    for pattern, repl in _RULES:
-        m = re.match(pattern, key)
-        if m:
-            return repl(m)
-    return None
-
-
 def convert(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
     """``(our_state, notes)`` for an official QKFormer ``state``; raises ``OfficialWeightsError`` naming every key
     no rule maps."""
-    unknown = [k for k in state if _ours(k) is None]
+    unknown = [k for k in state if rename(k, _RULES) is None]
     if unknown:
         raise OfficialWeightsError(f"{len(unknown)} key(s) of the QKFormer layout that no rule maps: "
                                    f"{', '.join(unknown)}")
     ours, reshaped = {}, 0
     for key, value in state.items():
-        name = _ours(key)
+        name = rename(key, _RULES)
         if ".attn." in name and name.endswith("conv.weight") and value.dim() == 3:
             value, reshaped = value.unsqueeze(-1), reshaped + 1
         ours[name] = value

@@ -21,6 +21,7 @@ import re
 from torch import Tensor
 
 from ..utils.errors import OfficialWeightsError
+from .renames import rename
 
 __all__ = ["FAMILY", "SOURCE", "is_layout", "convert"]
 
@@ -48,14 +49,6 @@ def is_layout(state: dict) -> bool:
     return any(k.startswith("patch_embed.") for k in keys) and bool(blocks) and heads == blocks
 
 
-def _rename(key: str) -> str | None:
-    for pattern, repl in _RULES:
-        m = re.match(pattern, key)
-        if m:
-            return repl(m)
-    return None
-
-
 def convert(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
     """``(our_state, notes)`` for an official SD-Transformer ``state``; raises ``OfficialWeightsError`` naming
     every key no rule maps."""
@@ -64,7 +57,7 @@ def convert(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
         if _TALKING_HEADS.match(key):
             dropped.append(key)
             continue
-        new = _rename(key)
+        new = rename(key, _RULES)
         if new is None:
             unknown.append(key)
         else:

@@ -23,6 +23,7 @@ import re
 from torch import Tensor
 
 from ..utils.errors import OfficialWeightsError
+from .renames import rename
 
 __all__ = ["FAMILY", "SOURCE", "is_layout", "convert"]
 
@@ -44,19 +45,11 @@ def is_layout(state: dict) -> bool:
     return any(isinstance(k, str) and _CONTAINED_CONV.fullmatch(k) for k in state)
 
 
-def _ours(key: str) -> str | None:
-    for pattern, repl in _RULES:
-        m = re.fullmatch(pattern, key)
-        if m:
-            return m.expand(repl)
-    return None
-
-
 def convert(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
     """``(our_state, notes)`` for an official SEW ResNet ``state``; raises ``OfficialWeightsError`` naming every
     key no rule maps.  Nothing is dropped or reshaped (no notes)."""
-    unknown = [k for k in state if _ours(k) is None]
+    unknown = [k for k in state if rename(k, _RULES) is None]
     if unknown:
         raise OfficialWeightsError(f"{len(unknown)} key(s) of the SEW ResNet layout that no rule maps: "
                                    f"{', '.join(unknown)}")
-    return {_ours(k): v for k, v in state.items()}, []
+    return {rename(k, _RULES): v for k, v in state.items()}, []
