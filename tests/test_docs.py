@@ -51,7 +51,9 @@ def test_python_examples_run(page, monkeypatch):
 
 def test_generated_pages_are_current():
     """The CLI, config and comparison references are what the code generates now (``docs/generate.py``); the
-    comparison runs ``spikingformer compare`` over every model of the papers' tables."""
+    comparison runs ``spikingformer compare`` over every model of the papers' tables (SEW ResNet's need
+    SpikingJelly, which the README's test command installs)."""
+    pytest.importorskip("spikingjelly.activation_based.model.sew_resnet", reason="the SEW ResNet rows need it")
     done = subprocess.run([sys.executable, str(ROOT / "docs" / "generate.py"), "--check"], cwd=ROOT,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -154,3 +154,17 @@ def test_table2_energy_is_the_stem_conv_once_plus_accumulates():
                            ("sew_resnet152", 13.72)):
         mj = (4.6 * stem.flops + 0.9 * giga_ops * 1e9) * 1e-9
         assert mj == pytest.approx(paper_facts(name).reported[0].energy_mJ, abs=0.006)
+
+
+def test_listings_leave_out_what_cannot_be_built_and_say_why(monkeypatch, capsys):
+    """Without SpikingJelly, `spikingformer models` lists the SEW ResNets with the install line instead of
+    crashing, and `compare` leaves their rows out with a note."""
+    from spikingformer import cli
+    from spikingformer.analysis.compare import buildable
+
+    monkeypatch.setattr(sew_resnet, "_MISSING", ImportError("No module named 'spikingjelly'"))
+    assert not buildable("sew_resnet34") and buildable("spikingformer_4_256")
+    assert cli.main(["models", "sew_resnet3*"]) == 0
+    assert "pip install spikingjelly h5py" in capsys.readouterr().out
+    assert cli.main(["compare", "sew_resnet3*"]) == 2
+    assert "sew_resnet34 left out: its optional package is not installed" in capsys.readouterr().err

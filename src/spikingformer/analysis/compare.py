@@ -21,12 +21,13 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..models import create_model, list_models, paper_facts
+from ..utils.errors import MissingDependency
 from ..utils.progress import progress_bar
 from .energy import estimate_energy
 from .published import PUBLISHED_RATES, energy_at_published_rates, published_rates
 from .verify import Certificate, verify_model
 
-__all__ = ["ComparisonRow", "compare", "verdict_words", "table_models"]
+__all__ = ["ComparisonRow", "compare", "verdict_words", "table_models", "buildable"]
 
 
 @dataclass
@@ -52,6 +53,17 @@ class ComparisonRow:
 def table_models(pattern: str | None = None) -> list[str]:
     """The named vision models that a paper's table reports a result for (matching ``pattern``, a shell glob)."""
     return [n for n in list_models(pattern, "vision") if paper_facts(n).reported]
+
+
+def buildable(name: str) -> bool:
+    """Whether the named model builds here: False for one whose optional package is missing (SEW ResNet:
+    SpikingJelly), which ``compare`` leaves out."""
+    try:
+        with torch.device("meta"):
+            create_model(name)
+    except MissingDependency:
+        return False
+    return True
 
 
 def verdict_words(cert: Certificate) -> str:
@@ -103,9 +115,9 @@ def _one_model(name: str) -> list[ComparisonRow]:
 
 
 def compare(pattern: str | None = None, progress: bool = False) -> list[ComparisonRow]:
-    """The rows of every table model matching ``pattern`` (``table_models``), sorted by table (the Spikingformer
-    paper's first), then dataset."""
+    """The rows of every table model matching ``pattern`` (``table_models``) that builds here (``buildable``), sorted
+    by table (the Spikingformer paper's first), then dataset."""
     rows = []
-    for name in progress_bar(table_models(pattern), "models", enabled=progress):
+    for name in progress_bar([n for n in table_models(pattern) if buildable(n)], "models", enabled=progress):
         rows += _one_model(name)
     return sorted(rows, key=lambda r: (not r.table.startswith("Spikingformer "), r.table, r.dataset, r.model, r.T))

@@ -15,7 +15,7 @@ from ..train.config import TrainConfig, from_dict, list_recipes, recipe_dir, res
 from ..train.glue import GlueConfig
 from ..train.mlm import MLMConfig
 from ..train.pretrain import PretrainConfig
-from ..utils.errors import ConfigError, InputError
+from ..utils.errors import ConfigError, InputError, MissingDependency
 from ..utils.outputs import check_output, write_json
 from .args import add_time_steps_arg
 
@@ -33,7 +33,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
           "(layers not fed spikes)")
     for name in names:
         # train mode: batch statistics, with which BN at initialisation makes the neurons fire
-        model = create_model(name, T=args.t).train()
+        try:
+            model = create_model(name, T=args.t).train()
+        except MissingDependency as e:  # an optional package's model: listed, not built
+            print(f"{name:28s} {'-':>10s} {'-':>8s} {'-':>12s}  {'-':16s}  ({e})", flush=True)
+            continue
         if model_modality(name) == "text":  # random token ids, every one a real token (no [PAD])
             size = [min(64, model.cfg.max_len)]
             ids = torch.randint(model.cfg.pad_id + 1, model.cfg.vocab_size, (args.batch_size, *size))

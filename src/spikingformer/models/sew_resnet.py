@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from ..nn.layers import ClassifierHead, run_blocks
-from ..utils.errors import InputError
+from ..utils.errors import InputError, MissingDependency
 from ._base import SpikingVisionModel, build_config
 from ._registry import Reported, register_model
 
@@ -64,7 +64,7 @@ CONNECT = ("ADD", "AND", "IAND")
 def require_spikingjelly():
     """SpikingJelly's ``sew_resnet`` module, or an ``ImportError`` that says how to install it."""
     if _MISSING is not None:
-        raise ImportError(f"SEW ResNet models are built from SpikingJelly, which does not import here ({_MISSING}): "
+        raise MissingDependency(f"SEW ResNet models are built from SpikingJelly, which does not import here ({_MISSING}): "
                           f"pip install spikingjelly h5py") from _MISSING
     return sj_sew_resnet
 

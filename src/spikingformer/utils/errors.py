@@ -24,6 +24,10 @@ class OfficialWeightsError(InputError):
     (``weights.official``)."""
 
 
+class MissingDependency(UserError, ImportError):
+    """An optional package a model or command needs is not installed (the message says what to install)."""
+
+
 class DataError(UserError, RuntimeError):
     """Data missing or malformed; the message says what was expected where."""
 
