@@ -91,9 +91,9 @@ def _energy(name: str, T: int, ann: bool) -> tuple[float | None, str]:
     model = create_model(name, T=T).eval()
     x = torch.randn(1, *model.default_input_size)
     if ann:
-        return estimate_energy(model, x, model_name=name).total_mJ, "an ANN: every product a MAC, exact at any weights"
+        return estimate_energy(model, x, model_name=name).total_mJ, "an ANN, every product a MAC: exact at any weights"
     report = energy_at_published_rates(model, x, published_rates(name), T, name)
-    return report.total_mJ, f"the official firing rates ({PUBLISHED_RATES[name][0]})"
+    return report.total_mJ, f"at the official firing rates ({PUBLISHED_RATES[name][0]})"
 
 
 def _one_model(name: str) -> list[ComparisonRow]:

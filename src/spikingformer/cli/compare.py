@@ -36,7 +36,7 @@ def markdown(rows: list[ComparisonRow]) -> str:
                      r.verdict, energy, "-" if r.paper_top1 is None else f"{r.paper_top1:g}")
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
-    out += [f"[{n}] ours at {basis}." for basis, n in notes.items()]
+    out += [f"[{n}] ours: {basis}." for basis, n in notes.items()]
     return "\n".join(out) + "\n"
 
 
