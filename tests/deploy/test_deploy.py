@@ -94,3 +94,35 @@ def test_folding_a_folded_model_changes_nothing():
     model, x = sf.create_model("spikingformer_4_384", depth=1, dim=64, num_heads=2, T=2).eval(), torch.randn(2, 3, 32, 32)
     once = fold_bn(model)
     assert torch.equal(fold_bn(once)(x), once(x))
+
+
+@pytest.mark.parametrize("name,options", [("sew_resnet34", dict(depth=18)), ("sew_resnet50", dict(depth=50)),
+                                          ("ms_resnet_104", dict(layers=(1, 2, 1, 1), width=8))])
+def test_models_that_declare_their_conv_bn_pairs_fold_every_bn(name, options, recwarn):
+    """SEW ResNet's SpikingJelly blocks and MS-ResNet's stem apply a BatchNorm to a conv outside a ConvBN: their
+    ``bn_pairs()`` name the pairs, and every BN folds (float64: the same values at every folded BN's place)."""
+    if name.startswith("sew_"):
+        pytest.importorskip("spikingjelly.activation_based.model.sew_resnet")
+    torch.manual_seed(0)
+    model = sf.create_model(name, T=2, **options).double()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    calibrate_bn(model, x)
+    for m in model.modules():  # BNs that are no identity, so that a fold that missed one would show
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.2, 0.2)
+    model.eval()
+    folded = fold_bn(model)
+    assert not [w for w in recwarn.list if "fold_bn left" in str(w.message)]
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded.modules())
+    bns = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    seen = {}
+    for tag, net in (("bn", model), ("folded", folded)):
+        mods = dict(net.named_modules())
+        hooks = [mods[n].register_forward_hook(lambda m, i, o, n=n, tag=tag: seen.setdefault((tag, n), o))
+                 for n in bns]
+        with torch.no_grad():
+            net(x)
+        for h in hooks:
+            h.remove()
+    for n in bns:
+        torch.testing.assert_close(seen[("folded", n)], seen[("bn", n)], rtol=1e-9, atol=1e-9)

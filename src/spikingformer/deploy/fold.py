@@ -46,15 +46,30 @@ def _fold_into(layer: nn.Conv2d | nn.Linear, bn: nn.modules.batchnorm._BatchNorm
         layer.bias.copy_(new_bias)
 
 
+def _fold_declared(model: nn.Module) -> None:
+    """Fold the ``(conv, bn)`` pairs that ``model.bn_pairs()`` names (module names; the model's forward applies
+    each BN right after its conv), replacing each BN by ``nn.Identity``."""
+    modules = dict(model.named_modules())
+    for conv, bn in getattr(model, "bn_pairs", lambda: [])():
+        if isinstance(modules[bn], nn.Identity):  # folded already
+            continue
+        _fold_into(modules[conv], modules[bn], conv)
+        parent, _, child = bn.rpartition(".")
+        setattr(modules[parent], child, nn.Identity().eval())
+
+
 def fold_bn(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` with the BN of every ``ConvBN``/``LinearBN`` folded into
-    its conv/linear and replaced by ``nn.Identity``.  ``model`` itself is not changed.
+    its conv/linear and replaced by ``nn.Identity``; also every pair a model declares with a
+    ``bn_pairs()`` method (its BNs that follow a conv outside these blocks: SEW ResNet's, MS-ResNet's
+    stem).  ``model`` itself is not changed.
 
     Module names stay the same (``...q.conv``), so probes and energy reports of the two
-    models line up row by row.  A BatchNorm outside these blocks cannot be folded
-    generically; it is left in place with a warning.
+    models line up row by row.  Any other BatchNorm cannot be folded generically (what feeds
+    it is the forward's business); it is left in place with a warning.
     """
     folded = copy.deepcopy(model).eval()
+    _fold_declared(folded)
     for name, mod in list(folded.named_modules()):
         if isinstance(getattr(mod, "bn", None), nn.Identity):  # folded already: folding twice changes nothing
             continue

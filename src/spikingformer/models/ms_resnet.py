@@ -148,6 +148,10 @@ class MSResNet(SpikingVisionModel):
         for blk in self.blocks:
             nn.init.zeros_(blk.conv2.bn.weight)
 
+    def bn_pairs(self) -> list[tuple[str, str]]:
+        """The stem's BatchNorm with the conv before it, for ``deploy.fold_bn`` (the rest are ``ConvBN`` s)."""
+        return [("stem.convs.2", "stem.bn")]
+
     def forward_features(self, x: Tensor) -> Tensor:
         x = run_blocks(self.blocks, self.stem(self.check_input(x)), checkpointing=self.grad_checkpointing)
         return self.sn(x).flatten(3).transpose(2, 3)  # [T, B, H*W, C] spikes

@@ -143,6 +143,17 @@ class SEWResNet(SpikingVisionModel):
     def group_matcher(self, coarse: bool = False) -> dict:
         return dict(stem=r"^(?:conv1|bn1)\.", blocks=r"^layer(\d+)\." if coarse else r"^layer(\d+)\.(\d+)")
 
+    def bn_pairs(self) -> list[tuple[str, str]]:
+        """Each BatchNorm with the conv its forward applies it to, for ``deploy.fold_bn``: SpikingJelly's
+        blocks apply ``bn{k}`` to ``conv{k}``'s output and ``downsample`` is ``(conv, bn)``."""
+        names = dict(self.named_modules())
+        pairs = [("conv1", "bn1")]
+        for block in (f"{s}.{i}" for s in ("layer1", "layer2", "layer3", "layer4") for i in range(len(names[s]))):
+            pairs += [(f"{block}.conv{k}", f"{block}.bn{k}") for k in (1, 2, 3) if f"{block}.conv{k}" in names]
+            if f"{block}.downsample" in names:
+                pairs.append((f"{block}.downsample.0", f"{block}.downsample.1"))
+        return pairs
+
 
 def _create(depth: int, overrides: dict) -> SEWResNet:
     return SEWResNet(build_config(SEWResNetConfig, dict(depth=depth), overrides))
