@@ -9,13 +9,13 @@ truncated or foreign file is reported as such.
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
 import pickle
 import random
 import shutil
+import types
 import zipfile
 import zlib
 from pathlib import Path
@@ -35,9 +35,9 @@ DATA_KEYS = ("classes", "mean", "std", "img_size", "data_root")  # a run's recor
 VERSION = 1
 METADATA_FORMAT = "spikingformer.weights"  # the metadata of a .safetensors written by `spikingformer export`
 # timm's CheckpointSaver (the official repositories' training scripts) stores the command line as an
-# argparse.Namespace: a plain attribute bag, safe to rebuild, so it is the one class a checkpoint may hold.
-# (The only use of argparse outside cli/: no parser is built here.)
-_UNPICKLABLE = [argparse.Namespace]
+# argparse.Namespace: a plain attribute bag, the one class a checkpoint may hold.  It is rebuilt as the
+# attribute bag of the standard library, types.SimpleNamespace, with the same fields.
+_UNPICKLABLE = [(types.SimpleNamespace, "argparse.Namespace")]
 
 
 class CheckpointError(UserError, RuntimeError):

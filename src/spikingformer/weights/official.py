@@ -106,7 +106,8 @@ _ARG_OPTIONS = (("dim", "dim"), ("num_heads", "num_heads"), ("depths", "depth"),
 
 
 def _args(args) -> dict:
-    """A timm checkpoint's ``args`` (an ``argparse.Namespace``, or a dict) as a dict; ``{}`` for anything else."""
+    """A timm checkpoint's ``args`` (its ``argparse.Namespace``, read back as an attribute bag, or a dict) as a dict;
+    ``{}`` for anything else."""
     if isinstance(args, dict):
         return args
     return dict(vars(args)) if hasattr(args, "__dict__") else {}
