@@ -122,4 +122,5 @@ def energy_at_published_rates(model: nn.Module, x: torch.Tensor, rates: dict[str
     for name, layer_rates in rates.items():
         for stats, rate in zip(probe.layers[name].inputs, layer_rates):
             stats.total = rate * stats.numel
-    return energy_from_probe(probe, x.shape[-4] if x.dim() == 4 else x.shape[1], T, model_name=model_name)
+    images = x.shape[0] if x.dim() == 4 else x.shape[1]  # [B, C, H, W] or [T, B, C, H, W]
+    return energy_from_probe(probe, images, T, model_name=model_name)

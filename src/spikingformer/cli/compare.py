@@ -6,7 +6,7 @@ import argparse
 import itertools
 import sys
 
-from ..analysis.compare import ComparisonRow, buildable, compare, table_models
+from ..analysis.compare import ComparisonRow, compare, table_models
 from ..utils.errors import InputError
 from ..utils.outputs import atomic_write, check_output, write_csv, write_json
 
@@ -44,10 +44,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     for option, path in (("--json", args.json), ("--csv", args.csv), ("--markdown", args.markdown)):
         check_output(option, path)
     rows = compare(args.pattern, progress=True)
-    for name in table_models(args.pattern):
-        if not buildable(name):
-            print(f"note: {name} left out: its optional package is not installed (`spikingformer models` says which)",
-                  file=sys.stderr)
+    for name in sorted(set(table_models(args.pattern)) - {r.model for r in rows}):  # compare left it out
+        print(f"note: {name} left out: its optional package is not installed (`spikingformer models` says which)",
+              file=sys.stderr)
     if not rows:
         raise InputError(f"no model of a paper's table matches {args.pattern!r} (`spikingformer models` lists them)")
     text = markdown(rows)
